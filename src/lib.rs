@@ -1,0 +1,7 @@
+//! quelay: a Hysteria2-compatible QUIC relay for bare-metal Linux.
+//!
+//! Layers (see DESIGN.md): `engine` is the only module with `unsafe`, libc and io_uring;
+//! `quic` glues quinn-proto; `worker` runs the thread-per-core loop on top of both.
+
+pub mod engine;
+pub mod quic;
