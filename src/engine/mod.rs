@@ -1,1 +1,254 @@
+//! The I/O engine: the only module with `unsafe`, libc and io_uring.
+//!
+//! A [`Driver`] owns one UDP socket (a member of a SO_REUSEPORT group on the server) and,
+//! later, the TCP sockets of the relay. Two drivers share one interface:
+//! - [`uring::UringDriver`]: io_uring, kernel-owned buffers in a slab until completion;
+//! - [`epoll::EpollDriver`]: plain non-blocking syscalls on epoll, for hosts that refuse
+//!   io_uring (EPERM, ENOSYS, Docker's seccomp profile).
+//!
+//! Both keep GSO on send and GRO on receive: they are the first lever for throughput
+//! (DESIGN.md, measured facts). The worker calls, once per loop iteration:
+//! `wait(timeout)`, then `reap(max, ..)`, then `send(..)` while `can_send()`.
+
+pub mod epoll;
 pub mod sys;
+pub mod uring;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+pub use sys::{BufferReport, Waker};
+
+/// Largest UDP payload a GRO receive can coalesce (64 KiB minus headers).
+pub const GRO_BUF_SIZE: usize = 65_535;
+/// Most segments one GSO `sendmsg` may carry (kernel `UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Which driver runs a worker's I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for IoKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoKind::Uring => "io_uring",
+            IoKind::Epoll => "epoll",
+        })
+    }
+}
+
+impl std::str::FromStr for IoKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uring" | "io_uring" => Ok(IoKind::Uring),
+            "epoll" => Ok(IoKind::Epoll),
+            _ => Err(format!("unknown I/O driver {s:?} (expected uring or epoll)")),
+        }
+    }
+}
+
+/// What a driver knows about one received GRO batch (or single datagram).
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    /// Sender; IPv4-mapped IPv6 addresses are reported as IPv4.
+    pub peer: SocketAddr,
+    /// Total bytes in the batch.
+    pub len: usize,
+    /// Size of each datagram in the batch (the last may be shorter); `len` when not coalesced.
+    pub stride: usize,
+    /// ECN bits (low two bits of TOS / traffic class).
+    pub ecn: u8,
+    /// Local address the batch was sent to (IP_PKTINFO / IPV6_PKTINFO).
+    pub dst_ip: Option<IpAddr>,
+}
+
+impl RecvMeta {
+    /// Number of datagrams coalesced in this batch.
+    pub fn segments(&self) -> usize {
+        if self.stride == 0 {
+            0
+        } else {
+            self.len.div_ceil(self.stride)
+        }
+    }
+}
+
+/// How to send one buffer: a single datagram, or a GSO batch of `segment_size` segments.
+#[derive(Clone, Copy, Debug)]
+pub struct TxMeta {
+    pub dest: SocketAddr,
+    /// Source address to send from (multi-homed hosts); `None` lets the kernel pick.
+    pub src_ip: Option<IpAddr>,
+    /// ECN bits to set.
+    pub ecn: u8,
+    /// `Some(s)` when the buffer holds several datagrams of `s` bytes (the last may be shorter).
+    pub segment_size: Option<usize>,
+}
+
+/// A TCP operation the driver performs on behalf of the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpOp {
+    /// Result: the connected socket's fd.
+    Connect,
+    /// Result: bytes read into the buffer (0 = EOF).
+    Recv,
+    /// Result: bytes written from the buffer.
+    Send,
+    /// Result: 0.
+    Close,
+}
+
+/// Completion of a TCP operation; `buf` is the buffer handed to the driver, returned.
+#[derive(Debug)]
+pub struct TcpCompletion {
+    pub token: u64,
+    pub op: TcpOp,
+    pub fd: RawFd,
+    pub result: io::Result<usize>,
+    pub buf: Vec<u8>,
+}
+
+/// Something a driver reports from `reap`.
+pub enum Event<'a> {
+    /// Received UDP data: `data.len() == meta.len`, split by `meta.stride`.
+    Udp { meta: RecvMeta, data: &'a [u8] },
+    Tcp(TcpCompletion),
+}
+
+/// Counters a driver keeps (plain, owned by its worker; published by the worker).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineStats {
+    /// Receive completions (syscalls or CQEs) that carried data.
+    pub rx_batches: u64,
+    /// Datagrams received (GRO segments counted one by one).
+    pub rx_datagrams: u64,
+    pub rx_bytes: u64,
+    /// Batches that held more than one datagram.
+    pub rx_gro_batches: u64,
+    /// `sendmsg` calls (or SQEs) that completed.
+    pub tx_calls: u64,
+    pub tx_datagrams: u64,
+    pub tx_bytes: u64,
+    /// Sends that carried a UDP_SEGMENT control message.
+    pub tx_gso_batches: u64,
+    /// Sends that failed and were dropped (QUIC retransmits).
+    pub tx_errors: u64,
+    /// Times GSO was switched off after EIO/EINVAL (0 or 1 per socket).
+    pub gso_disabled: u64,
+    /// Wakeups from other threads.
+    pub wakeups: u64,
+}
+
+/// Options shared by both drivers.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Socket receive/send buffer sizes to ask for.
+    pub socket_buffer: usize,
+    /// Use GSO on send when the kernel supports it.
+    pub gso: bool,
+    /// Ask for GRO on receive.
+    pub gro: bool,
+    /// Testing: report the first GSO send as failed with EIO, to exercise the fallback.
+    pub inject_gso_failure: bool,
+    /// io_uring: submission queue entries.
+    pub ring_entries: u32,
+    /// io_uring: receives kept posted at once.
+    pub recv_depth: usize,
+    /// Sends in flight (io_uring) or queued (epoll) before `can_send` says no.
+    pub send_depth: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            // 16 MiB absorbs a GSO burst of several connections while the worker is busy.
+            socket_buffer: 16 << 20,
+            gso: true,
+            gro: true,
+            inject_gso_failure: false,
+            ring_entries: 256,
+            // Enough 64 KiB GRO buffers to cover one loop iteration at line rate.
+            recv_depth: 16,
+            send_depth: 64,
+        }
+    }
+}
+
+/// A worker's I/O: one UDP socket plus TCP operations, on io_uring or epoll.
+pub trait Driver: Send {
+    fn kind(&self) -> IoKind;
+    fn local_addr(&self) -> SocketAddr;
+    /// Whether GSO is in use on the UDP socket right now.
+    fn gso_enabled(&self) -> bool;
+    /// Queues a UDP send. `buf` comes from [`Driver::tx_buf`] (or anywhere) and is recycled.
+    fn send(&mut self, meta: TxMeta, buf: Vec<u8>);
+    /// Room for another `send` right now.
+    fn can_send(&self) -> bool;
+    /// A cleared buffer for the next transmit, recycled from completed sends.
+    fn tx_buf(&mut self) -> Vec<u8>;
+    /// Hands queued work to the kernel, then blocks until something completes, a wakeup
+    /// arrives, or `timeout` passes (`None`: no limit; `Some(ZERO)`: do not block).
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Delivers completed work: at most `max_udp` UDP batches, and all TCP completions.
+    /// Returns the number of UDP batches delivered.
+    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize;
+    /// A handle other threads use to end a `wait` early.
+    fn waker(&self) -> Waker;
+    fn stats(&self) -> EngineStats;
+    /// Starts a non-blocking TCP connect; completes with `TcpOp::Connect`.
+    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()>;
+    /// Reads into `buf` (its spare capacity up to `buf.capacity()`; contents replaced).
+    fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    /// Writes all of `buf` (or part; the completion says how much).
+    fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    /// Closes `fd` after outstanding operations on it; completes with `TcpOp::Close`.
+    fn tcp_close(&mut self, fd: RawFd, token: u64);
+}
+
+/// Opens a driver on an already bound UDP socket.
+///
+/// `kind = None` tries io_uring first and falls back to epoll with a log line saying why.
+pub fn open(
+    socket: std::net::UdpSocket,
+    kind: Option<IoKind>,
+    cfg: &DriverConfig,
+) -> io::Result<Box<dyn Driver>> {
+    match kind {
+        Some(IoKind::Epoll) => Ok(Box::new(epoll::EpollDriver::new(socket, cfg)?)),
+        Some(IoKind::Uring) => Ok(Box::new(uring::UringDriver::new(socket, cfg)?)),
+        None => {
+            let fallback = socket.try_clone()?;
+            match uring::UringDriver::new(socket, cfg) {
+                Ok(d) => Ok(Box::new(d)),
+                Err(e) => {
+                    tracing::warn!(
+                        "io_uring unavailable ({e}); using the epoll driver \
+                         (run `quelay doctor` to see why)"
+                    );
+                    Ok(Box::new(epoll::EpollDriver::new(fallback, cfg)?))
+                }
+            }
+        }
+    }
+}
+
+/// Probes whether io_uring can be used on this host, and why not.
+pub fn uring_available() -> Result<(), String> {
+    uring::probe().map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "io_uring refused: {e} (kernel.io_uring_disabled, a seccomp profile such as \
+             Docker's default, or RLIMIT_MEMLOCK)"
+        ),
+        Some(libc::ENOSYS) => format!("io_uring not in this kernel: {e}"),
+        _ => format!("io_uring setup failed: {e}"),
+    })
+}

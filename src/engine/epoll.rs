@@ -1,0 +1,625 @@
+//! The fallback driver: non-blocking syscalls on epoll, for hosts where io_uring is
+//! refused. GSO and GRO are kept: they matter more than io_uring (DESIGN.md).
+//!
+//! UDP receives use `recvmmsg` into 64 KiB GRO buffers; sends go out at once with
+//! `sendmsg` and are queued only when the socket buffer is full. TCP operations are
+//! tried at once and parked on readiness when they would block.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
+use super::{
+    DriverConfig, EngineStats, Event, IoKind, TcpCompletion, TcpOp, TxMeta, GRO_BUF_SIZE,
+};
+
+/// epoll tokens for our two fixed descriptors; TCP sockets use their fd.
+const TOKEN_UDP: u64 = u64::MAX;
+const TOKEN_WAKE: u64 = u64::MAX - 1;
+/// Datagram batches read per `recvmmsg`.
+const RX_BATCH: usize = 8;
+
+/// Pending TCP work on one descriptor.
+#[derive(Default)]
+struct TcpState {
+    connect: Option<u64>,
+    recv: Option<(Vec<u8>, u64)>,
+    send: Option<(Vec<u8>, u64)>,
+    /// Events currently registered with epoll (0 = not registered).
+    registered: u32,
+}
+
+pub struct EpollDriver {
+    socket: UdpSocket,
+    v6: bool,
+    epfd: OwnedFd,
+    waker: Waker,
+    gso: bool,
+    inject_gso_failure: bool,
+    /// The UDP socket reported readable and has not yet returned EAGAIN.
+    udp_readable: bool,
+    /// Sends waiting for socket buffer space, oldest first.
+    tx_queue: VecDeque<(TxMeta, Vec<u8>)>,
+    tx_pool: Vec<Vec<u8>>,
+    send_depth: usize,
+    rx_bufs: Vec<Vec<u8>>,
+    rx_names: Vec<RawAddr>,
+    rx_cmsgs: Vec<CmsgBuf<RX_CMSG_SPACE>>,
+    tcp: HashMap<RawFd, TcpState>,
+    tcp_done: VecDeque<TcpCompletion>,
+    stats: EngineStats,
+}
+
+impl EpollDriver {
+    pub fn new(socket: UdpSocket, cfg: &DriverConfig) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let fd = socket.as_raw_fd();
+        let v6 = socket.local_addr()?.is_ipv6();
+        if cfg.gro {
+            sys::enable_gro(fd);
+        }
+        let gso = cfg.gso && sys::gso_supported(fd);
+        // SAFETY: plain syscall; the fd is owned by the OwnedFd below.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `ep` is a fresh descriptor nobody else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(ep) };
+        let waker = Waker::new()?;
+        epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, TOKEN_UDP)?;
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            waker.fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_WAKE,
+        )?;
+        Ok(EpollDriver {
+            socket,
+            v6,
+            epfd,
+            waker,
+            gso,
+            inject_gso_failure: cfg.inject_gso_failure,
+            udp_readable: true,
+            tx_queue: VecDeque::new(),
+            tx_pool: Vec::new(),
+            send_depth: cfg.send_depth.max(1),
+            rx_bufs: (0..RX_BATCH).map(|_| vec![0u8; GRO_BUF_SIZE]).collect(),
+            rx_names: vec![RawAddr::zeroed(); RX_BATCH],
+            rx_cmsgs: vec![CmsgBuf::new(); RX_BATCH],
+            tcp: HashMap::new(),
+            tcp_done: VecDeque::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// Tries to send one buffer now. `Err(WouldBlock)` means "queue it and retry".
+    fn try_send(&mut self, meta: &TxMeta, buf: &[u8]) -> io::Result<()> {
+        let gso_batch = meta.segment_size.is_some_and(|s| s < buf.len());
+        if gso_batch && self.gso && self.inject_gso_failure {
+            self.inject_gso_failure = false;
+            return self.gso_failed(meta, buf, io::Error::from_raw_os_error(libc::EIO));
+        }
+        if gso_batch && !self.gso {
+            for seg in sys::segments(buf, meta.segment_size) {
+                let single = TxMeta {
+                    segment_size: None,
+                    ..*meta
+                };
+                self.sendmsg(&single, seg)?;
+            }
+            return Ok(());
+        }
+        match self.sendmsg(meta, buf) {
+            Err(e) if gso_batch && sys::is_gso_error(&e) => self.gso_failed(meta, buf, e),
+            r => r,
+        }
+    }
+
+    fn gso_failed(&mut self, meta: &TxMeta, buf: &[u8], e: io::Error) -> io::Result<()> {
+        tracing::warn!(
+            "GSO send failed on {} ({e}); GSO is now off for this socket",
+            self.local_addr_str()
+        );
+        self.gso = false;
+        self.stats.gso_disabled += 1;
+        self.try_send(meta, buf)
+    }
+
+    fn local_addr_str(&self) -> String {
+        self.socket
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    }
+
+    fn sendmsg(&mut self, meta: &TxMeta, buf: &[u8]) -> io::Result<()> {
+        let mut name = RawAddr::new(meta.dest, self.v6);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut cmsg = CmsgBuf::<TX_CMSG_SPACE>::new();
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = &mut name.storage as *mut _ as *mut libc::c_void;
+        hdr.msg_namelen = name.len;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        // SAFETY: `hdr` points at `name`, `iov` (over `buf`) and `cmsg`, all alive until
+        // sendmsg returns; the kernel copies the data.
+        let rc = unsafe {
+            sys::encode_tx_cmsgs(&mut hdr, &mut cmsg, meta, self.v6, self.gso);
+            libc::sendmsg(self.socket.as_raw_fd(), &hdr, 0)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.stats.tx_calls += 1;
+        self.stats.tx_bytes += buf.len() as u64;
+        let segs = match meta.segment_size {
+            Some(s) if self.gso && s < buf.len() => {
+                self.stats.tx_gso_batches += 1;
+                buf.len().div_ceil(s)
+            }
+            _ => 1,
+        };
+        self.stats.tx_datagrams += segs as u64;
+        Ok(())
+    }
+
+    /// Sends queued buffers until the socket would block.
+    fn flush(&mut self) {
+        while let Some((meta, buf)) = self.tx_queue.pop_front() {
+            match self.try_send(&meta, &buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tx_queue.push_front((meta, buf));
+                    break;
+                }
+                Err(e) => {
+                    self.stats.tx_errors += 1;
+                    tracing::debug!("UDP send to {} failed: {e}", meta.dest);
+                    self.recycle(buf);
+                }
+                Ok(()) => self.recycle(buf),
+            }
+        }
+        let want = if self.tx_queue.is_empty() {
+            libc::EPOLLIN as u32
+        } else {
+            (libc::EPOLLIN | libc::EPOLLOUT) as u32
+        };
+        let _ = epoll_ctl(
+            self.epfd.as_raw_fd(),
+            libc::EPOLL_CTL_MOD,
+            self.socket.as_raw_fd(),
+            want,
+            TOKEN_UDP,
+        );
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.tx_pool.len() < self.send_depth {
+            buf.clear();
+            self.tx_pool.push(buf);
+        }
+    }
+
+    fn recv_batch(&mut self, max: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
+        let n = max.min(RX_BATCH);
+        let mut iovs: Vec<libc::iovec> = self
+            .rx_bufs
+            .iter_mut()
+            .take(n)
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain old data; all-zero is valid.
+        let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (i, m) in msgs.iter_mut().enumerate() {
+            self.rx_names[i] = RawAddr::zeroed();
+            m.msg_hdr.msg_name = &mut self.rx_names[i].storage as *mut _ as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = self.rx_names[i].len;
+            m.msg_hdr.msg_iov = &mut iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = self.rx_cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_controllen = RX_CMSG_SPACE as _;
+        }
+        // SAFETY: every header points into buffers owned by `self` (rx_bufs, rx_names,
+        // rx_cmsgs) or into `iovs`, all alive for the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.udp_readable = false;
+            } else if e.kind() != io::ErrorKind::Interrupted {
+                // ICMP errors surface here (ECONNREFUSED etc.); they are not ours to act on.
+                tracing::trace!("UDP receive error: {e}");
+            }
+            return 0;
+        }
+        let got = rc as usize;
+        for (i, m) in msgs.iter().take(got).enumerate() {
+            self.rx_names[i].len = m.msg_hdr.msg_namelen;
+            let Some(peer) = self.rx_names[i].to_socket_addr() else {
+                continue;
+            };
+            let len = m.msg_len as usize;
+            // SAFETY: the kernel filled this header's control buffer in this call.
+            let meta = unsafe { sys::decode_rx(&m.msg_hdr, peer, len) };
+            self.stats.rx_batches += 1;
+            self.stats.rx_bytes += len as u64;
+            let segs = meta.segments() as u64;
+            self.stats.rx_datagrams += segs;
+            if segs > 1 {
+                self.stats.rx_gro_batches += 1;
+            }
+            on(Event::Udp {
+                meta,
+                data: &self.rx_bufs[i][..len],
+            });
+        }
+        if got < n {
+            self.udp_readable = false;
+        }
+        got
+    }
+
+    /// Registers `fd` for the events its pending operations need.
+    fn tcp_interest(&mut self, fd: RawFd) {
+        let Some(st) = self.tcp.get_mut(&fd) else {
+            return;
+        };
+        let mut want = 0u32;
+        if st.recv.is_some() {
+            want |= libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
+        }
+        if st.send.is_some() || st.connect.is_some() {
+            want |= libc::EPOLLOUT as u32;
+        }
+        if want == st.registered {
+            return;
+        }
+        let ep = self.epfd.as_raw_fd();
+        let r = match (st.registered, want) {
+            (0, w) => epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, w, fd as u64),
+            (_, 0) => epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, 0, fd as u64),
+            (_, w) => epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, w, fd as u64),
+        };
+        if r.is_ok() {
+            st.registered = want;
+        }
+    }
+
+    /// Runs whatever TCP work on `fd` can progress now.
+    fn tcp_progress(&mut self, fd: RawFd) {
+        let Some(st) = self.tcp.get_mut(&fd) else {
+            return;
+        };
+        if let Some(token) = st.connect {
+            // Called on EPOLLOUT (or error): the connect has finished one way or the other.
+            st.connect = None;
+            let result = sys::take_socket_error(fd).map(|()| fd as usize);
+            if result.is_err() {
+                // The caller never gets this fd: close it here.
+                self.forget(fd);
+                // SAFETY: we own `fd` (created by tcp_connect) and nobody else has it.
+                unsafe { libc::close(fd) };
+            }
+            self.tcp_done.push_back(TcpCompletion {
+                token,
+                op: TcpOp::Connect,
+                fd,
+                result,
+                buf: Vec::new(),
+            });
+            self.tcp_interest(fd);
+            return;
+        }
+        if let Some((mut buf, token)) = st.recv.take() {
+            match read_into(fd, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.recv = Some((buf, token)),
+                result => self.tcp_done.push_back(TcpCompletion {
+                    token,
+                    op: TcpOp::Recv,
+                    fd,
+                    result,
+                    buf,
+                }),
+            }
+        }
+        let Some(st) = self.tcp.get_mut(&fd) else {
+            return;
+        };
+        if let Some((buf, token)) = st.send.take() {
+            // SAFETY: writes from `buf`, alive for the call.
+            let rc = unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr() as *const libc::c_void,
+                    buf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            let result = if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(rc as usize)
+            };
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.send = Some((buf, token)),
+                result => self.tcp_done.push_back(TcpCompletion {
+                    token,
+                    op: TcpOp::Send,
+                    fd,
+                    result,
+                    buf,
+                }),
+            }
+        }
+        self.tcp_interest(fd);
+    }
+
+    fn forget(&mut self, fd: RawFd) {
+        if let Some(st) = self.tcp.remove(&fd) {
+            if st.registered != 0 {
+                let _ = epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+            }
+        }
+    }
+}
+
+fn read_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    let cap = buf.capacity().max(1);
+    buf.reserve(cap);
+    // SAFETY: reads at most `cap` bytes into the vector's spare capacity, then sets the
+    // length to what the kernel wrote.
+    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, cap, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised `rc` bytes.
+    unsafe { buf.set_len(rc as usize) };
+    Ok(rc as usize)
+}
+
+fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is alive for the call; the kernel copies it.
+    let rc = unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl super::Driver for EpollDriver {
+    fn kind(&self) -> IoKind {
+        IoKind::Epoll
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("bound socket")
+    }
+
+    fn gso_enabled(&self) -> bool {
+        self.gso
+    }
+
+    fn send(&mut self, meta: TxMeta, buf: Vec<u8>) {
+        if !self.tx_queue.is_empty() {
+            self.tx_queue.push_back((meta, buf));
+            return;
+        }
+        match self.try_send(&meta, &buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.tx_queue.push_back((meta, buf));
+                self.flush(); // registers EPOLLOUT
+            }
+            Err(e) => {
+                self.stats.tx_errors += 1;
+                tracing::debug!("UDP send to {} failed: {e}", meta.dest);
+                self.recycle(buf);
+            }
+            Ok(()) => self.recycle(buf),
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.tx_queue.len() < self.send_depth
+    }
+
+    fn tx_buf(&mut self) -> Vec<u8> {
+        self.tx_pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GRO_BUF_SIZE))
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if !self.tx_queue.is_empty() {
+            self.flush();
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let timeout = if self.udp_readable || !self.tcp_done.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `events` and `ts` are alive for the call; epoll_pwait2 takes a
+        // nanosecond timeout (kernel 5.11+), so quinn's pacing timers are not rounded up
+        // to milliseconds.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                self.epfd.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                ts_ptr,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        let n = if rc < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => 0,
+                Some(libc::ENOSYS) => {
+                    let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+                    // SAFETY: as above, with a millisecond timeout.
+                    let rc = unsafe {
+                        libc::epoll_wait(
+                            self.epfd.as_raw_fd(),
+                            events.as_mut_ptr(),
+                            events.len() as libc::c_int,
+                            ms,
+                        )
+                    };
+                    if rc < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                        0
+                    } else {
+                        rc as usize
+                    }
+                }
+                _ => return Err(e),
+            }
+        } else {
+            rc as usize
+        };
+        for ev in &events[..n] {
+            let token = ev.u64;
+            match token {
+                TOKEN_UDP => {
+                    if ev.events & libc::EPOLLIN as u32 != 0 {
+                        self.udp_readable = true;
+                    }
+                    if ev.events & libc::EPOLLOUT as u32 != 0 {
+                        self.flush();
+                    }
+                }
+                TOKEN_WAKE => {
+                    self.waker.drain();
+                    self.stats.wakeups += 1;
+                }
+                fd => self.tcp_progress(fd as RawFd),
+            }
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
+        while let Some(c) = self.tcp_done.pop_front() {
+            on(Event::Tcp(c));
+        }
+        let mut delivered = 0;
+        while self.udp_readable && delivered < max_udp {
+            let got = self.recv_batch(max_udp - delivered, on);
+            if got == 0 {
+                break;
+            }
+            delivered += got;
+        }
+        delivered
+    }
+
+    fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
+        let (sock, pending) = sys::tcp_connect_start(addr)?;
+        let fd = sock.into_raw_fd();
+        self.tcp.insert(
+            fd,
+            TcpState {
+                connect: Some(token),
+                ..TcpState::default()
+            },
+        );
+        if pending {
+            self.tcp_interest(fd);
+        } else {
+            self.tcp_progress(fd);
+        }
+        Ok(())
+    }
+
+    fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
+        self.tcp.entry(fd).or_default().recv = Some((buf, token));
+        self.tcp_progress(fd);
+    }
+
+    fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
+        self.tcp.entry(fd).or_default().send = Some((buf, token));
+        self.tcp_progress(fd);
+    }
+
+    fn tcp_close(&mut self, fd: RawFd, token: u64) {
+        if let Some(st) = self.tcp.get_mut(&fd) {
+            let cancelled = || io::Error::from_raw_os_error(libc::ECANCELED);
+            let mut done = Vec::new();
+            if let Some((buf, t)) = st.recv.take() {
+                done.push((t, TcpOp::Recv, buf));
+            }
+            if let Some((buf, t)) = st.send.take() {
+                done.push((t, TcpOp::Send, buf));
+            }
+            for (t, op, buf) in done {
+                self.tcp_done.push_back(TcpCompletion {
+                    token: t,
+                    op,
+                    fd,
+                    result: Err(cancelled()),
+                    buf,
+                });
+            }
+        }
+        self.forget(fd);
+        // SAFETY: the relay hands us an fd it got from a Connect completion and stops
+        // using it with this call.
+        let rc = unsafe { libc::close(fd) };
+        let result = if rc == 0 {
+            Ok(0)
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        self.tcp_done.push_back(TcpCompletion {
+            token,
+            op: TcpOp::Close,
+            fd,
+            result,
+            buf: Vec::new(),
+        });
+    }
+}
