@@ -3,5 +3,8 @@
 //! Layers (see DESIGN.md): `engine` is the only module with `unsafe`, libc and io_uring;
 //! `quic` glues quinn-proto; `worker` runs the thread-per-core loop on top of both.
 
+pub mod bench;
 pub mod engine;
+pub mod metrics;
 pub mod quic;
+pub mod worker;

@@ -86,7 +86,11 @@ fn gro_batches_are_split_by_stride() {
         assert_eq!(s.rx_datagrams, 11, "{kind}");
         assert!(s.rx_gro_batches >= 1, "{kind}");
         assert_eq!(metas[0].stride, 1000, "{kind}");
-        assert_eq!(metas[0].dst_ip, Some("127.0.0.1".parse().unwrap()), "{kind}");
+        assert_eq!(
+            metas[0].dst_ip,
+            Some("127.0.0.1".parse().unwrap()),
+            "{kind}"
+        );
     }
 }
 
@@ -250,7 +254,10 @@ fn tcp_connect_refused_reports_error() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         // A port nobody listens on: bind and drop a listener to find one.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         d.tcp_connect(addr, 9).unwrap();
         let mut result = None;
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,127 @@
+//! Counters. Each worker owns one [`WorkerCounters`] and is its only writer (relaxed
+//! stores, no contention); readers (tests, the metrics endpoint) sum them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One worker's counters, cache-line aligned so workers never share a line.
+#[repr(align(128))]
+#[derive(Default, Debug)]
+pub struct WorkerCounters {
+    /// UDP datagrams received by this worker's socket (GRO segments counted one by one).
+    pub rx_datagrams: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Receive completions that held more than one datagram.
+    pub rx_gro_batches: AtomicU64,
+    pub tx_datagrams: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// `sendmsg` calls carrying a UDP_SEGMENT batch.
+    pub tx_gso_batches: AtomicU64,
+    pub tx_errors: AtomicU64,
+    /// GSO switched off after a send failure.
+    pub gso_disabled: AtomicU64,
+    /// Datagrams too short or malformed to route, dropped before QUIC saw them.
+    pub rx_malformed: AtomicU64,
+    /// Datagrams QUIC dropped: undecryptable, unknown connection, or garbage.
+    pub rx_dropped: AtomicU64,
+    /// Datagrams that reached this worker but belong to another, sent on to it.
+    pub forwarded_out: AtomicU64,
+    /// Datagrams other workers sent to this one.
+    pub forwarded_in: AtomicU64,
+    /// Forwarded datagrams lost because the target's queue was full.
+    pub forward_dropped: AtomicU64,
+    /// Connections currently held.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Incoming connections refused or failed during the handshake set-up.
+    pub accept_errors: AtomicU64,
+    /// Loop iterations, and those that ended in a blocking wait.
+    pub loops: AtomicU64,
+    pub waits: AtomicU64,
+}
+
+macro_rules! fields {
+    ($m:ident) => {
+        $m!(
+            rx_datagrams,
+            rx_bytes,
+            rx_gro_batches,
+            tx_datagrams,
+            tx_bytes,
+            tx_gso_batches,
+            tx_errors,
+            gso_disabled,
+            rx_malformed,
+            rx_dropped,
+            forwarded_out,
+            forwarded_in,
+            forward_dropped,
+            connections,
+            connections_total,
+            accept_errors,
+            loops,
+            waits
+        )
+    };
+}
+
+/// A plain copy of counters, one worker's or summed over all.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub rx_datagrams: u64,
+    pub rx_bytes: u64,
+    pub rx_gro_batches: u64,
+    pub tx_datagrams: u64,
+    pub tx_bytes: u64,
+    pub tx_gso_batches: u64,
+    pub tx_errors: u64,
+    pub gso_disabled: u64,
+    pub rx_malformed: u64,
+    pub rx_dropped: u64,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    pub forward_dropped: u64,
+    pub connections: u64,
+    pub connections_total: u64,
+    pub accept_errors: u64,
+    pub loops: u64,
+    pub waits: u64,
+}
+
+impl WorkerCounters {
+    pub fn snapshot(&self) -> Snapshot {
+        macro_rules! load {
+            ($($f:ident),*) => { Snapshot { $($f: self.$f.load(Relaxed)),* } };
+        }
+        fields!(load)
+    }
+
+    /// Adds `n` (single writer: the owning worker).
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn set(c: &AtomicU64, n: u64) {
+        c.store(n, Relaxed);
+    }
+}
+
+impl std::ops::Add for Snapshot {
+    type Output = Snapshot;
+    fn add(self, o: Snapshot) -> Snapshot {
+        macro_rules! sum {
+            ($($f:ident),*) => { Snapshot { $($f: self.$f + o.$f),* } };
+        }
+        fields!(sum)
+    }
+}
+
+/// Sums the counters of all workers.
+pub fn total(workers: &[std::sync::Arc<WorkerCounters>]) -> Snapshot {
+    workers
+        .iter()
+        .map(|w| w.snapshot())
+        .fold(Snapshot::default(), |a, b| a + b)
+}

@@ -1,0 +1,1 @@
+pub const CID_LEN: usize = 8;

@@ -1,0 +1,67 @@
+//! What runs on top of a worker: the echo server, the load client, later the relay.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use quinn_proto::{ClientConfig, ConnectError, Connection, ConnectionHandle, Endpoint, Event};
+
+use super::table::ConnTable;
+use super::WorkerId;
+use crate::engine::{Driver, TcpCompletion};
+
+/// An application driven by one worker. All calls happen on the worker's thread.
+pub trait App: Send + 'static {
+    /// Once per loop iteration, after input was handled and before transmits: start
+    /// connections (clients), move data that arrived elsewhere into streams.
+    fn tick(&mut self, _io: &mut Io<'_>) {}
+
+    /// A connection event (handshake done, stream readable/writable, lost, ...).
+    fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event);
+
+    /// A TCP operation this app started on `io.driver` completed.
+    fn on_tcp(&mut self, _io: &mut Io<'_>, _completion: TcpCompletion) {}
+
+    /// The worker leaves its loop when this returns true (a client whose work is done).
+    fn done(&self) -> bool {
+        false
+    }
+}
+
+/// The worker's state an [`App`] may use during a call.
+pub struct Io<'a> {
+    /// The loop iteration's clock reading.
+    pub now: Instant,
+    pub worker: WorkerId,
+    pub driver: &'a mut dyn Driver,
+    pub(super) endpoint: &'a mut Endpoint,
+    pub(super) conns: &'a mut ConnTable,
+    pub(super) client_config: Option<&'a ClientConfig>,
+}
+
+impl Io<'_> {
+    /// The connection `ch`, marked for a transmit pass since the app is about to act on it.
+    pub fn conn(&mut self, ch: ConnectionHandle) -> Option<&mut Connection> {
+        self.conns.get_dirty(ch)
+    }
+
+    /// Opens a client connection with the worker's client configuration.
+    pub fn connect(
+        &mut self,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let Some(cfg) = self.client_config else {
+            return Err(ConnectError::NoDefaultClientConfig);
+        };
+        let (ch, conn) = self
+            .endpoint
+            .connect(self.now, cfg.clone(), remote, server_name)?;
+        self.conns.insert(ch, conn);
+        Ok(ch)
+    }
+
+    /// Number of connections this worker holds.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+}

@@ -1,0 +1,323 @@
+//! The per-worker loop (DESIGN.md "The worker loop"): read the clock once; reap
+//! completions and forwarded packets; feed QUIC; let the app act; transmit in GSO
+//! batches; wait until the earliest timer. Every phase is bounded so that one busy
+//! connection cannot starve the others.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, TrySendError};
+use quinn_proto::{
+    ClientConfig, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, ServerConfig, Transmit,
+};
+
+use super::app::{App, Io};
+use super::route::{route, Route};
+use super::table::ConnTable;
+use super::{Forwarded, Shared, WorkerId};
+use crate::engine::{Driver, Event, TcpCompletion, TxMeta, MAX_GSO_SEGMENTS};
+use crate::metrics::WorkerCounters;
+
+/// Receive batches (each up to 64 KiB of GRO segments) handled per iteration.
+const RX_BATCHES_PER_LOOP: usize = 32;
+/// Forwarded datagrams taken per iteration.
+const FORWARDED_PER_LOOP: usize = 256;
+/// GSO batches one connection may send per iteration before others get their turn.
+const TX_BATCHES_PER_CONN: usize = 8;
+
+pub(super) struct Worker<A: App> {
+    pub id: WorkerId,
+    pub driver: Box<dyn Driver>,
+    pub state: State<A>,
+    pub forwarded: Receiver<Forwarded>,
+}
+
+/// Everything but the driver, so receive callbacks can borrow it while the driver reaps.
+pub(super) struct State<A: App> {
+    pub id: WorkerId,
+    pub workers: usize,
+    pub endpoint: Endpoint,
+    pub server_config: Option<Arc<ServerConfig>>,
+    pub client_config: Option<ClientConfig>,
+    pub conns: ConnTable,
+    pub app: A,
+    pub shared: Arc<Shared>,
+    pub counters: Arc<WorkerCounters>,
+    /// Scratch for endpoint responses (stateless resets, version negotiation, refusals).
+    pub response_buf: Vec<u8>,
+    /// Responses waiting for the driver.
+    pub responses: Vec<(Transmit, Vec<u8>)>,
+    pub tcp_done: Vec<TcpCompletion>,
+}
+
+impl<A: App> Worker<A> {
+    pub fn run(mut self) {
+        let mut pass = Vec::new();
+        let mut expired = Vec::new();
+        let mut timeout = Some(Duration::ZERO);
+        loop {
+            if self.state.shared.stop.load(Ordering::Acquire) || self.state.app.done() {
+                break;
+            }
+            WorkerCounters::add(&self.state.counters.loops, 1);
+            if timeout != Some(Duration::ZERO) {
+                WorkerCounters::add(&self.state.counters.waits, 1);
+            }
+            if let Err(e) = self.driver.wait(timeout) {
+                tracing::error!("worker {}: wait failed: {e}", self.id.0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let now = Instant::now();
+
+            // Input: forwarded packets, then our socket.
+            for f in self.forwarded.try_iter().take(FORWARDED_PER_LOOP) {
+                WorkerCounters::add(&self.state.counters.forwarded_in, 1);
+                self.state
+                    .handle_datagram(now, f.peer, f.dst_ip, f.ecn, f.data);
+            }
+            let state = &mut self.state;
+            let more_rx = self.driver.reap(RX_BATCHES_PER_LOOP, &mut |ev| match ev {
+                Event::Udp { meta, data } => {
+                    for seg in data.chunks(meta.stride.max(1)) {
+                        state.receive(now, meta.peer, meta.dst_ip, meta.ecn, seg);
+                    }
+                }
+                Event::Tcp(c) => state.tcp_done.push(c),
+            }) == RX_BATCHES_PER_LOOP;
+
+            // Timers.
+            expired.clear();
+            self.state.conns.expired(now, &mut expired);
+            for &ch in &expired {
+                if let Some(c) = self.state.conns.get_dirty(ch) {
+                    c.handle_timeout(now);
+                }
+            }
+
+            // The app: TCP completions, then its own work.
+            {
+                let st = &mut self.state;
+                let mut io = Io {
+                    now,
+                    worker: st.id,
+                    driver: self.driver.as_mut(),
+                    endpoint: &mut st.endpoint,
+                    conns: &mut st.conns,
+                    client_config: st.client_config.as_ref(),
+                };
+                for c in st.tcp_done.drain(..) {
+                    st.app.on_tcp(&mut io, c);
+                }
+                st.app.tick(&mut io);
+            }
+
+            // Connection passes: events to the app, then transmits.
+            for (t, buf) in self.state.responses.drain(..) {
+                self.driver.send(tx_meta(&t), buf);
+            }
+            let mut rounds = 0;
+            while self.state.conns.has_dirty() && rounds < 4 {
+                rounds += 1;
+                self.state.conns.take_dirty(&mut pass);
+                for &ch in &pass {
+                    self.pass(now, ch);
+                }
+            }
+            self.publish();
+
+            let busy = more_rx
+                || self.state.conns.has_dirty()
+                || !self.forwarded.is_empty()
+                || !self.state.tcp_done.is_empty();
+            timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.state
+                    .conns
+                    .next_deadline()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            };
+        }
+        // Leaving: close what is left so peers learn at once.
+        let now = Instant::now();
+        let handles: Vec<_> = self.state.conns.handles().collect();
+        for ch in handles {
+            if let Some(c) = self.state.conns.get(ch) {
+                c.close(now, 0u32.into(), bytes::Bytes::from_static(b"shutdown"));
+            }
+            self.pass(now, ch);
+        }
+        let _ = self.driver.wait(Some(Duration::ZERO));
+    }
+
+    /// One pass over a connection: endpoint bookkeeping, app events, transmits, timer.
+    fn pass(&mut self, now: Instant, ch: ConnectionHandle) {
+        let st = &mut self.state;
+        st.conns.clean(ch);
+        loop {
+            let Some(conn) = st.conns.get(ch) else { return };
+            let mut drained = false;
+            while let Some(ev) = conn.poll_endpoint_events() {
+                drained |= ev.is_drained();
+                if let Some(cev) = st.endpoint.handle_event(ch, ev) {
+                    conn.handle_event(cev);
+                }
+            }
+            let Some(ev) = conn.poll() else {
+                if drained {
+                    st.conns.remove(ch);
+                    return;
+                }
+                break;
+            };
+            let mut io = Io {
+                now,
+                worker: st.id,
+                driver: self.driver.as_mut(),
+                endpoint: &mut st.endpoint,
+                conns: &mut st.conns,
+                client_config: st.client_config.as_ref(),
+            };
+            st.app.on_event(&mut io, ch, ev);
+        }
+        let Some(conn) = st.conns.get(ch) else { return };
+        let mut batches = 0;
+        let max_segments = if self.driver.gso_enabled() {
+            MAX_GSO_SEGMENTS
+        } else {
+            1
+        };
+        let mut blocked = false;
+        while batches < TX_BATCHES_PER_CONN {
+            if !self.driver.can_send() {
+                blocked = true;
+                break;
+            }
+            let mut buf = self.driver.tx_buf();
+            match conn.poll_transmit(now, max_segments, &mut buf) {
+                Some(t) => {
+                    buf.truncate(t.size);
+                    self.driver.send(tx_meta(&t), buf);
+                    batches += 1;
+                }
+                None => break,
+            }
+        }
+        let deadline = conn.poll_timeout();
+        st.conns.set_timer(ch, deadline);
+        if blocked || batches == TX_BATCHES_PER_CONN {
+            // More to send: come back next iteration (after the driver drained some).
+            st.conns.mark(ch);
+        }
+    }
+
+    fn publish(&self) {
+        let s = self.driver.stats();
+        let c = &self.state.counters;
+        WorkerCounters::set(&c.rx_datagrams, s.rx_datagrams);
+        WorkerCounters::set(&c.rx_bytes, s.rx_bytes);
+        WorkerCounters::set(&c.rx_gro_batches, s.rx_gro_batches);
+        WorkerCounters::set(&c.tx_datagrams, s.tx_datagrams);
+        WorkerCounters::set(&c.tx_bytes, s.tx_bytes);
+        WorkerCounters::set(&c.tx_gso_batches, s.tx_gso_batches);
+        WorkerCounters::set(&c.tx_errors, s.tx_errors);
+        WorkerCounters::set(&c.gso_disabled, s.gso_disabled);
+        WorkerCounters::set(&c.connections, self.state.conns.len() as u64);
+    }
+}
+
+fn tx_meta(t: &Transmit) -> TxMeta {
+    TxMeta {
+        dest: t.destination,
+        src_ip: t.src_ip,
+        ecn: t.ecn.map_or(0, |e| e as u8),
+        segment_size: t.segment_size,
+    }
+}
+
+impl<A: App> State<A> {
+    /// A datagram from our socket: route it to its worker, or handle it here.
+    fn receive(
+        &mut self,
+        now: Instant,
+        peer: std::net::SocketAddr,
+        dst_ip: Option<std::net::IpAddr>,
+        ecn: u8,
+        seg: &[u8],
+    ) {
+        match route(seg, self.workers) {
+            Route::Malformed => WorkerCounters::add(&self.counters.rx_malformed, 1),
+            Route::Worker(w) if w != self.id.0 as usize => {
+                let f = Forwarded {
+                    peer,
+                    dst_ip,
+                    ecn,
+                    data: BytesMut::from(seg),
+                };
+                match self.shared.forward[w].try_send(f) {
+                    Ok(()) => {
+                        WorkerCounters::add(&self.counters.forwarded_out, 1);
+                        self.shared.wakers[w].wake();
+                    }
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        WorkerCounters::add(&self.counters.forward_dropped, 1);
+                    }
+                }
+            }
+            _ => self.handle_datagram(now, peer, dst_ip, ecn, BytesMut::from(seg)),
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        peer: std::net::SocketAddr,
+        dst_ip: Option<std::net::IpAddr>,
+        ecn: u8,
+        data: BytesMut,
+    ) {
+        self.response_buf.clear();
+        let ecn = EcnCodepoint::from_bits(ecn);
+        match self
+            .endpoint
+            .handle(now, peer, dst_ip, ecn, data, &mut self.response_buf)
+        {
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(c) = self.conns.get_dirty(ch) {
+                    c.handle_event(ev);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.server_config.is_none() {
+                    self.endpoint.ignore(incoming);
+                    return;
+                }
+                self.response_buf.clear();
+                match self
+                    .endpoint
+                    .accept(incoming, now, &mut self.response_buf, None)
+                {
+                    Ok((ch, conn)) => {
+                        self.conns.insert(ch, conn);
+                        WorkerCounters::add(&self.counters.connections_total, 1);
+                    }
+                    Err(e) => {
+                        WorkerCounters::add(&self.counters.accept_errors, 1);
+                        tracing::debug!("refused a connection from {peer}: {}", e.cause);
+                        if let Some(t) = e.response {
+                            let buf = self.response_buf[..t.size].to_vec();
+                            self.responses.push((t, buf));
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => {
+                let buf = self.response_buf[..t.size].to_vec();
+                self.responses.push((t, buf));
+            }
+            None => WorkerCounters::add(&self.counters.rx_dropped, 1),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Thread-per-core workers. Each worker is pinned to one CPU and owns, without locks, its
+//! driver (ring + UDP socket), its quinn-proto `Endpoint`, its connections and timers.
+//! Workers meet only through the forwarding channels (datagrams that reached the wrong
+//! socket) and the shared stop flag.
+
+pub mod app;
+mod event_loop;
+pub mod route;
+mod table;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::BytesMut;
+use crossbeam_channel::{bounded, Sender};
+use quinn_proto::{ClientConfig, Endpoint, EndpointConfig, ServerConfig};
+
+pub use app::{App, Io};
+pub use table::ConnTable;
+
+use crate::engine::{self, DriverConfig, IoKind, Waker};
+use crate::metrics::{self, Snapshot, WorkerCounters};
+
+/// A worker's index: its position in the SO_REUSEPORT group and byte 0 of its CIDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub u8);
+
+/// Most workers a group may have: the worker index must fit in a CID byte.
+pub const MAX_WORKERS: usize = 128;
+/// Datagrams queued for one worker by the others before new ones are dropped.
+const FORWARD_QUEUE: usize = 8192;
+
+/// A datagram handed from the worker whose socket received it to the worker that owns it.
+pub struct Forwarded {
+    pub peer: SocketAddr,
+    pub dst_ip: Option<IpAddr>,
+    pub ecn: u8,
+    pub data: BytesMut,
+}
+
+/// What workers of one group share.
+pub struct Shared {
+    pub counters: Vec<Arc<WorkerCounters>>,
+    pub forward: Vec<Sender<Forwarded>>,
+    pub wakers: Vec<Waker>,
+    pub stop: AtomicBool,
+    pub io_kinds: Vec<IoKind>,
+}
+
+/// How to start one worker.
+pub struct WorkerSpec {
+    pub socket: UdpSocket,
+    pub endpoint_config: Arc<EndpointConfig>,
+    pub server_config: Option<Arc<ServerConfig>>,
+    pub client_config: Option<ClientConfig>,
+}
+
+/// Options common to a group.
+#[derive(Clone, Debug, Default)]
+pub struct GroupConfig {
+    /// `None`: io_uring when available, else epoll.
+    pub io: Option<IoKind>,
+    pub driver: DriverConfig,
+    /// Pin worker i to CPU i (modulo the CPUs there are).
+    pub pin: bool,
+}
+
+/// A running group of workers.
+pub struct Group {
+    pub shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Group {
+    /// Counters summed over all workers.
+    pub fn totals(&self) -> Snapshot {
+        metrics::total(&self.shared.counters)
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Asks every worker to close its connections and leave its loop.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for w in &self.shared.wakers {
+            w.wake();
+        }
+    }
+
+    /// Waits for every worker to leave its loop (they leave on `stop` or when their app
+    /// is done).
+    pub fn join(self) -> io::Result<()> {
+        let mut failed = 0;
+        for h in self.handles {
+            if h.join().is_err() {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            return Err(io::Error::other(format!("{failed} worker(s) panicked")));
+        }
+        Ok(())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().all(|h| h.is_finished())
+    }
+}
+
+/// Starts one worker per spec. Each thread opens its own driver (an io_uring must be
+/// set up by the thread that submits to it), then runs its loop with `make_app(id)`.
+pub fn spawn<A, F>(specs: Vec<WorkerSpec>, cfg: &GroupConfig, make_app: F) -> io::Result<Group>
+where
+    A: App,
+    F: Fn(WorkerId) -> A,
+{
+    let n = specs.len();
+    if n == 0 || n > MAX_WORKERS {
+        return Err(io::Error::other(format!(
+            "worker count {n} out of range 1..={MAX_WORKERS}"
+        )));
+    }
+    let cores = if cfg.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (fwd_tx, fwd_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(FORWARD_QUEUE)).unzip();
+    let counters: Vec<_> = (0..n)
+        .map(|_| Arc::new(WorkerCounters::default()))
+        .collect();
+    let local_addrs = specs
+        .iter()
+        .map(|s| s.socket.local_addr())
+        .collect::<io::Result<Vec<_>>>()?;
+
+    // Threads open their drivers, report back, then wait for the shared state.
+    let mut handles = Vec::with_capacity(n);
+    let mut ready = Vec::with_capacity(n);
+    let mut go = Vec::with_capacity(n);
+    for (i, (spec, fwd_rx)) in specs.into_iter().zip(fwd_rx).enumerate() {
+        let (ready_tx, ready_rx) = bounded::<io::Result<(Waker, IoKind)>>(1);
+        let (go_tx, go_rx) = bounded::<Option<(Arc<Shared>, A)>>(1);
+        let core = cores.get(i % cores.len().max(1)).copied();
+        let io = cfg.io;
+        let dcfg = cfg.driver.clone();
+        let counters = counters[i].clone();
+        let h = std::thread::Builder::new()
+            .name(format!("quelay-w{i}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let driver = match engine::open(spec.socket, io, &dcfg) {
+                    Ok(d) => {
+                        let _ = ready_tx.send(Ok((d.waker(), d.kind())));
+                        d
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let Ok(Some((shared, app))) = go_rx.recv() else {
+                    return;
+                };
+                let id = WorkerId(i as u8);
+                let endpoint =
+                    Endpoint::new(spec.endpoint_config, spec.server_config.clone(), true, None);
+                let worker = event_loop::Worker {
+                    id,
+                    driver,
+                    forwarded: fwd_rx,
+                    state: event_loop::State {
+                        id,
+                        workers: n,
+                        endpoint,
+                        server_config: spec.server_config,
+                        client_config: spec.client_config,
+                        conns: ConnTable::default(),
+                        app,
+                        shared,
+                        counters,
+                        response_buf: Vec::new(),
+                        responses: Vec::new(),
+                        tcp_done: Vec::new(),
+                    },
+                };
+                worker.run();
+            })?;
+        handles.push(h);
+        ready.push(ready_rx);
+        go.push(go_tx);
+    }
+    let mut wakers = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut first_err = None;
+    for r in ready {
+        match r.recv() {
+            Ok(Ok((w, k))) => {
+                wakers.push(w);
+                kinds.push(k);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(io::Error::other("worker thread died during start-up"));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        for g in go {
+            let _ = g.send(None);
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    let shared = Arc::new(Shared {
+        counters,
+        forward: fwd_tx,
+        wakers,
+        stop: AtomicBool::new(false),
+        io_kinds: kinds,
+    });
+    for (i, g) in go.into_iter().enumerate() {
+        let _ = g.send(Some((shared.clone(), make_app(WorkerId(i as u8)))));
+    }
+    Ok(Group {
+        shared,
+        handles,
+        local_addrs,
+    })
+}
+
+/// Binds `n` sockets of one SO_REUSEPORT group on `addr`, in worker order (a reuseport
+/// BPF program picks members by that position). Port 0 picks one port for all.
+pub fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    buffer: usize,
+) -> io::Result<(Vec<UdpSocket>, engine::BufferReport)> {
+    let mut socks = Vec::with_capacity(n);
+    let mut addr = addr;
+    let mut report = None;
+    for _ in 0..n {
+        let (s, r) = engine::sys::bind_udp(addr, true, buffer)?;
+        addr.set_port(s.local_addr()?.port());
+        report.get_or_insert(r);
+        socks.push(s);
+    }
+    let report = report.ok_or_else(|| io::Error::other("no sockets"))?;
+    Ok((socks, report))
+}
