@@ -14,6 +14,7 @@
 
 pub mod echo;
 pub mod load;
+pub mod run;
 
 /// ALPN of the raw workload.
 pub const ALPN: &[u8] = b"quelay-bench";

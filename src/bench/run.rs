@@ -1,0 +1,157 @@
+//! `quelay bench quic`: runs [`LoadApp`] on a group of client workers and reports.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::load::{LoadApp, LoadConfig, LoadStats};
+use super::{Mode, ALPN};
+use crate::engine::{self, sys, DriverConfig, IoKind};
+use crate::metrics::Snapshot;
+use crate::quic::{self, QuicParams, Verify};
+use crate::worker::{self, GroupConfig, WorkerSpec};
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub server: SocketAddr,
+    pub server_name: String,
+    pub mode: Mode,
+    pub bytes: u64,
+    pub connections: usize,
+    pub streams: usize,
+    pub workers: usize,
+    pub io: Option<IoKind>,
+    pub driver: DriverConfig,
+    pub pin: bool,
+    pub timeout: Duration,
+    pub quic: QuicParams,
+}
+
+impl LoadOptions {
+    pub fn new(server: SocketAddr) -> Self {
+        LoadOptions {
+            server,
+            server_name: "localhost".into(),
+            mode: Mode::Echo,
+            bytes: 1 << 20,
+            connections: 1,
+            streams: 1,
+            workers: 1,
+            io: None,
+            driver: DriverConfig::default(),
+            pin: false,
+            timeout: Duration::from_secs(120),
+            quic: QuicParams::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub secs: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub streams_done: u64,
+    pub connections_done: u64,
+    pub errors: u64,
+    pub messages: Vec<String>,
+    pub timed_out: bool,
+    pub client: Snapshot,
+    pub io: IoKind,
+}
+
+impl LoadReport {
+    /// Payload bytes of the direction the mode measures.
+    pub fn goodput_bytes(&self, mode: Mode) -> u64 {
+        match mode {
+            Mode::Upload => self.bytes_sent,
+            Mode::Download | Mode::Echo => self.bytes_received,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.errors == 0 && !self.timed_out
+    }
+}
+
+/// Runs the workload and waits for it (or the timeout).
+pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
+    let n = opts.workers.clamp(1, worker::MAX_WORKERS);
+    let bind: SocketAddr = if opts.server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let crypto = quic::client_crypto(Verify::Insecure, &[ALPN]).map_err(io::Error::other)?;
+    let client_config = quic::client_config(crypto, &opts.quic);
+    let mut specs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (socket, _) = sys::bind_udp(bind, false, opts.driver.socket_buffer)?;
+        specs.push(WorkerSpec {
+            socket,
+            endpoint_config: Arc::new(quic::client_endpoint_config()),
+            server_config: None,
+            client_config: Some(client_config.clone()),
+        });
+    }
+    let stats = Arc::new(LoadStats::default());
+    let cfg = GroupConfig {
+        io: opts.io,
+        driver: opts.driver.clone(),
+        pin: opts.pin,
+    };
+    let start = Instant::now();
+    let group = worker::spawn(specs, &cfg, |id| {
+        // Spread connections over workers, the first ones taking the remainder.
+        let i = id.0 as usize;
+        let share = opts.connections / n + usize::from(i < opts.connections % n);
+        LoadApp::new(
+            LoadConfig {
+                server: opts.server,
+                server_name: opts.server_name.clone(),
+                mode: opts.mode,
+                bytes: opts.bytes,
+                connections: share,
+                streams: opts.streams,
+            },
+            stats.clone(),
+        )
+    })?;
+    let io_kind = group.shared.io_kinds[0];
+    let mut timed_out = false;
+    while !group.is_finished() {
+        if start.elapsed() > opts.timeout {
+            timed_out = true;
+            group.stop();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let client = group.totals();
+    group.join()?;
+    let messages = stats
+        .messages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(LoadReport {
+        secs,
+        bytes_sent: stats.bytes_sent.load(Relaxed),
+        bytes_received: stats.bytes_received.load(Relaxed),
+        streams_done: stats.streams_done.load(Relaxed),
+        connections_done: stats.connections_done.load(Relaxed),
+        errors: stats.errors.load(Relaxed),
+        messages,
+        timed_out,
+        client,
+        io: io_kind,
+    })
+}
+
+/// CPU seconds used by this process so far.
+pub fn cpu_seconds() -> f64 {
+    engine::sys::cpu_seconds_self()
+}
