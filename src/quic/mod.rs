@@ -4,6 +4,7 @@
 //! owns; nothing reads the clock or touches a socket.
 
 pub mod cid;
+pub mod compat;
 pub mod tls;
 pub mod transport;
 
@@ -11,6 +12,7 @@ pub mod transport;
 mod tests;
 
 pub use cid::{long_header_dcid, short_header_dcid, worker_of, ShardedCidGenerator, CID_LEN};
+pub use compat::{AssumePeerDatagrams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 pub use tls::{
     client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto, CertKey, TlsError,
     Verify,

@@ -134,7 +134,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(server_crypto: Arc<quinn_proto::crypto::rustls::QuicServerConfig>) -> Self {
+    fn new(server_crypto: Arc<dyn quinn_proto::crypto::ServerConfig>) -> Self {
         let p = QuicParams::default();
         let server = Endpoint::new(
             Arc::new(endpoint_config(&[0x5a; 64], SERVER_WORKER, WORKERS)),
@@ -380,4 +380,86 @@ fn impostor_fails_insecure_and_pin() {
             other => panic!("expected a bad-signature failure, got {other:?}"),
         }
     }
+}
+
+/// A client that omits `max_datagram_frame_size` (official Hysteria2 >= 2.8.2) gets no
+/// datagrams from plain quinn-proto, but does through `AssumePeerDatagrams`.
+#[test]
+fn assume_peer_datagrams_for_clients_without_the_parameter() {
+    let ck = server_cert();
+    let no_datagrams = QuicParams {
+        datagrams: false,
+        ..QuicParams::default()
+    };
+    let client_cfg = || {
+        client_config(
+            client_crypto(Verify::Insecure, &[ALPN]).unwrap(),
+            &no_datagrams,
+        )
+    };
+    let server_max = |pair: &mut Pair| {
+        let conn = pair.server.conns.values_mut().next().unwrap();
+        conn.datagrams().max_size()
+    };
+
+    let mut pair = Pair::new(server_crypto(&ck, &[ALPN]).unwrap());
+    pair.connect(client_cfg());
+    pair.handshake();
+    assert!(pair.server.connected());
+    assert_eq!(server_max(&mut pair), None);
+
+    let wrapped = AssumePeerDatagrams::new(
+        server_crypto(&ck, &[ALPN]).unwrap(),
+        ASSUMED_PEER_DATAGRAM_PAYLOAD,
+    );
+    let mut pair = Pair::new(Arc::new(wrapped));
+    pair.connect(client_cfg());
+    pair.handshake();
+    assert!(pair.server.connected(), "server: {:?}", pair.server.lost());
+    let max = server_max(&mut pair).expect("datagrams assumed");
+    // Bounded by the 1200-byte initial MTU until MTU discovery raises it.
+    assert!(
+        (1100..=usize::from(ASSUMED_PEER_DATAGRAM_PAYLOAD)).contains(&max),
+        "{max}"
+    );
+    // ALPN and other handshake data still come through the wrapper.
+    let conn = pair.server.conns.values().next().unwrap();
+    assert_eq!(alpn_of(conn).as_deref(), Some(ALPN));
+
+    // A client that does advertise the parameter keeps its own value.
+    let mut pair = Pair::new(Arc::new(AssumePeerDatagrams::new(
+        server_crypto(&ck, &[ALPN]).unwrap(),
+        100,
+    )));
+    pair.connect(client(Verify::Insecure, ALPN));
+    pair.handshake();
+    assert!(server_max(&mut pair).unwrap() > 100);
+}
+
+/// After MTU discovery, the assumed limit (not the path) bounds datagrams: 1197-byte payloads,
+/// so DATAGRAM frames never exceed 1200 bytes.
+#[test]
+fn assumed_datagram_limit_after_mtu_discovery() {
+    let ck = server_cert();
+    let wrapped = AssumePeerDatagrams::new(
+        server_crypto(&ck, &[ALPN]).unwrap(),
+        ASSUMED_PEER_DATAGRAM_PAYLOAD,
+    );
+    let mut pair = Pair::new(Arc::new(wrapped));
+    let no_datagrams = QuicParams {
+        datagrams: false,
+        ..QuicParams::default()
+    };
+    pair.connect(client_config(
+        client_crypto(Verify::Insecure, &[ALPN]).unwrap(),
+        &no_datagrams,
+    ));
+    pair.handshake();
+    let start = pair.now;
+    pair.drive_until(|p| p.now > start + Duration::from_secs(5));
+    let conn = pair.server.conns.values_mut().next().unwrap();
+    assert_eq!(
+        conn.datagrams().max_size(),
+        Some(usize::from(ASSUMED_PEER_DATAGRAM_PAYLOAD))
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
-use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::crypto::rustls::QuicClientConfig;
 use quinn_proto::{
     ClientConfig, ConnectionIdGenerator, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
     ServerConfig, TransportConfig, VarInt,
@@ -139,10 +139,11 @@ fn idle_timeout(d: Duration) -> Option<IdleTimeout> {
 /// The server configuration every worker shares (one token key, so retry and NEW_TOKEN tokens
 /// validate on any worker).
 ///
-/// `token_key` is the master key for address-validation tokens; `None` draws a random one, which
+/// `crypto` is usually [`super::server_crypto`]'s result, possibly wrapped in
+/// [`super::AssumePeerDatagrams`]. `token_key` is the master key for address-validation tokens; `None` draws a random one, which
 /// is right for a single process (tokens then do not survive a restart).
 pub fn server_config(
-    crypto: Arc<QuicServerConfig>,
+    crypto: Arc<dyn quinn_proto::crypto::ServerConfig>,
     p: &QuicParams,
     token_key: Option<&[u8; 64]>,
 ) -> Arc<ServerConfig> {
