@@ -135,6 +135,13 @@ struct Pair {
 
 impl Pair {
     fn new(server_crypto: Arc<dyn quinn_proto::crypto::ServerConfig>) -> Self {
+        Self::with_client_endpoint(server_crypto, client_endpoint_config())
+    }
+
+    fn with_client_endpoint(
+        server_crypto: Arc<dyn quinn_proto::crypto::ServerConfig>,
+        client_endpoint: quinn_proto::EndpointConfig,
+    ) -> Self {
         let p = QuicParams::default();
         let server = Endpoint::new(
             Arc::new(endpoint_config(&[0x5a; 64], SERVER_WORKER, WORKERS)),
@@ -142,7 +149,7 @@ impl Pair {
             true,
             None,
         );
-        let client = Endpoint::new(Arc::new(client_endpoint_config()), None, true, None);
+        let client = Endpoint::new(Arc::new(client_endpoint), None, true, None);
         Self {
             client: Peer::new(client, 40000),
             server: Peer::new(server, 443),
@@ -252,6 +259,24 @@ fn handshake_insecure() {
         .drive(now, pair.server.addr, &mut pair.server.inbound);
     pair.server
         .drive(now, pair.client.addr, &mut pair.client.inbound);
+    assert_routed_to_server_worker(&pair);
+}
+
+/// Official Hysteria2 clients since v2.11 use zero-length CIDs.
+#[test]
+fn handshake_with_zero_length_client_cids() {
+    let ck = server_cert();
+    let mut client_endpoint = client_endpoint_config();
+    client_endpoint.cid_generator(|| {
+        Box::new(quinn_proto::RandomConnectionIdGenerator::new(0))
+            as Box<dyn quinn_proto::ConnectionIdGenerator>
+    });
+    let mut pair =
+        Pair::with_client_endpoint(server_crypto(&ck, &[ALPN]).unwrap(), client_endpoint);
+    pair.connect(client(Verify::Insecure, ALPN));
+    pair.handshake();
+    assert!(pair.client.connected(), "client: {:?}", pair.client.lost());
+    assert!(pair.server.connected(), "server: {:?}", pair.server.lost());
     assert_routed_to_server_worker(&pair);
 }
 
