@@ -1,1 +1,23 @@
+//! quinn-proto glue: TLS and transport configuration, and connection IDs that name their worker.
+//!
+//! Everything here builds configuration for the sans-IO `quinn_proto::Endpoint` each worker
+//! owns; nothing reads the clock or touches a socket.
+
 pub mod cid;
+pub mod compat;
+pub mod tls;
+pub mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use cid::{long_header_dcid, short_header_dcid, worker_of, ShardedCidGenerator, CID_LEN};
+pub use compat::{AssumePeerDatagrams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
+pub use tls::{
+    client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto, CertKey, TlsError,
+    Verify,
+};
+pub use transport::{
+    client_config, client_endpoint_config, endpoint_config, server_config, transport_config,
+    Congestion, QuicParams,
+};

@@ -1,0 +1,246 @@
+//! quinn-proto transport, server, client and endpoint configurations.
+//!
+//! Defaults follow the official Hysteria2 server so that clients see the limits they expect
+//! (see `reference/hysteria2-protocol.md` §1.2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn_proto::crypto::rustls::QuicClientConfig;
+use quinn_proto::{
+    ClientConfig, ConnectionIdGenerator, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
+    ServerConfig, TransportConfig, VarInt,
+};
+use rand::RngCore;
+
+use super::cid::ShardedCidGenerator;
+
+/// Hysteria2 `quic.initStreamReceiveWindow`: 8 MiB lets one stream fill ~670 Mbit/s at 100 ms.
+pub const INIT_STREAM_WINDOW: u64 = 8 << 20;
+/// Hysteria2 `quic.maxStreamReceiveWindow`: same as the initial one, so no auto-tuning by default.
+pub const MAX_STREAM_WINDOW: u64 = 8 << 20;
+/// Hysteria2 `quic.initConnReceiveWindow`: 2.5 stream windows, so one stream cannot take it all.
+pub const INIT_CONN_WINDOW: u64 = 20 << 20;
+/// Hysteria2 `quic.maxConnReceiveWindow`: same as the initial one.
+pub const MAX_CONN_WINDOW: u64 = 20 << 20;
+/// Hysteria2 `quic.maxIdleTimeout` (RFC 9308 §3.2 recommends 30 s as well).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Hysteria2 `quic.maxIncomingStreams`: concurrent TCP relays per connection (quinn's 100 is
+/// what makes clients fail with "too many open streams").
+pub const MAX_INCOMING_STREAMS: u64 = 1024;
+/// quic-go's default, which Hysteria2 keeps: HTTP/3 needs only 1–3 uni streams per side.
+pub const MAX_INCOMING_UNI_STREAMS: u64 = 100;
+/// Hysteria2 servers send no keep-alives; clients keep the connection alive themselves.
+pub const KEEP_ALIVE: Option<Duration> = None;
+/// Hysteria2 relays UDP in DATAGRAM frames, so they are on unless UDP is disabled.
+pub const DATAGRAMS: bool = true;
+/// Received DATAGRAM bytes buffered per connection until the relay drains them: about 870
+/// full-size (1200-byte) Hysteria2 UDP messages.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
+/// Initial (and minimum) QUIC packet size: RFC 9000's floor, safe on every path; MTU discovery
+/// raises it.
+pub const INITIAL_MTU: u16 = 1200;
+
+/// Congestion controller for new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// Model-based; the default, as it keeps throughput on lossy long-haul paths.
+    #[default]
+    Bbr,
+    /// Loss-based, quinn's own default.
+    Cubic,
+    /// Loss-based, the RFC 9002 reference.
+    NewReno,
+}
+
+/// QUIC knobs that Hysteria2 exposes under `quic:` in its config files, plus our own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicParams {
+    /// Receive window a stream starts with (`initial_max_stream_data_*`).
+    pub init_stream_window: u64,
+    /// Ceiling for stream window auto-tuning (done above quinn-proto).
+    pub max_stream_window: u64,
+    /// Receive window a connection starts with (`initial_max_data`).
+    pub init_conn_window: u64,
+    /// Ceiling for connection window auto-tuning (done above quinn-proto).
+    pub max_conn_window: u64,
+    /// Idle timeout we advertise; zero disables it.
+    pub max_idle_timeout: Duration,
+    /// Concurrent bidirectional streams the peer may open.
+    pub max_incoming_streams: u64,
+    /// Concurrent unidirectional streams the peer may open.
+    pub max_incoming_uni_streams: u64,
+    /// PING interval to keep the connection (and NAT bindings) alive; `None` sends none.
+    pub keep_alive: Option<Duration>,
+    /// Whether to accept DATAGRAM frames (advertise `max_datagram_frame_size`).
+    pub datagrams: bool,
+    /// Congestion controller for new connections.
+    pub congestion: Congestion,
+    /// Path MTU discovery (Hysteria2 `quic.disablePathMTUDiscovery` inverted).
+    pub mtu_discovery: bool,
+}
+
+impl Default for QuicParams {
+    fn default() -> Self {
+        Self {
+            init_stream_window: INIT_STREAM_WINDOW,
+            max_stream_window: MAX_STREAM_WINDOW,
+            init_conn_window: INIT_CONN_WINDOW,
+            max_conn_window: MAX_CONN_WINDOW,
+            max_idle_timeout: MAX_IDLE_TIMEOUT,
+            max_incoming_streams: MAX_INCOMING_STREAMS,
+            max_incoming_uni_streams: MAX_INCOMING_UNI_STREAMS,
+            keep_alive: KEEP_ALIVE,
+            datagrams: DATAGRAMS,
+            congestion: Congestion::default(),
+            mtu_discovery: true,
+        }
+    }
+}
+
+/// A VarInt, saturating at the largest encodable value (2^62 - 1) instead of failing.
+fn varint(v: u64) -> VarInt {
+    VarInt::from_u64(v).unwrap_or(VarInt::MAX)
+}
+
+/// The transport configuration for `p`. Out-of-range values saturate rather than fail.
+pub fn transport_config(p: &QuicParams) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(varint(p.init_stream_window))
+        .receive_window(varint(p.init_conn_window))
+        // Sending is bounded by the peer's window; ours only has to not be the bottleneck.
+        .send_window(p.max_conn_window.saturating_mul(2))
+        .max_concurrent_bidi_streams(varint(p.max_incoming_streams))
+        .max_concurrent_uni_streams(varint(p.max_incoming_uni_streams))
+        .max_idle_timeout(idle_timeout(p.max_idle_timeout))
+        .keep_alive_interval(p.keep_alive)
+        .datagram_receive_buffer_size(p.datagrams.then_some(DATAGRAM_RECEIVE_BUFFER))
+        .initial_mtu(INITIAL_MTU)
+        .min_mtu(INITIAL_MTU)
+        .mtu_discovery_config(p.mtu_discovery.then(MtuDiscoveryConfig::default))
+        .enable_segmentation_offload(true);
+    match p.congestion {
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        Congestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
+        Congestion::NewReno => t.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
+    };
+    t
+}
+
+/// Zero disables the idle timeout, as in the transport parameter; too large saturates.
+fn idle_timeout(d: Duration) -> Option<IdleTimeout> {
+    if d.is_zero() {
+        return None;
+    }
+    Some(IdleTimeout::try_from(d).unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX)))
+}
+
+/// The server configuration every worker shares (one token key, so retry and NEW_TOKEN tokens
+/// validate on any worker).
+///
+/// `crypto` is usually [`super::server_crypto`]'s result, possibly wrapped in
+/// [`super::AssumePeerDatagrams`]. `token_key` is the master key for address-validation tokens; `None` draws a random one, which
+/// is right for a single process (tokens then do not survive a restart).
+pub fn server_config(
+    crypto: Arc<dyn quinn_proto::crypto::ServerConfig>,
+    p: &QuicParams,
+    token_key: Option<&[u8; 64]>,
+) -> Arc<ServerConfig> {
+    let mut master = [0u8; 64];
+    match token_key {
+        Some(k) => master = *k,
+        None => rand::thread_rng().fill_bytes(&mut master),
+    }
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&master);
+    let mut config = ServerConfig::new(crypto, Arc::new(prk));
+    config
+        .transport_config(Arc::new(transport_config(p)))
+        .migration(true);
+    Arc::new(config)
+}
+
+/// A client configuration for `p` (QUIC v1).
+pub fn client_config(crypto: Arc<QuicClientConfig>, p: &QuicParams) -> ClientConfig {
+    let mut config = ClientConfig::new(crypto);
+    config.transport_config(Arc::new(transport_config(p)));
+    config
+}
+
+/// The endpoint configuration of server worker `worker` out of `workers`.
+///
+/// All workers must pass the same `reset_key`, so a stateless reset token issued by one worker
+/// is the one any other worker would send for that CID.
+pub fn endpoint_config(reset_key: &[u8; 64], worker: u8, workers: u8) -> EndpointConfig {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    let mut config = EndpointConfig::new(Arc::new(key));
+    config
+        .cid_generator(move || -> Box<dyn ConnectionIdGenerator> {
+            Box::new(ShardedCidGenerator::new(worker, workers))
+        })
+        .supported_versions(vec![1])
+        // Not advertising grease_quic_bit keeps the fixed bit set in every packet peers send us,
+        // which the CID routers (kernel BPF and `cid::short_header_dcid`) rely on.
+        .grease_quic_bit(false);
+    config
+}
+
+/// The endpoint configuration of a client: random 8-byte CIDs, random reset key.
+pub fn client_endpoint_config() -> EndpointConfig {
+    EndpointConfig::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_hysteria2() {
+        let p = QuicParams::default();
+        assert_eq!(p.init_stream_window, 8_388_608);
+        assert_eq!(p.init_conn_window, 20_971_520);
+        assert_eq!(p.max_idle_timeout, Duration::from_secs(30));
+        assert_eq!(p.max_incoming_streams, 1024);
+        assert_eq!(p.max_incoming_uni_streams, 100);
+        assert_eq!(p.keep_alive, None);
+        assert!(p.datagrams);
+        assert_eq!(p.congestion, Congestion::Bbr);
+    }
+
+    #[test]
+    fn extreme_values_saturate() {
+        let p = QuicParams {
+            init_stream_window: u64::MAX,
+            max_stream_window: u64::MAX,
+            init_conn_window: u64::MAX,
+            max_conn_window: u64::MAX,
+            max_idle_timeout: Duration::MAX,
+            max_incoming_streams: u64::MAX,
+            max_incoming_uni_streams: u64::MAX,
+            keep_alive: Some(Duration::from_secs(10)),
+            datagrams: false,
+            congestion: Congestion::NewReno,
+            mtu_discovery: false,
+        };
+        let _ = transport_config(&p);
+        assert!(idle_timeout(Duration::ZERO).is_none());
+        assert_eq!(
+            idle_timeout(Duration::MAX),
+            Some(IdleTimeout::from(VarInt::MAX))
+        );
+        for c in [Congestion::Bbr, Congestion::Cubic, Congestion::NewReno] {
+            let _ = transport_config(&QuicParams {
+                congestion: c,
+                ..QuicParams::default()
+            });
+        }
+    }
+
+    #[test]
+    fn endpoint_config_uses_v1_only() {
+        let config = endpoint_config(&[7; 64], 1, 2);
+        let dbg = format!("{config:?}");
+        assert!(dbg.contains("supported_versions: [1]"), "{dbg}");
+        assert!(dbg.contains("grease_quic_bit: false"), "{dbg}");
+    }
+}
