@@ -1,1 +1,2 @@
+pub mod bpf;
 pub mod sys;
