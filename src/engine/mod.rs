@@ -10,6 +10,7 @@
 //! (DESIGN.md, measured facts). The worker calls, once per loop iteration:
 //! `wait(timeout)`, then `reap(max, ..)`, then `send(..)` while `can_send()`.
 
+pub mod bpf;
 pub mod epoll;
 pub mod sys;
 pub mod uring;
