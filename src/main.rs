@@ -1,6 +1,201 @@
+//! `quelay`: parse arguments, start a role. No logic lives here.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 use mimalloc::MiMalloc;
+
+use quelay::bench::{self, run::LoadOptions, Mode};
+use quelay::engine::{DriverConfig, IoKind};
+use quelay::server::echo::{self, EchoOptions, Steering};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {}
+#[derive(Parser)]
+#[command(name = "quelay", version, about = "A Hysteria2-compatible QUIC relay")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Run a server.
+    Server(ServerArgs),
+    /// Generate load.
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
+    },
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Worker threads (default: one per online CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// I/O driver: uring or epoll (default: uring when the host allows it).
+    #[arg(long)]
+    io: Option<IoKind>,
+    /// Send one datagram per syscall instead of GSO batches.
+    #[arg(long)]
+    no_gso: bool,
+    /// Do not ask the kernel to coalesce received datagrams (GRO).
+    #[arg(long)]
+    no_gro: bool,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+impl EngineArgs {
+    fn driver(&self) -> DriverConfig {
+        DriverConfig {
+            gso: !self.no_gso,
+            gro: !self.no_gro,
+            ..DriverConfig::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Serve the raw QUIC workload (echo / sink / source) used to measure the engine.
+    #[arg(long)]
+    echo: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// How datagrams reach their worker: bpf (kernel, by CID) or hash (4-tuple + forwarding).
+    #[arg(long, default_value = "bpf")]
+    steering: Steering,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Raw QUIC load against `quelay server --echo` (or examples/quinn_pair).
+    Quic(QuicBenchArgs),
+}
+
+#[derive(Args)]
+struct QuicBenchArgs {
+    #[arg(long)]
+    server: SocketAddr,
+    /// echo, upload or download.
+    #[arg(long, default_value = "upload")]
+    mode: Mode,
+    /// Bytes per stream.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Role::Server(a) => serve(a),
+        Role::Bench {
+            kind: BenchKind::Quic(a),
+        } => bench_quic(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServerArgs) -> Result<(), String> {
+    if !a.echo {
+        return Err("the Hysteria2 server role is not built yet; use --echo".into());
+    }
+    let opts = EchoOptions {
+        listen: a.listen,
+        workers: a.engine.workers.unwrap_or_else(echo::default_workers),
+        io: a.engine.io,
+        driver: a.engine.driver(),
+        steering: a.steering,
+        pin: !a.engine.no_pin,
+        ..EchoOptions::default()
+    };
+    let server = echo::start(&opts).map_err(|e| format!("cannot start: {e}"))?;
+    println!("listening on {}", server.addr);
+    server.group.join().map_err(|e| e.to_string())
+}
+
+fn bench_quic(a: QuicBenchArgs) -> Result<(), String> {
+    let mut opts = LoadOptions::new(a.server);
+    opts.mode = a.mode;
+    opts.bytes = a.bytes;
+    opts.connections = a.connections;
+    opts.streams = a.streams;
+    opts.workers = a.engine.workers.unwrap_or(1);
+    opts.io = a.engine.io;
+    opts.driver = a.engine.driver();
+    opts.pin = !a.engine.no_pin;
+    opts.timeout = Duration::from_secs(a.timeout);
+    let cpu0 = bench::run::cpu_seconds();
+    let r = bench::run::run(&opts).map_err(|e| e.to_string())?;
+    let cpu = bench::run::cpu_seconds() - cpu0;
+    let bytes = r.goodput_bytes(a.mode);
+    let gbps = bytes as f64 * 8.0 / r.secs / 1e9;
+    if a.json {
+        println!(
+            "{{\"impl\":\"quelay\",\"io\":\"{}\",\"gso\":{},\"mode\":\"{:?}\",\"connections\":{},\
+             \"streams\":{},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.4},\"cpu_secs\":{:.4},\
+             \"errors\":{}}}",
+            r.io,
+            !a.engine.no_gso,
+            a.mode,
+            a.connections,
+            a.streams,
+            bytes,
+            r.secs,
+            gbps,
+            cpu,
+            r.errors + u64::from(r.timed_out)
+        );
+    } else {
+        println!(
+            "{:?} {}x{}: {} bytes in {:.2} s = {:.3} Gbit/s, client CPU {:.2} s, {} driver, {} errors",
+            a.mode, a.connections, a.streams, bytes, r.secs, gbps, cpu, r.io, r.errors
+        );
+    }
+    tracing::debug!("client counters: {:?}", r.client);
+    for m in &r.messages {
+        eprintln!("error: {m}");
+    }
+    if r.timed_out {
+        return Err(format!("timed out after {} s", a.timeout));
+    }
+    if r.errors > 0 {
+        return Err(format!("{} error(s)", r.errors));
+    }
+    Ok(())
+}

@@ -23,6 +23,9 @@ pub struct WorkerCounters {
     pub rx_malformed: AtomicU64,
     /// Datagrams QUIC dropped: undecryptable, unknown connection, or garbage.
     pub rx_dropped: AtomicU64,
+    /// Stateless replies the endpoint sent to unknown datagrams (version negotiation,
+    /// stateless resets, refusals).
+    pub rx_responses: AtomicU64,
     /// Datagrams that reached this worker but belong to another, sent on to it.
     pub forwarded_out: AtomicU64,
     /// Datagrams other workers sent to this one.
@@ -53,6 +56,7 @@ macro_rules! fields {
             gso_disabled,
             rx_malformed,
             rx_dropped,
+            rx_responses,
             forwarded_out,
             forwarded_in,
             forward_dropped,
@@ -78,6 +82,7 @@ pub struct Snapshot {
     pub gso_disabled: u64,
     pub rx_malformed: u64,
     pub rx_dropped: u64,
+    pub rx_responses: u64,
     pub forwarded_out: u64,
     pub forwarded_in: u64,
     pub forward_dropped: u64,

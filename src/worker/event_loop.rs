@@ -24,6 +24,8 @@ use crate::metrics::WorkerCounters;
 const RX_BATCHES_PER_LOOP: usize = 32;
 /// Forwarded datagrams taken per iteration.
 const FORWARDED_PER_LOOP: usize = 256;
+/// Largest total payload of one GSO send (65535 less IPv6/IPv4 and UDP headers).
+const MAX_GSO_PAYLOAD: usize = 65_535 - 48;
 /// GSO batches one connection may send per iteration before others get their turn.
 const TX_BATCHES_PER_CONN: usize = 8;
 
@@ -184,8 +186,10 @@ impl<A: App> Worker<A> {
         }
         let Some(conn) = st.conns.get(ch) else { return };
         let mut batches = 0;
+        // A GSO send is one UDP datagram to the kernel: its total must fit 64 KiB less the
+        // IP and UDP headers, or it fails with EMSGSIZE once MTU discovery grows segments.
         let max_segments = if self.driver.gso_enabled() {
-            MAX_GSO_SEGMENTS
+            (MAX_GSO_PAYLOAD / usize::from(conn.current_mtu()).max(1)).clamp(1, MAX_GSO_SEGMENTS)
         } else {
             1
         };
@@ -314,6 +318,7 @@ impl<A: App> State<A> {
                 }
             }
             Some(DatagramEvent::Response(t)) => {
+                WorkerCounters::add(&self.counters.rx_responses, 1);
                 let buf = self.response_buf[..t.size].to_vec();
                 self.responses.push((t, buf));
             }
