@@ -251,7 +251,14 @@ impl<A: App> State<A> {
         ecn: u8,
         seg: &[u8],
     ) {
-        match route(seg, self.workers) {
+        // Only a server group shares one port; each client worker owns its own socket and
+        // its CIDs say nothing about workers.
+        let workers = if self.server_config.is_some() {
+            self.workers
+        } else {
+            1
+        };
+        match route(seg, workers) {
             Route::Malformed => WorkerCounters::add(&self.counters.rx_malformed, 1),
             Route::Worker(w) if w != self.id.0 as usize => {
                 let f = Forwarded {
