@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn drivers() -> Vec<IoKind> {
-    vec![IoKind::Epoll]
+    vec![IoKind::Epoll, IoKind::Uring]
 }
 
 fn open_driver(kind: IoKind, cfg: &DriverConfig) -> Box<dyn Driver> {
