@@ -12,9 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
-use super::{
-    DriverConfig, EngineStats, Event, IoKind, TcpCompletion, TcpOp, TxMeta, GRO_BUF_SIZE,
-};
+use super::{DriverConfig, EngineStats, Event, IoKind, TcpCompletion, TcpOp, TxMeta, GRO_BUF_SIZE};
 
 /// epoll tokens for our two fixed descriptors; TCP sockets use their fd.
 const TOKEN_UDP: u64 = u64::MAX;
@@ -488,7 +486,9 @@ impl super::Driver for EpollDriver {
             match e.raw_os_error() {
                 Some(libc::EINTR) => 0,
                 Some(libc::ENOSYS) => {
-                    let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+                    let ms = timeout.map_or(-1, |t| {
+                        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+                    });
                     // SAFETY: as above, with a millisecond timeout.
                     let rc = unsafe {
                         libc::epoll_wait(

@@ -51,7 +51,9 @@ impl std::str::FromStr for IoKind {
         match s {
             "uring" | "io_uring" => Ok(IoKind::Uring),
             "epoll" => Ok(IoKind::Epoll),
-            _ => Err(format!("unknown I/O driver {s:?} (expected uring or epoll)")),
+            _ => Err(format!(
+                "unknown I/O driver {s:?} (expected uring or epoll)"
+            )),
         }
     }
 }
@@ -120,7 +122,10 @@ pub struct TcpCompletion {
 /// Something a driver reports from `reap`.
 pub enum Event<'a> {
     /// Received UDP data: `data.len() == meta.len`, split by `meta.stride`.
-    Udp { meta: RecvMeta, data: &'a [u8] },
+    Udp {
+        meta: RecvMeta,
+        data: &'a [u8],
+    },
     Tcp(TcpCompletion),
 }
 

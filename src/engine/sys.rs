@@ -90,7 +90,12 @@ fn configure_rx(fd: RawFd, v6: bool) -> io::Result<()> {
     setsockopt(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)?;
     setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     // Do not fragment: QUIC does its own path MTU discovery.
-    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )?;
     if v6 {
         setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
         setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;

@@ -12,7 +12,8 @@
 //! - `udp.rs`: `recv_depth` RecvMsg kept posted, each with its own 64 KiB GRO buffer;
 //!   SendMsg with GSO, ECN and source-address control messages, GSO fallback on EIO/EINVAL.
 //! - `tcp.rs`: Connect, Recv, Send; Close after cancelling what is pending on the fd.
-//! - Wakeups: a PollAdd on the waker's eventfd, re-armed after each completion.
+//! - Wakeups: a Read of the waker's eventfd into an 8-byte slot, re-armed after each
+//!   completion (a PollAdd plus a drain if the kernel answers EAGAIN for the non-blocking fd).
 
 mod tcp;
 mod udp;
@@ -76,8 +77,8 @@ impl<T> KBox<T> {
 enum Op {
     UdpRecv(KBox<udp::RecvSlot>),
     UdpSend(KBox<udp::SendSlot>),
-    /// PollAdd on the waker's eventfd: no memory lent.
-    Wake,
+    /// Read of the waker's eventfd counter (or PollAdd, see `wake_by_poll`).
+    Wake(KBox<u64>),
     Tcp(tcp::TcpOpState),
 }
 
@@ -92,7 +93,7 @@ impl Op {
             match self {
                 Op::UdpRecv(s) => s.free(),
                 Op::UdpSend(s) => s.free(),
-                Op::Wake => {}
+                Op::Wake(b) => b.free(),
                 Op::Tcp(t) => t.free(),
             }
         }
@@ -108,6 +109,9 @@ pub struct UringDriver {
     local: SocketAddr,
     v6: bool,
     waker: Waker,
+    /// The kernel answered EAGAIN to a Read of the non-blocking eventfd (older kernels):
+    /// wait with PollAdd and drain the counter instead.
+    wake_by_poll: bool,
     gso: bool,
     inject_gso_failure: bool,
     ops: Slab<Op>,
@@ -187,6 +191,7 @@ impl UringDriver {
             local,
             v6: local.is_ipv6(),
             waker: Waker::new()?,
+            wake_by_poll: false,
             gso,
             inject_gso_failure: cfg.inject_gso_failure,
             ops: Slab::new(),
@@ -205,7 +210,7 @@ impl UringDriver {
             let key = d.ops.insert(Op::UdpRecv(KBox::new(udp::RecvSlot::new())));
             d.arm_recv(key);
         }
-        let key = d.ops.insert(Op::Wake);
+        let key = d.ops.insert(Op::Wake(KBox::new(0)));
         d.arm_wake(key);
         Ok(d)
     }
@@ -255,21 +260,36 @@ impl UringDriver {
     }
 
     fn arm_wake(&mut self, key: usize) {
-        let e = opcode::PollAdd::new(types::Fd(self.waker.fd()), libc::POLLIN as u32)
-            .build()
-            .user_data(key as u64);
-        self.push(e);
+        let Some(Op::Wake(counter)) = self.ops.get(key) else {
+            return;
+        };
+        let fd = types::Fd(self.waker.fd());
+        let e = if self.wake_by_poll {
+            opcode::PollAdd::new(fd, libc::POLLIN as u32).build()
+        } else {
+            // The slab entry owns the 8-byte counter the kernel writes until the CQE.
+            opcode::Read::new(fd, counter.ptr().cast(), 8).build()
+        };
+        self.push(e.user_data(key as u64));
+    }
+
+    fn wake_done(&mut self, key: usize, res: i32) {
+        if res == -libc::EAGAIN && !self.wake_by_poll {
+            self.wake_by_poll = true;
+        } else if res >= 0 {
+            if self.wake_by_poll {
+                self.waker.drain();
+            }
+            self.stats.wakeups += 1;
+        }
+        self.arm_wake(key);
     }
 
     /// Takes every CQE off the ring and files it: UDP receives into `rx_ready`, TCP
     /// completions into `tcp_done`; sends and wakeups are handled here.
     fn drain_cq(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result())),
-        );
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         for &(ud, res) in &cqes {
             if ud == IGNORE {
                 continue;
@@ -283,11 +303,7 @@ impl UringDriver {
                     self.arm_recv(key);
                 }
                 Some(Op::UdpRecv(_)) => self.rx_ready.push_back((key, res)),
-                Some(Op::Wake) => {
-                    self.waker.drain();
-                    self.stats.wakeups += 1;
-                    self.arm_wake(key);
-                }
+                Some(Op::Wake(_)) => self.wake_done(key, res),
                 Some(Op::UdpSend(_)) => {
                     if let Op::UdpSend(slot) = self.ops.remove(key) {
                         self.tx_inflight -= 1;
@@ -345,7 +361,11 @@ impl super::Driver for UringDriver {
         let pending = !self.rx_ready.is_empty()
             || !self.tcp_done.is_empty()
             || !self.ring.completion().is_empty();
-        let timeout = if pending { Some(Duration::ZERO) } else { timeout };
+        let timeout = if pending {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         let r = match timeout {
             None => self.ring.submitter().submit_and_wait(1),
             Some(t) => {
@@ -422,7 +442,11 @@ impl Drop for UringDriver {
             }
             return;
         }
-        self.push(opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(IGNORE));
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(IGNORE),
+        );
         let deadline = Instant::now() + DROP_WAIT;
         while !self.ops.is_empty() && Instant::now() < deadline {
             if self.submit_backlog().is_err() {

@@ -85,12 +85,7 @@ impl UringDriver {
     }
 
     /// Hands a completed receive (`res` bytes) to `on`. False when nothing was delivered.
-    pub(super) fn deliver(
-        &mut self,
-        key: usize,
-        res: i32,
-        on: &mut dyn FnMut(Event<'_>),
-    ) -> bool {
+    pub(super) fn deliver(&mut self, key: usize, res: i32, on: &mut dyn FnMut(Event<'_>)) -> bool {
         let Some(Op::UdpRecv(slot)) = self.ops.get_mut(key) else {
             return false;
         };
