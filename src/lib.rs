@@ -7,5 +7,5 @@ pub mod bench;
 pub mod engine;
 pub mod metrics;
 pub mod quic;
-pub mod worker;
 pub mod server;
+pub mod worker;

@@ -106,7 +106,11 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         "echo server on {addr}: {n} worker(s), {} driver, GSO {}, steering {}",
         group.shared.io_kinds[0],
         if opts.driver.gso { "on" } else { "off" },
-        if bpf_steering { "bpf" } else { "hash + forwarding" },
+        if bpf_steering {
+            "bpf"
+        } else {
+            "hash + forwarding"
+        },
     );
     Ok(EchoServer {
         group,

@@ -82,6 +82,9 @@ impl<A: App> Worker<A> {
             let state = &mut self.state;
             let more_rx = self.driver.reap(RX_BATCHES_PER_LOOP, &mut |ev| match ev {
                 Event::Udp { meta, data } => {
+                    if data.is_empty() {
+                        WorkerCounters::add(&state.counters.rx_malformed, 1);
+                    }
                     for seg in data.chunks(meta.stride.max(1)) {
                         state.receive(now, meta.peer, meta.dst_ip, meta.ecn, seg);
                     }
@@ -147,6 +150,13 @@ impl<A: App> Worker<A> {
         let handles: Vec<_> = self.state.conns.handles().collect();
         for ch in handles {
             if let Some(c) = self.state.conns.get(ch) {
+                tracing::debug!(
+                    "worker {}: closing {} (handshaking: {}): {:?}",
+                    self.id.0,
+                    c.remote_address(),
+                    c.is_handshaking(),
+                    c.stats()
+                );
                 c.close(now, 0u32.into(), bytes::Bytes::from_static(b"shutdown"));
             }
             self.pass(now, ch);
@@ -253,12 +263,12 @@ impl<A: App> State<A> {
     ) {
         // Only a server group shares one port; each client worker owns its own socket and
         // its CIDs say nothing about workers.
-        let workers = if self.server_config.is_some() {
-            self.workers
+        let to = if self.server_config.is_some() {
+            route(seg, self.workers)
         } else {
-            1
+            Route::Local
         };
-        match route(seg, workers) {
+        match to {
             Route::Malformed => WorkerCounters::add(&self.counters.rx_malformed, 1),
             Route::Worker(w) if w != self.id.0 as usize => {
                 let f = Forwarded {
