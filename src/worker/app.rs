@@ -21,6 +21,11 @@ pub trait App: Send + 'static {
     /// A TCP operation this app started on `io.driver` completed.
     fn on_tcp(&mut self, _io: &mut Io<'_>, _completion: TcpCompletion) {}
 
+    /// The app's own next deadline (connect timeouts, idle sessions); `tick` runs then.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
     /// The worker leaves its loop when this returns true (a client whose work is done).
     fn done(&self) -> bool {
         false

@@ -139,9 +139,11 @@ impl<A: App> Worker<A> {
             timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                self.state
-                    .conns
-                    .next_deadline()
+                let quic = self.state.conns.next_deadline();
+                let app = self.state.app.poll_timeout();
+                quic.into_iter()
+                    .chain(app)
+                    .min()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             };
         }
