@@ -1,7 +1,8 @@
 //! The I/O engine: the only module with `unsafe`, libc and io_uring.
 //!
-//! A [`Driver`] owns one UDP socket (a member of a SO_REUSEPORT group on the server) and,
-//! later, the TCP sockets of the relay. Two drivers share one interface:
+//! A [`Driver`] owns one UDP socket (a member of a SO_REUSEPORT group on the server) and the
+//! relay's outbound sockets: TCP connections and the UDP sockets of relayed UDP sessions.
+//! Two drivers share one interface:
 //! - [`uring::UringDriver`]: io_uring, kernel-owned buffers in a slab until completion;
 //! - [`epoll::EpollDriver`]: plain non-blocking syscalls on epoll, for hosts that refuse
 //!   io_uring (EPERM, ENOSYS, Docker's seccomp profile).
@@ -97,37 +98,43 @@ pub struct TxMeta {
     pub segment_size: Option<usize>,
 }
 
-/// A TCP operation the driver performs on behalf of the relay.
+/// A socket operation the driver performs on behalf of the relay (TCP connections and UDP
+/// session sockets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcpOp {
+pub enum SockOp {
     /// Result: the connected socket's fd.
     Connect,
     /// Result: bytes read into the buffer (0 = EOF).
     Recv,
     /// Result: bytes written from the buffer.
     Send,
+    /// Result: the datagram's length, all of it in the buffer; `peer` is its source.
+    RecvFrom,
+    /// Result: bytes sent (the whole datagram).
+    SendTo,
     /// Result: 0.
     Close,
 }
 
-/// Completion of a TCP operation; `buf` is the buffer handed to the driver, returned.
+/// Completion of a socket operation; `buf` is the buffer handed to the driver, returned.
 #[derive(Debug)]
-pub struct TcpCompletion {
+pub struct Completion {
     pub token: u64,
-    pub op: TcpOp,
+    pub op: SockOp,
     pub fd: RawFd,
     pub result: io::Result<usize>,
     pub buf: Vec<u8>,
+    /// `RecvFrom`: the datagram's source (IPv4-mapped IPv6 reported as IPv4); `None` for
+    /// every other operation and for failed receives.
+    pub peer: Option<SocketAddr>,
 }
 
 /// Something a driver reports from `reap`.
 pub enum Event<'a> {
     /// Received UDP data: `data.len() == meta.len`, split by `meta.stride`.
-    Udp {
-        meta: RecvMeta,
-        data: &'a [u8],
-    },
-    Tcp(TcpCompletion),
+    Udp { meta: RecvMeta, data: &'a [u8] },
+    /// A [`SockOp`] finished.
+    Sock(Completion),
 }
 
 /// Counters a driver keeps (plain, owned by its worker; published by the worker).
@@ -153,6 +160,10 @@ pub struct EngineStats {
     /// Wakeups from other threads.
     pub wakeups: u64,
 }
+
+/// Receive and send buffer of a UDP session socket: a few hundred full-size datagrams,
+/// enough for a burst, small enough for thousands of sessions per worker.
+pub const SESSION_SOCKET_BUFFER: usize = 1 << 20;
 
 /// Options shared by both drivers.
 #[derive(Clone, Debug)]
@@ -189,7 +200,11 @@ impl Default for DriverConfig {
     }
 }
 
-/// A worker's I/O: one UDP socket plus TCP operations, on io_uring or epoll.
+/// A worker's I/O: one UDP socket plus the relay's socket operations, on io_uring or epoll.
+///
+/// Socket operations complete through `reap` as [`Event::Sock`], each carrying back its
+/// buffer and `token`. Several may be pending on one fd; their completion order is only
+/// promised by epoll, so a TCP stream should keep one receive and one send at a time.
 pub trait Driver: Send {
     fn kind(&self) -> IoKind;
     fn local_addr(&self) -> SocketAddr;
@@ -204,20 +219,32 @@ pub trait Driver: Send {
     /// Hands queued work to the kernel, then blocks until something completes, a wakeup
     /// arrives, or `timeout` passes (`None`: no limit; `Some(ZERO)`: do not block).
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
-    /// Delivers completed work: at most `max_udp` UDP batches, and all TCP completions.
+    /// Delivers completed work: at most `max_udp` UDP batches, and all socket completions.
     /// Returns the number of UDP batches delivered.
     fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize;
     /// A handle other threads use to end a `wait` early.
     fn waker(&self) -> Waker;
     fn stats(&self) -> EngineStats;
-    /// Starts a non-blocking TCP connect; completes with `TcpOp::Connect`.
+    /// Starts a non-blocking TCP connect; completes with `SockOp::Connect`.
     fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()>;
     /// Reads into `buf` (its spare capacity up to `buf.capacity()`; contents replaced).
     fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
     /// Writes all of `buf` (or part; the completion says how much).
     fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
-    /// Closes `fd` after outstanding operations on it; completes with `TcpOp::Close`.
-    fn tcp_close(&mut self, fd: RawFd, token: u64);
+    /// Opens a non-blocking UDP socket bound to `bind` (port 0: ephemeral; an IPv6 address
+    /// makes it dual-stack) with [`SESSION_SOCKET_BUFFER`] buffers, for one relayed UDP
+    /// session. Synchronous. The fd belongs to the driver until [`Driver::sock_close`].
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd>;
+    /// Receives one datagram into `buf` (up to `buf.capacity()`; contents replaced);
+    /// completes with `SockOp::RecvFrom` and the source in `peer`. A datagram longer than
+    /// the capacity is dropped and reported as EMSGSIZE.
+    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    /// Sends `buf` as one datagram to `dest` (an IPv4 `dest` from a dual-stack socket is
+    /// mapped); completes with `SockOp::SendTo`.
+    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64);
+    /// Closes an fd this driver handed out (TCP or UDP): first completes the operations
+    /// pending on it with ECANCELED, then itself with `SockOp::Close`.
+    fn sock_close(&mut self, fd: RawFd, token: u64);
 }
 
 /// Opens a driver on an already bound UDP socket.

@@ -64,6 +64,29 @@ pub fn bind_udp(
     Ok((sock.into(), report))
 }
 
+/// Creates the socket of a relayed UDP session: non-blocking, bound to `addr` (dual-stack
+/// when IPv6), `buffer` bytes of buffers. No GRO or PKTINFO: it carries single datagrams
+/// to and from arbitrary hosts, not QUIC.
+pub fn udp_session_socket(addr: SocketAddr, buffer: usize) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    set_buffers(sock.as_raw_fd(), buffer);
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// The address family of a socket: true for IPv6.
+pub fn is_ipv6_socket(fd: RawFd) -> io::Result<bool> {
+    Ok(getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)? == libc::AF_INET6)
+}
+
 /// Asks for `want` bytes of receive and send buffer, forcing past the sysctl maximum when
 /// the process may (CAP_NET_ADMIN), otherwise taking what the maximum allows.
 pub fn set_buffers(fd: RawFd, want: usize) -> BufferReport {
@@ -243,6 +266,59 @@ impl RawAddr {
                 })
             }
             _ => None,
+        }
+    }
+}
+
+/// The `msghdr` of one datagram on a UDP session socket: its address and one `iovec`, no
+/// control messages. Self-referential once [`DgramMsg::link`]ed: it must not move while
+/// the kernel uses it (the io_uring driver boxes it, the epoll driver keeps it on the
+/// stack of one syscall).
+pub struct DgramMsg {
+    pub hdr: libc::msghdr,
+    pub iov: libc::iovec,
+    /// Destination of a send; the source the kernel writes on a receive.
+    pub name: RawAddr,
+}
+
+impl DgramMsg {
+    pub fn new(name: RawAddr) -> Self {
+        DgramMsg {
+            // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
+            hdr: unsafe { zeroed() },
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            name,
+        }
+    }
+
+    /// Points the header at `self.name` and at `len` bytes from `data` (through
+    /// `self.iov`), and returns it for the syscall or SQE.
+    pub fn link(&mut self, data: *mut u8, len: usize) -> *mut libc::msghdr {
+        self.iov = libc::iovec {
+            iov_base: data.cast(),
+            iov_len: len,
+        };
+        self.hdr.msg_name = std::ptr::addr_of_mut!(self.name.storage).cast();
+        self.hdr.msg_namelen = self.name.len;
+        self.hdr.msg_iov = std::ptr::addr_of_mut!(self.iov);
+        self.hdr.msg_iovlen = 1;
+        std::ptr::addr_of_mut!(self.hdr)
+    }
+
+    /// Reads the outcome of a receive made with `MSG_TRUNC` into a buffer of `cap` bytes
+    /// that returned `len`: the datagram's length and source. A datagram longer than the
+    /// buffer is an EMSGSIZE error (its tail is lost).
+    pub fn received(&mut self, len: usize, cap: usize) -> io::Result<(usize, SocketAddr)> {
+        if len > cap {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        self.name.len = self.hdr.msg_namelen;
+        match self.name.to_socket_addr() {
+            Some(peer) => Ok((len, peer)),
+            None => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
         }
     }
 }

@@ -1,7 +1,13 @@
 //! Driver tests, run against both drivers (loopback, no root).
 
+use std::collections::HashSet;
+use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -213,33 +219,33 @@ fn tcp_connect_send_recv_close() {
             d.wait(Some(Duration::from_millis(50))).unwrap();
             let mut done = Vec::new();
             d.reap(8, &mut |ev| {
-                if let Event::Tcp(c) = ev {
+                if let Event::Sock(c) = ev {
                     done.push(c);
                 }
             });
             for c in done {
                 match (step, c.op) {
-                    (0, TcpOp::Connect) => {
+                    (0, SockOp::Connect) => {
                         fd = c.result.expect("connect") as RawFd;
                         d.tcp_send(fd, b"hello".to_vec(), 2);
                         step = 1;
                     }
-                    (1, TcpOp::Send) => {
+                    (1, SockOp::Send) => {
                         assert_eq!(c.result.unwrap(), 5);
                         d.tcp_recv(fd, Vec::with_capacity(64), 3);
                         step = 2;
                     }
-                    (2, TcpOp::Recv) => {
+                    (2, SockOp::Recv) => {
                         let n = c.result.unwrap();
                         echoed.extend_from_slice(&c.buf[..n]);
                         if echoed.len() < 5 {
                             d.tcp_recv(fd, c.buf, 3);
                         } else {
-                            d.tcp_close(fd, 4);
+                            d.sock_close(fd, 4);
                             step = 3;
                         }
                     }
-                    (3, TcpOp::Close) => {
+                    (3, SockOp::Close) => {
                         c.result.unwrap();
                         step = 4;
                     }
@@ -268,7 +274,7 @@ fn tcp_connect_refused_reports_error() {
         while result.is_none() && Instant::now() < deadline {
             d.wait(Some(Duration::from_millis(50))).unwrap();
             d.reap(8, &mut |ev| {
-                if let Event::Tcp(c) = ev {
+                if let Event::Sock(c) = ev {
                     result = Some(c.result.map(|_| ()));
                 }
             });
@@ -377,37 +383,37 @@ fn tcp_close_cancels_pending_recv() {
         // Never accepted: the handshake completes in the backlog and nothing is sent.
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !seen.contains(&TcpOp::Close) && Instant::now() < deadline {
+        while !seen.contains(&SockOp::Close) && Instant::now() < deadline {
             d.wait(Some(Duration::from_millis(20))).unwrap();
             let mut done = Vec::new();
             d.reap(8, &mut |ev| {
-                if let Event::Tcp(c) = ev {
+                if let Event::Sock(c) = ev {
                     done.push(c);
                 }
             });
             for c in done {
                 seen.push(c.op);
                 match c.op {
-                    TcpOp::Connect => {
+                    SockOp::Connect => {
                         let fd = c.result.expect("connect") as RawFd;
                         // Nothing will arrive: the receive stays pending until the close.
                         d.tcp_recv(fd, Vec::with_capacity(64), 2);
                         d.wait(Some(Duration::from_millis(10))).unwrap();
-                        d.tcp_close(fd, 3);
+                        d.sock_close(fd, 3);
                     }
-                    TcpOp::Recv => {
+                    SockOp::Recv => {
                         let e = c.result.expect_err("cancelled receive");
                         assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
                         assert_eq!((c.token, c.buf.capacity() >= 64), (2, true), "{kind}");
                     }
-                    TcpOp::Close => assert_eq!(c.result.unwrap(), 0, "{kind}"),
-                    TcpOp::Send => panic!("{kind}: unexpected send"),
+                    SockOp::Close => assert_eq!(c.result.unwrap(), 0, "{kind}"),
+                    other => panic!("{kind}: unexpected {other:?}"),
                 }
             }
         }
         assert_eq!(
             seen,
-            [TcpOp::Connect, TcpOp::Recv, TcpOp::Close],
+            [SockOp::Connect, SockOp::Recv, SockOp::Close],
             "{kind}: completion order"
         );
     }
@@ -426,7 +432,7 @@ fn uring_drop_with_operations_in_flight() {
     while fd.is_none() && Instant::now() < deadline {
         d.wait(Some(Duration::from_millis(20))).unwrap();
         d.reap(8, &mut |ev| {
-            if let Event::Tcp(c) = ev {
+            if let Event::Sock(c) = ev {
                 fd = c.result.ok().map(|f| f as RawFd);
             }
         });
@@ -497,5 +503,341 @@ fn kernel_gso_refusal_falls_back_to_single_datagrams() {
         assert!(!d.gso_enabled(), "{kind}: GSO switched off");
         assert_eq!((s.gso_disabled, s.tx_errors), (1, 0), "{kind}");
         assert_eq!((s.tx_calls, s.tx_gso_batches), (70, 0), "{kind}");
+    }
+}
+
+// ---- UDP session sockets ----
+
+/// A std UDP echo on its own thread; reports the source of every datagram it echoes.
+struct Echo {
+    addr: SocketAddr,
+    seen: mpsc::Receiver<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn bind(addr: &str) -> Echo {
+        let sock = UdpSocket::bind(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, seen) = mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                    let _ = tx.send(from);
+                }
+            }
+        });
+        Echo {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether this host has IPv6 loopback.
+fn have_ipv6() -> bool {
+    UdpSocket::bind("[::1]:0").is_ok()
+}
+
+/// The local address of a socket the driver owns.
+fn sock_name(fd: RawFd) -> SocketAddr {
+    // SAFETY: borrows the driver's fd; ManuallyDrop never closes it.
+    let s = ManuallyDrop::new(unsafe { UdpSocket::from_raw_fd(fd) });
+    s.local_addr().unwrap()
+}
+
+/// Runs `d` for up to 5 s, handing `on` each socket completion until it returns true.
+fn drive(d: &mut dyn Driver, mut on: impl FnMut(&mut dyn Driver, Completion) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        d.wait(Some(Duration::from_millis(20))).unwrap();
+        let mut done = Vec::new();
+        d.reap(8, &mut |ev| {
+            if let Event::Sock(c) = ev {
+                done.push(c);
+            }
+        });
+        for c in done {
+            if on(d, c) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Closes `fd` and checks the Close completion.
+fn close_session(kind: IoKind, d: &mut dyn Driver, fd: RawFd) {
+    d.sock_close(fd, 99);
+    let closed = drive(d, |_, c| {
+        assert_eq!((c.op, c.token, c.fd), (SockOp::Close, 99, fd), "{kind}");
+        assert_eq!(c.result.unwrap(), 0, "{kind}");
+        true
+    });
+    assert!(closed, "{kind}: close completes");
+}
+
+#[test]
+fn udp_session_round_trip_reports_peer() {
+    // (session bind, echo bind): IPv4, IPv6, and IPv4 from a dual-stack socket.
+    let cases = [
+        ("0.0.0.0:0", "127.0.0.1:0"),
+        ("[::]:0", "[::1]:0"),
+        ("[::]:0", "127.0.0.1:0"),
+    ];
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        for (bind, echo_bind) in cases {
+            if bind.starts_with('[') && !have_ipv6() {
+                eprintln!("{kind}: no IPv6 loopback; skipping {bind} -> {echo_bind}");
+                continue;
+            }
+            let echo = Echo::bind(echo_bind);
+            let fd = d.udp_open(bind.parse().unwrap()).unwrap();
+            let local = sock_name(fd);
+            assert_ne!(local.port(), 0, "{kind}: ephemeral port");
+            d.udp_recv_from(fd, Vec::with_capacity(2048), 1);
+            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), 2);
+            let mut seen = Vec::new();
+            let done = drive(d.as_mut(), |_, c| {
+                assert_eq!(c.fd, fd, "{kind}");
+                match c.op {
+                    SockOp::SendTo => {
+                        assert_eq!((c.token, c.result.unwrap(), c.peer), (2, 4, None));
+                    }
+                    SockOp::RecvFrom => {
+                        assert_eq!((c.token, c.result.unwrap()), (1, 4), "{kind}");
+                        assert_eq!(c.buf, b"ping", "{kind}");
+                        // An IPv4 peer of a dual-stack socket comes back as IPv4.
+                        assert_eq!(c.peer, Some(echo.addr), "{kind} {bind}");
+                    }
+                    other => panic!("{kind}: unexpected {other:?}"),
+                }
+                seen.push(c.op);
+                seen.len() == 2
+            });
+            assert!(done, "{kind} {bind} -> {echo_bind}: round trip ({seen:?})");
+            let from = echo.seen.recv_timeout(Duration::from_secs(1)).unwrap();
+            assert_eq!(from.port(), local.port(), "{kind}: echo saw our socket");
+            close_session(kind, d.as_mut(), fd);
+        }
+    }
+}
+
+#[test]
+fn udp_session_is_full_cone() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let (a, b) = (Echo::bind("127.0.0.1:0"), Echo::bind("127.0.0.1:0"));
+        let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
+        for token in [1, 2] {
+            d.udp_recv_from(fd, Vec::with_capacity(2048), token);
+        }
+        d.udp_send_to(fd, a.addr, b"to a".to_vec(), 3);
+        d.udp_send_to(fd, b.addr, b"to b".to_vec(), 4);
+        let mut replies = Vec::new();
+        let mut sent = 0;
+        let done = drive(d.as_mut(), |_, c| {
+            match c.op {
+                SockOp::SendTo => {
+                    assert_eq!(c.result.unwrap(), 4, "{kind}");
+                    sent += 1;
+                }
+                SockOp::RecvFrom => {
+                    c.result.as_ref().unwrap();
+                    replies.push((c.peer.unwrap(), c.buf));
+                }
+                other => panic!("{kind}: unexpected {other:?}"),
+            }
+            sent == 2 && replies.len() == 2
+        });
+        assert!(done, "{kind}: both replies ({replies:?})");
+        replies.sort();
+        let mut want = vec![(a.addr, b"to a".to_vec()), (b.addr, b"to b".to_vec())];
+        want.sort();
+        assert_eq!(replies, want, "{kind}");
+        // One mapping for every destination: both saw the same source.
+        let seen_a = a.seen.recv_timeout(Duration::from_secs(1)).unwrap();
+        let seen_b = b.seen.recv_timeout(Duration::from_secs(1)).unwrap();
+        assert_eq!(seen_a, seen_b, "{kind}");
+        assert_eq!(seen_a.port(), sock_name(fd).port(), "{kind}");
+        close_session(kind, d.as_mut(), fd);
+    }
+}
+
+#[test]
+fn udp_session_close_cancels_pending_recv() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Nothing will arrive: the receive stays pending until the close.
+        d.udp_recv_from(fd, Vec::with_capacity(1500), 7);
+        d.wait(Some(Duration::from_millis(10))).unwrap();
+        d.reap(8, &mut |ev| {
+            if let Event::Sock(c) = ev {
+                panic!("{kind}: early completion {c:?}");
+            }
+        });
+        d.sock_close(fd, 8);
+        let mut seen = Vec::new();
+        drive(d.as_mut(), |_, c| {
+            match c.op {
+                SockOp::RecvFrom => {
+                    let e = c.result.expect_err("cancelled receive");
+                    assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
+                    assert_eq!((c.token, c.peer), (7, None), "{kind}");
+                    assert!(c.buf.capacity() >= 1500, "{kind}: buffer returned");
+                }
+                SockOp::Close => assert_eq!((c.token, c.result.unwrap()), (8, 0), "{kind}"),
+                other => panic!("{kind}: unexpected {other:?}"),
+            }
+            seen.push(c.op);
+            c.op == SockOp::Close
+        });
+        assert_eq!(
+            seen,
+            [SockOp::RecvFrom, SockOp::Close],
+            "{kind}: completion order"
+        );
+    }
+}
+
+#[test]
+fn udp_session_errors_are_completions() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = sock_name(fd);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Longer than the buffer: reported, not silently cut.
+        tx.send_to(&[7u8; 100], to).unwrap();
+        d.udp_recv_from(fd, Vec::with_capacity(10), 1);
+        // An IPv6 destination from an IPv4 socket: the kernel refuses it.
+        d.udp_send_to(fd, "[::1]:9".parse().unwrap(), vec![0; 8], 2);
+        let mut errors = Vec::new();
+        drive(d.as_mut(), |_, c| {
+            errors.push((c.op, c.result.map_err(|e| e.raw_os_error())));
+            errors.len() == 2
+        });
+        errors.sort_by_key(|(op, _)| *op as u8);
+        assert_eq!(errors.len(), 2, "{kind}: {errors:?}");
+        assert_eq!(
+            errors[0],
+            (SockOp::RecvFrom, Err(Some(libc::EMSGSIZE))),
+            "{kind}"
+        );
+        assert_eq!(errors[1].0, SockOp::SendTo, "{kind}");
+        assert!(errors[1].1.is_err(), "{kind}: {:?}", errors[1]);
+        close_session(kind, d.as_mut(), fd);
+    }
+}
+
+#[test]
+fn udp_session_1000_datagrams_round_trip() {
+    const N: u32 = 1000;
+    /// Datagrams on the way at once: well inside the echo's receive buffer.
+    const WINDOW: u32 = 64;
+    const RECVS: u64 = 16;
+    let dgram = |n: u32| {
+        let mut v = n.to_be_bytes().to_vec();
+        v.resize(4 + (n as usize * 37) % 1200, n as u8);
+        v
+    };
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let echo = Echo::bind("127.0.0.1:0");
+        let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
+        for t in 0..RECVS {
+            d.udp_recv_from(fd, Vec::with_capacity(2048), t);
+        }
+        let mut got = HashSet::new();
+        let (mut sent, mut send_done) = (0u32, 0u32);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (got.len() < N as usize || send_done < N) && Instant::now() < deadline {
+            while sent < N && sent - (got.len() as u32) < WINDOW {
+                d.udp_send_to(fd, echo.addr, dgram(sent), 1000 + sent as u64);
+                sent += 1;
+            }
+            d.wait(Some(Duration::from_millis(20))).unwrap();
+            let mut done = Vec::new();
+            d.reap(8, &mut |ev| {
+                if let Event::Sock(c) = ev {
+                    done.push(c);
+                }
+            });
+            for c in done {
+                match c.op {
+                    SockOp::SendTo => {
+                        let n = (c.token - 1000) as u32;
+                        assert_eq!(c.result.unwrap(), dgram(n).len(), "{kind}: send {n}");
+                        send_done += 1;
+                    }
+                    SockOp::RecvFrom => {
+                        let len = c.result.unwrap();
+                        assert_eq!(c.peer, Some(echo.addr), "{kind}");
+                        let n = u32::from_be_bytes(c.buf[..4].try_into().unwrap());
+                        assert_eq!(c.buf[..len], dgram(n)[..], "{kind}: datagram {n}");
+                        assert!(got.insert(n), "{kind}: datagram {n} twice");
+                        d.udp_recv_from(fd, c.buf, c.token);
+                    }
+                    other => panic!("{kind}: unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(send_done, N, "{kind}: sends completed");
+        assert_eq!(
+            got,
+            (0..N).collect::<HashSet<_>>(),
+            "{kind}: every datagram back"
+        );
+        // The receives still posted are cancelled by the close.
+        d.sock_close(fd, 99);
+        let mut cancelled = 0;
+        let closed = drive(d.as_mut(), |_, c| {
+            if c.op == SockOp::RecvFrom {
+                assert_eq!(
+                    c.result.unwrap_err().raw_os_error(),
+                    Some(libc::ECANCELED),
+                    "{kind}"
+                );
+                cancelled += 1;
+            }
+            c.op == SockOp::Close
+        });
+        assert!(closed, "{kind}: closed");
+        assert_eq!(cancelled, RECVS, "{kind}: pending receives cancelled");
+    }
+}
+
+#[test]
+fn udp_session_sockets_close_with_the_driver() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = sock_name(fd);
+        // A receive in the kernel when the driver goes.
+        d.udp_recv_from(fd, Vec::with_capacity(1500), 1);
+        d.wait(Some(Duration::ZERO)).unwrap();
+        drop(d);
+        // The port is free again: the driver closed the socket it owned.
+        UdpSocket::bind(local).unwrap_or_else(|e| panic!("{kind}: {local} still bound: {e}"));
     }
 }

@@ -7,7 +7,7 @@ use quinn_proto::{ClientConfig, ConnectError, Connection, ConnectionHandle, Endp
 
 use super::table::ConnTable;
 use super::WorkerId;
-use crate::engine::{Driver, TcpCompletion};
+use crate::engine::{Completion, Driver};
 
 /// An application driven by one worker. All calls happen on the worker's thread.
 pub trait App: Send + 'static {
@@ -18,8 +18,8 @@ pub trait App: Send + 'static {
     /// A connection event (handshake done, stream readable/writable, lost, ...).
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event);
 
-    /// A TCP operation this app started on `io.driver` completed.
-    fn on_tcp(&mut self, _io: &mut Io<'_>, _completion: TcpCompletion) {}
+    /// A socket operation this app started on `io.driver` completed.
+    fn on_sock(&mut self, _io: &mut Io<'_>, _completion: Completion) {}
 
     /// The app's own next deadline (connect timeouts, idle sessions); `tick` runs then.
     fn poll_timeout(&self) -> Option<Instant> {

@@ -17,7 +17,7 @@ use super::app::{App, Io};
 use super::route::{route, Route};
 use super::table::ConnTable;
 use super::{Forwarded, Shared, WorkerId};
-use crate::engine::{Driver, Event, TcpCompletion, TxMeta, MAX_GSO_SEGMENTS};
+use crate::engine::{Completion, Driver, Event, TxMeta, MAX_GSO_SEGMENTS};
 use crate::metrics::WorkerCounters;
 
 /// Receive batches (each up to 64 KiB of GRO segments) handled per iteration.
@@ -51,7 +51,7 @@ pub(super) struct State<A: App> {
     pub response_buf: Vec<u8>,
     /// Responses waiting for the driver.
     pub responses: Vec<(Transmit, Vec<u8>)>,
-    pub tcp_done: Vec<TcpCompletion>,
+    pub sock_done: Vec<Completion>,
 }
 
 impl<A: App> Worker<A> {
@@ -89,7 +89,7 @@ impl<A: App> Worker<A> {
                         state.receive(now, meta.peer, meta.dst_ip, meta.ecn, seg);
                     }
                 }
-                Event::Tcp(c) => state.tcp_done.push(c),
+                Event::Sock(c) => state.sock_done.push(c),
             }) == RX_BATCHES_PER_LOOP;
 
             // Timers.
@@ -112,8 +112,8 @@ impl<A: App> Worker<A> {
                     conns: &mut st.conns,
                     client_config: st.client_config.as_ref(),
                 };
-                for c in st.tcp_done.drain(..) {
-                    st.app.on_tcp(&mut io, c);
+                for c in st.sock_done.drain(..) {
+                    st.app.on_sock(&mut io, c);
                 }
                 st.app.tick(&mut io);
             }
@@ -135,7 +135,7 @@ impl<A: App> Worker<A> {
             let busy = more_rx
                 || self.state.conns.has_dirty()
                 || !self.forwarded.is_empty()
-                || !self.state.tcp_done.is_empty();
+                || !self.state.sock_done.is_empty();
             timeout = if busy {
                 Some(Duration::ZERO)
             } else {

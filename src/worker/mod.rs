@@ -189,7 +189,7 @@ where
                         counters,
                         response_buf: Vec::new(),
                         responses: Vec::new(),
-                        tcp_done: Vec::new(),
+                        sock_done: Vec::new(),
                     },
                 };
                 worker.run();

@@ -11,10 +11,14 @@
 //!
 //! - `udp.rs`: `recv_depth` RecvMsg kept posted, each with its own 64 KiB GRO buffer;
 //!   SendMsg with GSO, ECN and source-address control messages, GSO fallback on EIO/EINVAL.
-//! - `tcp.rs`: Connect, Recv, Send; Close after cancelling what is pending on the fd.
+//! - `sock.rs`: the relay's socket operations in flight, their completions, and Close
+//!   after cancelling what is pending on the fd; `tcp.rs` builds Connect, Recv and Send,
+//!   `dgram.rs` RecvMsg and SendMsg on the UDP session sockets of `udp_open`.
 //! - Wakeups: a Read of the waker's eventfd into an 8-byte slot, re-armed after each
 //!   completion (a PollAdd plus a drain if the kernel answers EAGAIN for the non-blocking fd).
 
+mod dgram;
+mod sock;
 mod tcp;
 mod udp;
 
@@ -29,7 +33,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::sys::{self, Waker};
-use super::{DriverConfig, EngineStats, Event, IoKind, TcpCompletion, TxMeta};
+use super::{Completion, DriverConfig, EngineStats, Event, IoKind, TxMeta};
 
 /// `user_data` of SQEs whose completions carry nothing to act on (cancellations).
 const IGNORE: u64 = u64::MAX;
@@ -79,7 +83,7 @@ enum Op {
     UdpSend(KBox<udp::SendSlot>),
     /// Read of the waker's eventfd counter (or PollAdd, see `wake_by_poll`).
     Wake(KBox<u64>),
-    Tcp(tcp::TcpOpState),
+    Sock(sock::SockOpState),
 }
 
 impl Op {
@@ -94,7 +98,7 @@ impl Op {
                 Op::UdpRecv(s) => s.free(),
                 Op::UdpSend(s) => s.free(),
                 Op::Wake(b) => b.free(),
-                Op::Tcp(t) => t.free(),
+                Op::Sock(s) => s.free(),
             }
         }
     }
@@ -124,8 +128,11 @@ pub struct UringDriver {
     tx_inflight: usize,
     tx_pool: Vec<Vec<u8>>,
     send_depth: usize,
-    tcp_fds: HashMap<RawFd, tcp::FdState>,
-    tcp_done: VecDeque<TcpCompletion>,
+    /// Descriptors with socket operations in flight (or a Close waiting for them).
+    sock_fds: HashMap<RawFd, sock::FdState>,
+    /// UDP session sockets from `udp_open` until `sock_close`: fd → IPv6 (dual-stack).
+    udp_fds: HashMap<RawFd, bool>,
+    sock_done: VecDeque<Completion>,
     cqes: Vec<(u64, i32)>,
     stats: EngineStats,
 }
@@ -201,8 +208,9 @@ impl UringDriver {
             tx_inflight: 0,
             tx_pool: Vec::new(),
             send_depth: cfg.send_depth.max(1),
-            tcp_fds: HashMap::new(),
-            tcp_done: VecDeque::new(),
+            sock_fds: HashMap::new(),
+            udp_fds: HashMap::new(),
+            sock_done: VecDeque::new(),
             cqes: Vec::new(),
             stats: EngineStats::default(),
         };
@@ -286,7 +294,7 @@ impl UringDriver {
     }
 
     /// Takes every CQE off the ring and files it: UDP receives into `rx_ready`, TCP
-    /// completions into `tcp_done`; sends and wakeups are handled here.
+    /// completions into `sock_done`; sends and wakeups are handled here.
     fn drain_cq(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -312,9 +320,9 @@ impl UringDriver {
                         self.send_done(slot, res);
                     }
                 }
-                Some(Op::Tcp(_)) => {
-                    if let Op::Tcp(op) = self.ops.remove(key) {
-                        self.tcp_complete(op, res);
+                Some(Op::Sock(_)) => {
+                    if let Op::Sock(op) = self.ops.remove(key) {
+                        self.sock_complete(op, res);
                     }
                 }
             }
@@ -359,7 +367,7 @@ impl super::Driver for UringDriver {
         self.flush_tx();
         self.submit_backlog()?;
         let pending = !self.rx_ready.is_empty()
-            || !self.tcp_done.is_empty()
+            || !self.sock_done.is_empty()
             || !self.ring.completion().is_empty();
         let timeout = if pending {
             Some(Duration::ZERO)
@@ -382,8 +390,8 @@ impl super::Driver for UringDriver {
 
     fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
         self.drain_cq();
-        while let Some(c) = self.tcp_done.pop_front() {
-            on(Event::Tcp(c));
+        while let Some(c) = self.sock_done.pop_front() {
+            on(Event::Sock(c));
         }
         let mut delivered = 0;
         while delivered < max_udp {
@@ -420,8 +428,31 @@ impl super::Driver for UringDriver {
         self.send_tcp(fd, buf, token);
     }
 
-    fn tcp_close(&mut self, fd: RawFd, token: u64) {
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
+        self.open_udp(bind)
+    }
+
+    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
+        self.recv_from(fd, buf, token);
+    }
+
+    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64) {
+        self.send_to(fd, dest, buf, token);
+    }
+
+    fn sock_close(&mut self, fd: RawFd, token: u64) {
         self.close(fd, token);
+    }
+}
+
+impl UringDriver {
+    /// Closes the UDP session sockets still open (the driver owns them until `sock_close`).
+    fn close_udp_sessions(&mut self) {
+        for (fd, _) in self.udp_fds.drain() {
+            // SAFETY: `udp_open` created this fd and the relay never closed it; an
+            // operation the kernel still holds keeps its own reference to the socket.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 
@@ -440,6 +471,7 @@ impl Drop for UringDriver {
                 // SAFETY: never submitted.
                 unsafe { op.free() };
             }
+            self.close_udp_sessions();
             return;
         }
         self.push(
@@ -477,5 +509,6 @@ impl Drop for UringDriver {
         for op in self.ops.drain() {
             std::mem::forget(op);
         }
+        self.close_udp_sessions();
     }
 }

@@ -2,33 +2,26 @@
 //! refused. GSO and GRO are kept: they matter more than io_uring (DESIGN.md).
 //!
 //! UDP receives use `recvmmsg` into 64 KiB GRO buffers; sends go out at once with
-//! `sendmsg` and are queued only when the socket buffer is full. TCP operations are
-//! tried at once and parked on readiness when they would block.
+//! `sendmsg` and are queued only when the socket buffer is full. The relay's socket
+//! operations (`sock.rs`) are tried at once and parked on readiness when they would block.
+
+mod sock;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
-use super::{DriverConfig, EngineStats, Event, IoKind, TcpCompletion, TcpOp, TxMeta, GRO_BUF_SIZE};
+use super::{Completion, DriverConfig, EngineStats, Event, IoKind, SockOp, TxMeta, GRO_BUF_SIZE};
+use sock::Parked;
 
-/// epoll tokens for our two fixed descriptors; TCP sockets use their fd.
+/// epoll tokens for our two fixed descriptors; relay sockets use their fd.
 const TOKEN_UDP: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;
 /// Datagram batches read per `recvmmsg`.
 const RX_BATCH: usize = 8;
-
-/// Pending TCP work on one descriptor.
-#[derive(Default)]
-struct TcpState {
-    connect: Option<u64>,
-    recv: Option<(Vec<u8>, u64)>,
-    send: Option<(Vec<u8>, u64)>,
-    /// Events currently registered with epoll (0 = not registered).
-    registered: u32,
-}
 
 pub struct EpollDriver {
     socket: UdpSocket,
@@ -46,8 +39,9 @@ pub struct EpollDriver {
     rx_bufs: Vec<Vec<u8>>,
     rx_names: Vec<RawAddr>,
     rx_cmsgs: Vec<CmsgBuf<RX_CMSG_SPACE>>,
-    tcp: HashMap<RawFd, TcpState>,
-    tcp_done: VecDeque<TcpCompletion>,
+    /// The relay's sockets with pending work (TCP) or handed out by `udp_open`.
+    socks: HashMap<RawFd, sock::SockState>,
+    sock_done: VecDeque<Completion>,
     stats: EngineStats,
 }
 
@@ -90,8 +84,8 @@ impl EpollDriver {
             rx_bufs: (0..RX_BATCH).map(|_| vec![0u8; GRO_BUF_SIZE]).collect(),
             rx_names: vec![RawAddr::zeroed(); RX_BATCH],
             rx_cmsgs: vec![CmsgBuf::new(); RX_BATCH],
-            tcp: HashMap::new(),
-            tcp_done: VecDeque::new(),
+            socks: HashMap::new(),
+            sock_done: VecDeque::new(),
             stats: EngineStats::default(),
         })
     }
@@ -277,124 +271,6 @@ impl EpollDriver {
         }
         got
     }
-
-    /// Registers `fd` for the events its pending operations need.
-    fn tcp_interest(&mut self, fd: RawFd) {
-        let Some(st) = self.tcp.get_mut(&fd) else {
-            return;
-        };
-        let mut want = 0u32;
-        if st.recv.is_some() {
-            want |= libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
-        }
-        if st.send.is_some() || st.connect.is_some() {
-            want |= libc::EPOLLOUT as u32;
-        }
-        if want == st.registered {
-            return;
-        }
-        let ep = self.epfd.as_raw_fd();
-        let r = match (st.registered, want) {
-            (0, w) => epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, w, fd as u64),
-            (_, 0) => epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, 0, fd as u64),
-            (_, w) => epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, w, fd as u64),
-        };
-        if r.is_ok() {
-            st.registered = want;
-        }
-    }
-
-    /// Runs whatever TCP work on `fd` can progress now.
-    fn tcp_progress(&mut self, fd: RawFd) {
-        let Some(st) = self.tcp.get_mut(&fd) else {
-            return;
-        };
-        if let Some(token) = st.connect {
-            // Called on EPOLLOUT (or error): the connect has finished one way or the other.
-            st.connect = None;
-            let result = sys::take_socket_error(fd).map(|()| fd as usize);
-            if result.is_err() {
-                // The caller never gets this fd: close it here.
-                self.forget(fd);
-                // SAFETY: we own `fd` (created by tcp_connect) and nobody else has it.
-                unsafe { libc::close(fd) };
-            }
-            self.tcp_done.push_back(TcpCompletion {
-                token,
-                op: TcpOp::Connect,
-                fd,
-                result,
-                buf: Vec::new(),
-            });
-            self.tcp_interest(fd);
-            return;
-        }
-        if let Some((mut buf, token)) = st.recv.take() {
-            match read_into(fd, &mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.recv = Some((buf, token)),
-                result => self.tcp_done.push_back(TcpCompletion {
-                    token,
-                    op: TcpOp::Recv,
-                    fd,
-                    result,
-                    buf,
-                }),
-            }
-        }
-        let Some(st) = self.tcp.get_mut(&fd) else {
-            return;
-        };
-        if let Some((buf, token)) = st.send.take() {
-            // SAFETY: writes from `buf`, alive for the call.
-            let rc = unsafe {
-                libc::send(
-                    fd,
-                    buf.as_ptr() as *const libc::c_void,
-                    buf.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            let result = if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(rc as usize)
-            };
-            match result {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.send = Some((buf, token)),
-                result => self.tcp_done.push_back(TcpCompletion {
-                    token,
-                    op: TcpOp::Send,
-                    fd,
-                    result,
-                    buf,
-                }),
-            }
-        }
-        self.tcp_interest(fd);
-    }
-
-    fn forget(&mut self, fd: RawFd) {
-        if let Some(st) = self.tcp.remove(&fd) {
-            if st.registered != 0 {
-                let _ = epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
-            }
-        }
-    }
-}
-
-fn read_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.clear();
-    let cap = buf.capacity().max(1);
-    buf.reserve(cap);
-    // SAFETY: reads at most `cap` bytes into the vector's spare capacity, then sets the
-    // length to what the kernel wrote.
-    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, cap, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel initialised `rc` bytes.
-    unsafe { buf.set_len(rc as usize) };
-    Ok(rc as usize)
 }
 
 fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -455,7 +331,7 @@ impl super::Driver for EpollDriver {
             self.flush();
         }
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        let timeout = if self.udp_readable || !self.tcp_done.is_empty() {
+        let timeout = if self.udp_readable || !self.sock_done.is_empty() {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -528,15 +404,15 @@ impl super::Driver for EpollDriver {
                     self.waker.drain();
                     self.stats.wakeups += 1;
                 }
-                fd => self.tcp_progress(fd as RawFd),
+                fd => self.progress(fd as RawFd),
             }
         }
         Ok(())
     }
 
     fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
-        while let Some(c) = self.tcp_done.pop_front() {
-            on(Event::Tcp(c));
+        while let Some(c) = self.sock_done.pop_front() {
+            on(Event::Sock(c));
         }
         let mut delivered = 0;
         while self.udp_readable && delivered < max_udp {
@@ -558,68 +434,38 @@ impl super::Driver for EpollDriver {
     }
 
     fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
-        let (sock, pending) = sys::tcp_connect_start(addr)?;
-        let fd = sock.into_raw_fd();
-        self.tcp.insert(
-            fd,
-            TcpState {
-                connect: Some(token),
-                ..TcpState::default()
-            },
-        );
-        if pending {
-            self.tcp_interest(fd);
-        } else {
-            self.tcp_progress(fd);
-        }
-        Ok(())
+        self.connect(addr, token)
     }
 
     fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.tcp.entry(fd).or_default().recv = Some((buf, token));
-        self.tcp_progress(fd);
+        self.park(fd, Parked::new(SockOp::Recv, buf, token));
     }
 
     fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.tcp.entry(fd).or_default().send = Some((buf, token));
-        self.tcp_progress(fd);
+        self.park(fd, Parked::new(SockOp::Send, buf, token));
     }
 
-    fn tcp_close(&mut self, fd: RawFd, token: u64) {
-        if let Some(st) = self.tcp.get_mut(&fd) {
-            let cancelled = || io::Error::from_raw_os_error(libc::ECANCELED);
-            let mut done = Vec::new();
-            if let Some((buf, t)) = st.recv.take() {
-                done.push((t, TcpOp::Recv, buf));
-            }
-            if let Some((buf, t)) = st.send.take() {
-                done.push((t, TcpOp::Send, buf));
-            }
-            for (t, op, buf) in done {
-                self.tcp_done.push_back(TcpCompletion {
-                    token: t,
-                    op,
-                    fd,
-                    result: Err(cancelled()),
-                    buf,
-                });
-            }
-        }
-        self.forget(fd);
-        // SAFETY: the relay hands us an fd it got from a Connect completion and stops
-        // using it with this call.
-        let rc = unsafe { libc::close(fd) };
-        let result = if rc == 0 {
-            Ok(0)
-        } else {
-            Err(io::Error::last_os_error())
-        };
-        self.tcp_done.push_back(TcpCompletion {
-            token,
-            op: TcpOp::Close,
-            fd,
-            result,
-            buf: Vec::new(),
-        });
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
+        self.open_udp(bind)
+    }
+
+    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
+        self.park(fd, Parked::new(SockOp::RecvFrom, buf, token));
+    }
+
+    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64) {
+        let mut p = Parked::new(SockOp::SendTo, buf, token);
+        p.dest = Some(dest);
+        self.park(fd, p);
+    }
+
+    fn sock_close(&mut self, fd: RawFd, token: u64) {
+        self.close(fd, token);
+    }
+}
+
+impl Drop for EpollDriver {
+    fn drop(&mut self) {
+        self.close_udp_sessions();
     }
 }

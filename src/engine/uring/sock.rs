@@ -1,0 +1,185 @@
+//! The relay's socket operations on the ring: what each holds while in flight, Close after
+//! cancelling what is pending, and the completions handed to `reap`. The operations
+//! themselves are built in `tcp.rs` (Connect, Recv, Send) and `dgram.rs` (RecvFrom, SendTo).
+//!
+//! Semantics match the epoll driver: Connect completes with the fd, Recv fills the buffer
+//! up to its capacity (0 = EOF), Send reports the bytes written, RecvFrom one datagram and
+//! its source, SendTo the bytes sent; Close first completes the fd's pending operations
+//! with ECANCELED, then itself.
+
+use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+
+use io_uring::{opcode, squeue, types};
+
+use super::super::sys::{DgramMsg, RawAddr};
+use super::super::{Completion, SockOp};
+use super::{KBox, Op, UringDriver, IGNORE};
+
+/// A socket operation in flight.
+pub(super) struct SockOpState {
+    pub(super) fd: RawFd,
+    pub(super) token: u64,
+    pub(super) kind: Kind,
+}
+
+pub(super) enum Kind {
+    /// The socket is owned here until the connect succeeds and the fd goes to the caller.
+    Connect {
+        sock: OwnedFd,
+        addr: KBox<RawAddr>,
+    },
+    /// The kernel writes into the vector's spare capacity (its heap buffer never moves).
+    Recv(Vec<u8>),
+    Send(Vec<u8>),
+    /// The header, source address and iovec the kernel fills in are boxed; the datagram
+    /// goes into `buf`'s spare capacity.
+    RecvFrom {
+        msg: KBox<DgramMsg>,
+        buf: Vec<u8>,
+    },
+    /// As `RecvFrom`; the kernel reads the destination and `buf`.
+    SendTo {
+        msg: KBox<DgramMsg>,
+        buf: Vec<u8>,
+    },
+    Close,
+}
+
+impl SockOpState {
+    /// # Safety
+    /// The kernel must be done with the operation (see `Op::free`).
+    pub(super) unsafe fn free(self) {
+        // SAFETY: per the contract, the kernel no longer reads or writes these boxes.
+        unsafe {
+            match self.kind {
+                Kind::Connect { addr, .. } => addr.free(),
+                Kind::RecvFrom { msg, .. } | Kind::SendTo { msg, .. } => msg.free(),
+                Kind::Recv(_) | Kind::Send(_) | Kind::Close => {}
+            }
+        }
+    }
+}
+
+/// Operations pending on one descriptor.
+#[derive(Default)]
+pub(super) struct FdState {
+    /// Operations in flight other than Close.
+    ops: usize,
+    /// `sock_close` was called while operations were pending: its token.
+    close: Option<u64>,
+}
+
+impl UringDriver {
+    pub(super) fn start_op(&mut self, op: SockOpState, e: squeue::Entry) {
+        let fd = op.fd;
+        if !matches!(op.kind, Kind::Close) {
+            self.sock_fds.entry(fd).or_default().ops += 1;
+        }
+        let key = self.ops.insert(Op::Sock(op));
+        self.push(e.user_data(key as u64));
+    }
+
+    pub(super) fn close(&mut self, fd: RawFd, token: u64) {
+        // A UDP session socket's family is not needed any more: no new sends on it.
+        self.udp_fds.remove(&fd);
+        let st = self.sock_fds.entry(fd).or_default();
+        if st.ops == 0 {
+            self.start_close(fd, token);
+        } else {
+            // Close once the cancelled operations have completed (see `sock_complete`), so
+            // their ECANCELED completions come first and the fd is not reused under them.
+            st.close = Some(token);
+            let cancel = types::CancelBuilder::fd(types::Fd(fd)).all();
+            self.push(opcode::AsyncCancel2::new(cancel).build().user_data(IGNORE));
+        }
+    }
+
+    fn start_close(&mut self, fd: RawFd, token: u64) {
+        let e = opcode::Close::new(types::Fd(fd)).build();
+        let kind = Kind::Close;
+        self.start_op(SockOpState { fd, token, kind }, e);
+    }
+
+    /// Turns a socket CQE into a completion for `reap`; the op has left the slab.
+    pub(super) fn sock_complete(&mut self, op: SockOpState, res: i32) {
+        let SockOpState { fd, token, kind } = op;
+        let closing = self.sock_fds.get(&fd).is_some_and(|s| s.close.is_some());
+        let result = if res >= 0 {
+            Ok(res as usize)
+        } else if closing && res == -libc::EINTR {
+            // Interrupted by the cancellation of `sock_close`.
+            Err(io::Error::from_raw_os_error(libc::ECANCELED))
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        let mut peer = None;
+        let (op, result, buf) = match kind {
+            Kind::Close => {
+                self.sock_fds.remove(&fd);
+                self.sock_done.push_back(Completion {
+                    token,
+                    op: SockOp::Close,
+                    fd,
+                    result: result.map(|_| 0),
+                    buf: Vec::new(),
+                    peer: None,
+                });
+                return;
+            }
+            Kind::Connect { sock, addr } => {
+                // SAFETY: the CQE has been reaped; the kernel no longer reads the address.
+                unsafe { addr.free() };
+                // On failure the caller never gets the fd: dropping `sock` closes it.
+                let result = result.map(|_| sock.into_raw_fd() as usize);
+                (SockOp::Connect, result, Vec::new())
+            }
+            Kind::Recv(mut buf) => {
+                if let Ok(n) = result {
+                    // SAFETY: the kernel initialised `n` bytes of the spare capacity, and
+                    // never more than the length it was given (≤ capacity).
+                    unsafe { buf.set_len(n.min(buf.capacity())) };
+                }
+                (SockOp::Recv, result, buf)
+            }
+            Kind::Send(buf) => (SockOp::Send, result, buf),
+            Kind::RecvFrom { msg, mut buf } => {
+                // SAFETY: the CQE has been reaped; the kernel is done with the header.
+                let mut msg = unsafe { msg.take() };
+                let cap = msg.iov.iov_len;
+                let result = result.and_then(|n| msg.received(n, cap));
+                if let Ok((len, _)) = result {
+                    // SAFETY: the kernel initialised `len` bytes of the spare capacity it
+                    // was given, and `len <= cap <= capacity` (checked by `received`).
+                    unsafe { buf.set_len(len.min(buf.capacity())) };
+                }
+                peer = result.as_ref().ok().map(|&(_, p)| p);
+                (SockOp::RecvFrom, result.map(|(len, _)| len), buf)
+            }
+            Kind::SendTo { msg, buf } => {
+                // SAFETY: the CQE has been reaped; the kernel is done with the header.
+                unsafe { msg.free() };
+                (SockOp::SendTo, result, buf)
+            }
+        };
+        self.sock_done.push_back(Completion {
+            token,
+            op,
+            fd,
+            result,
+            buf,
+            peer,
+        });
+        if let Some(st) = self.sock_fds.get_mut(&fd) {
+            st.ops = st.ops.saturating_sub(1);
+            if st.ops == 0 {
+                match st.close.take() {
+                    Some(close_token) => self.start_close(fd, close_token),
+                    None => {
+                        self.sock_fds.remove(&fd);
+                    }
+                }
+            }
+        }
+    }
+}
