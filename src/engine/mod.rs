@@ -231,6 +231,11 @@ pub trait Driver: Send {
     fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
     /// Writes all of `buf` (or part; the completion says how much).
     fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    /// Half-closes a TCP socket for writing (the peer reads EOF; replies still arrive).
+    /// Synchronous; call it when no send on `fd` is in flight.
+    fn tcp_shutdown_write(&mut self, fd: RawFd) {
+        let _ = sys::shutdown_write(fd);
+    }
     /// Opens a non-blocking UDP socket bound to `bind` (port 0: ephemeral; an IPv6 address
     /// makes it dual-stack) with [`SESSION_SOCKET_BUFFER`] buffers, for one relayed UDP
     /// session. Synchronous. The fd belongs to the driver until [`Driver::sock_close`].

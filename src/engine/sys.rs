@@ -554,6 +554,16 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// `shutdown(fd, SHUT_WR)`.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller owns; no memory is passed.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// CPU seconds (user + system) this process has used.
 pub fn cpu_seconds_self() -> f64 {
     // SAFETY: rusage is plain old data written by the kernel into our stack value.
