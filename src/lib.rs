@@ -1,11 +1,14 @@
 //! quelay: a Hysteria2-compatible QUIC relay for bare-metal Linux.
 //!
 //! Layers (see DESIGN.md): `engine` is the only module with `unsafe`, libc and io_uring;
-//! `quic` glues quinn-proto; `worker` runs the thread-per-core loop on top of both.
+//! `proto` is the sans-IO Hysteria2 wire format; `quic` glues quinn-proto; `worker` runs the
+//! thread-per-core loop on top of them.
 
 pub mod bench;
 pub mod engine;
 pub mod metrics;
+#[deny(unsafe_code)]
+pub mod proto;
 pub mod quic;
 pub mod server;
 pub mod worker;
