@@ -6,6 +6,8 @@
 pub mod bench;
 pub mod engine;
 pub mod metrics;
+#[deny(unsafe_code)]
+pub mod proto;
 pub mod quic;
 pub mod server;
 pub mod worker;
