@@ -20,7 +20,7 @@
 
 mod addr;
 mod defrag;
-// HTTP/3 + QPACK for the auth exchange lives in `h3/` (written separately): `pub mod h3;`
+pub mod h3;
 pub mod salamander;
 pub mod tcp;
 pub mod udp;
