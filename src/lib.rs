@@ -4,6 +4,7 @@
 //! `quic` glues quinn-proto; `worker` runs the thread-per-core loop on top of both.
 
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod quic;
