@@ -1,0 +1,146 @@
+//! Configuration: the official Hysteria2 server's YAML keys, validated into typed structs,
+//! and `hysteria2://` share URIs.
+//!
+//! Parsing goes text → YAML tree → [`ServerConfig`]. The tree is walked key by key with the
+//! official server's rules (case-insensitive keys, weak scalar conversion, zero means
+//! default) so that configs written for it load unchanged. Keys nobody reads become
+//! [`Warning`]s rather than errors: a newer official key must not stop a server from
+//! starting, but a misspelt one must not go unnoticed either.
+//!
+//! Nothing here touches the network; only [`load_server`] and [`check`] touch the disk.
+
+mod build;
+mod error;
+mod reader;
+mod server;
+mod units;
+mod uri;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use serde_norway::Value;
+
+pub use error::{ConfigError, ErrorAt, Warning};
+pub use server::*;
+pub use units::{parse_bandwidth, parse_duration, parse_go_bool};
+pub use uri::{parse_share_uri, ShareUri};
+
+/// Largest config file read. Real ones are a few KiB; a big `auth.userpass` list is still
+/// far below this.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Read and validate a server config file. Errors and warnings name the file as given.
+pub fn load_server(path: &Path) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
+    let origin = path.display().to_string();
+    let text = read_text(path, &origin)?;
+    parse_server(&text, &origin)
+}
+
+/// Validate a server config held in memory; `origin` names it in errors (a file name).
+pub fn parse_server(text: &str, origin: &str) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
+    let mut root: Value = serde_norway::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+    reader::strip_tags(&mut root);
+    // `<<: *anchor` merge keys, which the official server's YAML decoder applies too.
+    root.apply_merge().map_err(|e| yaml_error(origin, &e))?;
+    let mut warnings = Vec::new();
+    let config = build::server(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
+    Ok((config, warnings))
+}
+
+/// `quelay server --check -c FILE`: everything [`load_server`] checks, plus that the files
+/// the config names can be used (certificate and key load and match, the client CA, the
+/// masquerade directory and the ACL file are readable).
+pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
+    let origin = path.display().to_string();
+    let (config, warnings) = load_server(path)?;
+    let at = |key: &str, reason: String| ConfigError {
+        origin: origin.clone(),
+        at: ErrorAt::Key(key.to_owned()),
+        reason,
+    };
+    if let Some(tls) = &config.tls {
+        use crate::quic::tls::{load_pem, server_crypto, TlsError};
+        let ck = load_pem(&tls.cert, &tls.key).map_err(|e| {
+            let key = match &e {
+                TlsError::Unreadable { path, .. } | TlsError::BadPem { path, .. }
+                    if path == &tls.key =>
+                {
+                    "tls.key"
+                }
+                TlsError::NoPrivateKey(_) => "tls.key",
+                _ => "tls.cert",
+            };
+            at(key, e.to_string())
+        })?;
+        server_crypto(&ck, &[b"h3"]).map_err(|e| at("tls", e.to_string()))?;
+        if let Some(ca) = &tls.client_ca {
+            File::open(ca).map_err(|e| at("tls.clientCA", format!("{}: {e}", ca.display())))?;
+        }
+    }
+    if let MasqueradeHandler::File { dir } = &config.masquerade.handler {
+        if !dir.is_dir() {
+            return Err(at(
+                "masquerade.file.dir",
+                format!("{} is not a readable directory", dir.display()),
+            ));
+        }
+    }
+    if let Some(Acl {
+        rules: AclRules::File(file),
+        ..
+    }) = &config.acl
+    {
+        File::open(file).map_err(|e| at("acl.file", format!("{}: {e}", file.display())))?;
+    }
+    Ok(warnings)
+}
+
+fn read_text(path: &Path, origin: &str) -> Result<String, ConfigError> {
+    let file =
+        File::open(path).map_err(|e| ConfigError::file(origin, format!("cannot open: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ConfigError::file(origin, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::file(
+            origin,
+            format!(
+                "larger than {} MiB; not a config file?",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ConfigError::file(
+            origin,
+            format!(
+                "not UTF-8 text (bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// A YAML parser error at its line and column, without the parser's own "at line L column
+/// C" (the position is already in front).
+fn yaml_error(origin: &str, e: &serde_norway::Error) -> ConfigError {
+    let message = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let (line, column) = (loc.line(), loc.column());
+            let message = message.replacen(&format!(" at line {line} column {column}"), "", 1);
+            ConfigError {
+                origin: origin.to_owned(),
+                at: ErrorAt::Position { line, column },
+                reason: message,
+            }
+        }
+        None => ConfigError::file(origin, message),
+    }
+}

@@ -1,0 +1,419 @@
+//! The validated server configuration: every value checked, every default filled in.
+//! Built by [`super::parse_server`]; the defaults below are the official server's.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::IoKind;
+
+pub use super::units::PortSet;
+
+/// Official default listen port: HTTP/3's.
+pub const DEFAULT_LISTEN_PORT: u16 = 443;
+/// Official default stream receive window (8 MiB), initial and maximum.
+pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 8_388_608;
+/// Official default connection receive window: 5/2 of the stream window (20 MiB).
+pub const DEFAULT_CONN_RECEIVE_WINDOW: u64 = DEFAULT_STREAM_RECEIVE_WINDOW * 5 / 2;
+/// Smallest receive window the official server accepts.
+pub const MIN_RECEIVE_WINDOW: u64 = 16_384;
+/// Largest value a QUIC varint (and so a flow-control limit) can carry.
+pub const MAX_QUIC_VARINT: u64 = (1 << 62) - 1;
+/// Official default `max_idle_timeout`.
+pub const DEFAULT_MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Official allowed `max_idle_timeout` range.
+pub const MAX_IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(4), Duration::from_secs(120));
+/// Official default concurrent bidirectional streams per connection.
+pub const DEFAULT_MAX_INCOMING_STREAMS: u64 = 1024;
+/// Fewest concurrent streams the official server accepts (HTTP/3 needs a few).
+pub const MIN_INCOMING_STREAMS: u64 = 8;
+/// Most streams a QUIC MAX_STREAMS frame can grant (RFC 9000 §4.6).
+pub const MAX_INCOMING_STREAMS: u64 = 1 << 60;
+/// Smallest non-zero `bandwidth.up`/`down` the official server accepts, bytes per second.
+pub const MIN_BANDWIDTH: u64 = 65_536;
+/// Official default UDP session idle timeout.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Official allowed UDP session idle timeout range.
+pub const UDP_IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(600));
+/// Official minimum Salamander password length, in bytes (`ErrPSKTooShort`).
+pub const MIN_SALAMANDER_PASSWORD: usize = 4;
+/// Official default interval between GeoIP/GeoSite database updates (one week).
+pub const DEFAULT_GEO_UPDATE_INTERVAL: Duration = Duration::from_secs(168 * 3600);
+/// Default `masquerade.string.statusCode`.
+pub const DEFAULT_MASQUERADE_STATUS: u16 = 200;
+
+/// A whole server config (`quelay server -c FILE`), keys as in the official server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// `listen`: the UDP address. `:PORT` becomes `[::]:PORT`, which the caller binds
+    /// dual-stack (IPV6_V6ONLY off), as Go does.
+    pub listen: SocketAddr,
+    /// `tls`. `None` when the file has no `tls` section: the caller generates a self-signed
+    /// certificate (the official server would refuse to start).
+    pub tls: Option<Tls>,
+    /// `obfs`.
+    pub obfs: Obfs,
+    /// `quic`.
+    pub quic: Quic,
+    /// `congestion`: the controller used when Brutal is not.
+    pub congestion: Congestion,
+    /// `bandwidth`.
+    pub bandwidth: Bandwidth,
+    /// `ignoreClientBandwidth`: never use Brutal; answer `hysteria-cc-rx: auto`.
+    pub ignore_client_bandwidth: bool,
+    /// `speedTest`: serve the official speed-test pseudo-destination.
+    pub speed_test: bool,
+    /// `disableUDP`: refuse UDP relaying (`hysteria-udp: false`).
+    pub disable_udp: bool,
+    /// `udpIdleTimeout`: how long an idle UDP session keeps its socket.
+    pub udp_idle_timeout: Duration,
+    /// `auth`.
+    pub auth: Auth,
+    /// `sniff`; `None` unless `sniff.enable` is true.
+    pub sniff: Option<Sniff>,
+    /// `acl`; `None` when neither `acl.file` nor `acl.inline` is set.
+    pub acl: Option<Acl>,
+    /// `outbounds`: quelay has exactly one, a direct one (the official default).
+    pub outbound: DirectOutbound,
+    /// `trafficStats`; `None` when `trafficStats.listen` is not set.
+    pub traffic_stats: Option<TrafficStats>,
+    /// `masquerade`.
+    pub masquerade: Masquerade,
+    /// `outboundGuard` (quelay): which destinations clients may not reach.
+    pub outbound_guard: OutboundGuard,
+    /// `limits` (quelay): stream and connection caps.
+    pub limits: Limits,
+    /// `engine` (quelay): workers and I/O driver.
+    pub engine: Engine,
+    /// `metrics` (quelay); `None` when `metrics.listen` is not set.
+    pub metrics: Option<Metrics>,
+}
+
+/// `tls`: certificate files and client checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// `tls.cert`: PEM chain, leaf first. Relative paths are relative to the working
+    /// directory, as in the official server.
+    pub cert: PathBuf,
+    /// `tls.key`: PEM private key.
+    pub key: PathBuf,
+    /// `tls.sniGuard`.
+    pub sni_guard: SniGuard,
+    /// `tls.clientCA`: require client certificates signed by this PEM CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `tls.sniGuard`: whether a client's SNI must match the certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SniGuard {
+    /// `dns-san` (default): if the certificate has DNS SANs, the SNI must match one.
+    #[default]
+    DnsSan,
+    /// `strict`: the SNI must always match.
+    Strict,
+    /// `disable`: no check.
+    Disable,
+}
+
+/// `obfs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Obfs {
+    /// No obfuscation (`type` absent or `plain`).
+    #[default]
+    Plain,
+    /// Salamander; the password's UTF-8 bytes are the key (at least 4).
+    Salamander {
+        /// `obfs.salamander.password`.
+        password: String,
+    },
+}
+
+/// `quic`: transport parameters. Zero in the file means the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quic {
+    /// `quic.initStreamReceiveWindow`, bytes.
+    pub init_stream_receive_window: u64,
+    /// `quic.maxStreamReceiveWindow`, bytes (auto-tuning ceiling).
+    pub max_stream_receive_window: u64,
+    /// `quic.initConnReceiveWindow`, bytes.
+    pub init_conn_receive_window: u64,
+    /// `quic.maxConnReceiveWindow`, bytes.
+    pub max_conn_receive_window: u64,
+    /// `quic.maxIdleTimeout`, 4 s to 120 s.
+    pub max_idle_timeout: Duration,
+    /// `quic.maxIncomingStreams`: concurrent bidirectional streams per connection.
+    pub max_incoming_streams: u64,
+    /// `quic.disablePathMTUDiscovery`.
+    pub disable_path_mtu_discovery: bool,
+}
+
+impl Default for Quic {
+    fn default() -> Self {
+        Self {
+            init_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            max_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            init_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
+            max_incoming_streams: DEFAULT_MAX_INCOMING_STREAMS,
+            disable_path_mtu_discovery: false,
+        }
+    }
+}
+
+/// `congestion`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Congestion {
+    /// `congestion.type`.
+    pub kind: CongestionKind,
+    /// `congestion.bbrProfile`.
+    pub bbr_profile: BbrProfile,
+}
+
+/// `congestion.type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CongestionKind {
+    /// `bbr` (default).
+    #[default]
+    Bbr,
+    /// `reno`.
+    Reno,
+}
+
+/// `congestion.bbrProfile`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BbrProfile {
+    /// `standard` (default).
+    #[default]
+    Standard,
+    /// `conservative`.
+    Conservative,
+    /// `aggressive`.
+    Aggressive,
+}
+
+/// `bandwidth`, in **bytes** per second (the file says bits per second with units).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// `bandwidth.up`: cap on what the server sends per client; `None` = unlimited.
+    /// At least [`MIN_BANDWIDTH`] when set.
+    pub up: Option<u64>,
+    /// `bandwidth.down`: what the server tells clients it can receive (`hysteria-cc-rx`);
+    /// `None` = unlimited (sent as 0). At least [`MIN_BANDWIDTH`] when set.
+    pub down: Option<u64>,
+    /// `bandwidth.disableLossCompensation`: Brutal does not raise its rate to make up for loss.
+    pub disable_loss_compensation: bool,
+}
+
+/// `auth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// `type: password`: the whole `hysteria-auth` value must equal this (non-empty). The
+    /// auth ID is `user`.
+    Password(String),
+    /// `type: userpass`: `hysteria-auth` is `user:pass`, split at the first `:`. Keys are
+    /// user names already folded with [`Auth::user_key`]; the folded name is the auth ID.
+    UserPass(BTreeMap<String, String>),
+    /// `type: http`: POST `{"addr","auth","tx"}` to `url`, expect `{"ok","id"}`.
+    Http {
+        /// `auth.http.url` (http or https).
+        url: String,
+        /// `auth.http.insecure`: do not verify the backend's certificate.
+        insecure: bool,
+    },
+}
+
+impl Auth {
+    /// Fold a user name the way the official server does (user names are case-insensitive).
+    /// Apply it to the name a client presents before looking it up in [`Auth::UserPass`].
+    pub fn user_key(name: &str) -> String {
+        name.to_lowercase()
+    }
+}
+
+/// `sniff` (when enabled): read the TLS SNI / HTTP Host of proxied streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sniff {
+    /// `sniff.timeout`; `None` = the implementation's default.
+    pub timeout: Option<Duration>,
+    /// `sniff.rewriteDomain`: replace a requested domain with the sniffed one.
+    pub rewrite_domain: bool,
+    /// `sniff.tcpPorts`; `None` = all ports.
+    pub tcp_ports: Option<PortSet>,
+    /// `sniff.udpPorts`; `None` = all ports.
+    pub udp_ports: Option<PortSet>,
+}
+
+/// `acl`: routing rules; their syntax is checked by whoever compiles them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acl {
+    /// `acl.file` or `acl.inline` (exactly one).
+    pub rules: AclRules,
+    /// `acl.geoip`: GeoIP database path; `None` = download when a rule needs it.
+    pub geoip: Option<PathBuf>,
+    /// `acl.geosite`: GeoSite database path; `None` = download when a rule needs it.
+    pub geosite: Option<PathBuf>,
+    /// `acl.geoUpdateInterval` (default one week).
+    pub geo_update_interval: Duration,
+}
+
+/// Where ACL rules come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AclRules {
+    /// `acl.file`.
+    File(PathBuf),
+    /// `acl.inline`, one rule per entry.
+    Inline(Vec<String>),
+}
+
+/// The direct outbound: how the server connects to destinations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectOutbound {
+    /// `outbounds[0].name` (`default` when there is no `outbounds`), for ACL rules.
+    pub name: String,
+    /// `outbounds[0].direct.mode`.
+    pub mode: DirectMode,
+    /// `outbounds[0].direct.bindIPv4`/`bindIPv6`/`bindDevice`.
+    pub bind: OutboundBind,
+    /// `outbounds[0].direct.fastOpen`: TCP Fast Open to destinations.
+    pub fast_open: bool,
+}
+
+impl Default for DirectOutbound {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            mode: DirectMode::Auto,
+            bind: OutboundBind::Any,
+            fast_open: false,
+        }
+    }
+}
+
+/// `direct.mode`: which address families to use for destinations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DirectMode {
+    /// `auto` (default): happy eyeballs.
+    #[default]
+    Auto,
+    /// `64`: IPv6 if available, else IPv4.
+    Prefer6,
+    /// `46`: IPv4 if available, else IPv6.
+    Prefer4,
+    /// `6`: IPv6 only.
+    Only6,
+    /// `4`: IPv4 only.
+    Only4,
+}
+
+/// What outgoing sockets bind to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum OutboundBind {
+    /// Whatever the kernel picks.
+    #[default]
+    Any,
+    /// `bindIPv4` / `bindIPv6` (at least one set).
+    Addresses {
+        /// Source for IPv4 destinations.
+        v4: Option<Ipv4Addr>,
+        /// Source for IPv6 destinations.
+        v6: Option<Ipv6Addr>,
+    },
+    /// `bindDevice` (SO_BINDTODEVICE).
+    Device(String),
+}
+
+/// `trafficStats`: the official HTTP API (`/traffic`, `/kick`, `/online`, `/dump/streams`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficStats {
+    /// `trafficStats.listen` (TCP).
+    pub listen: SocketAddr,
+    /// `trafficStats.secret`: required `Authorization` header value; empty = no check.
+    pub secret: String,
+}
+
+/// `masquerade`: what non-auth HTTP/3 requests (and failed auths) get.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Masquerade {
+    /// `masquerade.type` and its section.
+    pub handler: MasqueradeHandler,
+    /// `masquerade.listenHTTP`: also serve the handler over TCP HTTP (needs `listenHTTPS`).
+    pub listen_http: Option<SocketAddr>,
+    /// `masquerade.listenHTTPS`: also serve it over TCP HTTPS, with the QUIC certificate.
+    pub listen_https: Option<SocketAddr>,
+    /// `masquerade.forceHTTPS`: the HTTP listener only redirects (301) to HTTPS.
+    pub force_https: bool,
+}
+
+/// `masquerade.type`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MasqueradeHandler {
+    /// `404` (default): Go's `http.NotFound`.
+    #[default]
+    NotFound,
+    /// `file`: a static file server.
+    File {
+        /// `masquerade.file.dir`.
+        dir: PathBuf,
+    },
+    /// `proxy`: a reverse proxy; upstream errors give 502.
+    Proxy {
+        /// `masquerade.proxy.url` (http or https).
+        url: String,
+        /// `masquerade.proxy.rewriteHost`: send the upstream's host instead of the client's.
+        rewrite_host: bool,
+        /// `masquerade.proxy.xForwarded`: add `X-Forwarded-*` headers.
+        x_forwarded: bool,
+        /// `masquerade.proxy.insecure`: do not verify the upstream's certificate.
+        insecure: bool,
+    },
+    /// `string`: a fixed response.
+    String {
+        /// `masquerade.string.content` (non-empty).
+        content: String,
+        /// `masquerade.string.headers`, names lowercased (HTTP/3 wants them so).
+        headers: BTreeMap<String, String>,
+        /// `masquerade.string.statusCode`: 200 to 599 except 233, default 200.
+        status_code: u16,
+    },
+}
+
+/// `outboundGuard` (quelay): destinations refused unless allowed. Both default to refused,
+/// so a relay on a host cannot be used to reach that host's local services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboundGuard {
+    /// `outboundGuard.allowLoopback`: allow 127.0.0.0/8 and ::1.
+    pub allow_loopback: bool,
+    /// `outboundGuard.allowLinkLocal`: allow 169.254.0.0/16 and fe80::/10.
+    pub allow_link_local: bool,
+}
+
+/// `limits` (quelay). `None` (absent or 0) = no cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `limits.maxStreamsPerUser`: concurrent streams over all of one user's connections.
+    pub max_streams_per_user: Option<u64>,
+    /// `limits.maxStreams`: concurrent streams over the whole relay.
+    pub max_streams: Option<u64>,
+    /// `limits.maxConnectionsPerUser`: concurrent connections of one user.
+    pub max_connections_per_user: Option<u64>,
+}
+
+/// `engine` (quelay).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Engine {
+    /// `engine.workers`; `None` (absent or 0) = one per online CPU.
+    pub workers: Option<usize>,
+    /// `engine.io`: `uring`, `epoll` or `auto` (`None`: io_uring when the host allows it).
+    pub io: Option<IoKind>,
+}
+
+/// `metrics` (quelay): Prometheus text over HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// `metrics.listen` (TCP).
+    pub listen: SocketAddr,
+}

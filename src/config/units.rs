@@ -1,0 +1,363 @@
+//! Value syntaxes the official config borrows from Go: durations (`time.ParseDuration`),
+//! booleans (`strconv.ParseBool`), bandwidths (`utils.StringToBps`), listen addresses and
+//! port unions. Each parser returns a reason without the key; the caller adds the key.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Parse a Go duration: a sequence of decimal numbers, each with an optional fraction and a
+/// unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `30s`, `1m30s`, `1.5h`, `500ms`.
+/// A lone `0` needs no unit. Negative durations are refused (no key takes one).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid =
+        || format!("invalid duration {text:?} (expected e.g. \"30s\", \"1m30s\", \"500ms\")");
+    let mut s = text.trim();
+    let negative = s.starts_with('-');
+    s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    // Go's limit: an i64 of nanoseconds.
+    const MAX_NANOS: u128 = i64::MAX as u128;
+    let mut total: u128 = 0;
+    while !s.is_empty() {
+        let (int, rest) = split_digits(s);
+        let (frac, rest) = match rest.strip_prefix('.') {
+            Some(r) => split_digits(r),
+            None => ("", rest),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return Err(invalid());
+        }
+        let unit_len = rest
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (unit, rest) = rest.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => {
+                return Err(format!(
+                    "missing unit in duration {text:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in duration {text:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
+        };
+        let too_long = || format!("duration {text:?} is too long");
+        let mut value: u128 = 0;
+        for d in int.bytes() {
+            value = value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u128::from(d - b'0')))
+                .filter(|&v| v <= MAX_NANOS)
+                .ok_or_else(too_long)?;
+        }
+        value = value.checked_mul(scale).ok_or_else(too_long)?;
+        // Digits past nanosecond precision cannot change the result; Go drops them too.
+        let mut place = scale;
+        for d in frac.bytes() {
+            place /= 10;
+            if place == 0 {
+                break;
+            }
+            value += u128::from(d - b'0') * place;
+        }
+        total = total
+            .checked_add(value)
+            .filter(|&v| v <= MAX_NANOS)
+            .ok_or_else(too_long)?;
+        s = rest;
+    }
+    if negative && total != 0 {
+        return Err(format!("duration {text:?} is negative"));
+    }
+    // total <= i64::MAX, so it fits in a u64.
+    Ok(Duration::from_nanos(
+        u64::try_from(total).map_err(|_| invalid())?,
+    ))
+}
+
+fn split_digits(s: &str) -> (&str, &str) {
+    s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()))
+}
+
+/// Go `strconv.ParseBool`: `1 t T TRUE true True` and `0 f F FALSE false False`.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parse a bandwidth such as `100 mbps`, `1g`, `500kbps` or `12345` into **bytes** per
+/// second. Units are SI bits per second (b, k, m, g, t, each optionally followed by `b` or
+/// `bps`), any case, with or without a space; a bare number is bits per second. The result
+/// is the bit rate divided by 8, rounded down.
+pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = split_digits(&lower);
+    if digits.is_empty() {
+        return Err(format!(
+            "invalid bandwidth {text:?} (expected a whole number and a unit, e.g. \"100 mbps\")"
+        ));
+    }
+    let too_large = || format!("bandwidth {text:?} is too large");
+    let value: u64 = digits.parse().map_err(|_| too_large())?;
+    let bits_per_unit: u64 = match unit.trim() {
+        "" | "b" | "bps" => 1,
+        "k" | "kb" | "kbps" => 1_000,
+        "m" | "mb" | "mbps" => 1_000_000,
+        "g" | "gb" | "gbps" => 1_000_000_000,
+        "t" | "tb" | "tbps" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in bandwidth {text:?} (use b, k, m, g or t, optionally followed by bps)"
+            ))
+        }
+    };
+    let bits = value.checked_mul(bits_per_unit).ok_or_else(too_large)?;
+    Ok(bits / 8)
+}
+
+/// Parse `host:port` where host is empty (all addresses, dual-stack: `[::]`), an IPv4
+/// literal, a bracketed IPv6 literal, or `localhost`. Host names are not resolved: a config
+/// check must not depend on DNS.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let s = text.trim();
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("missing ']' in address {text:?}"));
+        };
+        let Some(port) = after.strip_prefix(':') else {
+            return Err(format!(
+                "missing port in address {text:?} (e.g. \"[{host}]:443\")"
+            ));
+        };
+        (host, port)
+    } else {
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!(
+                "missing port in address {text:?} (e.g. \":443\" for all addresses)"
+            ));
+        };
+        if host.contains(':') {
+            return Err(format!(
+                "IPv6 addresses need brackets: \"[{host}]:{port}\", not {text:?}"
+            ));
+        }
+        (host, port)
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid port {port:?} in address {text:?} (expected 0 to 65535)"))?;
+    let ip = if host.is_empty() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| {
+            format!("{host:?} is not an IP address (host names are not resolved here)")
+        })?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A set of ports, as in `sniff.tcpPorts`: `all`, or a comma-separated list of ports and
+/// ranges such as `80,443,8000-9000`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(Vec<RangeInclusive<u16>>);
+
+impl PortSet {
+    /// Every port.
+    pub fn all() -> Self {
+        Self(vec![0..=u16::MAX])
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+
+    /// The ranges, in the order given.
+    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
+        &self.0
+    }
+
+    /// Parse `all`, `*` or `80,443,1000-2000`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let s = text.trim();
+        if s.eq_ignore_ascii_case("all") || s == "*" {
+            return Ok(Self::all());
+        }
+        let bad = |part: &str| {
+            format!(
+                "invalid port {part:?} in {text:?} (expected e.g. \"80,443,8000-9000\" or \"all\")"
+            )
+        };
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let port = |p: &str| p.trim().parse::<u16>().map_err(|_| bad(part));
+            let range = match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    a.min(b)..=a.max(b)
+                }
+                None => {
+                    let p = port(part)?;
+                    p..=p
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(Self(ranges))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_go() {
+        let ok = |s: &str, nanos: u64| {
+            assert_eq!(parse_duration(s), Ok(Duration::from_nanos(nanos)), "{s}")
+        };
+        ok("0", 0);
+        ok("30s", 30_000_000_000);
+        ok("1m30s", 90_000_000_000);
+        ok("500ms", 500_000_000);
+        ok("2h", 7_200_000_000_000);
+        ok("1.5h", 5_400_000_000_000);
+        ok(".5s", 500_000_000);
+        ok("1.s", 1_000_000_000);
+        ok("10us", 10_000);
+        ok("10µs", 10_000);
+        ok("7ns", 7);
+        ok("1h2m3s4ms5us6ns", 3_723_004_005_006);
+        ok("+3s", 3_000_000_000);
+        ok("-0s", 0);
+        ok("1.0000000001s", 1_000_000_000);
+        for bad in [
+            "",
+            "s",
+            "30",
+            "1x",
+            "1.2.3s",
+            ".s",
+            "-1s",
+            "1 s",
+            "9999999999h",
+            "1e3s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn go_bools() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_go_bool(t), Some(true));
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_go_bool(f), Some(false));
+        }
+        for x in ["", "yes", "tRUE", "2", " 1"] {
+            assert_eq!(parse_go_bool(x), None);
+        }
+    }
+
+    #[test]
+    fn bandwidth_unit_table() {
+        let cases: &[(&str, u64)] = &[
+            ("100 mbps", 12_500_000),
+            ("100mbps", 12_500_000),
+            ("100 Mbps", 12_500_000),
+            ("100 MB", 12_500_000),
+            ("100m", 12_500_000),
+            ("1g", 125_000_000),
+            ("1 Gbps", 125_000_000),
+            ("1gb", 125_000_000),
+            ("500kbps", 62_500),
+            ("500 k", 62_500),
+            ("500kb", 62_500),
+            ("12345", 1543),
+            ("12345 bps", 1543),
+            ("12345b", 1543),
+            ("2t", 250_000_000_000),
+            ("2 tbps", 250_000_000_000),
+            ("0", 0),
+            ("0 mbps", 0),
+            (" 8 b ", 1),
+        ];
+        for &(text, bytes) in cases {
+            assert_eq!(parse_bandwidth(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "mbps",
+            "1.5 gbps",
+            "-1m",
+            "10 mibps",
+            "10 x",
+            "99999999999999999999",
+            "20000000t",
+        ] {
+            assert!(parse_bandwidth(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn socket_addrs() {
+        let ok = |s: &str, want: &str| {
+            assert_eq!(parse_socket_addr(s), Ok(want.parse().unwrap()), "{s}")
+        };
+        ok(":443", "[::]:443");
+        ok("0.0.0.0:443", "0.0.0.0:443");
+        ok("127.0.0.1:8443", "127.0.0.1:8443");
+        ok("[::1]:8443", "[::1]:8443");
+        ok("[::]:1", "[::]:1");
+        ok("localhost:80", "127.0.0.1:80");
+        for bad in [
+            "443",
+            "::1:443",
+            "[::1]",
+            "[::1:443",
+            "1.2.3.4:65536",
+            "1.2.3.4:https",
+            "example.com:443",
+            ":",
+            "1.2.3.4:",
+        ] {
+            assert!(parse_socket_addr(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn port_sets() {
+        let s = PortSet::parse("80, 443,8000-9000,20-10").unwrap();
+        for p in [80, 443, 8000, 8500, 9000, 10, 15, 20] {
+            assert!(s.contains(p), "{p}");
+        }
+        for p in [0, 81, 7999, 9001, 21] {
+            assert!(!s.contains(p), "{p}");
+        }
+        assert!(PortSet::parse("all").unwrap().contains(65535));
+        assert!(PortSet::parse("*").unwrap().contains(0));
+        for bad in ["", "80,", "a", "1-", "70000"] {
+            assert!(PortSet::parse(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+}
