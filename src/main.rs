@@ -10,6 +10,7 @@ use mimalloc::MiMalloc;
 use quelay::bench::{self, run::LoadOptions, Mode};
 use quelay::engine::{DriverConfig, IoKind};
 use quelay::server::echo::{self, EchoOptions, Steering};
+use quelay::server;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -63,6 +64,12 @@ impl EngineArgs {
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Config file (the reference server's YAML keys).
+    #[arg(short = 'c', long = "config")]
+    config: Option<std::path::PathBuf>,
+    /// Validate the config file and exit.
+    #[arg(long)]
+    check: bool,
     /// Serve the raw QUIC workload (echo / sink / source) used to measure the engine.
     #[arg(long)]
     echo: bool,
@@ -133,7 +140,21 @@ fn main() -> ExitCode {
 
 fn serve(a: ServerArgs) -> Result<(), String> {
     if !a.echo {
-        return Err("the Hysteria2 server role is not built yet; use --echo".into());
+        let path = a
+            .config
+            .ok_or("a config file is needed: quelay server -c server.yaml")?;
+        let cfg = server::run::load(&path)?;
+        if a.check {
+            println!("{}: OK", path.display());
+            return Ok(());
+        }
+        let srv = server::run::start(&cfg)?;
+        if let Some(uri) = &srv.share_uri {
+            println!("no tls section: using a generated self-signed certificate");
+            println!("share URI: {uri}");
+        }
+        println!("listening on {}", srv.addr);
+        return server::run::wait(srv).map_err(|e| e.to_string());
     }
     let opts = EchoOptions {
         listen: a.listen,

@@ -101,6 +101,7 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
         io: opts.io,
         driver: opts.driver.clone(),
         pin: opts.pin,
+        obfs: None,
     };
     let start = Instant::now();
     let group = worker::spawn(specs, &cfg, |id| {

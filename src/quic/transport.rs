@@ -79,6 +79,9 @@ pub struct QuicParams {
     pub congestion: Congestion,
     /// Path MTU discovery (Hysteria2 `quic.disablePathMTUDiscovery` inverted).
     pub mtu_discovery: bool,
+    /// Bytes every UDP datagram carries besides the QUIC packet (8 with Salamander):
+    /// discovered MTUs are lowered by this much so datagrams still fit the path.
+    pub datagram_overhead: u16,
 }
 
 impl Default for QuicParams {
@@ -95,9 +98,13 @@ impl Default for QuicParams {
             datagrams: DATAGRAMS,
             congestion: Congestion::default(),
             mtu_discovery: true,
+            datagram_overhead: 0,
         }
     }
 }
+
+/// quinn-proto's default ceiling for path MTU discovery (Ethernet 1500 less IPv6 and UDP).
+const MTU_UPPER_BOUND: u16 = 1452;
 
 /// A VarInt, saturating at the largest encodable value (2^62 - 1) instead of failing.
 fn varint(v: u64) -> VarInt {
@@ -118,7 +125,11 @@ pub fn transport_config(p: &QuicParams) -> TransportConfig {
         .datagram_receive_buffer_size(p.datagrams.then_some(DATAGRAM_RECEIVE_BUFFER))
         .initial_mtu(INITIAL_MTU)
         .min_mtu(INITIAL_MTU)
-        .mtu_discovery_config(p.mtu_discovery.then(MtuDiscoveryConfig::default))
+        .mtu_discovery_config(p.mtu_discovery.then(|| {
+            let mut m = MtuDiscoveryConfig::default();
+            m.upper_bound(MTU_UPPER_BOUND.saturating_sub(p.datagram_overhead));
+            m
+        }))
         .enable_segmentation_offload(true);
     match p.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),

@@ -100,6 +100,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         io: opts.io,
         driver: opts.driver.clone(),
         pin: opts.pin,
+        obfs: None,
     };
     let group = worker::spawn(specs, &cfg, |_| EchoApp::new())?;
     tracing::info!(

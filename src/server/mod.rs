@@ -1,4 +1,8 @@
-//! The server role. For now the raw QUIC echo server that exercises the engine; the
-//! Hysteria2 server builds on the same start-up path.
+//! The server role: the Hysteria2 server, and the raw QUIC echo server that exercises
+//! the engine.
 
 pub mod echo;
+pub mod guard;
+pub mod hy2;
+pub mod resolve;
+pub mod run;

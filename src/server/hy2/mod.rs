@@ -1,0 +1,591 @@
+//! The Hysteria2 server application, run by every worker.
+//!
+//! Per connection: an HTTP/3 control stream; request streams answered by the
+//! authenticator (233) or the masquerade (an ordinary web server's answer); after
+//! authentication, proxy streams (first varint 0x401) relayed to TCP and DATAGRAMs relayed
+//! to UDP sessions.
+
+pub mod relay;
+pub mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use slab::Slab;
+
+use self::relay::{After, Relay};
+use self::udp::UdpTable;
+use super::guard::OutboundGuard;
+use super::resolve::{Resolver, ResolverClient};
+use crate::engine::Completion;
+use crate::proto::h3::{self, CcRx, RequestReader};
+use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
+use crate::worker::{App, Io};
+
+/// The reference server's dial timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a proxy stream may send before its TCPRequest is complete
+/// (type + address ≤ 2048 + padding ≤ 4096 + length fields).
+const MAX_REQUEST_BYTES: usize = 2 + 2048 + 4096 + 16;
+
+/// Who may use the relay.
+#[derive(Clone, Debug)]
+pub enum Authenticator {
+    /// One shared password; the user ID is "user".
+    Password(String),
+    /// user → password; user names compared case-insensitively (stored lowercased).
+    UserPass(HashMap<String, String>),
+}
+
+impl Authenticator {
+    /// The user ID for `auth`, or `None` when it is wrong.
+    pub fn check(&self, auth: &str) -> Option<String> {
+        match self {
+            Authenticator::Password(p) => (auth == p).then(|| "user".to_string()),
+            Authenticator::UserPass(users) => {
+                let (user, pass) = auth.split_once(':')?;
+                let user = user.to_lowercase();
+                (users.get(&user).map(String::as_str) == Some(pass)).then_some(user)
+            }
+        }
+    }
+}
+
+/// What unauthenticated visitors see.
+#[derive(Clone, Debug)]
+pub enum Masquerade {
+    /// Go's `http.NotFound`.
+    NotFound,
+    String {
+        status: u16,
+        headers: Vec<(String, String)>,
+        content: String,
+    },
+}
+
+impl Masquerade {
+    fn response(&self) -> Vec<u8> {
+        match self {
+            Masquerade::NotFound => h3::response(
+                404,
+                &[
+                    ("content-type", "text/plain; charset=utf-8"),
+                    ("x-content-type-options", "nosniff"),
+                ],
+                b"404 page not found\n",
+            ),
+            Masquerade::String {
+                status,
+                headers,
+                content,
+            } => {
+                let hs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                h3::response(*status, &hs, content.as_bytes())
+            }
+        }
+    }
+}
+
+/// Server behaviour shared by all workers.
+#[derive(Clone, Debug)]
+pub struct Hy2Config {
+    pub auth: Authenticator,
+    pub masquerade: Masquerade,
+    pub guard: OutboundGuard,
+    pub udp: bool,
+    pub udp_idle_timeout: Duration,
+    /// `bandwidth.up` in bytes/s (0: unlimited): caps the Brutal rate we send at.
+    pub bandwidth_up: u64,
+    /// `bandwidth.down` in bytes/s (0: unlimited): what we tell clients we can receive.
+    pub bandwidth_down: u64,
+    pub ignore_client_bandwidth: bool,
+}
+
+/// A bidirectional stream before we know what it is, or an HTTP/3 request.
+enum Bidi {
+    /// First bytes, until the first varint is complete.
+    Start(Vec<u8>),
+    /// A proxy stream whose TCPRequest is still arriving.
+    Request(Vec<u8>),
+    /// An HTTP/3 request.
+    Http(RequestReader),
+    /// Handed to a relay (slab key).
+    Relay(usize),
+}
+
+#[derive(Default)]
+struct Conn {
+    /// The authenticated user ID.
+    user: Option<String>,
+    bidi: HashMap<StreamId, Bidi>,
+}
+
+/// Relay tokens: slab key in the low 32 bits, a generation above, so a completion for a
+/// removed relay is never applied to its slot's next occupant.
+fn token(key: usize, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | key as u64
+}
+
+pub struct Hy2App {
+    cfg: Arc<Hy2Config>,
+    resolver: Arc<Resolver>,
+    dns: Option<ResolverClient>,
+    conns: HashMap<ConnectionHandle, Conn>,
+    relays: Slab<(u32, Relay)>,
+    generation: u32,
+    udp: UdpTable,
+    rng: StdRng,
+    /// Streams whose target refused by the outbound guard, malformed requests, etc.
+    pub refused: u64,
+}
+
+impl Hy2App {
+    pub fn new(cfg: Arc<Hy2Config>, resolver: Arc<Resolver>) -> Self {
+        Hy2App {
+            cfg,
+            resolver,
+            dns: None,
+            conns: HashMap::new(),
+            relays: Slab::new(),
+            generation: 0,
+            udp: UdpTable::default(),
+            rng: StdRng::from_entropy(),
+            refused: 0,
+        }
+    }
+
+
+    /// Reads what a new or unclassified bidirectional stream has and acts on it.
+    fn on_bidi(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
+        let Some(conn) = self.conns.get_mut(&ch) else {
+            return;
+        };
+        let authed = conn.user.is_some();
+        let Some(mut state) = conn.bidi.remove(&id) else {
+            return;
+        };
+        if let Bidi::Relay(key) = state {
+            conn.bidi.insert(id, state);
+            self.pump_relay(io, key);
+            return;
+        }
+        let Some((mut data, fin)) = read_some(io, ch, id) else {
+            return; // reset by the client: forget the stream
+        };
+        // Each step either hands the stream on (and returns) or moves it to the next
+        // state with the bytes still to look at.
+        loop {
+            state = match state {
+                Bidi::Start(mut buf) => {
+                    buf.append(&mut data);
+                    match StreamStart::classify(&buf) {
+                        StreamStart::NeedMore if !fin => return self.park(ch, id, Bidi::Start(buf)),
+                        StreamStart::Proxy if authed => Bidi::Request(buf),
+                        _ => {
+                            data = buf;
+                            Bidi::Http(RequestReader::new())
+                        }
+                    }
+                }
+                Bidi::Request(mut buf) => {
+                    buf.append(&mut data);
+                    match TcpRequest::parse(&buf) {
+                        Ok(None) if !fin && buf.len() < MAX_REQUEST_BYTES => {
+                            return self.park(ch, id, Bidi::Request(buf));
+                        }
+                        Ok(Some((req, used))) => {
+                            let first = buf.split_off(used);
+                            return self.start_relay(io, ch, id, req.addr, first);
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::debug!("malformed TCPRequest on {ch:?} stream {id}");
+                            self.refused += 1;
+                            return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR);
+                        }
+                    }
+                }
+                Bidi::Http(mut reader) => match reader.push(&std::mem::take(&mut data)) {
+                    Ok(Some(req)) => {
+                        let response = self.answer(ch, &req, io);
+                        if let Some(qc) = io.conn(ch) {
+                            let mut s = qc.send_stream(id);
+                            let _ = s.write(&response);
+                            let _ = s.finish();
+                            let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+                        }
+                        return;
+                    }
+                    Ok(None) if !fin => return self.park(ch, id, Bidi::Http(reader)),
+                    Ok(None) | Err(_) => return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR),
+                },
+                Bidi::Relay(_) => return,
+            };
+        }
+    }
+
+    /// Keeps a stream's state until more bytes arrive.
+    fn park(&mut self, ch: ConnectionHandle, id: StreamId, state: Bidi) {
+        if let Some(conn) = self.conns.get_mut(&ch) {
+            conn.bidi.insert(id, state);
+        }
+    }
+
+    /// The response to an HTTP/3 request: 233 for a good auth request, the masquerade
+    /// for everything else.
+    fn answer(&mut self, ch: ConnectionHandle, req: &h3::Request, io: &mut Io<'_>) -> Vec<u8> {
+        let Some(auth) = h3::auth_request(req) else {
+            return self.cfg.masquerade.response();
+        };
+        let Some(user) = self.cfg.auth.check(&auth.auth) else {
+            tracing::debug!("authentication failed on {ch:?}");
+            return self.cfg.masquerade.response();
+        };
+        // Congestion: Brutal at the client's receive rate (capped by bandwidth.up),
+        // BBR when the client does not say or the server ignores it.
+        let (rate, reply) = if self.cfg.ignore_client_bandwidth {
+            (0, CcRx::Auto)
+        } else {
+            let mut tx = auth.cc_rx;
+            if self.cfg.bandwidth_up > 0 && tx > self.cfg.bandwidth_up {
+                tx = self.cfg.bandwidth_up;
+            }
+            (tx, CcRx::Bps(self.cfg.bandwidth_down))
+        };
+        io.set_send_rate(ch, rate);
+        if let Some(conn) = self.conns.get_mut(&ch) {
+            if conn.user.is_none() {
+                tracing::debug!("{ch:?} authenticated as {user}, send rate {rate} B/s");
+            }
+            conn.user = Some(user);
+        }
+        let padding = h3::auth_padding(&mut self.rng);
+        h3::auth_ok_response(self.cfg.udp, reply, &padding)
+    }
+
+    fn start_relay(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        target: String,
+        first: Vec<u8>,
+    ) {
+        self.generation = self.generation.wrapping_add(1);
+        let gen = self.generation;
+        let relay = Relay::new(ch, id, target.clone(), first, io.now + CONNECT_TIMEOUT);
+        let key = self.relays.insert((gen, relay));
+        if let Some(conn) = self.conns.get_mut(&ch) {
+            conn.bidi.insert(id, Bidi::Relay(key));
+        }
+        let tok = token(key, gen);
+        match tcp::split_host_port(&target) {
+            Ok((Host::Ip(ip), port)) => self.resolved(io, key, Ok(vec![SocketAddr::new(ip, port)])),
+            Ok((Host::Domain(host), port)) => {
+                let dns = self
+                    .dns
+                    .get_or_insert_with(|| self.resolver.client(io.driver.waker()));
+                if let Err(e) = dns.lookup(&host, port, tok) {
+                    self.resolved(io, key, Err(e));
+                }
+            }
+            Err(e) => {
+                let msg = format!("bad address {target:?}: {e}");
+                self.fail_relay(io, key, &msg);
+            }
+        }
+    }
+
+    /// The target's addresses (or why there are none): connect to the first allowed.
+    fn resolved(&mut self, io: &mut Io<'_>, key: usize, addrs: std::io::Result<Vec<SocketAddr>>) {
+        let Some((gen, relay)) = self.relays.get_mut(key) else {
+            return;
+        };
+        let tok = token(key, *gen);
+        let addrs = match addrs {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                let msg = format!("resolve {}: no addresses", relay.target);
+                return self.fail_relay(io, key, &msg);
+            }
+            Err(e) => {
+                let msg = format!("resolve {}: {e}", relay.target);
+                return self.fail_relay(io, key, &msg);
+            }
+        };
+        let mut refusal = None;
+        let allowed = addrs.into_iter().find(|a| match self.cfg.guard.check(a.ip()) {
+            Ok(()) => true,
+            Err(r) => {
+                refusal.get_or_insert(r);
+                false
+            }
+        });
+        let Some(addr) = allowed else {
+            let msg = format!(
+                "refused {}: {}",
+                relay.target,
+                refusal.map_or_else(String::new, |r| r.to_string())
+            );
+            self.refused += 1;
+            return self.fail_relay(io, key, &msg);
+        };
+        if let Err(msg) = relay.connect(io, addr, tok) {
+            self.fail_relay(io, key, &msg);
+        }
+    }
+
+    fn fail_relay(&mut self, io: &mut Io<'_>, key: usize, msg: &str) {
+        tracing::debug!("proxy request failed: {msg}");
+        let response = error_response(msg);
+        if let Some((_, relay)) = self.relays.get_mut(key) {
+            if relay.fail(io, &response) == After::Remove {
+                self.remove_relay(key);
+            }
+        }
+    }
+
+    fn remove_relay(&mut self, key: usize) {
+        if let Some((_, r)) = self.relays.try_remove(key) {
+            if let Some(conn) = self.conns.get_mut(&r.ch) {
+                if matches!(conn.bidi.get(&r.id), Some(Bidi::Relay(k)) if *k == key) {
+                    conn.bidi.remove(&r.id);
+                }
+            }
+        }
+    }
+
+    fn pump_relay(&mut self, io: &mut Io<'_>, key: usize) {
+        let Some((gen, relay)) = self.relays.get_mut(key) else {
+            return;
+        };
+        if relay.pump(io, token(key, *gen)) == After::Remove {
+            self.remove_relay(key);
+        }
+    }
+}
+
+/// A TCPResponse carrying an error, with padding.
+pub fn error_response(msg: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg: String = msg.chars().take(2000).collect();
+    let _ = tcp::TcpResponse::encode(tcp::STATUS_ERROR, &msg, &[], &mut out);
+    out
+}
+
+fn reset_stream(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId, code: u64) {
+    if let Some(qc) = io.conn(ch) {
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
+        let _ = qc.send_stream(id).reset(code);
+        let _ = qc.recv_stream(id).stop(code);
+    }
+}
+
+impl App for Hy2App {
+    fn tick(&mut self, io: &mut Io<'_>) {
+        // DNS answers.
+        let answers: Vec<_> = self
+            .dns
+            .as_ref()
+            .map(|d| d.answers().collect())
+            .unwrap_or_default();
+        for a in answers {
+            if udp::is_udp_token(a.token) {
+                self.udp.on_dns(io, a.token, a.result, &self.cfg.guard);
+                continue;
+            }
+            let key = (a.token & 0xffff_ffff) as usize;
+            let gen = (a.token >> 32) as u32;
+            if matches!(self.relays.get(key), Some((g, _)) if *g == gen) {
+                self.resolved(io, key, a.result);
+            }
+        }
+        // Connect timeouts.
+        let now = io.now;
+        let expired: Vec<usize> = self
+            .relays
+            .iter()
+            .filter(|(_, (_, r))| {
+                matches!(r.phase, relay::Phase::Resolving | relay::Phase::Connecting)
+                    && r.deadline <= now
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            let msg = match self.relays.get(key) {
+                Some((_, r)) => format!("connect {}: timed out", r.target),
+                None => continue,
+            };
+            // The connect completion may still arrive: the relay stays (phase Done) only
+            // until then if it holds no fd yet.
+            self.fail_relay(io, key, &msg);
+        }
+        self.udp.expire(io, now, self.cfg.udp_idle_timeout);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let relays = self
+            .relays
+            .iter()
+            .filter(|(_, (_, r))| {
+                matches!(r.phase, relay::Phase::Resolving | relay::Phase::Connecting)
+            })
+            .map(|(_, (_, r))| r.deadline)
+            .min();
+        let udp = self.udp.next_expiry(self.cfg.udp_idle_timeout);
+        relays.into_iter().chain(udp).min()
+    }
+
+    fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
+        match event {
+            Event::Connected => {
+                self.conns.entry(ch).or_default();
+                // Our HTTP/3 control stream with SETTINGS, as any HTTP/3 server sends.
+                if let Some(qc) = io.conn(ch) {
+                    if let Some(id) = qc.streams().open(Dir::Uni) {
+                        let _ = qc.send_stream(id).write(&h3::server_control_stream());
+                    }
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                let mut opened = Vec::new();
+                if let Some(qc) = io.conn(ch) {
+                    while let Some(id) = qc.streams().accept(Dir::Bi) {
+                        opened.push(id);
+                    }
+                }
+                let conn = self.conns.entry(ch).or_default();
+                for id in &opened {
+                    conn.bidi.insert(*id, Bidi::Start(Vec::new()));
+                }
+                for id in opened {
+                    self.on_bidi(io, ch, id);
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                // Control, QPACK encoder/decoder streams: read and ignore (we use no
+                // dynamic table and need none of the client's settings).
+                if let Some(qc) = io.conn(ch) {
+                    while qc.streams().accept(Dir::Uni).is_some() {}
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if id.dir() == Dir::Uni {
+                    drain_uni(io, ch, id);
+                } else {
+                    self.on_bidi(io, ch, id);
+                }
+            }
+            Event::Stream(StreamEvent::Writable { id }) => self.on_bidi(io, ch, id),
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                let key = match self.conns.get(&ch).and_then(|c| c.bidi.get(&id)) {
+                    Some(Bidi::Relay(k)) => Some(*k),
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    if let Some((gen, r)) = self.relays.get_mut(key) {
+                        let tok = token(key, *gen);
+                        r.abort(io, tok);
+                    }
+                }
+            }
+            Event::DatagramReceived => {
+                let Some(conn) = self.conns.get_mut(&ch) else {
+                    return;
+                };
+                if conn.user.is_none() || !self.cfg.udp {
+                    // Drain and drop: UDP before auth or with UDP disabled.
+                    if let Some(qc) = io.conn(ch) {
+                        while qc.datagrams().recv().is_some() {}
+                    }
+                    return;
+                }
+                let dns = self
+                    .dns
+                    .get_or_insert_with(|| self.resolver.client(io.driver.waker()));
+                self.udp.on_datagrams(io, ch, &self.cfg.guard, dns);
+            }
+            Event::ConnectionLost { reason } => {
+                tracing::debug!("{ch:?} closed: {reason}");
+                self.udp.close_conn(io, ch);
+                if let Some(mut conn) = self.conns.remove(&ch) {
+                    for (_, b) in conn.bidi.drain() {
+                        if let Bidi::Relay(key) = b {
+                            if let Some((gen, r)) = self.relays.get_mut(key) {
+                                let tok = token(key, *gen);
+                                r.abort(io, tok);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
+        if udp::is_udp_token(c.token) {
+            self.udp.on_completion(io, c);
+            return;
+        }
+        let key = (c.token & 0xffff_ffff) as usize;
+        let gen = (c.token >> 32) as u32;
+        let tok = c.token;
+        let Some((g, relay)) = self.relays.get_mut(key) else {
+            return;
+        };
+        if *g != gen {
+            return;
+        }
+        if relay.on_completion(io, c, tok) == After::Remove {
+            self.remove_relay(key);
+        }
+    }
+}
+
+/// Reads what a stream has, up to a request's worth. `None` when the client reset it.
+fn read_some(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) -> Option<(Vec<u8>, bool)> {
+    let qc = io.conn(ch)?;
+    let mut data = Vec::new();
+    let mut fin = false;
+    let mut recv = qc.recv_stream(id);
+    let mut chunks = recv.read(true).ok()?;
+    loop {
+        match chunks.next(MAX_REQUEST_BYTES) {
+            Ok(Some(c)) => {
+                data.extend_from_slice(&c.bytes);
+                if data.len() >= MAX_REQUEST_BYTES {
+                    break;
+                }
+            }
+            Ok(None) => {
+                fin = true;
+                break;
+            }
+            Err(ReadError::Blocked) => break,
+            Err(ReadError::Reset(_)) => {
+                let _ = chunks.finalize();
+                return None;
+            }
+        }
+    }
+    let _ = chunks.finalize();
+    Some((data, fin))
+}
+
+fn drain_uni(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
+    if let Some(qc) = io.conn(ch) {
+        let mut recv = qc.recv_stream(id);
+        if let Ok(mut chunks) = recv.read(true) {
+            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
+            let _ = chunks.finalize();
+        };
+    }
+}
