@@ -331,18 +331,19 @@ fn congestion(top: &mut Section, w: &mut W) -> Result<Congestion, Fault> {
             ))
         }
     };
-    let bbr_profile =
-        match lower(s.string("bbrProfile", w)?).as_str() {
-            "" | "standard" => BbrProfile::Standard,
-            "conservative" => BbrProfile::Conservative,
-            "aggressive" => BbrProfile::Aggressive,
-            other => return Err(fault(
+    let bbr_profile = match lower(s.string("bbrProfile", w)?).as_str() {
+        "" | "standard" => BbrProfile::Standard,
+        "conservative" => BbrProfile::Conservative,
+        "aggressive" => BbrProfile::Aggressive,
+        other => {
+            return Err(fault(
                 s.key("bbrProfile"),
                 format!(
                     "unsupported BBR profile {other:?} (use standard, conservative or aggressive)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     s.finish(w);
     Ok(Congestion { kind, bbr_profile })
 }
