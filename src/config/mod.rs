@@ -78,9 +78,10 @@ pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
     if let Some(tls) = &config.tls {
         use crate::quic::tls::{load_pem, server_crypto, TlsError};
         let ck = load_pem(&tls.cert, &tls.key).map_err(|e| {
+            // load_pem reads the certificate first, so a path equal to both is the cert's.
             let key = match &e {
                 TlsError::Unreadable { path, .. } | TlsError::BadPem { path, .. }
-                    if path == &tls.key =>
+                    if path != &tls.cert =>
                 {
                     "tls.key"
                 }
