@@ -34,6 +34,9 @@ pub use uri::{parse_share_uri, ShareUri};
 /// far below this.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
+/// Most `{` and `[` characters accepted in a config text (see [`parse_server`]).
+pub const MAX_FLOW_COLLECTIONS: usize = 4096;
+
 /// Read and validate a server config file. Errors and warnings name the file as given.
 pub fn load_server(path: &Path) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
     let origin = path.display().to_string();
@@ -43,6 +46,15 @@ pub fn load_server(path: &Path) -> Result<(ServerConfig, Vec<Warning>), ConfigEr
 
 /// Validate a server config held in memory; `origin` names it in errors (a file name).
 pub fn parse_server(text: &str, origin: &str) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
+    // libyaml's flow-collection scanner is quadratic in nesting depth: 100k nested '{' take
+    // minutes. Real configs have a few dozen; no legitimate file comes near this.
+    let flow_opens = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
+    if flow_opens > MAX_FLOW_COLLECTIONS {
+        return Err(ConfigError::file(
+            origin,
+            format!("more than {MAX_FLOW_COLLECTIONS} '{{' and '[' characters; not a config file?"),
+        ));
+    }
     let mut root: Value = serde_norway::from_str(text).map_err(|e| yaml_error(origin, &e))?;
     reader::strip_tags(&mut root);
     // `<<: *anchor` merge keys, which the official server's YAML decoder applies too.
@@ -66,9 +78,10 @@ pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
     if let Some(tls) = &config.tls {
         use crate::quic::tls::{load_pem, server_crypto, TlsError};
         let ck = load_pem(&tls.cert, &tls.key).map_err(|e| {
+            // load_pem reads the certificate first, so a path equal to both is the cert's.
             let key = match &e {
                 TlsError::Unreadable { path, .. } | TlsError::BadPem { path, .. }
-                    if path == &tls.key =>
+                    if path != &tls.cert =>
                 {
                     "tls.key"
                 }

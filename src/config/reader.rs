@@ -177,10 +177,11 @@ impl<'a> Section<'a> {
             return Ok(None);
         };
         let expected = || {
-            fault(
-                key.clone(),
-                format!("expected a non-negative integer, got {}", describe(v)),
-            )
+            let what = match v {
+                Value::Number(n) if n.as_i64().is_some_and(|i| i < 0) => "a non-negative integer",
+                _ => "an integer",
+            };
+            fault(key.clone(), format!("expected {what}, got {}", describe(v)))
         };
         match v {
             Value::Number(n) => {

@@ -1,1 +1,876 @@
+//! Server config tests: the reference configs, defaults, every error naming its key, unknown
+//! keys, and inputs that must fail cleanly rather than panic.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_norway::{Mapping, Value};
+
+use super::*;
+use crate::engine::IoKind;
+
+fn parse(text: &str) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
+    parse_server(text, "server.yaml")
+}
+
+fn ok(text: &str) -> ServerConfig {
+    let (config, warnings) = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(warnings, [], "unexpected warnings");
+    config
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The error for `text`, which must name `key` in `server.yaml`.
+fn fails(text: &str, key: &str) -> ConfigError {
+    let e = parse(text).expect_err(text);
+    assert_eq!(e.origin, "server.yaml");
+    assert_eq!(e.key(), Some(key), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("server.yaml: {key}: ")),
+        "{e}"
+    );
+    e
+}
+
+const AUTH: &str = "auth: {type: password, password: pw}\n";
+
+/// Reference §8.4, server side.
+const MINIMAL: &str = "\
+listen: 127.0.0.1:8443
+tls: {cert: cert.pem, key: key.pem, sniGuard: disable}
+auth: {type: password, password: testpass}
+# obfs: {type: salamander, salamander: {password: obfspass}}
+";
+
+#[test]
+fn minimal_reference_config() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.listen, addr("127.0.0.1:8443"));
+    assert_eq!(
+        c.tls,
+        Some(Tls {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            sni_guard: SniGuard::Disable,
+            client_ca: None,
+        })
+    );
+    assert_eq!(c.auth, Auth::Password("testpass".into()));
+    assert_eq!(c.obfs, Obfs::Plain);
+    assert_eq!(c.quic, Quic::default());
+}
+
+#[test]
+fn defaults() {
+    let c = ok(AUTH);
+    assert_eq!(c.listen, addr("[::]:443"));
+    assert_eq!(c.tls, None);
+    assert_eq!(c.obfs, Obfs::Plain);
+    assert_eq!(
+        c.quic,
+        Quic {
+            init_stream_receive_window: 8_388_608,
+            max_stream_receive_window: 8_388_608,
+            init_conn_receive_window: 20_971_520,
+            max_conn_receive_window: 20_971_520,
+            max_idle_timeout: Duration::from_secs(30),
+            max_incoming_streams: 1024,
+            disable_path_mtu_discovery: false,
+        }
+    );
+    assert_eq!(
+        c.congestion,
+        Congestion {
+            kind: CongestionKind::Bbr,
+            bbr_profile: BbrProfile::Standard
+        }
+    );
+    assert_eq!(c.bandwidth, Bandwidth::default());
+    assert!(!c.ignore_client_bandwidth && !c.speed_test && !c.disable_udp);
+    assert_eq!(c.udp_idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.sniff, None);
+    assert_eq!(c.acl, None);
+    assert_eq!(c.outbound, DirectOutbound::default());
+    assert_eq!(c.outbound.name, "default");
+    assert_eq!(c.traffic_stats, None);
+    assert_eq!(c.masquerade, Masquerade::default());
+    assert_eq!(c.masquerade.handler, MasqueradeHandler::NotFound);
+    assert_eq!(
+        c.outbound_guard,
+        OutboundGuard {
+            allow_loopback: false,
+            allow_link_local: false
+        }
+    );
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.engine, Engine::default());
+    assert_eq!(c.metrics, None);
+
+    // Zero means "default", as in the official server.
+    let c = ok(&format!(
+        "{AUTH}quic: {{initStreamReceiveWindow: 0, maxIdleTimeout: 0, maxIncomingStreams: 0}}\n\
+         udpIdleTimeout: 0s\nbandwidth: {{up: 0, down: 0 mbps}}\nlimits: {{maxStreams: 0}}\n\
+         engine: {{workers: 0, io: auto}}\nlisten: \"\"\n"
+    ));
+    assert_eq!(c.quic, Quic::default());
+    assert_eq!(c.udp_idle_timeout, DEFAULT_UDP_IDLE_TIMEOUT);
+    assert_eq!(c.bandwidth, Bandwidth::default());
+    assert_eq!(c.limits.max_streams, None);
+    assert_eq!(c.engine, Engine::default());
+    assert_eq!(c.listen, addr("[::]:443"));
+}
+
+/// Every key the server knows, none at its default.
+const FULL: &str = include_str!("testdata/full.yaml");
+
+#[test]
+fn full_config() {
+    let c = ok(FULL);
+    let expected = ServerConfig {
+        listen: addr("0.0.0.0:8443"),
+        tls: Some(Tls {
+            cert: "/etc/quelay/cert.pem".into(),
+            key: "/etc/quelay/key.pem".into(),
+            sni_guard: SniGuard::Strict,
+            client_ca: Some("/etc/quelay/ca.pem".into()),
+        }),
+        obfs: Obfs::Salamander {
+            password: "cry_me_a_r1ver".into(),
+        },
+        quic: Quic {
+            init_stream_receive_window: 16_777_216,
+            max_stream_receive_window: 33_554_432,
+            init_conn_receive_window: 41_943_040,
+            max_conn_receive_window: 83_886_080,
+            max_idle_timeout: Duration::from_secs(90),
+            max_incoming_streams: 4096,
+            disable_path_mtu_discovery: true,
+        },
+        congestion: Congestion {
+            kind: CongestionKind::Reno,
+            bbr_profile: BbrProfile::Aggressive,
+        },
+        bandwidth: Bandwidth {
+            up: Some(125_000_000),
+            down: Some(12_500_000),
+            disable_loss_compensation: true,
+        },
+        ignore_client_bandwidth: true,
+        speed_test: true,
+        disable_udp: true,
+        udp_idle_timeout: Duration::from_secs(120),
+        auth: Auth::UserPass(BTreeMap::from([
+            ("alice".into(), "pass1".into()),
+            ("bob".into(), "pass:2".into()),
+        ])),
+        sniff: Some(Sniff {
+            timeout: Some(Duration::from_secs(2)),
+            rewrite_domain: true,
+            tcp_ports: Some(PortSet::parse("80,443,8000-9000").unwrap()),
+            udp_ports: Some(PortSet::all()),
+        }),
+        acl: Some(Acl {
+            rules: AclRules::Inline(vec!["reject(geoip:cn)".into(), "direct(all)".into()]),
+            geoip: Some("/var/lib/quelay/geoip.mmdb".into()),
+            geosite: Some("/var/lib/quelay/geosite.dat".into()),
+            geo_update_interval: Duration::from_secs(72 * 3600),
+        }),
+        outbound: DirectOutbound {
+            name: "out".into(),
+            mode: DirectMode::Prefer4,
+            bind: OutboundBind::Addresses {
+                v4: Some("192.0.2.1".parse().unwrap()),
+                v6: Some("2001:db8::1".parse().unwrap()),
+            },
+            fast_open: true,
+        },
+        traffic_stats: Some(TrafficStats {
+            listen: addr("127.0.0.1:9999"),
+            secret: "s3cret".into(),
+        }),
+        masquerade: Masquerade {
+            handler: MasqueradeHandler::String {
+                content: "hello".into(),
+                headers: BTreeMap::from([
+                    ("content-type".into(), "text/plain".into()),
+                    ("x-custom".into(), "1".into()),
+                ]),
+                status_code: 418,
+            },
+            listen_http: Some(addr("[::]:80")),
+            listen_https: Some(addr("[::]:443")),
+            force_https: true,
+        },
+        outbound_guard: OutboundGuard {
+            allow_loopback: true,
+            allow_link_local: true,
+        },
+        limits: Limits {
+            max_streams_per_user: Some(10_000),
+            max_streams: Some(100_000),
+            max_connections_per_user: Some(8),
+        },
+        engine: Engine {
+            workers: Some(2),
+            io: Some(IoKind::Epoll),
+        },
+        metrics: Some(Metrics {
+            listen: addr("127.0.0.1:9100"),
+        }),
+    };
+    assert_eq!(c, expected);
+}
+
+#[test]
+fn selected_types() {
+    let with = |extra: &str| ok(&format!("{AUTH}{extra}"));
+    assert_eq!(
+        ok("auth: {type: HTTP, http: {url: \"http://127.0.0.1:8080/auth\"}}").auth,
+        Auth::Http {
+            url: "http://127.0.0.1:8080/auth".into(),
+            insecure: false
+        }
+    );
+    assert_eq!(
+        with("masquerade: {type: file, file: {dir: /srv/www}}")
+            .masquerade
+            .handler,
+        MasqueradeHandler::File {
+            dir: "/srv/www".into()
+        }
+    );
+    assert_eq!(
+        with("masquerade: {type: proxy, proxy: {url: \"https://news.example.com/\", rewriteHost: true}}")
+            .masquerade
+            .handler,
+        MasqueradeHandler::Proxy {
+            url: "https://news.example.com/".into(),
+            rewrite_host: true,
+            x_forwarded: false,
+            insecure: false
+        }
+    );
+    assert_eq!(
+        with("masquerade: {type: string, string: {content: hi}}")
+            .masquerade
+            .handler,
+        MasqueradeHandler::String {
+            content: "hi".into(),
+            headers: BTreeMap::new(),
+            status_code: 200
+        }
+    );
+    assert_eq!(
+        with("masquerade: {type: 404}").masquerade.handler,
+        MasqueradeHandler::NotFound
+    );
+    assert_eq!(
+        with("acl: {file: rules.acl}").acl.map(|a| a.rules),
+        Some(AclRules::File("rules.acl".into()))
+    );
+    assert_eq!(
+        with("acl: {file: rules.acl}")
+            .acl
+            .map(|a| a.geo_update_interval),
+        Some(DEFAULT_GEO_UPDATE_INTERVAL)
+    );
+    assert_eq!(with("obfs: {type: plain}").obfs, Obfs::Plain);
+    assert_eq!(
+        with("obfs: {type: Salamander, salamander: {password: abcd}}").obfs,
+        Obfs::Salamander {
+            password: "abcd".into()
+        }
+    );
+    assert_eq!(
+        with("engine: {io: io_uring}").engine.io,
+        Some(IoKind::Uring)
+    );
+    assert_eq!(
+        with("outbounds: [{name: d, type: direct, direct: {bindDevice: eth1, mode: 6}}]").outbound,
+        DirectOutbound {
+            name: "d".into(),
+            mode: DirectMode::Only6,
+            bind: OutboundBind::Device("eth1".into()),
+            fast_open: false
+        }
+    );
+    assert_eq!(
+        with("tls: {cert: c, key: k}").tls.map(|t| t.sni_guard),
+        Some(SniGuard::DnsSan)
+    );
+}
+
+#[test]
+fn listen_forms() {
+    let listen = |l: &str| ok(&format!("{AUTH}listen: \"{l}\"")).listen;
+    assert_eq!(listen(":443"), addr("[::]:443"));
+    assert_eq!(listen(":8443"), addr("[::]:8443"));
+    assert_eq!(listen("[::1]:8443"), addr("[::1]:8443"));
+    assert_eq!(listen("192.0.2.7:443"), addr("192.0.2.7:443"));
+    let e = fails(&format!("{AUTH}listen: \":20000-50000\""), "listen");
+    assert!(
+        e.reason.contains("port hopping ranges are not supported"),
+        "{e}"
+    );
+    fails(&format!("{AUTH}listen: \"[::]:443,8443\""), "listen");
+    fails(&format!("{AUTH}listen: 443"), "listen");
+    fails(&format!("{AUTH}listen: \"example.com:443\""), "listen");
+    fails(
+        &format!("{AUTH}listen: \"realm://token@host/realm\""),
+        "listen",
+    );
+}
+
+#[test]
+fn bandwidth_in_config() {
+    let bw = |v: &str| {
+        ok(&format!("{AUTH}bandwidth: {{up: \"{v}\"}}"))
+            .bandwidth
+            .up
+    };
+    assert_eq!(bw("100 mbps"), Some(12_500_000));
+    assert_eq!(bw("1g"), Some(125_000_000));
+    assert_eq!(bw("1000000"), Some(125_000));
+    assert_eq!(bw("0"), None);
+    assert_eq!(
+        ok(&format!("{AUTH}bandwidth: {{down: 800000}}"))
+            .bandwidth
+            .down,
+        Some(100_000)
+    );
+    let e = fails(&format!("{AUTH}bandwidth: {{up: 500kbps}}"), "bandwidth.up");
+    assert!(e.reason.contains("62500"), "{e}");
+    fails(
+        &format!("{AUTH}bandwidth: {{down: 12345}}"),
+        "bandwidth.down",
+    );
+    fails(
+        &format!("{AUTH}bandwidth: {{down: 1.5 gbps}}"),
+        "bandwidth.down",
+    );
+    fails(
+        &format!("{AUTH}bandwidth: {{up: 10 mibps}}"),
+        "bandwidth.up",
+    );
+}
+
+#[test]
+fn range_errors_name_key_and_file() {
+    let e = fails(
+        &format!("{AUTH}quic: {{maxIdleTimeout: 200s}}"),
+        "quic.maxIdleTimeout",
+    );
+    assert_eq!(
+        e.to_string(),
+        "server.yaml: quic.maxIdleTimeout: 200s is out of range (4s to 120s)"
+    );
+    let e = fails(&format!("{AUTH}udpIdleTimeout: 1s"), "udpIdleTimeout");
+    assert_eq!(e.reason, "1s is out of range (2s to 600s)");
+    let cases: &[(&str, &str)] = &[
+        ("quic: {maxIdleTimeout: 3s}", "quic.maxIdleTimeout"),
+        ("quic: {maxIdleTimeout: 2m1s}", "quic.maxIdleTimeout"),
+        ("udpIdleTimeout: 11m", "udpIdleTimeout"),
+        (
+            "quic: {initStreamReceiveWindow: 16383}",
+            "quic.initStreamReceiveWindow",
+        ),
+        (
+            "quic: {maxStreamReceiveWindow: 1000}",
+            "quic.maxStreamReceiveWindow",
+        ),
+        (
+            "quic: {initConnReceiveWindow: 1}",
+            "quic.initConnReceiveWindow",
+        ),
+        (
+            "quic: {maxConnReceiveWindow: 4611686018427387904}",
+            "quic.maxConnReceiveWindow",
+        ),
+        ("quic: {maxIncomingStreams: 7}", "quic.maxIncomingStreams"),
+        (
+            "quic: {maxIncomingStreams: 1152921504606846977}",
+            "quic.maxIncomingStreams",
+        ),
+        ("quic: {maxIncomingStreams: -5}", "quic.maxIncomingStreams"),
+        ("bandwidth: {up: 65535b}", "bandwidth.up"),
+        (
+            "masquerade: {type: string, string: {content: x, statusCode: 233}}",
+            "masquerade.string.statusCode",
+        ),
+        (
+            "masquerade: {type: string, string: {content: x, statusCode: 199}}",
+            "masquerade.string.statusCode",
+        ),
+        (
+            "masquerade: {type: string, string: {content: x, statusCode: 600}}",
+            "masquerade.string.statusCode",
+        ),
+        (
+            "obfs: {type: salamander, salamander: {password: abc}}",
+            "obfs.salamander.password",
+        ),
+        ("engine: {workers: 100000}", "engine.workers"),
+    ];
+    for &(extra, key) in cases {
+        fails(&format!("{AUTH}{extra}\n"), key);
+    }
+    // Bounds themselves are allowed.
+    ok(&format!(
+        "{AUTH}quic: {{maxIdleTimeout: 4s, maxIncomingStreams: 8, initStreamReceiveWindow: 16384}}"
+    ));
+    ok(&format!(
+        "{AUTH}quic: {{maxIdleTimeout: 2m}}\nudpIdleTimeout: 10m\nbandwidth: {{up: 524288 bps}}"
+    ));
+    ok(&format!(
+        "{AUTH}masquerade: {{type: string, string: {{content: x, statusCode: 599}}}}"
+    ));
+}
+
+#[test]
+fn refused_and_required() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("", "auth.type", "required"),
+        ("auth: {password: x}", "auth.type", "required"),
+        ("auth: {type: password}", "auth.password", "required"),
+        ("auth: {type: password, password: \"\"}", "auth.password", "required"),
+        ("auth: {type: userpass}", "auth.userpass", "required"),
+        ("auth: {type: userpass, userpass: {Bob: a, bob: b}}", "auth.userpass.bob", "twice"),
+        ("auth: {type: http}", "auth.http.url", "required"),
+        ("auth: {type: http, http: {url: ftp://x}}", "auth.http.url", "http"),
+        ("auth: {type: command, command: /bin/auth}", "auth.type", "command authentication is not supported"),
+        ("auth: {type: ldap}", "auth.type", "unsupported"),
+        ("acme: {domains: [a.example], email: a@a.example}", "acme", "acme is not supported; use tls.cert/tls.key"),
+        ("tls: {cert: c.pem}", "tls.key", "required"),
+        ("tls: {key: k.pem}", "tls.cert", "required"),
+        ("tls: {cert: c, key: k, sniGuard: maybe}", "tls.sniGuard", "unsupported"),
+        ("obfs: {type: gecko, gecko: {password: abcd}}", "obfs.type", "gecko obfuscation is not supported"),
+        ("obfs: {type: xor}", "obfs.type", "unsupported"),
+        ("obfs: {type: salamander}", "obfs.salamander.password", "at least 4 bytes"),
+        ("congestion: {type: cubic}", "congestion.type", "unsupported"),
+        ("congestion: {bbrProfile: wild}", "congestion.bbrProfile", "unsupported"),
+        ("resolver: {type: carrier-pigeon}", "resolver.type", "unsupported"),
+        ("acl: {file: a.acl, inline: [\"direct(all)\"]}", "acl", "both"),
+        ("outbounds: [{type: direct}]", "outbounds[0].name", "required"),
+        ("outbounds: [{name: s, type: socks5, socks5: {addr: \"1.2.3.4:1080\"}}]", "outbounds[0].type", "not supported"),
+        ("outbounds: [{name: a, type: direct}, {name: b, type: socks5}]\nacl: {inline: [\"b(all)\"]}", "outbounds[1]", "only one outbound"),
+        ("outbounds: [{name: a, type: direct, direct: {mode: 5}}]", "outbounds[0].direct.mode", "unsupported"),
+        ("outbounds: [{name: a, type: direct, direct: {bindIPv4: \"::1\"}}]", "outbounds[0].direct.bindIPv4", "IPv4"),
+        ("outbounds: [{name: a, type: direct, direct: {bindIPv6: 1.2.3.4}}]", "outbounds[0].direct.bindIPv6", "IPv6"),
+        ("outbounds: [{name: a, type: direct, direct: {bindIPv4: 1.2.3.4, bindDevice: eth0}}]", "outbounds[0].direct", "both"),
+        ("outbounds: {name: a}", "outbounds", "expected a list"),
+        ("masquerade: {type: file}", "masquerade.file.dir", "required"),
+        ("masquerade: {type: proxy}", "masquerade.proxy.url", "required"),
+        ("masquerade: {type: proxy, proxy: {url: \"example.com\"}}", "masquerade.proxy.url", "http"),
+        ("masquerade: {type: proxy, proxy: {url: \"https://\"}}", "masquerade.proxy.url", "no host"),
+        ("masquerade: {type: string}", "masquerade.string.content", "required"),
+        ("masquerade: {type: string, string: {content: x, headers: {\"a b\": c}}}", "masquerade.string.headers.a b", "header name"),
+        ("masquerade: {type: string, string: {content: x, headers: {a: \"b\\r\\nc: d\"}}}", "masquerade.string.headers.a", "line breaks"),
+        ("masquerade: {type: teapot}", "masquerade.type", "unsupported"),
+        ("masquerade: {listenHTTP: \":80\"}", "masquerade.listenHTTPS", "required"),
+        ("trafficStats: {listen: nowhere}", "trafficStats.listen", "missing port"),
+        ("metrics: {listen: \"[::1]\"}", "metrics.listen", "missing port"),
+        ("engine: {io: kqueue}", "engine.io", "unsupported"),
+        ("sniff: {enable: true, tcpPorts: \"80,http\"}", "sniff.tcpPorts", "invalid port"),
+        ("ech: {keyPath: ech.key}", "ech.keyPath", "not supported"),
+        ("mimic: {enabled: true}", "mimic.enabled", "not supported"),
+    ];
+    for &(text, key, reason) in cases {
+        // Put a valid auth first unless the case is about auth.
+        let text = if text.starts_with("auth:") || text.is_empty() {
+            text.to_owned()
+        } else {
+            format!("{AUTH}{text}\n")
+        };
+        let e = fails(&text, key);
+        assert!(e.reason.contains(reason), "{e} (wanted {reason:?})");
+    }
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let e = fails(
+        &format!("{AUTH}quic: {{maxIncomingStreams: many}}"),
+        "quic.maxIncomingStreams",
+    );
+    assert_eq!(
+        e.to_string(),
+        "server.yaml: quic.maxIncomingStreams: expected an integer, got \"many\""
+    );
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "quic: {maxIdleTimeout: 30}",
+            "quic.maxIdleTimeout",
+            "expected a duration",
+        ),
+        (
+            "quic: {maxIdleTimeout: thirty}",
+            "quic.maxIdleTimeout",
+            "invalid duration",
+        ),
+        (
+            "quic: {maxIdleTimeout: 30 seconds}",
+            "quic.maxIdleTimeout",
+            "unknown unit",
+        ),
+        (
+            "quic: {initStreamReceiveWindow: 8MB}",
+            "quic.initStreamReceiveWindow",
+            "expected an integer",
+        ),
+        (
+            "quic: {maxIncomingStreams: 1.5}",
+            "quic.maxIncomingStreams",
+            "expected an integer",
+        ),
+        (
+            "quic: {disablePathMTUDiscovery: maybe}",
+            "quic.disablePathMTUDiscovery",
+            "expected true or false",
+        ),
+        (
+            "disableUDP: [1]",
+            "disableUDP",
+            "expected true or false, got a list",
+        ),
+        ("quic: 5", "quic", "expected a mapping"),
+        ("quic: [a, b]", "quic", "expected a mapping"),
+        ("listen: {a: b}", "listen", "expected text"),
+        (
+            "acl: {inline: \"direct(all)\"}",
+            "acl.inline",
+            "expected a list",
+        ),
+        ("acl: {inline: [{a: b}]}", "acl.inline[0]", "expected text"),
+        ("outbounds: [5]", "outbounds[0]", "expected a mapping"),
+    ];
+    for &(extra, key, reason) in cases {
+        let e = fails(&format!("{AUTH}{extra}\n"), key);
+        assert!(e.reason.contains(reason), "{e} (wanted {reason:?})");
+    }
+}
+
+#[test]
+fn official_weak_typing() {
+    // Case-insensitive keys and selector values, numbers and bools as strings and back.
+    let c = ok("Listen: :8443\nAUTH: {Type: PassWord, password: 12345678}\n\
+                disableUDP: \"true\"\nspeedTest: 1\nquic: {maxIncomingStreams: \"2048\", maxidletimeout: 1m}\n\
+                masquerade: {type: 404}\n");
+    assert_eq!(c.listen, addr("[::]:8443"));
+    assert_eq!(c.auth, Auth::Password("12345678".into()));
+    assert!(c.disable_udp && c.speed_test);
+    assert_eq!(c.quic.max_incoming_streams, 2048);
+    assert_eq!(c.quic.max_idle_timeout, Duration::from_secs(60));
+    // `key:` with nothing after it is the same as no key.
+    let c = ok("auth: {type: password, password: x}\ntls:\nquic:\nobfs:\n  type:\n");
+    assert_eq!((c.tls, c.obfs), (None, Obfs::Plain));
+    // A boolean where text is wanted becomes "1"/"0" like Go, with a warning.
+    let (c, w) = parse("auth: {type: password, password: true}").unwrap();
+    assert_eq!(c.auth, Auth::Password("1".into()));
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].key, "auth.password");
+    // Keys are case-insensitive, so two spellings of one key are a conflict.
+    let e = fails(
+        "auth: {type: password, password: a}\nlisten: :1\nListen: :2\n",
+        "Listen",
+    );
+    assert!(e.reason.contains("given twice"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_warnings_with_dotted_paths() {
+    let text = format!(
+        "{AUTH}bogus: 1\nquic:\n  maxIdelTimeout: 10s\n  foo: {{bar: 1}}\n\
+         masquerade: {{type: string, string: {{content: x, colour: red}}}}\n\
+         outbounds: [{{name: a, type: direct, extra: 1, direct: {{mood: happy}}}}]\n\
+         resolver: {{tcp: {{adress: x}}}}\n"
+    );
+    let (config, warnings) = parse(&text).unwrap();
+    assert_eq!(config.quic.max_idle_timeout, DEFAULT_MAX_IDLE_TIMEOUT);
+    let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+    for key in [
+        "bogus",
+        "quic.maxIdelTimeout",
+        "quic.foo",
+        "masquerade.string.colour",
+        "outbounds[0].extra",
+        "outbounds[0].direct.mood",
+        "resolver.tcp.adress",
+    ] {
+        assert!(keys.contains(&key), "no warning for {key}: {keys:?}");
+    }
+    assert_eq!(keys.len(), 7, "{keys:?}");
+    assert!(warnings
+        .iter()
+        .all(|w| w.message == "unknown key (ignored)"));
+    assert_eq!(
+        warnings[0].to_string(),
+        format!("{}: unknown key (ignored)", warnings[0].key)
+    );
+}
+
+/// Every mapping of the full config, with an extra key added, warns about exactly that key:
+/// no section forgets to report what it did not read.
+#[test]
+fn every_section_reports_unknown_keys() {
+    let root: Value = serde_norway::from_str(FULL).unwrap();
+    let mut paths = Vec::new();
+    collect_mappings(&root, String::new(), &mut paths);
+    assert!(paths.len() > 25, "{paths:?}");
+    for path in paths {
+        let mut root = root.clone();
+        let target = lookup(&mut root, &path);
+        target.insert("zzBogus".into(), Value::from(1));
+        let text = serde_norway::to_string(&root).unwrap();
+        let (_, warnings) = parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let want = if path.is_empty() {
+            "zzBogus".to_owned()
+        } else {
+            format!("{path}.zzBogus")
+        };
+        assert_eq!(
+            warnings,
+            [Warning::new(want, "unknown key (ignored)")],
+            "adding a key to {path:?}"
+        );
+    }
+}
+
+/// Dotted paths of every mapping whose keys are config keys (not user names or headers).
+fn collect_mappings(v: &Value, path: String, out: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) => {
+            if path.ends_with("userpass") || path.ends_with("headers") {
+                return;
+            }
+            for (k, v) in m {
+                let k = k.as_str().unwrap();
+                let p = if path.is_empty() {
+                    k.to_owned()
+                } else {
+                    format!("{path}.{k}")
+                };
+                collect_mappings(v, p, out);
+            }
+            out.push(path);
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_mappings(v, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn lookup<'a>(mut v: &'a mut Value, path: &str) -> &'a mut Mapping {
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+            None => (part, None),
+        };
+        v = v.as_mapping_mut().unwrap().get_mut(name).unwrap();
+        if let Some(i) = index {
+            v = v.as_sequence_mut().unwrap().get_mut(i).unwrap();
+        }
+    }
+    v.as_mapping_mut().unwrap()
+}
+
+#[test]
+fn other_warnings() {
+    let (c, w) = parse(&format!(
+        "{AUTH}resolver: {{type: https, https: {{addr: 1.1.1.1:443}}}}\n\
+         trafficStats: {{listen: \":9999\"}}\nobfs: {{salamander: {{password: abcd}}}}\n\
+         realm: {{stunServers: [a]}}\n\
+         outbounds: [{{name: a, type: direct}}, {{name: b, type: socks5, socks5: {{addr: x}}}}]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.obfs, Obfs::Plain);
+    assert_eq!(c.outbound.name, "a");
+    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "realm",
+            "obfs.salamander.password",
+            "resolver.type",
+            "outbounds[1]",
+            "trafficStats.secret"
+        ],
+        "{w:?}"
+    );
+    assert!(w[2].message.contains("system resolver is used"), "{}", w[2]);
+
+    let (_, w) = parse("auth: {type: userpass, userpass: {\"a:b\": c}}").unwrap();
+    assert_eq!(w[0].key, "auth.userpass.a:b");
+}
+
+#[test]
+fn yaml_syntax_errors_have_line_and_column() {
+    let text = "listen: :443\nauth:\n  type: password\n  password: [unclosed\n";
+    let e = parse(text).unwrap_err();
+    let ErrorAt::Position { line, column } = e.at else {
+        panic!("no position: {e:?}");
+    };
+    assert!(line >= 4, "{e}");
+    assert!(column >= 1);
+    assert!(
+        e.to_string()
+            .starts_with(&format!("server.yaml:{line}:{column}: ")),
+        "{e}"
+    );
+    assert!(
+        !e.reason
+            .contains(&format!("at line {line} column {column}")),
+        "{e}"
+    );
+
+    let e = parse("a: 1\n  b: 2\n").unwrap_err();
+    assert!(matches!(e.at, ErrorAt::Position { line: 2, .. }), "{e}");
+    let e = parse("a: 1\na: 2\n").unwrap_err();
+    assert!(e.to_string().starts_with("server.yaml:"), "{e}");
+    let e = parse("- just\n- a list\n").unwrap_err();
+    assert_eq!(e.at, ErrorAt::File, "{e}");
+}
+
+#[test]
+fn anchors_merges_and_tags() {
+    let c = ok(
+        "obfs: {type: salamander, salamander: {password: &p abcd}}\n\
+                auth: {<<: {type: password}, password: *p }\n",
+    );
+    assert_eq!(c.auth, Auth::Password("abcd".into()));
+    let c = ok(
+        "auth: {type: password, password: !!str 1234}\nquic: {maxIncomingStreams: !custom 64}\n",
+    );
+    assert_eq!(c.auth, Auth::Password("1234".into()));
+    assert_eq!(c.quic.max_incoming_streams, 64);
+}
+
+#[test]
+fn hostile_input_fails_cleanly() {
+    let laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n\
+                  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n\
+                  i: [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n";
+    assert!(parse(laughs).is_err());
+    assert!(parse(&"[".repeat(100_000)).is_err());
+    assert!(parse(&"{a: ".repeat(100_000)).is_err());
+    assert!(parse(&"{a: ".repeat(MAX_FLOW_COLLECTIONS)).is_err());
+    assert!(parse(&"- ".repeat(100_000)).is_err());
+    assert!(parse("\u{feff}auth: {type: password, password: x}").is_ok());
+    for text in [
+        "",
+        "~",
+        "null",
+        "42",
+        "\"str\"",
+        "---\n---\n",
+        "\t",
+        "auth: *nope",
+        "!!binary aGk=",
+    ] {
+        let _ = parse(text);
+    }
+    // Every prefix and many one-byte corruptions of the full config: errors, never panics.
+    let bytes = FULL.as_bytes();
+    for cut in (0..bytes.len()).step_by(3) {
+        if let Ok(prefix) = std::str::from_utf8(&bytes[..cut]) {
+            let _ = parse(prefix);
+        }
+    }
+    let mut seed = 0x2545_f491_u32;
+    for _ in 0..1000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let mut b = bytes.to_vec();
+        let at = seed as usize % b.len();
+        b[at] = b"{}[]:,-&*!|>'\"%@`#?0 \n\t9xZ"[(seed >> 16) as usize % 26];
+        if let Ok(text) = std::str::from_utf8(&b) {
+            let _ = parse(text);
+        }
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("quelay-config-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[test]
+fn load_and_check_files() {
+    let dir = temp_dir("check");
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = write(&dir, "cert.pem", cert.pem());
+    let key_path = write(&dir, "key.pem", key_pair.serialize_pem());
+    let config = |cert: &Path, key: &Path| {
+        format!(
+            "{AUTH}tls: {{cert: \"{}\", key: \"{}\"}}\nbogus: 1\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let file = write(&dir, "server.yaml", config(&cert_path, &key_path));
+    let (c, w) = load_server(&file).unwrap();
+    assert_eq!(c.tls.unwrap().cert, cert_path);
+    assert_eq!(w.len(), 1);
+    assert_eq!(check(&file).unwrap(), w);
+
+    let missing = dir.join("missing.pem");
+    let file = write(&dir, "server.yaml", config(&missing, &key_path));
+    let e = check(&file).unwrap_err();
+    assert_eq!(e.key(), Some("tls.cert"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: tls.cert: ", file.display())),
+        "{e}"
+    );
+    let file = write(&dir, "server.yaml", config(&cert_path, &cert_path));
+    assert_eq!(check(&file).unwrap_err().key(), Some("tls.key"));
+    let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+    let other_key = write(&dir, "other.key", other.key_pair.serialize_pem());
+    let file = write(&dir, "server.yaml", config(&cert_path, &other_key));
+    assert_eq!(check(&file).unwrap_err().key(), Some("tls"));
+
+    let file = write(
+        &dir,
+        "server.yaml",
+        format!(
+            "{AUTH}masquerade: {{type: file, file: {{dir: \"{}\"}}}}",
+            missing.display()
+        ),
+    );
+    assert_eq!(check(&file).unwrap_err().key(), Some("masquerade.file.dir"));
+    let file = write(
+        &dir,
+        "server.yaml",
+        format!("{AUTH}acl: {{file: \"{}\"}}", missing.display()),
+    );
+    assert_eq!(check(&file).unwrap_err().key(), Some("acl.file"));
+
+    let e = load_server(&dir.join("nope.yaml")).unwrap_err();
+    assert_eq!(e.at, ErrorAt::File);
+    let file = write(
+        &dir,
+        "latin1.yaml",
+        b"auth: {type: password, password: caf\xe9}\n",
+    );
+    let e = load_server(&file).unwrap_err();
+    assert!(e.reason.contains("UTF-8"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,414 @@
+//! Turning the YAML tree into a [`ServerConfig`], one official section at a time, with the
+//! official server's defaults and checks (`app/cmd/server.go`, `core/server/config.go`).
+//! `access` holds who may connect and what others see; `egress` where traffic goes.
+
+mod access;
+mod egress;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_norway::Value;
+
+use super::error::{fault, Fault, Warning};
+use super::reader::Section;
+use super::server::*;
+use super::units;
+use crate::engine::IoKind;
+
+pub(super) type W = Vec<Warning>;
+
+/// Build a server config from the parsed top-level value.
+pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
+    let mut top = Section::new(String::new(), root)?;
+    let listen = listen(&mut top, w)?;
+    let tls = tls(&mut top, w)?;
+    unsupported_extras(&mut top, w)?;
+    let obfs = obfs(&mut top, w)?;
+    let quic = quic(&mut top, w)?;
+    let congestion = congestion(&mut top, w)?;
+    let bandwidth = bandwidth(&mut top, w)?;
+    let ignore_client_bandwidth = top.bool("ignoreClientBandwidth")?;
+    let speed_test = top.bool("speedTest")?;
+    let disable_udp = top.bool("disableUDP")?;
+    let udp_idle_timeout = ranged(
+        &mut top,
+        "udpIdleTimeout",
+        DEFAULT_UDP_IDLE_TIMEOUT,
+        UDP_IDLE_TIMEOUT_RANGE,
+        "2s to 600s",
+    )?;
+    let auth = access::auth(&mut top, w)?;
+    egress::resolver(&mut top, w)?;
+    let sniff = egress::sniff(&mut top, w)?;
+    let acl = egress::acl(&mut top, w)?;
+    let outbound = egress::outbounds(&mut top, acl.is_some(), w)?;
+    let traffic_stats = access::traffic_stats(&mut top, w)?;
+    let masquerade = access::masquerade(&mut top, w)?;
+    let outbound_guard = {
+        let mut s = top.section("outboundGuard")?;
+        let guard = OutboundGuard {
+            allow_loopback: s.bool("allowLoopback")?,
+            allow_link_local: s.bool("allowLinkLocal")?,
+        };
+        s.finish(w);
+        guard
+    };
+    let limits = {
+        let mut s = top.section("limits")?;
+        let limits = Limits {
+            max_streams_per_user: s.u64("maxStreamsPerUser")?.filter(|&n| n != 0),
+            max_streams: s.u64("maxStreams")?.filter(|&n| n != 0),
+            max_connections_per_user: s.u64("maxConnectionsPerUser")?.filter(|&n| n != 0),
+        };
+        s.finish(w);
+        limits
+    };
+    let engine = engine(&mut top, w)?;
+    let metrics = {
+        let mut s = top.section("metrics")?;
+        let listen = address(&mut s, "listen", w)?;
+        s.finish(w);
+        listen.map(|listen| Metrics { listen })
+    };
+    top.finish(w);
+    Ok(ServerConfig {
+        listen,
+        tls,
+        obfs,
+        quic,
+        congestion,
+        bandwidth,
+        ignore_client_bandwidth,
+        speed_test,
+        disable_udp,
+        udp_idle_timeout,
+        auth,
+        sniff,
+        acl,
+        outbound,
+        traffic_stats,
+        masquerade,
+        outbound_guard,
+        limits,
+        engine,
+        metrics,
+    })
+}
+
+fn listen(top: &mut Section, w: &mut W) -> Result<SocketAddr, Fault> {
+    let key = top.key("listen");
+    let text = top.string("listen", w)?.unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            DEFAULT_LISTEN_PORT,
+        )));
+    }
+    if text.to_ascii_lowercase().starts_with("realm://") {
+        return Err(fault(key, "realm mode (realm://) is not supported"));
+    }
+    if text
+        .rsplit(':')
+        .next()
+        .is_some_and(|port| port.contains(['-', ',']))
+    {
+        return Err(fault(
+            key,
+            format!("port hopping ranges are not supported ({text:?}); listen on a single port"),
+        ));
+    }
+    units::parse_socket_addr(text).map_err(|e| fault(key, e))
+}
+
+/// An optional `host:port` key.
+pub(super) fn address(s: &mut Section, name: &str, w: &mut W) -> Result<Option<SocketAddr>, Fault> {
+    let key = s.key(name);
+    match s.nonempty_string(name, w)? {
+        Some(text) => units::parse_socket_addr(&text)
+            .map(Some)
+            .map_err(|e| fault(key, e)),
+        None => Ok(None),
+    }
+}
+
+fn tls(top: &mut Section, w: &mut W) -> Result<Option<Tls>, Fault> {
+    if top.has("acme") {
+        return Err(fault(
+            top.key("acme"),
+            "acme is not supported; use tls.cert/tls.key",
+        ));
+    }
+    top.skip(&["acme"]);
+    if !top.has("tls") {
+        top.skip(&["tls"]);
+        return Ok(None);
+    }
+    let mut s = top.section("tls")?;
+    let cert = s
+        .nonempty_string("cert", w)?
+        .ok_or_else(|| fault(s.key("cert"), "required: the PEM certificate chain file"))?;
+    let key = s
+        .nonempty_string("key", w)?
+        .ok_or_else(|| fault(s.key("key"), "required: the PEM private key file"))?;
+    let guard_key = s.key("sniGuard");
+    let sni_guard = match lower(s.string("sniGuard", w)?).as_str() {
+        "" | "dns-san" => SniGuard::DnsSan,
+        "strict" => SniGuard::Strict,
+        "disable" => SniGuard::Disable,
+        other => {
+            return Err(fault(
+                guard_key,
+                format!("unsupported SNI guard {other:?} (use dns-san, strict or disable)"),
+            ))
+        }
+    };
+    let client_ca = s.nonempty_string("clientCA", w)?.map(PathBuf::from);
+    s.finish(w);
+    Ok(Some(Tls {
+        cert: cert.into(),
+        key: key.into(),
+        sni_guard,
+        client_ca,
+    }))
+}
+
+/// Official sections for features quelay does not have: refuse them when they would change
+/// behaviour, so that a config never silently means something else.
+fn unsupported_extras(top: &mut Section, w: &mut W) -> Result<(), Fault> {
+    let mut ech = top.section("ech")?;
+    if ech.nonempty_string("keyPath", w)?.is_some() {
+        return Err(fault(ech.key("keyPath"), "ECH is not supported"));
+    }
+    ech.finish(w);
+    let mut mimic = top.section("mimic")?;
+    if mimic.bool("enabled")? {
+        return Err(fault(
+            mimic.key("enabled"),
+            "mimic (fake TCP) is not supported",
+        ));
+    }
+    mimic.skip(&["interface", "xdpMode", "path", "extraArgs"]);
+    mimic.finish(w);
+    if top.has("realm") {
+        w.push(Warning::new(
+            top.key("realm"),
+            "realm mode is not supported (section ignored)",
+        ));
+    }
+    top.skip(&["realm"]);
+    Ok(())
+}
+
+fn obfs(top: &mut Section, w: &mut W) -> Result<Obfs, Fault> {
+    let mut s = top.section("obfs")?;
+    let type_key = s.key("type");
+    let kind = lower(s.string("type", w)?);
+    let mut sal = s.section("salamander")?;
+    let password_key = sal.key("password");
+    let password = sal.string("password", w)?;
+    sal.finish(w);
+    s.skip_section("gecko", &["password", "minPacketSize", "maxPacketSize"], w)?;
+    s.finish(w);
+    match kind.as_str() {
+        "" | "plain" => {
+            if kind.is_empty() && password.is_some_and(|p| !p.is_empty()) {
+                w.push(Warning::new(
+                    password_key,
+                    "set, but obfs.type is not salamander: obfuscation is off",
+                ));
+            }
+            Ok(Obfs::Plain)
+        }
+        "salamander" => {
+            let password = password.unwrap_or_default();
+            if password.len() < MIN_SALAMANDER_PASSWORD {
+                return Err(fault(
+                    password_key,
+                    format!(
+                        "must be at least {MIN_SALAMANDER_PASSWORD} bytes (got {})",
+                        password.len()
+                    ),
+                ));
+            }
+            Ok(Obfs::Salamander { password })
+        }
+        "gecko" => Err(fault(
+            type_key,
+            "gecko obfuscation is not supported; use salamander",
+        )),
+        other => Err(fault(
+            type_key,
+            format!("unsupported obfuscation type {other:?} (use salamander or plain)"),
+        )),
+    }
+}
+
+fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
+    let mut s = top.section("quic")?;
+    let mut window = |name: &str, default: u64| -> Result<u64, Fault> {
+        match s.u64(name)? {
+            None | Some(0) => Ok(default),
+            Some(v) if v < MIN_RECEIVE_WINDOW => Err(fault(
+                s.key(name),
+                format!("{v} is below the minimum of {MIN_RECEIVE_WINDOW} bytes"),
+            )),
+            Some(v) if v > MAX_QUIC_VARINT => Err(fault(
+                s.key(name),
+                format!("{v} is above the QUIC maximum of {MAX_QUIC_VARINT}"),
+            )),
+            Some(v) => Ok(v),
+        }
+    };
+    let init_stream_receive_window =
+        window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
+    let max_stream_receive_window =
+        window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
+    let init_conn_receive_window = window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
+    let max_conn_receive_window = window("maxConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
+    let max_idle_timeout = ranged(
+        &mut s,
+        "maxIdleTimeout",
+        DEFAULT_MAX_IDLE_TIMEOUT,
+        MAX_IDLE_TIMEOUT_RANGE,
+        "4s to 120s",
+    )?;
+    let max_incoming_streams = match s.u64("maxIncomingStreams")? {
+        None | Some(0) => DEFAULT_MAX_INCOMING_STREAMS,
+        Some(v) if v < MIN_INCOMING_STREAMS => {
+            return Err(fault(
+                s.key("maxIncomingStreams"),
+                format!("{v} is below the minimum of {MIN_INCOMING_STREAMS}"),
+            ))
+        }
+        Some(v) if v > MAX_INCOMING_STREAMS => {
+            return Err(fault(
+                s.key("maxIncomingStreams"),
+                format!("{v} is above the QUIC maximum of 2^60"),
+            ))
+        }
+        Some(v) => v,
+    };
+    let disable_path_mtu_discovery = s.bool("disablePathMTUDiscovery")?;
+    s.finish(w);
+    Ok(Quic {
+        init_stream_receive_window,
+        max_stream_receive_window,
+        init_conn_receive_window,
+        max_conn_receive_window,
+        max_idle_timeout,
+        max_incoming_streams,
+        disable_path_mtu_discovery,
+    })
+}
+
+/// A duration key with a default (for absent or zero) and an allowed range.
+fn ranged(
+    s: &mut Section,
+    name: &str,
+    default: Duration,
+    (min, max): (Duration, Duration),
+    range_text: &str,
+) -> Result<Duration, Fault> {
+    match s.duration(name)? {
+        None => Ok(default),
+        Some((d, _)) if (min..=max).contains(&d) => Ok(d),
+        Some((_, text)) => Err(fault(
+            s.key(name),
+            format!("{text} is out of range ({range_text})"),
+        )),
+    }
+}
+
+fn congestion(top: &mut Section, w: &mut W) -> Result<Congestion, Fault> {
+    let mut s = top.section("congestion")?;
+    let kind = match lower(s.string("type", w)?).as_str() {
+        "" | "bbr" => CongestionKind::Bbr,
+        "reno" => CongestionKind::Reno,
+        other => {
+            return Err(fault(
+                s.key("type"),
+                format!("unsupported congestion type {other:?} (use bbr or reno)"),
+            ))
+        }
+    };
+    let bbr_profile = match lower(s.string("bbrProfile", w)?).as_str() {
+        "" | "standard" => BbrProfile::Standard,
+        "conservative" => BbrProfile::Conservative,
+        "aggressive" => BbrProfile::Aggressive,
+        other => {
+            return Err(fault(
+                s.key("bbrProfile"),
+                format!(
+                    "unsupported BBR profile {other:?} (use standard, conservative or aggressive)"
+                ),
+            ))
+        }
+    };
+    s.finish(w);
+    Ok(Congestion { kind, bbr_profile })
+}
+
+fn bandwidth(top: &mut Section, w: &mut W) -> Result<Bandwidth, Fault> {
+    let mut s = top.section("bandwidth")?;
+    let mut rate = |name: &str, w: &mut W| -> Result<Option<u64>, Fault> {
+        let key = s.key(name);
+        let Some(text) = s.string(name, w)?.filter(|t| !t.trim().is_empty()) else {
+            return Ok(None);
+        };
+        match units::parse_bandwidth(&text).map_err(|e| fault(key.clone(), e))? {
+            0 => Ok(None),
+            bytes if bytes < MIN_BANDWIDTH => Err(fault(
+                key,
+                format!(
+                    "{} is {bytes} bytes/s, below the minimum of {MIN_BANDWIDTH} bytes/s (524288 bps)",
+                    text.trim()
+                ),
+            )),
+            bytes => Ok(Some(bytes)),
+        }
+    };
+    let up = rate("up", w)?;
+    let down = rate("down", w)?;
+    let disable_loss_compensation = s.bool("disableLossCompensation")?;
+    s.finish(w);
+    Ok(Bandwidth {
+        up,
+        down,
+        disable_loss_compensation,
+    })
+}
+
+fn engine(top: &mut Section, w: &mut W) -> Result<Engine, Fault> {
+    let mut s = top.section("engine")?;
+    let workers = match s.u64("workers")? {
+        None | Some(0) => None,
+        Some(n) if n <= crate::worker::MAX_WORKERS as u64 => Some(n as usize),
+        Some(n) => {
+            return Err(fault(
+                s.key("workers"),
+                format!("{n} is above the maximum of {}", crate::worker::MAX_WORKERS),
+            ))
+        }
+    };
+    let io = match lower(s.string("io", w)?).as_str() {
+        "" | "auto" => None,
+        "uring" | "io_uring" | "io-uring" => Some(IoKind::Uring),
+        "epoll" => Some(IoKind::Epoll),
+        other => {
+            return Err(fault(
+                s.key("io"),
+                format!("unsupported I/O driver {other:?} (use uring, epoll or auto)"),
+            ))
+        }
+    };
+    s.finish(w);
+    Ok(Engine { workers, io })
+}
+
+/// Selector values (`type`, `mode`, ...) match case-insensitively, as in the official server.
+pub(super) fn lower(s: Option<String>) -> String {
+    s.map(|s| s.trim().to_lowercase()).unwrap_or_default()
+}
