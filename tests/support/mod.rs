@@ -1,0 +1,344 @@
+//! Helpers for the integration tests that run real processes over loopback: child processes
+//! that die with their owner, ports, scratch directories and certificates (this file); the
+//! targets proxied traffic reaches (`targets`); a SOCKS5 client (`socks`) and an HTTP/1.1
+//! client (`http`); and the Hysteria2 peers, sing-box and quelay (`peers`).
+//!
+//! Every wait is bounded, and every thread and child process stops when its owner is dropped,
+//! including while a failing test unwinds. Traffic stays on 127.0.0.1.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+mod http;
+mod peers;
+mod socks;
+mod targets;
+
+pub use http::*;
+pub use peers::*;
+pub use socks::*;
+pub use targets::*;
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{self, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The crate root: tests run with it as their working directory, but helpers do not rely on that.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The sing-box binary, installed by `scripts/get-singbox.sh target/peers/bin` once per test
+/// binary. Panics with the script's stderr (which says which step failed: pip download,
+/// extraction, version check) if it cannot be installed: a missing peer is a failure, not a
+/// reason to skip.
+pub fn singbox() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = root().join("scripts/get-singbox.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("target/peers/bin")
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "installing sing-box with {} failed ({}):\n{stderr}",
+            script.display(),
+            out.status
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or("").trim();
+        let bin = root().join(last);
+        assert!(
+            bin.is_file(),
+            "get-singbox.sh succeeded but printed {last:?}, which is not a file; its stderr:\n{stderr}"
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A child process whose stdout and stderr go to files, killed (SIGKILL) and reaped on drop.
+/// If the dropping thread is panicking, the tail of its stderr is printed to help the reader.
+pub struct Child {
+    name: String,
+    proc: process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Child {
+    /// Spawns `cmd` with stdin closed and stdout/stderr in `dir/NAME.stdout` / `dir/NAME.stderr`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Child {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let out = File::create(&stdout)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stdout.display()));
+        let err = File::create(&stderr)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr.display()));
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let proc = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Child {
+            name: name.to_owned(),
+            proc,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn id(&self) -> u32 {
+        self.proc.id()
+    }
+
+    /// Everything the child has written to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Everything the child has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Panics, quoting the child's output, if it has exited.
+    pub fn assert_running(&mut self) {
+        match self.proc.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => panic!(
+                "{} exited ({status}); stdout:\n{}\nstderr:\n{}",
+                self.name,
+                tail(&self.stdout(), 40),
+                tail(&self.stderr(), 40)
+            ),
+            Err(e) => panic!("cannot poll {}: {e}", self.name),
+        }
+    }
+
+    /// Polls `ready` every 20 ms until it holds. Panics, quoting the child's output, if the
+    /// child exits first or `timeout` passes.
+    pub fn wait_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&Child) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running();
+            if ready(self) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} not ready after {timeout:?}: {what}; stdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    tail(&self.stdout(), 40),
+                    tail(&self.stderr(), 40)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SIGKILL cannot be caught, so the wait below is bounded.
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+        if thread::panicking() {
+            eprintln!(
+                "--- {} (pid {}) stderr, last lines ({}) ---\n{}",
+                self.name,
+                self.proc.id(),
+                self.stderr.display(),
+                tail(&self.stderr(), 60)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A port that was free for both TCP and UDP on 127.0.0.1 a moment ago.
+///
+/// Racy by nature: the port is released before the caller's child binds it, so another
+/// process could take it in between. Linux hands out bind(0) ports at random from a large
+/// range, which makes that rare; a collision shows up as a child failing to bind, not as a
+/// wrong result.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP socket on 127.0.0.1:0");
+        let port = tcp.local_addr().expect("local address").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on 127.0.0.1 in 100 tries");
+}
+
+/// True once something accepts TCP connections on `addr`, polling until `timeout`.
+pub fn wait_tcp_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True once a UDP socket is bound to `addr`'s port, polling until `timeout`.
+pub fn wait_udp_ready(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if udp_bound(addr.port()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether any UDP socket (IPv4 or IPv6, any local address) is bound to `port`, from
+/// /proc/net/udp{,6}: the `local_address` column is `HEXIP:HEXPORT`.
+pub fn udp_bound(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
+        fs::read_to_string(table).is_ok_and(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .any(|local| local.ends_with(&want))
+        })
+    })
+}
+
+/// The soft limit on open files of this process, from /proc/self/limits.
+pub fn open_files_limit() -> Option<u64> {
+    let text = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+/// A unique scratch directory under `target/test-tmp/`, removed on drop unless the dropping
+/// thread is panicking: then it is kept (and its path printed) so the logs in it can be read.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn tempdir() -> TempDir {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let base = root().join("target/test-tmp");
+    fs::create_dir_all(&base).unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(Path::file_stem)
+        .and_then(|s| s.to_str())
+        .unwrap_or("test");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..100 {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{stem}-{}-{seq}-{nanos:09}", process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return TempDir(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+    panic!("no unique directory under {} in 100 tries", base.display());
+}
+
+/// The server name in the test certificate, and the SNI clients send.
+pub const SNI: &str = "hy2.test";
+
+/// Writes a self-signed ECDSA P-256 certificate for DNS:hy2.test and IP:127.0.0.1 (Ed25519
+/// breaks official Hysteria2 clients) to `dir/cert.pem` and its PKCS#8 key to `dir/key.pem`.
+pub fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec![SNI.to_owned(), "127.0.0.1".to_owned()])
+        .expect("certificate parameters");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, SNI);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    fs::write(&cert_path, cert.pem()).expect("write cert.pem");
+    fs::write(&key_path, key.serialize_pem()).expect("write key.pem");
+    (cert_path, key_path)
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `len` random bytes.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
