@@ -280,7 +280,10 @@ impl Hy2App {
     ) {
         self.generation = self.generation.wrapping_add(1);
         let gen = self.generation;
-        let relay = Relay::new(ch, id, target.clone(), first, io.now + CONNECT_TIMEOUT);
+        let mut ok = Vec::new();
+        let padding = tcp::padding(&mut self.rng, tcp::RESPONSE_PADDING.0, tcp::RESPONSE_PADDING.1);
+        let _ = tcp::TcpResponse::encode(tcp::STATUS_OK, "Connected", &padding, &mut ok);
+        let relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
         let key = self.relays.insert((gen, relay));
         if let Some(conn) = self.conns.get_mut(&ch) {
             conn.bidi.insert(id, Bidi::Relay(key));

@@ -80,7 +80,16 @@ pub enum After {
 }
 
 impl Relay {
-    pub fn new(ch: ConnectionHandle, id: StreamId, target: String, first: Vec<u8>, deadline: Instant) -> Self {
+    /// `ok` is the TCPResponse sent once the target is connected; `first` holds payload
+    /// bytes that arrived with the request.
+    pub fn new(
+        ch: ConnectionHandle,
+        id: StreamId,
+        target: String,
+        first: Vec<u8>,
+        ok: Vec<u8>,
+        deadline: Instant,
+    ) -> Self {
         Relay {
             ch,
             id,
@@ -92,7 +101,7 @@ impl Relay {
             up_inflight: false,
             quic_fin: false,
             tcp_write_closed: false,
-            down: Vec::new(),
+            down: ok,
             down_off: 0,
             down_inflight: false,
             tcp_eof: false,
