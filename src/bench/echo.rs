@@ -41,11 +41,22 @@ pub struct EchoApp {
     streams: HashMap<(ConnectionHandle, StreamId), Stream>,
     /// Streams reset or stopped by peers, or malformed.
     pub aborted: u64,
+    /// Brutal send rate (bytes/s) for every connection; `None` keeps the configured
+    /// controller.
+    brutal_rate: Option<u64>,
 }
 
 impl EchoApp {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An echo app that sends on every connection with Brutal at `bytes_per_sec`.
+    pub fn with_brutal_rate(bytes_per_sec: Option<u64>) -> Self {
+        EchoApp {
+            brutal_rate: bytes_per_sec,
+            ..Self::default()
+        }
     }
 
     fn drive(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
@@ -168,6 +179,11 @@ impl EchoApp {
 impl App for EchoApp {
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
+            Event::Connected => {
+                if let Some(rate) = self.brutal_rate {
+                    io.set_send_rate(ch, rate);
+                }
+            }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                 let mut opened = Vec::new();
                 if let Some(conn) = io.conn(ch) {

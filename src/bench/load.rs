@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use quinn_proto::{
     ConnectionHandle, Dir, Event, FinishError, ReadError, StreamEvent, StreamId, VarInt, WriteError,
@@ -25,6 +26,8 @@ pub struct LoadConfig {
     pub connections: usize,
     /// Concurrent streams per connection.
     pub streams: usize,
+    /// Send with Brutal at this rate (bytes/s); `None` keeps the configured controller.
+    pub brutal_rate: Option<u64>,
 }
 
 /// Results shared by all workers of a load run.
@@ -37,9 +40,23 @@ pub struct LoadStats {
     pub errors: AtomicU64,
     /// The first few error messages.
     pub messages: Mutex<Vec<String>>,
+    /// When the first and the last payload bytes arrived.
+    received_at: Mutex<Option<(Instant, Instant)>>,
 }
 
 impl LoadStats {
+    /// From the first payload byte received to the last.
+    pub fn receive_span(&self) -> Option<Duration> {
+        let r = self.received_at.lock().unwrap_or_else(|e| e.into_inner());
+        r.map(|(first, last)| last - first)
+    }
+
+    fn received(&self, now: Instant) {
+        let mut r = self.received_at.lock().unwrap_or_else(|e| e.into_inner());
+        let first = r.map_or(now, |(first, _)| first);
+        *r = Some((first, now));
+    }
+
     fn error(&self, msg: String) {
         self.errors.fetch_add(1, Relaxed);
         let mut m = self.messages.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,9 +142,11 @@ impl LoadApp {
         let Some(st) = self.streams.get_mut(&(ch, id)) else {
             return;
         };
+        let now = io.now;
         let Some(conn) = io.conn(ch) else { return };
         let mut failure = None;
         let mut fin_in = false;
+        let received_before = st.received;
         // Write as much as credit allows.
         let hdr = header(mode, bytes);
         let mut send = conn.send_stream(id);
@@ -203,6 +222,9 @@ impl LoadApp {
                 Err(e) => failure = Some(format!("read: {e}")),
             };
         }
+        if st.received > received_before {
+            self.stats.received(now);
+        }
         if fin_in && failure.is_none() {
             let ok = match mode {
                 Mode::Upload => st.count == bytes.to_be_bytes(),
@@ -263,9 +285,13 @@ impl App for LoadApp {
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
-            Event::Connected | Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
+            Event::Connected => {
+                if let Some(rate) = self.cfg.brutal_rate {
+                    io.set_send_rate(ch, rate);
+                }
                 self.open_streams(io, ch)
             }
+            Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => self.open_streams(io, ch),
             Event::Stream(StreamEvent::Readable { id })
             | Event::Stream(StreamEvent::Writable { id }) => self.drive(io, ch, id),
             Event::ConnectionLost { reason } => {

@@ -27,6 +27,9 @@ pub struct LoadOptions {
     pub pin: bool,
     pub timeout: Duration,
     pub quic: QuicParams,
+    /// Send with Brutal at this rate (bytes/s) on every connection; `None` keeps
+    /// `quic.congestion`.
+    pub brutal_rate: Option<u64>,
 }
 
 impl LoadOptions {
@@ -44,6 +47,7 @@ impl LoadOptions {
             pin: false,
             timeout: Duration::from_secs(120),
             quic: QuicParams::default(),
+            brutal_rate: None,
         }
     }
 }
@@ -51,6 +55,8 @@ impl LoadOptions {
 #[derive(Clone, Debug)]
 pub struct LoadReport {
     pub secs: f64,
+    /// From the first payload byte received to the last (0 if fewer than two arrived).
+    pub receive_secs: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub streams_done: u64,
@@ -116,6 +122,7 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
                 bytes: opts.bytes,
                 connections: share,
                 streams: opts.streams,
+                brutal_rate: opts.brutal_rate,
             },
             stats.clone(),
         )
@@ -138,8 +145,10 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let receive_secs = stats.receive_span().map_or(0.0, |d| d.as_secs_f64());
     Ok(LoadReport {
         secs,
+        receive_secs,
         bytes_sent: stats.bytes_sent.load(Relaxed),
         bytes_received: stats.bytes_received.load(Relaxed),
         streams_done: stats.streams_done.load(Relaxed),

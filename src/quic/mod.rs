@@ -5,6 +5,7 @@
 
 pub mod cid;
 pub mod compat;
+pub mod congestion;
 pub mod tls;
 pub mod transport;
 
@@ -13,6 +14,7 @@ mod tests;
 
 pub use cid::{long_header_dcid, short_header_dcid, worker_of, ShardedCidGenerator, CID_LEN};
 pub use compat::{AssumePeerDatagrams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
+pub use congestion::{take_last_built, AdaptiveConfig, BrutalPacer, CcHandle};
 pub use tls::{
     client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto, CertKey, TlsError,
     Verify,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn_proto::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn_proto::crypto::rustls::QuicClientConfig;
 use quinn_proto::{
     ClientConfig, ConnectionIdGenerator, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
@@ -15,6 +15,7 @@ use quinn_proto::{
 use rand::RngCore;
 
 use super::cid::ShardedCidGenerator;
+use super::congestion::AdaptiveConfig;
 
 /// Hysteria2 `quic.initStreamReceiveWindow`: 8 MiB lets one stream fill ~670 Mbit/s at 100 ms.
 pub const INIT_STREAM_WINDOW: u64 = 8 << 20;
@@ -42,7 +43,8 @@ pub const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
 /// raises it.
 pub const INITIAL_MTU: u16 = 1200;
 
-/// Congestion controller for new connections.
+/// Congestion controller for new connections, until an app switches one to Brutal
+/// (`Io::set_send_rate`; every choice here allows that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
     /// Model-based; the default, as it keeps throughput on lossy long-haul paths.
@@ -82,6 +84,9 @@ pub struct QuicParams {
     /// Bytes every UDP datagram carries besides the QUIC packet (8 with Salamander):
     /// discovered MTUs are lowered by this much so datagrams still fit the path.
     pub datagram_overhead: u16,
+    /// Brutal raises its send rate by up to 1.25× to make up for lost packets (Hysteria2
+    /// `bandwidth.disableLossCompensation` inverted).
+    pub loss_compensation: bool,
 }
 
 impl Default for QuicParams {
@@ -99,6 +104,7 @@ impl Default for QuicParams {
             congestion: Congestion::default(),
             mtu_discovery: true,
             datagram_overhead: 0,
+            loss_compensation: true,
         }
     }
 }
@@ -131,11 +137,15 @@ pub fn transport_config(p: &QuicParams) -> TransportConfig {
             m
         }))
         .enable_segmentation_offload(true);
-    match p.congestion {
-        Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
-        Congestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
-        Congestion::NewReno => t.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
+    let fallback: Arc<dyn ControllerFactory + Send + Sync> = match p.congestion {
+        Congestion::Bbr => Arc::new(BbrConfig::default()),
+        Congestion::Cubic => Arc::new(CubicConfig::default()),
+        Congestion::NewReno => Arc::new(NewRenoConfig::default()),
     };
+    t.congestion_controller_factory(Arc::new(AdaptiveConfig::new(
+        fallback,
+        p.loss_compensation,
+    )));
     t
 }
 
@@ -232,6 +242,7 @@ mod tests {
             datagrams: false,
             congestion: Congestion::NewReno,
             mtu_discovery: false,
+            loss_compensation: false,
         };
         let _ = transport_config(&p);
         assert!(idle_timeout(Duration::ZERO).is_none());

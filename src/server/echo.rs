@@ -39,6 +39,9 @@ pub struct EchoOptions {
     pub steering: Steering,
     pub pin: bool,
     pub quic: QuicParams,
+    /// Send with Brutal at this rate (bytes/s) on every connection, as a Hysteria2 server
+    /// does after negotiating one; `None` keeps `quic.congestion`.
+    pub brutal_rate: Option<u64>,
 }
 
 impl Default for EchoOptions {
@@ -51,6 +54,7 @@ impl Default for EchoOptions {
             steering: Steering::Bpf,
             pin: true,
             quic: QuicParams::default(),
+            brutal_rate: None,
         }
     }
 }
@@ -102,7 +106,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         pin: opts.pin,
         obfs: None,
     };
-    let group = worker::spawn(specs, &cfg, |_| EchoApp::new())?;
+    let group = worker::spawn(specs, &cfg, |_| EchoApp::with_brutal_rate(opts.brutal_rate))?;
     tracing::info!(
         "echo server on {addr}: {n} worker(s), {} driver, GSO {}, steering {}",
         group.shared.io_kinds[0],

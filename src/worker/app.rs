@@ -8,6 +8,7 @@ use quinn_proto::{ClientConfig, ConnectError, Connection, ConnectionHandle, Endp
 use super::table::ConnTable;
 use super::WorkerId;
 use crate::engine::{Completion, Driver};
+use crate::quic;
 
 /// An application driven by one worker. All calls happen on the worker's thread.
 pub trait App: Send + 'static {
@@ -61,12 +62,16 @@ impl Io<'_> {
         let (ch, conn) = self
             .endpoint
             .connect(self.now, cfg.clone(), remote, server_name)?;
-        self.conns.insert(ch, conn);
+        // `connect` built the connection's controller on this thread.
+        self.conns.insert(ch, conn, quic::take_last_built());
         Ok(ch)
     }
 
-    /// Switches a connection's sender to Brutal at `bytes_per_sec` (0: back to BBR).
-    pub fn set_send_rate(&mut self, _ch: ConnectionHandle, _bytes_per_sec: u64) {}
+    /// Sends on `ch` with Brutal at `bytes_per_sec` (Hysteria2 negotiated a rate), or with
+    /// the configured controller again when 0. False if the connection is gone.
+    pub fn set_send_rate(&mut self, ch: ConnectionHandle, bytes_per_sec: u64) -> bool {
+        self.conns.set_send_rate(ch, bytes_per_sec)
+    }
 
     /// Number of connections this worker holds.
     pub fn connection_count(&self) -> usize {

@@ -15,11 +15,12 @@ use quinn_proto::{
 
 use super::app::{App, Io};
 use super::route::{route, Route};
-use super::table::ConnTable;
+use super::table::{ConnTable, Entry};
 use super::{Forwarded, Shared, WorkerId};
 use crate::engine::{Completion, Driver, Event, TxMeta, MAX_GSO_SEGMENTS};
 use crate::metrics::WorkerCounters;
 use crate::proto::salamander::{Salamander, SALT_LEN};
+use crate::quic::{self, CcHandle};
 
 /// Receive batches (each up to 64 KiB of GRO segments) handled per iteration.
 const RX_BATCHES_PER_LOOP: usize = 32;
@@ -209,7 +210,16 @@ impl<A: App> Worker<A> {
             };
             st.app.on_event(&mut io, ch, ev);
         }
-        let Some(conn) = st.conns.get(ch) else { return };
+        let Some(Entry {
+            conn, cc, pacer, ..
+        }) = st.conns.entry(ch)
+        else {
+            return;
+        };
+        // Brutal: quinn would pace at 2.5 × the rate (see `quic::congestion`), so the rate is
+        // enforced here. 0: quinn's own pacing only.
+        let rate = cc.as_ref().map_or(0, CcHandle::pacing_rate);
+        let mut paced_until = None;
         let mut batches = 0;
         // A GSO send is one UDP datagram to the kernel: its total must fit 64 KiB less the
         // IP and UDP headers, or it fails with EMSGSIZE once MTU discovery grows segments.
@@ -226,9 +236,24 @@ impl<A: App> Worker<A> {
                 blocked = true;
                 break;
             }
+            let segments = if rate == 0 {
+                max_segments
+            } else {
+                let mtu = conn.current_mtu();
+                match pacer.allowance(now, rate, mtu, max_segments) {
+                    0 => {
+                        paced_until = Some(pacer.next_send(rate, mtu));
+                        break;
+                    }
+                    n => n,
+                }
+            };
             let mut buf = self.driver.tx_buf();
-            match conn.poll_transmit(now, max_segments, &mut buf) {
+            match conn.poll_transmit(now, segments, &mut buf) {
                 Some(t) => {
+                    if rate != 0 {
+                        pacer.on_sent(t.size);
+                    }
                     buf.truncate(t.size);
                     let mut meta = tx_meta(&t);
                     if let Some(o) = &st.obfs {
@@ -245,7 +270,12 @@ impl<A: App> Worker<A> {
                 None => break,
             }
         }
-        let deadline = conn.poll_timeout();
+        // An early wake-up for pacing is harmless: quinn's `handle_timeout` fires only the
+        // timers that are due.
+        let deadline = match (conn.poll_timeout(), paced_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         st.conns.set_timer(ch, deadline);
         if blocked || batches == TX_BATCHES_PER_CONN {
             // More to send: come back next iteration (after the driver drained some).
@@ -359,6 +389,10 @@ impl<A: App> State<A> {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(c) = self.conns.get_dirty(ch) {
                     c.handle_event(ev);
+                    // A migration to another IP builds a new controller.
+                    if let Some(cc) = quic::take_last_built() {
+                        self.conns.replace_cc(ch, cc);
+                    }
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
@@ -372,10 +406,12 @@ impl<A: App> State<A> {
                     .accept(incoming, now, &mut self.response_buf, None)
                 {
                     Ok((ch, conn)) => {
-                        self.conns.insert(ch, conn);
+                        self.conns.insert(ch, conn, quic::take_last_built());
                         WorkerCounters::add(&self.counters.connections_total, 1);
                     }
                     Err(e) => {
+                        // The handshake may have failed after quinn built a controller.
+                        let _ = quic::take_last_built();
                         WorkerCounters::add(&self.counters.accept_errors, 1);
                         tracing::debug!("refused a connection from {peer}: {}", e.cause);
                         if let Some(t) = e.response {

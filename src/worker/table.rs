@@ -7,8 +7,15 @@ use std::time::Instant;
 
 use quinn_proto::{Connection, ConnectionHandle};
 
+use crate::quic::{BrutalPacer, CcHandle};
+
 pub(super) struct Entry {
     pub conn: Connection,
+    /// Shared with the connection's congestion controller (`quic::take_last_built` after
+    /// quinn built it); `None` for a controller that cannot switch to Brutal.
+    pub cc: Option<CcHandle>,
+    /// Brutal's pacing bucket, used while `cc` has a rate; reset when the rate is set.
+    pub pacer: BrutalPacer,
     /// The deadline last pushed to the timer queue for this connection.
     pub timer: Option<Instant>,
     /// Whether the connection is in the dirty list.
@@ -27,7 +34,8 @@ pub struct ConnTable {
 }
 
 impl ConnTable {
-    pub fn insert(&mut self, ch: ConnectionHandle, conn: Connection) {
+    /// Files a new connection with the handle of the controller quinn built for it.
+    pub fn insert(&mut self, ch: ConnectionHandle, conn: Connection, cc: Option<CcHandle>) {
         if self.entries.len() <= ch.0 {
             self.entries.resize_with(ch.0 + 1, || None);
         }
@@ -36,6 +44,8 @@ impl ConnTable {
         }
         self.entries[ch.0] = Some(Entry {
             conn,
+            cc,
+            pacer: BrutalPacer::default(),
             timer: None,
             dirty: false,
         });
@@ -93,6 +103,29 @@ impl ConnTable {
         if let Some(e) = self.entry(ch) {
             e.dirty = false;
         }
+    }
+
+    /// Files the handle of a controller quinn rebuilt for a new path (migration to another
+    /// IP): the old one no longer reaches the connection. The connection keeps its rate.
+    pub fn replace_cc(&mut self, ch: ConnectionHandle, cc: CcHandle) {
+        let Some(e) = self.entry(ch) else { return };
+        if let Some(old) = &e.cc {
+            cc.set_rate(old.rate());
+        }
+        e.cc = Some(cc);
+    }
+
+    /// Switches the connection to Brutal at `bytes_per_sec` (0: back to its fallback
+    /// controller), with a fresh pacing bucket. False if its controller cannot switch.
+    pub fn set_send_rate(&mut self, ch: ConnectionHandle, bytes_per_sec: u64) -> bool {
+        let Some(e) = self.entry(ch) else {
+            return false;
+        };
+        let Some(cc) = &e.cc else { return false };
+        cc.set_rate(bytes_per_sec);
+        e.pacer = BrutalPacer::default();
+        self.mark(ch);
+        true
     }
 
     /// Records the connection's next deadline.
