@@ -243,6 +243,7 @@ mod tests {
             congestion: Congestion::NewReno,
             mtu_discovery: false,
             loss_compensation: false,
+            datagram_overhead: 0,
         };
         let _ = transport_config(&p);
         assert!(idle_timeout(Duration::ZERO).is_none());
