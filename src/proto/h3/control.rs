@@ -162,7 +162,7 @@ impl ControlStreamReader {
     /// The peer ended its control stream. RFC 9114 §6.2.1: "If either control stream is
     /// closed at any point, this MUST be treated as a connection error of type
     /// H3_CLOSED_CRITICAL_STREAM."
-    pub fn finish(&mut self) -> H3Error {
+    pub fn finish(&self) -> H3Error {
         H3Error::ClosedCriticalStream
     }
 
@@ -182,7 +182,8 @@ impl ControlStreamReader {
                     else {
                         return Ok(());
                     };
-                    data = &data[used - old..];
+                    // The first `old` bytes were incomplete on their own, so `used > old`.
+                    data = &data[used.saturating_sub(old)..];
                     self.header_len = 0;
                     self.start_frame(hdr)?;
                     if let State::Payload { ty, len: 0 } = self.state {

@@ -94,6 +94,14 @@ impl FrameHeader {
     }
 }
 
+/// The first varint of a new bidi stream, without consuming anything: Hysteria's server
+/// takes a stream over as a TCP proxy stream only if the connection is authenticated and
+/// this is 0x401 (protocol notes §3.4); otherwise the whole stream, these bytes included,
+/// goes to a [`super::RequestReader`]. `None` until the varint is complete.
+pub fn peek_frame_type(buf: &[u8]) -> Option<u64> {
+    varint::decode(buf).map(|(ty, _)| ty)
+}
+
 /// Appends a whole frame.
 pub fn encode_frame(ty: u64, payload: &[u8], out: &mut Vec<u8>) {
     FrameHeader {
@@ -346,6 +354,13 @@ mod tests {
                 out.len()
             )))
         );
+    }
+
+    #[test]
+    fn peek() {
+        assert_eq!(peek_frame_type(&[0x44, 0x01, 0x09]), Some(0x401));
+        assert_eq!(peek_frame_type(&[0x44]), None);
+        assert_eq!(peek_frame_type(&[0x01, 0x10]), Some(HEADERS));
     }
 
     #[test]

@@ -249,11 +249,17 @@ pub(crate) enum SectionKind {
 /// A header section after the generic checks, pseudo-headers pulled out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Section {
+    /// `:method`, empty if absent.
     pub method: String,
+    /// `:scheme`, empty if absent.
     pub scheme: String,
+    /// `:authority`, empty if absent.
     pub authority: String,
+    /// `:path`, empty if absent.
     pub path: String,
+    /// `:protocol`, empty if absent.
     pub protocol: String,
+    /// `:status`, empty if absent.
     pub status: String,
     /// Regular fields in order, values converted lossily to UTF-8.
     pub headers: Vec<(String, String)>,

@@ -45,8 +45,8 @@ pub use auth::{
 pub use control::{ControlEvent, ControlStreamReader, PeerUniStreams, Role, UniStreamAction};
 pub use error::{H3Error, HuffmanError, MessageError, QpackError};
 pub use frames::{
-    client_control_stream, data_frame, goaway_frame, headers_frame, server_control_stream,
-    FrameHeader, Settings, UniStreamType,
+    client_control_stream, data_frame, goaway_frame, headers_frame, peek_frame_type,
+    server_control_stream, FrameHeader, Settings, UniStreamType,
 };
 pub use message::Limits;
 pub use qpack::HuffmanPolicy;

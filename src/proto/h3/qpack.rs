@@ -71,9 +71,10 @@ const MAX_INT_CONTINUATION: usize = 9;
 
 /// Decodes a prefix integer (RFC 7541 §5.1) whose first byte is `buf[0]`, using its low
 /// `prefix` bits. Returns the value and the bytes used.
+/// `prefix` is 1 to 8 (other values are clamped into that range).
 pub fn decode_int(buf: &[u8], prefix: u8) -> Result<(u64, usize), QpackError> {
     let first = *buf.first().ok_or(QpackError::Truncated)?;
-    let max_prefix = (1u64 << prefix) - 1;
+    let max_prefix = (1u64 << prefix.clamp(1, 8)) - 1;
     let mut value = u64::from(first) & max_prefix;
     if value < max_prefix {
         return Ok((value, 1));
@@ -100,8 +101,9 @@ pub fn decode_int(buf: &[u8], prefix: u8) -> Result<(u64, usize), QpackError> {
 }
 
 /// Appends `value` as a prefix integer: `flags` holds the bits above the `prefix`-bit field.
+/// `prefix` is 1 to 8 (other values are clamped into that range).
 pub fn encode_int(value: u64, prefix: u8, flags: u8, out: &mut Vec<u8>) {
-    let max_prefix = (1u64 << prefix) - 1;
+    let max_prefix = (1u64 << prefix.clamp(1, 8)) - 1;
     if value < max_prefix {
         out.push(flags | value as u8);
         return;
