@@ -37,13 +37,21 @@ fn download(rate: Option<u64>) -> f64 {
     let r = run::run(&o).expect("load client runs");
     srv.group.stop();
     srv.group.join().unwrap();
-    assert!(r.ok(), "errors: {:?} (timed out: {})", r.messages, r.timed_out);
+    assert!(
+        r.ok(),
+        "errors: {:?} (timed out: {})",
+        r.messages,
+        r.timed_out
+    );
     assert_eq!(r.bytes_received, DOWNLOAD);
     assert!(r.receive_secs > 0.0);
     let goodput = DOWNLOAD as f64 / r.receive_secs;
     eprintln!(
         "{}: {:.2} MB/s over {:.3} s",
-        rate.map_or("bbr".to_string(), |r| format!("brutal {} MB/s", r / 1_000_000)),
+        rate.map_or("bbr".to_string(), |r| format!(
+            "brutal {} MB/s",
+            r / 1_000_000
+        )),
         goodput / 1e6,
         r.receive_secs
     );

@@ -142,10 +142,7 @@ pub fn transport_config(p: &QuicParams) -> TransportConfig {
         Congestion::Cubic => Arc::new(CubicConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
     };
-    t.congestion_controller_factory(Arc::new(AdaptiveConfig::new(
-        fallback,
-        p.loss_compensation,
-    )));
+    t.congestion_controller_factory(Arc::new(AdaptiveConfig::new(fallback, p.loss_compensation)));
     t
 }
 

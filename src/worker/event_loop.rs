@@ -216,8 +216,8 @@ impl<A: App> Worker<A> {
         else {
             return;
         };
-        // Brutal: quinn would pace at 2.5 × the rate (see `quic::congestion`), so the rate is
-        // enforced here. 0: quinn's own pacing only.
+        // Brutal: quinn paces from window / RTT, well above the rate (see `quic::congestion`),
+        // so the rate is enforced here. 0: quinn's own pacing only.
         let rate = cc.as_ref().map_or(0, CcHandle::pacing_rate);
         let mut paced_until = None;
         let mut batches = 0;
@@ -242,7 +242,7 @@ impl<A: App> Worker<A> {
                 let mtu = conn.current_mtu();
                 match pacer.allowance(now, rate, mtu, max_segments) {
                     0 => {
-                        paced_until = Some(pacer.next_send(rate, mtu));
+                        paced_until = Some(pacer.next_send(now, rate, mtu));
                         break;
                     }
                     n => n,
