@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +39,14 @@ fn test_name() -> String {
     thread::current().name().unwrap_or("?").to_owned()
 }
 
+/// Fails the test with `what`, first making sure both peers are still running: a peer that
+/// died (or was killed from outside) explains everything after it, so that is the report.
+fn fail<S: Hy2Server>(server: &mut S, client: &mut SingboxClient, what: String) -> ! {
+    client.child().assert_running();
+    server.child().assert_running();
+    panic!("{what}");
+}
+
 fn mib_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / MIB as f64 / d.as_secs_f64()
 }
@@ -46,16 +55,21 @@ fn mib_per_s(bytes: usize, d: Duration) -> f64 {
 /// own proxied connection, checking every byte (download) and the SHA-256 (upload).
 fn download_upload<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
     let target = HttpTarget::start();
-    let server = S::launch(&server_opts);
-    let client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
+    let mut server = S::launch(&server_opts);
+    let mut client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
     let host = target.addr().to_string();
     let port = target.addr().port();
 
     let t = Instant::now();
-    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port)
-        .unwrap_or_else(|e| panic!("SOCKS5 CONNECT for the download through {}: {e}", S::NAME));
+    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port).unwrap_or_else(|e| {
+        fail(
+            &mut server,
+            &mut client,
+            format!("SOCKS5 CONNECT for the download: {e}"),
+        )
+    });
     let (status, body) = http_get(&mut s, &host, &format!("/bytes/{BULK}"))
-        .unwrap_or_else(|e| panic!("download through {}: {e}", S::NAME));
+        .unwrap_or_else(|e| fail(&mut server, &mut client, format!("download: {e}")));
     let took = t.elapsed();
     assert_eq!(status, 200, "download status");
     assert_eq!(body.len(), BULK, "download length");
@@ -77,10 +91,15 @@ fn download_upload<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
     let data = random_bytes(BULK);
     let want = sha256_hex(&data);
     let t = Instant::now();
-    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port)
-        .unwrap_or_else(|e| panic!("SOCKS5 CONNECT for the upload through {}: {e}", S::NAME));
+    let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", port).unwrap_or_else(|e| {
+        fail(
+            &mut server,
+            &mut client,
+            format!("SOCKS5 CONNECT for the upload: {e}"),
+        )
+    });
     let (status, body) = http_post(&mut s, &host, "/sha256", &data)
-        .unwrap_or_else(|e| panic!("upload through {}: {e}", S::NAME));
+        .unwrap_or_else(|e| fail(&mut server, &mut client, format!("upload: {e}")));
     let took = t.elapsed();
     assert_eq!(status, 200, "upload status");
     assert_eq!(
@@ -115,8 +134,8 @@ fn concurrent_streams<S: Hy2Server>() {
         "this test needs {need} open files but RLIMIT_NOFILE is {limit}: raise it (ulimit -n)"
     );
     let echo = TcpEcho::start();
-    let server = S::launch(&ServerOpts::default());
-    let client = SingboxClient::start(server.addr(), PASSWORD, &SbOpts::default());
+    let mut server = S::launch(&ServerOpts::default());
+    let mut client = SingboxClient::start(server.addr(), PASSWORD, &SbOpts::default());
     let proxy = client.socks_addr();
     let port = echo.addr().port();
 
@@ -124,7 +143,7 @@ fn concurrent_streams<S: Hy2Server>() {
     let deadline = t + Duration::from_secs(120);
     let next = AtomicUsize::new(0);
     let open: Mutex<Vec<TcpStream>> = Mutex::new(Vec::with_capacity(STREAMS));
-    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     let one = |i: usize| -> Result<TcpStream, String> {
         let mut s =
             socks5_connect(proxy, "127.0.0.1", port).map_err(|e| format!("connect: {e}"))?;
@@ -148,12 +167,12 @@ fn concurrent_streams<S: Hy2Server>() {
                     failures
                         .lock()
                         .unwrap()
-                        .push(format!("stream {i}: not started before the deadline"));
+                        .push((i, "not started before the deadline".into()));
                     continue;
                 }
                 match one(i) {
                     Ok(s) => open.lock().unwrap().push(s),
-                    Err(e) => failures.lock().unwrap().push(format!("stream {i}: {e}")),
+                    Err(e) => failures.lock().unwrap().push((i, e)),
                 }
             });
         }
@@ -168,17 +187,28 @@ fn concurrent_streams<S: Hy2Server>() {
         echo.connections(),
         echo.peak_open()
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {STREAMS} streams failed; first ones:\n{}",
-        failures.len(),
-        failures
+    if !failures.is_empty() {
+        // Grouped by error, with the first stream that saw each.
+        let mut kinds: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for (i, e) in &failures {
+            let k = kinds.entry(e.as_str()).or_insert((0, *i));
+            k.0 += 1;
+            k.1 = k.1.min(*i);
+        }
+        let kinds: Vec<String> = kinds
             .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+            .map(|(e, (n, first))| format!("{n} x {e} (first: stream {first})"))
+            .collect();
+        fail(
+            &mut server,
+            &mut client,
+            format!(
+                "{} of {STREAMS} streams failed:\n{}",
+                failures.len(),
+                kinds.join("\n")
+            ),
+        );
+    }
     assert_eq!(open.len(), STREAMS);
     assert_eq!(
         echo.peak_open(),
@@ -198,10 +228,15 @@ const UDP_WAIT: Duration = Duration::from_secs(2);
 /// Echoes each of `UDP_SIZES` through a SOCKS5 UDP association, retrying each a few times.
 fn udp_echo<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
     let echo = UdpEcho::start();
-    let server = S::launch(&server_opts);
-    let client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
-    let udp = Socks5Udp::associate(client.socks_addr())
-        .unwrap_or_else(|e| panic!("SOCKS5 UDP ASSOCIATE: {e}"));
+    let mut server = S::launch(&server_opts);
+    let mut client = SingboxClient::start(server.addr(), PASSWORD, &client_opts);
+    let udp = Socks5Udp::associate(client.socks_addr()).unwrap_or_else(|e| {
+        fail(
+            &mut server,
+            &mut client,
+            format!("SOCKS5 UDP ASSOCIATE: {e}"),
+        )
+    });
     let t = Instant::now();
     let mut report = Vec::new();
     for size in UDP_SIZES {
@@ -226,12 +261,16 @@ fn udp_echo<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
                 }
             }
         }
-        assert!(
-            echoed,
-            "{}: no echo of a {size}-byte payload after {tries} tries ({} datagrams reached the target)",
-            S::NAME,
-            echo.datagrams()
-        );
+        if !echoed {
+            fail(
+                &mut server,
+                &mut client,
+                format!(
+                    "no echo of a {size}-byte payload after {tries} tries ({} datagrams reached the target)",
+                    echo.datagrams()
+                ),
+            );
+        }
         report.push(format!("{size}B:{tries}"));
     }
     eprintln!(
@@ -246,8 +285,8 @@ fn udp_echo<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
 /// connection reaches the target.
 fn wrong_password<S: Hy2Server>() {
     let target = HttpTarget::start();
-    let server = S::launch(&ServerOpts::default());
-    let client = SingboxClient::start(server.addr(), "not-the-password", &SbOpts::default());
+    let mut server = S::launch(&ServerOpts::default());
+    let mut client = SingboxClient::start(server.addr(), "not-the-password", &SbOpts::default());
     let t = Instant::now();
     let outcome = match socks5_connect(client.socks_addr(), "127.0.0.1", target.addr().port()) {
         Err(e) => format!("SOCKS5 CONNECT failed: {e}"),
@@ -269,6 +308,9 @@ fn wrong_password<S: Hy2Server>() {
         "connections that reached the target"
     );
     assert_eq!(target.requests(), 0, "requests that reached the target");
+    // Refusing a client is not a reason to stop serving.
+    server.child().assert_running();
+    client.child().assert_running();
 }
 
 /// A test against quelay and the same test against the sing-box server.

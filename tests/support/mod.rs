@@ -34,8 +34,11 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The sing-box binary, installed by `scripts/get-singbox.sh target/peers/bin` once per test
-/// binary. Panics with the script's stderr (which says which step failed: pip download,
+/// The sing-box version the interop tests are written against.
+pub const SINGBOX_VERSION: &str = "1.14.4";
+
+/// The sing-box binary (`SINGBOX_VERSION`), installed by `scripts/get-singbox.sh
+/// target/peers/bin` once per test binary. Panics with the script's stderr (which says which step failed: pip download,
 /// extraction, version check) if it cannot be installed: a missing peer is a failure, not a
 /// reason to skip.
 pub fn singbox() -> PathBuf {
@@ -45,6 +48,7 @@ pub fn singbox() -> PathBuf {
         let out = Command::new("bash")
             .arg(&script)
             .arg("target/peers/bin")
+            .env("SINGBOX_VERSION", SINGBOX_VERSION)
             .current_dir(root())
             .stdin(Stdio::null())
             .output()
@@ -159,12 +163,17 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        // A child that died before its owner let go of it is worth a line in a failure report.
+        let state = match self.proc.try_wait() {
+            Ok(Some(status)) => format!("had already exited: {status}"),
+            _ => "was running".to_owned(),
+        };
         // SIGKILL cannot be caught, so the wait below is bounded.
         let _ = self.proc.kill();
         let _ = self.proc.wait();
         if thread::panicking() {
             eprintln!(
-                "--- {} (pid {}) stderr, last lines ({}) ---\n{}",
+                "--- {} (pid {}, {state}) stderr, last lines ({}) ---\n{}",
                 self.name,
                 self.proc.id(),
                 self.stderr.display(),
