@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for N seconds (default 30); exits non-zero if any
+# target crashes. Works on stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z
+# sanitizer flags. Logs and crash inputs land in fuzz/artifacts/ (git-ignored).
+#   fuzz/run.sh [SECONDS] [TARGET...]
+set -euo pipefail
+secs=${1:-30}
+shift || true
+cd "$(dirname "$0")/.."
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+mkdir -p fuzz/artifacts
+failed=()
+for t in "${targets[@]}"; do
+    log=fuzz/artifacts/$t.log
+    # max_len covers the largest valid TCPRequest (6,168 bytes) with room to spare.
+    if cargo fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 >"$log" 2>&1; then
+        echo "$t: ok, $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
+    else
+        echo "$t: FAILED, see $log"
+        tail -40 "$log"
+        failed+=("$t")
+    fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "crashed: ${failed[*]}"
+    exit 1
+fi
