@@ -9,8 +9,8 @@ use mimalloc::MiMalloc;
 
 use quelay::bench::{self, run::LoadOptions, Mode};
 use quelay::engine::{DriverConfig, IoKind};
-use quelay::server::echo::{self, EchoOptions, Steering};
 use quelay::server;
+use quelay::server::echo::{self, EchoOptions, Steering};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;

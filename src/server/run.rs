@@ -106,7 +106,10 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         Obfs::Plain => None,
     };
     let (ck, generated) = match &cfg.tls {
-        Some(tls) => (quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?, false),
+        Some(tls) => (
+            quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?,
+            false,
+        ),
         None => (
             quic::self_signed(&["localhost".to_string()]).map_err(|e| e.to_string())?,
             true,
@@ -163,7 +166,11 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         "Hysteria2 server on {addr}: {n} worker(s), {} driver, steering {}, obfs {}",
         group.shared.io_kinds[0],
         if steering { "bpf" } else { "hash + forwarding" },
-        if cfg.obfs == Obfs::Plain { "off" } else { "salamander" },
+        if cfg.obfs == Obfs::Plain {
+            "off"
+        } else {
+            "salamander"
+        },
     );
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
@@ -175,8 +182,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
 
 fn attach(socks: &[UdpSocket], n: usize) -> bool {
     let refs: Vec<&UdpSocket> = socks.iter().collect();
-    match bpf::attach_cid_steering(socks[0].as_raw_fd(), n).and_then(|()| bpf::self_test(&refs))
-    {
+    match bpf::attach_cid_steering(socks[0].as_raw_fd(), n).and_then(|()| bpf::self_test(&refs)) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");

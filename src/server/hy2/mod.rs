@@ -162,7 +162,6 @@ impl Hy2App {
         }
     }
 
-
     /// Reads what a new or unclassified bidirectional stream has and acts on it.
     fn on_bidi(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
         let Some(conn) = self.conns.get_mut(&ch) else {
@@ -187,7 +186,9 @@ impl Hy2App {
                 Bidi::Start(mut buf) => {
                     buf.append(&mut data);
                     match StreamStart::classify(&buf) {
-                        StreamStart::NeedMore if !fin => return self.park(ch, id, Bidi::Start(buf)),
+                        StreamStart::NeedMore if !fin => {
+                            return self.park(ch, id, Bidi::Start(buf))
+                        }
                         StreamStart::Proxy if authed => Bidi::Request(buf),
                         _ => {
                             data = buf;
@@ -224,7 +225,9 @@ impl Hy2App {
                         return;
                     }
                     Ok(None) if !fin => return self.park(ch, id, Bidi::Http(reader)),
-                    Ok(None) | Err(_) => return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR),
+                    Ok(None) | Err(_) => {
+                        return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR)
+                    }
                 },
                 Bidi::Relay(_) => return,
             };
@@ -281,7 +284,11 @@ impl Hy2App {
         self.generation = self.generation.wrapping_add(1);
         let gen = self.generation;
         let mut ok = Vec::new();
-        let padding = tcp::padding(&mut self.rng, tcp::RESPONSE_PADDING.0, tcp::RESPONSE_PADDING.1);
+        let padding = tcp::padding(
+            &mut self.rng,
+            tcp::RESPONSE_PADDING.0,
+            tcp::RESPONSE_PADDING.1,
+        );
         let _ = tcp::TcpResponse::encode(tcp::STATUS_OK, "Connected", &padding, &mut ok);
         let relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
         let key = self.relays.insert((gen, relay));
@@ -324,13 +331,15 @@ impl Hy2App {
             }
         };
         let mut refusal = None;
-        let allowed = addrs.into_iter().find(|a| match self.cfg.guard.check(a.ip()) {
-            Ok(()) => true,
-            Err(r) => {
-                refusal.get_or_insert(r);
-                false
-            }
-        });
+        let allowed = addrs
+            .into_iter()
+            .find(|a| match self.cfg.guard.check(a.ip()) {
+                Ok(()) => true,
+                Err(r) => {
+                    refusal.get_or_insert(r);
+                    false
+                }
+            });
         let Some(addr) = allowed else {
             let msg = format!(
                 "refused {}: {}",

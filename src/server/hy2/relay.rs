@@ -15,9 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use quinn_proto::{
-    ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError,
-};
+use quinn_proto::{ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError};
 
 use crate::engine::{Completion, SockOp};
 use crate::worker::Io;
@@ -141,8 +139,12 @@ impl Relay {
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
     pub fn abort(&mut self, io: &mut Io<'_>, token: u64) -> After {
         if let Some(conn) = io.conn(self.ch) {
-            let _ = conn.send_stream(self.id).reset(VarInt::from_u32(STREAM_ABORT));
-            let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(STREAM_ABORT));
+            let _ = conn
+                .send_stream(self.id)
+                .reset(VarInt::from_u32(STREAM_ABORT));
+            let _ = conn
+                .recv_stream(self.id)
+                .stop(VarInt::from_u32(STREAM_ABORT));
         }
         self.phase = Phase::Done;
         self.close_fd(io, token);

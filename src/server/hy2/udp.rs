@@ -226,7 +226,8 @@ impl UdpTable {
         }
         if !s.recv_inflight {
             s.recv_inflight = true;
-            io.driver.udp_recv_from(s.fd, Vec::with_capacity(RECV_BUF), token);
+            io.driver
+                .udp_recv_from(s.fd, Vec::with_capacity(RECV_BUF), token);
         }
     }
 
