@@ -5,9 +5,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use super::backend;
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
-use super::resolve::Resolver;
+use super::offload::Offload;
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::engine::{bpf, DriverConfig};
 use crate::proto::salamander::{Salamander, SALT_LEN};
@@ -35,9 +36,10 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
                 .map(|(u, p)| (config::Auth::user_key(u), p.clone()))
                 .collect(),
         ),
-        Auth::Http { .. } => {
-            return Err("auth.type: http authentication is not supported yet".into());
-        }
+        Auth::Http { url, insecure } => Authenticator::Http {
+            url: url.clone(),
+            insecure: *insecure,
+        },
     };
     let masquerade = match &cfg.masquerade.handler {
         MasqueradeHandler::NotFound => Masquerade::NotFound,
@@ -53,13 +55,18 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
                 .collect(),
             content: content.clone(),
         },
-        MasqueradeHandler::File { .. } | MasqueradeHandler::Proxy { .. } => {
-            return Err(
-                "masquerade.type: file and proxy masquerades are not supported yet \
-                 (use 404 or string)"
-                    .into(),
-            );
+        MasqueradeHandler::File { dir } => {
+            Masquerade::File(Arc::new(backend::FileMasquerade::new(dir.clone())))
         }
+        MasqueradeHandler::Proxy {
+            url,
+            rewrite_host,
+            x_forwarded,
+            insecure,
+        } => Masquerade::Proxy(Arc::new(
+            backend::ProxyMasquerade::new(url.clone(), *rewrite_host, *x_forwarded, *insecure)
+                .map_err(|e| format!("masquerade.proxy.url: {e}"))?,
+        )),
     };
     Ok(Hy2Config {
         auth,
@@ -151,7 +158,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             client_config: None,
         })
         .collect();
-    let resolver = Arc::new(Resolver::new().map_err(|e| format!("resolver threads: {e}"))?);
+    let resolver = Arc::new(Offload::new().map_err(|e| format!("resolver threads: {e}"))?);
     let group_cfg = GroupConfig {
         io: cfg.engine.io,
         driver,

@@ -20,8 +20,9 @@ use slab::Slab;
 
 use self::relay::{After, Relay};
 use self::udp::UdpTable;
+use super::backend;
 use super::guard::OutboundGuard;
-use super::resolve::{Resolver, ResolverClient};
+use super::offload::{Offload, OffloadClient, Outcome};
 use crate::engine::Completion;
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
@@ -29,6 +30,11 @@ use crate::worker::{App, Io};
 
 /// The reference server's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The reference server's timeout for its HTTP authentication backend.
+const HTTP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Marks tokens of work offloaded for a stream (auth verdicts, masquerade responses).
+const JOB_TOKEN: u64 = 1 << 62;
+
 /// Bytes a proxy stream may send before its TCPRequest is complete
 /// (type + address ≤ 2048 + padding ≤ 4096 + length fields).
 const MAX_REQUEST_BYTES: usize = 2 + 2048 + 4096 + 16;
@@ -40,6 +46,8 @@ pub enum Authenticator {
     Password(String),
     /// user → password; user names compared case-insensitively (stored lowercased).
     UserPass(HashMap<String, String>),
+    /// An HTTP backend decides (`auth.type: http`), off the data path.
+    Http { url: String, insecure: bool },
 }
 
 impl Authenticator {
@@ -52,6 +60,7 @@ impl Authenticator {
                 let user = user.to_lowercase();
                 (users.get(&user).map(String::as_str) == Some(pass)).then_some(user)
             }
+            Authenticator::Http { .. } => None,
         }
     }
 }
@@ -66,9 +75,14 @@ pub enum Masquerade {
         headers: Vec<(String, String)>,
         content: String,
     },
+    /// A static file server (`masquerade.type: file`).
+    File(Arc<backend::FileMasquerade>),
+    /// A reverse proxy (`masquerade.type: proxy`).
+    Proxy(Arc<backend::ProxyMasquerade>),
 }
 
 impl Masquerade {
+    /// The answer for the kinds that need no I/O.
     fn response(&self) -> Vec<u8> {
         match self {
             Masquerade::NotFound => h3::response(
@@ -90,6 +104,8 @@ impl Masquerade {
                     .collect();
                 h3::response(*status, &hs, content.as_bytes())
             }
+            // Answered off the data path; never reached.
+            Masquerade::File(_) | Masquerade::Proxy(_) => h3::response(500, &[], b""),
         }
     }
 }
@@ -109,6 +125,14 @@ pub struct Hy2Config {
     pub ignore_client_bandwidth: bool,
 }
 
+/// What an offloaded job answers.
+enum Pending {
+    /// An HTTP authentication verdict for this request.
+    Auth { cc_rx: u64, req: h3::Request },
+    /// A masquerade response.
+    Response,
+}
+
 /// A bidirectional stream before we know what it is, or an HTTP/3 request.
 enum Bidi {
     /// First bytes, until the first varint is complete.
@@ -119,6 +143,8 @@ enum Bidi {
     Http(RequestReader),
     /// Handed to a relay (slab key).
     Relay(usize),
+    /// A response (and the offset sent so far) waiting for stream credit.
+    Writing(Vec<u8>, usize),
 }
 
 #[derive(Default)]
@@ -136,8 +162,10 @@ fn token(key: usize, gen: u32) -> u64 {
 
 pub struct Hy2App {
     cfg: Arc<Hy2Config>,
-    resolver: Arc<Resolver>,
-    dns: Option<ResolverClient>,
+    pool: Arc<Offload>,
+    offload: Option<OffloadClient>,
+    /// Streams waiting for an answer prepared off the data path.
+    pending: Slab<(ConnectionHandle, StreamId, Pending)>,
     conns: HashMap<ConnectionHandle, Conn>,
     relays: Slab<(u32, Relay)>,
     generation: u32,
@@ -148,11 +176,12 @@ pub struct Hy2App {
 }
 
 impl Hy2App {
-    pub fn new(cfg: Arc<Hy2Config>, resolver: Arc<Resolver>) -> Self {
+    pub fn new(cfg: Arc<Hy2Config>, pool: Arc<Offload>) -> Self {
         Hy2App {
             cfg,
-            resolver,
-            dns: None,
+            pool,
+            offload: None,
+            pending: Slab::new(),
             conns: HashMap::new(),
             relays: Slab::new(),
             generation: 0,
@@ -175,6 +204,9 @@ impl Hy2App {
             conn.bidi.insert(id, state);
             self.pump_relay(io, key);
             return;
+        }
+        if let Bidi::Writing(buf, off) = state {
+            return self.write_out(io, ch, id, buf, off);
         }
         let Some((mut data, fin)) = read_some(io, ch, id) else {
             return; // reset by the client: forget the stream
@@ -215,12 +247,8 @@ impl Hy2App {
                 }
                 Bidi::Http(mut reader) => match reader.push(&std::mem::take(&mut data)) {
                     Ok(Some(req)) => {
-                        let response = self.answer(ch, &req, io);
-                        if let Some(qc) = io.conn(ch) {
-                            let mut s = qc.send_stream(id);
-                            let _ = s.write(&response);
-                            let _ = s.finish();
-                            let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+                        if let Some(response) = self.answer(ch, id, &req, io) {
+                            self.respond(io, ch, id, response);
                         }
                         return;
                     }
@@ -229,9 +257,37 @@ impl Hy2App {
                         return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR)
                     }
                 },
-                Bidi::Relay(_) => return,
+                Bidi::Relay(_) | Bidi::Writing(..) => return,
             };
         }
+    }
+
+    /// Writes an HTTP/3 response and closes both halves of the stream once all of it is
+    /// sent; what the stream cannot take yet waits for `Writable`.
+    fn respond(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId, response: Vec<u8>) {
+        self.write_out(io, ch, id, response, 0);
+    }
+
+    fn write_out(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        buf: Vec<u8>,
+        mut off: usize,
+    ) {
+        let Some(qc) = io.conn(ch) else { return };
+        while off < buf.len() {
+            match qc.send_stream(id).write(&buf[off..]) {
+                Ok(n) => off += n,
+                Err(quinn_proto::WriteError::Blocked) => {
+                    return self.park(ch, id, Bidi::Writing(buf, off));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = qc.send_stream(id).finish();
+        let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
     }
 
     /// Keeps a stream's state until more bytes arrive.
@@ -243,20 +299,62 @@ impl Hy2App {
 
     /// The response to an HTTP/3 request: 233 for a good auth request, the masquerade
     /// for everything else.
-    fn answer(&mut self, ch: ConnectionHandle, req: &h3::Request, io: &mut Io<'_>) -> Vec<u8> {
+    /// The response to an HTTP/3 request, or `None` when it is being prepared off the data
+    /// path (HTTP authentication, file or proxy masquerade) and will be sent later.
+    fn answer(
+        &mut self,
+        ch: ConnectionHandle,
+        id: StreamId,
+        req: &h3::Request,
+        io: &mut Io<'_>,
+    ) -> Option<Vec<u8>> {
         let Some(auth) = h3::auth_request(req) else {
-            return self.cfg.masquerade.response();
+            return self.masquerade(io, ch, id, req);
         };
-        let Some(user) = self.cfg.auth.check(&auth.auth) else {
+        let user = match &self.cfg.auth {
+            Authenticator::Http { url, insecure } => {
+                let (url, insecure) = (url.clone(), *insecure);
+                let addr = io.conn(ch)?.remote_address();
+                let work = Box::new(move || {
+                    Outcome::Auth(backend::http_auth(
+                        &url,
+                        insecure,
+                        addr,
+                        &auth.auth,
+                        auth.cc_rx,
+                        HTTP_AUTH_TIMEOUT,
+                    ))
+                });
+                let kind = Pending::Auth {
+                    cc_rx: auth.cc_rx,
+                    req: req.clone(),
+                };
+                self.defer(io, ch, id, kind, work);
+                return None;
+            }
+            a => a.check(&auth.auth),
+        };
+        let Some(user) = user else {
             tracing::debug!("authentication failed on {ch:?}");
-            return self.cfg.masquerade.response();
+            return self.masquerade(io, ch, id, req);
         };
+        Some(self.authenticated(io, ch, user, auth.cc_rx))
+    }
+
+    /// Marks the connection authenticated and builds the 233 response.
+    fn authenticated(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        user: String,
+        cc_rx: u64,
+    ) -> Vec<u8> {
         // Congestion: Brutal at the client's receive rate (capped by bandwidth.up),
         // BBR when the client does not say or the server ignores it.
         let (rate, reply) = if self.cfg.ignore_client_bandwidth {
             (0, CcRx::Auto)
         } else {
-            let mut tx = auth.cc_rx;
+            let mut tx = cc_rx;
             if self.cfg.bandwidth_up > 0 && tx > self.cfg.bandwidth_up {
                 tx = self.cfg.bandwidth_up;
             }
@@ -273,6 +371,80 @@ impl Hy2App {
         h3::auth_ok_response(self.cfg.udp, reply, &padding)
     }
 
+    /// The masquerade's answer to `req`: at once for 404 and string, off the data path
+    /// for file and proxy.
+    fn masquerade(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        req: &h3::Request,
+    ) -> Option<Vec<u8>> {
+        let work: Box<dyn FnOnce() -> Outcome + Send> = match &self.cfg.masquerade {
+            Masquerade::File(f) => {
+                let (f, req) = (f.clone(), req.clone());
+                Box::new(move || Outcome::Response(f.respond(&req)))
+            }
+            Masquerade::Proxy(p) => {
+                let (p, req) = (p.clone(), req.clone());
+                let client = io.conn(ch)?.remote_address();
+                Box::new(move || Outcome::Response(p.respond(&req, &[], client)))
+            }
+            m => return Some(m.response()),
+        };
+        self.defer(io, ch, id, Pending::Response, work);
+        None
+    }
+
+    /// Runs `work` off the data path; its outcome answers stream `id` later.
+    fn defer(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        kind: Pending,
+        work: Box<dyn FnOnce() -> Outcome + Send>,
+    ) {
+        let key = self.pending.insert((ch, id, kind));
+        let off = self
+            .offload
+            .get_or_insert_with(|| self.pool.client(io.driver.waker()));
+        if off.run(JOB_TOKEN | key as u64, work).is_err() {
+            // The pool is saturated: answer as a busy web server would.
+            self.pending.remove(key);
+            self.respond(io, ch, id, h3::response(503, &[], b""));
+        }
+    }
+
+    /// A deferred answer is ready.
+    fn on_job(&mut self, io: &mut Io<'_>, key: usize, outcome: Outcome) {
+        let Some((ch, id, kind)) = self.pending.try_remove(key) else {
+            return;
+        };
+        let response = match (kind, outcome) {
+            (Pending::Response, Outcome::Response(r)) => r,
+            (Pending::Auth { cc_rx, req }, Outcome::Auth(verdict)) => match verdict {
+                Ok(Some(user)) => self.authenticated(io, ch, user, cc_rx),
+                Ok(None) => {
+                    tracing::debug!("authentication refused by the backend on {ch:?}");
+                    match self.masquerade(io, ch, id, &req) {
+                        Some(r) => r,
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("authentication backend failed: {e}");
+                    match self.masquerade(io, ch, id, &req) {
+                        Some(r) => r,
+                        None => return,
+                    }
+                }
+            },
+            _ => return,
+        };
+        self.respond(io, ch, id, response);
+    }
+
     fn start_relay(
         &mut self,
         io: &mut Io<'_>,
@@ -281,7 +453,8 @@ impl Hy2App {
         target: String,
         first: Vec<u8>,
     ) {
-        self.generation = self.generation.wrapping_add(1);
+        // 28 bits: the token's top bits mark UDP sessions and offloaded jobs.
+        self.generation = (self.generation + 1) & 0x0fff_ffff;
         let gen = self.generation;
         let mut ok = Vec::new();
         let padding = tcp::padding(
@@ -299,10 +472,10 @@ impl Hy2App {
         match tcp::split_host_port(&target) {
             Ok((Host::Ip(ip), port)) => self.resolved(io, key, Ok(vec![SocketAddr::new(ip, port)])),
             Ok((Host::Domain(host), port)) => {
-                let dns = self
-                    .dns
-                    .get_or_insert_with(|| self.resolver.client(io.driver.waker()));
-                if let Err(e) = dns.lookup(&host, port, tok) {
+                let off = self
+                    .offload
+                    .get_or_insert_with(|| self.pool.client(io.driver.waker()));
+                if let Err(e) = off.lookup(&host, port, tok) {
                     self.resolved(io, key, Err(e));
                 }
             }
@@ -402,21 +575,25 @@ fn reset_stream(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId, code: u64) 
 
 impl App for Hy2App {
     fn tick(&mut self, io: &mut Io<'_>) {
-        // DNS answers.
+        // Work finished off the data path: DNS answers, auth verdicts, responses.
         let answers: Vec<_> = self
-            .dns
+            .offload
             .as_ref()
             .map(|d| d.answers().collect())
             .unwrap_or_default();
         for a in answers {
-            if udp::is_udp_token(a.token) {
-                self.udp.on_dns(io, a.token, a.result, &self.cfg.guard);
-                continue;
-            }
-            let key = (a.token & 0xffff_ffff) as usize;
-            let gen = (a.token >> 32) as u32;
-            if matches!(self.relays.get(key), Some((g, _)) if *g == gen) {
-                self.resolved(io, key, a.result);
+            match a.outcome {
+                Outcome::Resolved(result) if udp::is_udp_token(a.token) => {
+                    self.udp.on_dns(io, a.token, result, &self.cfg.guard);
+                }
+                Outcome::Resolved(result) => {
+                    let key = (a.token & 0xffff_ffff) as usize;
+                    let gen = (a.token >> 32) as u32;
+                    if matches!(self.relays.get(key), Some((g, _)) if *g == gen) {
+                        self.resolved(io, key, result);
+                    }
+                }
+                outcome => self.on_job(io, (a.token & !JOB_TOKEN) as usize, outcome),
             }
         }
         // Connect timeouts.
@@ -519,10 +696,10 @@ impl App for Hy2App {
                     }
                     return;
                 }
-                let dns = self
-                    .dns
-                    .get_or_insert_with(|| self.resolver.client(io.driver.waker()));
-                self.udp.on_datagrams(io, ch, &self.cfg.guard, dns);
+                let off = self
+                    .offload
+                    .get_or_insert_with(|| self.pool.client(io.driver.waker()));
+                self.udp.on_datagrams(io, ch, &self.cfg.guard, off);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");

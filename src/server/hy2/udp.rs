@@ -17,7 +17,7 @@ use quinn_proto::ConnectionHandle;
 use slab::Slab;
 
 use super::super::guard::OutboundGuard;
-use super::super::resolve::ResolverClient;
+use super::super::offload::OffloadClient;
 use crate::engine::{Completion, SockOp};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
@@ -79,7 +79,7 @@ impl UdpTable {
         io: &mut Io<'_>,
         ch: ConnectionHandle,
         guard: &OutboundGuard,
-        dns: &ResolverClient,
+        dns: &OffloadClient,
     ) {
         let mut msgs = Vec::new();
         if let Some(qc) = io.conn(ch) {
