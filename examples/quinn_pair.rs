@@ -167,7 +167,7 @@ fn transport() -> Arc<TransportConfig> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 // ---------------------------------------------------------------------------------------------

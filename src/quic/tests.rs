@@ -378,7 +378,7 @@ fn unknown_cids_reset_only_for_own_worker() {
 fn impostor_fails_insecure_and_pin() {
     let victim = server_cert();
     let impostor = server_cert();
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing_key = provider
         .key_provider
         .load_private_key(impostor.key.clone_key())

@@ -127,14 +127,14 @@ impl From<NoInitialCipherSuite> for TlsError {
 /// The *ring* provider with TLS 1.3 suites only, AES-128-GCM first: it is what QUIC Initial
 /// packets use anyway, and it is the fastest with hardware AES.
 fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     Arc::new(CryptoProvider {
         cipher_suites: vec![
             cs::TLS13_AES_128_GCM_SHA256,
             cs::TLS13_AES_256_GCM_SHA384,
             cs::TLS13_CHACHA20_POLY1305_SHA256,
         ],
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     })
 }
 
@@ -168,7 +168,7 @@ fn is_cert_name(name: &str) -> bool {
 
 /// Lowercase hex SHA-256 of a certificate's DER, as Hysteria2's `pinSHA256` expects.
 pub fn pin_sha256(cert: &CertificateDer) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
     let mut hex = String::with_capacity(64);
     for b in digest.as_ref() {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
@@ -322,7 +322,7 @@ impl ServerCertVerifier for LeafVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(pin) = &self.pin {
-            let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
             if digest.as_ref() != pin {
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                     rustls::OtherError(Arc::new(CertificatePinMismatch)),
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(hex.len(), 64);
         assert!(hex.bytes().all(|b| HEX.contains(&b)));
         let pin = parse_pin(&hex).unwrap();
-        let digest = ring::digest::digest(&ring::digest::SHA256, ck.chain[0].as_ref());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ck.chain[0].as_ref());
         assert_eq!(&pin[..], digest.as_ref());
         // Upper case with colons parses to the same pin.
         let colons = hex

@@ -170,7 +170,7 @@ pub fn server_config(
         Some(k) => master = *k,
         None => rand::thread_rng().fill_bytes(&mut master),
     }
-    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&master);
+    let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(&master);
     let mut config = ServerConfig::new(crypto, Arc::new(prk));
     config
         .transport_config(Arc::new(transport_config(p)))
@@ -190,7 +190,7 @@ pub fn client_config(crypto: Arc<QuicClientConfig>, p: &QuicParams) -> ClientCon
 /// All workers must pass the same `reset_key`, so a stateless reset token issued by one worker
 /// is the one any other worker would send for that CID.
 pub fn endpoint_config(reset_key: &[u8; 64], worker: u8, workers: u8) -> EndpointConfig {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
     let mut config = EndpointConfig::new(Arc::new(key));
     config
         .cid_generator(move || -> Box<dyn ConnectionIdGenerator> {

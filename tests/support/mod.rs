@@ -337,7 +337,7 @@ pub fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -234,7 +234,7 @@ fn send_pattern(w: &mut TcpStream, len: u64) -> io::Result<()> {
 }
 
 fn digest_body(r: &mut impl Read, len: u64) -> io::Result<String> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut buf = vec![0; 64 * 1024];
     let mut left = len;
     while left > 0 {
