@@ -215,7 +215,7 @@ impl FileMasquerade {
                 let index = real.join("index.html");
                 match self.confine(&index) {
                     Ok((index, meta)) if meta.is_file() => {
-                        serve_file(&index, &meta, req, head, &date)
+                        serve_file(&index, "index.html", &meta, req, head, &date)
                     }
                     _ => dir_listing(&real, &meta, req, head, &date),
                 }
@@ -227,7 +227,7 @@ impl FileMasquerade {
                         &date,
                     ));
                 }
-                serve_file(&real, &meta, req, head, &date)
+                serve_file(&real, go_base(&url_path), &meta, req, head, &date)
             } else {
                 Err(FileError::NotFound)
             }
@@ -277,9 +277,11 @@ impl FileMasquerade {
     }
 }
 
-/// Go's `serveContent` for a regular file.
+/// Go's `serveContent` for a regular file; `name` is the name it was asked for (a
+/// symlink's, not its target's), which picks the content type.
 fn serve_file(
     path: &Path,
+    name: &str,
     meta: &fs::Metadata,
     req: &Request,
     head: bool,
@@ -320,7 +322,7 @@ fn serve_file(
     if len > MAX_FILE_BODY && !head {
         return Err(FileError::Internal);
     }
-    let content_type = match content_type_by_name(path) {
+    let content_type = match content_type_by_name(Path::new(name)) {
         Some(known) => known,
         // Go sniffs the first 512 bytes of the file, whatever the range.
         None => sniff(&read_span(path, 0, size.min(512))?),
@@ -454,11 +456,22 @@ fn headers_only(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// Go's `localRedirect`: 301 to a relative location, the query kept.
 fn redirect(location: &str, query: &str, date: &str) -> Vec<u8> {
-    let location = if query.is_empty() {
-        location.to_owned()
-    } else {
-        format!("{location}?{query}")
-    };
+    // The location comes from a decoded path and an on-disk name: escape control
+    // characters (a `%0a` in a name), which no field value may hold.
+    let mut location: String = location
+        .chars()
+        .map(|c| {
+            if c.is_ascii_control() {
+                format!("%{:02X}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    if !query.is_empty() {
+        location.push('?');
+        location.push_str(query);
+    }
     response(301, &[("location", &location), ("date", date)], b"")
 }
 
@@ -810,7 +823,8 @@ impl ProxyMasquerade {
         match self.forward(req, body, client, &date) {
             Ok(bytes) => bytes,
             Err(reason) => {
-                tracing::warn!(upstream = %self.url, %reason, "masquerade proxy: upstream error");
+                // Go logs this at error level. The authority only: the URL may hold a password.
+                tracing::warn!(upstream = %self.authority, %reason, "masquerade proxy: upstream error");
                 response(502, &[("date", &date)], b"")
             }
         }
@@ -877,7 +891,11 @@ impl ProxyMasquerade {
         let path = escape(path, false);
         let query = escape(query, true);
         let path = match (self.base_path.ends_with('/'), path.starts_with('/')) {
-            (true, true) => format!("{}{}", self.base_path, &path[1..]),
+            (true, true) => format!(
+                "{}{}",
+                self.base_path,
+                path.strip_prefix('/').unwrap_or(&path)
+            ),
             (false, false) => format!("{}/{}", self.base_path, path),
             _ => format!("{}{}", self.base_path, path),
         };
@@ -958,7 +976,7 @@ impl ProxyMasquerade {
 }
 
 /// The upstream's fields to send back: hop-by-hop ones and those named in `connection`
-/// dropped, values that are not visible ASCII dropped, `content-length` kept only where
+/// dropped, `content-length` kept only where
 /// there is no body to measure (HEAD, 304) and a `date` added if the upstream sent none,
 /// as quic-go would.
 fn response_fields(
@@ -979,7 +997,8 @@ fn response_fields(
         if is_hop_by_hop(name) || listed.iter().any(|l| l == name) {
             continue;
         }
-        let Ok(value) = value.to_str() else { continue };
+        // Go relays obs-text bytes; the field value here is UTF-8, so keep them lossily.
+        let value = String::from_utf8_lossy(value.as_bytes());
         if name == "content-length"
             && !(keep_content_length
                 && !value.is_empty()
@@ -988,7 +1007,7 @@ fn response_fields(
             continue;
         }
         has_date |= name == "date";
-        fields.push((name.to_owned(), value.to_owned()));
+        fields.push((name.to_owned(), value.into_owned()));
     }
     if !has_date {
         fields.push(("date".to_owned(), date.to_owned()));
@@ -1010,7 +1029,7 @@ fn connection_tokens<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
 fn append(headers: &mut http::HeaderMap, name: &str, value: &str) {
     if let (Ok(name), Ok(value)) = (
         http::HeaderName::from_bytes(name.as_bytes()),
-        http::HeaderValue::from_str(value),
+        http::HeaderValue::from_bytes(value.as_bytes()),
     ) {
         headers.append(name, value);
     }
@@ -1488,6 +1507,14 @@ mod tests {
         // Percent-decoded, and a symlink that stays inside is fine.
         assert_eq!(get(&files, "/hell%6F.txt").1, b"hello");
         assert_eq!(get(&files, "/inner").1, b"hello");
+        // The type follows the name asked for, as Go's `d.Name()` does.
+        std::os::unix::fs::symlink("hello.txt", files.dir.join("page.html")).unwrap();
+        let (resp, body) = get(&files, "/page.html");
+        assert_eq!(body, b"hello");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
         assert_eq!(get(&files, "/./list/../hello.txt").1, b"hello");
     }
 
@@ -1534,6 +1561,9 @@ mod tests {
         assert_eq!(location("/site?a=b").as_deref(), Some("site/?a=b"));
         assert_eq!(location("/site/index.html").as_deref(), Some("./"));
         assert_eq!(location("/hello.txt/").as_deref(), Some("../hello.txt"));
+        // A control character in a name never reaches a field value.
+        fs::create_dir(files.dir.join("new\nline")).unwrap();
+        assert_eq!(location("/new%0Aline").as_deref(), Some("new%0Aline/"));
         // No index.html: a listing like Go's.
         let (resp, body) = get(&files, "/list/");
         assert_eq!(resp.status, 200);
@@ -1771,6 +1801,7 @@ mod tests {
         let reply = b"HTTP/1.1 201 Created\r\n\
             Content-Type: text/x-test\r\n\
             X-Up: 1\r\n\
+            X-Latin: caf\xe9\r\n\
             Set-Cookie: a=1\r\n\
             Set-Cookie: b=2\r\n\
             Connection: close, X-Drop\r\n\
@@ -1802,6 +1833,7 @@ mod tests {
         assert_eq!(body, b"hello world");
         assert_eq!(resp.header("content-type"), Some("text/x-test"));
         assert_eq!(resp.header("x-up"), Some("1"));
+        assert_eq!(resp.header("x-latin"), Some("caf\u{fffd}"));
         assert_eq!(resp.header("content-length"), Some("11"));
         assert!(resp.header("date").is_some());
         let cookies: Vec<&str> = resp
@@ -1984,6 +2016,7 @@ mod tests {
         );
         let base = masq("http://u/base/?k=v");
         assert_eq!(uri(&base, "/x/"), "http://u/base/x/?k=v");
+        assert_eq!(uri(&base, "//x"), "http://u/base//x?k=v");
         assert_eq!(uri(&base, "/x?y=1&z"), "http://u/base/x?k=v&y=1&z");
         let no_slash = masq("http://u/base");
         assert_eq!(uri(&no_slash, "/x"), "http://u/base/x");
