@@ -211,9 +211,9 @@ impl SpeedTest {
                     }
                 }
                 Phase::Upload { received, size, .. } => {
-                    let want = (*size - *received) as usize;
+                    let want = size.saturating_sub(*received) as usize;
+                    // At most `want`, so `received` never passes `size`.
                     let take = want.min(data.len());
-                    // take <= size - received, so this stays within u32.
                     *received += take as u32;
                     self.tx += take as u64;
                     data = &data[take..];
