@@ -22,6 +22,7 @@ mod addr;
 mod defrag;
 pub mod h3;
 pub mod salamander;
+pub mod speedtest;
 pub mod tcp;
 pub mod udp;
 pub mod varint;

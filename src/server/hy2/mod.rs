@@ -6,6 +6,7 @@
 //! to UDP sessions.
 
 pub mod relay;
+pub mod speedtest;
 pub mod udp;
 
 use std::collections::HashMap;
