@@ -97,7 +97,11 @@ impl TcpRequest {
         };
         // Checked as soon as it arrives, so a bad address fails without waiting for padding.
         let addr = std::str::from_utf8(addr).map_err(|_| AddressError::NotUtf8)?;
-        split_host_port(addr)?;
+        // The speed test's pseudo-address (`@SpeedTest:0`) is no host name; servers with
+        // `speedTest` on answer it themselves, others refuse it like any bad target.
+        if !super::speedtest::is_speedtest_addr(addr) {
+            split_host_port(addr)?;
+        }
         if r.padding()?.is_none() {
             return Ok(None);
         }

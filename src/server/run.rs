@@ -80,6 +80,7 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
         bandwidth_up: cfg.bandwidth.up.unwrap_or(0),
         bandwidth_down: cfg.bandwidth.down.unwrap_or(0),
         ignore_client_bandwidth: cfg.ignore_client_bandwidth,
+        speed_test: cfg.speed_test,
     })
 }
 

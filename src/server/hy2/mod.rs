@@ -20,6 +20,7 @@ use rand::SeedableRng;
 use slab::Slab;
 
 use self::relay::{After, Relay};
+use self::speedtest::{is_speedtest_addr, SpeedTest};
 use self::udp::UdpTable;
 use super::backend;
 use super::guard::OutboundGuard;
@@ -124,6 +125,8 @@ pub struct Hy2Config {
     /// `bandwidth.down` in bytes/s (0: unlimited): what we tell clients we can receive.
     pub bandwidth_down: u64,
     pub ignore_client_bandwidth: bool,
+    /// Answer the official speed test (`speedTest`).
+    pub speed_test: bool,
 }
 
 /// What an offloaded job answers.
@@ -146,6 +149,8 @@ enum Bidi {
     Relay(usize),
     /// A response (and the offset sent so far) waiting for stream credit.
     Writing(Vec<u8>, usize),
+    /// The built-in speed test (`speedTest: true`).
+    SpeedTest(Box<SpeedTest>),
 }
 
 #[derive(Default)]
@@ -209,6 +214,9 @@ impl Hy2App {
         if let Bidi::Writing(buf, off) = state {
             return self.write_out(io, ch, id, buf, off);
         }
+        if let Bidi::SpeedTest(st) = state {
+            return self.drive_speedtest(io, ch, id, st);
+        }
         let Some((mut data, fin)) = read_some(io, ch, id) else {
             return; // reset by the client: forget the stream
         };
@@ -237,6 +245,10 @@ impl Hy2App {
                         }
                         Ok(Some((req, used))) => {
                             let first = buf.split_off(used);
+                            if self.cfg.speed_test && is_speedtest_addr(&req.addr) {
+                                let st = Box::new(SpeedTest::new(self.ok_response(), first));
+                                return self.drive_speedtest(io, ch, id, st);
+                            }
                             return self.start_relay(io, ch, id, req.addr, first);
                         }
                         Ok(None) | Err(_) => {
@@ -258,7 +270,7 @@ impl Hy2App {
                         return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR)
                     }
                 },
-                Bidi::Relay(_) | Bidi::Writing(..) => return,
+                Bidi::Relay(_) | Bidi::Writing(..) | Bidi::SpeedTest(_) => return,
             };
         }
     }
@@ -289,6 +301,31 @@ impl Hy2App {
         }
         let _ = qc.send_stream(id).finish();
         let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+    }
+
+    /// The TCPResponse that tells a client its target is connected.
+    fn ok_response(&mut self) -> Vec<u8> {
+        let mut ok = Vec::new();
+        let padding = tcp::padding(
+            &mut self.rng,
+            tcp::RESPONSE_PADDING.0,
+            tcp::RESPONSE_PADDING.1,
+        );
+        let _ = tcp::TcpResponse::encode(tcp::STATUS_OK, "Connected", &padding, &mut ok);
+        ok
+    }
+
+    fn drive_speedtest(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        mut st: Box<SpeedTest>,
+    ) {
+        let Some(qc) = io.conn(ch) else { return };
+        if st.drive(qc, id) == speedtest::Progress::Continue {
+            self.park(ch, id, Bidi::SpeedTest(st));
+        }
     }
 
     /// Keeps a stream's state until more bytes arrive.
@@ -457,13 +494,7 @@ impl Hy2App {
         // 28 bits: the token's top bits mark UDP sessions and offloaded jobs.
         self.generation = (self.generation + 1) & 0x0fff_ffff;
         let gen = self.generation;
-        let mut ok = Vec::new();
-        let padding = tcp::padding(
-            &mut self.rng,
-            tcp::RESPONSE_PADDING.0,
-            tcp::RESPONSE_PADDING.1,
-        );
-        let _ = tcp::TcpResponse::encode(tcp::STATUS_OK, "Connected", &padding, &mut ok);
+        let ok = self.ok_response();
         let relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
         let key = self.relays.insert((gen, relay));
         if let Some(conn) = self.conns.get_mut(&ch) {
@@ -677,6 +708,8 @@ impl App for Hy2App {
             Event::Stream(StreamEvent::Stopped { id, .. }) => {
                 let key = match self.conns.get(&ch).and_then(|c| c.bidi.get(&id)) {
                     Some(Bidi::Relay(k)) => Some(*k),
+                    // The speed test notices STOP_SENDING itself (no Writable follows it).
+                    Some(Bidi::SpeedTest(_)) => return self.on_bidi(io, ch, id),
                     _ => None,
                 };
                 if let Some(key) = key {
