@@ -28,6 +28,28 @@ pub struct Server {
 
 /// Turns the config into what the workers run. Errors name the config key.
 fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
+    // Sections that would change who may reach what must not be ignored silently.
+    if cfg.acl.is_some() {
+        return Err("acl: ACL rules are not supported yet; remove the section".into());
+    }
+    if cfg.masquerade.listen_http.is_some() || cfg.masquerade.listen_https.is_some() {
+        return Err(
+            "masquerade.listenHTTP/listenHTTPS: the TCP side of the masquerade is not \
+             supported yet"
+                .into(),
+        );
+    }
+    let ignored = [
+        (cfg.sniff.is_some(), "sniff"),
+        (cfg.traffic_stats.is_some(), "trafficStats"),
+        (cfg.metrics.is_some(), "metrics"),
+        (cfg.limits != Default::default(), "limits"),
+    ];
+    for (set, key) in ignored {
+        if set {
+            tracing::warn!("{key}: not supported yet; ignored");
+        }
+    }
     let auth = match &cfg.auth {
         Auth::Password(p) => Authenticator::Password(p.clone()),
         Auth::UserPass(users) => Authenticator::UserPass(
@@ -95,6 +117,11 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
         max_incoming_streams: q.max_incoming_streams,
         datagrams: !cfg.disable_udp,
         mtu_discovery: !q.disable_path_mtu_discovery,
+        congestion: match cfg.congestion.kind {
+            config::CongestionKind::Bbr => quic::Congestion::Bbr,
+            config::CongestionKind::Reno => quic::Congestion::NewReno,
+        },
+        loss_compensation: !cfg.bandwidth.disable_loss_compensation,
         datagram_overhead: match cfg.obfs {
             Obfs::Salamander { .. } => SALT_LEN as u16,
             Obfs::Plain => 0,
