@@ -907,7 +907,7 @@ mod tests {
 
     #[test]
     fn every_split_gives_the_same_result() {
-        let flows: [(Option<(String, String)>, Vec<u8>); 4] = [
+        let flows = [
             (None, [GREETING_NO_AUTH, CONNECT_DOMAIN, b"GET /"].concat()),
             (
                 creds(),
