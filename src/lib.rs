@@ -5,6 +5,7 @@
 //! thread-per-core loop on top of them.
 
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod metrics;
