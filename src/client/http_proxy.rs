@@ -309,7 +309,10 @@ impl ProxyRequestReader {
         if self.buf.len() >= max || self.buf.len() >= self.next_probe {
             self.next_probe = self.buf.len().saturating_mul(2);
             // Partial: valid so far. Err: the peer sent something that is not a request.
-            parse(&self.buf[..window], self.credentials.as_deref())?;
+            // Complete cannot happen after the search above, but would be an answer all the same.
+            if let Some(parsed) = parse(&self.buf[..window], self.credentials.as_deref())? {
+                return Ok(Some(parsed));
+            }
             if self.buf.len() >= max {
                 return Err(ProxyError::HeadTooLarge);
             }
