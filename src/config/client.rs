@@ -39,7 +39,7 @@ pub const STREAM_OPEN_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(120));
 
 /// A whole client config (`quelay client -c FILE`), keys as in the official client.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
     /// `server`: where the Hysteria2 server listens (UDP). Host names are resolved when
     /// connecting, not here.
@@ -119,8 +119,9 @@ pub struct ClientTls {
     pub sni: Option<String>,
     /// `tls.insecure`: do not verify the certificate chain or name.
     pub insecure: bool,
-    /// `tls.pinSHA256`: SHA-256 of the server's certificate (DER). The official client
-    /// checks it in addition to the chain, or instead of it with `insecure`.
+    /// `tls.pinSHA256`: SHA-256 of a certificate the server presents (DER); the official
+    /// client accepts a match on any certificate of the chain. It is checked on top of
+    /// chain verification, or instead of it with `insecure`.
     pub pin_sha256: Option<[u8; 32]>,
     /// `tls.ca`: PEM file of roots to verify against instead of the system's.
     pub ca: Option<PathBuf>,

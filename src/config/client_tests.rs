@@ -292,8 +292,13 @@ fn server_forms() {
             "server",
         );
     }
-    let e = fails("auth: a\nsocks5: {listen: \":1\"}", "server");
-    assert!(e.reason.starts_with("required"), "{e}");
+    for missing in ["", "server: \"  \"\n", "server: ~\n"] {
+        let e = fails(
+            &format!("{missing}auth: a\nsocks5: {{listen: \":1\"}}"),
+            "server",
+        );
+        assert!(e.reason.starts_with("required"), "{e}");
+    }
 }
 
 #[test]

@@ -1,86 +1,54 @@
 //! Turning the YAML tree into a [`ClientConfig`], with the official client's defaults and
 //! checks (`app/cmd/client.go`, `core/client/config.go`). `obfs`, `congestion` and `engine`
-//! read exactly as on the server, so they share its readers.
+//! read exactly as on the server, so they share its readers; `addr` reads `server`.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+mod addr;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use serde_norway::Value;
 
+use self::addr::{check_sni, host_port, UriServer, URI_ORIGIN};
 use super::{address, lower, ranged, W};
 use crate::config::client::*;
-use crate::config::error::{fault, ConfigError, ErrorAt, Fault, Warning};
+use crate::config::error::{fault, ConfigError, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::*;
 use crate::config::units;
-use crate::config::uri::{parse_share_uri, ShareUri};
-use crate::proto::{split_host_port, AddressError, Host, ProtoError};
+use crate::proto::split_host_port;
 use crate::quic::tls::parse_pin;
 
 /// The error for a config that would start no proxy at all.
 pub(crate) const NO_MODE: &str =
     "no client mode configured (socks5, http, tcpForwarding or udpForwarding)";
 
-/// Origin of errors about a share URI given on its own (as in `uri.rs`).
-const URI_ORIGIN: &str = "share URI";
-
-const OVERRIDDEN: &str = "overridden by the share URI in `server`";
-
 /// Build a client config from the parsed top-level value.
 pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
     let mut top = Section::new(String::new(), root)?;
-    let (server, uri) = server(&mut top, w)?;
-    let auth_key = top.key("auth");
+    let (server, uri) = addr::server(&mut top, w)?;
     let file_auth = top.string("auth", w)?;
     transport(&mut top, w)?;
-    let uri_obfs = uri
-        .as_ref()
-        .and_then(|u| u.sets_obfs.then(|| u.share.obfs.clone()));
+    let uri_obfs = uri.as_ref().and_then(UriServer::obfs);
     let obfs = match uri_obfs {
         // The URI's obfs replaces the whole section, so the section is not checked.
         Some(obfs) => {
-            if top.has("obfs") {
-                w.push(Warning::new(top.key("obfs"), OVERRIDDEN));
-            }
+            UriServer::overrides_obfs(&top, w);
             top.skip_section("obfs", &["type", "salamander", "gecko"], w)?;
             obfs
         }
         None => super::obfs(&mut top, w)?,
     };
     let mut tls = tls(&mut top, w)?;
-    let mut auth = file_auth.clone().unwrap_or_default();
-    if let Some(uri) = uri {
-        let share = uri.share;
-        if let Some(a) = share.auth {
-            if file_auth.is_some_and(|f| f != a) {
-                w.push(Warning::new(auth_key.clone(), OVERRIDDEN));
-            }
-            auth = a;
-        }
-        if let Some(sni) = share.sni {
-            if tls.sni.as_ref().is_some_and(|f| *f != sni) {
-                w.push(Warning::new(top.key("tls.sni"), OVERRIDDEN));
-            }
-            tls.sni = Some(sni);
-        }
-        if uri.sets_insecure {
-            if tls.insecure && !share.insecure {
-                w.push(Warning::new(top.key("tls.insecure"), OVERRIDDEN));
-            }
-            tls.insecure = share.insecure;
-        }
-        if let Some(pin) = share.pin_sha256 {
-            if tls.pin_sha256.is_some_and(|f| f != pin) {
-                w.push(Warning::new(top.key("tls.pinSHA256"), OVERRIDDEN));
-            }
-            tls.pin_sha256 = Some(pin);
-        }
+    let auth = match uri {
+        Some(uri) => uri.apply(&top, file_auth, &mut tls, w),
+        None => file_auth,
     }
+    .unwrap_or_default();
     if auth.is_empty() {
         w.push(Warning::new(
-            auth_key,
+            top.key("auth"),
             "empty: most servers refuse a connection without a password",
         ));
     }
@@ -128,7 +96,7 @@ pub(crate) fn from_uri(
     uri: &str,
     socks5_listen: Option<SocketAddr>,
 ) -> Result<ClientConfig, ConfigError> {
-    let (server, share) = share_uri(uri)?;
+    let (server, share) = addr::share_uri(uri)?;
     let Some(listen) = socks5_listen else {
         return Err(ConfigError::file(URI_ORIGIN, NO_MODE));
     };
@@ -158,131 +126,6 @@ pub(crate) fn from_uri(
         pool: Pool::default(),
         engine: Engine::default(),
     })
-}
-
-/// A share URI in `server`, and which of the optional settings it makes.
-struct UriServer {
-    share: ShareUri,
-    /// `obfs=` is present and non-empty: the URI's obfs replaces the file's.
-    sets_obfs: bool,
-    /// `insecure=` is present and non-empty: the URI's value replaces the file's.
-    sets_insecure: bool,
-}
-
-fn server(top: &mut Section, w: &mut W) -> Result<(HostPort, Option<UriServer>), Fault> {
-    let key = top.key("server");
-    let text = top.nonempty_string("server", w)?.ok_or_else(|| {
-        fault(
-            key.clone(),
-            "required: the server's host:port or a hysteria2:// share URI",
-        )
-    })?;
-    let text = text.trim();
-    if text.to_ascii_lowercase().starts_with("realm://") {
-        return Err(fault(key, "realm mode (realm://) is not supported"));
-    }
-    if !text.contains("://") {
-        return Ok((server_addr(text).map_err(|e| fault(key, e))?, None));
-    }
-    // The URI is not repeated in errors: it usually holds the password.
-    let (server, share) = share_uri(text).map_err(|e| {
-        let part = e.key().unwrap_or("syntax");
-        fault(key, format!("share URI {part}: {}", e.reason))
-    })?;
-    let uri = UriServer {
-        share,
-        sets_obfs: query_has(text, "obfs"),
-        sets_insecure: query_has(text, "insecure"),
-    };
-    Ok((server, Some(uri)))
-}
-
-/// Parse a share URI into the server address and the rest, with quelay's extra checks.
-fn share_uri(uri: &str) -> Result<(HostPort, ShareUri), ConfigError> {
-    let err = |part: &str, reason: String| ConfigError {
-        origin: URI_ORIGIN.to_owned(),
-        at: ErrorAt::Key(part.to_owned()),
-        reason,
-    };
-    if let Some(port) = uri_port(uri).filter(|p| p.contains([',', '-'])) {
-        return Err(err("port", hopping(port)));
-    }
-    let share = parse_share_uri(uri)?;
-    let server = server_addr(&share.server_addr()).map_err(|e| err("host", e))?;
-    if let Some(sni) = &share.sni {
-        check_sni(sni).map_err(|e| err("sni", e))?;
-    }
-    Ok((server, share))
-}
-
-/// The port text of a URI's authority, if it has one.
-fn uri_port(uri: &str) -> Option<&str> {
-    let rest = uri.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']')?.1.strip_prefix(':'),
-        None => host_port.rsplit_once(':').map(|(_, port)| port),
-    }
-}
-
-/// Whether the URI's query gives `name` a non-empty value first (Go's `Query().Get`).
-fn query_has(uri: &str, name: &str) -> bool {
-    let before_fragment = uri.split('#').next().unwrap_or("");
-    let Some((_, query)) = before_fragment.split_once('?') else {
-        return false;
-    };
-    query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(k, _)| *k == name)
-        .is_some_and(|(_, v)| !v.is_empty())
-}
-
-fn hopping(port: &str) -> String {
-    format!("port hopping is not supported ({port:?}); give a single port")
-}
-
-/// `server` as the official client reads it: `host:port`, or a host alone (port 443),
-/// including a bare IPv6 address. Port lists and ranges mean port hopping.
-fn server_addr(text: &str) -> Result<HostPort, String> {
-    if let Some((host, port)) = text.rsplit_once(':') {
-        let one_host = !host.contains(':') || (host.starts_with('[') && host.ends_with(']'));
-        if one_host && port.contains([',', '-']) {
-            return Err(hopping(port));
-        }
-    }
-    let parsed = match split_host_port(text) {
-        Err(ProtoError::BadAddress(AddressError::MissingPort | AddressError::TooManyColons)) => {
-            // Go's parseServerAddrString: without a port, the whole text is the host.
-            if let Ok(v6) = text.parse::<Ipv6Addr>() {
-                return Ok(HostPort {
-                    host: Host::Ip(IpAddr::V6(v6)),
-                    port: DEFAULT_SERVER_PORT,
-                });
-            }
-            split_host_port(&format!("{text}:{DEFAULT_SERVER_PORT}"))
-        }
-        other => other,
-    };
-    host_port(text, parsed)
-}
-
-/// A dialable `host:port` from [`split_host_port`]'s result: port 0 is refused too.
-fn host_port(text: &str, parsed: Result<(Host, u16), ProtoError>) -> Result<HostPort, String> {
-    match parsed {
-        Ok((_, 0)) => Err(format!("{text:?}: port 0 cannot be dialled")),
-        Ok((host, port)) => Ok(HostPort { host, port }),
-        Err(ProtoError::BadAddress(e)) => Err(format!("{text:?}: {e}")),
-        Err(e) => Err(format!("{text:?}: {e}")),
-    }
-}
-
-/// A TLS server name must be a DNS name or an IP address.
-fn check_sni(sni: &str) -> Result<(), String> {
-    ServerName::try_from(sni)
-        .map(|_| ())
-        .map_err(|_| format!("{sni:?} is not a DNS name or IP address"))
 }
 
 /// Official keys for features quelay does not have: an error when given a value, so that a
