@@ -1,15 +1,17 @@
-//! Configuration: the official Hysteria2 server's YAML keys, validated into typed structs,
-//! and `hysteria2://` share URIs.
+//! Configuration: the official Hysteria2 server's and client's YAML keys, validated into
+//! typed structs, and `hysteria2://` share URIs.
 //!
-//! Parsing goes text → YAML tree → [`ServerConfig`]. The tree is walked key by key with the
-//! official server's rules (case-insensitive keys, weak scalar conversion, zero means
+//! Parsing goes text → YAML tree → [`ServerConfig`] or [`ClientConfig`]. The tree is walked
+//! key by key with the official programs' rules (case-insensitive keys, weak scalar conversion, zero means
 //! default) so that configs written for it load unchanged. Keys nobody reads become
 //! [`Warning`]s rather than errors: a newer official key must not stop a server from
 //! starting, but a misspelt one must not go unnoticed either.
 //!
-//! Nothing here touches the network; only [`load_server`] and [`check`] touch the disk.
+//! Nothing here touches the network; only [`load_server`], [`load_client`] and [`check`]
+//! touch the disk.
 
 mod build;
+mod client;
 mod error;
 mod reader;
 mod server;
@@ -17,14 +19,18 @@ mod units;
 mod uri;
 
 #[cfg(test)]
+mod client_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fs::File;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_norway::Value;
 
+pub use client::*;
 pub use error::{ConfigError, ErrorAt, Warning};
 pub use server::*;
 pub use units::{parse_bandwidth, parse_duration, parse_go_bool};
@@ -46,6 +52,43 @@ pub fn load_server(path: &Path) -> Result<(ServerConfig, Vec<Warning>), ConfigEr
 
 /// Validate a server config held in memory; `origin` names it in errors (a file name).
 pub fn parse_server(text: &str, origin: &str) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
+    let root = yaml_tree(text, origin)?;
+    let mut warnings = Vec::new();
+    let config = build::server(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
+    Ok((config, warnings))
+}
+
+/// Read and validate a client config file. Errors and warnings name the file as given.
+pub fn load_client(path: &Path) -> Result<(ClientConfig, Vec<Warning>), ConfigError> {
+    let origin = path.display().to_string();
+    let text = read_text(path, &origin)?;
+    parse_client(&text, &origin)
+}
+
+/// Validate a client config held in memory; `origin` names it in errors (a file name).
+pub fn parse_client(text: &str, origin: &str) -> Result<(ClientConfig, Vec<Warning>), ConfigError> {
+    let root = yaml_tree(text, origin)?;
+    let mut warnings = Vec::new();
+    let config = build::client(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
+    Ok((config, warnings))
+}
+
+/// `quelay client hysteria2://... --socks5 ADDR`: a client config from a share URI, with a
+/// SOCKS5 proxy on `socks5_listen` and the official defaults for everything else. Errors
+/// name `share URI` and the part at fault, never the URI itself (it holds the password);
+/// without a listen address the error is the one for a config without a client mode.
+pub fn client_from_uri(
+    uri: &str,
+    socks5_listen: Option<SocketAddr>,
+) -> Result<ClientConfig, ConfigError> {
+    build::client_from_uri(uri, socks5_listen)
+}
+
+/// The YAML tree of a config text, with tags stripped and merge keys applied.
+fn yaml_tree(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    // Given a byte-order mark, the YAML parser reads everything after the first line as a
+    // second document and refuses the file.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // libyaml's flow-collection scanner is quadratic in nesting depth: 100k nested '{' take
     // minutes. Real configs have a few dozen; no legitimate file comes near this.
     let flow_opens = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
@@ -59,9 +102,7 @@ pub fn parse_server(text: &str, origin: &str) -> Result<(ServerConfig, Vec<Warni
     reader::strip_tags(&mut root);
     // `<<: *anchor` merge keys, which the official server's YAML decoder applies too.
     root.apply_merge().map_err(|e| yaml_error(origin, &e))?;
-    let mut warnings = Vec::new();
-    let config = build::server(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
-    Ok((config, warnings))
+    Ok(root)
 }
 
 /// `quelay server --check -c FILE`: everything [`load_server`] checks, plus that the files

@@ -1,8 +1,10 @@
 //! Turning the YAML tree into a [`ServerConfig`], one official section at a time, with the
 //! official server's defaults and checks (`app/cmd/server.go`, `core/server/config.go`).
-//! `access` holds who may connect and what others see; `egress` where traffic goes.
+//! `access` holds who may connect and what others see; `egress` where traffic goes; `client`
+//! builds a [`ClientConfig`](super::ClientConfig) from the sections both sides share and its own.
 
 mod access;
+mod client;
 mod egress;
 
 use std::net::SocketAddr;
@@ -16,6 +18,8 @@ use super::reader::Section;
 use super::server::*;
 use super::units;
 use crate::engine::IoKind;
+
+pub(crate) use client::{client, from_uri as client_from_uri};
 
 pub(super) type W = Vec<Warning>;
 

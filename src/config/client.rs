@@ -1,0 +1,260 @@
+//! The validated client configuration: every value checked, every default filled in.
+//! Built by [`super::parse_client`] or [`super::client_from_uri`]; the defaults below are
+//! the official client's (`app/cmd/client.go`, `core/client/config.go`) unless marked quelay.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::server::{
+    Congestion, Engine, Obfs, DEFAULT_CONN_RECEIVE_WINDOW, DEFAULT_MAX_IDLE_TIMEOUT,
+    DEFAULT_STREAM_RECEIVE_WINDOW,
+};
+use crate::proto::Host;
+
+/// Official default server port when `server` has none: HTTP/3's.
+pub const DEFAULT_SERVER_PORT: u16 = 443;
+/// Official default interval between keep-alive PINGs.
+pub const DEFAULT_KEEP_ALIVE_PERIOD: Duration = Duration::from_secs(10);
+/// Official allowed `quic.keepAlivePeriod` range.
+pub const KEEP_ALIVE_PERIOD_RANGE: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(60));
+/// Official default idle timeout of a UDP forwarding session.
+pub const DEFAULT_UDP_FORWARDING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Official `http.realm` when none is given (sent in `Proxy-Authenticate`).
+pub const DEFAULT_HTTP_REALM: &str = "Hysteria";
+/// quelay: connections to the server opened by default when streams run short of credit.
+pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4;
+/// quelay: most pooled connections. Each is a handshake and a congestion state of its own;
+/// past a few, more only load the server.
+pub const MAX_POOL_CONNECTIONS: usize = 64;
+/// quelay: how long a request may wait for stream credit before another connection opens.
+pub const DEFAULT_OPEN_WAIT_THRESHOLD: Duration = Duration::from_millis(200);
+/// quelay: how long a request may wait for a stream at all before it is refused.
+pub const DEFAULT_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// quelay: allowed `pool.streamOpenTimeout` range. Below a second a handshake on a slow
+/// path cannot finish; above two minutes the application has long given up.
+pub const STREAM_OPEN_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(120));
+
+/// A whole client config (`quelay client -c FILE`), keys as in the official client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `server`: where the Hysteria2 server listens (UDP). Host names are resolved when
+    /// connecting, not here.
+    pub server: HostPort,
+    /// `auth`: the `hysteria-auth` value, a password or `user:pass`. May be empty.
+    pub auth: String,
+    /// `obfs`.
+    pub obfs: Obfs,
+    /// `tls`.
+    pub tls: ClientTls,
+    /// `quic`.
+    pub quic: ClientQuic,
+    /// `congestion`: the controller used when Brutal is not.
+    pub congestion: Congestion,
+    /// `bandwidth`.
+    pub bandwidth: ClientBandwidth,
+    /// `fastOpen`: answer the local application before the server has confirmed the
+    /// TCPRequest (the confirmation is read with the first reply bytes).
+    pub fast_open: bool,
+    /// `lazy`: connect to the server on the first request, not at start-up.
+    pub lazy: bool,
+    /// `socks5`: a SOCKS5 proxy server for local applications.
+    pub socks5: Option<Socks5>,
+    /// `http`: an HTTP proxy server (CONNECT and plain requests).
+    pub http: Option<HttpProxy>,
+    /// `tcpForwarding`: local TCP ports relayed to fixed destinations.
+    pub tcp_forwarding: Vec<TcpForwarding>,
+    /// `udpForwarding`: local UDP ports relayed to fixed destinations.
+    pub udp_forwarding: Vec<UdpForwarding>,
+    /// `pool` (quelay): how many connections carry the streams.
+    pub pool: Pool,
+    /// `engine` (quelay): workers and I/O driver.
+    pub engine: Engine,
+}
+
+impl ClientConfig {
+    /// The TLS server name to send: `tls.sni`, or else the host of `server` (as the
+    /// official client does; an IP address host sends no SNI).
+    pub fn server_name(&self) -> String {
+        match &self.tls.sni {
+            Some(sni) => sni.clone(),
+            None => host_text(&self.server.host),
+        }
+    }
+}
+
+/// A `host:port` that is dialled by name or address: `server`, forwarding `remote`s.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// A domain (resolved when used) or an IP address.
+    pub host: Host,
+    /// Never 0.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    /// `host:port`, with brackets around IPv6 literals: the form TCPRequest carries.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]:{}", self.port),
+            host => write!(f, "{}:{}", host_text(host), self.port),
+        }
+    }
+}
+
+fn host_text(host: &Host) -> String {
+    match host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Domain(name) => name.clone(),
+    }
+}
+
+/// `tls`: how the server's certificate is checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// `tls.sni`; `None` = the host of `server` (see [`ClientConfig::server_name`]).
+    pub sni: Option<String>,
+    /// `tls.insecure`: do not verify the certificate chain or name.
+    pub insecure: bool,
+    /// `tls.pinSHA256`: SHA-256 of a certificate the server presents (DER); the official
+    /// client accepts a match on any certificate of the chain. It is checked on top of
+    /// chain verification, or instead of it with `insecure`.
+    pub pin_sha256: Option<[u8; 32]>,
+    /// `tls.ca`: PEM file of roots to verify against instead of the system's.
+    pub ca: Option<PathBuf>,
+}
+
+/// `quic`: transport parameters. Zero in the file means the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientQuic {
+    /// `quic.initStreamReceiveWindow`, bytes.
+    pub init_stream_receive_window: u64,
+    /// `quic.maxStreamReceiveWindow`, bytes (auto-tuning ceiling).
+    pub max_stream_receive_window: u64,
+    /// `quic.initConnReceiveWindow`, bytes.
+    pub init_conn_receive_window: u64,
+    /// `quic.maxConnReceiveWindow`, bytes.
+    pub max_conn_receive_window: u64,
+    /// `quic.maxIdleTimeout`, 4 s to 120 s.
+    pub max_idle_timeout: Duration,
+    /// `quic.keepAlivePeriod`, 2 s to 60 s.
+    pub keep_alive_period: Duration,
+    /// `quic.disablePathMTUDiscovery`.
+    pub disable_path_mtu_discovery: bool,
+}
+
+impl ClientQuic {
+    /// The PING interval to run with: `keep_alive_period`, but at most half the idle
+    /// timeout, as quic-go does, so that `maxIdleTimeout: 5s` with the default 10 s
+    /// keep-alive does not let the connection idle out.
+    pub fn keep_alive_interval(&self) -> Duration {
+        self.keep_alive_period.min(self.max_idle_timeout / 2)
+    }
+}
+
+impl Default for ClientQuic {
+    fn default() -> Self {
+        Self {
+            init_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            max_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            init_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
+            keep_alive_period: DEFAULT_KEEP_ALIVE_PERIOD,
+            disable_path_mtu_discovery: false,
+        }
+    }
+}
+
+/// `bandwidth`, in **bytes** per second (the file says bits per second with units).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientBandwidth {
+    /// `bandwidth.up`: the upload rate. When set, uploads use Brutal at this rate (or at
+    /// the server's `hysteria-cc-rx`, if lower and non-zero); `None` = BBR.
+    pub up: Option<u64>,
+    /// `bandwidth.down`: sent as `hysteria-cc-rx`, the rate the server may send at with
+    /// Brutal; `None` sends 0 (the server uses its own controller).
+    pub down: Option<u64>,
+    /// `bandwidth.disableLossCompensation`: Brutal does not raise its rate to make up for loss.
+    pub disable_loss_compensation: bool,
+}
+
+/// User name and password that local applications must present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyAuth {
+    /// `username`, non-empty.
+    pub username: String,
+    /// `password`, non-empty.
+    pub password: String,
+}
+
+/// `socks5`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socks5 {
+    /// `socks5.listen` (TCP, and UDP for UDP ASSOCIATE).
+    pub listen: SocketAddr,
+    /// `socks5.username` and `socks5.password`; `None` = no authentication.
+    pub auth: Option<ProxyAuth>,
+    /// `socks5.disableUDP`: refuse UDP ASSOCIATE.
+    pub disable_udp: bool,
+}
+
+/// `http`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProxy {
+    /// `http.listen` (TCP).
+    pub listen: SocketAddr,
+    /// `http.username` and `http.password` (Basic); `None` = no authentication.
+    pub auth: Option<ProxyAuth>,
+    /// `http.realm`, default [`DEFAULT_HTTP_REALM`].
+    pub realm: String,
+}
+
+/// One `tcpForwarding` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpForwarding {
+    /// `listen`: the local TCP address.
+    pub listen: SocketAddr,
+    /// `remote`: where the server connects each accepted connection.
+    pub remote: HostPort,
+}
+
+/// One `udpForwarding` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpForwarding {
+    /// `listen`: the local UDP address.
+    pub listen: SocketAddr,
+    /// `remote`: where the server sends each local peer's datagrams.
+    pub remote: HostPort,
+    /// `timeout`: a local peer's session ends after this long without traffic.
+    pub timeout: Duration,
+}
+
+/// `pool` (quelay): streams are spread over up to `max_connections` connections to the
+/// server, because one connection's stream credit (`initial_max_streams_bidi`, 1024 on the
+/// official server) and congestion window can be the bottleneck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// `pool.maxConnections`, 1 to [`MAX_POOL_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `pool.openWaitThreshold`: when a request would wait longer than this for stream
+    /// credit, another connection is opened (up to `max_connections`). Shorter than
+    /// `stream_open_timeout`.
+    pub open_wait_threshold: Duration,
+    /// `pool.streamOpenTimeout`: a request still without a stream after this is refused
+    /// (SOCKS5/HTTP error, forwarded connection closed).
+    pub stream_open_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+            open_wait_threshold: DEFAULT_OPEN_WAIT_THRESHOLD,
+            stream_open_timeout: DEFAULT_STREAM_OPEN_TIMEOUT,
+        }
+    }
+}
