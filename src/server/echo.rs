@@ -1,14 +1,12 @@
 //! `quelay server --echo`: a worker group serving the raw QUIC workload (`bench`).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use crate::bench::{echo::EchoApp, ALPN};
-use crate::engine::{self, bpf, DriverConfig, IoKind};
+use crate::engine::{DriverConfig, IoKind};
 use crate::quic::{self, QuicParams};
-use crate::worker::{self, Group, GroupConfig, WorkerSpec};
+use crate::worker::{self, Group, GroupConfig};
 
 /// How datagrams reach the worker that owns their connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,26 +78,15 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
     let n = opts.workers.clamp(1, worker::MAX_WORKERS);
     let (socks, report) = worker::bind_group(opts.listen, n, opts.driver.socket_buffer)?;
     let addr = socks[0].local_addr()?;
-    log_buffers(&report, opts.driver.socket_buffer);
-    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && attach_steering(&socks, n);
+    super::log_buffers(&report, opts.driver.socket_buffer);
+    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && super::attach_steering(&socks, n);
 
     let ck = quic::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(io::Error::other)?;
     let pin_sha256 = quic::pin_sha256(&ck.chain[0]);
     let crypto = quic::server_crypto(&ck, &[ALPN]).map_err(io::Error::other)?;
     let server_config = quic::server_config(crypto, &opts.quic, None);
-    let mut reset_key = [0u8; 64];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
-    let specs = socks
-        .into_iter()
-        .enumerate()
-        .map(|(i, socket)| WorkerSpec {
-            socket,
-            endpoint_config: Arc::new(quic::endpoint_config(&reset_key, i as u8, n as u8)),
-            server_config: Some(server_config.clone()),
-            client_config: None,
-        })
-        .collect();
+    let specs = super::worker_specs(socks, &server_config);
     let cfg = GroupConfig {
         io: opts.io,
         driver: opts.driver.clone(),
@@ -123,35 +110,4 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         pin_sha256,
         bpf_steering,
     })
-}
-
-fn attach_steering(socks: &[UdpSocket], n: usize) -> bool {
-    let refs: Vec<&UdpSocket> = socks.iter().collect();
-    let r = bpf::attach_cid_steering(socks[0].as_raw_fd(), n).and_then(|()| bpf::self_test(&refs));
-    match r {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");
-            false
-        }
-    }
-}
-
-pub(crate) fn log_buffers(r: &engine::BufferReport, want: usize) {
-    if r.forced {
-        tracing::info!(
-            "socket buffers forced to {} KiB (SO_RCVBUFFORCE)",
-            r.rcvbuf / 1024
-        );
-    } else if r.rcvbuf < want {
-        tracing::warn!(
-            "socket buffers capped at {} KiB receive / {} KiB send by net.core.rmem_max/wmem_max \
-             (wanted {} KiB; see tuning/)",
-            r.rcvbuf / 1024,
-            r.sndbuf / 1024,
-            want / 1024
-        );
-    } else {
-        tracing::info!("socket buffers {} KiB", r.rcvbuf / 1024);
-    }
 }

@@ -1,8 +1,7 @@
 //! `quelay server -c FILE`: from a validated config to running workers.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::backend;
@@ -10,10 +9,10 @@ use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::offload::Offload;
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
-use crate::engine::{bpf, DriverConfig};
+use crate::engine::DriverConfig;
 use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, AssumePeerDatagrams, QuicParams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
-use crate::worker::{self, Group, GroupConfig, WorkerSpec};
+use crate::worker::{self, Group, GroupConfig};
 
 /// ALPN of Hysteria2 (HTTP/3).
 pub const ALPN: &[u8] = b"h3";
@@ -169,23 +168,12 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let (socks, report) = worker::bind_group(cfg.listen, n, driver.socket_buffer)
         .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
     let addr = socks[0].local_addr().map_err(|e| e.to_string())?;
-    super::echo::log_buffers(&report, driver.socket_buffer);
+    super::log_buffers(&report, driver.socket_buffer);
     // With Salamander the kernel cannot read CIDs: the 4-tuple hash plus user-space
     // forwarding route instead.
-    let steering = n > 1 && obfs.is_none() && attach(&socks, n);
+    let steering = n > 1 && obfs.is_none() && super::attach_steering(&socks, n);
 
-    let mut reset_key = [0u8; 64];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
-    let specs = socks
-        .into_iter()
-        .enumerate()
-        .map(|(i, socket)| WorkerSpec {
-            socket,
-            endpoint_config: Arc::new(quic::endpoint_config(&reset_key, i as u8, n as u8)),
-            server_config: Some(server_config.clone()),
-            client_config: None,
-        })
-        .collect();
+    let specs = super::worker_specs(socks, &server_config);
     let resolver = Arc::new(Offload::new().map_err(|e| format!("resolver threads: {e}"))?);
     let group_cfg = GroupConfig {
         io: cfg.engine.io,
@@ -213,17 +201,6 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         addr,
         share_uri,
     })
-}
-
-fn attach(socks: &[UdpSocket], n: usize) -> bool {
-    let refs: Vec<&UdpSocket> = socks.iter().collect();
-    match bpf::attach_cid_steering(socks[0].as_raw_fd(), n).and_then(|()| bpf::self_test(&refs)) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");
-            false
-        }
-    }
 }
 
 /// `hysteria2://auth@host:port/?insecure=1&pinSHA256=...` for a generated certificate.
