@@ -295,3 +295,30 @@ fn full_exchange() {
     assert_eq!(parse_auth_response(&resp), Err(AuthFailed(404)));
     assert_eq!(reader.body(), NOT_FOUND_BODY);
 }
+
+/// The 233 response pinned byte for byte where clients look: HEADERS frame, QPACK prefix
+/// `00 00` (no dynamic table), then `:status` as a literal with static name reference 24
+/// (`0101 1111`, 24 − 15 = 9) and the Huffman-coded value "233": '2' = 00010, '3' =
+/// 011001 (RFC 7541 Appendix B), so 00010 011001 011001 + EOS padding 1111111 = 13 2c ff,
+/// length 3 with the H bit = 0x83.
+#[test]
+fn auth_ok_response_status_line_bytes() {
+    let reply = auth_ok_response(false, CcRx::Auto, "abc");
+    let (hdr, n) = FrameHeader::parse(&reply).unwrap().unwrap();
+    assert_eq!(hdr.ty, 0x01, "a HEADERS frame");
+    assert_eq!(
+        hdr.len as usize,
+        reply.len() - n,
+        "one frame, nothing after it"
+    );
+    assert_eq!(
+        &reply[n..n + 8],
+        &[0x00, 0x00, 0x5f, 0x09, 0x83, 0x13, 0x2c, 0xff]
+    );
+    let mut reader = ResponseReader::new();
+    let resp = reader.push(&reply).unwrap().unwrap();
+    assert_eq!(resp.status, 233);
+    assert_eq!(resp.header("hysteria-udp"), Some("false"));
+    assert_eq!(resp.header("hysteria-cc-rx"), Some("auto"));
+    assert_eq!(resp.header("hysteria-padding"), Some("abc"));
+}
