@@ -113,11 +113,14 @@ impl TcpRequest {
         )))
     }
 
-    /// Appends a TCPRequest for `addr` (checked with [`split_host_port`]) to `out`.
+    /// Appends a TCPRequest for `addr` (checked with [`split_host_port`], or the speed
+    /// test's pseudo-address) to `out`.
     /// `out` is untouched on error.
     pub fn encode(addr: &str, padding: &[u8], out: &mut Vec<u8>) -> Result<(), ProtoError> {
         check_address_len(addr.len() as u64)?;
-        split_host_port(addr)?;
+        if !super::speedtest::is_speedtest_addr(addr) {
+            split_host_port(addr)?;
+        }
         check_padding_len(padding.len())?;
         out.reserve(2 + 2 + addr.len() + 2 + padding.len());
         varint::encode(TCP_REQUEST_TYPE, out)?;
@@ -467,5 +470,22 @@ mod tests {
         assert_eq!(padding(&mut rng, 10, 3).len(), 10);
         assert_eq!(padding(&mut rng, 9999, 99999).len(), MAX_PADDING_LENGTH);
         assert!(padding(&mut rng, 0, usize::MAX).len() <= MAX_PADDING_LENGTH);
+    }
+}
+
+#[cfg(test)]
+mod speedtest_address_tests {
+    use super::*;
+
+    /// Found by the `tcp_request` fuzz target: the speed test's pseudo-address parses, so it
+    /// must encode too (it is no host name).
+    #[test]
+    fn speedtest_address_round_trips() {
+        let mut out = Vec::new();
+        TcpRequest::encode("@SpeedTest:34", b"", &mut out).unwrap();
+        let (req, used) = TcpRequest::parse(&out).unwrap().unwrap();
+        assert_eq!(req.addr, "@SpeedTest:34");
+        assert_eq!(used, out.len());
+        assert!(TcpRequest::encode("@Other:34", b"", &mut Vec::new()).is_err());
     }
 }
