@@ -17,7 +17,10 @@ failed=()
 for t in "${targets[@]}"; do
     log=fuzz/artifacts/$t.log
     # max_len covers the largest valid TCPRequest (6,168 bytes) with room to spare.
-    if cargo fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 >"$log" 2>&1; then
+    # A fixed seed (FUZZ_SEED, default 1) keeps CI runs repeatable; set another for
+    # exploration.
+    if cargo fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 -seed="${FUZZ_SEED:-1}" \
+        >"$log" 2>&1; then
         echo "$t: ok, $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
     else
         echo "$t: FAILED, see $log"
