@@ -250,8 +250,10 @@ fn obfs(top: &mut Section, w: &mut W) -> Result<Obfs, Fault> {
     }
 }
 
-fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
-    let mut s = top.section("quic")?;
+/// The four receive windows under `quic` (server and client files share the keys and
+/// rules): 0 or absent is the default, at least [`MIN_RECEIVE_WINDOW`], at most a QUIC
+/// varint. Returns initStream, maxStream, initConn, maxConn.
+fn receive_windows(s: &mut Section) -> Result<[u64; 4], Fault> {
     let mut window = |name: &str, default: u64| -> Result<u64, Fault> {
         match s.u64(name)? {
             None | Some(0) => Ok(default),
@@ -266,12 +268,18 @@ fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
             Some(v) => Ok(v),
         }
     };
-    let init_stream_receive_window =
-        window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
-    let max_stream_receive_window =
-        window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
-    let init_conn_receive_window = window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
-    let max_conn_receive_window = window("maxConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
+    Ok([
+        window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
+        window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
+        window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?,
+        window("maxConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?,
+    ])
+}
+
+fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
+    let mut s = top.section("quic")?;
+    let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
+        receive_windows(&mut s)?;
     let max_idle_timeout = ranged(
         &mut s,
         "maxIdleTimeout",

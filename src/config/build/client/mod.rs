@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_norway::Value;
 
 use self::addr::{check_sni, host_port, UriServer, URI_ORIGIN};
-use super::{address, lower, ranged, W};
+use super::{address, lower, ranged, receive_windows, W};
 use crate::config::client::*;
 use crate::config::error::{fault, ConfigError, Fault, Warning};
 use crate::config::reader::Section;
@@ -199,26 +199,8 @@ fn tls(top: &mut Section, w: &mut W) -> Result<ClientTls, Fault> {
 
 fn quic(top: &mut Section, w: &mut W) -> Result<ClientQuic, Fault> {
     let mut s = top.section("quic")?;
-    let mut window = |name: &str, default: u64| -> Result<u64, Fault> {
-        match s.u64(name)? {
-            None | Some(0) => Ok(default),
-            Some(v) if v < MIN_RECEIVE_WINDOW => Err(fault(
-                s.key(name),
-                format!("{v} is below the minimum of {MIN_RECEIVE_WINDOW} bytes"),
-            )),
-            Some(v) if v > MAX_QUIC_VARINT => Err(fault(
-                s.key(name),
-                format!("{v} is above the QUIC maximum of {MAX_QUIC_VARINT}"),
-            )),
-            Some(v) => Ok(v),
-        }
-    };
-    let init_stream_receive_window =
-        window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
-    let max_stream_receive_window =
-        window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?;
-    let init_conn_receive_window = window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
-    let max_conn_receive_window = window("maxConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?;
+    let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
+        receive_windows(&mut s)?;
     let max_idle_timeout = ranged(
         &mut s,
         "maxIdleTimeout",
