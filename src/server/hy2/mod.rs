@@ -25,7 +25,7 @@ use self::udp::UdpTable;
 use super::backend;
 use super::guard::OutboundGuard;
 use super::offload::{Offload, OffloadClient, Outcome};
-use crate::engine::Completion;
+use crate::engine::{Completion, SockOp};
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::worker::{App, Io};
@@ -34,6 +34,8 @@ use crate::worker::{App, Io};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The reference server's timeout for its HTTP authentication backend.
 const HTTP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Token of closes nobody waits for (generation 0 is never given to a relay).
+const ORPHAN_TOKEN: u64 = 0;
 /// Marks tokens of work offloaded for a stream (auth verdicts, masquerade responses).
 const JOB_TOKEN: u64 = 1 << 62;
 
@@ -492,7 +494,7 @@ impl Hy2App {
         first: Vec<u8>,
     ) {
         // 28 bits: the token's top bits mark UDP sessions and offloaded jobs.
-        self.generation = (self.generation + 1) & 0x0fff_ffff;
+        self.generation = self.generation % 0x0fff_ffff + 1;
         let gen = self.generation;
         let ok = self.ok_response();
         let relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
@@ -761,12 +763,18 @@ impl App for Hy2App {
         let key = (c.token & 0xffff_ffff) as usize;
         let gen = (c.token >> 32) as u32;
         let tok = c.token;
-        let Some((g, relay)) = self.relays.get_mut(key) else {
-            return;
+        let relay = match self.relays.get_mut(key) {
+            Some((g, relay)) if *g == gen => relay,
+            _ => {
+                // The relay is gone (its connect timed out, or the client left): a connect
+                // that completes now hands us a socket nobody will use.
+                if let (SockOp::Connect, Ok(fd)) = (c.op, &c.result) {
+                    io.driver
+                        .sock_close(*fd as std::os::fd::RawFd, ORPHAN_TOKEN);
+                }
+                return;
+            }
         };
-        if *g != gen {
-            return;
-        }
         if relay.on_completion(io, c, tok) == After::Remove {
             self.remove_relay(key);
         }
