@@ -187,6 +187,12 @@ fn unsupported_extras(top: &mut Section, w: &mut W) -> Result<(), Fault> {
         return Err(fault(ech.key("keyPath"), "ECH is not supported"));
     }
     ech.finish(w);
+    mimic_and_realm(top, w)
+}
+
+/// `mimic` (refused when enabled) and `realm` (warned about and ignored), which the official
+/// server and client share.
+fn mimic_and_realm(top: &mut Section, w: &mut W) -> Result<(), Fault> {
     let mut mimic = top.section("mimic")?;
     if mimic.bool("enabled")? {
         return Err(fault(

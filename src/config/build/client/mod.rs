@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_norway::Value;
 
 use self::addr::{check_sni, host_port, UriServer, URI_ORIGIN};
-use super::{address, lower, ranged, receive_windows, W};
+use super::{address, lower, mimic_and_realm, ranged, receive_windows, W};
 use crate::config::client::*;
 use crate::config::error::{fault, ConfigError, Fault, Warning};
 use crate::config::reader::Section;
@@ -64,7 +64,7 @@ pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
     for name in ["tun", "tcpTProxy", "udpTProxy", "tcpRedirect"] {
         refuse(&mut top, name, &format!("{name} mode is not supported"))?;
     }
-    unsupported_extras(&mut top, w)?;
+    mimic_and_realm(&mut top, w)?;
     let pool = pool(&mut top, w)?;
     let engine = super::engine(&mut top, w)?;
     top.finish(w);
@@ -370,26 +370,6 @@ fn udp_forwarding(top: &mut Section, w: &mut W) -> Result<Vec<UdpForwarding>, Fa
         });
     }
     Ok(out)
-}
-
-fn unsupported_extras(top: &mut Section, w: &mut W) -> Result<(), Fault> {
-    let mut mimic = top.section("mimic")?;
-    if mimic.bool("enabled")? {
-        return Err(fault(
-            mimic.key("enabled"),
-            "mimic (fake TCP) is not supported",
-        ));
-    }
-    mimic.skip(&["interface", "xdpMode", "path", "extraArgs"]);
-    mimic.finish(w);
-    if top.has("realm") {
-        w.push(Warning::new(
-            top.key("realm"),
-            "realm mode is not supported (section ignored)",
-        ));
-    }
-    top.skip(&["realm"]);
-    Ok(())
 }
 
 fn pool(top: &mut Section, w: &mut W) -> Result<Pool, Fault> {
