@@ -234,6 +234,18 @@ impl Limits {
     }
 }
 
+/// RLIMIT_NOFILE (soft) of this process, from `/proc/self/limits`; `None` when unlimited
+/// or unreadable.
+pub fn fd_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn min_cap(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),

@@ -10,6 +10,7 @@ use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::offload::Offload;
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::engine::DriverConfig;
+use crate::limits::{Caps, Limits};
 use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, AssumePeerDatagrams, QuicParams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig};
@@ -42,7 +43,6 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
         (cfg.sniff.is_some(), "sniff"),
         (cfg.traffic_stats.is_some(), "trafficStats"),
         (cfg.metrics.is_some(), "metrics"),
-        (cfg.limits != Default::default(), "limits"),
     ];
     for (set, key) in ignored {
         if set {
@@ -102,7 +102,18 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
         bandwidth_down: cfg.bandwidth.down.unwrap_or(0),
         ignore_client_bandwidth: cfg.ignore_client_bandwidth,
         speed_test: cfg.speed_test,
+        limits: Limits::new(caps(cfg), crate::limits::fd_limit()),
+        max_incoming_streams: cfg.quic.max_incoming_streams,
     })
+}
+
+/// `limits.*` as the counters take them.
+pub fn caps(cfg: &ServerConfig) -> Caps {
+    Caps {
+        streams_per_user: cfg.limits.max_streams_per_user,
+        streams: cfg.limits.max_streams,
+        connections_per_user: cfg.limits.max_connections_per_user,
+    }
 }
 
 fn quic_params(cfg: &ServerConfig) -> QuicParams {

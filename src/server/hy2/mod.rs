@@ -5,11 +5,12 @@
 //! authentication, proxy streams (first varint 0x401) relayed to TCP and DATAGRAMs relayed
 //! to UDP sessions.
 
+mod caps;
 pub mod relay;
 pub mod speedtest;
 pub mod udp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use slab::Slab;
 
+use self::caps::Parked;
 use self::relay::{After, Relay};
 use self::speedtest::{is_speedtest_addr, SpeedTest};
 use self::udp::UdpTable;
@@ -26,6 +28,7 @@ use super::backend;
 use super::guard::OutboundGuard;
 use super::offload::{Offload, OffloadClient, Outcome};
 use crate::engine::{Completion, SockOp};
+use crate::limits::{ConnPermit, Limits, StreamPermit, User};
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::worker::{App, Io};
@@ -129,6 +132,10 @@ pub struct Hy2Config {
     pub ignore_client_bandwidth: bool,
     /// Answer the official speed test (`speedTest`).
     pub speed_test: bool,
+    /// Stream and connection caps, shared by all workers.
+    pub limits: Arc<Limits>,
+    /// `quic.maxIncomingStreams`: the stream credit of a connection whose caps have room.
+    pub max_incoming_streams: u64,
 }
 
 /// What an offloaded job answers.
@@ -153,6 +160,8 @@ enum Bidi {
     Writing(Vec<u8>, usize),
     /// The built-in speed test (`speedTest: true`).
     SpeedTest(Box<SpeedTest>),
+    /// A proxy request waiting for a stream permit (see `caps`).
+    Parked,
 }
 
 #[derive(Default)]
@@ -160,6 +169,13 @@ struct Conn {
     /// The authenticated user ID.
     user: Option<String>,
     bidi: HashMap<StreamId, Bidi>,
+    /// The user's counters, from authentication on.
+    limits: Option<Arc<User>>,
+    /// This connection's place under the user's connection cap; until it has one, its
+    /// streams are parked.
+    conn_permit: Option<ConnPermit>,
+    /// New stream credit is withheld (a cap was reached).
+    withheld: bool,
 }
 
 /// Relay tokens: slab key in the low 32 bits, a generation above, so a completion for a
@@ -181,6 +197,10 @@ pub struct Hy2App {
     rng: StdRng,
     /// Streams whose target refused by the outbound guard, malformed requests, etc.
     pub refused: u64,
+    /// Proxy requests waiting for a stream permit, oldest first.
+    parked: VecDeque<Parked>,
+    /// Times a connection's stream credit was withheld.
+    pub credit_withheld: u64,
 }
 
 impl Hy2App {
@@ -196,6 +216,8 @@ impl Hy2App {
             udp: UdpTable::default(),
             rng: StdRng::from_entropy(),
             refused: 0,
+            parked: VecDeque::new(),
+            credit_withheld: 0,
         }
     }
 
@@ -218,6 +240,11 @@ impl Hy2App {
         }
         if let Bidi::SpeedTest(st) = state {
             return self.drive_speedtest(io, ch, id, st);
+        }
+        if let Bidi::Parked = state {
+            // Not read until it has a permit: its bytes wait in the stream's window.
+            conn.bidi.insert(id, state);
+            return;
         }
         let Some((mut data, fin)) = read_some(io, ch, id) else {
             return; // reset by the client: forget the stream
@@ -251,7 +278,13 @@ impl Hy2App {
                                 let st = Box::new(SpeedTest::new(self.ok_response(), first));
                                 return self.drive_speedtest(io, ch, id, st);
                             }
-                            return self.start_relay(io, ch, id, req.addr, first);
+                            let p = Parked {
+                                ch,
+                                id,
+                                target: req.addr,
+                                first,
+                            };
+                            return self.admit(io, p);
                         }
                         Ok(None) | Err(_) => {
                             tracing::debug!("malformed TCPRequest on {ch:?} stream {id}");
@@ -272,7 +305,7 @@ impl Hy2App {
                         return reset_stream(io, ch, id, h3::error::H3_MESSAGE_ERROR)
                     }
                 },
-                Bidi::Relay(_) | Bidi::Writing(..) | Bidi::SpeedTest(_) => return,
+                Bidi::Relay(_) | Bidi::Writing(..) | Bidi::SpeedTest(_) | Bidi::Parked => return,
             };
         }
     }
@@ -404,6 +437,9 @@ impl Hy2App {
         if let Some(conn) = self.conns.get_mut(&ch) {
             if conn.user.is_none() {
                 tracing::debug!("{ch:?} authenticated as {user}, send rate {rate} B/s");
+                let limits = self.cfg.limits.user(&user);
+                conn.conn_permit = Limits::acquire_connection(&limits);
+                conn.limits = Some(limits);
             }
             conn.user = Some(user);
         }
@@ -485,19 +521,20 @@ impl Hy2App {
         self.respond(io, ch, id, response);
     }
 
-    fn start_relay(
-        &mut self,
-        io: &mut Io<'_>,
-        ch: ConnectionHandle,
-        id: StreamId,
-        target: String,
-        first: Vec<u8>,
-    ) {
+    /// Starts a relay that holds `permit` until it is removed.
+    fn start_relay_with(&mut self, io: &mut Io<'_>, p: Parked, permit: StreamPermit) {
+        let Parked {
+            ch,
+            id,
+            target,
+            first,
+        } = p;
         // 28 bits: the token's top bits mark UDP sessions and offloaded jobs.
         self.generation = self.generation % 0x0fff_ffff + 1;
         let gen = self.generation;
         let ok = self.ok_response();
-        let relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
+        let mut relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
+        relay.permit = Some(permit);
         let key = self.relays.insert((gen, relay));
         if let Some(conn) = self.conns.get_mut(&ch) {
             conn.bidi.insert(id, Bidi::Relay(key));
@@ -651,6 +688,9 @@ impl App for Hy2App {
             self.fail_relay(io, key, &msg);
         }
         self.udp.expire(io, now, self.cfg.udp_idle_timeout);
+        if self.caps_deadline(now).is_some() {
+            self.recheck_caps(io);
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -663,7 +703,8 @@ impl App for Hy2App {
             .map(|(_, (_, r))| r.deadline)
             .min();
         let udp = self.udp.next_expiry(self.cfg.udp_idle_timeout);
-        relays.into_iter().chain(udp).min()
+        let caps = self.caps_deadline(Instant::now());
+        relays.into_iter().chain(udp).chain(caps).min()
     }
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {

@@ -34,6 +34,8 @@ pub struct Relay {
     pub target: String,
     /// Give up connecting at this time (reported to the client as a timeout).
     pub deadline: Instant,
+    /// The stream permit this relay holds (released when the relay is dropped).
+    pub permit: Option<crate::limits::StreamPermit>,
     pipe: Pipe,
 }
 
@@ -54,6 +56,7 @@ impl Relay {
             phase: Phase::Resolving,
             target,
             deadline,
+            permit: None,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
