@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 use quelay::bench::{self, run::LoadOptions, Mode};
+use quelay::client;
 use quelay::engine::{DriverConfig, IoKind};
 use quelay::server;
 use quelay::server::echo::{self, EchoOptions, Steering};
@@ -26,6 +27,8 @@ struct Cli {
 enum Role {
     /// Run a server.
     Server(ServerArgs),
+    /// Run a client: local SOCKS5/HTTP proxies and forwarders over Hysteria2.
+    Client(ClientArgs),
     /// Generate load.
     Bench {
         #[command(subcommand)]
@@ -83,6 +86,24 @@ struct ServerArgs {
     engine: EngineArgs,
 }
 
+#[derive(Args)]
+struct ClientArgs {
+    /// A share URI (`hysteria2://auth@host:port/?sni=...`) instead of a config file.
+    uri: Option<String>,
+    /// Config file (the reference client's YAML keys).
+    #[arg(short = 'c', long = "config", conflicts_with = "uri")]
+    config: Option<std::path::PathBuf>,
+    /// With a URI: serve SOCKS5 on this address.
+    #[arg(long, requires = "uri")]
+    socks5: Option<SocketAddr>,
+    /// With a URI: serve an HTTP proxy on this address.
+    #[arg(long, requires = "uri")]
+    http: Option<SocketAddr>,
+    /// Validate the config file and exit.
+    #[arg(long)]
+    check: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchKind {
     /// Raw QUIC load against `quelay server --echo` (or examples/quinn_pair).
@@ -125,6 +146,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.role {
         Role::Server(a) => serve(a),
+        Role::Client(a) => run_client(a),
         Role::Bench {
             kind: BenchKind::Quic(a),
         } => bench_quic(a),
@@ -168,6 +190,40 @@ fn serve(a: ServerArgs) -> Result<(), String> {
     let server = echo::start(&opts).map_err(|e| format!("cannot start: {e}"))?;
     println!("listening on {}", server.addr);
     server.group.join().map_err(|e| e.to_string())
+}
+
+fn run_client(a: ClientArgs) -> Result<(), String> {
+    let cfg = match (&a.config, &a.uri) {
+        (Some(path), _) => client::run::load(path)?,
+        (None, Some(uri)) => {
+            let mut cfg =
+                quelay::config::client_from_uri(uri, a.socks5).map_err(|e| e.to_string())?;
+            if let Some(listen) = a.http {
+                cfg.http = Some(quelay::config::HttpProxy {
+                    listen,
+                    auth: None,
+                    realm: quelay::config::DEFAULT_HTTP_REALM.to_string(),
+                });
+            }
+            cfg
+        }
+        (None, None) => {
+            return Err(
+                "a config file or a URI is needed: quelay client -c client.yaml, \
+                        or quelay client hysteria2://... --socks5 127.0.0.1:1080"
+                    .into(),
+            )
+        }
+    };
+    if a.check {
+        println!("OK");
+        return Ok(());
+    }
+    let c = client::run::start(&cfg)?;
+    for l in &c.listening {
+        println!("{l}");
+    }
+    client::run::wait(c)
 }
 
 fn bench_quic(a: QuicBenchArgs) -> Result<(), String> {

@@ -1,7 +1,9 @@
 //! The I/O engine: the only module with `unsafe`, libc and io_uring.
 //!
 //! A [`Driver`] owns one UDP socket (a member of a SO_REUSEPORT group on the server) and the
-//! relay's outbound sockets: TCP connections and the UDP sockets of relayed UDP sessions.
+//! relay's outbound sockets: TCP connections and the UDP sockets of relayed UDP sessions,
+//! plus sockets bound elsewhere that it adopts (TCP listeners and their accepted
+//! connections, forwarders' UDP sockets).
 //! Two drivers share one interface:
 //! - [`uring::UringDriver`]: io_uring, kernel-owned buffers in a slab until completion;
 //! - [`epoll::EpollDriver`]: plain non-blocking syscalls on epoll, for hosts that refuse
@@ -114,6 +116,10 @@ pub enum SockOp {
     SendTo,
     /// Result: 0.
     Close,
+    /// Result: the accepted socket's fd (non-blocking, CLOEXEC, TCP_NODELAY set, owned by
+    /// the driver until `sock_close`); `peer`: its remote address (IPv4-mapped IPv6
+    /// reported as IPv4).
+    Accept,
 }
 
 /// Completion of a socket operation; `buf` is the buffer handed to the driver, returned.
@@ -124,8 +130,9 @@ pub struct Completion {
     pub fd: RawFd,
     pub result: io::Result<usize>,
     pub buf: Vec<u8>,
-    /// `RecvFrom`: the datagram's source (IPv4-mapped IPv6 reported as IPv4); `None` for
-    /// every other operation and for failed receives.
+    /// `RecvFrom`: the datagram's source, `Accept`: the connection's remote address (both
+    /// with IPv4-mapped IPv6 reported as IPv4); `None` for every other operation and for
+    /// failures.
     pub peer: Option<SocketAddr>,
 }
 
@@ -247,8 +254,19 @@ pub trait Driver: Send {
     /// Sends `buf` as one datagram to `dest` (an IPv4 `dest` from a dual-stack socket is
     /// mapped); completes with `SockOp::SendTo`.
     fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64);
-    /// Closes an fd this driver handed out (TCP or UDP): first completes the operations
-    /// pending on it with ECANCELED, then itself with `SockOp::Close`.
+    /// Takes ownership of a socket bound elsewhere (a listening TCP socket, or a bound UDP
+    /// socket such as a forwarder's SO_REUSEPORT socket): makes it non-blocking and from now
+    /// on treats it like its own fds (`tcp_accept`, `udp_recv_from`/`udp_send_to` for UDP,
+    /// `tcp_recv`/`tcp_send`, `sock_close`). Returns its raw fd. For UDP the family is found
+    /// with getsockname (an IPv6 socket maps IPv4 destinations, as `udp_open` sockets do).
+    /// Synchronous; an error closes the socket.
+    fn adopt(&mut self, sock: std::os::fd::OwnedFd) -> io::Result<RawFd>;
+    /// Accepts one connection on an adopted listening socket; completes with
+    /// `SockOp::Accept`. Errors (EMFILE, ENFILE, ECONNABORTED, ...) complete with `Err` and
+    /// the listener stays usable; the caller posts the next accept.
+    fn tcp_accept(&mut self, listener: RawFd, token: u64);
+    /// Closes an fd this driver handed out or adopted (TCP or UDP): first completes the
+    /// operations pending on it with ECANCELED, then itself with `SockOp::Close`.
     fn sock_close(&mut self, fd: RawFd, token: u64);
 }
 

@@ -546,6 +546,47 @@ pub fn tcp_connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
     Ok((sock.into(), pending))
 }
 
+/// Takes a socket bound elsewhere for a driver: makes it non-blocking and returns it with,
+/// for a UDP socket, its family from getsockname (true for IPv6, whose IPv4 destinations
+/// are mapped); `None` for anything else (a listening TCP socket).
+pub fn adopt(sock: OwnedFd) -> io::Result<(OwnedFd, Option<bool>)> {
+    let sock = Socket::from(sock);
+    sock.set_nonblocking(true)?;
+    let udp_v6 = match sock.r#type()? {
+        Type::DGRAM => Some(sock.local_addr()?.is_ipv6()),
+        _ => None,
+    };
+    Ok((sock.into(), udp_v6))
+}
+
+/// Sets TCP_NODELAY on an accepted socket; a socket that is not TCP (unix) keeps going.
+pub fn set_nodelay(fd: RawFd) {
+    let _ = setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+}
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` with TCP_NODELAY set: the new socket and its
+/// peer (IPv4-mapped IPv6 reported as IPv4; `None` for a unix peer).
+pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    let mut peer = RawAddr::zeroed();
+    // SAFETY: the kernel writes at most `peer.len` bytes into `peer.storage` and the
+    // length into `peer.len`, both alive on this stack frame for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::addr_of_mut!(peer.storage).cast(),
+            &mut peer.len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_nodelay(fd);
+    Ok((sock, peer.to_socket_addr()))
+}
+
 /// The pending error of a socket (SO_ERROR), as a connect completes.
 pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
     match getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 use std::mem::ManuallyDrop;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -838,6 +838,197 @@ fn udp_session_sockets_close_with_the_driver() {
         d.wait(Some(Duration::ZERO)).unwrap();
         drop(d);
         // The port is free again: the driver closed the socket it owned.
+        UdpSocket::bind(local).unwrap_or_else(|e| panic!("{kind}: {local} still bound: {e}"));
+    }
+}
+
+// ---- adopted sockets: TCP listeners and UDP sockets bound elsewhere ----
+
+/// Adopts a std listener on 127.0.0.1: its fd and address.
+fn adopt_listener(d: &mut dyn Driver) -> (RawFd, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (d.adopt(OwnedFd::from(listener)).unwrap(), addr)
+}
+
+#[test]
+fn tcp_accept_echo() {
+    use std::io::{Read, Write};
+    const LEN: usize = 10_000;
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let (lfd, addr) = adopt_listener(d.as_mut());
+        d.tcp_accept(lfd, 1);
+        let mut client = TcpStream::connect(addr).unwrap();
+        let mut accepted = None;
+        let done = drive(d.as_mut(), |_, c| {
+            assert_eq!((c.op, c.token, c.fd), (SockOp::Accept, 1, lfd), "{kind}");
+            accepted = Some((c.result.expect("accept") as RawFd, c.peer));
+            true
+        });
+        assert!(done, "{kind}: accepted");
+        let (fd, peer) = accepted.unwrap();
+        assert_eq!(peer, Some(client.local_addr().unwrap()), "{kind}: peer");
+        // SAFETY: borrows the driver's fd; ManuallyDrop never closes it.
+        let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        assert!(s.nodelay().unwrap(), "{kind}: TCP_NODELAY");
+        // The driver echoes what it reads, one receive or send at a time.
+        let data = payload(3, LEN);
+        client.write_all(&data).unwrap();
+        d.tcp_recv(fd, Vec::with_capacity(4096), 2);
+        let mut echoed = 0;
+        let done = drive(d.as_mut(), |d, c| {
+            assert_eq!(c.fd, fd, "{kind}");
+            let n = c.result.unwrap();
+            match c.op {
+                SockOp::Recv => d.tcp_send(fd, c.buf, 3),
+                SockOp::Send if n < c.buf.len() => d.tcp_send(fd, c.buf[n..].to_vec(), 3),
+                SockOp::Send => {
+                    echoed += n;
+                    d.tcp_recv(fd, c.buf, 2);
+                }
+                other => panic!("{kind}: unexpected {other:?}"),
+            }
+            echoed == LEN
+        });
+        assert!(done, "{kind}: echoed {echoed} of {LEN}");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut back = vec![0u8; LEN];
+        client.read_exact(&mut back).unwrap();
+        assert!(back == data, "{kind}: echo intact");
+        // The receive still posted is cancelled by the close.
+        d.sock_close(fd, 98);
+        let closed = drive(d.as_mut(), |_, c| c.op == SockOp::Close);
+        assert!(closed, "{kind}");
+        assert_eq!(client.read(&mut back).unwrap(), 0, "{kind}: EOF");
+        close_session(kind, d.as_mut(), lfd);
+    }
+}
+
+#[test]
+fn tcp_two_accepts_pending() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let (lfd, addr) = adopt_listener(d.as_mut());
+        d.tcp_accept(lfd, 1);
+        d.tcp_accept(lfd, 2);
+        d.wait(Some(Duration::from_millis(10))).unwrap();
+        let clients = [addr; 2].map(|a| TcpStream::connect(a).unwrap());
+        let mut got = Vec::new();
+        let done = drive(d.as_mut(), |_, c| {
+            assert_eq!((c.op, c.fd), (SockOp::Accept, lfd), "{kind}");
+            got.push((c.token, c.result.expect("accept") as RawFd, c.peer.unwrap()));
+            got.len() == 2
+        });
+        assert!(done, "{kind}: both accepted ({got:?})");
+        let mut tokens: Vec<u64> = got.iter().map(|g| g.0).collect();
+        let mut peers: Vec<SocketAddr> = got.iter().map(|g| g.2).collect();
+        let mut want: Vec<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+        tokens.sort();
+        peers.sort();
+        want.sort();
+        assert_eq!((tokens, peers), (vec![1, 2], want), "{kind}");
+        for (_, fd, _) in got {
+            close_session(kind, d.as_mut(), fd);
+        }
+        close_session(kind, d.as_mut(), lfd);
+    }
+}
+
+#[test]
+fn tcp_close_cancels_pending_accept() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let (lfd, addr) = adopt_listener(d.as_mut());
+        // Nobody connects: the accept stays pending until the close.
+        d.tcp_accept(lfd, 1);
+        d.wait(Some(Duration::from_millis(10))).unwrap();
+        d.reap(8, &mut |ev| {
+            if let Event::Sock(c) = ev {
+                panic!("{kind}: early completion {c:?}");
+            }
+        });
+        d.sock_close(lfd, 2);
+        let mut seen = Vec::new();
+        drive(d.as_mut(), |_, c| {
+            match c.op {
+                SockOp::Accept => {
+                    let e = c.result.expect_err("cancelled accept");
+                    assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
+                    assert_eq!((c.token, c.peer), (1, None), "{kind}");
+                }
+                SockOp::Close => assert_eq!((c.token, c.result.unwrap()), (2, 0), "{kind}"),
+                other => panic!("{kind}: unexpected {other:?}"),
+            }
+            seen.push(c.op);
+            c.op == SockOp::Close
+        });
+        assert_eq!(seen, [SockOp::Accept, SockOp::Close], "{kind}: order");
+        let e = TcpStream::connect(addr).expect_err("listener closed");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{kind}");
+    }
+}
+
+#[test]
+fn udp_adopted_socket_round_trip() {
+    // (adopted socket's bind, echo bind): IPv4, and IPv4 from a dual-stack socket.
+    let cases = [("127.0.0.1:0", "127.0.0.1:0"), ("[::]:0", "127.0.0.1:0")];
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        for (bind, echo_bind) in cases {
+            if bind.starts_with('[') && !have_ipv6() {
+                eprintln!("{kind}: no IPv6 loopback; skipping {bind} -> {echo_bind}");
+                continue;
+            }
+            let echo = Echo::bind(echo_bind);
+            let sock = UdpSocket::bind(bind).unwrap();
+            let local = sock.local_addr().unwrap();
+            let fd = d.adopt(OwnedFd::from(sock)).unwrap();
+            // Posted first: a socket left blocking would hang the epoll driver here.
+            d.udp_recv_from(fd, Vec::with_capacity(2048), 1);
+            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), 2);
+            let mut seen = Vec::new();
+            let done = drive(d.as_mut(), |_, c| {
+                assert_eq!(c.fd, fd, "{kind}");
+                match c.op {
+                    SockOp::SendTo => assert_eq!((c.token, c.result.unwrap()), (2, 4)),
+                    SockOp::RecvFrom => {
+                        assert_eq!((c.token, c.result.unwrap()), (1, 4), "{kind}");
+                        assert_eq!(c.buf, b"ping", "{kind}");
+                        assert_eq!(c.peer, Some(echo.addr), "{kind} {bind}");
+                    }
+                    other => panic!("{kind}: unexpected {other:?}"),
+                }
+                seen.push(c.op);
+                seen.len() == 2
+            });
+            assert!(done, "{kind} {bind}: round trip ({seen:?})");
+            let from = echo.seen.recv_timeout(Duration::from_secs(1)).unwrap();
+            assert_eq!(
+                from.port(),
+                local.port(),
+                "{kind}: echo saw the adopted socket"
+            );
+            close_session(kind, d.as_mut(), fd);
+        }
+    }
+}
+
+#[test]
+fn adopted_sockets_close_with_the_driver() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let (lfd, addr) = adopt_listener(d.as_mut());
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = udp.local_addr().unwrap();
+        d.adopt(OwnedFd::from(udp)).unwrap();
+        d.tcp_accept(lfd, 1);
+        d.wait(Some(Duration::ZERO)).unwrap();
+        drop(d);
+        // The ports are free again: the driver closed the sockets it owned.
+        TcpListener::bind(addr).unwrap_or_else(|e| panic!("{kind}: {addr} still bound: {e}"));
         UdpSocket::bind(local).unwrap_or_else(|e| panic!("{kind}: {local} still bound: {e}"));
     }
 }

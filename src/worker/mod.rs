@@ -5,6 +5,7 @@
 
 pub mod app;
 mod event_loop;
+pub mod pipe;
 pub mod route;
 mod table;
 

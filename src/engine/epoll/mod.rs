@@ -39,7 +39,8 @@ pub struct EpollDriver {
     rx_bufs: Vec<Vec<u8>>,
     rx_names: Vec<RawAddr>,
     rx_cmsgs: Vec<CmsgBuf<RX_CMSG_SPACE>>,
-    /// The relay's sockets with pending work (TCP) or handed out by `udp_open`.
+    /// The relay's sockets with pending work (TCP), handed out by `udp_open` or an Accept,
+    /// or adopted.
     socks: HashMap<RawFd, sock::SockState>,
     sock_done: VecDeque<Completion>,
     stats: EngineStats,
@@ -457,6 +458,14 @@ impl super::Driver for EpollDriver {
         let mut p = Parked::new(SockOp::SendTo, buf, token);
         p.dest = Some(dest);
         self.park(fd, p);
+    }
+
+    fn adopt(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
+        self.adopt_sock(sock)
+    }
+
+    fn tcp_accept(&mut self, listener: RawFd, token: u64) {
+        self.park(listener, Parked::new(SockOp::Accept, Vec::new(), token));
     }
 
     fn sock_close(&mut self, fd: RawFd, token: u64) {

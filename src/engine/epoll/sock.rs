@@ -1,21 +1,23 @@
-//! The relay's sockets on epoll: TCP connections and UDP session sockets.
+//! The relay's sockets on epoll: TCP connections, UDP session sockets and adopted sockets
+//! (listeners and the connections they accept, forwarders' UDP sockets).
 //!
 //! Every operation is tried at once; one that would block is parked in its descriptor's
 //! queue and retried when level-triggered epoll reports the descriptor ready (EPOLLIN for
-//! receives, EPOLLOUT for sends and connects). Queues keep each direction in order.
+//! receives and accepts, EPOLLOUT for sends and connects). Queues keep each direction in
+//! order.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use super::super::sys::{self, DgramMsg, RawAddr};
 use super::super::{Completion, SockOp, SESSION_SOCKET_BUFFER};
 use super::{epoll_ctl, EpollDriver};
 
-/// A receive or send waiting for its descriptor.
+/// A receive, accept or send waiting for its descriptor.
 pub(super) struct Parked {
-    /// Recv, RecvFrom, Send or SendTo.
+    /// Recv, RecvFrom, Accept, Send or SendTo.
     op: SockOp,
     token: u64,
     buf: Vec<u8>,
@@ -43,13 +45,15 @@ impl Parked {
 pub(super) struct SockState {
     /// Token of a connect in progress (EPOLLOUT ends it).
     connect: Option<u64>,
-    /// Receives waiting for EPOLLIN, oldest first.
+    /// Receives and accepts waiting for EPOLLIN, oldest first.
     reads: VecDeque<Parked>,
     /// Sends waiting for EPOLLOUT, oldest first.
     writes: VecDeque<Parked>,
-    /// Set by `udp_open` (the family: true for IPv6, whose IPv4 destinations are mapped);
-    /// `None` for TCP.
+    /// Set by `udp_open` and `adopt` (the family: true for IPv6, whose IPv4 destinations
+    /// are mapped); `None` for TCP.
     udp_v6: Option<bool>,
+    /// Taken over by `adopt`: closed with the driver if the relay never closes it.
+    adopted: bool,
     /// Events currently registered with epoll (0 = not registered).
     registered: u32,
 }
@@ -82,6 +86,19 @@ impl EpollDriver {
                 ..SockState::default()
             },
         );
+        Ok(fd)
+    }
+
+    /// Takes over a socket bound elsewhere (`Driver::adopt`).
+    pub(super) fn adopt_sock(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
+        let (sock, udp_v6) = sys::adopt(sock)?;
+        let fd = sock.into_raw_fd();
+        let st = SockState {
+            udp_v6,
+            adopted: true,
+            ..SockState::default()
+        };
+        self.socks.insert(fd, st);
         Ok(fd)
     }
 
@@ -165,14 +182,20 @@ impl EpollDriver {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => queue.push_front(p),
-                    result => self.sock_done.push_back(Completion {
-                        token: p.token,
-                        op: p.op,
-                        fd,
-                        result,
-                        buf: p.buf,
-                        peer,
-                    }),
+                    result => {
+                        if let (SockOp::Accept, Ok(new)) = (p.op, &result) {
+                            // The accepted socket is the driver's, like a connected one.
+                            self.socks.insert(*new as RawFd, SockState::default());
+                        }
+                        self.sock_done.push_back(Completion {
+                            token: p.token,
+                            op: p.op,
+                            fd,
+                            result,
+                            buf: p.buf,
+                            peer,
+                        })
+                    }
                 }
             }
         }
@@ -195,8 +218,8 @@ impl EpollDriver {
             }
         }
         self.forget(fd);
-        // SAFETY: the relay hands us an fd this driver gave it (Connect completion or
-        // `udp_open`) and stops using it with this call.
+        // SAFETY: the relay hands us an fd this driver gave it (Connect or Accept completion,
+        // `udp_open`, `adopt`) and stops using it with this call.
         let rc = unsafe { libc::close(fd) };
         let result = if rc == 0 {
             Ok(0)
@@ -221,17 +244,19 @@ impl EpollDriver {
         }
     }
 
-    /// Closes the UDP session sockets still open (the driver owns them until `sock_close`).
+    /// Closes the UDP session and adopted sockets still open (the driver owns them until
+    /// `sock_close`).
     pub(super) fn close_udp_sessions(&mut self) {
         let fds: Vec<RawFd> = self
             .socks
             .iter()
-            .filter(|(_, st)| st.udp_v6.is_some())
+            .filter(|(_, st)| st.udp_v6.is_some() || st.adopted)
             .map(|(&fd, _)| fd)
             .collect();
         for fd in fds {
             self.forget(fd);
-            // SAFETY: `udp_open` created this fd and the relay never closed it.
+            // SAFETY: `udp_open` created (or `adopt` took) this fd and the relay never
+            // closed it.
             unsafe { libc::close(fd) };
         }
     }
@@ -249,9 +274,13 @@ fn attempt(
             Ok((len, peer)) => (Ok(len), Some(peer)),
             Err(e) => (Err(e), None),
         },
+        (SockOp::Accept, _) => match sys::accept(fd) {
+            Ok((sock, peer)) => (Ok(sock.into_raw_fd() as usize), peer),
+            Err(e) => (Err(e), None),
+        },
         (SockOp::Send, _) => (send(fd, &p.buf), None),
         (SockOp::SendTo, Some(dest)) => (send_to(fd, dest, udp_v6, &p.buf), None),
-        // Not built by this driver (`park` takes only the four above, SendTo with `dest`).
+        // Not built by this driver (`park` takes only the five above, SendTo with `dest`).
         _ => (Err(io::Error::from_raw_os_error(libc::EINVAL)), None),
     }
 }

@@ -11,9 +11,10 @@
 //!
 //! - `udp.rs`: `recv_depth` RecvMsg kept posted, each with its own 64 KiB GRO buffer;
 //!   SendMsg with GSO, ECN and source-address control messages, GSO fallback on EIO/EINVAL.
-//! - `sock.rs`: the relay's socket operations in flight, their completions, and Close
-//!   after cancelling what is pending on the fd; `tcp.rs` builds Connect, Recv and Send,
-//!   `dgram.rs` RecvMsg and SendMsg on the UDP session sockets of `udp_open`.
+//! - `sock.rs`: the relay's socket operations in flight, their completions, adopted
+//!   sockets, and Close after cancelling what is pending on the fd; `tcp.rs` builds
+//!   Connect, Accept, Recv and Send, `dgram.rs` RecvMsg and SendMsg on the UDP session
+//!   sockets of `udp_open` (and adopted UDP sockets).
 //! - Wakeups: a Read of the waker's eventfd into an 8-byte slot, re-armed after each
 //!   completion (a PollAdd plus a drain if the kernel answers EAGAIN for the non-blocking fd).
 
@@ -22,10 +23,10 @@ mod sock;
 mod tcp;
 mod udp;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -130,8 +131,11 @@ pub struct UringDriver {
     send_depth: usize,
     /// Descriptors with socket operations in flight (or a Close waiting for them).
     sock_fds: HashMap<RawFd, sock::FdState>,
-    /// UDP session sockets from `udp_open` until `sock_close`: fd → IPv6 (dual-stack).
+    /// UDP session sockets from `udp_open` (or adopted) until `sock_close`: fd → IPv6
+    /// (dual-stack).
     udp_fds: HashMap<RawFd, bool>,
+    /// Adopted sockets other than UDP (listeners) until `sock_close`.
+    listen_fds: HashSet<RawFd>,
     sock_done: VecDeque<Completion>,
     cqes: Vec<(u64, i32)>,
     stats: EngineStats,
@@ -210,6 +214,7 @@ impl UringDriver {
             send_depth: cfg.send_depth.max(1),
             sock_fds: HashMap::new(),
             udp_fds: HashMap::new(),
+            listen_fds: HashSet::new(),
             sock_done: VecDeque::new(),
             cqes: Vec::new(),
             stats: EngineStats::default(),
@@ -440,17 +445,28 @@ impl super::Driver for UringDriver {
         self.send_to(fd, dest, buf, token);
     }
 
+    fn adopt(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
+        self.adopt_sock(sock)
+    }
+
+    fn tcp_accept(&mut self, listener: RawFd, token: u64) {
+        self.accept(listener, token);
+    }
+
     fn sock_close(&mut self, fd: RawFd, token: u64) {
         self.close(fd, token);
     }
 }
 
 impl UringDriver {
-    /// Closes the UDP session sockets still open (the driver owns them until `sock_close`).
+    /// Closes the UDP session and adopted sockets still open (the driver owns them until
+    /// `sock_close`).
     fn close_udp_sessions(&mut self) {
-        for (fd, _) in self.udp_fds.drain() {
-            // SAFETY: `udp_open` created this fd and the relay never closed it; an
-            // operation the kernel still holds keeps its own reference to the socket.
+        let fds = self.udp_fds.drain().map(|(fd, _)| fd);
+        for fd in fds.chain(self.listen_fds.drain()) {
+            // SAFETY: `udp_open` created (or `adopt` took) this fd and the relay never
+            // closed it; an operation the kernel still holds keeps its own reference to
+            // the socket.
             unsafe { libc::close(fd) };
         }
     }

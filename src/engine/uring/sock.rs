@@ -1,18 +1,20 @@
 //! The relay's socket operations on the ring: what each holds while in flight, Close after
 //! cancelling what is pending, and the completions handed to `reap`. The operations
-//! themselves are built in `tcp.rs` (Connect, Recv, Send) and `dgram.rs` (RecvFrom, SendTo).
+//! themselves are built in `tcp.rs` (Connect, Accept, Recv, Send) and `dgram.rs` (RecvFrom,
+//! SendTo).
 //!
-//! Semantics match the epoll driver: Connect completes with the fd, Recv fills the buffer
-//! up to its capacity (0 = EOF), Send reports the bytes written, RecvFrom one datagram and
-//! its source, SendTo the bytes sent; Close first completes the fd's pending operations
-//! with ECANCELED, then itself.
+//! Semantics match the epoll driver: Connect and Accept complete with the new fd (Accept
+//! with its peer, after setting TCP_NODELAY), Recv fills the buffer up to its capacity
+//! (0 = EOF), Send reports the bytes written, RecvFrom one datagram and its source, SendTo
+//! the bytes sent; Close first completes the fd's pending operations with ECANCELED, then
+//! itself.
 
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
 
-use super::super::sys::{DgramMsg, RawAddr};
+use super::super::sys::{self, DgramMsg, RawAddr};
 use super::super::{Completion, SockOp};
 use super::{KBox, Op, UringDriver, IGNORE};
 
@@ -29,6 +31,8 @@ pub(super) enum Kind {
         sock: OwnedFd,
         addr: KBox<RawAddr>,
     },
+    /// The kernel writes the peer's address and its length here.
+    Accept(KBox<RawAddr>),
     /// The kernel writes into the vector's spare capacity (its heap buffer never moves).
     Recv(Vec<u8>),
     Send(Vec<u8>),
@@ -54,6 +58,7 @@ impl SockOpState {
         unsafe {
             match self.kind {
                 Kind::Connect { addr, .. } => addr.free(),
+                Kind::Accept(addr) => addr.free(),
                 Kind::RecvFrom { msg, .. } | Kind::SendTo { msg, .. } => msg.free(),
                 Kind::Recv(_) | Kind::Send(_) | Kind::Close => {}
             }
@@ -80,9 +85,22 @@ impl UringDriver {
         self.push(e.user_data(key as u64));
     }
 
+    /// Takes over a socket bound elsewhere (`Driver::adopt`).
+    pub(super) fn adopt_sock(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
+        let (sock, udp_v6) = sys::adopt(sock)?;
+        let fd = sock.into_raw_fd();
+        if let Some(v6) = udp_v6 {
+            self.udp_fds.insert(fd, v6);
+        } else {
+            self.listen_fds.insert(fd);
+        }
+        Ok(fd)
+    }
+
     pub(super) fn close(&mut self, fd: RawFd, token: u64) {
         // A UDP session socket's family is not needed any more: no new sends on it.
         self.udp_fds.remove(&fd);
+        self.listen_fds.remove(&fd);
         let st = self.sock_fds.entry(fd).or_default();
         if st.ops == 0 {
             self.start_close(fd, token);
@@ -133,6 +151,15 @@ impl UringDriver {
                 // On failure the caller never gets the fd: dropping `sock` closes it.
                 let result = result.map(|_| sock.into_raw_fd() as usize);
                 (SockOp::Connect, result, Vec::new())
+            }
+            Kind::Accept(addr) => {
+                // SAFETY: the CQE has been reaped; the kernel is done with the address.
+                let addr = unsafe { addr.take() };
+                if let Ok(new) = result {
+                    sys::set_nodelay(new as RawFd);
+                    peer = addr.to_socket_addr();
+                }
+                (SockOp::Accept, result, Vec::new())
             }
             Kind::Recv(mut buf) => {
                 if let Ok(n) = result {

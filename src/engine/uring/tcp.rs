@@ -1,9 +1,9 @@
-//! TCP on the ring: Connect, Recv and Send (completed and closed in `sock.rs`).
+//! TCP on the ring: Connect, Accept, Recv and Send (completed and closed in `sock.rs`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::ptr::addr_of;
+use std::ptr::{addr_of, addr_of_mut};
 
 use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -37,6 +37,20 @@ impl UringDriver {
         };
         self.start_op(SockOpState { fd, token, kind }, e);
         Ok(())
+    }
+
+    /// One single-shot accept: non-blocking and close-on-exec like the epoll driver's.
+    pub(super) fn accept(&mut self, listener: RawFd, token: u64) {
+        let addr = KBox::new(RawAddr::zeroed());
+        let p = addr.ptr();
+        // SAFETY: `p` points at the live RawAddr just boxed (owned by the op's slab entry
+        // from `start_op` until its CQE); only the addresses of its fields are taken.
+        let (sa, len) = unsafe { (addr_of_mut!((*p).storage), addr_of_mut!((*p).len)) };
+        let e = opcode::Accept::new(types::Fd(listener), sa.cast(), len)
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build();
+        let (fd, kind) = (listener, Kind::Accept(addr));
+        self.start_op(SockOpState { fd, token, kind }, e);
     }
 
     pub(super) fn recv(&mut self, fd: RawFd, mut buf: Vec<u8>, token: u64) {

@@ -1,0 +1,948 @@
+//! One worker of the client role: its share of the local listeners, the local connections
+//! they accept, and the pool of QUIC connections that carries them.
+//!
+//! A local TCP connection goes through: the front end's handshake (SOCKS5 or HTTP proxy;
+//! none for a forwarder), a place in the worker's FIFO of requests waiting for a stream,
+//! the Hysteria2 TCPRequest and its response, then a [`Pipe`]. The SOCKS5/HTTP success
+//! reply is only sent once the server connected to the target, so a refusal can still be
+//! reported as one.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
+use slab::Slab;
+
+use super::http_proxy::{self, ProxyRequest, ProxyRequestReader};
+use super::pool::{Pool, PoolConfig};
+use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
+use super::stats::PoolStats;
+use super::udp::{Udp, UdpForward};
+use crate::engine::{Completion, SockOp};
+use crate::proto::tcp::{self, TcpRequest, TcpResponse};
+use crate::worker::pipe::{After, Ends, Pipe, STREAM_ABORT};
+use crate::worker::{App, Io};
+
+/// Bytes read from a local connection during its handshake.
+const HANDSHAKE_CHUNK: usize = 16 * 1024;
+/// Accepts kept posted on each listener.
+const ACCEPTS_PER_LISTENER: usize = 4;
+/// After an accept failed (EMFILE, ...), wait this long before accepting again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// A refused connection is closed after its reply and EOF from the app, or after this.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes drained from a refused connection before it is closed anyway.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Token kinds (top 4 bits); the rest is a slab key (low 32 bits) and a generation.
+const TOKEN_LISTENER: u64 = 1 << 60;
+const TOKEN_LOCAL: u64 = 2 << 60;
+pub(super) const TOKEN_UDP: u64 = 3 << 60;
+const KIND_MASK: u64 = 0xf << 60;
+
+pub(super) fn token(kind: u64, key: usize, gen: u32) -> u64 {
+    kind | (u64::from(gen) & 0x0fff_ffff) << 32 | key as u64
+}
+
+fn split(token: u64) -> (usize, u32) {
+    (
+        (token & 0xffff_ffff) as usize,
+        ((token >> 32) & 0x0fff_ffff) as u32,
+    )
+}
+
+/// What a local listener offers.
+#[derive(Clone, Debug)]
+pub enum Front {
+    Socks5 {
+        auth: Option<(String, String)>,
+        udp: bool,
+        /// Where UDP ASSOCIATE binds its relay sockets: the listener's address.
+        bind_ip: IpAddr,
+    },
+    Http {
+        auth: Option<(String, String)>,
+    },
+    /// A TCP forwarder to this `host:port`.
+    Forward {
+        remote: String,
+    },
+}
+
+/// The worker's share of the local sockets, bound by the caller (SO_REUSEPORT groups).
+pub struct LocalSockets {
+    pub tcp: Vec<(OwnedFd, Front)>,
+    pub udp: Vec<(OwnedFd, UdpForward)>,
+}
+
+/// Settings every worker shares.
+pub struct ClientShared {
+    pub pool: PoolConfig,
+    pub stream_open_timeout: Duration,
+    /// `fastOpen`: answer SOCKS5/HTTP CONNECT before the server confirmed the target.
+    pub fast_open: bool,
+    pub stats: Arc<PoolStats>,
+}
+
+struct Listener {
+    fd: RawFd,
+    front: Front,
+    /// Accepts posted and not completed.
+    posted: usize,
+}
+
+enum Phase {
+    /// Reading the SOCKS5 greeting/request or the HTTP proxy head.
+    Socks(Box<Socks5Server>),
+    Http(Box<ProxyRequestReader>),
+    /// In the worker's queue for a stream since `since`.
+    Waiting {
+        since: Instant,
+    },
+    /// TCPRequest sent on `id`; reading the TCPResponse into `resp`.
+    Opening {
+        ch: ConnectionHandle,
+        id: StreamId,
+        resp: Vec<u8>,
+    },
+    /// Bytes flow; `pipe.fd()` is unset until the handshake's last send completed.
+    Relay(Pipe),
+    /// A SOCKS5 UDP association: the TCP connection is held until the app closes it.
+    Udp {
+        sock: usize,
+    },
+    /// A refusal is being written; then the connection is drained until EOF and closed.
+    Closing {
+        drained: usize,
+    },
+}
+
+struct Local {
+    gen: u32,
+    fd: RawFd,
+    peer: SocketAddr,
+    front: Front,
+    phase: Phase,
+    /// `host:port` for the TCPRequest.
+    target: String,
+    /// Bytes for the stream after the TCPRequest (an HTTP head, early payload).
+    to_quic: Vec<u8>,
+    /// Bytes for the app once the server connected (a SOCKS5 or HTTP success reply).
+    ok_reply: Vec<u8>,
+    /// Handshake bytes for the app not yet sent, and whether a send or receive of the
+    /// handshake is in flight.
+    out: Vec<u8>,
+    sending: bool,
+    receiving: bool,
+    /// A close was requested.
+    closing: bool,
+    /// The success reply went out before the server confirmed (`fastOpen`).
+    replied: bool,
+}
+
+pub struct ClientApp {
+    shared: Arc<ClientShared>,
+    sockets: Option<LocalSockets>,
+    listeners: Vec<Listener>,
+    accept_retry: Option<Instant>,
+    locals: Slab<Local>,
+    generation: u32,
+    /// Requests waiting for a stream, oldest first (stale entries are skipped).
+    waiting: VecDeque<(usize, u32)>,
+    /// Deadlines of waiting and lingering locals (stale entries are skipped).
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    by_stream: HashMap<(ConnectionHandle, StreamId), (usize, u32)>,
+    pool: Pool,
+    udp: Udp,
+}
+
+impl ClientApp {
+    pub fn new(shared: Arc<ClientShared>, sockets: LocalSockets, worker: usize) -> Self {
+        let now = Instant::now();
+        ClientApp {
+            pool: Pool::new(shared.pool.clone(), shared.stats.clone(), now),
+            udp: Udp::new(shared.stats.clone(), worker),
+            shared,
+            sockets: Some(sockets),
+            listeners: Vec::new(),
+            accept_retry: None,
+            locals: Slab::new(),
+            generation: 0,
+            waiting: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            by_stream: HashMap::new(),
+        }
+    }
+
+    /// Adopts the local sockets into the driver and starts accepting (first tick).
+    fn start(&mut self, io: &mut Io<'_>) {
+        let Some(sockets) = self.sockets.take() else {
+            return;
+        };
+        for (sock, front) in sockets.tcp {
+            match io.driver.adopt(sock) {
+                Ok(fd) => self.listeners.push(Listener {
+                    fd,
+                    front,
+                    posted: 0,
+                }),
+                Err(e) => tracing::error!("cannot use a listening socket: {e}"),
+            }
+        }
+        for (sock, fwd) in sockets.udp {
+            match io.driver.adopt(sock) {
+                Ok(fd) => self.udp.add_forwarder(io, fd, fwd),
+                Err(e) => tracing::error!("cannot use a UDP forwarding socket: {e}"),
+            }
+        }
+        self.post_accepts(io);
+    }
+
+    fn post_accepts(&mut self, io: &mut Io<'_>) {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            while l.posted < ACCEPTS_PER_LISTENER {
+                l.posted += 1;
+                io.driver.tcp_accept(l.fd, token(TOKEN_LISTENER, i, 0));
+            }
+        }
+    }
+
+    fn on_accept(&mut self, io: &mut Io<'_>, idx: usize, c: Completion) {
+        let Some(l) = self.listeners.get_mut(idx) else {
+            return;
+        };
+        l.posted = l.posted.saturating_sub(1);
+        let front = l.front.clone();
+        match c.result {
+            Ok(fd) => {
+                let peer = c
+                    .peer
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                self.add_local(io, fd as RawFd, peer, front);
+                self.post_accepts(io);
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}; retrying in {ACCEPT_RETRY:?}");
+                self.accept_retry = Some(io.now + ACCEPT_RETRY);
+            }
+        }
+    }
+
+    fn add_local(&mut self, io: &mut Io<'_>, fd: RawFd, peer: SocketAddr, front: Front) {
+        self.generation = self.generation % 0x0fff_ffff + 1;
+        let gen = self.generation;
+        let (phase, target) = match &front {
+            Front::Socks5 { auth, .. } => (
+                Phase::Socks(Box::new(Socks5Server::new(auth.clone()))),
+                String::new(),
+            ),
+            Front::Http { auth } => (
+                Phase::Http(Box::new(ProxyRequestReader::new(
+                    http_proxy::Limits::default(),
+                    auth.clone(),
+                ))),
+                String::new(),
+            ),
+            Front::Forward { remote } => (Phase::Waiting { since: io.now }, remote.clone()),
+        };
+        let key = self.locals.insert(Local {
+            gen,
+            fd,
+            peer,
+            front,
+            phase,
+            target,
+            to_quic: Vec::new(),
+            ok_reply: Vec::new(),
+            out: Vec::new(),
+            sending: false,
+            receiving: false,
+            closing: false,
+            replied: false,
+        });
+        if matches!(self.locals[key].phase, Phase::Waiting { .. }) {
+            self.enqueue(io, key);
+        } else {
+            self.recv(io, key);
+        }
+    }
+
+    fn recv(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        if !l.receiving && !l.closing {
+            l.receiving = true;
+            io.driver.tcp_recv(
+                l.fd,
+                Vec::with_capacity(HANDSHAKE_CHUNK),
+                token(TOKEN_LOCAL, key, l.gen),
+            );
+        }
+    }
+
+    /// Queues handshake bytes for the app (one send in flight at a time).
+    fn send(&mut self, io: &mut Io<'_>, key: usize, bytes: &[u8]) {
+        let l = &mut self.locals[key];
+        l.out.extend_from_slice(bytes);
+        flush(io, key, l);
+    }
+
+    fn enqueue(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        if self.shared.fast_open && !l.ok_reply.is_empty() {
+            l.replied = true;
+            let reply = std::mem::take(&mut l.ok_reply);
+            self.send(io, key, &reply);
+        }
+        let l = &mut self.locals[key];
+        l.phase = Phase::Waiting { since: io.now };
+        self.waiting.push_back((key, l.gen));
+        let deadline = io.now + self.shared.stream_open_timeout;
+        self.timers.push(Reverse((deadline, key, l.gen)));
+    }
+
+    /// Hands streams to waiting requests while connections have credit, then lets the pool
+    /// grow if requests are still waiting.
+    fn dispatch(&mut self, io: &mut Io<'_>) {
+        while let Some(&(key, gen)) = self.waiting.front() {
+            let since = match self.locals.get(key) {
+                Some(l) if l.gen == gen => match l.phase {
+                    Phase::Waiting { since } => since,
+                    _ => {
+                        self.waiting.pop_front();
+                        continue;
+                    }
+                },
+                _ => {
+                    self.waiting.pop_front();
+                    continue;
+                }
+            };
+            let Some(i) = self.pool.pick() else {
+                break;
+            };
+            let ch = self.pool.conns[i].ch;
+            let id = io.conn(ch).and_then(|qc| qc.streams().open(Dir::Bi));
+            let Some(id) = id else {
+                self.pool.conns[i].no_credit = true;
+                continue;
+            };
+            self.pool.conns[i].streams += 1;
+            self.waiting.pop_front();
+            self.shared.stats.stream_opened(
+                io.worker.0 as usize,
+                io.now.saturating_duration_since(since),
+            );
+            self.open_stream(io, key, ch, id);
+        }
+        let oldest = self
+            .waiting
+            .iter()
+            .find_map(|&(key, gen)| match self.locals.get(key) {
+                Some(Local {
+                    gen: g,
+                    phase: Phase::Waiting { since },
+                    ..
+                }) if *g == gen => Some(io.now.saturating_duration_since(*since)),
+                _ => None,
+            });
+        let waiting = usize::from(oldest.is_some()) + self.udp.wants_connection() as usize;
+        self.pool
+            .maybe_grow(io, waiting, oldest.unwrap_or(Duration::ZERO));
+    }
+
+    fn open_stream(&mut self, io: &mut Io<'_>, key: usize, ch: ConnectionHandle, id: StreamId) {
+        let l = &mut self.locals[key];
+        let mut req = Vec::with_capacity(600 + l.to_quic.len());
+        let padding = tcp::padding(
+            &mut rand::thread_rng(),
+            tcp::REQUEST_PADDING.0,
+            tcp::REQUEST_PADDING.1,
+        );
+        if let Err(e) = TcpRequest::encode(&l.target, &padding, &mut req) {
+            let msg = format!("bad target {:?}: {e}", l.target);
+            if let Some(qc) = io.conn(ch) {
+                let _ = qc.send_stream(id).reset(VarInt::from_u32(STREAM_ABORT));
+            }
+            self.pool_stream_closed(ch);
+            return self.refuse(io, key, Refusal::Target(msg));
+        }
+        req.extend_from_slice(&l.to_quic);
+        let written = io
+            .conn(ch)
+            .and_then(|qc| qc.send_stream(id).write(&req).ok())
+            .unwrap_or(0);
+        l.to_quic = req.split_off(written);
+        l.phase = Phase::Opening {
+            ch,
+            id,
+            resp: Vec::new(),
+        };
+        self.by_stream.insert((ch, id), (key, l.gen));
+    }
+
+    fn pool_stream_closed(&mut self, ch: ConnectionHandle) {
+        if let Some(c) = self.pool.get_mut(ch) {
+            c.streams = c.streams.saturating_sub(1);
+        }
+    }
+
+    /// Reads the TCPResponse; on success the pipe takes over.
+    fn on_opening_readable(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        let Phase::Opening { ch, id, resp } = &mut l.phase else {
+            return;
+        };
+        let (ch, id) = (*ch, *id);
+        let mut fin = false;
+        let mut reset = false;
+        if let Some(qc) = io.conn(ch) {
+            match qc.recv_stream(id).read(true) {
+                Ok(mut chunks) => {
+                    loop {
+                        match chunks.next(tcp::MAX_TCP_RESPONSE_LEN) {
+                            Ok(Some(c)) => {
+                                resp.extend_from_slice(&c.bytes);
+                                if TcpResponse::parse(resp).ok().flatten().is_some() {
+                                    break;
+                                }
+                            }
+                            Ok(None) => {
+                                fin = true;
+                                break;
+                            }
+                            Err(ReadError::Blocked) => break,
+                            Err(ReadError::Reset(_)) => {
+                                reset = true;
+                                break;
+                            }
+                        }
+                    }
+                    let _ = chunks.finalize();
+                }
+                Err(_) => reset = true,
+            }
+        }
+        let parsed = TcpResponse::parse(resp);
+        let refusal = match parsed {
+            Ok(Some((r, n))) if r.is_ok() => {
+                let mut to_tcp = std::mem::take(&mut l.ok_reply);
+                to_tcp.extend_from_slice(&resp[n..]);
+                let to_quic = std::mem::take(&mut l.to_quic);
+                let mut pipe = Pipe::new(ch, id, Ends::QuicFinCloses, to_tcp, to_quic);
+                if fin {
+                    // Everything the target sent is in `to_tcp`; the pipe sees the end.
+                    tracing::trace!("stream {id} finished with its response");
+                }
+                if !l.sending {
+                    pipe.attach(l.fd);
+                }
+                l.phase = Phase::Relay(pipe);
+                return self.pump(io, key);
+            }
+            Ok(Some((r, _))) => Refusal::Server(r.message),
+            Err(e) => Refusal::Server(format!("malformed response: {e}")),
+            Ok(None) if reset || fin => Refusal::Server("the server closed the stream".into()),
+            Ok(None) => return,
+        };
+        if let Some(qc) = io.conn(ch) {
+            let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+            let _ = qc.send_stream(id).finish();
+        }
+        self.refuse(io, key, refusal);
+    }
+
+    fn pump(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        let tok = token(TOKEN_LOCAL, key, l.gen);
+        if let Phase::Relay(pipe) = &mut l.phase {
+            if pipe.pump(io, tok) == After::Remove {
+                self.remove(io, key);
+            }
+        }
+    }
+
+    /// Answers the app with the front end's refusal, then drains and closes.
+    fn refuse(&mut self, io: &mut Io<'_>, key: usize, why: Refusal) {
+        let l = &self.locals[key];
+        let (code, reply) = match (&l.front, &why) {
+            (Front::Socks5 { .. }, Refusal::NoStream(_)) => (
+                "0x01",
+                socks5::reply(ReplyCode::GeneralFailure, unspecified()),
+            ),
+            (Front::Socks5 { .. }, Refusal::Server(_)) => (
+                "0x05",
+                socks5::reply(ReplyCode::ConnectionRefused, unspecified()),
+            ),
+            (Front::Socks5 { .. }, Refusal::Target(_)) => (
+                "0x04",
+                socks5::reply(ReplyCode::HostUnreachable, unspecified()),
+            ),
+            (Front::Http { .. }, Refusal::NoStream(_)) => {
+                ("503", http_proxy::response_unavailable(&why.to_string()))
+            }
+            (Front::Http { .. }, _) => ("502", http_proxy::response_bad_gateway(&why.to_string())),
+            (Front::Forward { .. }, _) => ("close", Vec::new()),
+        };
+        let (code, reply) = if l.replied {
+            ("close", Vec::new())
+        } else {
+            (code, reply)
+        };
+        tracing::info!(
+            "{} -> {}: {why}; answered {code}",
+            l.peer,
+            if l.target.is_empty() { "?" } else { &l.target }
+        );
+        if let Some(k) = self.stream_of(key) {
+            self.by_stream.remove(&k);
+            self.pool_stream_closed(k.0);
+        }
+        self.close_with(io, key, &reply);
+    }
+
+    fn stream_of(&self, key: usize) -> Option<(ConnectionHandle, StreamId)> {
+        match &self.locals.get(key)?.phase {
+            Phase::Opening { ch, id, .. } => Some((*ch, *id)),
+            Phase::Relay(p) => Some((p.ch, p.id)),
+            _ => None,
+        }
+    }
+
+    /// Writes `reply` (possibly nothing), half-closes, drains until EOF, then closes.
+    fn close_with(&mut self, io: &mut Io<'_>, key: usize, reply: &[u8]) {
+        let l = &mut self.locals[key];
+        l.phase = Phase::Closing { drained: 0 };
+        self.timers.push(Reverse((io.now + LINGER, key, l.gen)));
+        self.send(io, key, reply);
+        self.progress_closing(io, key);
+    }
+
+    fn progress_closing(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        if l.sending || l.closing {
+            return;
+        }
+        let Phase::Closing { drained } = l.phase else {
+            return;
+        };
+        if drained == 0 && !l.receiving {
+            io.driver.tcp_shutdown_write(l.fd);
+        }
+        if drained >= LINGER_BYTES {
+            return self.close(io, key);
+        }
+        self.recv(io, key);
+    }
+
+    fn close(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        if !l.closing {
+            l.closing = true;
+            io.driver.sock_close(l.fd, token(TOKEN_LOCAL, key, l.gen));
+        }
+    }
+
+    fn remove(&mut self, io: &mut Io<'_>, key: usize) {
+        if let Some(k) = self.stream_of(key) {
+            self.by_stream.remove(&k);
+            self.pool_stream_closed(k.0);
+        }
+        if let Some(l) = self.locals.try_remove(key) {
+            if let Phase::Udp { sock } = l.phase {
+                self.udp.control_closed(io, sock);
+            }
+        }
+    }
+
+    fn on_local(&mut self, io: &mut Io<'_>, key: usize, gen: u32, c: Completion) {
+        match self.locals.get(key) {
+            Some(l) if l.gen == gen => {}
+            _ => return,
+        }
+        let tok = c.token;
+        if c.op == SockOp::Close {
+            return self.remove(io, key);
+        }
+        let l = &mut self.locals[key];
+        // The pipe owns the socket's operations once attached.
+        if let Phase::Relay(pipe) = &mut l.phase {
+            if pipe.fd().is_some() {
+                if pipe.on_completion(io, c, tok) == After::Remove {
+                    self.remove(io, key);
+                }
+                return;
+            }
+        }
+        match c.op {
+            SockOp::Send => {
+                l.sending = false;
+                let mut buf = c.buf;
+                match c.result {
+                    Ok(n) if n < buf.len() => {
+                        buf.drain(..n);
+                        buf.append(&mut l.out);
+                        l.out = buf;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.close(io, key),
+                }
+                flush(io, key, l);
+                if !l.sending {
+                    if let Phase::Relay(pipe) = &mut l.phase {
+                        pipe.attach(l.fd);
+                        return self.pump(io, key);
+                    }
+                }
+                self.progress_closing(io, key);
+            }
+            SockOp::Recv => {
+                l.receiving = false;
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(_) => 0,
+                };
+                let data = &c.buf[..n];
+                match &mut l.phase {
+                    Phase::Closing { drained } => {
+                        *drained += n;
+                        if n == 0 {
+                            return self.close(io, key);
+                        }
+                        self.progress_closing(io, key)
+                    }
+                    Phase::Udp { .. } => {
+                        // The association lives as long as this connection; its bytes are
+                        // ignored (RFC 1928 §7).
+                        if n == 0 {
+                            return self.close(io, key);
+                        }
+                        self.recv(io, key);
+                    }
+                    _ if n == 0 => self.close(io, key),
+                    Phase::Socks(_) => self.on_socks_bytes(io, key, data.to_vec()),
+                    Phase::Http(reader) => match reader.feed(data) {
+                        Ok(None) => self.recv(io, key),
+                        Ok(Some(req)) => {
+                            let leftover = reader.take_leftover();
+                            let (target, head, ok) = match req {
+                                ProxyRequest::Connect { target } => {
+                                    (target, Vec::new(), http_proxy::response_connected())
+                                }
+                                ProxyRequest::Forward { target, head } => {
+                                    (target, head, Vec::new())
+                                }
+                            };
+                            let l = &mut self.locals[key];
+                            l.target = target;
+                            l.to_quic = head;
+                            l.to_quic.extend_from_slice(&leftover);
+                            l.ok_reply = ok;
+                            self.enqueue(io, key);
+                            self.dispatch(io);
+                        }
+                        Err(e) => {
+                            tracing::info!("{}: HTTP proxy request refused: {e}", l.peer);
+                            let reply = e.response();
+                            self.close_with(io, key, &reply);
+                        }
+                    },
+                    Phase::Waiting { .. } | Phase::Opening { .. } | Phase::Relay(_) => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_socks_bytes(&mut self, io: &mut Io<'_>, key: usize, mut data: Vec<u8>) {
+        loop {
+            let l = &mut self.locals[key];
+            let Phase::Socks(srv) = &mut l.phase else {
+                return;
+            };
+            match srv.feed(&data) {
+                Ok(Step::NeedMore) => return self.recv(io, key),
+                Ok(Step::Reply(bytes)) => {
+                    self.send(io, key, &bytes);
+                    data.clear();
+                }
+                Ok(Step::Request { cmd, dest }) => {
+                    let leftover = srv.take_leftover();
+                    return match cmd {
+                        Command::Connect => {
+                            l.target = dest.to_host_port();
+                            l.to_quic = leftover;
+                            l.ok_reply = socks5::reply(ReplyCode::Succeeded, unspecified());
+                            self.enqueue(io, key);
+                            self.dispatch(io);
+                        }
+                        Command::UdpAssociate => self.associate(io, key),
+                    };
+                }
+                Err(e) => {
+                    tracing::info!("{}: SOCKS5 refused: {e}", l.peer);
+                    let reply = e.reply().bytes().unwrap_or_default();
+                    return self.close_with(io, key, &reply);
+                }
+            }
+        }
+    }
+
+    /// UDP ASSOCIATE: a UDP socket on the listener's address for this client.
+    fn associate(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &self.locals[key];
+        let udp_allowed = matches!(l.front, Front::Socks5 { udp: true, .. });
+        if !udp_allowed {
+            tracing::info!("{}: UDP ASSOCIATE refused: socks5.disableUDP", l.peer);
+            let reply = socks5::reply(ReplyCode::CommandNotSupported, unspecified());
+            return self.close_with(io, key, &reply);
+        }
+        let Front::Socks5 { bind_ip, .. } = l.front else {
+            return;
+        };
+        match self.udp.associate(io, bind_ip, l.peer.ip()) {
+            Ok((sock, addr)) => {
+                self.locals[key].phase = Phase::Udp { sock };
+                self.send(io, key, &socks5::reply(ReplyCode::Succeeded, addr));
+                self.recv(io, key);
+            }
+            Err(e) => {
+                tracing::warn!("UDP ASSOCIATE: cannot open a socket: {e}");
+                let reply = socks5::reply(ReplyCode::GeneralFailure, unspecified());
+                self.close_with(io, key, &reply);
+            }
+        }
+    }
+
+    /// Fails every stream of a lost connection.
+    fn connection_lost(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+        let affected: Vec<_> = self
+            .by_stream
+            .iter()
+            .filter(|((c, _), _)| *c == ch)
+            .map(|(_, v)| *v)
+            .collect();
+        for (key, gen) in affected {
+            match self.locals.get_mut(key) {
+                Some(l) if l.gen == gen => {}
+                _ => continue,
+            }
+            let tok = token(TOKEN_LOCAL, key, gen);
+            let l = &mut self.locals[key];
+            match &mut l.phase {
+                Phase::Opening { .. } => self.refuse(
+                    io,
+                    key,
+                    Refusal::Server("the connection to the server was lost".into()),
+                ),
+                Phase::Relay(pipe) => {
+                    if pipe.fd().is_none() {
+                        pipe.attach(l.fd);
+                    }
+                    if pipe.abort(io, tok) == After::Remove {
+                        self.remove(io, key);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.by_stream.retain(|(c, _), _| *c != ch);
+        if self.pool.on_lost(io.now, ch) {
+            tracing::warn!("{:?}: lost a connection to the server", io.worker);
+        }
+        self.udp.connection_lost(ch);
+    }
+
+    fn expire(&mut self, io: &mut Io<'_>) {
+        while let Some(Reverse((at, key, gen))) = self.timers.peek().copied() {
+            if at > io.now {
+                break;
+            }
+            self.timers.pop();
+            let Some(l) = self.locals.get(key) else {
+                continue;
+            };
+            if l.gen != gen {
+                continue;
+            }
+            match l.phase {
+                Phase::Waiting { .. } => {
+                    self.shared
+                        .stats
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let why = if self.pool.conns.iter().any(|c| c.is_ready()) {
+                        "no stream credit"
+                    } else {
+                        "no connection to the server"
+                    };
+                    self.refuse(
+                        io,
+                        key,
+                        Refusal::NoStream(format!(
+                            "{why} within pool.streamOpenTimeout ({:?})",
+                            self.shared.stream_open_timeout
+                        )),
+                    );
+                }
+                Phase::Closing { .. } => self.close(io, key),
+                _ => {}
+            }
+        }
+        if self.accept_retry.is_some_and(|at| at <= io.now) {
+            self.accept_retry = None;
+            self.post_accepts(io);
+        }
+        self.pool.expire(io);
+        self.udp.expire(io);
+    }
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// Starts the next handshake send of `l`, if any and none is in flight.
+fn flush(io: &mut Io<'_>, key: usize, l: &mut Local) {
+    if !l.sending && !l.out.is_empty() && !l.closing {
+        l.sending = true;
+        let buf = std::mem::take(&mut l.out);
+        io.driver
+            .tcp_send(l.fd, buf, token(TOKEN_LOCAL, key, l.gen));
+    }
+}
+
+/// Why a request gets no relay.
+enum Refusal {
+    /// No stream within the timeout.
+    NoStream(String),
+    /// The server refused or failed (its message).
+    Server(String),
+    /// The target cannot be encoded.
+    Target(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NoStream(m) => f.write_str(m),
+            Refusal::Server(m) => write!(f, "server: {m}"),
+            Refusal::Target(m) => f.write_str(m),
+        }
+    }
+}
+
+impl App for ClientApp {
+    fn tick(&mut self, io: &mut Io<'_>) {
+        if self.sockets.is_some() {
+            self.start(io);
+        }
+        self.expire(io);
+        self.dispatch(io);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let waiting = self.waiting.len() + self.udp.wants_connection() as usize;
+        [
+            timer,
+            self.accept_retry,
+            self.pool.next_deadline(waiting),
+            self.udp.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
+        match event {
+            Event::Connected => self.pool.on_connected(io, ch),
+            Event::ConnectionLost { reason } => {
+                tracing::debug!("{ch:?} closed: {reason}");
+                self.connection_lost(io, ch);
+                self.dispatch(io);
+            }
+            Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
+                if let Some(c) = self.pool.get_mut(ch) {
+                    c.no_credit = false;
+                }
+                self.dispatch(io);
+            }
+            Event::Stream(StreamEvent::Opened { dir }) => {
+                // The server's HTTP/3 control and QPACK streams: read and ignore. It opens
+                // no bidirectional streams in Hysteria2; refuse any.
+                if let Some(qc) = io.conn(ch) {
+                    while let Some(id) = qc.streams().accept(dir) {
+                        if dir == Dir::Bi {
+                            let _ = qc.send_stream(id).reset(VarInt::from_u32(0x10c));
+                            let _ = qc.recv_stream(id).stop(VarInt::from_u32(0x10c));
+                        }
+                    }
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if id.dir() == Dir::Uni {
+                    return drain(io, ch, id);
+                }
+                if self.pool.on_auth_readable(io, ch, id) {
+                    return self.dispatch(io);
+                }
+                self.on_stream(io, ch, id);
+            }
+            Event::Stream(StreamEvent::Writable { id })
+            | Event::Stream(StreamEvent::Stopped { id, .. }) => self.on_stream(io, ch, id),
+            Event::DatagramReceived => self.udp.on_datagrams(io, ch),
+            _ => {}
+        }
+    }
+
+    fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
+        let (key, gen) = split(c.token);
+        match c.token & KIND_MASK {
+            TOKEN_LISTENER => self.on_accept(io, key, c),
+            TOKEN_LOCAL => self.on_local(io, key, gen, c),
+            TOKEN_UDP => {
+                let pool = &mut self.pool;
+                self.udp.on_completion(io, c, pool);
+            }
+            _ => {
+                // A socket handed to us for nobody (an accept after its listener closed).
+                if let (SockOp::Accept, Ok(fd)) = (c.op, &c.result) {
+                    io.driver.sock_close(*fd as RawFd, 0);
+                }
+            }
+        }
+    }
+}
+
+impl ClientApp {
+    fn on_stream(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
+        let Some(&(key, gen)) = self.by_stream.get(&(ch, id)) else {
+            return;
+        };
+        match self.locals.get(key) {
+            Some(l) if l.gen == gen => match l.phase {
+                Phase::Opening { .. } => self.on_opening_readable(io, key),
+                Phase::Relay(_) => self.pump(io, key),
+                _ => {}
+            },
+            _ => {
+                self.by_stream.remove(&(ch, id));
+            }
+        }
+    }
+}
+
+/// Reads and discards a unidirectional stream of the server's (HTTP/3 control, QPACK).
+fn drain(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
+    if let Some(qc) = io.conn(ch) {
+        if let Ok(mut chunks) = qc.recv_stream(id).read(true) {
+            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
+            let _ = chunks.finalize();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! `quelay client`: from a validated config to workers serving the local listeners.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::app::{ClientApp, ClientShared, Front, LocalSockets};
+use super::pool::PoolConfig;
+use super::stats::PoolStats;
+use super::udp::UdpForward;
+use crate::config::{self, ClientConfig, Obfs, ProxyAuth};
+use crate::engine::{sys, DriverConfig};
+use crate::proto::salamander::{Salamander, SALT_LEN};
+use crate::quic::{self, QuicParams, Verify};
+use crate::server::run::ALPN;
+use crate::worker::{self, Group, GroupConfig, WorkerSpec};
+
+/// Backlog of each local TCP listener.
+const BACKLOG: i32 = 4096;
+
+/// A running client.
+pub struct Client {
+    pub group: Group,
+    pub stats: Arc<PoolStats>,
+    /// What listens where, for the start-up message.
+    pub listening: Vec<String>,
+}
+
+/// Loads and validates the config file, logging warnings for unknown keys.
+pub fn load(path: &std::path::Path) -> Result<ClientConfig, String> {
+    let (cfg, warnings) = config::load_client(path).map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
+    Ok(cfg)
+}
+
+fn quic_params(cfg: &ClientConfig) -> QuicParams {
+    let q = &cfg.quic;
+    QuicParams {
+        init_stream_window: q.init_stream_receive_window,
+        max_stream_window: q.max_stream_receive_window,
+        init_conn_window: q.init_conn_receive_window,
+        max_conn_window: q.max_conn_receive_window,
+        max_idle_timeout: q.max_idle_timeout,
+        keep_alive: Some(q.keep_alive_interval()),
+        // The server opens no proxy streams towards us.
+        max_incoming_streams: 0,
+        mtu_discovery: !q.disable_path_mtu_discovery,
+        congestion: match cfg.congestion.kind {
+            config::CongestionKind::Bbr => quic::Congestion::Bbr,
+            config::CongestionKind::Reno => quic::Congestion::NewReno,
+        },
+        loss_compensation: !cfg.bandwidth.disable_loss_compensation,
+        datagram_overhead: match cfg.obfs {
+            Obfs::Salamander { .. } => SALT_LEN as u16,
+            Obfs::Plain => 0,
+        },
+        ..QuicParams::default()
+    }
+}
+
+fn verify(cfg: &ClientConfig) -> Result<Verify, String> {
+    let tls = &cfg.tls;
+    if let Some(pin) = tls.pin_sha256 {
+        return Ok(Verify::Pin(pin));
+    }
+    if tls.insecure {
+        return Ok(Verify::Insecure);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("tls.ca: {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| format!("tls.ca: {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls.ca: {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("tls.ca: {}: no certificate in it", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(
+                    "tls: the system has no CA certificates; set tls.ca, tls.pinSHA256 or \
+                     tls.insecure"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(Verify::Roots(roots))
+}
+
+/// A listening TCP socket of a SO_REUSEPORT group (one per worker).
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too, as Go's listeners do.
+        let _ = s.set_only_v6(false);
+    }
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s)
+}
+
+/// A UDP socket of a SO_REUSEPORT group (one per worker).
+fn udp_listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Binds `n` sockets on `addr` (port 0: the first one's port for all).
+fn bind_n(
+    addr: SocketAddr,
+    n: usize,
+    bind: fn(SocketAddr) -> std::io::Result<Socket>,
+) -> std::io::Result<(Vec<OwnedFd>, SocketAddr)> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = bind(addr)?;
+        if let Some(a) = s.local_addr()?.as_socket() {
+            addr = a;
+        }
+        out.push(OwnedFd::from(s));
+    }
+    Ok((out, addr))
+}
+
+fn creds(a: &Option<ProxyAuth>) -> Option<(String, String)> {
+    a.as_ref().map(|a| (a.username.clone(), a.password.clone()))
+}
+
+/// Binds the local listeners (`n` sockets each) and returns each worker's share.
+fn local_sockets(cfg: &ClientConfig, n: usize) -> Result<(Vec<LocalSockets>, Vec<String>), String> {
+    let mut per_worker: Vec<LocalSockets> = (0..n)
+        .map(|_| LocalSockets {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+        })
+        .collect();
+    let mut listening = Vec::new();
+    let mut tcp = |key: &str, addr: SocketAddr, front: Front| -> Result<(), String> {
+        let (fds, bound) = bind_n(addr, n, tcp_listener)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+        for (w, fd) in per_worker.iter_mut().zip(fds) {
+            w.tcp.push((fd, front.clone()));
+        }
+        listening.push(format!("{key} on {bound}"));
+        Ok(())
+    };
+    if let Some(s) = &cfg.socks5 {
+        let front = Front::Socks5 {
+            auth: creds(&s.auth),
+            udp: !s.disable_udp,
+            bind_ip: s.listen.ip(),
+        };
+        tcp("socks5", s.listen, front)?;
+    }
+    if let Some(h) = &cfg.http {
+        tcp(
+            "http",
+            h.listen,
+            Front::Http {
+                auth: creds(&h.auth),
+            },
+        )?;
+    }
+    for f in &cfg.tcp_forwarding {
+        let front = Front::Forward {
+            remote: f.remote.to_string(),
+        };
+        tcp(&format!("tcpForwarding to {}", f.remote), f.listen, front)?;
+    }
+    for f in &cfg.udp_forwarding {
+        let (fds, bound) = bind_n(f.listen, n, udp_listener)
+            .map_err(|e| format!("udpForwarding: cannot bind {}: {e}", f.listen))?;
+        let fwd = UdpForward {
+            remote: f.remote.to_string(),
+            timeout: f.timeout,
+        };
+        for (w, fd) in per_worker.iter_mut().zip(fds) {
+            w.udp.push((fd, fwd.clone()));
+        }
+        listening.push(format!("udpForwarding to {} on {bound}", f.remote));
+    }
+    if listening.is_empty() {
+        return Err(
+            "nothing to serve: configure socks5, http, tcpForwarding or udpForwarding".into(),
+        );
+    }
+    Ok((per_worker, listening))
+}
+
+/// Resolves `server` (once, at start-up).
+fn server_addr(cfg: &ClientConfig) -> Result<SocketAddr, String> {
+    let text = cfg.server.to_string();
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("server: cannot resolve {text}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("server: {text} has no address"))
+}
+
+/// Starts the workers for `cfg`.
+pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
+    let server = server_addr(cfg)?;
+    let n = cfg
+        .engine
+        .workers
+        .unwrap_or_else(crate::server::echo::default_workers)
+        .clamp(1, worker::MAX_WORKERS);
+    let (mut sockets, listening) = local_sockets(cfg, n)?;
+    let obfs = match &cfg.obfs {
+        Obfs::Salamander { password } => Some(Arc::new(
+            Salamander::new(password.as_bytes())
+                .map_err(|e| format!("obfs.salamander.password: {e}"))?,
+        )),
+        Obfs::Plain => None,
+    };
+    let crypto = quic::client_crypto(verify(cfg)?, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
+    let client_config = quic::client_config(crypto, &quic_params(cfg));
+    let driver = DriverConfig::default();
+    let bind: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let mut specs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (socket, _) = sys::bind_udp(bind, false, driver.socket_buffer)
+            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        specs.push(WorkerSpec {
+            socket: UdpSocket::from(socket),
+            endpoint_config: Arc::new(quic::client_endpoint_config()),
+            server_config: None,
+            client_config: Some(client_config.clone()),
+        });
+    }
+    let stats = Arc::new(PoolStats::new(n));
+    let shared = Arc::new(ClientShared {
+        pool: PoolConfig {
+            server,
+            server_name: cfg.server_name(),
+            auth: cfg.auth.clone(),
+            up: cfg.bandwidth.up.unwrap_or(0),
+            down: cfg.bandwidth.down.unwrap_or(0),
+            max_connections: cfg.pool.max_connections,
+            open_wait_threshold: cfg.pool.open_wait_threshold,
+            eager: !cfg.lazy,
+        },
+        stream_open_timeout: cfg.pool.stream_open_timeout,
+        fast_open: cfg.fast_open,
+        stats: stats.clone(),
+    });
+    // Each worker takes its own share of the listeners.
+    sockets.reverse();
+    let sockets = Mutex::new(sockets);
+    let group_cfg = GroupConfig {
+        io: cfg.engine.io,
+        driver,
+        pin: true,
+        obfs,
+    };
+    let group = worker::spawn(specs, &group_cfg, |id| {
+        let mine = sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or(LocalSockets {
+                tcp: Vec::new(),
+                udp: Vec::new(),
+            });
+        ClientApp::new(shared.clone(), mine, id.0 as usize)
+    })
+    .map_err(|e| format!("cannot start workers: {e}"))?;
+    tracing::info!(
+        "Hysteria2 client for {} ({}): {n} worker(s), {} driver, up to {} connection(s) each, \
+         {}",
+        cfg.server,
+        server,
+        group.shared.io_kinds[0],
+        cfg.pool.max_connections,
+        listening.join(", ")
+    );
+    Ok(Client {
+        group,
+        stats,
+        listening,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT (or the workers stop), then prints the pool's figures.
+pub fn wait(client: Client) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    while !stop.load(Ordering::Relaxed) && !client.group.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.group.stop();
+    let joined = client.group.join();
+    // On stderr whatever the log level: scripts and tests read this line.
+    eprintln!("pool stats: {}", client.stats);
+    joined.map_err(|e| e.to_string())
+}

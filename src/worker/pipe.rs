@@ -1,0 +1,306 @@
+//! A QUIC stream joined to a TCP socket: the byte pump under both roles' proxied TCP
+//! connections (the server's side faces the target, the client's side the local app).
+//!
+//! Backpressure couples the two sides: the QUIC stream is read only while the bytes read
+//! from it fit the TCP side (at most `MAX_TO_TCP` buffered, one send in flight), and the TCP
+//! socket is read only when everything previously read has been written into the QUIC
+//! stream. A slow reader on either side therefore stalls its own stream's flow-control
+//! window, not the connection or the worker.
+//!
+//! Closing follows [`Ends`]: one side's end half-closes the other side's direction, the
+//! other side's end tears both down, as the reference implementation does. Both halves of
+//! the QUIC stream are always closed (FIN or reset, plus STOP_SENDING), so stream credit
+//! comes back to the peer.
+
+use std::os::fd::RawFd;
+
+use quinn_proto::{ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError};
+
+use super::Io;
+use crate::engine::{Completion, SockOp};
+
+/// Bytes read from the QUIC stream that may wait for the TCP side.
+const MAX_TO_TCP: usize = 256 * 1024;
+/// Bytes read from TCP at once.
+const TCP_CHUNK: usize = 64 * 1024;
+/// QUIC application error code for streams we abort.
+pub const STREAM_ABORT: u32 = 0x101;
+
+/// Which end of the pipe tears it down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ends {
+    /// The server: EOF from the target finishes the stream and closes everything; the
+    /// client's FIN half-closes the TCP socket (its reply still flows back).
+    TcpEofCloses,
+    /// The client: the stream's FIN (the target is done) closes everything once its bytes
+    /// reached the app; the app's EOF finishes the stream (the reply still flows back).
+    QuicFinCloses,
+}
+
+/// What the caller should do after the pipe progressed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// Remove the owner: both sides are closed.
+    Remove,
+}
+
+pub struct Pipe {
+    pub ch: ConnectionHandle,
+    pub id: StreamId,
+    ends: Ends,
+    /// Set once the TCP socket is connected (or accepted); nothing moves before.
+    fd: Option<RawFd>,
+    /// QUIC → TCP bytes not yet handed to the socket.
+    to_tcp: Vec<u8>,
+    to_tcp_inflight: bool,
+    /// The stream's FIN was read.
+    quic_fin: bool,
+    /// The TCP write side was shut down after the FIN.
+    tcp_write_closed: bool,
+    /// TCP → QUIC bytes not yet accepted by the stream.
+    to_quic: Vec<u8>,
+    to_quic_off: usize,
+    tcp_recv_inflight: bool,
+    tcp_eof: bool,
+    /// Our side of the stream is finished.
+    quic_finished: bool,
+    /// Buffer recycled between TCP receives.
+    spare: Vec<u8>,
+    /// A close of the fd has been requested.
+    closing: bool,
+    /// Both sides are closed or closing.
+    done: bool,
+    /// Payload bytes QUIC → TCP and TCP → QUIC (traffic accounting).
+    pub from_quic: u64,
+    pub from_tcp: u64,
+}
+
+impl Pipe {
+    /// `to_tcp` and `to_quic` are bytes queued ahead of relayed data (a request's first
+    /// payload bytes, a protocol response).
+    pub fn new(
+        ch: ConnectionHandle,
+        id: StreamId,
+        ends: Ends,
+        to_tcp: Vec<u8>,
+        to_quic: Vec<u8>,
+    ) -> Self {
+        Pipe {
+            ch,
+            id,
+            ends,
+            fd: None,
+            to_tcp,
+            to_tcp_inflight: false,
+            quic_fin: false,
+            tcp_write_closed: false,
+            to_quic,
+            to_quic_off: 0,
+            tcp_recv_inflight: false,
+            tcp_eof: false,
+            quic_finished: false,
+            spare: Vec::new(),
+            closing: false,
+            done: false,
+            from_quic: 0,
+            from_tcp: 0,
+        }
+    }
+
+    /// The TCP socket is ready: bytes may flow. Call [`Pipe::pump`] next.
+    pub fn attach(&mut self, fd: RawFd) {
+        self.fd = Some(fd);
+    }
+
+    pub fn fd(&self) -> Option<RawFd> {
+        self.fd
+    }
+
+    /// Whether both sides are closed (or closing).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Answers the stream with `response`, finishes it and closes the socket, if any.
+    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: u64) -> After {
+        if let Some(conn) = io.conn(self.ch) {
+            let mut s = conn.send_stream(self.id);
+            let _ = s.write(response);
+            let _ = s.finish();
+            let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
+        }
+        self.done = true;
+        self.close_fd(io, token)
+    }
+
+    /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
+    pub fn abort(&mut self, io: &mut Io<'_>, token: u64) -> After {
+        if let Some(conn) = io.conn(self.ch) {
+            let _ = conn
+                .send_stream(self.id)
+                .reset(VarInt::from_u32(STREAM_ABORT));
+            let _ = conn
+                .recv_stream(self.id)
+                .stop(VarInt::from_u32(STREAM_ABORT));
+        }
+        self.done = true;
+        self.close_fd(io, token)
+    }
+
+    /// Closes the socket: `Continue` until its Close completes, `Remove` if there is none.
+    pub fn close_fd(&mut self, io: &mut Io<'_>, token: u64) -> After {
+        match (self.fd, self.closing) {
+            (Some(fd), false) => {
+                self.closing = true;
+                io.driver.sock_close(fd, token);
+                After::Continue
+            }
+            (Some(_), true) => After::Continue,
+            (None, _) => After::Remove,
+        }
+    }
+
+    /// A Send, Recv or Close of this pipe's socket completed.
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: u64) -> After {
+        match c.op {
+            SockOp::Send => {
+                self.to_tcp_inflight = false;
+                let mut buf = c.buf;
+                match c.result {
+                    Ok(n) if n < buf.len() => {
+                        // Partial write: the rest goes first next time.
+                        buf.drain(..n);
+                        buf.extend_from_slice(&self.to_tcp);
+                        self.to_tcp = buf;
+                    }
+                    Ok(_) => {
+                        if self.to_tcp.is_empty() {
+                            buf.clear();
+                            self.to_tcp = buf;
+                        }
+                    }
+                    Err(_) if self.done => return After::Continue,
+                    Err(_) => return self.abort(io, token),
+                }
+                self.pump(io, token)
+            }
+            SockOp::Recv => {
+                self.tcp_recv_inflight = false;
+                match c.result {
+                    Ok(0) => self.tcp_eof = true,
+                    Ok(n) => {
+                        self.from_tcp += n as u64;
+                        if self.to_quic_off == self.to_quic.len() {
+                            self.to_quic.clear();
+                            self.to_quic_off = 0;
+                        }
+                        self.to_quic.extend_from_slice(&c.buf[..n]);
+                    }
+                    Err(_) if self.done => return After::Continue,
+                    Err(_) => return self.abort(io, token),
+                }
+                self.spare = c.buf;
+                self.pump(io, token)
+            }
+            SockOp::Close => After::Remove,
+            _ => After::Continue,
+        }
+    }
+
+    /// Moves bytes both ways as far as buffers and credit allow.
+    pub fn pump(&mut self, io: &mut Io<'_>, token: u64) -> After {
+        let (Some(fd), false) = (self.fd, self.done) else {
+            return After::Continue;
+        };
+        let Some(conn) = io.conn(self.ch) else {
+            return self.abort(io, token);
+        };
+        // TCP → QUIC: flush what we hold.
+        while self.to_quic_off < self.to_quic.len() {
+            match conn
+                .send_stream(self.id)
+                .write(&self.to_quic[self.to_quic_off..])
+            {
+                Ok(n) => self.to_quic_off += n,
+                Err(WriteError::Blocked) => break,
+                Err(_) => return self.abort(io, token),
+            }
+        }
+        let to_quic_flushed = self.to_quic_off == self.to_quic.len();
+        if to_quic_flushed && self.tcp_eof && !self.quic_finished {
+            self.quic_finished = true;
+            match conn.send_stream(self.id).finish() {
+                Ok(()) | Err(FinishError::ClosedStream) | Err(FinishError::Stopped(_)) => {}
+            }
+            if self.ends == Ends::TcpEofCloses {
+                let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
+                self.done = true;
+                return self.close_fd(io, token);
+            }
+        }
+        // QUIC → TCP: read while there is room.
+        if !self.quic_fin && self.to_tcp.len() < MAX_TO_TCP {
+            let mut reset = false;
+            match conn.recv_stream(self.id).read(true) {
+                Ok(mut chunks) => {
+                    while self.to_tcp.len() < MAX_TO_TCP {
+                        match chunks.next(MAX_TO_TCP - self.to_tcp.len()) {
+                            Ok(Some(chunk)) => {
+                                self.from_quic += chunk.bytes.len() as u64;
+                                self.to_tcp.extend_from_slice(&chunk.bytes);
+                            }
+                            Ok(None) => {
+                                self.quic_fin = true;
+                                break;
+                            }
+                            Err(ReadError::Blocked) => break,
+                            Err(ReadError::Reset(_)) => {
+                                reset = true;
+                                break;
+                            }
+                        }
+                    }
+                    let _ = chunks.finalize();
+                }
+                Err(_) => self.quic_fin = true,
+            }
+            if reset {
+                return self.abort(io, token);
+            }
+        }
+        if !self.to_tcp_inflight && !self.to_tcp.is_empty() {
+            let buf = std::mem::take(&mut self.to_tcp);
+            self.to_tcp_inflight = true;
+            io.driver.tcp_send(fd, buf, token);
+        }
+        let to_tcp_flushed = !self.to_tcp_inflight && self.to_tcp.is_empty();
+        if self.quic_fin && to_tcp_flushed {
+            match self.ends {
+                Ends::QuicFinCloses => {
+                    // The target is done and the app has every byte: close both sides.
+                    if let Some(conn) = io.conn(self.ch) {
+                        let _ = conn.send_stream(self.id).finish();
+                    }
+                    self.done = true;
+                    return self.close_fd(io, token);
+                }
+                Ends::TcpEofCloses if !self.tcp_write_closed => {
+                    self.tcp_write_closed = true;
+                    io.driver.tcp_shutdown_write(fd);
+                }
+                Ends::TcpEofCloses => {}
+            }
+        }
+        if to_quic_flushed && !self.tcp_recv_inflight && !self.tcp_eof {
+            let mut buf = std::mem::take(&mut self.spare);
+            buf.clear();
+            if buf.capacity() < TCP_CHUNK {
+                buf.reserve(TCP_CHUNK);
+            }
+            self.tcp_recv_inflight = true;
+            io.driver.tcp_recv(fd, buf, token);
+        }
+        After::Continue
+    }
+}
