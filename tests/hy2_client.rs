@@ -923,9 +923,11 @@ fn server_kill_and_restart_quelay() {
         took < Duration::from_secs(12),
         "the failure reply took {took:.2?}"
     );
-    // Past the idle timeout the loss is known: no connection, no stream within
-    // streamOpenTimeout (3 s), general failure.
-    thread::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed()));
+    // Each worker has its own connection, and its idle timer restarts with the first
+    // keep-alive it sends after the last packet it got: every worker knows of the loss
+    // 4 s + 2 s after the kill. Then: no connection, no stream within streamOpenTimeout
+    // (3 s), general failure.
+    thread::sleep(Duration::from_secs(8).saturating_sub(killed.elapsed()));
     let (rep, took) = timed_connect(proxy, port, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("CONNECT during the outage: {e}"));
     eprintln!(

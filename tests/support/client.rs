@@ -1,5 +1,6 @@
 //! `quelay client` as a child process: writes its `client.yaml` (the official Hysteria2
-//! client's keys) or passes a share URI, waits until its local listeners are up, and stops it
+//! client's keys) or passes a share URI, waits until its local listeners are up (seen in
+//! /proc, not probed: a probe would be relayed), and stops it
 //! with SIGTERM, returning its `pool stats:` line.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::peers::yaml_str;
-use super::{free_port, tail, tempdir, udp_bound, wait_tcp_port, Child, TempDir, PASSWORD, SNI};
+use super::{free_port, tail, tcp_listening, tempdir, udp_bound, Child, TempDir, PASSWORD, SNI};
 
 /// How long the client may take to open its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -181,8 +182,7 @@ impl QuelayClient {
             &format!("TCP listeners {tcp:?} accepting, UDP ports {udp_forwards:?} bound"),
             START_TIMEOUT,
             |_| {
-                tcp.iter()
-                    .all(|&a| wait_tcp_port(a, Duration::from_millis(100)))
+                tcp.iter().all(|a| tcp_listening(a.port()))
                     && udp_forwards.iter().all(|a| udp_bound(a.port()))
             },
         );

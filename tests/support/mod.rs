@@ -16,6 +16,8 @@ mod peers;
 mod socks;
 mod targets;
 
+// Only the client tests use the client launcher.
+#[allow(unused_imports)]
 pub use client::*;
 pub use http::*;
 pub use peers::*;
@@ -298,6 +300,21 @@ pub fn udp_bound(port: u16) -> bool {
                 .skip(1)
                 .filter_map(|line| line.split_whitespace().nth(1))
                 .any(|local| local.ends_with(&want))
+        })
+    })
+}
+
+/// Whether a TCP socket (IPv4 or IPv6, any local address) listens on `port`, from
+/// /proc/net/tcp{,6} (state 0A is LISTEN). Unlike connecting to it, this leaves no trace at
+/// the listener: a forwarder would relay a probe connection to its target.
+pub fn tcp_listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let cols: Vec<&str> = line.split_whitespace().take(4).collect();
+                cols.len() == 4 && cols[1].ends_with(&want) && cols[3] == "0A"
+            })
         })
     })
 }
