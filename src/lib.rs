@@ -8,6 +8,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 #[deny(unsafe_code)]
 pub mod proto;

@@ -1,0 +1,245 @@
+//! Caps on what the relay holds: streams per user (over all of the user's connections on
+//! every worker), streams over the whole server, connections per user.
+//!
+//! Counters are shared by all workers and lock-free: a permit is acquired by
+//! compare-and-swap below the cap and released when the permit is dropped. A cap is never
+//! enforced by failing a stream: a worker that cannot get a permit parks the stream and
+//! withholds new stream credit on that connection until permits come back (see
+//! `server::hy2`), so well-behaved clients wait. The mutex guards only the user table,
+//! touched at authentication, never per stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// `u64::MAX`: no cap.
+const UNLIMITED: u64 = u64::MAX;
+
+/// One capped counter.
+#[derive(Debug)]
+pub struct Cap {
+    cap: AtomicU64,
+    held: AtomicU64,
+    /// Most held at once since start.
+    peak: AtomicU64,
+    /// Acquisitions refused at the cap.
+    hits: AtomicU64,
+}
+
+impl Cap {
+    pub fn new(cap: Option<u64>) -> Self {
+        Cap {
+            cap: AtomicU64::new(cap.unwrap_or(UNLIMITED)),
+            held: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Changes the cap; permits already held stay valid (a lower cap takes effect as they
+    /// are released).
+    pub fn set_cap(&self, cap: Option<u64>) {
+        self.cap.store(cap.unwrap_or(UNLIMITED), Ordering::Relaxed);
+    }
+
+    pub fn cap(&self) -> Option<u64> {
+        Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c != UNLIMITED)
+    }
+
+    /// Takes one unit if that stays within the cap.
+    pub fn try_acquire(&self) -> bool {
+        let cap = self.cap.load(Ordering::Relaxed);
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur >= cap {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.peak.fetch_max(cur + 1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives one unit back.
+    pub fn release(&self) {
+        self.held.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Whether an acquisition would succeed now (a hint: another worker may take it first).
+    pub fn has_room(&self) -> bool {
+        self.held.load(Ordering::Relaxed) < self.cap.load(Ordering::Relaxed)
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+/// One user's counters.
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    pub streams: Cap,
+    pub connections: Cap,
+}
+
+/// The caps as configured (`limits.*`); `None` = no cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub streams_per_user: Option<u64>,
+    pub streams: Option<u64>,
+    pub connections_per_user: Option<u64>,
+}
+
+/// Every counter of the server.
+#[derive(Debug)]
+pub struct Limits {
+    caps: Mutex<Caps>,
+    /// Streams relayed over the whole server: `limits.maxStreams`, and never more than the
+    /// outbound-socket budget.
+    pub streams: Cap,
+    /// Outbound sockets the process may open (from RLIMIT_NOFILE), folded into `streams`.
+    fd_budget: Option<u64>,
+    users: Mutex<HashMap<String, Arc<User>>>,
+}
+
+/// Holds one stream of a user; releases it when dropped.
+#[derive(Debug)]
+pub struct StreamPermit {
+    user: Arc<User>,
+    limits: Arc<Limits>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.user.streams.release();
+        self.limits.streams.release();
+    }
+}
+
+/// Holds one connection of a user; releases it when dropped.
+#[derive(Debug)]
+pub struct ConnPermit {
+    user: Arc<User>,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.user.connections.release();
+    }
+}
+
+/// File descriptors kept out of the outbound budget: listeners, io_uring, eventfds, logs,
+/// the masquerade's and the auth backend's sockets.
+const FD_RESERVE: u64 = 256;
+
+impl Limits {
+    /// `fd_limit`: RLIMIT_NOFILE (soft), when known. Each relayed stream holds one
+    /// outbound socket, so the server never relays more streams than the fds it may open.
+    pub fn new(caps: Caps, fd_limit: Option<u64>) -> Arc<Self> {
+        let fd_budget = fd_limit.map(|n| n.saturating_sub(FD_RESERVE).max(1));
+        Arc::new(Limits {
+            streams: Cap::new(min_cap(caps.streams, fd_budget)),
+            fd_budget,
+            caps: Mutex::new(caps),
+            users: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn caps(&self) -> Caps {
+        *self.caps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies new caps (a reload) to the server and every known user.
+    pub fn set_caps(&self, caps: Caps) {
+        *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = caps;
+        self.streams.set_cap(min_cap(caps.streams, self.fd_budget));
+        for u in self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            u.streams.set_cap(caps.streams_per_user);
+            u.connections.set_cap(caps.connections_per_user);
+        }
+    }
+
+    /// The counters of `name` (created on first use; called at authentication).
+    pub fn user(&self, name: &str) -> Arc<User> {
+        let caps = self.caps();
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(User {
+                    name: name.to_string(),
+                    streams: Cap::new(caps.streams_per_user),
+                    connections: Cap::new(caps.connections_per_user),
+                })
+            })
+            .clone()
+    }
+
+    /// Every user seen so far (for metrics).
+    pub fn users(&self) -> Vec<Arc<User>> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = users.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// One stream for `user`: within the user's cap and the server's.
+    pub fn acquire_stream(self: &Arc<Self>, user: &Arc<User>) -> Option<StreamPermit> {
+        if !user.streams.try_acquire() {
+            return None;
+        }
+        if !self.streams.try_acquire() {
+            user.streams.release();
+            return None;
+        }
+        Some(StreamPermit {
+            user: user.clone(),
+            limits: self.clone(),
+        })
+    }
+
+    /// Whether `user` could get a stream now (a hint for granting credit again).
+    pub fn stream_room(&self, user: &User) -> bool {
+        user.streams.has_room() && self.streams.has_room()
+    }
+
+    pub fn acquire_connection(user: &Arc<User>) -> Option<ConnPermit> {
+        user.connections
+            .try_acquire()
+            .then(|| ConnPermit { user: user.clone() })
+    }
+}
+
+fn min_cap(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests;
