@@ -2,6 +2,11 @@
 //! shares with it. Bodies are delimited by Content-Length (or, in responses, by EOF).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use base64::Engine as _;
+
+use super::SOCKS_TIMEOUT;
 
 /// Longest accepted head line, and most accepted header lines: a peer sending more is broken.
 const MAX_LINE: usize = 8 * 1024;
@@ -28,6 +33,14 @@ impl Head {
 
     pub fn content_length(&self) -> Option<u64> {
         self.header("content-length")?.parse().ok()
+    }
+
+    /// The status code of a response head.
+    pub fn status(&self) -> Option<u16> {
+        self.start
+            .strip_prefix("HTTP/1.")
+            .and_then(|s| s.get(2..5))
+            .and_then(|s| s.parse::<u16>().ok())
     }
 
     pub fn wants_close(&self) -> bool {
@@ -125,10 +138,7 @@ fn read_response<S: Read>(stream: &mut S) -> io::Result<(u16, Vec<u8>)> {
         )
     })?;
     let status = head
-        .start
-        .strip_prefix("HTTP/1.")
-        .and_then(|s| s.get(2..5))
-        .and_then(|s| s.parse::<u16>().ok())
+        .status()
         .ok_or_else(|| invalid(format!("bad status line {:?}", head.start)))?;
     let mut body = Vec::new();
     match head.content_length() {
@@ -150,4 +160,70 @@ fn read_response<S: Read>(stream: &mut S) -> io::Result<(u16, Vec<u8>)> {
         }
     }
     Ok((status, body))
+}
+
+/// Reads a message head one byte at a time, so that nothing after it is consumed (the bytes
+/// of a CONNECT tunnel follow the proxy's response head). `None` if the stream ends cleanly
+/// before the head starts.
+pub fn read_head_unbuffered(r: &mut impl Read) -> io::Result<Option<Head>> {
+    let mut head = Vec::new();
+    let mut byte = [0];
+    while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
+        if head.len() > MAX_LINE * 4 {
+            return Err(invalid(format!(
+                "response head over {} bytes",
+                MAX_LINE * 4
+            )));
+        }
+        if r.read(&mut byte)? == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "stream ended inside a head: {:?}",
+                    String::from_utf8_lossy(&head)
+                ),
+            ));
+        }
+        head.push(byte[0]);
+    }
+    read_head(&mut &head[..])
+}
+
+/// The value of a `Proxy-Authorization: Basic` field for `user:pass`.
+pub fn basic_auth(user: &str, pass: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    format!("Basic {token}")
+}
+
+/// Connects to the HTTP proxy at `proxy` (with `SOCKS_TIMEOUT` timeouts) and sends
+/// `CONNECT target`, with Basic credentials if given. Returns the response head and the
+/// stream, positioned at the first tunnel byte when the status is 200.
+pub fn http_connect(
+    proxy: SocketAddr,
+    target: &str,
+    auth: Option<(&str, &str)>,
+) -> io::Result<(Head, TcpStream)> {
+    let mut s = TcpStream::connect_timeout(&proxy, SOCKS_TIMEOUT)?;
+    s.set_read_timeout(Some(SOCKS_TIMEOUT))?;
+    s.set_write_timeout(Some(SOCKS_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some((user, pass)) = auth {
+        req.push_str(&format!(
+            "Proxy-Authorization: {}\r\n",
+            basic_auth(user, pass)
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let head = read_head_unbuffered(&mut s)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "proxy closed before answering CONNECT",
+        )
+    })?;
+    Ok((head, s))
 }

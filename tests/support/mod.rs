@@ -1,7 +1,8 @@
 //! Helpers for the integration tests that run real processes over loopback: child processes
 //! that die with their owner, ports, scratch directories and certificates (this file); the
 //! targets proxied traffic reaches (`targets`); a SOCKS5 client (`socks`) and an HTTP/1.1
-//! client (`http`); and the Hysteria2 peers, sing-box and quelay (`peers`).
+//! client (`http`); the Hysteria2 peers, sing-box and quelay (`peers`); and `quelay client`
+//! (`client`).
 //!
 //! Every wait is bounded, and every thread and child process stops when its owner is dropped,
 //! including while a failing test unwinds. Traffic stays on 127.0.0.1.
@@ -9,11 +10,15 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+mod client;
 mod http;
 mod peers;
 mod socks;
 mod targets;
 
+// Only the client tests use the client launcher.
+#[allow(unused_imports)]
+pub use client::*;
 pub use http::*;
 pub use peers::*;
 pub use socks::*;
@@ -23,7 +28,7 @@ use std::fs::{self, File};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{self, Command, Stdio};
+use std::process::{self, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::thread;
@@ -118,6 +123,57 @@ impl Child {
     /// Everything the child has written to stderr so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether the child is still running (reaping it if it has exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.proc.try_wait(), Ok(None))
+    }
+
+    /// Sends signal `sig` (a `libc::SIG*`) to the child. A child already reaped is left alone:
+    /// its pid may belong to another process by now.
+    pub fn signal(&mut self, sig: i32) {
+        if !self.is_running() {
+            return;
+        }
+        let pid = i32::try_from(self.proc.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}) for {}: {}",
+            self.name,
+            io::Error::last_os_error()
+        );
+    }
+
+    /// SIGKILL, then reap: the child is gone when this returns.
+    pub fn kill(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the child to exit; returns how it exited.
+    /// Panics, quoting its output, if it is still running then (after a SIGKILL).
+    pub fn stop_with(&mut self, sig: i32, timeout: Duration) -> ExitStatus {
+        self.signal(sig);
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.proc.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    self.kill();
+                    panic!(
+                        "{} still running {timeout:?} after signal {sig}; killed it. stderr:\n{}",
+                        self.name,
+                        tail(&self.stderr(), 40)
+                    );
+                }
+                Err(e) => panic!("cannot poll {}: {e}", self.name),
+            }
+        }
     }
 
     /// Panics, quoting the child's output, if it has exited.
@@ -244,6 +300,21 @@ pub fn udp_bound(port: u16) -> bool {
                 .skip(1)
                 .filter_map(|line| line.split_whitespace().nth(1))
                 .any(|local| local.ends_with(&want))
+        })
+    })
+}
+
+/// Whether a TCP socket (IPv4 or IPv6, any local address) listens on `port`, from
+/// /proc/net/tcp{,6} (state 0A is LISTEN). Unlike connecting to it, this leaves no trace at
+/// the listener: a forwarder would relay a probe connection to its target.
+pub fn tcp_listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let cols: Vec<&str> = line.split_whitespace().take(4).collect();
+                cols.len() == 4 && cols[1].ends_with(&want) && cols[3] == "0A"
+            })
         })
     })
 }

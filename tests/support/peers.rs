@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// A YAML double-quoted scalar (the JSON escapes are valid YAML).
-fn yaml_str(s: &str) -> String {
+pub(super) fn yaml_str(s: &str) -> String {
     json_str(s)
 }
 
@@ -241,11 +242,15 @@ impl Hy2Server for SingboxServer {
     }
 }
 
-/// `quelay server -c server.yaml`, configured with the official Hysteria2 server keys.
+/// `quelay server -c server.yaml`, configured with the official Hysteria2 server keys. It can
+/// be killed and started again on the same port with the same certificate and config.
 pub struct QuelayServer {
     child: Child,
     addr: SocketAddr,
-    _dir: TempDir,
+    config: PathBuf,
+    /// Starts so far, to give each run's output files their own names.
+    runs: u32,
+    dir: TempDir,
 }
 
 impl QuelayServer {
@@ -272,23 +277,45 @@ impl QuelayServer {
         }
         let path = dir.join("server.yaml");
         fs::write(&path, config).expect("write server.yaml");
+        let child = Self::spawn("quelay-server", &path, addr, &dir);
+        QuelayServer {
+            child,
+            addr,
+            config: path,
+            runs: 1,
+            dir,
+        }
+    }
+
+    fn spawn(name: &str, config: &Path, addr: SocketAddr, dir: &Path) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
         cmd.arg("server")
             .arg("-c")
-            .arg(&path)
+            .arg(config)
             .env("QUELAY_LOG", "info")
-            .current_dir(dir.path());
-        let mut child = Child::spawn("quelay-server", cmd, dir.path());
+            .current_dir(dir);
+        let mut child = Child::spawn(name, cmd, dir);
         child.wait_ready(
             &format!("UDP port {} bound", addr.port()),
             START_TIMEOUT,
             |_| udp_bound(addr.port()),
         );
-        QuelayServer {
-            child,
-            addr,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// SIGKILL: the server vanishes without a word to its clients.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Kills the server if it still runs, then starts it again with the same config (same
+    /// port, certificate and password) and waits until its UDP port is bound. Its output
+    /// goes to `quelay-server.N.std{out,err}`.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        self.runs += 1;
+        let name = format!("quelay-server.{}", self.runs);
+        self.child = Self::spawn(&name, &self.config, self.addr, &self.dir);
     }
 
     /// The YAML `ServerOpts` stand for.

@@ -1,5 +1,5 @@
-//! A SOCKS5 client (RFC 1928, "no authentication" only): CONNECT, and UDP ASSOCIATE with the
-//! UDP request header of section 7.
+//! A SOCKS5 client (RFC 1928): "no authentication" or username/password (RFC 1929), CONNECT,
+//! and UDP ASSOCIATE with the UDP request header of section 7.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -11,8 +11,10 @@ pub const SOCKS_TIMEOUT: Duration = Duration::from_secs(30);
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
-const CMD_CONNECT: u8 = 1;
-const CMD_UDP_ASSOCIATE: u8 = 3;
+const USER_PASS: u8 = 2;
+pub const CMD_CONNECT: u8 = 1;
+pub const CMD_BIND: u8 = 2;
+pub const CMD_UDP_ASSOCIATE: u8 = 3;
 const ATYP_V4: u8 = 1;
 const ATYP_DOMAIN: u8 = 3;
 const ATYP_V6: u8 = 4;
@@ -22,7 +24,7 @@ fn proto_err(msg: String) -> io::Error {
 }
 
 /// The text of a SOCKS5 reply code (RFC 1928 section 6).
-fn reply_text(rep: u8) -> &'static str {
+pub fn reply_text(rep: u8) -> &'static str {
     match rep {
         1 => "general SOCKS server failure",
         2 => "connection not allowed by ruleset",
@@ -38,7 +40,7 @@ fn reply_text(rep: u8) -> &'static str {
 
 /// Appends ATYP, DST.ADDR and DST.PORT: an IP literal as an address, anything else as a
 /// domain name.
-fn push_addr(buf: &mut Vec<u8>, host: &str, port: u16) -> io::Result<()> {
+pub fn push_addr(buf: &mut Vec<u8>, host: &str, port: u16) -> io::Result<()> {
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => {
             buf.push(ATYP_V4);
@@ -101,25 +103,84 @@ fn read_addr(r: &mut impl Read) -> io::Result<SocksAddr> {
     Ok(SocksAddr::Ip(SocketAddr::new(ip, u16::from_be_bytes(port))))
 }
 
-/// Opens a TCP connection to the proxy and negotiates "no authentication".
-fn open(proxy: SocketAddr) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect_timeout(&proxy, SOCKS_TIMEOUT)?;
+/// Opens a TCP connection to the proxy with `SOCKS_TIMEOUT` read and write timeouts.
+fn dial(proxy: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&proxy, SOCKS_TIMEOUT)?;
     s.set_read_timeout(Some(SOCKS_TIMEOUT))?;
     s.set_write_timeout(Some(SOCKS_TIMEOUT))?;
     s.set_nodelay(true)?;
-    s.write_all(&[VERSION, 1, NO_AUTH])?;
+    Ok(s)
+}
+
+/// Offers the one method `method` and checks the proxy chose it.
+fn negotiate(s: &mut TcpStream, method: u8) -> io::Result<()> {
+    s.write_all(&[VERSION, 1, method])?;
     let mut choice = [0; 2];
     s.read_exact(&mut choice)?;
-    if choice != [VERSION, NO_AUTH] {
+    if choice != [VERSION, method] {
         return Err(proto_err(format!(
-            "proxy refused \"no authentication\": answered {choice:?}"
+            "proxy refused method {method:#04x}: answered {choice:02x?}"
         )));
+    }
+    Ok(())
+}
+
+/// Opens a TCP connection to the proxy and negotiates "no authentication".
+fn open(proxy: SocketAddr) -> io::Result<TcpStream> {
+    let mut s = dial(proxy)?;
+    negotiate(&mut s, NO_AUTH)?;
+    Ok(s)
+}
+
+/// A connection to the proxy that has negotiated "no authentication" and is ready for a
+/// request (`socks5_request`); `SOCKS_TIMEOUT` read and write timeouts.
+pub fn socks5_greet(proxy: SocketAddr) -> io::Result<TcpStream> {
+    open(proxy)
+}
+
+/// Like `socks5_greet`, with username/password authentication (RFC 1929). A STATUS other
+/// than 0 is a `PermissionDenied` error naming it.
+pub fn socks5_greet_auth(proxy: SocketAddr, user: &str, pass: &str) -> io::Result<TcpStream> {
+    let mut s = dial(proxy)?;
+    negotiate(&mut s, USER_PASS)?;
+    let status = socks5_auth(&mut s, user, pass)?;
+    if status != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("username/password refused: status {status:#04x}"),
+        ));
     }
     Ok(s)
 }
 
-/// Sends a request and reads the reply; returns BND.ADDR:BND.PORT.
-fn request(s: &mut TcpStream, cmd: u8, host: &str, port: u16) -> io::Result<SocksAddr> {
+/// Sends the RFC 1929 sub-negotiation and returns the proxy's STATUS (0 = success).
+pub fn socks5_auth(s: &mut TcpStream, user: &str, pass: &str) -> io::Result<u8> {
+    let (ulen, plen) = (
+        u8::try_from(user.len()).expect("username under 256 bytes"),
+        u8::try_from(pass.len()).expect("password under 256 bytes"),
+    );
+    let mut msg = vec![1, ulen];
+    msg.extend_from_slice(user.as_bytes());
+    msg.push(plen);
+    msg.extend_from_slice(pass.as_bytes());
+    s.write_all(&msg)?;
+    let mut reply = [0; 2];
+    s.read_exact(&mut reply)?;
+    if reply[0] != 1 {
+        return Err(proto_err(format!("auth reply version {}", reply[0])));
+    }
+    Ok(reply[1])
+}
+
+/// Sends a request on a negotiated connection and reads the reply, whatever its REP:
+/// returns REP and BND.ADDR:BND.PORT (`None` for a failure reply whose address did not
+/// arrive whole: the proxy closes after a failure).
+pub fn socks5_request(
+    s: &mut TcpStream,
+    cmd: u8,
+    host: &str,
+    port: u16,
+) -> io::Result<(u8, Option<SocksAddr>)> {
     let mut req = vec![VERSION, cmd, 0];
     push_addr(&mut req, host, port)?;
     s.write_all(&req)?;
@@ -128,13 +189,23 @@ fn request(s: &mut TcpStream, cmd: u8, host: &str, port: u16) -> io::Result<Sock
     if head[0] != VERSION {
         return Err(proto_err(format!("reply version {}", head[0])));
     }
-    if head[1] != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("SOCKS5 reply {}: {}", head[1], reply_text(head[1])),
-        ));
+    let bind = read_addr(s);
+    match head[1] {
+        0 => Ok((0, Some(bind?))),
+        rep => Ok((rep, bind.ok())),
     }
-    read_addr(s)
+}
+
+/// Sends a request and reads the reply; returns BND.ADDR:BND.PORT. A failure reply is a
+/// `ConnectionRefused` error naming the code.
+fn request(s: &mut TcpStream, cmd: u8, host: &str, port: u16) -> io::Result<SocksAddr> {
+    match socks5_request(s, cmd, host, port)? {
+        (0, Some(bind)) => Ok(bind),
+        (rep, _) => Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("SOCKS5 reply {rep}: {}", reply_text(rep)),
+        )),
+    }
 }
 
 /// A TCP stream to `host:port` through the SOCKS5 proxy at `proxy` (CONNECT). `host` goes as

@@ -51,6 +51,21 @@ struct Counters {
     requests: AtomicUsize,
 }
 
+/// Accept queue of the targets' listeners. std's `TcpListener::bind` asks for 128, which a
+/// burst of a thousand connects from a relay overflows: the relay's connect succeeds, the
+/// target never accepts, and the stream ends empty. The kernel caps this at somaxconn.
+const BACKLOG: i32 = 4096;
+
+/// A TCP listener on a free 127.0.0.1 port with a `BACKLOG` accept queue.
+fn listen_loopback() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("TCP socket");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    sock.bind(&addr.into()).expect("bind 127.0.0.1:0");
+    sock.listen(BACKLOG).expect("listen");
+    sock.into()
+}
+
 /// A TCP listener on 127.0.0.1 with one thread per connection running `handle`.
 struct TcpService {
     addr: SocketAddr,
@@ -68,7 +83,7 @@ impl TcpService {
     where
         H: Fn(TcpStream, &Counters) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener = listen_loopback();
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
