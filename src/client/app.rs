@@ -601,10 +601,7 @@ impl ClientApp {
             }
             SockOp::Recv => {
                 l.receiving = false;
-                let n = match c.result {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                let n = c.result.unwrap_or_default();
                 let data = &c.buf[..n];
                 match &mut l.phase {
                     Phase::Closing { drained } => {
@@ -889,6 +886,7 @@ impl App for ClientApp {
                     return drain(io, ch, id);
                 }
                 if self.pool.on_auth_readable(io, ch, id) {
+                    self.udp.flush_pending(io, &self.pool);
                     return self.dispatch(io);
                 }
                 self.on_stream(io, ch, id);
@@ -905,10 +903,7 @@ impl App for ClientApp {
         match c.token & KIND_MASK {
             TOKEN_LISTENER => self.on_accept(io, key, c),
             TOKEN_LOCAL => self.on_local(io, key, gen, c),
-            TOKEN_UDP => {
-                let pool = &mut self.pool;
-                self.udp.on_completion(io, c, pool);
-            }
+            TOKEN_UDP => self.udp.on_completion(io, c, &self.pool),
             _ => {
                 // A socket handed to us for nobody (an accept after its listener closed).
                 if let (SockOp::Accept, Ok(fd)) = (c.op, &c.result) {

@@ -32,6 +32,8 @@ use crate::worker::Io;
 const RECV_BUF: usize = MAX_UDP_PAYLOAD + 512;
 /// Datagrams to the app in flight per socket before new ones are dropped.
 const MAX_SENDS: usize = 256;
+/// Datagrams held while no connection is up (the first ones after start or a reconnect).
+const MAX_PENDING: usize = 256;
 
 /// `udpForwarding` entry: datagrams to the local socket go to `remote`.
 #[derive(Clone, Debug)]
@@ -76,8 +78,9 @@ pub struct Udp {
     next_id: u32,
     gen: u32,
     stats: Arc<PoolStats>,
-    /// A datagram found no connection: the pool should open one.
-    want: bool,
+    /// Datagrams that found no connection, sent once one is up: (session, address,
+    /// payload).
+    pending: std::collections::VecDeque<(u32, String, Vec<u8>)>,
     /// Earliest forwarder session expiry.
     next_expiry: Option<Instant>,
 }
@@ -92,13 +95,24 @@ impl Udp {
             next_id: (worker as u32) << 24,
             gen: 0,
             stats,
-            want: false,
+            pending: std::collections::VecDeque::new(),
             next_expiry: None,
         }
     }
 
+    /// Datagrams wait for a connection: the pool should open one.
     pub fn wants_connection(&self) -> bool {
-        self.want
+        !self.pending.is_empty()
+    }
+
+    /// Sends the datagrams that waited for a connection, if one is up now.
+    pub fn flush_pending(&mut self, io: &mut Io<'_>, pool: &Pool) {
+        if self.pending.is_empty() || pool.pick_udp().is_none() {
+            return;
+        }
+        for (id, addr, payload) in std::mem::take(&mut self.pending) {
+            self.send(io, id, &addr, &payload, pool);
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -199,7 +213,7 @@ impl Udp {
         }
     }
 
-    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &mut Pool) {
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &Pool) {
         let key = (c.token & 0xffff_ffff) as usize;
         let gen = ((c.token >> 32) & 0x0fff_ffff) as u32;
         match self.socks.get(key) {
@@ -212,7 +226,7 @@ impl Udp {
                     return;
                 }
                 if let (Ok(n), Some(peer)) = (c.result, c.peer) {
-                    self.from_app(io, key, peer, &c.buf[..n], pool);
+                    self.app_datagram(io, key, peer, &c.buf[..n], pool);
                 }
                 self.post_recv(io, key);
             }
@@ -238,13 +252,13 @@ impl Udp {
     }
 
     /// A datagram from the app.
-    fn from_app(
+    fn app_datagram(
         &mut self,
         io: &mut Io<'_>,
         key: usize,
         peer: SocketAddr,
         data: &[u8],
-        pool: &mut Pool,
+        pool: &Pool,
     ) {
         let now = io.now;
         let (id, addr, payload) = match &mut self.socks[key].kind {
@@ -293,10 +307,16 @@ impl Udp {
         if payload.is_empty() || payload.len() > MAX_UDP_PAYLOAD {
             return self.dropped();
         }
+        self.send(io, id, &addr, payload, pool);
+    }
+
+    /// Sends one packet of session `id` as UDPMessages on the session's connection (or a
+    /// new one); holds it while no connection is up.
+    fn send(&mut self, io: &mut Io<'_>, id: u32, addr: &str, payload: &[u8], pool: &Pool) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        s.last = now;
+        s.last = io.now;
         let ready = |ch: ConnectionHandle| pool.conns.iter().any(|c| c.ch == ch && c.is_ready());
         let ch = match s.ch.filter(|&ch| ready(ch)) {
             Some(ch) => ch,
@@ -307,12 +327,15 @@ impl Udp {
                     ch
                 }
                 None => {
-                    self.want = true;
-                    return self.dropped();
+                    if self.pending.len() >= MAX_PENDING {
+                        return self.dropped();
+                    }
+                    self.pending
+                        .push_back((id, addr.to_string(), payload.to_vec()));
+                    return;
                 }
             },
         };
-        self.want = false;
         s.packet_id = s.packet_id.wrapping_add(1);
         let packet_id = s.packet_id;
         let Some(qc) = io.conn(ch) else {
@@ -321,7 +344,7 @@ impl Udp {
         let Some(max) = qc.datagrams().max_size() else {
             return self.dropped();
         };
-        let Ok(frags) = fragment(id, packet_id, &addr, payload, max) else {
+        let Ok(frags) = fragment(id, packet_id, addr, payload, max) else {
             return self.dropped();
         };
         for f in frags {
