@@ -1,6 +1,8 @@
 //! Counters. Each worker owns one [`WorkerCounters`] and is its only writer (relaxed
 //! stores, no contention); readers (tests, the metrics endpoint) sum them.
 
+pub mod prometheus;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// One worker's counters, cache-line aligned so workers never share a line.
@@ -41,6 +43,19 @@ pub struct WorkerCounters {
     /// Loop iterations, and those that ended in a blocking wait.
     pub loops: AtomicU64,
     pub waits: AtomicU64,
+    /// Proxy streams relayed since start, and relayed now (each holds a stream permit).
+    pub streams_relayed: AtomicU64,
+    pub streams_open: AtomicU64,
+    /// Proxy streams waiting for a permit (a cap was reached), now.
+    pub streams_parked: AtomicU64,
+    /// Times a connection's stream credit was withheld at a cap.
+    pub credit_withheld: AtomicU64,
+    /// Proxy streams refused: malformed requests, targets the outbound guard refuses.
+    pub streams_refused: AtomicU64,
+    /// Window updates sent (MAX_DATA and MAX_STREAM_DATA frames): by connections gone,
+    /// and by live ones (refreshed every second).
+    pub window_updates_closed: AtomicU64,
+    pub window_updates_live: AtomicU64,
 }
 
 macro_rules! fields {
@@ -64,7 +79,14 @@ macro_rules! fields {
             connections_total,
             accept_errors,
             loops,
-            waits
+            waits,
+            streams_relayed,
+            streams_open,
+            streams_parked,
+            credit_withheld,
+            streams_refused,
+            window_updates_closed,
+            window_updates_live
         )
     };
 }
@@ -91,6 +113,13 @@ pub struct Snapshot {
     pub accept_errors: u64,
     pub loops: u64,
     pub waits: u64,
+    pub streams_relayed: u64,
+    pub streams_open: u64,
+    pub streams_parked: u64,
+    pub credit_withheld: u64,
+    pub streams_refused: u64,
+    pub window_updates_closed: u64,
+    pub window_updates_live: u64,
 }
 
 impl WorkerCounters {

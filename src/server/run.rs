@@ -42,7 +42,6 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
     let ignored = [
         (cfg.sniff.is_some(), "sniff"),
         (cfg.traffic_stats.is_some(), "trafficStats"),
-        (cfg.metrics.is_some(), "metrics"),
     ];
     for (set, key) in ignored {
         if set {
@@ -206,6 +205,14 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             "salamander"
         },
     );
+    if let Some(m) = &cfg.metrics {
+        let counters = group.shared.counters.clone();
+        let limits = hy2.limits.clone();
+        crate::metrics::prometheus::serve(m.listen, move || {
+            crate::metrics::prometheus::render(&counters, Some(&limits))
+        })?;
+        tracing::info!("metrics on http://{}/metrics", m.listen);
+    }
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
         group,

@@ -39,6 +39,8 @@ pub struct Io<'a> {
     pub now: Instant,
     pub worker: WorkerId,
     pub driver: &'a mut dyn Driver,
+    /// This worker's counters (single writer: use `WorkerCounters::add`/`set`).
+    pub counters: &'a crate::metrics::WorkerCounters,
     pub(super) endpoint: &'a mut Endpoint,
     pub(super) conns: &'a mut ConnTable,
     pub(super) client_config: Option<&'a ClientConfig>,

@@ -58,6 +58,8 @@ pub(super) struct State<A: App> {
     /// Responses waiting for the driver.
     pub responses: Vec<(Transmit, Vec<u8>)>,
     pub sock_done: Vec<Completion>,
+    /// When `publish` next sums the live connections' window updates.
+    pub window_scan: Instant,
 }
 
 impl<A: App> Worker<A> {
@@ -114,6 +116,7 @@ impl<A: App> Worker<A> {
                     now,
                     worker: st.id,
                     driver: self.driver.as_mut(),
+                    counters: &st.counters,
                     endpoint: &mut st.endpoint,
                     conns: &mut st.conns,
                     client_config: st.client_config.as_ref(),
@@ -144,7 +147,7 @@ impl<A: App> Worker<A> {
                     self.pass(now, ch);
                 }
             }
-            self.publish();
+            self.publish(now);
 
             let busy = more_rx
                 || self.state.conns.has_dirty()
@@ -195,7 +198,13 @@ impl<A: App> Worker<A> {
             }
             let Some(ev) = conn.poll() else {
                 if drained {
-                    st.conns.remove(ch);
+                    if let Some(c) = st.conns.remove(ch) {
+                        let f = c.stats().frame_tx;
+                        WorkerCounters::add(
+                            &st.counters.window_updates_closed,
+                            f.max_data + f.max_stream_data,
+                        );
+                    }
                     return;
                 }
                 break;
@@ -204,6 +213,7 @@ impl<A: App> Worker<A> {
                 now,
                 worker: st.id,
                 driver: self.driver.as_mut(),
+                counters: &st.counters,
                 endpoint: &mut st.endpoint,
                 conns: &mut st.conns,
                 client_config: st.client_config.as_ref(),
@@ -283,7 +293,20 @@ impl<A: App> Worker<A> {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self, now: Instant) {
+        if now >= self.state.window_scan {
+            // Once a second: the window updates live connections have sent so far.
+            self.state.window_scan = now + Duration::from_secs(1);
+            let handles: Vec<_> = self.state.conns.handles().collect();
+            let mut live = 0;
+            for ch in handles {
+                if let Some(c) = self.state.conns.get(ch) {
+                    let f = c.stats().frame_tx;
+                    live += f.max_data + f.max_stream_data;
+                }
+            }
+            WorkerCounters::set(&self.state.counters.window_updates_live, live);
+        }
         let s = self.driver.stats();
         let c = &self.state.counters;
         WorkerCounters::set(&c.rx_datagrams, s.rx_datagrams);

@@ -197,6 +197,7 @@ where
                         response_buf: Vec::new(),
                         responses: Vec::new(),
                         sock_done: Vec::new(),
+                        window_scan: std::time::Instant::now(),
                     },
                 };
                 worker.run();

@@ -29,6 +29,7 @@ use super::guard::OutboundGuard;
 use super::offload::{Offload, OffloadClient, Outcome};
 use crate::engine::{Completion, SockOp};
 use crate::limits::{ConnPermit, Limits, StreamPermit, User};
+use crate::metrics::WorkerCounters;
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::worker::{App, Io};
@@ -535,6 +536,7 @@ impl Hy2App {
         let ok = self.ok_response();
         let mut relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
         relay.permit = Some(permit);
+        WorkerCounters::add(&io.counters.streams_relayed, 1);
         let key = self.relays.insert((gen, relay));
         if let Some(conn) = self.conns.get_mut(&ch) {
             conn.bidi.insert(id, Bidi::Relay(key));
@@ -691,6 +693,11 @@ impl App for Hy2App {
         if self.caps_deadline(now).is_some() {
             self.recheck_caps(io);
         }
+        let c = io.counters;
+        WorkerCounters::set(&c.streams_open, self.relays.len() as u64);
+        WorkerCounters::set(&c.streams_parked, self.parked.len() as u64);
+        WorkerCounters::set(&c.credit_withheld, self.credit_withheld);
+        WorkerCounters::set(&c.streams_refused, self.refused);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

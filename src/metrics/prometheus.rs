@@ -1,0 +1,327 @@
+//! Prometheus text exposition (format 0.0.4) of the workers' counters and the caps, and a
+//! small HTTP endpoint serving it (`metrics.listen`), off the data path.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{Snapshot, WorkerCounters};
+use crate::limits::Limits;
+
+/// (name, type, help, value) of each per-worker series.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> u64,
+);
+
+const WORKER_SERIES: &[Series] = &[
+    (
+        "quelay_rx_datagrams_total",
+        "counter",
+        "UDP datagrams received (GRO segments counted one by one).",
+        |s| s.rx_datagrams,
+    ),
+    (
+        "quelay_rx_bytes_total",
+        "counter",
+        "UDP bytes received.",
+        |s| s.rx_bytes,
+    ),
+    (
+        "quelay_rx_gro_batches_total",
+        "counter",
+        "Receives that coalesced more than one datagram (GRO).",
+        |s| s.rx_gro_batches,
+    ),
+    (
+        "quelay_tx_datagrams_total",
+        "counter",
+        "UDP datagrams sent.",
+        |s| s.tx_datagrams,
+    ),
+    ("quelay_tx_bytes_total", "counter", "UDP bytes sent.", |s| {
+        s.tx_bytes
+    }),
+    (
+        "quelay_tx_gso_batches_total",
+        "counter",
+        "Sends carrying a GSO batch.",
+        |s| s.tx_gso_batches,
+    ),
+    (
+        "quelay_tx_errors_total",
+        "counter",
+        "Sends that failed (QUIC retransmits).",
+        |s| s.tx_errors,
+    ),
+    (
+        "quelay_gso_disabled_total",
+        "counter",
+        "Times GSO was switched off after a send failure.",
+        |s| s.gso_disabled,
+    ),
+    (
+        "quelay_rx_malformed_total",
+        "counter",
+        "Datagrams too short or malformed to route.",
+        |s| s.rx_malformed,
+    ),
+    (
+        "quelay_rx_dropped_total",
+        "counter",
+        "Datagrams QUIC dropped (undecryptable, unknown connection).",
+        |s| s.rx_dropped,
+    ),
+    (
+        "quelay_forwarded_out_total",
+        "counter",
+        "Datagrams handed to the worker that owns their connection.",
+        |s| s.forwarded_out,
+    ),
+    (
+        "quelay_forwarded_in_total",
+        "counter",
+        "Datagrams received from other workers.",
+        |s| s.forwarded_in,
+    ),
+    (
+        "quelay_forward_dropped_total",
+        "counter",
+        "Forwarded datagrams lost to a full queue.",
+        |s| s.forward_dropped,
+    ),
+    (
+        "quelay_connections",
+        "gauge",
+        "QUIC connections held.",
+        |s| s.connections,
+    ),
+    (
+        "quelay_connections_total",
+        "counter",
+        "QUIC connections accepted.",
+        |s| s.connections_total,
+    ),
+    (
+        "quelay_accept_errors_total",
+        "counter",
+        "Incoming connections refused during set-up.",
+        |s| s.accept_errors,
+    ),
+    (
+        "quelay_loops_total",
+        "counter",
+        "Worker loop iterations (load: compare with waits).",
+        |s| s.loops,
+    ),
+    (
+        "quelay_waits_total",
+        "counter",
+        "Worker loop iterations that blocked waiting for I/O.",
+        |s| s.waits,
+    ),
+    (
+        "quelay_streams_relayed_total",
+        "counter",
+        "Proxy streams relayed.",
+        |s| s.streams_relayed,
+    ),
+    (
+        "quelay_streams_open",
+        "gauge",
+        "Proxy streams relayed now.",
+        |s| s.streams_open,
+    ),
+    (
+        "quelay_streams_parked",
+        "gauge",
+        "Proxy streams waiting for a permit at a cap.",
+        |s| s.streams_parked,
+    ),
+    (
+        "quelay_credit_withheld_total",
+        "counter",
+        "Times a connection's stream credit was withheld at a cap.",
+        |s| s.credit_withheld,
+    ),
+    (
+        "quelay_streams_refused_total",
+        "counter",
+        "Proxy streams refused (malformed, outbound guard).",
+        |s| s.streams_refused,
+    ),
+    (
+        "quelay_window_updates_total",
+        "counter",
+        "Flow-control window updates sent (MAX_DATA, MAX_STREAM_DATA).",
+        |s| s.window_updates_closed + s.window_updates_live,
+    ),
+];
+
+/// The exposition of `workers` and, for a server, its caps.
+pub fn render(workers: &[Arc<WorkerCounters>], limits: Option<&Limits>) -> String {
+    let snaps: Vec<Snapshot> = workers.iter().map(|w| w.snapshot()).collect();
+    let mut out = String::with_capacity(8192);
+    for (name, ty, help, get) in WORKER_SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+        for (i, s) in snaps.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(s));
+        }
+    }
+    if let Some(l) = limits {
+        render_limits(&mut out, l);
+    }
+    out
+}
+
+fn render_limits(out: &mut String, l: &Limits) {
+    let caps = l.caps();
+    let cap = |c: Option<u64>| c.map_or(-1.0, |c| c as f64);
+    let gauge = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    gauge(
+        out,
+        "quelay_streams_cap",
+        "Cap on proxy streams over the server (-1: none).",
+    );
+    let _ = writeln!(out, "quelay_streams_cap {}", cap(l.streams.cap()));
+    gauge(
+        out,
+        "quelay_streams_held",
+        "Stream permits held over the server.",
+    );
+    let _ = writeln!(out, "quelay_streams_held {}", l.streams.held());
+    gauge(
+        out,
+        "quelay_streams_peak",
+        "Most stream permits held at once over the server.",
+    );
+    let _ = writeln!(out, "quelay_streams_peak {}", l.streams.peak());
+    let _ = writeln!(
+        out,
+        "# HELP quelay_streams_cap_hits_total Stream permits refused at the server's cap.\n\
+         # TYPE quelay_streams_cap_hits_total counter\nquelay_streams_cap_hits_total {}",
+        l.streams.hits()
+    );
+    let users = l.users();
+    let per_user: [(&str, &str, &str, fn(&crate::limits::User) -> u64); 5] = [
+        (
+            "quelay_user_streams_open",
+            "gauge",
+            "Streams relayed now for the user.",
+            |u| u.streams.held(),
+        ),
+        (
+            "quelay_user_streams_peak",
+            "gauge",
+            "Most streams relayed at once for the user.",
+            |u| u.streams.peak(),
+        ),
+        (
+            "quelay_user_stream_cap_hits_total",
+            "counter",
+            "Stream permits refused at the user's cap.",
+            |u| u.streams.hits(),
+        ),
+        (
+            "quelay_user_connections",
+            "gauge",
+            "Connections of the user holding a connection permit.",
+            |u| u.connections.held(),
+        ),
+        (
+            "quelay_user_connection_cap_hits_total",
+            "counter",
+            "Connection permits refused at the user's cap.",
+            |u| u.connections.hits(),
+        ),
+    ];
+    for (name, ty, help, get) in per_user {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+        for u in &users {
+            let _ = writeln!(out, "{name}{{user=\"{}\"}} {}", escape(&u.name), get(u));
+        }
+    }
+    gauge(
+        out,
+        "quelay_user_streams_cap",
+        "Cap on each user's streams (-1: none).",
+    );
+    let _ = writeln!(
+        out,
+        "quelay_user_streams_cap {}",
+        cap(caps.streams_per_user)
+    );
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `listen` from a thread of its own; `render` builds the page.
+pub fn serve(
+    listen: SocketAddr,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<(), String> {
+    let server = tiny_http::Server::http(listen)
+        .map_err(|e| format!("metrics.listen: cannot listen on {listen}: {e}"))?;
+    std::thread::Builder::new()
+        .name("quelay-metrics".into())
+        .spawn(move || {
+            let content_type = tiny_http::Header::from_bytes(
+                &b"Content-Type"[..],
+                &b"text/plain; version=0.0.4; charset=utf-8"[..],
+            )
+            .expect("static header");
+            for req in server.incoming_requests() {
+                let path = req.url().split('?').next().unwrap_or("");
+                let resp = if path == "/metrics" && *req.method() == tiny_http::Method::Get {
+                    tiny_http::Response::from_string(render()).with_header(content_type.clone())
+                } else {
+                    tiny_http::Response::from_string("not found\n").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })
+        .map_err(|e| format!("metrics: cannot start a thread: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Caps;
+
+    #[test]
+    fn every_series_has_help_type_and_samples() {
+        let w = vec![
+            Arc::new(WorkerCounters::default()),
+            Arc::new(WorkerCounters::default()),
+        ];
+        WorkerCounters::add(&w[1].streams_relayed, 7);
+        let limits = Limits::new(
+            Caps {
+                streams_per_user: Some(100),
+                ..Caps::default()
+            },
+            None,
+        );
+        let u = limits.user("al\"ice");
+        let _p = limits.acquire_stream(&u);
+        let text = render(&w, Some(&limits));
+        assert!(text.contains("quelay_streams_relayed_total{worker=\"1\"} 7"));
+        assert!(text.contains("quelay_user_streams_open{user=\"al\\\"ice\"} 1"));
+        assert!(text.contains("quelay_user_streams_cap 100"));
+        assert!(text.contains("quelay_streams_cap -1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap_or("");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
