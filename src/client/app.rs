@@ -601,10 +601,7 @@ impl ClientApp {
             }
             SockOp::Recv => {
                 l.receiving = false;
-                let n = match c.result {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                let n = c.result.unwrap_or_default();
                 let data = &c.buf[..n];
                 match &mut l.phase {
                     Phase::Closing { drained } => {

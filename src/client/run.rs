@@ -1,6 +1,6 @@
 //! `quelay client`: from a validated config to workers serving the local listeners.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
         let (socket, _) = sys::bind_udp(bind, false, driver.socket_buffer)
             .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
         specs.push(WorkerSpec {
-            socket: UdpSocket::from(socket),
+            socket,
             endpoint_config: Arc::new(quic::client_endpoint_config()),
             server_config: None,
             client_config: Some(client_config.clone()),

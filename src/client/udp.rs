@@ -238,6 +238,8 @@ impl Udp {
     }
 
     /// A datagram from the app.
+    // "from the app" names a direction, not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     fn from_app(
         &mut self,
         io: &mut Io<'_>,
