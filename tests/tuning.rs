@@ -119,20 +119,14 @@ fn assert_ok(o: &Output, what: &str) {
     );
 }
 
-/// The settings of tuning/sysctl.conf as (key, value), read the way the scripts read them.
-fn wanted() -> Vec<(String, String, bool)> {
-    let conf = include_str!("../tuning/sysctl.conf");
-    let mut out = Vec::new();
-    let mut minimum = false;
-    for line in conf.lines().map(str::trim) {
-        if line == "# check: minimum" {
-            minimum = true;
-        } else if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
-            out.push((k.trim().to_string(), words(v), minimum));
-            minimum = false;
-        }
-    }
-    out
+/// The settings of tuning/sysctl.conf as (key, value), read by the parser `quelay doctor`
+/// uses: the scripts and the doctor must agree on them.
+fn wanted() -> Vec<(String, String)> {
+    quelay::doctor::sysctl::tuning()
+        .expect("tuning/sysctl.conf parses")
+        .into_iter()
+        .map(|s| (s.key, s.want))
+        .collect()
 }
 
 #[test]
@@ -162,7 +156,7 @@ fn apply_check_revert() {
     let o = script("apply.sh", &["--root", root, "--dry-run"]);
     assert_ok(&o, "apply.sh --dry-run");
     let out = stdout(&o);
-    for (key, _, _) in &want {
+    for (key, _) in &want {
         assert!(
             out.contains(key.as_str()),
             "dry run does not name {key}:\n{out}"
@@ -174,11 +168,11 @@ fn apply_check_revert() {
     // Apply: values set, file installed, previous values recorded.
     let o = script("apply.sh", &["--root", root]);
     assert_ok(&o, "apply.sh");
-    for (key, value, _) in &want {
+    for (key, value) in &want {
         assert_eq!(&read_key(t.path(), key), value, "{key} after apply");
     }
     let conf = fs::read_to_string(&installed).expect("installed sysctl.d file");
-    for (key, value, _) in &want {
+    for (key, value) in &want {
         assert!(
             conf.contains(&format!("{key} = {value}\n")),
             "{key} missing:\n{conf}"
