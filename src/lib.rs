@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod limits;
 pub mod metrics;

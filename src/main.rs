@@ -29,6 +29,8 @@ enum Role {
     Server(ServerArgs),
     /// Run a client: local SOCKS5/HTTP proxies and forwarders over Hysteria2.
     Client(ClientArgs),
+    /// Check this host for what quelay needs; print each finding and its fix.
+    Doctor(DoctorArgs),
     /// Generate load.
     Bench {
         #[command(subcommand)]
@@ -104,6 +106,13 @@ struct ClientArgs {
     check: bool,
 }
 
+#[derive(Args)]
+struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchKind {
     /// Raw QUIC load against `quelay server --echo` (or examples/quinn_pair).
@@ -147,6 +156,7 @@ fn main() -> ExitCode {
     let result = match cli.role {
         Role::Server(a) => serve(a),
         Role::Client(a) => run_client(a),
+        Role::Doctor(a) => return quelay::doctor::run(a.json),
         Role::Bench {
             kind: BenchKind::Quic(a),
         } => bench_quic(a),

@@ -125,6 +125,16 @@ pub fn attach_cid_steering(fd: RawFd, workers: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Attaches CID steering to a bound reuseport group (`sockets` in bind order, each one
+/// worker) and self-tests it.
+pub fn steer_group(sockets: &[UdpSocket]) -> io::Result<()> {
+    let first = sockets.first().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "CID steering needs a socket")
+    })?;
+    attach_cid_steering(first.as_raw_fd(), sockets.len())?;
+    self_test(&sockets.iter().collect::<Vec<_>>())
+}
+
 /// Checks that the kernel steers a short-header packet whose DCID starts with byte `i` to
 /// `sockets[i]`.
 ///
@@ -429,6 +439,20 @@ mod tests {
             self_test(&[]).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn steer_group_attaches_and_tests() {
+        assert_eq!(
+            steer_group(&[]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let socks = group(V4, 3).unwrap();
+        steer_group(&socks).unwrap();
+        // Bound out of order: the group's self-test catches it.
+        let socks = group(V4, 2).unwrap();
+        let swapped = [socks[1].try_clone().unwrap(), socks[0].try_clone().unwrap()];
+        assert!(steer_group(&swapped).is_err());
     }
 
     #[test]

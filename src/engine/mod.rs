@@ -297,6 +297,29 @@ pub fn open(
     }
 }
 
+/// What the kernel grants a UDP socket set up as a worker's: offloads and buffer sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpFeatures {
+    /// The kernel accepts UDP_SEGMENT (GSO) on the socket.
+    pub gso: bool,
+    /// UDP_GRO could be switched on.
+    pub gro: bool,
+    pub buffers: BufferReport,
+}
+
+/// Binds a UDP socket to `addr` the way workers do (asking for `buffer` bytes of buffers),
+/// reports what the kernel granted, and closes it.
+pub fn probe_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpFeatures> {
+    use std::os::fd::AsRawFd;
+    let (sock, buffers) = sys::bind_udp(addr, false, buffer)?;
+    let fd = sock.as_raw_fd();
+    Ok(UdpFeatures {
+        gso: sys::gso_supported(fd),
+        gro: sys::enable_gro(fd),
+        buffers,
+    })
+}
+
 /// Probes whether io_uring can be used on this host, and why not.
 pub fn uring_available() -> Result<(), String> {
     uring::probe().map_err(|e| match e.raw_os_error() {

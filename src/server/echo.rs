@@ -79,7 +79,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
     let (socks, report) = worker::bind_group(opts.listen, n, opts.driver.socket_buffer)?;
     let addr = socks[0].local_addr()?;
     super::log_buffers(&report, opts.driver.socket_buffer);
-    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && super::attach_steering(&socks, n);
+    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && super::attach_steering(&socks);
 
     let ck = quic::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(io::Error::other)?;

@@ -9,7 +9,6 @@ pub mod offload;
 pub mod run;
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::engine::{self, bpf};
@@ -39,10 +38,8 @@ pub(crate) fn worker_specs(
 
 /// Attaches kernel CID steering to the group and self-tests it; false (logged) when the
 /// kernel refuses, leaving routing to the user-space forwarder.
-pub(crate) fn attach_steering(socks: &[UdpSocket], n: usize) -> bool {
-    let refs: Vec<&UdpSocket> = socks.iter().collect();
-    let r = bpf::attach_cid_steering(socks[0].as_raw_fd(), n).and_then(|()| bpf::self_test(&refs));
-    match r {
+pub(crate) fn attach_steering(socks: &[UdpSocket]) -> bool {
+    match bpf::steer_group(socks) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");

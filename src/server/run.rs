@@ -181,7 +181,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     super::log_buffers(&report, driver.socket_buffer);
     // With Salamander the kernel cannot read CIDs: the 4-tuple hash plus user-space
     // forwarding route instead.
-    let steering = n > 1 && obfs.is_none() && super::attach_steering(&socks, n);
+    let steering = n > 1 && obfs.is_none() && super::attach_steering(&socks);
 
     let specs = super::worker_specs(socks, &server_config);
     let resolver = Arc::new(Offload::new().map_err(|e| format!("resolver threads: {e}"))?);
