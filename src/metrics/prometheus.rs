@@ -16,6 +16,14 @@ type Series = (
     fn(&Snapshot) -> u64,
 );
 
+/// (name, type, help, value) of each per-user series.
+type UserSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::limits::User) -> u64,
+);
+
 const WORKER_SERIES: &[Series] = &[
     (
         "quelay_rx_datagrams_total",
@@ -207,7 +215,7 @@ fn render_limits(out: &mut String, l: &Limits) {
         l.streams.hits()
     );
     let users = l.users();
-    let per_user: [(&str, &str, &str, fn(&crate::limits::User) -> u64); 5] = [
+    let per_user: [UserSeries; 5] = [
         (
             "quelay_user_streams_open",
             "gauge",
