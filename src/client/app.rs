@@ -450,7 +450,7 @@ impl ClientApp {
         };
         if let Some(qc) = io.conn(ch) {
             let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
-            let _ = qc.send_stream(id).finish();
+            crate::worker::pipe::finish_or_reset(qc, id);
         }
         self.refuse(io, key, refusal);
     }

@@ -14,7 +14,9 @@
 
 use std::os::fd::RawFd;
 
-use quinn_proto::{ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError};
+use quinn_proto::{
+    Connection, ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError,
+};
 
 use super::Io;
 use crate::engine::{Completion, SockOp};
@@ -25,6 +27,15 @@ const MAX_TO_TCP: usize = 256 * 1024;
 const TCP_CHUNK: usize = 64 * 1024;
 /// QUIC application error code for streams we abort.
 pub const STREAM_ABORT: u32 = 0x101;
+
+/// Ends our half of stream `id`: FIN, or RESET_STREAM when the peer already sent
+/// STOP_SENDING (RFC 9000 §3.5: the peer's receive side then closes, and the stream's
+/// credit comes back; a FIN refused as `Stopped` would leave it open for good).
+pub fn finish_or_reset(conn: &mut Connection, id: StreamId) {
+    if let Err(FinishError::Stopped(_)) = conn.send_stream(id).finish() {
+        let _ = conn.send_stream(id).reset(VarInt::from_u32(0));
+    }
+}
 
 /// Which end of the pipe tears it down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +136,8 @@ impl Pipe {
     /// Answers the stream with `response`, finishes it and closes the socket, if any.
     pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: u64) -> After {
         if let Some(conn) = io.conn(self.ch) {
-            let mut s = conn.send_stream(self.id);
-            let _ = s.write(response);
-            let _ = s.finish();
+            let _ = conn.send_stream(self.id).write(response);
+            finish_or_reset(conn, self.id);
             let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
         }
         self.done = true;
@@ -230,9 +240,7 @@ impl Pipe {
         let to_quic_flushed = self.to_quic_off == self.to_quic.len();
         if to_quic_flushed && self.tcp_eof && !self.quic_finished {
             self.quic_finished = true;
-            match conn.send_stream(self.id).finish() {
-                Ok(()) | Err(FinishError::ClosedStream) | Err(FinishError::Stopped(_)) => {}
-            }
+            finish_or_reset(conn, self.id);
             if self.ends == Ends::TcpEofCloses {
                 let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
                 self.done = true;
@@ -280,7 +288,7 @@ impl Pipe {
                 Ends::QuicFinCloses => {
                     // The target is done and the app has every byte: close both sides.
                     if let Some(conn) = io.conn(self.ch) {
-                        let _ = conn.send_stream(self.id).finish();
+                        finish_or_reset(conn, self.id);
                     }
                     self.done = true;
                     return self.close_fd(io, token);

@@ -335,7 +335,7 @@ impl Hy2App {
                 Err(_) => return,
             }
         }
-        let _ = qc.send_stream(id).finish();
+        crate::worker::pipe::finish_or_reset(qc, id);
         let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
     }
 

@@ -1,0 +1,280 @@
+//! Stream caps and flow control end to end: `quelay client` → `quelay server` → local
+//! targets, with the server's figures read from its Prometheus endpoint.
+//!
+//! - A per-user cap holds without failing anything: the client waits for credit, the
+//!   server parks what arrives on credit granted before the cap.
+//! - Many streams stuck on targets that do not read cannot starve a bulk stream on the same
+//!   connection (the HTTP/2 "Cowboy" trap), and window updates stay bounded.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{
+    free_port, open_files_limit, socks5_connect, ClientOpts, QuelayClient, QuelayServer, TcpEcho,
+};
+
+/// The value of the first sample of `series` (with its labels) in a metrics page.
+fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sum of every sample of `name` (all labels).
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read metrics");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Every line parses as Prometheus text.
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+    body.to_owned()
+}
+
+fn server_with(yaml: &str) -> (QuelayServer, SocketAddr) {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server = QuelayServer::start(&format!("{yaml}metrics:\n  listen: {metrics}\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(metrics).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "metrics endpoint {metrics} never came up"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    (server, metrics)
+}
+
+/// 1000 concurrent SOCKS5 streams of one user whose cap is 100, over two connections (one
+/// per client worker): all succeed, and the server never relays more than 100 at once.
+#[test]
+fn per_user_cap_of_100_over_two_connections_fails_nothing() {
+    const STREAMS: usize = 1000;
+    let limit = open_files_limit().unwrap_or(0);
+    assert!(
+        limit >= 4 * STREAMS as u64,
+        "RLIMIT_NOFILE {limit} is too low for this test"
+    );
+    let echo = TcpEcho::start();
+    let (mut server, metrics) = server_with("limits:\n  maxStreamsPerUser: 100\n");
+    let mut client = QuelayClient::start(
+        server.addr(),
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\n  streamOpenTimeout: 60s\nengine:\n  workers: 2\n"
+                .into(),
+            ..ClientOpts::default()
+        },
+    );
+    let proxy = client.socks_addr();
+    let target = echo.addr();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let (failures, done) = (failures.clone(), done.clone());
+            thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let r = (|| -> std::io::Result<()> {
+                        let mut s = socks5_connect(proxy, "127.0.0.1", target.port())?;
+                        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                        let msg: Vec<u8> = (0..1024).map(|j| (i * 7 + j) as u8).collect();
+                        s.write_all(&msg)?;
+                        let mut back = vec![0; msg.len()];
+                        s.read_exact(&mut back)?;
+                        if back != msg {
+                            return Err(std::io::Error::other("echo mismatch"));
+                        }
+                        // Hold the stream so that demand stays well above the cap.
+                        thread::sleep(Duration::from_millis(100));
+                        Ok(())
+                    })();
+                    match r {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("stream {i}: {e}")),
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("stream thread");
+    }
+    let elapsed = started.elapsed();
+    let page = scrape(metrics);
+    let peak = metric(&page, "quelay_user_streams_peak{user=\"user\"}").expect("user peak");
+    let open = metric(&page, "quelay_user_streams_open{user=\"user\"}").expect("user open");
+    let hits = metric(&page, "quelay_user_stream_cap_hits_total{user=\"user\"}").unwrap_or(0.0);
+    let withheld = metric_sum(&page, "quelay_credit_withheld_total");
+    let stats = client.stop_stats();
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "{STREAMS} streams in {elapsed:.2?}: {} ok, {} failed; server: peak {peak} relayed at \
+         once, {hits} cap hits, credit withheld {withheld} times; client: {} connections, \
+         wait p50 {} ms, max {} ms",
+        done.load(Ordering::Relaxed),
+        failures.len(),
+        stats.get("peak_connections"),
+        stats.get("wait_p50_ms"),
+        stats.get("wait_max_ms"),
+    );
+    server.child().assert_running();
+    assert!(
+        failures.is_empty(),
+        "failures: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+    assert_eq!(done.load(Ordering::Relaxed), STREAMS);
+    assert!(
+        peak <= 100.0,
+        "the server relayed {peak} streams of the user at once"
+    );
+    assert!(
+        peak >= 50.0,
+        "the cap was never approached (peak {peak}): the test is too light"
+    );
+    assert!(hits > 0.0, "the cap was never hit");
+    assert_eq!(open, 0.0, "permits still held after every stream closed");
+    assert_eq!(
+        stats.get("peak_connections"),
+        2,
+        "two connections of the same user"
+    );
+}
+
+/// A TCP server that accepts and reads nothing for `stall`, then drains.
+fn stalled_target(stall: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut s = s;
+                    thread::sleep(stall);
+                    let _ = std::io::copy(&mut s, &mut std::io::sink());
+                })
+                .ok();
+        }
+    });
+    addr
+}
+
+/// A TCP server that reads everything (the bulk stream's sink).
+fn sink_target() -> SocketAddr {
+    stalled_target(Duration::ZERO)
+}
+
+/// Uploads `bytes` through the SOCKS5 proxy to `target`; returns the time it took.
+fn upload(proxy: SocketAddr, target: SocketAddr, bytes: usize) -> Duration {
+    let mut s = socks5_connect(proxy, "127.0.0.1", target.port()).expect("bulk CONNECT");
+    let chunk = vec![0x5a; 256 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        s.write_all(&chunk).expect("bulk write");
+        sent += chunk.len();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    t.elapsed()
+}
+
+/// The Cowboy scenario: 2000 streams each send 1 KiB to targets that read nothing for 5 s,
+/// while one bulk stream on the same connection uploads 256 MiB. The bulk stream keeps at
+/// least half its throughput alone, and window updates stay within one per 64 KiB relayed
+/// plus two per stream.
+#[test]
+fn stalled_streams_do_not_starve_a_bulk_stream() {
+    const STALLED: usize = 2000;
+    const BULK: usize = 256 << 20;
+    let (mut server, metrics) = server_with("quic:\n  maxIncomingStreams: 4096\n");
+    let mut client = QuelayClient::start(
+        server.addr(),
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
+            ..ClientOpts::default()
+        },
+    );
+    let proxy = client.socks_addr();
+    let sink = sink_target();
+    let alone = upload(proxy, sink, BULK);
+    let before = metric_sum(&scrape(metrics), "quelay_window_updates_total");
+
+    let stalled = stalled_target(Duration::from_secs(5));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..STALLED)
+        .map(|_| {
+            let opened = opened.clone();
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    if let Ok(mut s) = socks5_connect(proxy, "127.0.0.1", stalled.port()) {
+                        if s.write_all(&[0x11; 1024]).is_ok() {
+                            opened.fetch_add(1, Ordering::Relaxed);
+                        }
+                        thread::sleep(Duration::from_secs(6));
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    // The bulk upload runs while the stalled streams hold their bytes.
+    let wait = Instant::now() + Duration::from_secs(20);
+    while opened.load(Ordering::Relaxed) < STALLED && Instant::now() < wait {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let with = upload(proxy, sink, BULK);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = metric_sum(&scrape(metrics), "quelay_window_updates_total");
+    let updates = after - before;
+    let bound = (BULK / (64 << 10) + 2 * STALLED) as f64;
+    let ratio = alone.as_secs_f64() / with.as_secs_f64();
+    eprintln!(
+        "bulk 256 MiB alone {alone:.2?} ({:.0} MiB/s), beside {} stalled streams {with:.2?} \
+         ({:.0} MiB/s): {ratio:.2}x; window updates sent {updates} (bound {bound})",
+        256.0 / alone.as_secs_f64(),
+        opened.load(Ordering::Relaxed),
+        256.0 / with.as_secs_f64()
+    );
+    client.stop();
+    server.child().assert_running();
+    assert_eq!(
+        opened.load(Ordering::Relaxed),
+        STALLED,
+        "stalled streams opened"
+    );
+    assert!(
+        ratio >= 0.5,
+        "the bulk stream kept only {ratio:.2} of its throughput"
+    );
+    assert!(
+        updates <= bound,
+        "{updates} window updates, more than {bound}"
+    );
+}
