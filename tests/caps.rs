@@ -6,6 +6,7 @@
 //! - Many streams stuck on targets that do not read cannot starve a bulk stream on the same
 //!   connection (the HTTP/2 "Cowboy" trap), and window updates stay bounded.
 
+#[allow(unused_imports)]
 mod support;
 
 use std::io::{Read, Write};
@@ -16,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, open_files_limit, socks5_connect, ClientOpts, QuelayClient, QuelayServer, TcpEcho,
+    free_port, open_files_limit, socks5_connect, ClientOpts, Hy2Server, QuelayClient, QuelayServer,
+    TcpEcho,
 };
 
 /// The value of the first sample of `series` (with its labels) in a metrics page.
@@ -277,4 +279,58 @@ fn stalled_streams_do_not_starve_a_bulk_stream() {
         updates <= bound,
         "{updates} window updates, more than {bound}"
     );
+}
+
+/// A TCP server that reads 1 KiB, answers it and closes first (request/response targets).
+fn answer_and_close_target() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                if s.read_exact(&mut buf).is_ok() {
+                    let _ = s.write_all(&buf);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Streams whose target closes first (so the server stops reading before the client has
+/// finished) still give their credit back: 200 in a row on one connection whose server
+/// grants 16 at a time.
+#[test]
+fn credit_returns_when_the_target_closes_first() {
+    let target = answer_and_close_target();
+    let (mut server, _metrics) = server_with("quic:\n  maxIncomingStreams: 16\n");
+    let mut client = QuelayClient::start(
+        server.addr(),
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\n  streamOpenTimeout: 5s\nengine:\n  workers: 1\n"
+                .into(),
+            ..ClientOpts::default()
+        },
+    );
+    let proxy = client.socks_addr();
+    for i in 0..200 {
+        let mut s = socks5_connect(proxy, "127.0.0.1", target.port())
+            .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&[i as u8; 1024]).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)
+            .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        assert_eq!(back, vec![i as u8; 1024], "stream {i}");
+    }
+    let stats = client.stop_stats();
+    server.child().assert_running();
+    assert_eq!(
+        stats.get("peak_connections"),
+        1,
+        "one connection carried every stream"
+    );
+    assert_eq!(stats.get("refused"), 0);
 }

@@ -46,13 +46,13 @@ impl Cap {
         Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c != UNLIMITED)
     }
 
-    /// Takes one unit if that stays within the cap.
+    /// Takes one unit if that stays within the cap. A refusal is not counted as a hit:
+    /// callers count a request once ([`Cap::hit`]), not each retry.
     pub fn try_acquire(&self) -> bool {
         let cap = self.cap.load(Ordering::Relaxed);
         let mut cur = self.held.load(Ordering::Relaxed);
         loop {
             if cur >= cap {
-                self.hits.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             match self.held.compare_exchange_weak(
@@ -68,6 +68,11 @@ impl Cap {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Counts a request refused at this cap.
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives one unit back.
@@ -207,13 +212,20 @@ impl Limits {
         v
     }
 
-    /// One stream for `user`: within the user's cap and the server's.
-    pub fn acquire_stream(self: &Arc<Self>, user: &Arc<User>) -> Option<StreamPermit> {
+    /// One stream for `user`: within the user's cap and the server's. With `count`, a
+    /// refusal is counted as a hit of the cap that refused (once per request, not per retry).
+    pub fn acquire_stream(self: &Arc<Self>, user: &Arc<User>, count: bool) -> Option<StreamPermit> {
         if !user.streams.try_acquire() {
+            if count {
+                user.streams.hit();
+            }
             return None;
         }
         if !self.streams.try_acquire() {
             user.streams.release();
+            if count {
+                self.streams.hit();
+            }
             return None;
         }
         Some(StreamPermit {
@@ -227,10 +239,13 @@ impl Limits {
         user.streams.has_room() && self.streams.has_room()
     }
 
-    pub fn acquire_connection(user: &Arc<User>) -> Option<ConnPermit> {
-        user.connections
-            .try_acquire()
-            .then(|| ConnPermit { user: user.clone() })
+    /// One connection for `user`; with `count`, a refusal is counted as a hit.
+    pub fn acquire_connection(user: &Arc<User>, count: bool) -> Option<ConnPermit> {
+        let ok = user.connections.try_acquire();
+        if !ok && count {
+            user.connections.hit();
+        }
+        ok.then(|| ConnPermit { user: user.clone() })
     }
 }
 

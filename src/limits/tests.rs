@@ -60,7 +60,7 @@ fn run(limits: Arc<Limits>, ops: Vec<Op>) {
         match op {
             Op::Open { user, conn } => {
                 if conns[conn].is_some() {
-                    if let Some(p) = limits.acquire_stream(&users[user]) {
+                    if let Some(p) = limits.acquire_stream(&users[user], true) {
                         streams.push((conn, p));
                     }
                 }
@@ -77,7 +77,7 @@ fn run(limits: Arc<Limits>, ops: Vec<Op>) {
             }
             Op::Connect { user, conn } => {
                 if conns[conn].is_none() {
-                    conns[conn] = Limits::acquire_connection(&users[user]);
+                    conns[conn] = Limits::acquire_connection(&users[user], true);
                 }
             }
         }
@@ -150,16 +150,18 @@ fn a_lower_cap_applies_as_permits_return() {
         None,
     );
     let u = limits.user("u");
-    let held: Vec<_> = (0..3).filter_map(|_| limits.acquire_stream(&u)).collect();
+    let held: Vec<_> = (0..3)
+        .filter_map(|_| limits.acquire_stream(&u, true))
+        .collect();
     assert_eq!(held.len(), 3);
-    assert!(limits.acquire_stream(&u).is_none());
+    assert!(limits.acquire_stream(&u, true).is_none());
     assert_eq!(u.streams.hits(), 1);
     limits.set_caps(Caps {
         streams_per_user: Some(1),
         ..Caps::default()
     });
     drop(held);
-    let one = limits.acquire_stream(&u);
+    let one = limits.acquire_stream(&u, true);
     assert!(one.is_some());
-    assert!(limits.acquire_stream(&u).is_none());
+    assert!(limits.acquire_stream(&u, true).is_none());
 }

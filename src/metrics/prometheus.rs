@@ -321,7 +321,7 @@ mod tests {
             None,
         );
         let u = limits.user("al\"ice");
-        let _p = limits.acquire_stream(&u);
+        let _p = limits.acquire_stream(&u, true);
         let text = render(&w, Some(&limits));
         assert!(text.contains("quelay_streams_relayed_total{worker=\"1\"} 7"));
         assert!(text.contains("quelay_user_streams_open{user=\"al\\\"ice\"} 1"));

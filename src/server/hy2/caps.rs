@@ -30,19 +30,20 @@ pub(super) struct Parked {
 impl Hy2App {
     /// A permit for a relay of `ch`'s user: the connection's own permit first (its user's
     /// connection cap), then a stream permit. `None` when a cap is reached.
-    fn try_permit(&mut self, ch: ConnectionHandle) -> Option<StreamPermit> {
+    /// `first`: the request's first attempt (refusals are counted once per request).
+    fn try_permit(&mut self, ch: ConnectionHandle, first: bool) -> Option<StreamPermit> {
         let conn = self.conns.get_mut(&ch)?;
         let user = conn.limits.clone()?;
         if conn.conn_permit.is_none() {
-            conn.conn_permit = Limits::acquire_connection(&user);
+            conn.conn_permit = Limits::acquire_connection(&user, false);
             conn.conn_permit.as_ref()?;
         }
-        self.cfg.limits.acquire_stream(&user)
+        self.cfg.limits.acquire_stream(&user, first)
     }
 
     /// Starts the relay with a permit, or parks the request and withholds credit.
     pub(super) fn admit(&mut self, io: &mut Io<'_>, p: Parked) {
-        if let Some(permit) = self.try_permit(p.ch) {
+        if let Some(permit) = self.try_permit(p.ch, true) {
             return self.start_relay_with(io, p, permit);
         }
         let ch = p.ch;
@@ -82,7 +83,7 @@ impl Hy2App {
             if !parked {
                 continue; // the stream or its connection went away
             }
-            match self.try_permit(p.ch) {
+            match self.try_permit(p.ch, false) {
                 Some(permit) => {
                     if let Some(conn) = self.conns.get_mut(&p.ch) {
                         conn.bidi.remove(&p.id);

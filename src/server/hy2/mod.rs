@@ -439,7 +439,7 @@ impl Hy2App {
             if conn.user.is_none() {
                 tracing::debug!("{ch:?} authenticated as {user}, send rate {rate} B/s");
                 let limits = self.cfg.limits.user(&user);
-                conn.conn_permit = Limits::acquire_connection(&limits);
+                conn.conn_permit = Limits::acquire_connection(&limits, true);
                 conn.limits = Some(limits);
             }
             conn.user = Some(user);
