@@ -226,7 +226,10 @@ fn run_client(a: ClientArgs) -> Result<(), String> {
         }
     };
     if a.check {
-        println!("OK");
+        match &a.config {
+            Some(path) => println!("{}: OK", path.display()),
+            None => println!("OK"),
+        }
         return Ok(());
     }
     let c = client::run::start(&cfg)?;

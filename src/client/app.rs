@@ -66,11 +66,11 @@ pub enum Front {
     },
     Http {
         auth: Option<(String, String)>,
+        /// `http.realm`, named when credentials are missing.
+        realm: String,
     },
     /// A TCP forwarder to this `host:port`.
-    Forward {
-        remote: String,
-    },
+    Forward { remote: String },
 }
 
 /// The worker's share of the local sockets, bound by the caller (SO_REUSEPORT groups).
@@ -240,7 +240,7 @@ impl ClientApp {
                 Phase::Socks(Box::new(Socks5Server::new(auth.clone()))),
                 String::new(),
             ),
-            Front::Http { auth } => (
+            Front::Http { auth, .. } => (
                 Phase::Http(Box::new(ProxyRequestReader::new(
                     http_proxy::Limits::default(),
                     auth.clone(),
@@ -643,7 +643,10 @@ impl ClientApp {
                         }
                         Err(e) => {
                             tracing::info!("{}: HTTP proxy request refused: {e}", l.peer);
-                            let reply = e.response();
+                            let reply = match &l.front {
+                                Front::Http { realm, .. } => e.response_in(realm),
+                                _ => e.response(),
+                            };
                             self.close_with(io, key, &reply);
                         }
                     },

@@ -125,6 +125,11 @@ impl ProxyError {
 
     /// The complete response to write before closing the connection.
     pub fn response(&self) -> Vec<u8> {
+        self.response_in(REALM)
+    }
+
+    /// [`response`](Self::response), naming `realm` in `Proxy-Authenticate` (`http.realm`).
+    pub fn response_in(&self, realm: &str) -> Vec<u8> {
         let body = format!("{self}\n");
         match self {
             Self::Malformed(_) | Self::BadTarget(_) | Self::UnsupportedScheme => {
@@ -133,7 +138,10 @@ impl ProxyError {
             Self::NotAProxyRequest => text_response("405 Method Not Allowed", "", &body),
             Self::AuthRequired => text_response(
                 "407 Proxy Authentication Required",
-                &format!("Proxy-Authenticate: Basic realm=\"{REALM}\"\r\n"),
+                &format!(
+                    "Proxy-Authenticate: Basic realm=\"{}\"\r\n",
+                    realm.replace(['"', '\\', '\r', '\n'], "")
+                ),
                 &body,
             ),
             Self::HeadTooLarge => text_response("431 Request Header Fields Too Large", "", &body),

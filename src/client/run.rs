@@ -178,13 +178,11 @@ fn local_sockets(cfg: &ClientConfig, n: usize) -> Result<(Vec<LocalSockets>, Vec
         tcp("socks5", s.listen, front)?;
     }
     if let Some(h) = &cfg.http {
-        tcp(
-            "http",
-            h.listen,
-            Front::Http {
-                auth: creds(&h.auth),
-            },
-        )?;
+        let front = Front::Http {
+            auth: creds(&h.auth),
+            realm: h.realm.clone(),
+        };
+        tcp("http", h.listen, front)?;
     }
     for f in &cfg.tcp_forwarding {
         let front = Front::Forward {
