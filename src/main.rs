@@ -396,13 +396,5 @@ fn bench_target(a: TargetArgs) -> Result<(), String> {
     let t = bench::target::start(a.listen, a.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     println!("listening on {} (tcp and udp)", t.addr);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
-    }
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    bench::target::wait()
 }

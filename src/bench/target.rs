@@ -15,6 +15,8 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -77,6 +79,19 @@ pub fn start(listen: SocketAddr, threads: usize) -> io::Result<Target> {
             })?;
     }
     Ok(Target { addr })
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub fn wait() -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn bind(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {

@@ -138,8 +138,10 @@ impl Flow {
             match conn.send_stream(id).finish() {
                 Ok(()) | Err(FinishError::ClosedStream) => self.fin_sent = true,
                 Err(FinishError::Stopped(code)) => {
-                    // The server stopped reading once the target closed: nothing was lost.
-                    tracing::trace!("{id}: stopped ({code}) after a complete answer");
+                    // The server stopped reading once the target closed (nothing was lost).
+                    // A stopped stream cannot FIN; a reset tells the server its final size,
+                    // without which it never frees the stream nor returns its credit.
+                    let _ = conn.send_stream(id).reset(code);
                     self.fin_sent = true;
                 }
             }
