@@ -12,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{free_port, tempdir, wait_tcp_port, Child, QuelayServer, TempDir, PASSWORD};
+use support::{
+    free_port, tempdir, wait_tcp_port, Child, QuelayServer, ServerOpts, TempDir, PASSWORD,
+};
 
 /// How long one benchmark run may take before the test calls it a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -65,15 +67,14 @@ impl Outcome {
 /// Runs `quelay bench hy2 --server .. --auth .. --target .. --json ARGS`; a run that takes
 /// longer than [`RUN_LIMIT`] is killed and fails the test.
 fn bench(server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
+    bench_as(PASSWORD, server, target, args)
+}
+
+/// [`bench`] with another password.
+fn bench_as(auth: &str, server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
     cmd.args(["bench", "hy2", "--server", &server.to_string()])
-        .args([
-            "--auth",
-            PASSWORD,
-            "--target",
-            &target.to_string(),
-            "--json",
-        ])
+        .args(["--auth", auth, "--target", &target.to_string(), "--json"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -105,7 +106,12 @@ fn bench(server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
 
 /// A server and a target, and a successful run of `args` against them.
 fn run_ok(args: &[&str]) -> Value {
-    let server = QuelayServer::start("");
+    run_ok_with("", args)
+}
+
+/// Like [`run_ok`], with `yaml` added to the server's config.
+fn run_ok_with(yaml: &str, args: &[&str]) -> Value {
+    let server = QuelayServer::start(yaml);
     let target = Target::start();
     let out = bench(support::Hy2Server::addr(&server), target.addr, args);
     let v = out.json();
@@ -275,4 +281,51 @@ fn server_dying_mid_run_ends_with_a_partial_report() {
     assert_eq!(v["partial"], true, "{v}");
     assert!(v["requests"].as_u64().unwrap() > 0, "{v}");
     assert!(out.stderr.contains("lost"), "{}", out.stderr);
+}
+
+#[test]
+fn salamander() {
+    let yaml = QuelayServer::yaml_for(&ServerOpts {
+        obfs: Some("obfs-secret".into()),
+        ..ServerOpts::default()
+    });
+    for scenario in ["rr", "udp"] {
+        let v = run_ok_with(
+            &yaml,
+            &[
+                "--scenario",
+                scenario,
+                "--obfs",
+                "obfs-secret",
+                "--duration",
+                "1",
+                "--size",
+                "1500",
+            ],
+        );
+        assert!(
+            v["requests"].as_u64().unwrap() + v["udp"]["received"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn wrong_password_ends_with_a_partial_report() {
+    let server = QuelayServer::start("");
+    let target = Target::start();
+    let out = bench_as(
+        "not-the-password",
+        support::Hy2Server::addr(&server),
+        target.addr,
+        &["--scenario", "bulk-down", "--bytes", "1000"],
+    );
+    assert!(!out.success, "stdout:\n{}", out.stdout);
+    let v = out.json();
+    assert_eq!(v["partial"], true, "{v}");
+    assert!(
+        out.stderr.contains("authentication refused"),
+        "{}",
+        out.stderr
+    );
 }

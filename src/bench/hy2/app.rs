@@ -98,6 +98,8 @@ pub struct Hy2App {
     flows: HashMap<(ConnectionHandle, StreamId), Flow>,
     next_setup_check: Option<Instant>,
     next_udp_session: u32,
+    /// Connections this worker saw authenticated.
+    ready: u64,
 }
 
 impl Hy2App {
@@ -113,6 +115,7 @@ impl Hy2App {
             flows: HashMap::new(),
             next_setup_check: None,
             next_udp_session: (worker as u32) << 24,
+            ready: 0,
         }
     }
 
@@ -152,8 +155,25 @@ impl Hy2App {
         }
     }
 
-    /// Ends this worker's part: closes everything (in-flight requests are abandoned).
+    /// Ends this worker's part: closes everything (in-flight requests are abandoned). A
+    /// connection of rr or udp still being set up, or a connect run without a single
+    /// handshake, means the server never answered: that is a failure, not a quiet zero.
     fn finish(&mut self, io: &mut Io<'_>) {
+        let pending = self
+            .conns
+            .values()
+            .any(|c| !matches!(c.setup, Setup::Ready));
+        let never = match self.plan.scenario {
+            Scenario::Connect => self.ready == 0,
+            _ => pending,
+        };
+        if never {
+            self.stats.fatal(format!(
+                "no Hysteria2 connection to {} was set up before the run's end (is a \
+                 Hysteria2 server listening there, with these --obfs and --auth?)",
+                self.plan.server
+            ));
+        }
         let all: Vec<_> = self.conns.keys().copied().collect();
         for ch in all {
             self.close(io, ch);
@@ -237,6 +257,7 @@ impl Hy2App {
                 c.setup = Setup::Ready;
                 let setup_us = io.now.saturating_duration_since(c.started).as_micros() as u64;
                 Stats::add(&self.stats.handshakes, 1);
+                self.ready += 1;
                 // As the reference client: Brutal at the server's receive rate if it names one.
                 if let CcRx::Bps(rate) = ok.cc_rx {
                     if rate > 0 {
