@@ -80,7 +80,6 @@ impl Session {
     }
 
     /// Sends the packets due by `now` (at most [`MAX_BURST`]).
-    #[allow(clippy::too_many_arguments)] // one call site, each argument distinct
     pub fn send_due(
         &mut self,
         conn: &mut Connection,
