@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mimalloc::MiMalloc;
 
+use quelay::bench::hy2::{Hy2Options, Scenario as Hy2Scenario};
 use quelay::bench::{self, run::LoadOptions, Mode};
 use quelay::client;
 use quelay::engine::{DriverConfig, IoKind};
@@ -117,6 +118,78 @@ struct DoctorArgs {
 enum BenchKind {
     /// Raw QUIC load against `quelay server --echo` (or examples/quinn_pair).
     Quic(QuicBenchArgs),
+    /// Hysteria2 load against any Hysteria2 server, towards `quelay bench target`.
+    Hy2(Hy2BenchArgs),
+    /// The TCP/UDP endpoint behind the server under test (runs until killed).
+    Target(TargetArgs),
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Address for both TCP and UDP.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct Hy2BenchArgs {
+    /// The Hysteria2 server.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The password (or user:pass) the server expects.
+    #[arg(long)]
+    auth: String,
+    /// Where the server connects: `quelay bench target`'s address (host:port).
+    #[arg(long)]
+    target: String,
+    /// bulk-up, bulk-down, rr, connect or udp.
+    #[arg(long)]
+    scenario: Hy2Scenario,
+    /// TLS server name (default: none, the server's IP). Certificates are not verified.
+    #[arg(long)]
+    sni: Option<String>,
+    /// Salamander obfuscation password.
+    #[arg(long)]
+    obfs: Option<String>,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// QUIC connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Bulk: concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Bulk: bytes per stream.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// rr: streams in flight in all; connect: handshakes in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// rr: bytes each way; udp: packet size.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// udp: packets per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// rr, connect, udp: seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Give up (with a partial report) after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// QUIC idle timeout in seconds: how soon a silent server counts as gone.
+    #[arg(long, default_value_t = 5.0)]
+    idle_timeout: f64,
+    /// I/O driver: uring or epoll (default: uring when the host allows it).
+    #[arg(long)]
+    io: Option<IoKind>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +233,12 @@ fn main() -> ExitCode {
         Role::Bench {
             kind: BenchKind::Quic(a),
         } => bench_quic(a),
+        Role::Bench {
+            kind: BenchKind::Hy2(a),
+        } => bench_hy2(a),
+        Role::Bench {
+            kind: BenchKind::Target(a),
+        } => bench_target(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -288,4 +367,47 @@ fn bench_quic(a: QuicBenchArgs) -> Result<(), String> {
         return Err(format!("{} error(s)", r.errors));
     }
     Ok(())
+}
+
+fn secs(what: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|e| format!("{what}: {e}"))
+}
+
+fn bench_hy2(a: Hy2BenchArgs) -> Result<(), String> {
+    let mut o = Hy2Options::new(a.server, &a.auth, &a.target, a.scenario);
+    o.sni = a.sni;
+    o.obfs = a.obfs;
+    o.workers = a.workers;
+    o.connections = a.connections;
+    o.streams = a.streams;
+    o.bytes = a.bytes;
+    o.concurrency = a.concurrency;
+    o.size = a.size;
+    o.rate = a.rate;
+    o.duration = secs("--duration", a.duration)?;
+    o.timeout = secs("--timeout", a.timeout)?;
+    o.idle_timeout = secs("--idle-timeout", a.idle_timeout)?;
+    o.io = a.io;
+    o.progress = !a.json;
+    let r = bench::hy2::run(&o)?;
+    if a.json {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.table());
+    }
+    if r.partial {
+        let why = r.error_messages.first().map_or("", String::as_str);
+        return Err(format!("the run ended early: {why}"));
+    }
+    if r.errors > 0 {
+        return Err(format!("{} error(s)", r.errors));
+    }
+    Ok(())
+}
+
+fn bench_target(a: TargetArgs) -> Result<(), String> {
+    let t = bench::target::start(a.listen, a.threads)
+        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    println!("listening on {} (tcp and udp)", t.addr);
+    bench::target::wait()
 }

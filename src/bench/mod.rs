@@ -10,11 +10,17 @@
 //!   (u64 BE) and FINs;
 //! - mode 2, download: the server writes N bytes of the pattern, then FINs.
 //!
+//! `quelay bench target` ([`target`]) and `quelay bench hy2` ([`hy2`]) are the Hysteria2
+//! workload: a TCP/UDP endpoint behind the server under test, and a load client that speaks
+//! Hysteria2 itself, so it drives any Hysteria2 server.
+//!
 //! The pattern is `byte[i] = i % 251`, so every byte's position is checked.
 
 pub mod echo;
+pub mod hy2;
 pub mod load;
 pub mod run;
+pub mod target;
 
 /// ALPN of the raw workload.
 pub const ALPN: &[u8] = b"quelay-bench";
