@@ -32,7 +32,7 @@ server configs, the references), .md (the table) and -{goodput,rps,cpu}.svg.
 
 A failed sample (server not listening, server died, load timed out or reported errors)
 is recorded with its error and shown as FAIL in the table; the run goes on, and exits 1.
-Every subprocess runs under a timeout. See bench/README.md.
+Every subprocess runs under a timeout. README.md (Benchmarks) shows the latest results.
 
 Python 3.11 standard library only (plus the venv for the charts).
 """
@@ -42,12 +42,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import select
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -516,7 +516,7 @@ def run_sample(sc: Scenario, impl: str, ctx: Ctx) -> dict:
         target = ensure_target(ctx)
         try:
             server = start_server(impl, ctx, dir_)
-        except RuntimeError as e:
+        except RuntimeError:
             s["start_failed"] = True
             raise
         if sc.kind == "sbclient":
@@ -845,7 +845,7 @@ def refs_table(refs: dict) -> str:
     return "\n".join(out)
 
 
-def plot(json_path: Path) -> list[Path]:
+def plot(json_path: Path, ext: str = "svg") -> list[Path]:
     """SVG charts from a result JSON (runs in the venv: matplotlib)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -883,23 +883,29 @@ def plot(json_path: Path) -> list[Path]:
                         for r in sel]]
             ax.barh(ys, vals, height=h, xerr=err, color=colors[impl], label=impl,
                     error_kw={"elinewidth": 0.8, "capsize": 2})
-            for y, v, r in zip(ys, vals, sel):
+            for j, (y, v, r) in enumerate(zip(ys, vals, sel)):
                 c = r[impl]
                 txt = ("FAIL" if c["samples"] and not c["ok"] else
                        "" if not c["samples"] else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}"))
-                ax.text(v, y, " " + txt, va="center", fontsize=7)
+                x = v + (err[1][j] if err else 0)
+                ax.text(x, y, "  " + txt, va="center", fontsize=7)
         ax.set_yticks(range(len(sel)), [r["label"] for r in sel], fontsize=8)
         ax.invert_yaxis()
         if name == "rps":
             ax.set_xscale("log")
+            pos = [r[impl][k] for r in sel for impl in IMPLS for k in (key, lo)
+                   if r[impl][k]]
+            if pos:
+                ax.set_xlim(left=10 ** math.floor(math.log10(min(pos))))
+        ax.margins(x=0.12)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="x", alpha=0.3)
         fig.text(0.01, 0.005, f"{data['started']} · {data['machine']['nproc']} cores · "
                  f"rounds {data['options']['rounds']} · bench/compare.py", fontsize=6,
                  color="gray")
         fig.tight_layout()
-        out = Path(f"{stem}-{name}.svg")
+        out = Path(f"{stem}-{name}.{ext}")
         fig.savefig(out, metadata={"Date": None})
         plt.close(fig)
         written.append(out)
