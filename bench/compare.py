@@ -432,11 +432,11 @@ def build_scenarios(a) -> list[Scenario]:
         key="connect", label="connect (handshake + auth), 8 concurrent", kind="hy2",
         group="connect", duration=d,
         args=["--scenario", "connect", "--concurrency", "8", "--duration", f"{d:g}"]))
-    rate = 20000
-    sc.append(Scenario(
-        key="udp", label=f"UDP echo 1 KiB at {rate} pkt/s", kind="hy2", group="udp",
-        duration=d, args=["--scenario", "udp", "--rate", str(rate), "--size", "1024",
-                          "--duration", f"{d:g}"]))
+    for rate in (5000, 20000):
+        sc.append(Scenario(
+            key=f"udp-{rate // 1000}k", label=f"UDP echo 1 KiB at {rate} pkt/s", kind="hy2",
+            group="udp", duration=d, args=["--scenario", "udp", "--rate", str(rate),
+                                           "--size", "1024", "--duration", f"{d:g}"]))
     for c in (1, 4):
         per = sb_big // c
         sc.append(Scenario(
@@ -1099,7 +1099,9 @@ def cmd_pytarget(a) -> int:
 
 
 def versions(ctx: Ctx) -> dict:
-    out = {}
+    st = ctx.quelay.stat()
+    out = {"quelay_bin": str(ctx.quelay), "quelay_bin_mtime":
+           dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")}
     for name, cmd in (("quelay", [ctx.quelay, "--version"]), ("sing-box", [ctx.singbox,
                                                                              "version"])):
         try:
@@ -1134,8 +1136,8 @@ def write_report(out_dir: Path, stem: str, data: dict, rows: list[dict], venv_py
         f"- command: `{data['command']}`",
         f"- machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}, load average "
         f"{' '.join(m['loadavg_start'])} at start, {' '.join(m.get('loadavg_end', []))} at "
-        f"end; quelay {m['commit']} ({data['versions'].get('quelay')}), "
-        f"{data['versions'].get('sing-box')}",
+        f"end; compare.py at {m['commit']}; quelay binary {data['versions']['quelay_bin']} "
+        f"(built {data['versions']['quelay_bin_mtime']}); {data['versions'].get('sing-box')}",
         f"- {data['options']['rounds']} round(s), servers interleaved, medians; ratio = "
         "median of per-round quelay/sing-box pairs (rate: >1 is faster; CPU: <1 is cheaper); "
         f"run time {data['duration_secs'] / 60:.1f} min"
