@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::load::{LoadApp, LoadConfig, LoadStats};
 use super::{Mode, ALPN};
-use crate::engine::{self, sys, DriverConfig, IoKind};
+use crate::engine::{self, DriverConfig, IoKind};
 use crate::metrics::Snapshot;
 use crate::quic::{self, QuicParams, Verify};
-use crate::worker::{self, GroupConfig, WorkerSpec};
+use crate::worker::{self, GroupConfig};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -85,23 +85,9 @@ impl LoadReport {
 /// Runs the workload and waits for it (or the timeout).
 pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
     let n = opts.workers.clamp(1, worker::MAX_WORKERS);
-    let bind: SocketAddr = if opts.server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
     let crypto = quic::client_crypto(Verify::Insecure, &[ALPN]).map_err(io::Error::other)?;
     let client_config = quic::client_config(crypto, &opts.quic);
-    let mut specs = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (socket, _) = sys::bind_udp(bind, false, opts.driver.socket_buffer)?;
-        specs.push(WorkerSpec {
-            socket,
-            endpoint_config: Arc::new(quic::client_endpoint_config()),
-            server_config: None,
-            client_config: Some(client_config.clone()),
-        });
-    }
+    let specs = worker::client_specs(opts.server, n, &client_config, opts.driver.socket_buffer)?;
     let stats = Arc::new(LoadStats::default());
     let cfg = GroupConfig {
         io: opts.io,

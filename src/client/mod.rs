@@ -2,6 +2,7 @@
 //! pool of Hysteria2 connections per worker that waits for stream credit instead of failing.
 
 mod app;
+pub mod auth;
 pub mod http_proxy;
 mod pool;
 pub mod run;
@@ -9,4 +10,5 @@ pub mod socks5;
 mod stats;
 mod udp;
 
+pub use auth::{AuthError, AuthExchange};
 pub use stats::PoolStats;

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ConnectionHandle, Dir, StreamId};
+use quinn_proto::{ConnectionHandle, StreamId};
 
+use super::auth::{AuthError, AuthExchange};
 use super::stats::PoolStats;
-use crate::proto::h3::{self, CcRx, ResponseReader};
+use crate::proto::h3::CcRx;
 use crate::worker::Io;
 
 /// First delay after a failed attempt; doubles up to [`MAX_BACKOFF`].
@@ -26,11 +27,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum State {
     /// QUIC handshake in progress.
     Handshake,
-    /// Auth request sent on `id`; the response is read into `reader`.
-    Auth {
-        id: StreamId,
-        reader: ResponseReader,
-    },
+    /// Auth request sent; its response is being read.
+    Auth(AuthExchange),
     /// Authenticated: streams may be opened. `udp`: the server relays UDP.
     Ready { udp: bool },
 }
@@ -177,25 +175,13 @@ impl Pool {
         let Some(qc) = io.conn(ch) else {
             return;
         };
-        if let Some(id) = qc.streams().open(Dir::Uni) {
-            let _ = qc.send_stream(id).write(&h3::client_control_stream());
+        if let Some(auth) = AuthExchange::start(qc, &self.cfg.auth, self.cfg.down) {
+            c.state = State::Auth(auth);
         }
-        let Some(id) = qc.streams().open(Dir::Bi) else {
-            return;
-        };
-        let padding = h3::auth_padding(&mut rand::thread_rng());
-        let req = h3::auth_request_headers(&self.cfg.auth, self.cfg.down, &padding);
-        let mut s = qc.send_stream(id);
-        let _ = s.write(&req);
-        let _ = s.finish();
-        c.state = State::Auth {
-            id,
-            reader: ResponseReader::new(),
-        };
     }
 
     /// Reads the auth response on `id`, if that is the auth stream. True when the stream
-    /// was the pool's; `Some(ready)` tells whether the connection just became usable.
+    /// was the pool's.
     pub fn on_auth_readable(
         &mut self,
         io: &mut Io<'_>,
@@ -205,37 +191,16 @@ impl Pool {
         let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
             return false;
         };
-        let State::Auth {
-            id: auth_id,
-            reader,
-        } = &mut self.conns[pos].state
-        else {
+        let State::Auth(auth) = &mut self.conns[pos].state else {
             return false;
         };
-        if *auth_id != id {
+        if auth.id() != id {
             return false;
         }
         let Some(qc) = io.conn(ch) else {
             return true;
         };
-        let mut data = Vec::new();
-        let mut fin = false;
-        if let Ok(mut chunks) = qc.recv_stream(id).read(true) {
-            while let Ok(Some(c)) = chunks.next(usize::MAX) {
-                data.extend_from_slice(&c.bytes);
-                if data.len() > 64 * 1024 {
-                    break;
-                }
-            }
-            fin = matches!(chunks.next(usize::MAX), Ok(None));
-            let _ = chunks.finalize();
-        }
-        let outcome = match reader.push(&data) {
-            Ok(Some(resp)) => Some(h3::parse_auth_response(&resp).map_err(|e| e.0.to_string())),
-            Ok(None) if fin => Some(Err("the server closed the auth stream".to_string())),
-            Ok(None) => None,
-            Err(e) => Some(Err(format!("malformed auth response: {e}"))),
-        };
+        let outcome = auth.read(qc);
         match outcome {
             None => {}
             Some(Ok(ok)) => {
@@ -266,15 +231,14 @@ impl Pool {
                 );
             }
             Some(Err(why)) => {
-                let why = if why.chars().all(|c| c.is_ascii_digit()) {
+                if let AuthError::Refused(_) = why {
                     self.stats
                         .auth_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    format!("authentication refused (HTTP status {why}): check `auth`")
+                    tracing::error!("{}: {why}: check `auth`", self.cfg.server);
                 } else {
-                    why
-                };
-                tracing::error!("{}: {why}", self.cfg.server);
+                    tracing::error!("{}: {why}", self.cfg.server);
+                }
                 let now = io.now;
                 if let Some(qc) = io.conn(ch) {
                     qc.close(now, 0u32.into(), b""[..].into());

@@ -13,11 +13,11 @@ use super::pool::PoolConfig;
 use super::stats::PoolStats;
 use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, Obfs, ProxyAuth};
-use crate::engine::{sys, DriverConfig};
+use crate::engine::DriverConfig;
 use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, QuicParams, Verify};
 use crate::server::run::ALPN;
-use crate::worker::{self, Group, GroupConfig, WorkerSpec};
+use crate::worker::{self, Group, GroupConfig};
 
 /// Backlog of each local TCP listener.
 const BACKLOG: i32 = 4096;
@@ -240,22 +240,8 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     let crypto = quic::client_crypto(verify(cfg)?, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
     let client_config = quic::client_config(crypto, &quic_params(cfg));
     let driver = DriverConfig::default();
-    let bind: SocketAddr = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let mut specs = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (socket, _) = sys::bind_udp(bind, false, driver.socket_buffer)
-            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-        specs.push(WorkerSpec {
-            socket,
-            endpoint_config: Arc::new(quic::client_endpoint_config()),
-            server_config: None,
-            client_config: Some(client_config.clone()),
-        });
-    }
+    let specs = worker::client_specs(server, n, &client_config, driver.socket_buffer)
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let stats = Arc::new(PoolStats::new(n));
     let shared = Arc::new(ClientShared {
         pool: PoolConfig {

@@ -249,6 +249,32 @@ where
     })
 }
 
+/// Specs for `n` client workers talking to `remote`: each its own UDP socket on an
+/// ephemeral port of `remote`'s family, random CIDs, the same client configuration.
+pub fn client_specs(
+    remote: SocketAddr,
+    n: usize,
+    config: &ClientConfig,
+    buffer: usize,
+) -> io::Result<Vec<WorkerSpec>> {
+    let bind = if remote.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    (0..n)
+        .map(|_| {
+            let (socket, _) = engine::sys::bind_udp(bind, false, buffer)?;
+            Ok(WorkerSpec {
+                socket,
+                endpoint_config: Arc::new(crate::quic::client_endpoint_config()),
+                server_config: None,
+                client_config: Some(config.clone()),
+            })
+        })
+        .collect()
+}
+
 /// Binds `n` sockets of one SO_REUSEPORT group on `addr`, in worker order (a reuseport
 /// BPF program picks members by that position). Port 0 picks one port for all.
 pub fn bind_group(

@@ -17,7 +17,8 @@ use super::flow::{Flow, Kind, Progress};
 use super::stats::Stats;
 use super::udp::Session;
 use super::Scenario;
-use crate::proto::h3::{self, CcRx, ResponseReader};
+use crate::client::{AuthError, AuthExchange};
+use crate::proto::h3::CcRx;
 use crate::worker::{App, Io};
 
 /// H3_REQUEST_CANCELLED: how we reset a stream we give up on.
@@ -58,11 +59,8 @@ pub struct Share {
 
 enum Setup {
     Handshake,
-    /// The auth request went out on `id`; the response is read into `reader`.
-    Auth {
-        id: StreamId,
-        reader: ResponseReader,
-    },
+    /// The auth request went out; its response is being read.
+    Auth(AuthExchange),
     Ready,
 }
 
@@ -187,22 +185,10 @@ impl Hy2App {
             return;
         };
         let Some(qc) = io.conn(ch) else { return };
-        if let Some(id) = qc.streams().open(Dir::Uni) {
-            let _ = qc.send_stream(id).write(&h3::client_control_stream());
+        match AuthExchange::start(qc, &self.plan.auth, 0) {
+            Some(auth) => c.setup = Setup::Auth(auth),
+            None => self.fail("the server grants no stream for the auth request".to_string()),
         }
-        let Some(id) = qc.streams().open(Dir::Bi) else {
-            let msg = "the server grants no stream for the auth request".to_string();
-            return self.fail(msg);
-        };
-        let padding = h3::auth_padding(&mut rand::thread_rng());
-        let req = h3::auth_request_headers(&self.plan.auth, 0, &padding);
-        let mut s = qc.send_stream(id);
-        let _ = s.write(&req);
-        let _ = s.finish();
-        c.setup = Setup::Auth {
-            id,
-            reader: ResponseReader::new(),
-        };
     }
 
     /// Reads the auth response if `id` is the auth stream of `ch`; true if it was.
@@ -210,46 +196,22 @@ impl Hy2App {
         let Some(c) = self.conns.get_mut(&ch) else {
             return false;
         };
-        let Setup::Auth {
-            id: auth_id,
-            reader,
-        } = &mut c.setup
-        else {
+        let Setup::Auth(auth) = &mut c.setup else {
             return false;
         };
-        if *auth_id != id {
+        if auth.id() != id {
             return false;
         }
         let Some(qc) = io.conn(ch) else { return true };
-        let mut data = Vec::new();
-        let mut fin = false;
-        if let Ok(mut chunks) = qc.recv_stream(id).read(true) {
-            loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
-                    Ok(None) => {
-                        fin = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-                if data.len() > 64 * 1024 {
-                    break;
-                }
-            }
-            let _ = chunks.finalize();
-        }
-        let outcome = match reader.push(&data) {
-            Ok(Some(resp)) => Some(h3::parse_auth_response(&resp).map_err(|e| {
-                format!(
-                    "authentication refused by {} (HTTP status {}): check --auth",
-                    self.plan.server, e.0
-                )
-            })),
-            Ok(None) if fin => Some(Err("the server closed the auth stream".to_string())),
-            Ok(None) => None,
-            Err(e) => Some(Err(format!("malformed auth response: {e}"))),
-        };
+        let outcome = auth.read(qc).map(|r| {
+            r.map_err(|e| match e {
+                AuthError::Refused(status) => format!(
+                    "authentication refused by {} (HTTP status {status}): check --auth",
+                    self.plan.server
+                ),
+                AuthError::Failed(why) => why,
+            })
+        });
         match outcome {
             None => {}
             Some(Err(msg)) => self.fail(msg),

@@ -27,11 +27,11 @@ use app::{Hy2App, Plan, Share};
 pub use report::Report;
 use stats::Stats;
 
-use crate::engine::{sys, DriverConfig, IoKind};
+use crate::engine::{DriverConfig, IoKind};
 use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, QuicParams, Verify};
 use crate::server::run::ALPN;
-use crate::worker::{self, GroupConfig, WorkerSpec};
+use crate::worker::{self, GroupConfig};
 
 /// How often the reporter looks at the workers.
 const POLL: Duration = Duration::from_millis(5);
@@ -197,22 +197,8 @@ pub fn run(o: &Hy2Options) -> Result<Report, String> {
     let crypto = quic::client_crypto(Verify::Insecure, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
     let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
-    let bind = if o.server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let mut specs = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (socket, _) = sys::bind_udp(bind, false, driver.socket_buffer)
-            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-        specs.push(WorkerSpec {
-            socket,
-            endpoint_config: Arc::new(quic::client_endpoint_config()),
-            server_config: None,
-            client_config: Some(client_config.clone()),
-        });
-    }
+    let specs = worker::client_specs(o.server, n, &client_config, driver.socket_buffer)
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let epoch = Instant::now();
     let plan = Arc::new(Plan {
         server: o.server,
