@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{
     free_port, socks5_connect, tail, tempdir, udp_bound, wait_tcp_port, write_cert, Child,
-    ClientOpts, QuelayClient, Socks5Udp, TcpEcho, TempDir, UdpEcho,
+    ClientOpts, QuelayClient, SbOpts, SingboxClient, Socks5Udp, TcpEcho, TempDir, UdpEcho,
 };
 
 const SECRET: &str = "s3cret-token";
@@ -259,6 +259,35 @@ fn traffic_online_dump_and_secret() {
     server.child.assert_running();
 }
 
+/// sing-box sends the first payload bytes with the TCPRequest: they count too.
+#[test]
+fn traffic_counts_a_singbox_client_exactly() {
+    let server = OpsServer::start(&[("carol", "pw-c")], &[]);
+    let echo = TcpEcho::start();
+    let uecho = UdpEcho::start();
+    let sb = SingboxClient::start(server.addr, "carol:pw-c", &SbOpts::default());
+    const N: usize = 1 << 20;
+    let a = echo.addr();
+    let mut s = socks5_connect(sb.socks_addr(), &a.ip().to_string(), a.port()).expect("stream");
+    roundtrip(&mut s, N).expect("echo");
+    let udp = Socks5Udp::associate(sb.socks_addr()).expect("UDP associate");
+    let mut echoed = 0;
+    for _ in 0..10 {
+        udp.send_to(uecho.addr(), &[9u8; 700]).expect("send");
+        if udp.recv_from(Duration::from_secs(3)).is_ok() {
+            echoed += 1;
+        }
+    }
+    assert!(echoed >= 8, "only {echoed} UDP echoes");
+    let t = server.get_json("/traffic");
+    assert_eq!(
+        user_counts(&t, "carol"),
+        ((N + 10 * 700) as u64, (N + echoed * 700) as u64),
+        "traffic: {t}"
+    );
+    assert_eq!(server.get_json("/online")["carol"], 1);
+}
+
 #[test]
 fn kick_closes_the_users_connections() {
     let mut server = OpsServer::start(&[("alice", "pw-a"), ("bob", "pw-b")], &[]);
@@ -336,6 +365,18 @@ fn sighup_reloads_passwords_and_keeps_live_connections() {
     let fresh_new = client(&server, "alice:new-pw");
     let mut s3 = echo_stream(&fresh_new, &echo).expect("new connection, new password");
     roundtrip(&mut s3, 1000).expect("echo with the new password");
+
+    // A new certificate (same paths, new files) is used for new handshakes.
+    let other = tempdir();
+    let (cert2, key2) = write_cert(&other);
+    fs::copy(&cert2, &server.cert).unwrap();
+    fs::copy(&key2, &server.key).unwrap();
+    server.child.signal(libc::SIGHUP);
+    server.wait_log("new certificate");
+    let after_cert = client(&server, "alice:new-pw");
+    let mut s5 = echo_stream(&after_cert, &echo).expect("handshake with the new certificate");
+    roundtrip(&mut s5, 1000).expect("echo after the certificate reload");
+    roundtrip(&mut live, 1000).expect("the old stream after the certificate reload");
 
     // An invalid config is rejected with the reason; the running one stays.
     fs::write(&server.config, "listen: [this is not\n").unwrap();

@@ -45,6 +45,9 @@ pub struct Relay {
     pub created: SystemTime,
     /// When bytes last moved.
     pub last_active: Instant,
+    /// Payload that arrived with the request (sing-box coalesces it), not seen by the pipe's
+    /// counters.
+    first_len: u64,
     pipe: Pipe,
 }
 
@@ -70,13 +73,14 @@ impl Relay {
             reported: (0, 0),
             created: SystemTime::now(),
             last_active: Instant::now(),
+            first_len: first.len() as u64,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
 
     /// Payload bytes relayed client → target and target → client.
     pub fn traffic(&self) -> (u64, u64) {
-        (self.pipe.from_quic, self.pipe.from_tcp)
+        (self.pipe.from_quic + self.first_len, self.pipe.from_tcp)
     }
 
     /// Adds the bytes moved since the last call to the user's traffic counters.
