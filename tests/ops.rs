@@ -41,7 +41,8 @@ impl OpsServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join("server.yaml");
-        fs::write(&config, config_text(addr, api, &cert, &key, users)).expect("write config");
+        let text = config_text(addr, api, &cert, &key, users, "");
+        fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
         cmd.arg("server")
             .arg("-c")
@@ -64,7 +65,12 @@ impl OpsServer {
     }
 
     fn write_config(&self, users: &[(&str, &str)]) {
-        let text = config_text(self.addr, self.api, &self.cert, &self.key, users);
+        self.write_config_with(users, "");
+    }
+
+    /// The config with `extra` appended at top level.
+    fn write_config_with(&self, users: &[(&str, &str)], extra: &str) {
+        let text = config_text(self.addr, self.api, &self.cert, &self.key, users, extra);
         fs::write(&self.config, text).expect("write server.yaml");
     }
 
@@ -95,6 +101,7 @@ fn config_text(
     cert: &Path,
     key: &Path,
     users: &[(&str, &str)],
+    extra: &str,
 ) -> String {
     let mut y = format!(
         "listen: {addr}\ntls:\n  cert: \"{}\"\n  key: \"{}\"\nauth:\n  type: userpass\n  userpass:\n",
@@ -107,6 +114,7 @@ fn config_text(
     y.push_str(&format!(
         "outboundGuard:\n  allowLoopback: true\ntrafficStats:\n  listen: {api}\n  secret: {SECRET}\n"
     ));
+    y.push_str(extra);
     y
 }
 
@@ -478,4 +486,37 @@ fn sigterm_closes_idle_streams_at_the_drain_deadline() {
     let mut buf = [0; 8];
     let r = s.write_all(b"x").and_then(|_| s.read(&mut buf));
     assert!(matches!(r, Ok(0) | Err(_)), "stream still answers: {r:?}");
+}
+
+#[test]
+fn sighup_applies_new_limits() {
+    let mut server = OpsServer::start(&[("alice", "pw")], &[]);
+    let echo = TcpEcho::start();
+    let c = client(&server, "alice:pw");
+    server.write_config_with(&[("alice", "pw")], "limits:\n  maxStreamsPerUser: 1\n");
+    server.child.signal(libc::SIGHUP);
+    server.wait_log("reloaded");
+
+    let mut first = echo_stream(&c, &echo).expect("first stream");
+    roundtrip(&mut first, 1000).expect("echo");
+    // A second stream waits for the first one's permit (it is parked, not failed).
+    let (socks, target) = (c.socks_addr(), echo.addr());
+    let second = std::thread::spawn(move || -> io::Result<Instant> {
+        let mut s = socks5_connect(socks, &target.ip().to_string(), target.port())?;
+        roundtrip(&mut s, 1000)?;
+        Ok(Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !second.is_finished(),
+        "a second stream ran despite maxStreamsPerUser: 1"
+    );
+    let released = Instant::now();
+    drop(first);
+    let done = second
+        .join()
+        .expect("second stream thread")
+        .expect("the second stream runs once the first is closed");
+    assert!(done >= released);
+    server.child.assert_running();
 }
