@@ -76,7 +76,7 @@ struct ServerArgs {
     #[arg(long)]
     check: bool,
     /// On SIGTERM/SIGINT, seconds streams in progress get to finish before connections close.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = server::run::DRAIN_TIMEOUT.as_secs())]
     drain_timeout: u64,
     /// Serve the raw QUIC workload (echo / sink / source) used to measure the engine.
     #[arg(long)]

@@ -307,11 +307,7 @@ impl Hy2App {
                 let (tx, rx) = r.traffic();
                 StreamInfo {
                     state: r.state_name(),
-                    auth: self
-                        .conns
-                        .get(&r.ch)
-                        .and_then(|c| c.user.clone())
-                        .unwrap_or_default(),
+                    auth: r.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
                     connection: (worker << 32) | r.ch.0 as u64,
                     stream: VarInt::from(r.id).into_inner(),
                     req_addr: r.target.clone(),
