@@ -76,6 +76,9 @@ struct ServerArgs {
     /// Validate the config file and exit.
     #[arg(long)]
     check: bool,
+    /// On SIGTERM/SIGINT, seconds streams in progress get to finish before connections close.
+    #[arg(long, default_value_t = server::run::DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
     /// Serve the raw QUIC workload (echo / sink / source) used to measure the engine.
     #[arg(long)]
     echo: bool,
@@ -265,7 +268,8 @@ fn serve(a: ServerArgs) -> Result<(), String> {
             println!("share URI: {uri}");
         }
         println!("listening on {}", srv.addr);
-        return server::run::wait(srv).map_err(|e| e.to_string());
+        let drain = Duration::from_secs(a.drain_timeout);
+        return server::run::wait(srv, Some(&path), drain);
     }
     let opts = EchoOptions {
         listen: a.listen,

@@ -104,6 +104,57 @@ pub struct User {
     pub name: String,
     pub streams: Cap,
     pub connections: Cap,
+    /// Payload bytes client → targets (TCP stream bytes and UDP datagram payloads).
+    pub tx: AtomicU64,
+    /// Payload bytes targets → client.
+    pub rx: AtomicU64,
+    /// Authenticated QUIC connections of the user now (see [`Online`]).
+    pub online: AtomicU64,
+}
+
+impl User {
+    /// Counts relayed payload bytes (relaxed: a statistic, read by the traffic API).
+    pub fn add_traffic(&self, tx: u64, rx: u64) {
+        if tx > 0 {
+            self.tx.fetch_add(tx, Ordering::Relaxed);
+        }
+        if rx > 0 {
+            self.rx.fetch_add(rx, Ordering::Relaxed);
+        }
+    }
+
+    /// (tx, rx) so far; with `clear`, the counters restart from 0 (no byte is lost
+    /// between the read and the reset).
+    pub fn traffic(&self, clear: bool) -> (u64, u64) {
+        if clear {
+            (
+                self.tx.swap(0, Ordering::Relaxed),
+                self.rx.swap(0, Ordering::Relaxed),
+            )
+        } else {
+            (
+                self.tx.load(Ordering::Relaxed),
+                self.rx.load(Ordering::Relaxed),
+            )
+        }
+    }
+}
+
+/// One authenticated connection of a user, counted in `User::online` while it lives.
+#[derive(Debug)]
+pub struct Online(Arc<User>);
+
+impl Online {
+    pub fn new(user: &Arc<User>) -> Self {
+        user.online.fetch_add(1, Ordering::Relaxed);
+        Online(user.clone())
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        self.0.online.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The caps as configured (`limits.*`); `None` = no cap.
@@ -199,6 +250,9 @@ impl Limits {
                     name: name.to_string(),
                     streams: Cap::new(caps.streams_per_user),
                     connections: Cap::new(caps.connections_per_user),
+                    tx: AtomicU64::new(0),
+                    rx: AtomicU64::new(0),
+                    online: AtomicU64::new(0),
                 })
             })
             .clone()

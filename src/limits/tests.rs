@@ -165,3 +165,20 @@ fn a_lower_cap_applies_as_permits_return() {
     assert!(one.is_some());
     assert!(limits.acquire_stream(&u, true).is_none());
 }
+
+#[test]
+fn traffic_counts_clear_and_online_follows_guards() {
+    let limits = Limits::new(Caps::default(), None);
+    let u = limits.user("alice");
+    u.add_traffic(10, 20);
+    limits.user("alice").add_traffic(1, 2);
+    assert_eq!(u.traffic(false), (11, 22));
+    assert_eq!(u.traffic(true), (11, 22));
+    assert_eq!(u.traffic(false), (0, 0));
+    let a = Online::new(&u);
+    let b = Online::new(&u);
+    assert_eq!(u.online.load(std::sync::atomic::Ordering::Relaxed), 2);
+    drop(a);
+    drop(b);
+    assert_eq!(u.online.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

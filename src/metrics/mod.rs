@@ -2,6 +2,7 @@
 //! stores, no contention); readers (tests, the metrics endpoint) sum them.
 
 pub mod prometheus;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -16,8 +16,8 @@ pub use cid::{long_header_dcid, short_header_dcid, worker_of, ShardedCidGenerato
 pub use compat::{AssumePeerDatagrams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 pub use congestion::{take_last_built, AdaptiveConfig, BrutalPacer, CcHandle};
 pub use tls::{
-    client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto, CertKey, TlsError,
-    Verify,
+    client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto,
+    server_crypto_swappable, CertKey, CertSwap, TlsError, Verify,
 };
 pub use transport::{
     client_config, client_endpoint_config, endpoint_config, server_config, transport_config,

@@ -579,3 +579,50 @@ mod tests {
         );
     }
 }
+
+/// The server's certificate, replaceable while the server runs (a SIGHUP reload): read
+/// once per handshake, so live connections keep the certificate they were made with.
+#[derive(Debug)]
+pub struct CertSwap(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl CertSwap {
+    pub fn new(ck: &CertKey) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(CertSwap(std::sync::RwLock::new(certified(ck)?))))
+    }
+
+    /// Uses `ck` for handshakes from now on (an error leaves the current one in place).
+    pub fn set(&self, ck: &CertKey) -> Result<(), TlsError> {
+        let new = certified(ck)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
+fn certified(ck: &CertKey) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let c =
+        rustls::sign::CertifiedKey::from_der(ck.chain.clone(), ck.key.clone_key(), &provider())?;
+    Ok(Arc::new(c))
+}
+
+impl rustls::server::ResolvesServerCert for CertSwap {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// [`server_crypto`] with a certificate that can be replaced while running.
+pub fn server_crypto_swappable(
+    cert: Arc<CertSwap>,
+    alpn: &[&[u8]],
+) -> Result<Arc<QuicServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.max_early_data_size = 0;
+    Ok(Arc::new(QuicServerConfig::try_from(config)?))
+}

@@ -6,6 +6,7 @@ pub mod echo;
 pub mod guard;
 pub mod hy2;
 pub mod offload;
+pub mod ops;
 pub mod run;
 
 use std::net::UdpSocket;

@@ -1,13 +1,16 @@
 //! `quelay server -c FILE`: from a validated config to running workers.
 
-use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::backend;
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::offload::Offload;
+use super::ops::{self, Command, Ops};
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::engine::DriverConfig;
 use crate::limits::{Caps, Limits};
@@ -18,16 +21,28 @@ use crate::worker::{self, Group, GroupConfig};
 /// ALPN of Hysteria2 (HTTP/3).
 pub const ALPN: &[u8] = b"h3";
 
+/// How long a SIGTERM/SIGINT drain lets streams finish by default.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running Hysteria2 server.
 pub struct Server {
     pub group: Group,
     pub addr: SocketAddr,
     /// The share URI printed when the certificate was generated (no `tls` section).
     pub share_uri: Option<String>,
+    /// Commands to the workers, the drain state and the traffic-stats backend.
+    pub ops: Arc<Ops>,
+    /// The config running now (what a reload compares against).
+    cfg: ServerConfig,
+    /// The certificate new handshakes get (`None`: generated, never reloaded).
+    cert: Option<Arc<quic::CertSwap>>,
+    /// Contents of `tls.cert` and `tls.key` when last loaded.
+    cert_files: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Turns the config into what the workers run. Errors name the config key.
-fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
+/// Turns the config into what the workers run. Errors name the config key. `limits`: the
+/// running server's counters (a reload keeps them; the caps are applied by the caller).
+fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Config, String> {
     // Sections that would change who may reach what must not be ignored silently.
     if cfg.acl.is_some() {
         return Err("acl: ACL rules are not supported yet; remove the section".into());
@@ -39,14 +54,8 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
                 .into(),
         );
     }
-    let ignored = [
-        (cfg.sniff.is_some(), "sniff"),
-        (cfg.traffic_stats.is_some(), "trafficStats"),
-    ];
-    for (set, key) in ignored {
-        if set {
-            tracing::warn!("{key}: not supported yet; ignored");
-        }
+    if cfg.sniff.is_some() {
+        tracing::warn!("sniff: not supported yet; ignored");
     }
     let auth = match &cfg.auth {
         Auth::Password(p) => Authenticator::Password(p.clone()),
@@ -101,7 +110,7 @@ fn hy2_config(cfg: &ServerConfig) -> Result<Hy2Config, String> {
         bandwidth_down: cfg.bandwidth.down.unwrap_or(0),
         ignore_client_bandwidth: cfg.ignore_client_bandwidth,
         speed_test: cfg.speed_test,
-        limits: Limits::new(caps(cfg), crate::limits::fd_limit()),
+        limits: limits.unwrap_or_else(|| Limits::new(caps(cfg), crate::limits::fd_limit())),
         max_incoming_streams: cfg.quic.max_incoming_streams,
     })
 }
@@ -141,7 +150,7 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
 
 /// Starts the workers for `cfg`.
 pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
-    let hy2 = Arc::new(hy2_config(cfg)?);
+    let hy2 = Arc::new(hy2_config(cfg, None)?);
     let obfs = match &cfg.obfs {
         Obfs::Salamander { password } => Some(Arc::new(
             Salamander::new(password.as_bytes())
@@ -149,18 +158,21 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         )),
         Obfs::Plain => None,
     };
-    let (ck, generated) = match &cfg.tls {
+    let (ck, generated, cert_files) = match &cfg.tls {
         Some(tls) => (
             quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?,
             false,
+            read_pair(&tls.cert, &tls.key),
         ),
         None => (
             quic::self_signed(&["localhost".to_string()]).map_err(|e| e.to_string())?,
             true,
+            None,
         ),
     };
     let pin = quic::pin_sha256(&ck.chain[0]);
-    let crypto = quic::server_crypto(&ck, &[ALPN]).map_err(|e| e.to_string())?;
+    let cert = quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+    let crypto = quic::server_crypto_swappable(cert.clone(), &[ALPN]).map_err(|e| e.to_string())?;
     // Official clients since 2.8.2 omit max_datagram_frame_size; assume 1200 like the
     // reference server so UDP replies reach them.
     let crypto = Arc::new(AssumePeerDatagrams::new(
@@ -191,10 +203,17 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         pin: true,
         obfs,
     };
-    let group = worker::spawn(specs, &group_cfg, |_| {
-        Hy2App::new(hy2.clone(), resolver.clone())
+    let (mut ops, links) = ops::channels(n, hy2.limits.clone());
+    let group = worker::spawn(specs, &group_cfg, |id| {
+        let app = Hy2App::new(hy2.clone(), resolver.clone());
+        match links.get(usize::from(id.0)) {
+            Some(link) => app.with_link(link.clone()),
+            None => app,
+        }
     })
     .map_err(|e| format!("cannot start workers: {e}"))?;
+    ops.attach(group.shared.clone());
+    let ops = Arc::new(ops);
     tracing::info!(
         "Hysteria2 server on {addr}: {n} worker(s), {} driver, steering {}, obfs {}",
         group.shared.io_kinds[0],
@@ -213,12 +232,87 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         })?;
         tracing::info!("metrics on http://{}/metrics", m.listen);
     }
+    if let Some(ts) = &cfg.traffic_stats {
+        crate::metrics::traffic::serve(ts.listen, ts.secret.clone(), ops.clone())?;
+        tracing::info!("traffic stats API on http://{}/", ts.listen);
+    }
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
         group,
         addr,
         share_uri,
+        ops,
+        cfg: cfg.clone(),
+        cert: (!generated).then_some(cert),
+        cert_files,
     })
+}
+
+/// The bytes of a certificate and key file (to notice a change on reload).
+fn read_pair(cert: &Path, key: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?))
+}
+
+impl Server {
+    /// Applies the config file at `path` (SIGHUP): authentication, limits, masquerade,
+    /// outbound guard, bandwidth, and the certificate when its files changed. Keys that need
+    /// new sockets or workers keep their running values (with a warning). On any error the
+    /// running config stays as it is.
+    pub fn reload(&mut self, path: &Path) -> Result<(), String> {
+        let mut new = load(path)?;
+        let old = &self.cfg;
+        let restart_only = [
+            (new.listen != old.listen, "listen"),
+            (new.obfs != old.obfs, "obfs"),
+            (new.quic != old.quic, "quic"),
+            (new.engine != old.engine, "engine"),
+            (new.congestion != old.congestion, "congestion"),
+            (new.disable_udp != old.disable_udp, "disableUDP"),
+            (new.traffic_stats != old.traffic_stats, "trafficStats"),
+            (new.metrics != old.metrics, "metrics"),
+            (
+                new.tls.is_some() != old.tls.is_some(),
+                "tls (added or removed)",
+            ),
+        ];
+        for (changed, key) in restart_only {
+            if changed {
+                tracing::warn!("reload: {key} changed; it takes effect after a restart");
+            }
+        }
+        new.listen = old.listen;
+        new.obfs = old.obfs.clone();
+        new.quic = old.quic.clone();
+        new.engine = old.engine;
+        new.congestion = old.congestion;
+        new.disable_udp = old.disable_udp;
+        new.traffic_stats = old.traffic_stats.clone();
+        new.metrics = old.metrics.clone();
+        if new.tls.is_some() != old.tls.is_some() {
+            new.tls = old.tls.clone();
+        }
+        let limits = self.ops.limits.clone();
+        let hy2 = Arc::new(hy2_config(&new, Some(limits.clone()))?);
+        // The certificate: loaded and checked before anything is applied.
+        let mut cert = None;
+        if let (Some(tls), Some(_)) = (&new.tls, &self.cert) {
+            let files = read_pair(&tls.cert, &tls.key);
+            if files.is_none() || files != self.cert_files {
+                let ck = quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?;
+                quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+                cert = Some((ck, files));
+            }
+        }
+        if let (Some((ck, files)), Some(swap)) = (cert, &self.cert) {
+            swap.set(&ck).map_err(|e| format!("tls: {e}"))?;
+            self.cert_files = files;
+            tracing::info!("reload: new certificate for new connections");
+        }
+        limits.set_caps(caps(&new));
+        self.ops.broadcast(|| Command::Reload(hy2.clone()));
+        self.cfg = new;
+        Ok(())
+    }
 }
 
 /// `hysteria2://auth@host:port/?insecure=1&pinSHA256=...` for a generated certificate.
@@ -259,7 +353,63 @@ pub fn load(path: &std::path::Path) -> Result<ServerConfig, String> {
     Ok(cfg)
 }
 
-/// Blocks until the workers stop.
-pub fn wait(server: Server) -> io::Result<()> {
-    server.group.join()
+/// Runs until SIGTERM or SIGINT (or the workers stop); SIGHUP reloads `config` (when
+/// given). On SIGTERM/SIGINT the server drains: new connections and streams are refused,
+/// streams in progress get up to `drain` to finish, then connections are closed.
+pub fn wait(mut server: Server, config: Option<&Path>, drain: Duration) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let config: Option<PathBuf> = config.map(Path::to_path_buf);
+    while !stop.load(Ordering::Relaxed) && !server.group.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            match &config {
+                Some(path) => match server.reload(path) {
+                    Ok(()) => tracing::info!("reloaded {}", path.display()),
+                    Err(e) => tracing::error!(
+                        "reload of {} rejected, the running config stays: {e}",
+                        path.display()
+                    ),
+                },
+                None => tracing::warn!("SIGHUP: no config file to reload"),
+            }
+        }
+    }
+    if !server.group.is_finished() {
+        drain_streams(&server, drain);
+    }
+    server.group.stop();
+    server.group.join().map_err(|e| e.to_string())
+}
+
+/// Refuses new work and waits up to `timeout` for streams in progress to finish.
+fn drain_streams(server: &Server, timeout: Duration) {
+    let ops = &server.ops;
+    ops.start_drain();
+    let start = Instant::now();
+    tracing::info!(
+        "draining: no new connections or streams; waiting up to {:?}",
+        timeout
+    );
+    // The workers publish what is still busy when they tick; a wakeup makes them tick.
+    std::thread::sleep(Duration::from_millis(50));
+    loop {
+        ops.wake_all();
+        std::thread::sleep(Duration::from_millis(50));
+        let busy = ops.busy();
+        if busy == 0 {
+            tracing::info!("drained in {:?}", start.elapsed());
+            return;
+        }
+        if start.elapsed() >= timeout || server.group.is_finished() {
+            tracing::warn!("drain timeout: closing {busy} stream(s) still in progress");
+            return;
+        }
+    }
 }

@@ -423,6 +423,15 @@ impl<A: App> State<A> {
                     self.endpoint.ignore(incoming);
                     return;
                 }
+                if self.shared.refuse_new.load(Ordering::Relaxed) {
+                    // Draining: tell the client at once (CONNECTION_REFUSED).
+                    WorkerCounters::add(&self.counters.accept_errors, 1);
+                    self.response_buf.clear();
+                    let t = self.endpoint.refuse(incoming, &mut self.response_buf);
+                    let buf = self.response_buf[..t.size].to_vec();
+                    self.responses.push((t, buf));
+                    return;
+                }
                 self.response_buf.clear();
                 match self
                     .endpoint

@@ -49,6 +49,8 @@ pub struct Shared {
     pub forward: Vec<Sender<Forwarded>>,
     pub wakers: Vec<Waker>,
     pub stop: AtomicBool,
+    /// Refuse new connections (a server draining before it stops); live ones go on.
+    pub refuse_new: AtomicBool,
     pub io_kinds: Vec<IoKind>,
 }
 
@@ -237,6 +239,7 @@ where
         forward: fwd_tx,
         wakers,
         stop: AtomicBool::new(false),
+        refuse_new: AtomicBool::new(false),
         io_kinds: kinds,
     });
     for (i, g) in go.into_iter().enumerate() {

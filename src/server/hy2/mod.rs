@@ -27,8 +27,10 @@ use self::udp::UdpTable;
 use super::backend;
 use super::guard::OutboundGuard;
 use super::offload::{Offload, OffloadClient, Outcome};
+use super::ops::{Command, Link};
 use crate::engine::{Completion, SockOp};
-use crate::limits::{ConnPermit, Limits, StreamPermit, User};
+use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
+use crate::metrics::traffic::StreamInfo;
 use crate::metrics::WorkerCounters;
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
@@ -42,6 +44,8 @@ const HTTP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const ORPHAN_TOKEN: u64 = 0;
 /// Marks tokens of work offloaded for a stream (auth verdicts, masquerade responses).
 const JOB_TOKEN: u64 = 1 << 62;
+/// QUIC error code of a kicked connection (H3_EXCESSIVE_LOAD, as the reference server).
+const KICK_ERROR: u32 = 0x107;
 
 /// Bytes a proxy stream may send before its TCPRequest is complete
 /// (type + address ≤ 2048 + padding ≤ 4096 + length fields).
@@ -177,6 +181,8 @@ struct Conn {
     conn_permit: Option<ConnPermit>,
     /// New stream credit is withheld (a cap was reached).
     withheld: bool,
+    /// Counts the connection in its user's `online` while it lives.
+    online: Option<Online>,
 }
 
 /// Relay tokens: slab key in the low 32 bits, a generation above, so a completion for a
@@ -202,6 +208,9 @@ pub struct Hy2App {
     parked: VecDeque<Parked>,
     /// Times a connection's stream credit was withheld.
     pub credit_withheld: u64,
+    /// Commands from outside (kick, dump, reload) and the drain state; `None` when run
+    /// without them (tests).
+    link: Option<Link>,
 }
 
 impl Hy2App {
@@ -219,6 +228,115 @@ impl Hy2App {
             refused: 0,
             parked: VecDeque::new(),
             credit_withheld: 0,
+            link: None,
+        }
+    }
+
+    /// Takes commands from `link` and follows its drain state.
+    pub fn with_link(mut self, link: Link) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    fn draining(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.control.draining())
+    }
+
+    /// Acts on what came through the command channel.
+    fn commands(&mut self, io: &mut Io<'_>) {
+        let cmds: Vec<Command> = match &self.link {
+            Some(l) => l.commands.try_iter().collect(),
+            None => return,
+        };
+        for cmd in cmds {
+            match cmd {
+                Command::Kick(users) => self.kick(io, &users),
+                Command::Dump(reply) => {
+                    let _ = reply.send(self.dump(io.now));
+                }
+                Command::Reload(cfg) => self.cfg = cfg,
+            }
+        }
+    }
+
+    /// Closes the connections of `users` (QUIC error 0x107, as the reference server).
+    fn kick(&mut self, io: &mut Io<'_>, users: &std::collections::HashSet<String>) {
+        let chs: Vec<ConnectionHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.user.as_ref().is_some_and(|u| users.contains(u)))
+            .map(|(ch, _)| *ch)
+            .collect();
+        for ch in chs {
+            let user = self.conns.get(&ch).and_then(|c| c.user.clone());
+            tracing::info!("kicked {ch:?} of {}", user.unwrap_or_default());
+            // A local close raises no ConnectionLost: let go of its streams here.
+            self.forget_conn(io, ch);
+            let now = io.now;
+            if let Some(qc) = io.conn(ch) {
+                let reason = bytes::Bytes::from_static(b"kicked");
+                qc.close(now, VarInt::from_u32(KICK_ERROR), reason);
+            }
+        }
+    }
+
+    /// The connection is gone (or going): abort its relays, close its UDP sessions, and
+    /// drop its permits and its place in `online`.
+    fn forget_conn(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+        self.udp.close_conn(io, ch);
+        self.parked.retain(|p| p.ch != ch);
+        if let Some(mut conn) = self.conns.remove(&ch) {
+            for (_, b) in conn.bidi.drain() {
+                if let Bidi::Relay(key) = b {
+                    if let Some((gen, r)) = self.relays.get_mut(key) {
+                        let tok = token(key, *gen);
+                        r.abort(io, tok);
+                    }
+                }
+            }
+        }
+    }
+
+    /// This worker's relayed streams, for `/dump/streams`.
+    fn dump(&self, now: Instant) -> Vec<StreamInfo> {
+        let wall = std::time::SystemTime::now();
+        let worker = self.link.as_ref().map_or(0, |l| l.worker as u64);
+        self.relays
+            .iter()
+            .map(|(_, (_, r))| {
+                let (tx, rx) = r.traffic();
+                StreamInfo {
+                    state: r.state_name(),
+                    auth: r.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+                    connection: (worker << 32) | r.ch.0 as u64,
+                    stream: VarInt::from(r.id).into_inner(),
+                    req_addr: r.target.clone(),
+                    tx,
+                    rx,
+                    initial_at: r.created,
+                    last_active_at: wall
+                        .checked_sub(now.saturating_duration_since(r.last_active))
+                        .unwrap_or(r.created),
+                }
+            })
+            .collect()
+    }
+
+    /// While draining: streams still relayed, or answered but not yet acknowledged.
+    fn publish_busy(&mut self, io: &mut Io<'_>) {
+        let Some(link) = &self.link else { return };
+        if !link.control.draining() {
+            return;
+        }
+        let mut busy = self.relays.len() as u64;
+        for ch in self.conns.keys() {
+            if let Some(qc) = io.conn(*ch) {
+                // Our HTTP/3 control stream stays open for the connection's life.
+                busy += (qc.streams().send_streams() as u64).saturating_sub(1);
+            }
+        }
+        if let Some(b) = link.control.busy.get(link.worker) {
+            b.store(busy, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -278,6 +396,15 @@ impl Hy2App {
                             if self.cfg.speed_test && is_speedtest_addr(&req.addr) {
                                 let st = Box::new(SpeedTest::new(self.ok_response(), first));
                                 return self.drive_speedtest(io, ch, id, st);
+                            }
+                            if self.draining() {
+                                self.refused += 1;
+                                let msg = "server is shutting down";
+                                let Some(qc) = io.conn(ch) else { return };
+                                let _ = qc.send_stream(id).write(&error_response(msg));
+                                crate::worker::pipe::finish_or_reset(qc, id);
+                                let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+                                return;
                             }
                             let p = Parked {
                                 ch,
@@ -440,6 +567,7 @@ impl Hy2App {
                 tracing::debug!("{ch:?} authenticated as {user}, send rate {rate} B/s");
                 let limits = self.cfg.limits.user(&user);
                 conn.conn_permit = Limits::acquire_connection(&limits, true);
+                conn.online = Some(Online::new(&limits));
                 conn.limits = Some(limits);
             }
             conn.user = Some(user);
@@ -536,6 +664,7 @@ impl Hy2App {
         let ok = self.ok_response();
         let mut relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
         relay.permit = Some(permit);
+        relay.user = self.conns.get(&ch).and_then(|c| c.limits.clone());
         WorkerCounters::add(&io.counters.streams_relayed, 1);
         let key = self.relays.insert((gen, relay));
         if let Some(conn) = self.conns.get_mut(&ch) {
@@ -611,7 +740,8 @@ impl Hy2App {
     }
 
     fn remove_relay(&mut self, key: usize) {
-        if let Some((_, r)) = self.relays.try_remove(key) {
+        if let Some((_, mut r)) = self.relays.try_remove(key) {
+            r.account(Instant::now());
             if let Some(conn) = self.conns.get_mut(&r.ch) {
                 if matches!(conn.bidi.get(&r.id), Some(Bidi::Relay(k)) if *k == key) {
                     conn.bidi.remove(&r.id);
@@ -624,7 +754,9 @@ impl Hy2App {
         let Some((gen, relay)) = self.relays.get_mut(key) else {
             return;
         };
-        if relay.pump(io, token(key, *gen)) == After::Remove {
+        let after = relay.pump(io, token(key, *gen));
+        relay.account(io.now);
+        if after == After::Remove {
             self.remove_relay(key);
         }
     }
@@ -648,6 +780,7 @@ fn reset_stream(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId, code: u64) 
 
 impl App for Hy2App {
     fn tick(&mut self, io: &mut Io<'_>) {
+        self.commands(io);
         // Work finished off the data path: DNS answers, auth verdicts, responses.
         let answers: Vec<_> = self
             .offload
@@ -698,6 +831,7 @@ impl App for Hy2App {
         WorkerCounters::set(&c.streams_parked, self.parked.len() as u64);
         WorkerCounters::set(&c.credit_withheld, self.credit_withheld);
         WorkerCounters::set(&c.streams_refused, self.refused);
+        self.publish_busy(io);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -780,24 +914,15 @@ impl App for Hy2App {
                     }
                     return;
                 }
+                let user = conn.limits.clone();
                 let off = self
                     .offload
                     .get_or_insert_with(|| self.pool.client(io.driver.waker()));
-                self.udp.on_datagrams(io, ch, &self.cfg.guard, off);
+                self.udp.on_datagrams(io, ch, user, &self.cfg.guard, off);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
-                self.udp.close_conn(io, ch);
-                if let Some(mut conn) = self.conns.remove(&ch) {
-                    for (_, b) in conn.bidi.drain() {
-                        if let Bidi::Relay(key) = b {
-                            if let Some((gen, r)) = self.relays.get_mut(key) {
-                                let tok = token(key, *gen);
-                                r.abort(io, tok);
-                            }
-                        }
-                    }
-                }
+                self.forget_conn(io, ch);
             }
             _ => {}
         }
@@ -823,7 +948,9 @@ impl App for Hy2App {
                 return;
             }
         };
-        if relay.on_completion(io, c, tok) == After::Remove {
+        let after = relay.on_completion(io, c, tok);
+        relay.account(io.now);
+        if after == After::Remove {
             self.remove_relay(key);
         }
     }

@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
@@ -36,6 +37,17 @@ pub struct Relay {
     pub deadline: Instant,
     /// The stream permit this relay holds (released when the relay is dropped).
     pub permit: Option<crate::limits::StreamPermit>,
+    /// The user whose traffic counters this relay's bytes go to.
+    pub user: Option<Arc<crate::limits::User>>,
+    /// (tx, rx) already added to the user's counters.
+    reported: (u64, u64),
+    /// When the request arrived (for `/dump/streams`).
+    pub created: SystemTime,
+    /// When bytes last moved.
+    pub last_active: Instant,
+    /// Payload that arrived with the request (sing-box coalesces it), not seen by the pipe's
+    /// counters.
+    first_len: u64,
     pipe: Pipe,
 }
 
@@ -57,13 +69,45 @@ impl Relay {
             target,
             deadline,
             permit: None,
+            user: None,
+            reported: (0, 0),
+            created: SystemTime::now(),
+            last_active: Instant::now(),
+            first_len: first.len() as u64,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
 
     /// Payload bytes relayed client → target and target → client.
     pub fn traffic(&self) -> (u64, u64) {
-        (self.pipe.from_quic, self.pipe.from_tcp)
+        (self.pipe.from_quic + self.first_len, self.pipe.from_tcp)
+    }
+
+    /// Adds the bytes moved since the last call to the user's traffic counters.
+    pub fn account(&mut self, now: Instant) {
+        let (tx, rx) = self.traffic();
+        let (dtx, drx) = (
+            tx.saturating_sub(self.reported.0),
+            rx.saturating_sub(self.reported.1),
+        );
+        if dtx == 0 && drx == 0 {
+            return;
+        }
+        self.reported = (tx, rx);
+        self.last_active = now;
+        if let Some(u) = &self.user {
+            u.add_traffic(dtx, drx);
+        }
+    }
+
+    /// The reference's name for the phase (`/dump/streams`).
+    pub fn state_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Resolving => "init",
+            Phase::Connecting => "connect",
+            Phase::Established => "estab",
+            Phase::Done => "closed",
+        }
     }
 
     /// Starts the TCP connect.

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use slab::Slab;
 use super::super::guard::OutboundGuard;
 use super::super::offload::OffloadClient;
 use crate::engine::{Completion, SockOp};
+use crate::limits::User;
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
 use crate::worker::Io;
@@ -51,6 +53,8 @@ struct Session {
     resolved: HashMap<String, SocketAddr>,
     closing: bool,
     next_packet_id: u16,
+    /// Whose traffic counters the payloads go to.
+    user: Option<Arc<User>>,
 }
 
 /// Counters of the UDP path.
@@ -78,6 +82,7 @@ impl UdpTable {
         &mut self,
         io: &mut Io<'_>,
         ch: ConnectionHandle,
+        user: Option<Arc<User>>,
         guard: &OutboundGuard,
         dns: &OffloadClient,
     ) {
@@ -98,7 +103,7 @@ impl UdpTable {
             };
             let key = match self.by_id.get(&(ch, msg.session_id)) {
                 Some(&k) => k,
-                None => match self.open(io, ch, msg.session_id) {
+                None => match self.open(io, ch, msg.session_id, user.clone()) {
                     Some(k) => k,
                     None => {
                         self.counters.dropped += 1;
@@ -117,6 +122,10 @@ impl UdpTable {
                 }
             };
             let payload = msg.payload.to_vec();
+            // Counted as received from the client, whether or not it can be delivered.
+            if let Some(u) = &s.user {
+                u.add_traffic(payload.len() as u64, 0);
+            }
             match s.resolved.get(&msg.addr) {
                 Some(&addr) => queue(s, addr, payload, &mut self.counters),
                 None => match split_host_port(&msg.addr) {
@@ -149,7 +158,13 @@ impl UdpTable {
         }
     }
 
-    fn open(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: u32) -> Option<usize> {
+    fn open(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: u32,
+        user: Option<Arc<User>>,
+    ) -> Option<usize> {
         let bind: SocketAddr = "[::]:0".parse().expect("literal");
         let fd = io
             .driver
@@ -170,6 +185,7 @@ impl UdpTable {
             resolved: HashMap::new(),
             closing: false,
             next_packet_id: 1,
+            user,
         });
         self.by_id.insert((ch, id), key);
         self.counters.sessions_opened += 1;
@@ -253,7 +269,11 @@ impl UdpTable {
                         s.last_active = io.now;
                         s.next_packet_id = s.next_packet_id.wrapping_add(1).max(1);
                         let (ch, id, pid) = (s.ch, s.id, s.next_packet_id);
-                        reply(io, ch, id, pid, from, &c.buf[..n], &mut self.counters);
+                        if reply(io, ch, id, pid, from, &c.buf[..n], &mut self.counters) {
+                            if let Some(u) = &s.user {
+                                u.add_traffic(0, n as u64);
+                            }
+                        }
                     }
                 }
             }
@@ -339,20 +359,24 @@ fn reply(
     from: SocketAddr,
     payload: &[u8],
     c: &mut UdpCounters,
-) {
-    let Some(qc) = io.conn(ch) else { return };
+) -> bool {
+    let Some(qc) = io.conn(ch) else { return false };
     let Some(max) = qc.datagrams().max_size() else {
-        return;
+        return false;
     };
     let max = max.min(MAX_UDP_MESSAGE);
     let addr = from.to_string();
     let Ok(frags) = fragment(session, packet_id, &addr, payload, max) else {
         c.dropped += 1;
-        return;
+        return false;
     };
+    let mut sent = true;
     for f in frags {
         if qc.datagrams().send(Bytes::from(f), true).is_ok() {
             c.datagrams_out += 1;
+        } else {
+            sent = false;
         }
     }
+    sent
 }
