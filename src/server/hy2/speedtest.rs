@@ -636,7 +636,7 @@ mod tests {
             }
             let all_sent = self.to_send.is_empty() && self.upload_left == 0;
             if self.fin_when_sent && all_sent {
-                crate::worker::pipe::finish_or_reset(conn, self.id);
+                let _ = conn.send_stream(self.id).finish();
             }
             if self.aborted {
                 return moved;
@@ -677,7 +677,7 @@ mod tests {
                 let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
             }
             if self.step == Step::Done && self.to_send.is_empty() && self.upload_left == 0 {
-                crate::worker::pipe::finish_or_reset(conn, self.id);
+                let _ = conn.send_stream(self.id).finish();
             }
             moved
         }
