@@ -12,9 +12,8 @@ use super::app::{ClientApp, ClientShared, Front, LocalSockets};
 use super::pool::PoolConfig;
 use super::stats::PoolStats;
 use super::udp::UdpForward;
-use crate::config::{self, ClientConfig, Obfs, ProxyAuth};
+use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
-use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, QuicParams, Verify};
 use crate::server::run::ALPN;
 use crate::worker::{self, Group, GroupConfig};
@@ -56,10 +55,7 @@ fn quic_params(cfg: &ClientConfig) -> QuicParams {
             config::CongestionKind::Reno => quic::Congestion::NewReno,
         },
         loss_compensation: !cfg.bandwidth.disable_loss_compensation,
-        datagram_overhead: match cfg.obfs {
-            Obfs::Salamander { .. } => SALT_LEN as u16,
-            Obfs::Plain => 0,
-        },
+        datagram_overhead: cfg.obfs.overhead(),
         ..QuicParams::default()
     }
 }
@@ -230,13 +226,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
         .unwrap_or_else(crate::server::echo::default_workers)
         .clamp(1, worker::MAX_WORKERS);
     let (mut sockets, listening) = local_sockets(cfg, n)?;
-    let obfs = match &cfg.obfs {
-        Obfs::Salamander { password } => Some(Arc::new(
-            Salamander::new(password.as_bytes())
-                .map_err(|e| format!("obfs.salamander.password: {e}"))?,
-        )),
-        Obfs::Plain => None,
-    };
+    let obfs = cfg.obfs.salamander()?;
     let crypto = quic::client_crypto(verify(cfg)?, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
     let client_config = quic::client_config(crypto, &quic_params(cfg));
     let driver = DriverConfig::default();

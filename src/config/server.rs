@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::IoKind;
+use crate::proto::salamander::{Salamander, SALT_LEN};
 
 pub use super::units::PortSet;
 
@@ -129,6 +130,26 @@ pub enum Obfs {
         /// `obfs.salamander.password`.
         password: String,
     },
+}
+
+impl Obfs {
+    /// The obfuscator every datagram goes through, if any. Errors name the key.
+    pub fn salamander(&self) -> Result<Option<std::sync::Arc<Salamander>>, String> {
+        match self {
+            Obfs::Salamander { password } => Salamander::new(password.as_bytes())
+                .map(|s| Some(std::sync::Arc::new(s)))
+                .map_err(|e| format!("obfs.salamander.password: {e}")),
+            Obfs::Plain => Ok(None),
+        }
+    }
+
+    /// Bytes the obfuscation adds to every datagram (QUIC payloads shrink by as much).
+    pub fn overhead(&self) -> u16 {
+        match self {
+            Obfs::Salamander { .. } => SALT_LEN as u16,
+            Obfs::Plain => 0,
+        }
+    }
 }
 
 /// `quic`: transport parameters. Zero in the file means the default.

@@ -14,7 +14,6 @@ use super::ops::{self, Command, Ops};
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::engine::DriverConfig;
 use crate::limits::{Caps, Limits};
-use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, AssumePeerDatagrams, QuicParams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig};
 
@@ -140,10 +139,7 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
             config::CongestionKind::Reno => quic::Congestion::NewReno,
         },
         loss_compensation: !cfg.bandwidth.disable_loss_compensation,
-        datagram_overhead: match cfg.obfs {
-            Obfs::Salamander { .. } => SALT_LEN as u16,
-            Obfs::Plain => 0,
-        },
+        datagram_overhead: cfg.obfs.overhead(),
         ..QuicParams::default()
     }
 }
@@ -151,13 +147,7 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
 /// Starts the workers for `cfg`.
 pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let hy2 = Arc::new(hy2_config(cfg, None)?);
-    let obfs = match &cfg.obfs {
-        Obfs::Salamander { password } => Some(Arc::new(
-            Salamander::new(password.as_bytes())
-                .map_err(|e| format!("obfs.salamander.password: {e}"))?,
-        )),
-        Obfs::Plain => None,
-    };
+    let obfs = cfg.obfs.salamander()?;
     let (ck, generated, cert_files) = match &cfg.tls {
         Some(tls) => (
             quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?,
