@@ -226,7 +226,7 @@ impl ClientApp {
                 self.post_accepts(io);
             }
             Err(e) => {
-                tracing::warn!("accept: {e}; retrying in {ACCEPT_RETRY:?}");
+                crate::warn_limited!("accept: {e}; retrying in {ACCEPT_RETRY:?}");
                 self.accept_retry = Some(io.now + ACCEPT_RETRY);
             }
         }
@@ -710,7 +710,7 @@ impl ClientApp {
                 self.recv(io, key);
             }
             Err(e) => {
-                tracing::warn!("UDP ASSOCIATE: cannot open a socket: {e}");
+                crate::warn_limited!("UDP ASSOCIATE: cannot open a socket: {e}");
                 let reply = socks5::reply(ReplyCode::GeneralFailure, unspecified());
                 self.close_with(io, key, &reply);
             }

@@ -131,7 +131,7 @@ impl Pool {
                 });
             }
             Err(e) => {
-                tracing::warn!("cannot connect to {}: {e}", self.cfg.server);
+                crate::warn_limited!("cannot connect to {}: {e}", self.cfg.server);
                 self.failed(io.now);
             }
         }

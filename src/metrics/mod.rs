@@ -1,6 +1,7 @@
 //! Counters. Each worker owns one [`WorkerCounters`] and is its only writer (relaxed
 //! stores, no contention); readers (tests, the metrics endpoint) sum them.
 
+pub mod limited;
 pub mod prometheus;
 pub mod traffic;
 
@@ -57,6 +58,8 @@ pub struct WorkerCounters {
     /// and by live ones (refreshed every second).
     pub window_updates_closed: AtomicU64,
     pub window_updates_live: AtomicU64,
+    /// Auth requests refused (wrong credentials, or the HTTP backend said no).
+    pub auth_failures: AtomicU64,
 }
 
 macro_rules! fields {
@@ -87,7 +90,8 @@ macro_rules! fields {
             credit_withheld,
             streams_refused,
             window_updates_closed,
-            window_updates_live
+            window_updates_live,
+            auth_failures
         )
     };
 }
@@ -121,6 +125,7 @@ pub struct Snapshot {
     pub streams_refused: u64,
     pub window_updates_closed: u64,
     pub window_updates_live: u64,
+    pub auth_failures: u64,
 }
 
 impl WorkerCounters {

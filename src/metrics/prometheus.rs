@@ -166,6 +166,12 @@ const WORKER_SERIES: &[Series] = &[
         "Flow-control window updates sent (MAX_DATA, MAX_STREAM_DATA).",
         |s| s.window_updates_closed + s.window_updates_live,
     ),
+    (
+        "quelay_auth_failures_total",
+        "counter",
+        "Auth requests refused (wrong credentials, or the HTTP backend said no).",
+        |s| s.auth_failures,
+    ),
 ];
 
 /// The exposition of `workers` and, for a server, its caps.

@@ -824,7 +824,10 @@ impl ProxyMasquerade {
             Ok(bytes) => bytes,
             Err(reason) => {
                 // Go logs this at error level. The authority only: the URL may hold a password.
-                tracing::warn!(upstream = %self.authority, %reason, "masquerade proxy: upstream error");
+                crate::warn_limited!(
+                    "masquerade proxy: upstream {} error: {reason}",
+                    self.authority
+                );
                 response(502, &[("date", &date)], b"")
             }
         }

@@ -76,7 +76,7 @@ impl<A: App> Worker<A> {
                 WorkerCounters::add(&self.state.counters.waits, 1);
             }
             if let Err(e) = self.driver.wait(timeout) {
-                tracing::error!("worker {}: wait failed: {e}", self.id.0);
+                crate::warn_limited!("worker {}: wait failed: {e}", self.id.0);
                 std::thread::sleep(Duration::from_millis(10));
             }
             let now = Instant::now();

@@ -537,6 +537,7 @@ impl Hy2App {
         };
         let Some(user) = user else {
             tracing::debug!("authentication failed on {ch:?}");
+            WorkerCounters::add(&io.counters.auth_failures, 1);
             return self.masquerade(io, ch, id, req);
         };
         Some(self.authenticated(io, ch, user, auth.cc_rx))
@@ -632,13 +633,14 @@ impl Hy2App {
                 Ok(Some(user)) => self.authenticated(io, ch, user, cc_rx),
                 Ok(None) => {
                     tracing::debug!("authentication refused by the backend on {ch:?}");
+                    WorkerCounters::add(&io.counters.auth_failures, 1);
                     match self.masquerade(io, ch, id, &req) {
                         Some(r) => r,
                         None => return,
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("authentication backend failed: {e}");
+                    crate::warn_limited!("authentication backend failed: {e}");
                     match self.masquerade(io, ch, id, &req) {
                         Some(r) => r,
                         None => return,
