@@ -68,6 +68,7 @@ impl Hy2App {
         if !conn.withheld {
             conn.withheld = true;
             self.credit_withheld += 1;
+            self.withheld_conns += 1;
         }
     }
 
@@ -93,6 +94,9 @@ impl Hy2App {
                 None => self.parked.push_back(p),
             }
         }
+        if self.withheld_conns == 0 {
+            return;
+        }
         let max = varint(self.cfg.max_incoming_streams);
         for (ch, conn) in self.conns.iter_mut().filter(|(_, c)| c.withheld) {
             let Some(qc) = io.conn(*ch) else {
@@ -106,6 +110,7 @@ impl Hy2App {
                     .is_none_or(|u| self.cfg.limits.stream_room(u));
             if room && !parked_here {
                 conn.withheld = false;
+                self.withheld_conns -= 1;
                 qc.set_max_concurrent_streams(Dir::Bi, max);
             } else {
                 // Keep the limit at what is open, so closing streams return no credit.
@@ -119,7 +124,7 @@ impl Hy2App {
 
     /// When the caps need another look.
     pub(super) fn caps_deadline(&self, now: Instant) -> Option<Instant> {
-        (!self.parked.is_empty() || self.conns.values().any(|c| c.withheld)).then(|| now + RECHECK)
+        (!self.parked.is_empty() || self.withheld_conns > 0).then(|| now + RECHECK)
     }
 }
 

@@ -208,6 +208,8 @@ pub struct Hy2App {
     parked: VecDeque<Parked>,
     /// Times a connection's stream credit was withheld.
     pub credit_withheld: u64,
+    /// Connections whose credit is withheld now (kept so that no loop scans for them).
+    withheld_conns: usize,
     /// Commands from outside (kick, dump, reload) and the drain state; `None` when run
     /// without them (tests).
     link: Option<Link>,
@@ -228,6 +230,7 @@ impl Hy2App {
             refused: 0,
             parked: VecDeque::new(),
             credit_withheld: 0,
+            withheld_conns: 0,
             link: None,
         }
     }
@@ -286,6 +289,9 @@ impl Hy2App {
         self.udp.close_conn(io, ch);
         self.parked.retain(|p| p.ch != ch);
         if let Some(mut conn) = self.conns.remove(&ch) {
+            if conn.withheld {
+                self.withheld_conns -= 1;
+            }
             for (_, b) in conn.bidi.drain() {
                 if let Bidi::Relay(key) = b {
                     if let Some((gen, r)) = self.relays.get_mut(key) {
