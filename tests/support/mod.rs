@@ -10,6 +10,26 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+/// A test against quelay and the same test against the sing-box server: the body names
+/// the server type `Server` (`QuelayServer` or `SingboxServer`, both `Hy2Server`).
+#[allow(unused_macros)]
+macro_rules! against_both {
+    ($(#[$doc:meta])* $quelay:ident, $singbox:ident => $body:expr) => {
+        $(#[$doc])*
+        #[test]
+        fn $quelay() {
+            type Server = QuelayServer;
+            $body
+        }
+        $(#[$doc])*
+        #[test]
+        fn $singbox() {
+            type Server = SingboxServer;
+            $body
+        }
+    };
+}
+
 mod client;
 mod http;
 mod peers;
