@@ -94,6 +94,7 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
         driver: opts.driver.clone(),
         pin: opts.pin,
         obfs: None,
+        windows: None,
     };
     let start = Instant::now();
     let group = worker::spawn(specs, &cfg, |id| {

@@ -14,6 +14,8 @@ use super::stats::PoolStats;
 use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
+use crate::limits::window::{self, WindowPolicy};
+use crate::limits::Cap;
 use crate::quic::{self, QuicParams, Verify};
 use crate::server::run::ALPN;
 use crate::worker::{self, Group, GroupConfig};
@@ -43,7 +45,8 @@ fn quic_params(cfg: &ClientConfig) -> QuicParams {
     QuicParams {
         init_stream_window: q.init_stream_receive_window,
         max_stream_window: q.max_stream_receive_window,
-        init_conn_window: q.init_conn_receive_window,
+        // The window itself is granted from the budget once the connection exists.
+        init_conn_window: window::handshake_window(q.init_conn_receive_window),
         max_conn_window: q.max_conn_receive_window,
         max_idle_timeout: q.max_idle_timeout,
         keep_alive: Some(q.keep_alive_interval()),
@@ -256,6 +259,12 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
         driver,
         pin: true,
         obfs,
+        windows: Some(WindowPolicy::new(
+            cfg.quic.init_conn_receive_window,
+            cfg.quic.max_conn_receive_window,
+            cfg.quic.init_stream_receive_window,
+            Arc::new(Cap::new(Some(crate::limits::default_window_budget()))),
+        )),
     };
     let group = worker::spawn(specs, &group_cfg, |id| {
         let mine = sockets

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::server::{
-    Congestion, Engine, Obfs, DEFAULT_CONN_RECEIVE_WINDOW, DEFAULT_MAX_IDLE_TIMEOUT,
-    DEFAULT_STREAM_RECEIVE_WINDOW,
+    Congestion, Engine, Obfs, DEFAULT_CONN_RECEIVE_WINDOW, DEFAULT_MAX_CONN_RECEIVE_WINDOW,
+    DEFAULT_MAX_IDLE_TIMEOUT, DEFAULT_STREAM_RECEIVE_WINDOW,
 };
 use crate::proto::Host;
 
@@ -161,7 +161,7 @@ impl Default for ClientQuic {
             init_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
             max_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
             init_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
-            max_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_conn_receive_window: DEFAULT_MAX_CONN_RECEIVE_WINDOW,
             max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
             keep_alive_period: DEFAULT_KEEP_ALIVE_PERIOD,
             disable_path_mtu_discovery: false,

@@ -118,7 +118,7 @@ fn defaults() {
             init_stream_receive_window: 8_388_608,
             max_stream_receive_window: 8_388_608,
             init_conn_receive_window: 20_971_520,
-            max_conn_receive_window: 20_971_520,
+            max_conn_receive_window: 67_108_864,
             max_idle_timeout: Duration::from_secs(30),
             keep_alive_period: Duration::from_secs(10),
             disable_path_mtu_discovery: false,

@@ -202,6 +202,23 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A size in bytes: an integer, or a string with a unit (`"512MiB"`, see
+    /// [`units::parse_size`]).
+    pub fn size(&mut self, name: &str) -> Result<Option<u64>, Fault> {
+        let key = self.key(name);
+        match self.take(name) {
+            Some(Value::String(text)) => {
+                units::parse_size(text).map(Some).map_err(|e| fault(key, e))
+            }
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| fault(key, format!("expected a size in bytes, got {n}"))),
+            Some(v) => Err(fault(key, format!("expected a size, got {}", describe(v)))),
+            None => Ok(None),
+        }
+    }
+
     /// A Go duration string; `0` means unset, as in the official server.
     pub fn duration(&mut self, name: &str) -> Result<Option<(Duration, String)>, Fault> {
         let key = self.key(name);

@@ -17,6 +17,10 @@ pub const DEFAULT_LISTEN_PORT: u16 = 443;
 pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 8_388_608;
 /// Official default connection receive window: 5/2 of the stream window (20 MiB).
 pub const DEFAULT_CONN_RECEIVE_WINDOW: u64 = DEFAULT_STREAM_RECEIVE_WINDOW * 5 / 2;
+/// quelay's default ceiling for connection-window auto-tuning (64 MiB; the official default
+/// equals the initial window, which turns tuning off): room to double past the initial
+/// window and for five slow streams' windows beside the tuned part.
+pub const DEFAULT_MAX_CONN_RECEIVE_WINDOW: u64 = 64 << 20;
 /// Smallest receive window the official server accepts.
 pub const MIN_RECEIVE_WINDOW: u64 = 16_384;
 /// Largest value a QUIC varint (and so a flow-control limit) can carry.
@@ -177,7 +181,7 @@ impl Default for Quic {
             init_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
             max_stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
             init_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
-            max_conn_receive_window: DEFAULT_CONN_RECEIVE_WINDOW,
+            max_conn_receive_window: DEFAULT_MAX_CONN_RECEIVE_WINDOW,
             max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
             max_incoming_streams: DEFAULT_MAX_INCOMING_STREAMS,
             disable_path_mtu_discovery: false,
@@ -421,6 +425,9 @@ pub struct Limits {
     pub max_streams: Option<u64>,
     /// `limits.maxConnectionsPerUser`: concurrent connections of one user.
     pub max_connections_per_user: Option<u64>,
+    /// `limits.receiveWindowBudget`: bytes of QUIC receive window all connections together
+    /// may hold; `None` = a quarter of physical memory.
+    pub receive_window_budget: Option<u64>,
 }
 
 /// `engine` (quelay).

@@ -77,7 +77,7 @@ fn defaults() {
             init_stream_receive_window: 8_388_608,
             max_stream_receive_window: 8_388_608,
             init_conn_receive_window: 20_971_520,
-            max_conn_receive_window: 20_971_520,
+            max_conn_receive_window: 67_108_864,
             max_idle_timeout: Duration::from_secs(30),
             max_incoming_streams: 1024,
             disable_path_mtu_discovery: false,
@@ -214,6 +214,7 @@ fn full_config() {
             max_streams_per_user: Some(10_000),
             max_streams: Some(100_000),
             max_connections_per_user: Some(8),
+            receive_window_budget: Some(512 << 20),
         },
         engine: Engine {
             workers: Some(2),

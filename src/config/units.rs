@@ -132,6 +132,38 @@ pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
     Ok(bits / 8)
 }
 
+/// Parse a size in bytes such as `512MiB`, `2 GiB`, `64KB` or `1048576`: a whole number and
+/// an optional unit, any case. `k`/`kb`, `m`/`mb`, `g`/`gb`, `t`/`tb` are powers of 1000;
+/// `ki`/`kib`, `mi`/`mib`, `gi`/`gib`, `ti`/`tib` powers of 1024; `b` or none is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = split_digits(&lower);
+    if digits.is_empty() {
+        return Err(format!(
+            "invalid size {text:?} (expected a whole number and a unit, e.g. \"512MiB\")"
+        ));
+    }
+    let too_large = || format!("size {text:?} is too large");
+    let value: u64 = digits.parse().map_err(|_| too_large())?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+            "unknown unit {other:?} in size {text:?} (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
+        ))
+        }
+    };
+    value.checked_mul(scale).ok_or_else(too_large)
+}
+
 /// Parse `host:port` where host is empty (all addresses, dual-stack: `[::]`), an IPv4
 /// literal, a bracketed IPv6 literal, or `localhost`. Host names are not resolved: a config
 /// check must not depend on DNS.

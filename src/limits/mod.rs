@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod window;
+
 /// `u64::MAX`: no cap.
 const UNLIMITED: u64 = u64::MAX;
 
@@ -77,7 +79,42 @@ impl Cap {
 
     /// Gives one unit back.
     pub fn release(&self) {
-        self.held.fetch_sub(1, Ordering::Release);
+        self.release_n(1);
+    }
+
+    /// Takes as much of `want` as stays within the cap (all, some or none): a byte budget.
+    pub fn acquire_up_to(&self, want: u64) -> u64 {
+        let cap = self.cap.load(Ordering::Relaxed);
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            let got = want.min(cap.saturating_sub(cur));
+            if got == 0 {
+                return 0;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur + got,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.peak.fetch_max(cur + got, Ordering::Relaxed);
+                    return got;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes `n` whatever the cap (a floor that must be granted); counted in `held`.
+    pub fn force(&self, n: u64) {
+        let now = self.held.fetch_add(n, Ordering::Acquire) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Gives `n` units back.
+    pub fn release_n(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::Release);
     }
 
     /// Whether an acquisition would succeed now (a hint: another worker may take it first).
@@ -163,6 +200,8 @@ pub struct Caps {
     pub streams_per_user: Option<u64>,
     pub streams: Option<u64>,
     pub connections_per_user: Option<u64>,
+    /// Bytes of receive window all connections together may hold (see [`window`]).
+    pub receive_window_budget: Option<u64>,
 }
 
 /// Every counter of the server.
@@ -174,6 +213,8 @@ pub struct Limits {
     pub streams: Cap,
     /// Outbound sockets the process may open (from RLIMIT_NOFILE), folded into `streams`.
     fd_budget: Option<u64>,
+    /// Receive-window bytes reserved by every connection ([`window::RecvWindow`]).
+    pub window_budget: Arc<Cap>,
     users: Mutex<HashMap<String, Arc<User>>>,
 }
 
@@ -215,6 +256,7 @@ impl Limits {
         Arc::new(Limits {
             streams: Cap::new(min_cap(caps.streams, fd_budget)),
             fd_budget,
+            window_budget: Arc::new(Cap::new(caps.receive_window_budget)),
             caps: Mutex::new(caps),
             users: Mutex::new(HashMap::new()),
         })
@@ -228,6 +270,7 @@ impl Limits {
     pub fn set_caps(&self, caps: Caps) {
         *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = caps;
         self.streams.set_cap(min_cap(caps.streams, self.fd_budget));
+        self.window_budget.set_cap(caps.receive_window_budget);
         for u in self
             .users
             .lock()
@@ -313,6 +356,20 @@ pub fn fd_limit() -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The receive-window budget when none is configured: a quarter of physical memory (from
+/// `/proc/meminfo`), or 1 GiB when that cannot be read.
+pub fn default_window_budget() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    });
+    total_kib.map_or(1 << 30, |k| k.saturating_mul(1024) / 4)
 }
 
 fn min_cap(a: Option<u64>, b: Option<u64>) -> Option<u64> {

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use super::window::{RecvWindow, WindowPolicy, WINDOW_FLOOR};
 use super::*;
 
 /// What one thread does to the counters.
@@ -17,6 +18,11 @@ enum Op {
     Lose(usize),
     /// Connection `conn` of `user` is (re)established.
     Connect { user: usize, conn: usize },
+    /// `kib` KiB are read on connection `conn`, `ms` after the previous step; its window
+    /// is tuned.
+    Read { conn: usize, kib: u64, ms: u64 },
+    /// A stream of connection `conn` stalls (or drains).
+    Stall { conn: usize, on: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -26,6 +32,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Reset),
         1 => (0..4usize).prop_map(Op::Lose),
         1 => (0..3usize, 0..4usize).prop_map(|(user, conn)| Op::Connect { user, conn }),
+        3 => (0..4usize, 0..4096u64, 0..50u64).prop_map(|(conn, kib, ms)| Op::Read { conn, kib, ms }),
+        1 => (0..4usize, any::<bool>()).prop_map(|(conn, on)| Op::Stall { conn, on }),
     ]
 }
 
@@ -51,10 +59,19 @@ fn check(limits: &Limits) {
     }
 }
 
-/// One thread: its own connections and streams, acting on the shared counters.
-fn run(limits: Arc<Limits>, ops: Vec<Op>) {
+/// Connections each thread runs.
+const CONNS: usize = 4;
+/// Threads racing on the counters.
+const THREADS: usize = 4;
+
+/// One thread: its own connections (each with a receive window) and streams, acting on
+/// the shared counters.
+fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
     let users: Vec<_> = USERS.iter().map(|u| limits.user(u)).collect();
-    let mut conns: Vec<Option<ConnPermit>> = (0..4).map(|_| None).collect();
+    let mut conns: Vec<Option<ConnPermit>> = (0..CONNS).map(|_| None).collect();
+    let mut windows: Vec<Option<RecvWindow>> = (0..CONNS).map(|_| None).collect();
+    let mut now = std::time::Instant::now();
+    let rtt = std::time::Duration::from_millis(20);
     let mut streams: Vec<(usize, StreamPermit)> = Vec::new();
     for op in ops {
         match op {
@@ -74,42 +91,68 @@ fn run(limits: Arc<Limits>, ops: Vec<Op>) {
             Op::Lose(conn) => {
                 streams.retain(|(c, _)| *c != conn);
                 conns[conn] = None;
+                windows[conn] = None;
             }
             Op::Connect { user, conn } => {
                 if conns[conn].is_none() {
                     conns[conn] = Limits::acquire_connection(&users[user], true);
+                    windows[conn] = Some(RecvWindow::open(&policy, now));
+                }
+            }
+            Op::Read { conn, kib, ms } => {
+                now += std::time::Duration::from_millis(ms);
+                if let Some(w) = &mut windows[conn] {
+                    w.read(kib * 1024, now);
+                    w.tune(now, rtt);
+                    assert!(w.window() <= policy.max);
+                }
+            }
+            Op::Stall { conn, on } => {
+                if let Some(w) = &mut windows[conn] {
+                    w.stall(on);
+                    w.tune(now, rtt);
                 }
             }
         }
         check(&limits);
+        // Floors are granted past a spent budget, never more.
+        let budget = &limits.window_budget;
+        if let Some(cap) = budget.cap() {
+            assert!(budget.held() <= cap + WINDOW_FLOOR * (CONNS * THREADS) as u64);
+        }
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Four threads race random opens, closes, resets and connection losses: no counter
-    /// ever passes its cap, and every counter is back at zero at the end.
+    /// Four threads race random opens, closes, resets, connection losses, reads and
+    /// stalls: no counter ever passes its cap (the window budget only by the floors of
+    /// connections opened past it), and every counter is back at zero at the end.
     #[test]
     fn counters_stay_within_caps_and_return_to_zero(
-        ops in proptest::collection::vec(proptest::collection::vec(op(), 1..400), 4),
+        ops in proptest::collection::vec(proptest::collection::vec(op(), 1..400), THREADS),
         per_user in 1u64..20,
         total in 1u64..40,
         conns in 1u64..4,
+        budget_mib in 1u64..64,
     ) {
         let limits = Limits::new(
             Caps {
                 streams_per_user: Some(per_user),
                 streams: Some(total),
                 connections_per_user: Some(conns),
+                receive_window_budget: Some(budget_mib << 20),
             },
             None,
         );
+        let policy = WindowPolicy::new(1 << 20, 16 << 20, 4 << 20, limits.window_budget.clone());
         let threads: Vec<_> = ops
             .into_iter()
             .map(|ops| {
                 let l = limits.clone();
-                std::thread::spawn(move || run(l, ops))
+                let p = policy.clone();
+                std::thread::spawn(move || run(l, p, ops))
             })
             .collect();
         for t in threads {
@@ -117,6 +160,7 @@ proptest! {
         }
         prop_assert_eq!(limits.streams.held(), 0);
         prop_assert!(limits.streams.peak() <= total);
+        prop_assert_eq!(limits.window_budget.held(), 0);
         for u in limits.users() {
             prop_assert_eq!(u.streams.held(), 0);
             prop_assert_eq!(u.connections.held(), 0);

@@ -60,6 +60,16 @@ pub struct WorkerCounters {
     pub window_updates_live: AtomicU64,
     /// Auth requests refused (wrong credentials, or the HTTP backend said no).
     pub auth_failures: AtomicU64,
+    /// Receive window advertised over the worker's connections now (bytes).
+    pub recv_window_bytes: AtomicU64,
+    /// Times auto-tuning doubled a connection's receive window.
+    pub recv_window_doublings: AtomicU64,
+    /// Times a connection's window stayed below its target for want of budget.
+    pub recv_window_budget_short: AtomicU64,
+    /// Relayed streams whose buffer toward TCP is full (a slow reader) now.
+    pub streams_stalled: AtomicU64,
+    /// Bytes held in relay buffers between QUIC streams and TCP sockets now.
+    pub relay_buffered: AtomicU64,
 }
 
 macro_rules! fields {
@@ -91,7 +101,12 @@ macro_rules! fields {
             streams_refused,
             window_updates_closed,
             window_updates_live,
-            auth_failures
+            auth_failures,
+            recv_window_bytes,
+            recv_window_doublings,
+            recv_window_budget_short,
+            streams_stalled,
+            relay_buffered
         )
     };
 }
@@ -126,6 +141,11 @@ pub struct Snapshot {
     pub window_updates_closed: u64,
     pub window_updates_live: u64,
     pub auth_failures: u64,
+    pub recv_window_bytes: u64,
+    pub recv_window_doublings: u64,
+    pub recv_window_budget_short: u64,
+    pub streams_stalled: u64,
+    pub relay_buffered: u64,
 }
 
 impl WorkerCounters {
@@ -140,6 +160,13 @@ impl WorkerCounters {
     #[inline]
     pub fn add(c: &AtomicU64, n: u64) {
         c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Moves the `relay_buffered` gauge from `was` to `now` for one buffer's owner.
+    #[inline]
+    pub fn buffered(&self, was: u64, now: u64) {
+        let c = &self.relay_buffered;
+        c.store(c.load(Relaxed).wrapping_add(now).wrapping_sub(was), Relaxed);
     }
 
     #[inline]

@@ -167,6 +167,36 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.window_updates_closed + s.window_updates_live,
     ),
     (
+        "quelay_receive_window_bytes",
+        "gauge",
+        "Connection receive windows advertised now, summed over connections.",
+        |s| s.recv_window_bytes,
+    ),
+    (
+        "quelay_receive_window_doublings_total",
+        "counter",
+        "Times auto-tuning doubled a connection's receive window.",
+        |s| s.recv_window_doublings,
+    ),
+    (
+        "quelay_receive_window_budget_short_total",
+        "counter",
+        "Times a connection's receive window stayed below its target for want of budget.",
+        |s| s.recv_window_budget_short,
+    ),
+    (
+        "quelay_streams_stalled",
+        "gauge",
+        "Streams whose buffer toward TCP is full (their reader is slow).",
+        |s| s.streams_stalled,
+    ),
+    (
+        "quelay_relay_buffered_bytes",
+        "gauge",
+        "Bytes held in relay buffers between QUIC streams and TCP sockets.",
+        |s| s.relay_buffered,
+    ),
+    (
         "quelay_auth_failures_total",
         "counter",
         "Auth requests refused (wrong credentials, or the HTTP backend said no).",
@@ -219,6 +249,29 @@ fn render_limits(out: &mut String, l: &Limits) {
         "# HELP quelay_streams_cap_hits_total Stream permits refused at the server's cap.\n\
          # TYPE quelay_streams_cap_hits_total counter\nquelay_streams_cap_hits_total {}",
         l.streams.hits()
+    );
+    let b = &l.window_budget;
+    gauge(
+        out,
+        "quelay_receive_window_budget_bytes",
+        "Budget for the receive windows of all connections (-1: none).",
+    );
+    let _ = writeln!(out, "quelay_receive_window_budget_bytes {}", cap(b.cap()));
+    gauge(
+        out,
+        "quelay_receive_window_reserved_bytes",
+        "Receive-window bytes reserved from the budget now.",
+    );
+    let _ = writeln!(out, "quelay_receive_window_reserved_bytes {}", b.held());
+    gauge(
+        out,
+        "quelay_receive_window_reserved_peak_bytes",
+        "Most receive-window bytes reserved at once.",
+    );
+    let _ = writeln!(
+        out,
+        "quelay_receive_window_reserved_peak_bytes {}",
+        b.peak()
     );
     let users = l.users();
     let per_user: [UserSeries; 5] = [

@@ -92,6 +92,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         driver: opts.driver.clone(),
         pin: opts.pin,
         obfs: None,
+        windows: None,
     };
     let group = worker::spawn(specs, &cfg, |_| EchoApp::with_brutal_rate(opts.brutal_rate))?;
     tracing::info!(

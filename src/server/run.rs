@@ -13,6 +13,7 @@ use super::offload::Offload;
 use super::ops::{self, Command, Ops};
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::engine::DriverConfig;
+use crate::limits::window::{self, WindowPolicy};
 use crate::limits::{Caps, Limits};
 use crate::quic::{self, AssumePeerDatagrams, QuicParams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig};
@@ -120,6 +121,11 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
         streams_per_user: cfg.limits.max_streams_per_user,
         streams: cfg.limits.max_streams,
         connections_per_user: cfg.limits.max_connections_per_user,
+        receive_window_budget: Some(
+            cfg.limits
+                .receive_window_budget
+                .unwrap_or_else(crate::limits::default_window_budget),
+        ),
     }
 }
 
@@ -128,7 +134,8 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
     QuicParams {
         init_stream_window: q.init_stream_receive_window,
         max_stream_window: q.max_stream_receive_window,
-        init_conn_window: q.init_conn_receive_window,
+        // The window itself is granted from the budget once the connection exists.
+        init_conn_window: window::handshake_window(q.init_conn_receive_window),
         max_conn_window: q.max_conn_receive_window,
         max_idle_timeout: q.max_idle_timeout,
         max_incoming_streams: q.max_incoming_streams,
@@ -192,6 +199,12 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         driver,
         pin: true,
         obfs,
+        windows: Some(WindowPolicy::new(
+            cfg.quic.init_conn_receive_window,
+            cfg.quic.max_conn_receive_window,
+            cfg.quic.init_stream_receive_window,
+            hy2.limits.window_budget.clone(),
+        )),
     };
     let (mut ops, links) = ops::channels(n, hy2.limits.clone());
     let group = worker::spawn(specs, &group_cfg, |id| {

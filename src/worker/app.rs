@@ -52,6 +52,19 @@ impl Io<'_> {
         self.conns.get_dirty(ch)
     }
 
+    /// `n` bytes were read from streams of `ch` (and handed on): its window follows.
+    pub fn consumed(&mut self, ch: ConnectionHandle, n: u64) {
+        if n > 0 {
+            self.conns.consumed(ch, n, self.now);
+        }
+    }
+
+    /// A stream of `ch` stopped reading because its buffer toward the far side is full
+    /// (`true`), or reads again (`false`).
+    pub fn stalled(&mut self, ch: ConnectionHandle, stalled: bool) {
+        self.conns.stalled(ch, stalled);
+    }
+
     /// Opens a client connection with the worker's client configuration.
     pub fn connect(
         &mut self,
@@ -65,7 +78,8 @@ impl Io<'_> {
             .endpoint
             .connect(self.now, cfg.clone(), remote, server_name)?;
         // `connect` built the connection's controller on this thread.
-        self.conns.insert(ch, conn, quic::take_last_built());
+        self.conns
+            .insert(ch, conn, quic::take_last_built(), self.now);
         Ok(ch)
     }
 

@@ -220,6 +220,10 @@ impl<A: App> Worker<A> {
             };
             st.app.on_event(&mut io, ch, ev);
         }
+        if let Some(step) = st.conns.tune_window(ch, now) {
+            WorkerCounters::add(&st.counters.recv_window_doublings, u64::from(step.doubled));
+            WorkerCounters::add(&st.counters.recv_window_budget_short, u64::from(step.short));
+        }
         let Some(Entry {
             conn, cc, pacer, ..
         }) = st.conns.entry(ch)
@@ -318,6 +322,9 @@ impl<A: App> Worker<A> {
         WorkerCounters::set(&c.tx_errors, s.tx_errors);
         WorkerCounters::set(&c.gso_disabled, s.gso_disabled);
         WorkerCounters::set(&c.connections, self.state.conns.len() as u64);
+        let (window, stalled) = self.state.conns.window_totals();
+        WorkerCounters::set(&c.recv_window_bytes, window);
+        WorkerCounters::set(&c.streams_stalled, stalled);
     }
 }
 
@@ -438,7 +445,7 @@ impl<A: App> State<A> {
                     .accept(incoming, now, &mut self.response_buf, None)
                 {
                     Ok((ch, conn)) => {
-                        self.conns.insert(ch, conn, quic::take_last_built());
+                        self.conns.insert(ch, conn, quic::take_last_built(), now);
                         WorkerCounters::add(&self.counters.connections_total, 1);
                     }
                     Err(e) => {

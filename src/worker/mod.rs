@@ -23,6 +23,7 @@ pub use app::{App, Io};
 pub use table::ConnTable;
 
 use crate::engine::{self, DriverConfig, IoKind, Waker};
+use crate::limits::window::WindowPolicy;
 use crate::metrics::{self, Snapshot, WorkerCounters};
 use crate::proto::salamander::Salamander;
 
@@ -72,6 +73,9 @@ pub struct GroupConfig {
     pub pin: bool,
     /// Salamander obfuscation of every datagram, when configured.
     pub obfs: Option<Arc<Salamander>>,
+    /// Receive windows sized by consumption under a budget; `None`: quinn-proto's fixed
+    /// windows from the transport config.
+    pub windows: Option<Arc<WindowPolicy>>,
 }
 
 /// A running group of workers.
@@ -158,6 +162,7 @@ where
         let dcfg = cfg.driver.clone();
         let counters = counters[i].clone();
         let obfs = cfg.obfs.clone();
+        let windows = cfg.windows.clone();
         let h = std::thread::Builder::new()
             .name(format!("quelay-w{i}"))
             .spawn(move || {
@@ -190,7 +195,7 @@ where
                         endpoint,
                         server_config: spec.server_config,
                         client_config: spec.client_config,
-                        conns: ConnTable::default(),
+                        conns: ConnTable::new(windows),
                         app,
                         shared,
                         counters,

@@ -85,6 +85,12 @@ pub struct Pipe {
     /// Payload bytes QUIC → TCP and TCP → QUIC (traffic accounting).
     pub from_quic: u64,
     pub from_tcp: u64,
+    /// Bytes of the TCP send in flight.
+    to_tcp_inflight_len: usize,
+    /// What this pipe last reported to the connection's window and the worker's gauges:
+    /// its QUIC → TCP buffer is full (reading stopped), and the bytes it buffers.
+    reported_stall: bool,
+    reported_buffered: u64,
 }
 
 impl Pipe {
@@ -116,6 +122,9 @@ impl Pipe {
             done: false,
             from_quic: 0,
             from_tcp: 0,
+            to_tcp_inflight_len: 0,
+            reported_stall: false,
+            reported_buffered: 0,
         }
     }
 
@@ -160,6 +169,8 @@ impl Pipe {
 
     /// Closes the socket: `Continue` until its Close completes, `Remove` if there is none.
     pub fn close_fd(&mut self, io: &mut Io<'_>, token: u64) -> After {
+        self.done = true;
+        self.report(io);
         match (self.fd, self.closing) {
             (Some(fd), false) => {
                 self.closing = true;
@@ -176,6 +187,7 @@ impl Pipe {
         match c.op {
             SockOp::Send => {
                 self.to_tcp_inflight = false;
+                self.to_tcp_inflight_len = 0;
                 let mut buf = c.buf;
                 match c.result {
                     Ok(n) if n < buf.len() => {
@@ -220,6 +232,34 @@ impl Pipe {
 
     /// Moves bytes both ways as far as buffers and credit allow.
     pub fn pump(&mut self, io: &mut Io<'_>, token: u64) -> After {
+        let after = self.pump_inner(io, token);
+        self.report(io);
+        after
+    }
+
+    /// Tells the connection's window whether this stream stopped reading (its buffer toward
+    /// TCP is full), and the worker how many bytes the pipe holds. A closed pipe holds none.
+    fn report(&mut self, io: &mut Io<'_>) {
+        let (stall, buffered) = if self.done {
+            (false, 0)
+        } else {
+            (
+                !self.quic_fin && self.to_tcp.len() >= MAX_TO_TCP,
+                (self.to_tcp.len() + self.to_tcp_inflight_len + self.to_quic.len()
+                    - self.to_quic_off) as u64,
+            )
+        };
+        if stall != self.reported_stall {
+            self.reported_stall = stall;
+            io.stalled(self.ch, stall);
+        }
+        if buffered != self.reported_buffered {
+            io.counters.buffered(self.reported_buffered, buffered);
+            self.reported_buffered = buffered;
+        }
+    }
+
+    fn pump_inner(&mut self, io: &mut Io<'_>, token: u64) -> After {
         let (Some(fd), false) = (self.fd, self.done) else {
             return After::Continue;
         };
@@ -250,12 +290,14 @@ impl Pipe {
         // QUIC → TCP: read while there is room.
         if !self.quic_fin && self.to_tcp.len() < MAX_TO_TCP {
             let mut reset = false;
+            let mut read = 0;
             match conn.recv_stream(self.id).read(true) {
                 Ok(mut chunks) => {
                     while self.to_tcp.len() < MAX_TO_TCP {
                         match chunks.next(MAX_TO_TCP - self.to_tcp.len()) {
                             Ok(Some(chunk)) => {
                                 self.from_quic += chunk.bytes.len() as u64;
+                                read += chunk.bytes.len() as u64;
                                 self.to_tcp.extend_from_slice(&chunk.bytes);
                             }
                             Ok(None) => {
@@ -273,6 +315,7 @@ impl Pipe {
                 }
                 Err(_) => self.quic_fin = true,
             }
+            io.consumed(self.ch, read);
             if reset {
                 return self.abort(io, token);
             }
@@ -280,6 +323,7 @@ impl Pipe {
         if !self.to_tcp_inflight && !self.to_tcp.is_empty() {
             let buf = std::mem::take(&mut self.to_tcp);
             self.to_tcp_inflight = true;
+            self.to_tcp_inflight_len = buf.len();
             io.driver.tcp_send(fd, buf, token);
         }
         let to_tcp_flushed = !self.to_tcp_inflight && self.to_tcp.is_empty();

@@ -5,8 +5,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use quinn_proto::{Connection, ConnectionHandle};
+use std::sync::Arc;
 
+use quinn_proto::{Connection, ConnectionHandle, VarInt};
+
+use crate::limits::window::{RecvWindow, Step, WindowPolicy};
 use crate::quic::{BrutalPacer, CcHandle};
 
 pub(super) struct Entry {
@@ -20,10 +23,18 @@ pub(super) struct Entry {
     pub timer: Option<Instant>,
     /// Whether the connection is in the dirty list.
     pub dirty: bool,
+    /// The receive window's size, when the group tunes windows.
+    pub window: Option<RecvWindow>,
 }
 
 #[derive(Default)]
 pub struct ConnTable {
+    /// How receive windows are sized; `None`: quinn-proto's fixed windows.
+    policy: Option<Arc<WindowPolicy>>,
+    /// Sum of the connections' receive windows.
+    window_bytes: u64,
+    /// Streams with a full relay buffer, over all connections.
+    stalled: u64,
     /// quinn-proto hands out small, dense handles: index directly.
     entries: Vec<Option<Entry>>,
     len: usize,
@@ -34,20 +45,43 @@ pub struct ConnTable {
 }
 
 impl ConnTable {
-    /// Files a new connection with the handle of the controller quinn built for it.
-    pub fn insert(&mut self, ch: ConnectionHandle, conn: Connection, cc: Option<CcHandle>) {
+    pub fn new(policy: Option<Arc<WindowPolicy>>) -> Self {
+        ConnTable {
+            policy,
+            ..ConnTable::default()
+        }
+    }
+
+    /// Files a new connection with the handle of the controller quinn built for it, and
+    /// grants its receive window (the handshake advertised only the floor).
+    pub fn insert(
+        &mut self,
+        ch: ConnectionHandle,
+        mut conn: Connection,
+        cc: Option<CcHandle>,
+        now: Instant,
+    ) {
         if self.entries.len() <= ch.0 {
             self.entries.resize_with(ch.0 + 1, || None);
         }
-        if self.entries[ch.0].is_none() {
+        if let Some(old) = self.entries[ch.0].take() {
+            self.forget(&old);
+        } else {
             self.len += 1;
         }
+        let window = self.policy.as_ref().map(|p| {
+            let w = RecvWindow::open(p, now);
+            conn.set_receive_window(varint(w.window()));
+            self.window_bytes += w.window();
+            w
+        });
         self.entries[ch.0] = Some(Entry {
             conn,
             cc,
             pacer: BrutalPacer::default(),
             timer: None,
             dirty: false,
+            window,
         });
         self.mark(ch);
     }
@@ -55,7 +89,52 @@ impl ConnTable {
     pub fn remove(&mut self, ch: ConnectionHandle) -> Option<Connection> {
         let e = self.entries.get_mut(ch.0)?.take()?;
         self.len -= 1;
+        self.forget(&e);
         Some(e.conn)
+    }
+
+    /// Takes a leaving connection's window out of the sums (its budget returns on drop).
+    fn forget(&mut self, e: &Entry) {
+        if let Some(w) = &e.window {
+            self.window_bytes -= w.window();
+            self.stalled -= w.stalled();
+        }
+    }
+
+    /// `n` bytes were read from `ch`'s streams.
+    pub fn consumed(&mut self, ch: ConnectionHandle, n: u64, now: Instant) {
+        if let Some(w) = self.entry(ch).and_then(|e| e.window.as_mut()) {
+            w.read(n, now);
+        }
+    }
+
+    /// A stream of `ch` stopped (or resumed) reading for want of room toward TCP.
+    pub fn stalled(&mut self, ch: ConnectionHandle, stalled: bool) {
+        let Some(w) = self.entry(ch).and_then(|e| e.window.as_mut()) else {
+            return;
+        };
+        let before = w.stalled();
+        w.stall(stalled);
+        let after = w.stalled();
+        self.stalled = self.stalled + after - before;
+    }
+
+    /// Brings `ch`'s receive window to its target (see [`RecvWindow::tune`]).
+    pub fn tune_window(&mut self, ch: ConnectionHandle, now: Instant) -> Option<Step> {
+        let e = self.entries.get_mut(ch.0)?.as_mut()?;
+        let w = e.window.as_mut()?;
+        let before = w.window();
+        let step = w.tune(now, e.conn.rtt())?;
+        if step.window != before {
+            e.conn.set_receive_window(varint(step.window));
+            self.window_bytes = self.window_bytes + step.window - before;
+        }
+        Some(step)
+    }
+
+    /// Sum of the connections' receive windows, and their streams that stopped reading.
+    pub fn window_totals(&self) -> (u64, u64) {
+        (self.window_bytes, self.stalled)
     }
 
     pub fn len(&self) -> usize {
@@ -174,4 +253,8 @@ impl ConnTable {
             .filter(|(_, e)| e.is_some())
             .map(|(i, _)| ConnectionHandle(i))
     }
+}
+
+fn varint(n: u64) -> VarInt {
+    VarInt::from_u64(n).unwrap_or(VarInt::MAX)
 }

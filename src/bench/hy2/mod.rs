@@ -218,6 +218,7 @@ pub fn run(o: &Hy2Options) -> Result<Report, String> {
         driver,
         pin: false,
         obfs,
+        windows: None,
     };
     let group = worker::spawn(specs, &cfg, |id| {
         let i = id.0 as usize;

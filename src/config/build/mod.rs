@@ -18,6 +18,7 @@ use super::reader::Section;
 use super::server::*;
 use super::units;
 use crate::engine::IoKind;
+use crate::limits::window::WINDOW_FLOOR;
 
 pub(crate) use client::{client, from_uri as client_from_uri};
 
@@ -65,6 +66,17 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
             max_streams_per_user: s.u64("maxStreamsPerUser")?.filter(|&n| n != 0),
             max_streams: s.u64("maxStreams")?.filter(|&n| n != 0),
             max_connections_per_user: s.u64("maxConnectionsPerUser")?.filter(|&n| n != 0),
+            receive_window_budget: match s.size("receiveWindowBudget")? {
+                Some(n) if n < WINDOW_FLOOR => {
+                    return Err(fault(
+                        s.key("receiveWindowBudget"),
+                        format!(
+                            "{n} bytes is below the least window of a connection ({WINDOW_FLOOR})"
+                        ),
+                    ))
+                }
+                n => n,
+            },
         };
         s.finish(w);
         limits
@@ -278,7 +290,7 @@ fn receive_windows(s: &mut Section) -> Result<[u64; 4], Fault> {
         window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
         window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
         window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?,
-        window("maxConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?,
+        window("maxConnReceiveWindow", DEFAULT_MAX_CONN_RECEIVE_WINDOW)?,
     ])
 }
 
