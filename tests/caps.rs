@@ -5,6 +5,9 @@
 //!   server parks what arrives on credit granted before the cap.
 //! - Many streams stuck on targets that do not read cannot starve a bulk stream on the same
 //!   connection (the HTTP/2 "Cowboy" trap), and window updates stay bounded.
+//! - Receive windows follow consumption: streams that stop reading widen their connection's
+//!   window so the others keep moving; on a long path a window read within two RTTs doubles;
+//!   all windows stay within the server's budget, and a spent budget fails nothing.
 
 #[allow(unused_imports)]
 mod support;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     free_port, open_files_limit, socks5_connect, ClientOpts, Hy2Server, QuelayClient, QuelayServer,
-    TcpEcho,
+    TcpEcho, UdpDelay,
 };
 
 /// The value of the first sample of `series` (with its labels) in a metrics page.
@@ -333,4 +336,211 @@ fn credit_returns_when_the_target_closes_first() {
         "one connection carried every stream"
     );
     assert_eq!(stats.get("refused"), 0);
+}
+
+/// Waits until `ok` holds for the server's metrics page; panics with `what` and the last
+/// page after `timeout`.
+fn wait_metrics(
+    metrics: SocketAddr,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let page = scrape(metrics);
+        if ok(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}; last metrics:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("quelay_receive_window")
+                    || l.starts_with("quelay_streams_stalled"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts an upload of `bytes` through `proxy` to `target` on a thread of its own; the
+/// thread returns whether every byte was accepted (a write that blocks past `timeout`
+/// fails it).
+fn upload_in_background(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    bytes: usize,
+    timeout: Duration,
+) -> thread::JoinHandle<Result<Duration, String>> {
+    thread::spawn(move || {
+        let mut s = socks5_connect(proxy, "127.0.0.1", target.port())
+            .map_err(|e| format!("CONNECT: {e}"))?;
+        s.set_write_timeout(Some(timeout)).unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let chunk = vec![0x3c; 64 * 1024];
+        let t = Instant::now();
+        let mut sent = 0;
+        while sent < bytes {
+            s.write_all(&chunk)
+                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+            sent += chunk.len();
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        Ok(t.elapsed())
+    })
+}
+
+/// Streams whose targets read nothing fill their relay buffers and pin a stream window of
+/// connection credit each. With four of them at 1 MiB stream windows, a connection window
+/// fixed at 2 MiB (initial = maximum, as the official defaults have it) would leave nothing
+/// for a fifth stream until the targets read (60 s). The window widens by a stream window
+/// per stalled stream, so the fifth uploads 32 MiB while they stay stuck; everything is
+/// given back once the client leaves.
+#[test]
+fn stalled_streams_widen_the_connection_window() {
+    const STALLED: usize = 4;
+    let (mut server, metrics) = server_with(
+        "quic:\n  initStreamReceiveWindow: 1048576\n  maxStreamReceiveWindow: 1048576\n  \
+         initConnReceiveWindow: 2097152\n  maxConnReceiveWindow: 2097152\n",
+    );
+    let mut client = QuelayClient::start(
+        server.addr(),
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
+            ..ClientOpts::default()
+        },
+    );
+    let proxy = client.socks_addr();
+    let stuck = stalled_target(Duration::from_secs(60));
+    // Each stuck upload is larger than what the TCP socket buffers on both ends absorb.
+    let _stuck: Vec<_> = (0..STALLED)
+        .map(|_| upload_in_background(proxy, stuck, 64 << 20, Duration::from_secs(90)))
+        .collect();
+    let page = wait_metrics(
+        metrics,
+        Duration::from_secs(30),
+        "four streams stalled",
+        |p| metric_sum(p, "quelay_streams_stalled") >= STALLED as f64,
+    );
+    let widened = metric_sum(&page, "quelay_receive_window_bytes");
+    let bulk = upload_in_background(proxy, sink_target(), 32 << 20, Duration::from_secs(20))
+        .join()
+        .unwrap();
+    let still = metric_sum(&scrape(metrics), "quelay_streams_stalled");
+    eprintln!(
+        "{STALLED} stalled streams: connection window {widened} bytes; bulk 32 MiB beside \
+         them: {bulk:?}; stalled after: {still}"
+    );
+    assert!(
+        widened >= (2 + STALLED) as f64 * 1048576.0,
+        "window {widened} did not widen by a stream window per stalled stream"
+    );
+    let took = bulk.expect("the bulk stream moved while the others were stuck");
+    assert!(still >= STALLED as f64, "the stuck streams drained early");
+    assert!(took < Duration::from_secs(20));
+    client.stop();
+    let page = wait_metrics(
+        metrics,
+        Duration::from_secs(10),
+        "windows returned to the budget once the client left",
+        |p| {
+            metric(p, "quelay_receive_window_reserved_bytes") == Some(0.0)
+                && metric_sum(p, "quelay_streams_stalled") == 0.0
+        },
+    );
+    assert_eq!(metric_sum(&page, "quelay_receive_window_bytes"), 0.0);
+    server.child().assert_running();
+}
+
+/// On a path with 30 ms of round trip, a connection that starts at a 256 KiB window reads
+/// it within two RTTs, so auto-tuning doubles it (at least twice) while a 24 MiB upload
+/// runs; the reservation never passes the budget.
+#[test]
+fn windows_grow_on_a_long_path() {
+    let (mut server, metrics) = server_with(
+        "quic:\n  initConnReceiveWindow: 262144\n  maxConnReceiveWindow: 16777216\n\
+         limits:\n  receiveWindowBudget: 64MiB\n",
+    );
+    let path = UdpDelay::start(server.addr(), Duration::from_millis(15));
+    let mut client = QuelayClient::start(
+        path.addr(),
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
+            ..ClientOpts::default()
+        },
+    );
+    let took = upload_in_background(
+        client.socks_addr(),
+        sink_target(),
+        24 << 20,
+        Duration::from_secs(60),
+    )
+    .join()
+    .unwrap()
+    .expect("upload over the long path");
+    let page = scrape(metrics);
+    let doublings = metric_sum(&page, "quelay_receive_window_doublings_total");
+    let peak = metric(&page, "quelay_receive_window_reserved_peak_bytes").unwrap_or(0.0);
+    eprintln!("24 MiB over 30 ms RTT in {took:?}: {doublings} doublings, reserved peak {peak}");
+    client.stop();
+    assert!(doublings >= 2.0, "the window doubled {doublings} times");
+    assert!(peak >= 1048576.0, "reserved peak {peak}");
+    assert!(
+        peak <= 64.0 * 1048576.0,
+        "reserved peak {peak} past the budget"
+    );
+    server.child().assert_running();
+}
+
+/// A budget of 1 MiB for two connections that each start at 768 KiB: the second gets what
+/// is left, growth is refused and counted, the reservation stays within the budget (plus
+/// the floor a connection always gets), and both uploads finish.
+#[test]
+fn a_spent_window_budget_slows_connections_but_fails_none() {
+    const BUDGET: f64 = 1048576.0;
+    const FLOOR: f64 = 65536.0;
+    let (mut server, metrics) = server_with(
+        "quic:\n  initConnReceiveWindow: 786432\n  maxConnReceiveWindow: 16777216\n\
+         limits:\n  receiveWindowBudget: 1MiB\n",
+    );
+    let path = UdpDelay::start(server.addr(), Duration::from_millis(5));
+    let opts = ClientOpts {
+        extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
+        ..ClientOpts::default()
+    };
+    let mut clients = [
+        QuelayClient::start(path.addr(), &opts),
+        QuelayClient::start(path.addr(), &opts),
+    ];
+    let sink = sink_target();
+    let uploads: Vec<_> = clients
+        .iter()
+        .map(|c| upload_in_background(c.socks_addr(), sink, 16 << 20, Duration::from_secs(60)))
+        .collect();
+    for (i, u) in uploads.into_iter().enumerate() {
+        let took = u
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+        eprintln!("upload {i}: 16 MiB in {took:?}");
+    }
+    let page = scrape(metrics);
+    let peak = metric(&page, "quelay_receive_window_reserved_peak_bytes").unwrap_or(0.0);
+    let short = metric_sum(&page, "quelay_receive_window_budget_short_total");
+    let connections = metric_sum(&page, "quelay_connections_total");
+    eprintln!("budget {BUDGET}: reserved peak {peak}, short {short}, connections {connections}");
+    for c in &mut clients {
+        c.stop();
+    }
+    assert_eq!(connections, 2.0);
+    assert!(short >= 1.0, "no shortage counted");
+    assert!(
+        peak <= BUDGET + 2.0 * FLOOR,
+        "reserved peak {peak} past the budget and floors"
+    );
+    server.child().assert_running();
 }

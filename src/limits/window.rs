@@ -8,9 +8,11 @@
 //!   look at how long that took. Reading a window's worth in less than about two RTTs means
 //!   the window, not the reader, limited the sender: double it, up to the maximum.
 //! - **Slow streams**: a stream whose relay buffer is full (its TCP side is not keeping up)
-//!   may pin up to one stream window of connection credit in quinn-proto. The window grows by
-//!   a stream window for each such stream, up to the maximum, so a few slow streams cannot
-//!   starve the others; it shrinks back as they drain.
+//!   may pin up to one stream window of connection credit in quinn-proto. On top of the tuned
+//!   part, the window grows by a stream window for each such stream (up to
+//!   [`MAX_STALLED_ALLOWANCE`] of them), so a few slow streams cannot starve the others, even
+//!   when the maximum equals the initial window as in the official defaults; it shrinks back
+//!   as they drain.
 //! - **Budget**: every byte of every window is reserved from one [`Cap`] shared by all
 //!   workers (`limits.receiveWindowBudget`), since a window is what peers may make us buffer.
 //!   Growth takes only what is left. A connection always gets at least [`WINDOW_FLOOR`], so a
@@ -30,6 +32,8 @@ use super::Cap;
 /// advertises (`initial_max_data`): the granted window follows in the first flight, so no
 /// peer is ever promised credit that was not reserved.
 pub const WINDOW_FLOOR: u64 = 64 * 1024;
+/// Stalled streams a connection's window makes room for, each with a stream window.
+pub const MAX_STALLED_ALLOWANCE: u64 = 16;
 /// No byte read for this long: the window returns to its initial size.
 pub const IDLE: Duration = Duration::from_secs(10);
 
@@ -159,10 +163,13 @@ impl RecvWindow {
             self.epoch_start = now;
             self.epoch_read = 0;
         }
+        let allowance = self
+            .stalled
+            .min(MAX_STALLED_ALLOWANCE)
+            .saturating_mul(p.stream);
         let target = self
             .tuned
-            .saturating_add(self.stalled.saturating_mul(p.stream))
-            .min(p.max)
+            .saturating_add(allowance)
             .max(WINDOW_FLOOR.min(p.init));
         let before = self.window;
         if target < self.window {
@@ -250,18 +257,20 @@ mod tests {
     }
 
     #[test]
-    fn slow_streams_widen_the_window_and_give_it_back() {
-        let p = policy(2 * MIB, 6 * MIB, None);
+    fn slow_streams_widen_the_window_past_the_max_and_give_it_back() {
+        // The official defaults' shape: the maximum is the initial window.
+        let p = policy(2 * MIB, 2 * MIB, None);
         let now = Instant::now();
         let mut w = RecvWindow::open(&p, now);
         w.stall(true);
         w.stall(true);
         assert_eq!(w.tune(now, RTT).map(|s| s.window), Some(4 * MIB));
-        // A third and fourth stall hit the maximum.
-        w.stall(true);
-        w.stall(true);
-        assert_eq!(w.tune(now, RTT).map(|s| s.window), Some(6 * MIB));
-        for _ in 0..4 {
+        for _ in 0..30 {
+            w.stall(true);
+        }
+        let most = 2 * MIB + MAX_STALLED_ALLOWANCE * MIB;
+        assert_eq!(w.tune(now, RTT).map(|s| s.window), Some(most));
+        for _ in 0..32 {
             w.stall(false);
         }
         assert_eq!(w.tune(now, RTT).map(|s| s.window), Some(2 * MIB));

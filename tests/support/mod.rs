@@ -2,7 +2,7 @@
 //! that die with their owner, ports, scratch directories and certificates (this file); the
 //! targets proxied traffic reaches (`targets`); a SOCKS5 client (`socks`) and an HTTP/1.1
 //! client (`http`); the Hysteria2 peers, sing-box and quelay (`peers`); and `quelay client`
-//! (`client`).
+//! (`client`); a UDP relay that adds delay (`delay`).
 //!
 //! Every wait is bounded, and every thread and child process stops when its owner is dropped,
 //! including while a failing test unwinds. Traffic stays on 127.0.0.1.
@@ -31,6 +31,7 @@ macro_rules! against_both {
 }
 
 mod client;
+mod delay;
 mod http;
 mod peers;
 mod socks;
@@ -39,6 +40,8 @@ mod targets;
 // Only the client tests use the client launcher.
 #[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
+pub use delay::*;
 pub use http::*;
 pub use peers::*;
 pub use socks::*;
