@@ -328,6 +328,31 @@ fn listen_forms() {
 }
 
 #[test]
+fn receive_window_budget() {
+    let budget = |v: &str| {
+        ok(&format!("{AUTH}limits: {{receiveWindowBudget: {v}}}"))
+            .limits
+            .receive_window_budget
+    };
+    assert_eq!(budget("\"2GiB\""), Some(2 << 30));
+    assert_eq!(budget("1048576"), Some(1 << 20));
+    assert_eq!(ok(AUTH).limits.receive_window_budget, None);
+    let e = fails(
+        &format!("{AUTH}limits: {{receiveWindowBudget: 1000}}"),
+        "limits.receiveWindowBudget",
+    );
+    assert!(e.reason.contains("65536"), "{e}");
+    fails(
+        &format!("{AUTH}limits: {{receiveWindowBudget: 2 parsecs}}"),
+        "limits.receiveWindowBudget",
+    );
+    fails(
+        &format!("{AUTH}limits: {{receiveWindowBudget: [1]}}"),
+        "limits.receiveWindowBudget",
+    );
+}
+
+#[test]
 fn bandwidth_in_config() {
     let bw = |v: &str| {
         ok(&format!("{AUTH}bandwidth: {{up: \"{v}\"}}"))

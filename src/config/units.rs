@@ -312,6 +312,29 @@ mod tests {
     }
 
     #[test]
+    fn size_unit_table() {
+        let cases: &[(&str, u64)] = &[
+            ("1048576", 1_048_576),
+            ("512MiB", 512 << 20),
+            ("512 mib", 512 << 20),
+            ("2 GiB", 2 << 30),
+            ("2gi", 2 << 30),
+            ("64KB", 64_000),
+            ("64k", 64_000),
+            ("64KiB", 65_536),
+            ("1 TB", 1_000_000_000_000),
+            ("1tib", 1 << 40),
+            ("10 B", 10),
+        ];
+        for &(text, bytes) in cases {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MiB", "1.5GiB", "-1", "12 parsecs", "99999999999 TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bandwidth_unit_table() {
         let cases: &[(&str, u64)] = &[
             ("100 mbps", 12_500_000),
