@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     free_port, open_files_limit, socks5_connect, ClientOpts, Hy2Server, QuelayClient, QuelayServer,
-    TcpEcho, UdpDelay,
+    Socks5Udp, TcpEcho, UdpDelay, UdpEcho,
 };
 
 /// The value of the first sample of `series` (with its labels) in a metrics page.
@@ -55,8 +55,13 @@ fn scrape(addr: SocketAddr) -> String {
 }
 
 fn server_with(yaml: &str) -> (QuelayServer, SocketAddr) {
+    server_with_nofile(yaml, None)
+}
+
+fn server_with_nofile(yaml: &str, nofile: Option<u64>) -> (QuelayServer, SocketAddr) {
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let server = QuelayServer::start(&format!("{yaml}metrics:\n  listen: {metrics}\n"));
+    let server =
+        QuelayServer::start_with_nofile(&format!("{yaml}metrics:\n  listen: {metrics}\n"), nofile);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(metrics).is_err() {
         assert!(
@@ -541,6 +546,85 @@ fn a_spent_window_budget_slows_connections_but_fails_none() {
     assert!(
         peak <= BUDGET + 2.0 * FLOOR,
         "reserved peak {peak} past the budget and floors"
+    );
+    server.child().assert_running();
+}
+
+/// UDP sessions and relayed streams share the outbound-socket budget (RLIMIT_NOFILE less
+/// 256). At 8 sockets, 12 UDP associations get 8 sessions; the other 4 are refused and
+/// counted (UDP has no backpressure: their datagrams are dropped). A TCP stream that asks
+/// meanwhile is parked, not failed, and completes once the sessions idle out.
+#[test]
+fn udp_sessions_and_streams_share_the_socket_budget() {
+    const SOCKETS: usize = 8;
+    const ASSOCIATIONS: usize = 12;
+    let udp_echo = UdpEcho::start();
+    let tcp_echo = TcpEcho::start();
+    let (mut server, metrics) =
+        server_with_nofile("udpIdleTimeout: 2s\n", Some(256 + SOCKETS as u64));
+    let mut client = QuelayClient::start(
+        server.addr(),
+        &ClientOpts {
+            extra: "engine:\n  workers: 1\n".into(),
+            ..ClientOpts::default()
+        },
+    );
+    let proxy = client.socks_addr();
+    let assocs: Vec<_> = (0..ASSOCIATIONS)
+        .map(|_| Socks5Udp::associate(proxy).expect("UDP ASSOCIATE"))
+        .collect();
+    for a in &assocs {
+        a.send_to(udp_echo.addr(), b"ping").expect("send");
+    }
+    let page = wait_metrics(
+        metrics,
+        Duration::from_secs(5),
+        "sessions opened up to the budget",
+        |p| metric_sum(p, "quelay_udp_sessions_refused_total") >= (ASSOCIATIONS - SOCKETS) as f64,
+    );
+    assert_eq!(metric(&page, "quelay_sockets_budget"), Some(SOCKETS as f64));
+    assert_eq!(metric(&page, "quelay_sockets_held"), Some(SOCKETS as f64));
+    // A stream now needs a ninth socket: it waits.
+    let tcp_target = tcp_echo.addr();
+    let stream = thread::spawn(move || -> std::io::Result<Duration> {
+        let t = Instant::now();
+        let mut s = socks5_connect(proxy, "127.0.0.1", tcp_target.port())?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(b"hello")?;
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back)?;
+        assert_eq!(&back, b"hello");
+        Ok(t.elapsed())
+    });
+    wait_metrics(
+        metrics,
+        Duration::from_secs(2),
+        "the stream parked at the socket budget",
+        |p| metric_sum(p, "quelay_streams_parked") == 1.0,
+    );
+    let answered = assocs
+        .iter()
+        .filter(|a| a.recv_from(Duration::from_millis(300)).is_ok())
+        .count();
+    let waited = stream
+        .join()
+        .unwrap()
+        .expect("the parked stream completes once sockets come back");
+    let page = scrape(metrics);
+    eprintln!(
+        "{answered} of {ASSOCIATIONS} associations answered; the stream waited {waited:?}; \
+         budget hits {}",
+        metric(&page, "quelay_sockets_budget_hits_total").unwrap_or(-1.0)
+    );
+    assert_eq!(answered, SOCKETS, "sessions within the budget are relayed");
+    assert!(metric(&page, "quelay_sockets_budget_hits_total").unwrap_or(0.0) >= 5.0);
+    drop(assocs);
+    client.stop();
+    wait_metrics(
+        metrics,
+        Duration::from_secs(10),
+        "every socket returned",
+        |p| metric(p, "quelay_sockets_held") == Some(0.0),
     );
     server.child().assert_running();
 }

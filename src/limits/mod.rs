@@ -208,11 +208,11 @@ pub struct Caps {
 #[derive(Debug)]
 pub struct Limits {
     caps: Mutex<Caps>,
-    /// Streams relayed over the whole server: `limits.maxStreams`, and never more than the
-    /// outbound-socket budget.
+    /// Streams relayed over the whole server: `limits.maxStreams`.
     pub streams: Cap,
-    /// Outbound sockets the process may open (from RLIMIT_NOFILE), folded into `streams`.
-    fd_budget: Option<u64>,
+    /// Outbound sockets (a relayed stream's TCP socket, a UDP session's socket): the
+    /// process never opens more than RLIMIT_NOFILE allows, less a reserve.
+    pub sockets: Cap,
     /// Receive-window bytes reserved by every connection ([`window::RecvWindow`]).
     pub window_budget: Arc<Cap>,
     users: Mutex<HashMap<String, Arc<User>>>,
@@ -229,6 +229,19 @@ impl Drop for StreamPermit {
     fn drop(&mut self) {
         self.user.streams.release();
         self.limits.streams.release();
+        self.limits.sockets.release();
+    }
+}
+
+/// Holds one outbound socket (a UDP session's); releases it when dropped.
+#[derive(Debug)]
+pub struct SocketPermit {
+    limits: Arc<Limits>,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        self.limits.sockets.release();
     }
 }
 
@@ -249,13 +262,14 @@ impl Drop for ConnPermit {
 const FD_RESERVE: u64 = 256;
 
 impl Limits {
-    /// `fd_limit`: RLIMIT_NOFILE (soft), when known. Each relayed stream holds one
-    /// outbound socket, so the server never relays more streams than the fds it may open.
+    /// `fd_limit`: RLIMIT_NOFILE (soft), when known. Each relayed stream and each UDP
+    /// session holds one outbound socket, so the server never holds more of them than the
+    /// fds it may open.
     pub fn new(caps: Caps, fd_limit: Option<u64>) -> Arc<Self> {
         let fd_budget = fd_limit.map(|n| n.saturating_sub(FD_RESERVE).max(1));
         Arc::new(Limits {
-            streams: Cap::new(min_cap(caps.streams, fd_budget)),
-            fd_budget,
+            streams: Cap::new(caps.streams),
+            sockets: Cap::new(fd_budget),
             window_budget: Arc::new(Cap::new(caps.receive_window_budget)),
             caps: Mutex::new(caps),
             users: Mutex::new(HashMap::new()),
@@ -269,7 +283,7 @@ impl Limits {
     /// Applies new caps (a reload) to the server and every known user.
     pub fn set_caps(&self, caps: Caps) {
         *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = caps;
-        self.streams.set_cap(min_cap(caps.streams, self.fd_budget));
+        self.streams.set_cap(caps.streams);
         self.window_budget.set_cap(caps.receive_window_budget);
         for u in self
             .users
@@ -309,21 +323,21 @@ impl Limits {
         v
     }
 
-    /// One stream for `user`: within the user's cap and the server's. With `count`, a
-    /// refusal is counted as a hit of the cap that refused (once per request, not per retry).
+    /// One stream for `user`: within the user's cap, the server's and the socket budget.
+    /// With `count`, a refusal is counted as a hit of the cap that refused (once per
+    /// request, not per retry).
     pub fn acquire_stream(self: &Arc<Self>, user: &Arc<User>, count: bool) -> Option<StreamPermit> {
-        if !user.streams.try_acquire() {
-            if count {
-                user.streams.hit();
+        let caps = [&user.streams, &self.streams, &self.sockets];
+        for (i, cap) in caps.iter().enumerate() {
+            if !cap.try_acquire() {
+                for taken in &caps[..i] {
+                    taken.release();
+                }
+                if count {
+                    cap.hit();
+                }
+                return None;
             }
-            return None;
-        }
-        if !self.streams.try_acquire() {
-            user.streams.release();
-            if count {
-                self.streams.hit();
-            }
-            return None;
         }
         Some(StreamPermit {
             user: user.clone(),
@@ -333,7 +347,18 @@ impl Limits {
 
     /// Whether `user` could get a stream now (a hint for granting credit again).
     pub fn stream_room(&self, user: &User) -> bool {
-        user.streams.has_room() && self.streams.has_room()
+        user.streams.has_room() && self.streams.has_room() && self.sockets.has_room()
+    }
+
+    /// One outbound socket for a UDP session; a refusal is counted as a hit.
+    pub fn acquire_socket(self: &Arc<Self>) -> Option<SocketPermit> {
+        if !self.sockets.try_acquire() {
+            self.sockets.hit();
+            return None;
+        }
+        Some(SocketPermit {
+            limits: self.clone(),
+        })
     }
 
     /// One connection for `user`; with `count`, a refusal is counted as a hit.
@@ -370,13 +395,6 @@ pub fn default_window_budget() -> u64 {
             .ok()
     });
     total_kib.map_or(1 << 30, |k| k.saturating_mul(1024) / 4)
-}
-
-fn min_cap(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 #[cfg(test)]

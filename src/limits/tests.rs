@@ -23,6 +23,10 @@ enum Op {
     Read { conn: usize, kib: u64, ms: u64 },
     /// A stream of connection `conn` stalls (or drains).
     Stall { conn: usize, on: bool },
+    /// A UDP session opens on connection `conn` (it takes an outbound socket).
+    Session(usize),
+    /// The `i`-th UDP session (modulo) idles out.
+    EndSession(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, 0..4usize).prop_map(|(user, conn)| Op::Connect { user, conn }),
         3 => (0..4usize, 0..4096u64, 0..50u64).prop_map(|(conn, kib, ms)| Op::Read { conn, kib, ms }),
         1 => (0..4usize, any::<bool>()).prop_map(|(conn, on)| Op::Stall { conn, on }),
+        2 => (0..4usize).prop_map(Op::Session),
+        1 => any::<usize>().prop_map(Op::EndSession),
     ]
 }
 
@@ -41,8 +47,10 @@ const USERS: [&str; 3] = ["alice", "bob", "carol"];
 
 fn check(limits: &Limits) {
     let caps = limits.caps();
-    if let Some(cap) = limits.streams.cap() {
-        assert!(limits.streams.held() <= cap);
+    for cap in [&limits.streams, &limits.sockets] {
+        if let Some(c) = cap.cap() {
+            assert!(cap.held() <= c);
+        }
     }
     for u in limits.users() {
         if let Some(cap) = caps.streams_per_user {
@@ -73,6 +81,7 @@ fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
     let mut now = std::time::Instant::now();
     let rtt = std::time::Duration::from_millis(20);
     let mut streams: Vec<(usize, StreamPermit)> = Vec::new();
+    let mut sessions: Vec<(usize, SocketPermit)> = Vec::new();
     for op in ops {
         match op {
             Op::Open { user, conn } => {
@@ -90,6 +99,7 @@ fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
             }
             Op::Lose(conn) => {
                 streams.retain(|(c, _)| *c != conn);
+                sessions.retain(|(c, _)| *c != conn);
                 conns[conn] = None;
                 windows[conn] = None;
             }
@@ -106,6 +116,19 @@ fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
                     w.tune(now, rtt);
                     let allowance = window::MAX_STALLED_ALLOWANCE * policy.stream;
                     assert!(w.window() <= policy.max + allowance);
+                }
+            }
+            Op::Session(conn) => {
+                if conns[conn].is_some() {
+                    if let Some(p) = limits.acquire_socket() {
+                        sessions.push((conn, p));
+                    }
+                }
+            }
+            Op::EndSession(i) => {
+                if !sessions.is_empty() {
+                    let i = i % sessions.len();
+                    sessions.swap_remove(i);
                 }
             }
             Op::Stall { conn, on } => {
@@ -137,6 +160,7 @@ proptest! {
         total in 1u64..40,
         conns in 1u64..4,
         budget_mib in 1u64..64,
+        fd_limit in 260u64..320,
     ) {
         let limits = Limits::new(
             Caps {
@@ -145,7 +169,7 @@ proptest! {
                 connections_per_user: Some(conns),
                 receive_window_budget: Some(budget_mib << 20),
             },
-            None,
+            Some(fd_limit),
         );
         let policy = WindowPolicy::new(1 << 20, 16 << 20, 4 << 20, limits.window_budget.clone());
         let threads: Vec<_> = ops
@@ -160,6 +184,8 @@ proptest! {
             t.join().expect("worker thread");
         }
         prop_assert_eq!(limits.streams.held(), 0);
+        prop_assert_eq!(limits.sockets.held(), 0);
+        prop_assert!(limits.sockets.peak() <= fd_limit - 256);
         prop_assert!(limits.streams.peak() <= total);
         prop_assert_eq!(limits.window_budget.held(), 0);
         for u in limits.users() {
@@ -174,7 +200,21 @@ proptest! {
 #[test]
 fn the_fd_budget_caps_the_server() {
     let limits = Limits::new(Caps::default(), Some(300));
-    assert_eq!(limits.streams.cap(), Some(44));
+    assert_eq!(limits.sockets.cap(), Some(44));
+    let u = limits.user("u");
+    // Streams and UDP sessions draw on the same sockets.
+    let streams: Vec<_> = (0..40)
+        .filter_map(|_| limits.acquire_stream(&u, true))
+        .collect();
+    let sessions: Vec<_> = (0..10).filter_map(|_| limits.acquire_socket()).collect();
+    assert_eq!((streams.len(), sessions.len()), (40, 4));
+    assert!(limits.acquire_stream(&u, true).is_none());
+    assert!(!limits.stream_room(&u));
+    assert_eq!(limits.sockets.hits(), 7);
+    drop(sessions);
+    assert!(limits.stream_room(&u));
+    drop(streams);
+    assert_eq!((limits.sockets.held(), u.streams.held()), (0, 0));
     let limits = Limits::new(
         Caps {
             streams: Some(10),

@@ -70,6 +70,16 @@ pub struct WorkerCounters {
     pub streams_stalled: AtomicU64,
     /// Bytes held in relay buffers between QUIC streams and TCP sockets now.
     pub relay_buffered: AtomicU64,
+    /// UDP sessions open now, and opened since start.
+    pub udp_sessions: AtomicU64,
+    pub udp_sessions_opened: AtomicU64,
+    /// UDP sessions not opened: the outbound-socket budget was spent.
+    pub udp_sessions_refused: AtomicU64,
+    /// Hysteria2 UDP messages from clients, and datagrams sent back to them.
+    pub udp_datagrams_in: AtomicU64,
+    pub udp_datagrams_out: AtomicU64,
+    /// Client UDP messages dropped: malformed, undeliverable, or refused by the guard.
+    pub udp_dropped: AtomicU64,
 }
 
 macro_rules! fields {
@@ -106,7 +116,13 @@ macro_rules! fields {
             recv_window_doublings,
             recv_window_budget_short,
             streams_stalled,
-            relay_buffered
+            relay_buffered,
+            udp_sessions,
+            udp_sessions_opened,
+            udp_sessions_refused,
+            udp_datagrams_in,
+            udp_datagrams_out,
+            udp_dropped
         )
     };
 }
@@ -146,6 +162,12 @@ pub struct Snapshot {
     pub recv_window_budget_short: u64,
     pub streams_stalled: u64,
     pub relay_buffered: u64,
+    pub udp_sessions: u64,
+    pub udp_sessions_opened: u64,
+    pub udp_sessions_refused: u64,
+    pub udp_datagrams_in: u64,
+    pub udp_datagrams_out: u64,
+    pub udp_dropped: u64,
 }
 
 impl WorkerCounters {

@@ -197,6 +197,42 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.relay_buffered,
     ),
     (
+        "quelay_udp_sessions",
+        "gauge",
+        "UDP sessions open (one outbound socket each).",
+        |s| s.udp_sessions,
+    ),
+    (
+        "quelay_udp_sessions_opened_total",
+        "counter",
+        "UDP sessions opened.",
+        |s| s.udp_sessions_opened,
+    ),
+    (
+        "quelay_udp_sessions_refused_total",
+        "counter",
+        "UDP sessions refused at the outbound-socket budget.",
+        |s| s.udp_sessions_refused,
+    ),
+    (
+        "quelay_udp_datagrams_in_total",
+        "counter",
+        "Hysteria2 UDP messages received from clients.",
+        |s| s.udp_datagrams_in,
+    ),
+    (
+        "quelay_udp_datagrams_out_total",
+        "counter",
+        "Hysteria2 UDP messages sent to clients.",
+        |s| s.udp_datagrams_out,
+    ),
+    (
+        "quelay_udp_dropped_total",
+        "counter",
+        "Client UDP messages dropped (malformed, undeliverable, refused by the guard).",
+        |s| s.udp_dropped,
+    ),
+    (
         "quelay_auth_failures_total",
         "counter",
         "Auth requests refused (wrong credentials, or the HTTP backend said no).",
@@ -249,6 +285,26 @@ fn render_limits(out: &mut String, l: &Limits) {
         "# HELP quelay_streams_cap_hits_total Stream permits refused at the server's cap.\n\
          # TYPE quelay_streams_cap_hits_total counter\nquelay_streams_cap_hits_total {}",
         l.streams.hits()
+    );
+    gauge(
+        out,
+        "quelay_sockets_budget",
+        "Outbound sockets (relayed streams, UDP sessions) the server may hold (-1: none).",
+    );
+    let _ = writeln!(out, "quelay_sockets_budget {}", cap(l.sockets.cap()));
+    gauge(out, "quelay_sockets_held", "Outbound sockets held now.");
+    let _ = writeln!(out, "quelay_sockets_held {}", l.sockets.held());
+    gauge(
+        out,
+        "quelay_sockets_peak",
+        "Most outbound sockets held at once.",
+    );
+    let _ = writeln!(out, "quelay_sockets_peak {}", l.sockets.peak());
+    let _ = writeln!(
+        out,
+        "# HELP quelay_sockets_budget_hits_total Streams parked and UDP sessions refused at the socket budget.\n\
+         # TYPE quelay_sockets_budget_hits_total counter\nquelay_sockets_budget_hits_total {}",
+        l.sockets.hits()
     );
     let b = &l.window_budget;
     gauge(

@@ -251,6 +251,8 @@ pub struct QuelayServer {
     /// Starts so far, to give each run's output files their own names.
     runs: u32,
     dir: TempDir,
+    /// RLIMIT_NOFILE the server runs with, if set.
+    nofile: Option<u64>,
 }
 
 impl QuelayServer {
@@ -259,6 +261,12 @@ impl QuelayServer {
     /// Ready when its UDP port is bound; a server that exits first fails the test with its
     /// output.
     pub fn start(yaml_extra: &str) -> QuelayServer {
+        Self::start_with_nofile(yaml_extra, None)
+    }
+
+    /// `start`, with RLIMIT_NOFILE set to `nofile` (through util-linux's `prlimit`) when
+    /// given: the server derives its outbound-socket budget from it.
+    pub fn start_with_nofile(yaml_extra: &str, nofile: Option<u64>) -> QuelayServer {
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -277,18 +285,33 @@ impl QuelayServer {
         }
         let path = dir.join("server.yaml");
         fs::write(&path, config).expect("write server.yaml");
-        let child = Self::spawn("quelay-server", &path, addr, &dir);
+        let child = Self::spawn("quelay-server", &path, addr, &dir, nofile);
         QuelayServer {
             child,
             addr,
             config: path,
             runs: 1,
             dir,
+            nofile,
         }
     }
 
-    fn spawn(name: &str, config: &Path, addr: SocketAddr, dir: &Path) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+    fn spawn(
+        name: &str,
+        config: &Path,
+        addr: SocketAddr,
+        dir: &Path,
+        nofile: Option<u64>,
+    ) -> Child {
+        let quelay = env!("CARGO_BIN_EXE_quelay");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(quelay);
+                c
+            }
+            None => Command::new(quelay),
+        };
         cmd.arg("server")
             .arg("-c")
             .arg(config)
@@ -315,7 +338,7 @@ impl QuelayServer {
         self.child.kill();
         self.runs += 1;
         let name = format!("quelay-server.{}", self.runs);
-        self.child = Self::spawn(&name, &self.config, self.addr, &self.dir);
+        self.child = Self::spawn(&name, &self.config, self.addr, &self.dir, self.nofile);
     }
 
     /// The YAML `ServerOpts` stand for.

@@ -839,6 +839,13 @@ impl App for Hy2App {
         WorkerCounters::set(&c.streams_parked, self.parked.len() as u64);
         WorkerCounters::set(&c.credit_withheld, self.credit_withheld);
         WorkerCounters::set(&c.streams_refused, self.refused);
+        let u = &self.udp.counters;
+        WorkerCounters::set(&c.udp_sessions, self.udp.len() as u64);
+        WorkerCounters::set(&c.udp_sessions_opened, u.sessions_opened);
+        WorkerCounters::set(&c.udp_sessions_refused, u.sessions_refused);
+        WorkerCounters::set(&c.udp_datagrams_in, u.datagrams_in);
+        WorkerCounters::set(&c.udp_datagrams_out, u.datagrams_out);
+        WorkerCounters::set(&c.udp_dropped, u.dropped + u.refused);
         self.publish_busy(io);
     }
 
@@ -926,7 +933,8 @@ impl App for Hy2App {
                 let off = self
                     .offload
                     .get_or_insert_with(|| self.pool.client(io.driver.waker()));
-                self.udp.on_datagrams(io, ch, user, &self.cfg.guard, off);
+                self.udp
+                    .on_datagrams(io, ch, user, &self.cfg.limits, &self.cfg.guard, off);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");

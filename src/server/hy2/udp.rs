@@ -20,7 +20,7 @@ use slab::Slab;
 use super::super::guard::OutboundGuard;
 use super::super::offload::OffloadClient;
 use crate::engine::{Completion, SockOp};
-use crate::limits::User;
+use crate::limits::{Limits, SocketPermit, User};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
 use crate::worker::Io;
@@ -55,6 +55,8 @@ struct Session {
     next_packet_id: u16,
     /// Whose traffic counters the payloads go to.
     user: Option<Arc<User>>,
+    /// The session's socket, counted in the server's outbound-socket budget.
+    _socket: SocketPermit,
 }
 
 /// Counters of the UDP path.
@@ -67,6 +69,8 @@ pub struct UdpCounters {
     pub dropped: u64,
     /// Destinations refused by the outbound guard.
     pub refused: u64,
+    /// Sessions not opened: the outbound-socket budget was spent (their datagrams dropped).
+    pub sessions_refused: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +87,7 @@ impl UdpTable {
         io: &mut Io<'_>,
         ch: ConnectionHandle,
         user: Option<Arc<User>>,
+        limits: &Arc<Limits>,
         guard: &OutboundGuard,
         dns: &OffloadClient,
     ) {
@@ -103,7 +108,7 @@ impl UdpTable {
             };
             let key = match self.by_id.get(&(ch, msg.session_id)) {
                 Some(&k) => k,
-                None => match self.open(io, ch, msg.session_id, user.clone()) {
+                None => match self.open(io, ch, msg.session_id, user.clone(), limits) {
                     Some(k) => k,
                     None => {
                         self.counters.dropped += 1;
@@ -164,7 +169,13 @@ impl UdpTable {
         ch: ConnectionHandle,
         id: u32,
         user: Option<Arc<User>>,
+        limits: &Arc<Limits>,
     ) -> Option<usize> {
+        let Some(socket) = limits.acquire_socket() else {
+            self.counters.sessions_refused += 1;
+            crate::warn_limited!("UDP session refused: the outbound-socket budget is spent");
+            return None;
+        };
         let bind: SocketAddr = "[::]:0".parse().expect("literal");
         let fd = io
             .driver
@@ -186,6 +197,7 @@ impl UdpTable {
             closing: false,
             next_packet_id: 1,
             user,
+            _socket: socket,
         });
         self.by_id.insert((ch, id), key);
         self.counters.sessions_opened += 1;
