@@ -20,6 +20,10 @@
 //! - **Idle**: after [`IDLE`] without a byte read, the window goes back to its initial size
 //!   and returns the rest to the budget.
 //!
+//! A shrink returns its bytes to the budget at once, while credit already sent stays valid
+//! until the peer uses it (quinn-proto withholds new credit until the shrink is paid off):
+//! for that long the peer may still send up to the old window.
+//!
 //! Sans-IO: the worker feeds reads, stalls, the clock and the RTT, and applies the window
 //! this returns with `Connection::set_receive_window`.
 

@@ -10,7 +10,8 @@ pub mod relay;
 pub mod speedtest;
 pub mod udp;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,6 +200,9 @@ pub struct Hy2App {
     pending: Slab<(ConnectionHandle, StreamId, Pending)>,
     conns: HashMap<ConnectionHandle, Conn>,
     relays: Slab<(u32, Relay)>,
+    /// Connect deadlines (deadline, key, generation), earliest first. An entry whose relay
+    /// connected or went away meanwhile is skipped when it comes up.
+    connect_deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     generation: u32,
     udp: UdpTable,
     rng: StdRng,
@@ -224,6 +228,7 @@ impl Hy2App {
             pending: Slab::new(),
             conns: HashMap::new(),
             relays: Slab::new(),
+            connect_deadlines: BinaryHeap::new(),
             generation: 0,
             udp: UdpTable::default(),
             rng: StdRng::from_entropy(),
@@ -670,11 +675,13 @@ impl Hy2App {
         self.generation = self.generation % 0x0fff_ffff + 1;
         let gen = self.generation;
         let ok = self.ok_response();
-        let mut relay = Relay::new(ch, id, target.clone(), first, ok, io.now + CONNECT_TIMEOUT);
+        let mut relay = Relay::new(ch, id, target.clone(), first, ok);
         relay.permit = Some(permit);
         relay.user = self.conns.get(&ch).and_then(|c| c.limits.clone());
         WorkerCounters::add(&io.counters.streams_relayed, 1);
         let key = self.relays.insert((gen, relay));
+        self.connect_deadlines
+            .push(Reverse((io.now + CONNECT_TIMEOUT, key, gen)));
         if let Some(conn) = self.conns.get_mut(&ch) {
             conn.bidi.insert(id, Bidi::Relay(key));
         }
@@ -812,19 +819,22 @@ impl App for Hy2App {
         }
         // Connect timeouts.
         let now = io.now;
-        let expired: Vec<usize> = self
-            .relays
-            .iter()
-            .filter(|(_, (_, r))| {
-                matches!(r.phase, relay::Phase::Resolving | relay::Phase::Connecting)
-                    && r.deadline <= now
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for key in expired {
+        while let Some(&Reverse((at, key, gen))) = self.connect_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.connect_deadlines.pop();
             let msg = match self.relays.get(key) {
-                Some((_, r)) => format!("connect {}: timed out", r.target),
-                None => continue,
+                Some((g, r))
+                    if *g == gen
+                        && matches!(
+                            r.phase,
+                            relay::Phase::Resolving | relay::Phase::Connecting
+                        ) =>
+                {
+                    format!("connect {}: timed out", r.target)
+                }
+                _ => continue,
             };
             // The connect completion may still arrive: the relay stays (phase Done) only
             // until then if it holds no fd yet.
@@ -850,15 +860,9 @@ impl App for Hy2App {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let relays = self
-            .relays
-            .iter()
-            .filter(|(_, (_, r))| {
-                matches!(r.phase, relay::Phase::Resolving | relay::Phase::Connecting)
-            })
-            .map(|(_, (_, r))| r.deadline)
-            .min();
-        let udp = self.udp.next_expiry(self.cfg.udp_idle_timeout);
+        // The earliest entry may be stale (its relay connected): waking for it only pops it.
+        let relays = self.connect_deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let udp = self.udp.next_expiry();
         let caps = self.caps_deadline(Instant::now());
         relays.into_iter().chain(udp).chain(caps).min()
     }
@@ -933,8 +937,13 @@ impl App for Hy2App {
                 let off = self
                     .offload
                     .get_or_insert_with(|| self.pool.client(io.driver.waker()));
-                self.udp
-                    .on_datagrams(io, ch, user, &self.cfg.limits, &self.cfg.guard, off);
+                let out = udp::Outbound {
+                    limits: &self.cfg.limits,
+                    guard: &self.cfg.guard,
+                    dns: off,
+                    idle_timeout: self.cfg.udp_idle_timeout,
+                };
+                self.udp.on_datagrams(io, ch, user, &out);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");

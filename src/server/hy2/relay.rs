@@ -33,8 +33,6 @@ pub struct Relay {
     pub phase: Phase,
     /// The client's target, as sent (`host:port`).
     pub target: String,
-    /// Give up connecting at this time (reported to the client as a timeout).
-    pub deadline: Instant,
     /// The stream permit this relay holds (released when the relay is dropped).
     pub permit: Option<crate::limits::StreamPermit>,
     /// The user whose traffic counters this relay's bytes go to.
@@ -60,14 +58,12 @@ impl Relay {
         target: String,
         first: Vec<u8>,
         ok: Vec<u8>,
-        deadline: Instant,
     ) -> Self {
         Relay {
             ch,
             id,
             phase: Phase::Resolving,
             target,
-            deadline,
             permit: None,
             user: None,
             reported: (0, 0),

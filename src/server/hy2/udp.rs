@@ -78,6 +78,19 @@ pub struct UdpTable {
     sessions: Slab<Session>,
     by_id: HashMap<(ConnectionHandle, u32), usize>,
     pub counters: UdpCounters,
+    /// No session can idle out before this (sessions only get later as they are used):
+    /// `expire` scans the table only from then on.
+    next_expiry: Option<Instant>,
+}
+
+/// What sessions reach the outside through.
+pub struct Outbound<'a> {
+    /// The socket budget each session's socket is taken from.
+    pub limits: &'a Arc<Limits>,
+    pub guard: &'a OutboundGuard,
+    pub dns: &'a OffloadClient,
+    /// `udpIdleTimeout`.
+    pub idle_timeout: Duration,
 }
 
 impl UdpTable {
@@ -87,9 +100,7 @@ impl UdpTable {
         io: &mut Io<'_>,
         ch: ConnectionHandle,
         user: Option<Arc<User>>,
-        limits: &Arc<Limits>,
-        guard: &OutboundGuard,
-        dns: &OffloadClient,
+        out: &Outbound<'_>,
     ) {
         let mut msgs = Vec::new();
         if let Some(qc) = io.conn(ch) {
@@ -108,7 +119,7 @@ impl UdpTable {
             };
             let key = match self.by_id.get(&(ch, msg.session_id)) {
                 Some(&k) => k,
-                None => match self.open(io, ch, msg.session_id, user.clone(), limits) {
+                None => match self.open(io, ch, msg.session_id, user.clone(), out) {
                     Some(k) => k,
                     None => {
                         self.counters.dropped += 1;
@@ -134,7 +145,7 @@ impl UdpTable {
             match s.resolved.get(&msg.addr) {
                 Some(&addr) => queue(s, addr, payload, &mut self.counters),
                 None => match split_host_port(&msg.addr) {
-                    Ok((Host::Ip(ip), port)) => match guard.check(ip) {
+                    Ok((Host::Ip(ip), port)) => match out.guard.check(ip) {
                         Ok(()) => {
                             let addr = SocketAddr::new(ip, port);
                             if s.resolved.len() < 256 {
@@ -149,7 +160,7 @@ impl UdpTable {
                             if s.unresolved.is_empty()
                                 || !s.unresolved.iter().any(|(a, _)| *a == msg.addr)
                             {
-                                let _ = dns.lookup(&host, port, UDP_TOKEN | key as u64);
+                                let _ = out.dns.lookup(&host, port, UDP_TOKEN | key as u64);
                             }
                             s.unresolved.push_back((msg.addr.clone(), payload));
                         } else {
@@ -169,9 +180,9 @@ impl UdpTable {
         ch: ConnectionHandle,
         id: u32,
         user: Option<Arc<User>>,
-        limits: &Arc<Limits>,
+        out: &Outbound<'_>,
     ) -> Option<usize> {
-        let Some(socket) = limits.acquire_socket() else {
+        let Some(socket) = out.limits.acquire_socket() else {
             self.counters.sessions_refused += 1;
             crate::warn_limited!("UDP session refused: the outbound-socket budget is spent");
             return None;
@@ -201,6 +212,8 @@ impl UdpTable {
         });
         self.by_id.insert((ch, id), key);
         self.counters.sessions_opened += 1;
+        let at = io.now + out.idle_timeout;
+        self.next_expiry = Some(self.next_expiry.map_or(at, |n| n.min(at)));
         Some(key)
     }
 
@@ -311,25 +324,31 @@ impl UdpTable {
         }
     }
 
-    /// Closes sessions idle for `timeout`.
+    /// Closes sessions idle for `timeout`. Scans the table only once the earliest possible
+    /// expiry has come.
     pub fn expire(&mut self, io: &mut Io<'_>, now: Instant, timeout: Duration) {
-        let idle: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| !s.closing && now.duration_since(s.last_active) >= timeout)
-            .map(|(k, _)| k)
-            .collect();
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut idle = Vec::new();
+        let mut next = None::<Instant>;
+        for (k, s) in self.sessions.iter().filter(|(_, s)| !s.closing) {
+            let at = s.last_active + timeout;
+            if at <= now {
+                idle.push(k);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.next_expiry = next;
         for k in idle {
             self.close(io, k);
         }
     }
 
-    pub fn next_expiry(&self, timeout: Duration) -> Option<Instant> {
-        self.sessions
-            .iter()
-            .filter(|(_, s)| !s.closing)
-            .map(|(_, s)| s.last_active + timeout)
-            .min()
+    /// When `expire` next has work, at the earliest.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.next_expiry
     }
 
     /// The connection went away: close its sessions.
