@@ -23,8 +23,10 @@ use crate::engine::{Completion, SockOp};
 
 /// Bytes read from the QUIC stream that may wait for the TCP side.
 const MAX_TO_TCP: usize = 256 * 1024;
-/// Bytes read from TCP at once.
-const TCP_CHUNK: usize = 64 * 1024;
+/// Bytes read from TCP at once: a pipe starts small (a request/response stream holds little
+/// while its receive waits) and doubles its buffer on each receive that fills it.
+const TCP_CHUNK_MIN: usize = 8 * 1024;
+const TCP_CHUNK_MAX: usize = 64 * 1024;
 /// QUIC application error code for streams we abort.
 pub const STREAM_ABORT: u32 = 0x101;
 
@@ -78,6 +80,8 @@ pub struct Pipe {
     quic_finished: bool,
     /// Buffer recycled between TCP receives.
     spare: Vec<u8>,
+    /// Size of the next TCP receive.
+    tcp_chunk: usize,
     /// A close of the fd has been requested.
     closing: bool,
     /// Both sides are closed or closing.
@@ -118,6 +122,7 @@ impl Pipe {
             tcp_eof: false,
             quic_finished: false,
             spare: Vec::new(),
+            tcp_chunk: TCP_CHUNK_MIN,
             closing: false,
             done: false,
             from_quic: 0,
@@ -213,6 +218,9 @@ impl Pipe {
                     Ok(0) => self.tcp_eof = true,
                     Ok(n) => {
                         self.from_tcp += n as u64;
+                        if n >= c.buf.capacity() {
+                            self.tcp_chunk = (self.tcp_chunk * 2).min(TCP_CHUNK_MAX);
+                        }
                         if self.to_quic_off == self.to_quic.len() {
                             self.to_quic.clear();
                             self.to_quic_off = 0;
@@ -347,8 +355,8 @@ impl Pipe {
         if to_quic_flushed && !self.tcp_recv_inflight && !self.tcp_eof {
             let mut buf = std::mem::take(&mut self.spare);
             buf.clear();
-            if buf.capacity() < TCP_CHUNK {
-                buf.reserve(TCP_CHUNK);
+            if buf.capacity() < self.tcp_chunk {
+                buf.reserve_exact(self.tcp_chunk);
             }
             self.tcp_recv_inflight = true;
             io.driver.tcp_recv(fd, buf, token);
