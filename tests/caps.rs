@@ -173,6 +173,18 @@ fn per_user_cap_of_100_over_two_connections_fails_nothing() {
     );
 }
 
+/// `quelay client` with one worker holding one connection to `server`: every stream shares
+/// that connection's windows.
+fn one_connection_client(server: SocketAddr) -> QuelayClient {
+    QuelayClient::start(
+        server,
+        &ClientOpts {
+            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
+            ..ClientOpts::default()
+        },
+    )
+}
+
 /// A TCP server that accepts and reads nothing for `stall`, then drains.
 fn stalled_target(stall: Duration) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -222,13 +234,7 @@ fn stalled_streams_do_not_starve_a_bulk_stream() {
     const STALLED: usize = 2000;
     const BULK: usize = 256 << 20;
     let (mut server, metrics) = server_with("quic:\n  maxIncomingStreams: 4096\n");
-    let mut client = QuelayClient::start(
-        server.addr(),
-        &ClientOpts {
-            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
-            ..ClientOpts::default()
-        },
-    );
+    let mut client = one_connection_client(server.addr());
     let proxy = client.socks_addr();
     let sink = sink_target();
     let alone = upload(proxy, sink, BULK);
@@ -412,13 +418,7 @@ fn stalled_streams_widen_the_connection_window() {
         "quic:\n  initStreamReceiveWindow: 1048576\n  maxStreamReceiveWindow: 1048576\n  \
          initConnReceiveWindow: 2097152\n  maxConnReceiveWindow: 2097152\n",
     );
-    let mut client = QuelayClient::start(
-        server.addr(),
-        &ClientOpts {
-            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
-            ..ClientOpts::default()
-        },
-    );
+    let mut client = one_connection_client(server.addr());
     let proxy = client.socks_addr();
     let stuck = stalled_target(Duration::from_secs(60));
     // Each stuck upload is larger than what the TCP socket buffers on both ends absorb.
@@ -471,13 +471,7 @@ fn windows_grow_on_a_long_path() {
          limits:\n  receiveWindowBudget: 64MiB\n",
     );
     let path = UdpDelay::start(server.addr(), Duration::from_millis(15));
-    let mut client = QuelayClient::start(
-        path.addr(),
-        &ClientOpts {
-            extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
-            ..ClientOpts::default()
-        },
-    );
+    let mut client = one_connection_client(path.addr());
     let took = upload_in_background(
         client.socks_addr(),
         sink_target(),
@@ -513,13 +507,9 @@ fn a_spent_window_budget_slows_connections_but_fails_none() {
          limits:\n  receiveWindowBudget: 1MiB\n",
     );
     let path = UdpDelay::start(server.addr(), Duration::from_millis(5));
-    let opts = ClientOpts {
-        extra: "pool:\n  maxConnections: 1\nengine:\n  workers: 1\n".into(),
-        ..ClientOpts::default()
-    };
     let mut clients = [
-        QuelayClient::start(path.addr(), &opts),
-        QuelayClient::start(path.addr(), &opts),
+        one_connection_client(path.addr()),
+        one_connection_client(path.addr()),
     ];
     let sink = sink_target();
     let uploads: Vec<_> = clients

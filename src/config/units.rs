@@ -107,28 +107,20 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
 /// `bps`), any case, with or without a space; a bare number is bits per second. The result
 /// is the bit rate divided by 8, rounded down.
 pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (digits, unit) = split_digits(&lower);
-    if digits.is_empty() {
-        return Err(format!(
-            "invalid bandwidth {text:?} (expected a whole number and a unit, e.g. \"100 mbps\")"
-        ));
-    }
-    let too_large = || format!("bandwidth {text:?} is too large");
-    let value: u64 = digits.parse().map_err(|_| too_large())?;
-    let bits_per_unit: u64 = match unit.trim() {
-        "" | "b" | "bps" => 1,
-        "k" | "kb" | "kbps" => 1_000,
-        "m" | "mb" | "mbps" => 1_000_000,
-        "g" | "gb" | "gbps" => 1_000_000_000,
-        "t" | "tb" | "tbps" => 1_000_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in bandwidth {text:?} (use b, k, m, g or t, optionally followed by bps)"
-            ))
-        }
-    };
-    let bits = value.checked_mul(bits_per_unit).ok_or_else(too_large)?;
+    let bits = quantity(
+        text,
+        "bandwidth",
+        "100 mbps",
+        "b, k, m, g or t, optionally followed by bps",
+        |unit| match unit {
+            "" | "b" | "bps" => Some(1),
+            "k" | "kb" | "kbps" => Some(1_000),
+            "m" | "mb" | "mbps" => Some(1_000_000),
+            "g" | "gb" | "gbps" => Some(1_000_000_000),
+            "t" | "tb" | "tbps" => Some(1_000_000_000_000),
+            _ => None,
+        },
+    )?;
     Ok(bits / 8)
 }
 
@@ -136,31 +128,47 @@ pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
 /// an optional unit, any case. `k`/`kb`, `m`/`mb`, `g`/`gb`, `t`/`tb` are powers of 1000;
 /// `ki`/`kib`, `mi`/`mib`, `gi`/`gib`, `ti`/`tib` powers of 1024; `b` or none is bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
+    quantity(
+        text,
+        "size",
+        "512MiB",
+        "B, KB, MB, GB, TB or KiB, MiB, GiB, TiB",
+        |unit| match unit {
+            "" | "b" => Some(1),
+            "k" | "kb" => Some(1_000),
+            "m" | "mb" => Some(1_000_000),
+            "g" | "gb" => Some(1_000_000_000),
+            "t" | "tb" => Some(1_000_000_000_000),
+            "ki" | "kib" => Some(1 << 10),
+            "mi" | "mib" => Some(1 << 20),
+            "gi" | "gib" => Some(1 << 30),
+            "ti" | "tib" => Some(1 << 40),
+            _ => None,
+        },
+    )
+}
+
+/// A whole number and a unit (any case, spaces allowed between), times what `scale` says
+/// the unit is worth. `what`, `example` and `units` word the errors.
+fn quantity(
+    text: &str,
+    what: &str,
+    example: &str,
+    units: &str,
+    scale: impl Fn(&str) -> Option<u64>,
+) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let (digits, unit) = split_digits(&lower);
     if digits.is_empty() {
         return Err(format!(
-            "invalid size {text:?} (expected a whole number and a unit, e.g. \"512MiB\")"
+            "invalid {what} {text:?} (expected a whole number and a unit, e.g. \"{example}\")"
         ));
     }
-    let too_large = || format!("size {text:?} is too large");
+    let too_large = || format!("{what} {text:?} is too large");
     let value: u64 = digits.parse().map_err(|_| too_large())?;
-    let scale: u64 = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "m" | "mb" => 1_000_000,
-        "g" | "gb" => 1_000_000_000,
-        "t" | "tb" => 1_000_000_000_000,
-        "ki" | "kib" => 1 << 10,
-        "mi" | "mib" => 1 << 20,
-        "gi" | "gib" => 1 << 30,
-        "ti" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-            "unknown unit {other:?} in size {text:?} (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
-        ))
-        }
-    };
+    let unit = unit.trim();
+    let scale = scale(unit)
+        .ok_or_else(|| format!("unknown unit {unit:?} in {what} {text:?} (use {units})"))?;
     value.checked_mul(scale).ok_or_else(too_large)
 }
 

@@ -51,25 +51,7 @@ impl Cap {
     /// Takes one unit if that stays within the cap. A refusal is not counted as a hit:
     /// callers count a request once ([`Cap::hit`]), not each retry.
     pub fn try_acquire(&self) -> bool {
-        let cap = self.cap.load(Ordering::Relaxed);
-        let mut cur = self.held.load(Ordering::Relaxed);
-        loop {
-            if cur >= cap {
-                return false;
-            }
-            match self.held.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.peak.fetch_max(cur + 1, Ordering::Relaxed);
-                    return true;
-                }
-                Err(now) => cur = now,
-            }
-        }
+        self.acquire_up_to(1) == 1
     }
 
     /// Counts a request refused at this cap.

@@ -259,76 +259,93 @@ pub fn render(workers: &[Arc<WorkerCounters>], limits: Option<&Limits>) -> Strin
 fn render_limits(out: &mut String, l: &Limits) {
     let caps = l.caps();
     let cap = |c: Option<u64>| c.map_or(-1.0, |c| c as f64);
-    let gauge = |out: &mut String, name: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    };
-    gauge(
-        out,
-        "quelay_streams_cap",
-        "Cap on proxy streams over the server (-1: none).",
-    );
-    let _ = writeln!(out, "quelay_streams_cap {}", cap(l.streams.cap()));
-    gauge(
-        out,
-        "quelay_streams_held",
-        "Stream permits held over the server.",
-    );
-    let _ = writeln!(out, "quelay_streams_held {}", l.streams.held());
-    gauge(
-        out,
-        "quelay_streams_peak",
-        "Most stream permits held at once over the server.",
-    );
-    let _ = writeln!(out, "quelay_streams_peak {}", l.streams.peak());
-    let _ = writeln!(
-        out,
-        "# HELP quelay_streams_cap_hits_total Stream permits refused at the server's cap.\n\
-         # TYPE quelay_streams_cap_hits_total counter\nquelay_streams_cap_hits_total {}",
-        l.streams.hits()
-    );
-    gauge(
-        out,
-        "quelay_sockets_budget",
-        "Outbound sockets (relayed streams, UDP sessions) the server may hold (-1: none).",
-    );
-    let _ = writeln!(out, "quelay_sockets_budget {}", cap(l.sockets.cap()));
-    gauge(out, "quelay_sockets_held", "Outbound sockets held now.");
-    let _ = writeln!(out, "quelay_sockets_held {}", l.sockets.held());
-    gauge(
-        out,
-        "quelay_sockets_peak",
-        "Most outbound sockets held at once.",
-    );
-    let _ = writeln!(out, "quelay_sockets_peak {}", l.sockets.peak());
-    let _ = writeln!(
-        out,
-        "# HELP quelay_sockets_budget_hits_total Streams parked and UDP sessions refused at the socket budget.\n\
-         # TYPE quelay_sockets_budget_hits_total counter\nquelay_sockets_budget_hits_total {}",
-        l.sockets.hits()
-    );
     let b = &l.window_budget;
-    gauge(
-        out,
-        "quelay_receive_window_budget_bytes",
-        "Budget for the receive windows of all connections (-1: none).",
-    );
-    let _ = writeln!(out, "quelay_receive_window_budget_bytes {}", cap(b.cap()));
-    gauge(
-        out,
-        "quelay_receive_window_reserved_bytes",
-        "Receive-window bytes reserved from the budget now.",
-    );
-    let _ = writeln!(out, "quelay_receive_window_reserved_bytes {}", b.held());
-    gauge(
-        out,
-        "quelay_receive_window_reserved_peak_bytes",
-        "Most receive-window bytes reserved at once.",
-    );
-    let _ = writeln!(
-        out,
-        "quelay_receive_window_reserved_peak_bytes {}",
-        b.peak()
-    );
+    let server: [(&str, &str, &str, f64); 13] = [
+        (
+            "quelay_streams_cap",
+            "gauge",
+            "Cap on proxy streams over the server (-1: none).",
+            cap(l.streams.cap()),
+        ),
+        (
+            "quelay_streams_held",
+            "gauge",
+            "Stream permits held over the server.",
+            l.streams.held() as f64,
+        ),
+        (
+            "quelay_streams_peak",
+            "gauge",
+            "Most stream permits held at once over the server.",
+            l.streams.peak() as f64,
+        ),
+        (
+            "quelay_streams_cap_hits_total",
+            "counter",
+            "Stream permits refused at the server's cap.",
+            l.streams.hits() as f64,
+        ),
+        (
+            "quelay_sockets_budget",
+            "gauge",
+            "Outbound sockets (relayed streams, UDP sessions) the server may hold (-1: none).",
+            cap(l.sockets.cap()),
+        ),
+        (
+            "quelay_sockets_held",
+            "gauge",
+            "Outbound sockets held now.",
+            l.sockets.held() as f64,
+        ),
+        (
+            "quelay_sockets_peak",
+            "gauge",
+            "Most outbound sockets held at once.",
+            l.sockets.peak() as f64,
+        ),
+        (
+            "quelay_sockets_budget_hits_total",
+            "counter",
+            "Streams parked and UDP sessions refused at the socket budget.",
+            l.sockets.hits() as f64,
+        ),
+        (
+            "quelay_receive_window_budget_bytes",
+            "gauge",
+            "Budget for the receive windows of all connections (-1: none).",
+            cap(b.cap()),
+        ),
+        (
+            "quelay_receive_window_reserved_bytes",
+            "gauge",
+            "Receive-window bytes reserved from the budget now.",
+            b.held() as f64,
+        ),
+        (
+            "quelay_receive_window_reserved_peak_bytes",
+            "gauge",
+            "Most receive-window bytes reserved at once.",
+            b.peak() as f64,
+        ),
+        (
+            "quelay_receive_window_budget_hits_total",
+            "counter",
+            "Connections whose receive window was granted or grown short of its target.",
+            b.hits() as f64,
+        ),
+        (
+            "quelay_user_streams_cap",
+            "gauge",
+            "Cap on each user's streams (-1: none).",
+            cap(caps.streams_per_user),
+        ),
+    ];
+    for (name, ty, help, value) in server {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {ty}\n{name} {value}"
+        );
+    }
     let users = l.users();
     let per_user: [UserSeries; 5] = [
         (
@@ -368,16 +385,6 @@ fn render_limits(out: &mut String, l: &Limits) {
             let _ = writeln!(out, "{name}{{user=\"{}\"}} {}", escape(&u.name), get(u));
         }
     }
-    gauge(
-        out,
-        "quelay_user_streams_cap",
-        "Cap on each user's streams (-1: none).",
-    );
-    let _ = writeln!(
-        out,
-        "quelay_user_streams_cap {}",
-        cap(caps.streams_per_user)
-    );
 }
 
 /// A label value as the text format wants it.
