@@ -618,3 +618,54 @@ fn udp_sessions_and_streams_share_the_socket_budget() {
     );
     server.child().assert_running();
 }
+
+/// A loopback listener whose accept queue is full, so new connections to it get no SYN-ACK
+/// and hang: a target that never answers, without leaving 127.0.0.1. Returns the address
+/// and what must stay alive (the listener and the queued connections).
+fn unanswering_target() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    l.listen(0).expect("listen");
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(s);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    (addr, l, queued)
+}
+
+/// A stream whose target never answers the TCP handshake fails after the server's connect
+/// timeout (10 s) with an error to the client, not a hang, and its permit and socket come
+/// back.
+#[test]
+fn a_target_that_never_answers_times_out_and_returns_its_permit() {
+    let (target, _listener, _queued) = unanswering_target();
+    let (mut server, metrics) = server_with("");
+    let mut client = QuelayClient::start(server.addr(), &ClientOpts::default());
+    let t = Instant::now();
+    let mut s = support::socks5_greet(client.socks_addr()).expect("SOCKS5 greeting");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (rep, _) = support::socks5_request(&mut s, 1, "127.0.0.1", target.port())
+        .expect("a SOCKS5 reply, not a hang");
+    let took = t.elapsed();
+    eprintln!("reply {rep} after {took:?}");
+    assert_ne!(rep, 0, "CONNECT to a target that never answers succeeded");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "the connect timeout fired after {took:?}"
+    );
+    wait_metrics(
+        metrics,
+        Duration::from_secs(5),
+        "the permit and the socket returned",
+        |p| {
+            metric(p, "quelay_streams_held") == Some(0.0)
+                && metric(p, "quelay_sockets_held") == Some(0.0)
+        },
+    );
+    client.stop();
+    server.child().assert_running();
+}
