@@ -186,6 +186,20 @@ fn roundtrip(s: &mut TcpStream, n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a live echo stream stops working (EOF or an error) within 10 s.
+fn stream_fails(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut buf = [0; 16];
+        match s.write_all(b"ping").and_then(|_| s.read(&mut buf)) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) if Instant::now() > deadline => return false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 fn user_counts(v: &Value, user: &str) -> (u64, u64) {
     let u = &v[user];
     (u["tx"].as_u64().unwrap_or(0), u["rx"].as_u64().unwrap_or(0))
@@ -323,18 +337,10 @@ fn kick_closes_the_users_connections() {
     server.wait_log("kicking");
 
     // Alice's stream in progress fails; Bob's goes on.
-    sa.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        let mut buf = [0; 16];
-        let r = sa.write_all(b"ping").and_then(|_| sa.read(&mut buf));
-        match r {
-            Ok(0) | Err(_) => break true,
-            Ok(_) if Instant::now() > deadline => break false,
-            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    assert!(failed, "alice's stream still works after the kick");
+    assert!(
+        stream_fails(&mut sa),
+        "alice's stream still works after the kick"
+    );
     roundtrip(&mut sb, 10_000).expect("bob's stream after alice's kick");
     let online = server.get_json("/online");
     assert_eq!(online["bob"], 1, "online: {online}");
@@ -393,6 +399,37 @@ fn sighup_reloads_passwords_and_keeps_live_connections() {
     let fresh_new2 = client(&server, "alice:new-pw");
     let mut s4 = echo_stream(&fresh_new2, &echo).expect("new password after a bad reload");
     roundtrip(&mut s4, 1000).expect("echo after a bad reload");
+    server.child.assert_running();
+}
+
+/// A reload that removes a user closes that user's connections at once; the others' live
+/// streams go on.
+#[test]
+fn sighup_closes_the_connections_of_removed_users() {
+    let mut server = OpsServer::start(&[("alice", "pw-a"), ("bob", "pw-b")], &[]);
+    let echo = TcpEcho::start();
+    let alice = client(&server, "alice:pw-a");
+    let bob = client(&server, "bob:pw-b");
+    let mut sa = echo_stream(&alice, &echo).expect("alice's stream");
+    let mut sb = echo_stream(&bob, &echo).expect("bob's stream");
+    roundtrip(&mut sa, 10_000).expect("alice echo");
+    roundtrip(&mut sb, 10_000).expect("bob echo");
+
+    server.write_config(&[("alice", "pw-a")]);
+    server.child.signal(libc::SIGHUP);
+    server.wait_log("removed users");
+    assert!(
+        stream_fails(&mut sb),
+        "bob's stream still works after his removal"
+    );
+    roundtrip(&mut sa, 10_000).expect("alice's stream after bob's removal");
+    assert!(
+        echo_stream(&bob, &echo)
+            .and_then(|mut s| roundtrip(&mut s, 100))
+            .is_err(),
+        "bob got back in after his removal"
+    );
+    assert_eq!(server.get_json("/online")["alice"], 1);
     server.child.assert_running();
 }
 

@@ -257,6 +257,20 @@ impl Auth {
     pub fn user_key(name: &str) -> String {
         name.to_lowercase()
     }
+
+    /// The `userpass` users that `new` no longer has (a reload closes their connections).
+    /// A changed password, or a change of auth type, removes nobody: connections already
+    /// authenticated stay, as with `type: password`.
+    pub fn removed_users(&self, new: &Auth) -> Vec<String> {
+        match (self, new) {
+            (Auth::UserPass(old), Auth::UserPass(new)) => old
+                .keys()
+                .filter(|u| !new.contains_key(*u))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// `sniff` (when enabled): read the TLS SNI / HTTP Host of proxied streams.

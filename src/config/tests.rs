@@ -328,6 +328,26 @@ fn listen_forms() {
 }
 
 #[test]
+fn removed_users_are_userpass_names_gone_from_the_new_config() {
+    let users = |names: &[(&str, &str)]| {
+        Auth::UserPass(
+            names
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+        )
+    };
+    let old = users(&[("alice", "a"), ("bob", "b"), ("carol", "c")]);
+    let new = users(&[("alice", "changed"), ("carol", "c"), ("dave", "d")]);
+    assert_eq!(old.removed_users(&new), vec!["bob".to_string()]);
+    assert!(new.removed_users(&new).is_empty());
+    assert!(old.removed_users(&Auth::Password("pw".into())).is_empty());
+    assert!(Auth::Password("a".into())
+        .removed_users(&Auth::Password("b".into()))
+        .is_empty());
+}
+
+#[test]
 fn receive_window_budget() {
     let budget = |v: &str| {
         ok(&format!("{AUTH}limits: {{receiveWindowBudget: {v}}}"))

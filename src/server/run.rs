@@ -1,5 +1,6 @@
 //! `quelay server -c FILE`: from a validated config to running workers.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -313,6 +314,12 @@ impl Server {
         }
         limits.set_caps(caps(&new));
         self.ops.broadcast(|| Command::Reload(hy2.clone()));
+        let removed = self.cfg.auth.removed_users(&new.auth);
+        if !removed.is_empty() {
+            tracing::info!("reload: closing the connections of removed users {removed:?}");
+            let removed: Arc<HashSet<String>> = Arc::new(removed.into_iter().collect());
+            self.ops.broadcast(|| Command::Kick(removed.clone()));
+        }
         self.cfg = new;
         Ok(())
     }
