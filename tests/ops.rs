@@ -186,6 +186,17 @@ fn roundtrip(s: &mut TcpStream, n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `count` datagrams of `payload` to `target` through the association, one at a time,
+/// and returns how many were echoed within 3 s each.
+fn udp_echoes(udp: &Socks5Udp, target: SocketAddr, count: usize, payload: &[u8]) -> usize {
+    (0..count)
+        .filter(|_| {
+            udp.send_to(target, payload).expect("send");
+            udp.recv_from(Duration::from_secs(3)).is_ok()
+        })
+        .count()
+}
+
 /// Whether a live echo stream stops working (EOF or an error) within 10 s.
 fn stream_fails(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -232,13 +243,7 @@ fn traffic_online_dump_and_secret() {
 
     // UDP: 20 datagrams of 500 bytes, echoed.
     let udp = Socks5Udp::associate(c.socks_addr()).expect("UDP associate");
-    let mut echoed = 0;
-    for _ in 0..20 {
-        udp.send_to(uecho.addr(), &[7u8; 500]).expect("send");
-        if udp.recv_from(Duration::from_secs(3)).is_ok() {
-            echoed += 1;
-        }
-    }
+    let echoed = udp_echoes(&udp, uecho.addr(), 20, &[7u8; 500]);
     assert!(echoed >= 15, "only {echoed} UDP echoes");
 
     // While the stream is open: online and the dump show it.
@@ -293,13 +298,7 @@ fn traffic_counts_a_singbox_client_exactly() {
     let mut s = socks5_connect(sb.socks_addr(), &a.ip().to_string(), a.port()).expect("stream");
     roundtrip(&mut s, N).expect("echo");
     let udp = Socks5Udp::associate(sb.socks_addr()).expect("UDP associate");
-    let mut echoed = 0;
-    for _ in 0..10 {
-        udp.send_to(uecho.addr(), &[9u8; 700]).expect("send");
-        if udp.recv_from(Duration::from_secs(3)).is_ok() {
-            echoed += 1;
-        }
-    }
+    let echoed = udp_echoes(&udp, uecho.addr(), 10, &[9u8; 700]);
     assert!(echoed >= 8, "only {echoed} UDP echoes");
     let t = server.get_json("/traffic");
     assert_eq!(
