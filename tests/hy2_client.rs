@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use support::{
-    basic_auth, http_connect, http_get, http_post, open_files_limit, pattern_byte, random_bytes,
-    read_head, read_head_unbuffered, reply_text, sha256_hex, socks5_connect, socks5_greet,
-    socks5_greet_auth, socks5_request, ClientOpts, Head, HttpTarget, Hy2Server, PoolStats,
-    ProxyOpts, QuelayClient, QuelayServer, ServerOpts, SingboxServer, Socks5Udp, TcpEcho, UdpEcho,
-    CMD_BIND, CMD_CONNECT, PASSWORD, SNI,
+    basic_auth, check_upload, http_connect, http_get, http_post, mib_per_s, open_files_limit,
+    pattern_byte, random_bytes, read_head, read_head_unbuffered, reply_text, sha256_hex,
+    socks5_connect, socks5_greet, socks5_greet_auth, socks5_request, test_name, ClientOpts, Head,
+    HttpTarget, Hy2Server, PoolStats, ProxyOpts, QuelayClient, QuelayServer, ServerOpts,
+    SingboxServer, Socks5Udp, TcpEcho, UdpEcho, CMD_BIND, CMD_CONNECT, MIB, PASSWORD, SNI,
 };
 
-const MIB: usize = 1 << 20;
 /// Bytes moved each way by the SOCKS5 bulk scenarios.
 const BULK: usize = 64 * MIB;
 /// Bytes downloaded through the HTTP proxy.
@@ -38,15 +37,6 @@ const HTTP_BULK: usize = 16 * MIB;
 const OBFS_PASSWORD: &str = "obfspass";
 /// Read and write timeout of the raw sockets the tests drive by hand.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The running test's name (libtest names each test's thread after it).
-fn test_name() -> String {
-    thread::current().name().unwrap_or("?").to_owned()
-}
-
-fn mib_per_s(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / d.as_secs_f64()
-}
 
 /// Fails the test with `what`, first making sure both peers still run: a peer that died
 /// explains everything after it, so that is the report.
@@ -230,19 +220,7 @@ fn socks5_download_upload<S: Hy2Server>(obfs: Option<String>) {
         .and_then(|mut s| http_post(&mut s, &host, "/sha256", &data).map_err(|e| e.to_string()));
     let (status, body) =
         up.unwrap_or_else(|e| fail(&mut server, &mut client, format!("upload: {e}")));
-    let took = t.elapsed();
-    assert_eq!(status, 200, "upload status");
-    assert_eq!(
-        String::from_utf8_lossy(&body).trim(),
-        want,
-        "SHA-256 of the uploaded body as the target saw it"
-    );
-    eprintln!(
-        "{}: upload {} MiB in {took:.2?} ({:.0} MiB/s)",
-        test_name(),
-        BULK / MIB,
-        mib_per_s(BULK, took)
-    );
+    check_upload(status, &body, &want, BULK, t.elapsed());
     assert_eq!(target.requests(), 2, "requests that reached the target");
     stop_and_report(&mut client);
 }

@@ -20,12 +20,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    http_get, http_post, open_files_limit, pattern_mismatch, random_bytes, sha256_hex,
-    socks5_connect, HttpTarget, Hy2Server, QuelayServer, SbOpts, ServerOpts, SingboxClient,
-    SingboxServer, Socks5Udp, TcpEcho, UdpEcho, PASSWORD,
+    check_upload, http_get, http_post, mib_per_s, open_files_limit, pattern_mismatch, random_bytes,
+    sha256_hex, socks5_connect, test_name, HttpTarget, Hy2Server, QuelayServer, SbOpts, ServerOpts,
+    SingboxClient, SingboxServer, Socks5Udp, TcpEcho, UdpEcho, MIB, PASSWORD,
 };
 
-const MIB: usize = 1 << 20;
 /// Bytes moved each way by the bulk scenarios.
 const BULK: usize = 64 * MIB;
 const OBFS_PASSWORD: &str = "obfspass";
@@ -34,22 +33,12 @@ fn salamander() -> Option<String> {
     Some(OBFS_PASSWORD.to_owned())
 }
 
-/// The running test's name (libtest names each test's thread after it), to tell apart the
-/// progress lines of tests running in parallel.
-fn test_name() -> String {
-    thread::current().name().unwrap_or("?").to_owned()
-}
-
 /// Fails the test with `what`, first making sure both peers are still running: a peer that
 /// died (or was killed from outside) explains everything after it, so that is the report.
 fn fail<S: Hy2Server>(server: &mut S, client: &mut SingboxClient, what: String) -> ! {
     client.child().assert_running();
     server.child().assert_running();
     panic!("{what}");
-}
-
-fn mib_per_s(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / d.as_secs_f64()
 }
 
 /// Downloads `BULK` bytes of the target's pattern and uploads `BULK` random bytes, each on its
@@ -101,19 +90,7 @@ fn download_upload<S: Hy2Server>(server_opts: ServerOpts, client_opts: SbOpts) {
     });
     let (status, body) = http_post(&mut s, &host, "/sha256", &data)
         .unwrap_or_else(|e| fail(&mut server, &mut client, format!("upload: {e}")));
-    let took = t.elapsed();
-    assert_eq!(status, 200, "upload status");
-    assert_eq!(
-        String::from_utf8_lossy(&body).trim(),
-        want,
-        "SHA-256 of the uploaded body as the target saw it"
-    );
-    eprintln!(
-        "{}: upload {} MiB in {took:.2?} ({:.0} MiB/s)",
-        test_name(),
-        BULK / MIB,
-        mib_per_s(BULK, took)
-    );
+    check_upload(status, &body, &want, BULK, t.elapsed());
     assert_eq!(target.requests(), 2, "requests that reached the target");
 }
 

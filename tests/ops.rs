@@ -197,6 +197,19 @@ fn udp_echoes(udp: &Socks5Udp, target: SocketAddr, count: usize, payload: &[u8])
         .count()
 }
 
+/// Waits (up to `timeout`) for the server, already signalled, to exit with status 0 after
+/// logging `needle`.
+fn exits_0_saying(server: &mut OpsServer, timeout: Duration, needle: &str) {
+    let status = server.child.stop_with(0, timeout);
+    let stderr = server.child.stderr();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        tail(&stderr, 40)
+    );
+    assert!(stderr.contains(needle), "stderr:\n{}", tail(&stderr, 40));
+}
+
 /// Whether a live echo stream stops working (EOF or an error) within 10 s.
 fn stream_fails(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -472,18 +485,7 @@ fn sigterm_drains_live_streams_then_exits_0() {
         .expect("stream thread")
         .expect("the live stream completes");
     assert_eq!(moved, 400_000);
-    let status = server.child.stop_with(0, Duration::from_secs(15));
-    let stderr = server.child.stderr();
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}",
-        tail(&stderr, 40)
-    );
-    assert!(
-        stderr.contains("drained in"),
-        "stderr:\n{}",
-        tail(&stderr, 40)
-    );
+    exits_0_saying(&mut server, Duration::from_secs(15), "drained in");
     assert!(
         t0.elapsed() < Duration::from_secs(14),
         "took {:?}",
@@ -500,18 +502,7 @@ fn sigterm_closes_idle_streams_at_the_drain_deadline() {
     roundtrip(&mut s, 1000).expect("echo");
     let t0 = Instant::now();
     server.child.signal(libc::SIGTERM);
-    let status = server.child.stop_with(0, Duration::from_secs(10));
-    let stderr = server.child.stderr();
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}",
-        tail(&stderr, 40)
-    );
-    assert!(
-        stderr.contains("drain timeout"),
-        "stderr:\n{}",
-        tail(&stderr, 40)
-    );
+    exits_0_saying(&mut server, Duration::from_secs(10), "drain timeout");
     assert!(
         t0.elapsed() >= Duration::from_millis(900),
         "{:?}",

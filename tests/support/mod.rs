@@ -429,6 +429,36 @@ pub fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert_path, key_path)
 }
 
+/// Bytes in a MiB.
+pub const MIB: usize = 1 << 20;
+
+/// The running test's name (libtest names each test's thread after it), to tell apart the
+/// progress lines of tests running in parallel.
+pub fn test_name() -> String {
+    thread::current().name().unwrap_or("?").to_owned()
+}
+
+pub fn mib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / d.as_secs_f64()
+}
+
+/// Checks the answer of the HTTP target's `/sha256` to an upload of `bytes` bytes whose
+/// SHA-256 is `want`, and prints how long it took.
+pub fn check_upload(status: u16, body: &[u8], want: &str, bytes: usize, took: Duration) {
+    assert_eq!(status, 200, "upload status");
+    assert_eq!(
+        String::from_utf8_lossy(body).trim(),
+        want,
+        "SHA-256 of the uploaded body as the target saw it"
+    );
+    eprintln!(
+        "{}: upload {} MiB in {took:.2?} ({:.0} MiB/s)",
+        test_name(),
+        bytes / MIB,
+        mib_per_s(bytes, took)
+    );
+}
+
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
