@@ -176,32 +176,26 @@ impl RecvWindow {
             .saturating_add(allowance)
             .max(WINDOW_FLOOR.min(p.init));
         let before = self.window;
-        if target < self.window {
+        let mut began = false;
+        if target <= self.window {
             p.budget.release_n(self.window - target);
             self.window = target;
             self.short = false;
-        } else if target > self.window {
+        } else {
             let want = target - self.window;
             let got = p.budget.acquire_up_to(want);
             self.window += got;
             let short = got < want;
-            let began = short && !self.short;
+            began = short && !self.short;
             if began {
                 p.budget.hit();
             }
             self.short = short;
-            if began {
-                return Some(Step {
-                    window: self.window,
-                    doubled,
-                    short: true,
-                });
-            }
         }
-        (self.window != before || doubled).then_some(Step {
+        (self.window != before || doubled || began).then_some(Step {
             window: self.window,
             doubled,
-            short: false,
+            short: began,
         })
     }
 }
