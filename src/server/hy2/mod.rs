@@ -172,6 +172,8 @@ enum Bidi {
 
 #[derive(Default)]
 struct Conn {
+    /// Never given to another connection of this worker (quinn-proto reuses handles).
+    serial: u64,
     /// The authenticated user ID.
     user: Option<String>,
     bidi: HashMap<StreamId, Bidi>,
@@ -186,6 +188,14 @@ struct Conn {
     online: Option<Online>,
 }
 
+/// A connection as work that finishes later names it: quinn-proto's handle, which the next
+/// connection gets once this one is gone, and the serial number that it never gets.
+#[derive(Clone, Copy, Debug)]
+struct ConnRef {
+    ch: ConnectionHandle,
+    serial: u64,
+}
+
 /// Relay tokens: slab key in the low 32 bits, a generation above, so a completion for a
 /// removed relay is never applied to its slot's next occupant.
 fn token(key: usize, gen: u32) -> u64 {
@@ -196,9 +206,13 @@ pub struct Hy2App {
     cfg: Arc<Hy2Config>,
     pool: Arc<Offload>,
     offload: Option<OffloadClient>,
-    /// Streams waiting for an answer prepared off the data path.
-    pending: Slab<(ConnectionHandle, StreamId, Pending)>,
+    /// Streams waiting for an answer prepared off the data path. An entry stays until its
+    /// answer comes back, even when its connection is gone, so that no other job's answer
+    /// can take its slot.
+    pending: Slab<(ConnRef, StreamId, Pending)>,
     conns: HashMap<ConnectionHandle, Conn>,
+    /// The last `Conn::serial` given.
+    conn_serial: u64,
     relays: Slab<(u32, Relay)>,
     /// Connect deadlines (deadline, key, generation), earliest first. An entry whose relay
     /// connected or went away meanwhile is skipped when it comes up.
@@ -227,6 +241,7 @@ impl Hy2App {
             offload: None,
             pending: Slab::new(),
             conns: HashMap::new(),
+            conn_serial: 0,
             relays: Slab::new(),
             connect_deadlines: BinaryHeap::new(),
             generation: 0,
@@ -244,6 +259,23 @@ impl Hy2App {
     pub fn with_link(mut self, link: Link) -> Self {
         self.link = Some(link);
         self
+    }
+
+    /// The connection's state, made with a new serial number when it has none.
+    fn conn_entry(&mut self, ch: ConnectionHandle) -> &mut Conn {
+        let serial = &mut self.conn_serial;
+        self.conns.entry(ch).or_insert_with(|| {
+            *serial += 1;
+            Conn {
+                serial: *serial,
+                ..Conn::default()
+            }
+        })
+    }
+
+    /// `ch`'s state, if `at` still names the connection that has it.
+    fn conn_at(&mut self, at: ConnRef) -> Option<&mut Conn> {
+        self.conns.get_mut(&at.ch).filter(|c| c.serial == at.serial)
     }
 
     fn draining(&self) -> bool {
@@ -622,7 +654,10 @@ impl Hy2App {
         kind: Pending,
         work: Box<dyn FnOnce() -> Outcome + Send>,
     ) {
-        let key = self.pending.insert((ch, id, kind));
+        let Some(serial) = self.conns.get(&ch).map(|c| c.serial) else {
+            return;
+        };
+        let key = self.pending.insert((ConnRef { ch, serial }, id, kind));
         let off = self
             .offload
             .get_or_insert_with(|| self.pool.client(io.driver.waker()));
@@ -635,9 +670,15 @@ impl Hy2App {
 
     /// A deferred answer is ready.
     fn on_job(&mut self, io: &mut Io<'_>, key: usize, outcome: Outcome) {
-        let Some((ch, id, kind)) = self.pending.try_remove(key) else {
+        let Some((at, id, kind)) = self.pending.try_remove(key) else {
             return;
         };
+        if self.conn_at(at).is_none() {
+            // The connection that asked is gone, and its handle may be another's by now.
+            tracing::debug!("answer for a closed connection ({:?}) dropped", at.ch);
+            return;
+        }
+        let ch = at.ch;
         let response = match (kind, outcome) {
             (Pending::Response, Outcome::Response(r)) => r,
             (Pending::Auth { cc_rx, req }, Outcome::Auth(verdict)) => match verdict {
@@ -870,7 +911,7 @@ impl App for Hy2App {
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
             Event::Connected => {
-                self.conns.entry(ch).or_default();
+                self.conn_entry(ch);
                 // Our HTTP/3 control stream with SETTINGS, as any HTTP/3 server sends.
                 if let Some(qc) = io.conn(ch) {
                     if let Some(id) = qc.streams().open(Dir::Uni) {
@@ -885,7 +926,7 @@ impl App for Hy2App {
                         opened.push(id);
                     }
                 }
-                let conn = self.conns.entry(ch).or_default();
+                let conn = self.conn_entry(ch);
                 for id in &opened {
                     conn.bidi.insert(*id, Bidi::Start(Vec::new()));
                 }

@@ -1,0 +1,276 @@
+//! The Hysteria2 server against hostile clients, in process on loopback.
+//!
+//! - A late HTTP-auth verdict must land only on the connection that asked for it: with one
+//!   worker, quinn-proto hands a closed connection's handle to the next one, and a verdict
+//!   keyed by that handle alone would log the newcomer in.
+//!
+//! The clients are plain quinn connections that speak the Hysteria2 wire format by hand, so
+//! that they can do what no well-behaved client does (leave mid-auth, skip auth).
+
+// Each test binary uses a subset of the shared helpers.
+#[allow(unused_imports)]
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use quelay::proto::h3;
+use quelay::proto::tcp::{TcpRequest, TcpResponse};
+use quelay::quic::{self, QuicParams, Verify};
+use quelay::server::run::{self as server_run, Server};
+
+use support::TcpEcho;
+
+// ---------------------------------------------------------------------------------------
+// A slow HTTP authentication backend.
+
+/// Accepts every login as `user`, answering each request `delay` after it arrived.
+struct SlowAuth {
+    addr: SocketAddr,
+    /// Requests received so far.
+    requests: Arc<AtomicUsize>,
+    _thread: JoinHandle<()>,
+}
+
+impl SlowAuth {
+    fn start(delay: Duration, user: &'static str) -> SlowAuth {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the auth backend");
+        let addr = listener.local_addr().expect("auth backend address");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    let requests = requests.clone();
+                    std::thread::spawn(move || answer_auth(stream, delay, user, &requests));
+                }
+            })
+        };
+        SlowAuth {
+            addr,
+            requests,
+            _thread: thread,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/auth", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads requests on one keep-alive connection and answers each `{"ok": true, "id": user}`
+/// after `delay`.
+fn answer_auth(stream: TcpStream, delay: Duration, user: &str, requests: &AtomicUsize) {
+    let mut r = BufReader::new(stream.try_clone().expect("clone the backend stream"));
+    let mut w = stream;
+    while let Ok(Some(head)) = support::read_head(&mut r) {
+        let len = head
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        requests.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        let reply = format!(r#"{{"ok": true, "id": "{user}"}}"#);
+        let msg = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if w.write_all(msg.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server and the raw clients.
+
+fn start_server(yaml: &str) -> Server {
+    let (cfg, warnings) = quelay::config::parse_server(yaml, "test.yaml").expect("config parses");
+    assert!(warnings.is_empty(), "config warnings: {warnings:?}");
+    server_run::start(&cfg).expect("server starts")
+}
+
+fn stop_server(server: Server) {
+    assert!(
+        !server.group.is_finished(),
+        "a server worker left its loop during the test (panic?)"
+    );
+    server.group.stop();
+    server.group.join().expect("server workers exit cleanly");
+}
+
+fn client_endpoint() -> quinn::Endpoint {
+    let crypto = quic::client_crypto(Verify::Insecure, &[b"h3"]).expect("client TLS config");
+    let mut ep =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")).expect("client endpoint");
+    ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
+    ep
+}
+
+async fn connect(ep: &quinn::Endpoint, server: SocketAddr) -> quinn::Connection {
+    ep.connect(server, "localhost")
+        .expect("connect starts")
+        .await
+        .expect("QUIC handshake")
+}
+
+/// Sends the Hysteria2 auth request on a new stream (its answer is not read).
+async fn send_auth(conn: &quinn::Connection, password: &str) -> quinn::RecvStream {
+    let (mut send, recv) = conn.open_bi().await.expect("open the auth stream");
+    let padding = h3::auth_padding(&mut rand::thread_rng());
+    send.write_all(&h3::auth_request_headers(password, 0, &padding))
+        .await
+        .expect("write the auth request");
+    send.finish().expect("finish the auth stream");
+    recv
+}
+
+/// Whether a proxy stream to `target` relays: a TCPResponse with status OK and then the
+/// echo of what was sent. Any other ending (reset, FIN, an HTTP answer, silence for
+/// `wait`) is "no".
+async fn relays(conn: &quinn::Connection, target: SocketAddr, wait: Duration) -> bool {
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return false;
+    };
+    let payload = b"hello through the relay";
+    let mut req = Vec::new();
+    TcpRequest::encode(&target.to_string(), &[b'p'; 16], &mut req).expect("valid TCPRequest");
+    req.extend_from_slice(payload);
+    if send.write_all(&req).await.is_err() {
+        return false;
+    }
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+            if let Ok(Some((resp, used))) = TcpResponse::parse(&got) {
+                if !resp.is_ok() {
+                    return false;
+                }
+                if got.len() - used >= payload.len() {
+                    return &got[used..used + payload.len()] == payload;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(wait, read).await.unwrap_or(false)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+/// A connection leaves while its HTTP-auth verdict is pending; a new connection takes its
+/// handle (one worker, nothing else connected) and never authenticates. When the verdict
+/// arrives, the newcomer must still be refused relaying, 20 times over.
+#[test]
+fn late_http_auth_verdict_never_logs_in_a_successor() {
+    const ROUNDS: usize = 20;
+    /// How long the backend takes: well past the departed connection's drain period (3 PTO,
+    /// tens of milliseconds on loopback), so that its handle is free before it answers.
+    const VERDICT_DELAY: Duration = Duration::from_millis(600);
+    /// From the departure to the successor's connect.
+    const REUSE_AFTER: Duration = Duration::from_millis(250);
+
+    let backend = SlowAuth::start(VERDICT_DELAY, "alice");
+    let echo = TcpEcho::start();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         auth: {{type: http, http: {{url: \"{}\"}}}}\n\
+         outboundGuard: {{allowLoopback: true}}\n\
+         engine: {{workers: 1}}\n",
+        backend.url()
+    );
+    let server = start_server(&yaml);
+    let addr = server.addr;
+    let rt = runtime();
+    let ep = rt.block_on(async { client_endpoint() });
+
+    // The setup works: a client that waits for its verdict relays.
+    rt.block_on(async {
+        let conn = connect(&ep, addr).await;
+        let mut answer = send_auth(&conn, "pw").await;
+        let head = answer
+            .read_to_end(64 * 1024)
+            .await
+            .expect("the auth answer arrives");
+        let mut reader = h3::ResponseReader::new();
+        let resp = reader
+            .push(&head)
+            .expect("an HTTP/3 response")
+            .expect("a whole response");
+        assert_eq!(resp.status, 233, "the backend's verdict logs the client in");
+        assert!(
+            relays(&conn, echo.addr(), Duration::from_secs(5)).await,
+            "an authenticated client relays to the echo target"
+        );
+        conn.close(0u32.into(), b"done");
+    });
+
+    let mut borrowed = Vec::new();
+    for round in 0..ROUNDS {
+        let requests_before = backend.requests();
+        let relayed = rt.block_on(async {
+            // Connections of the previous round are gone from the server's table.
+            tokio::time::sleep(REUSE_AFTER).await;
+            let leaver = connect(&ep, addr).await;
+            let _answer = send_auth(&leaver, "pw").await;
+            // Leave once the backend holds the request.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while backend.requests() == requests_before {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "round {round}: the auth request never reached the backend"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            leaver.close(0u32.into(), b"bye");
+            tokio::time::sleep(REUSE_AFTER).await;
+
+            let successor = connect(&ep, addr).await;
+            // A request stream that has sent only the start of a HEADERS frame: the stream
+            // that the leaver's auth used has this id on the successor's connection.
+            let (mut idle, _idle_recv) = successor.open_bi().await.expect("open a stream");
+            idle.write_all(&[0x01]).await.expect("write a frame type");
+            // Past the leaver's verdict.
+            tokio::time::sleep(VERDICT_DELAY).await;
+            let relayed = relays(&successor, echo.addr(), Duration::from_secs(1)).await;
+            successor.close(0u32.into(), b"done");
+            relayed
+        });
+        if relayed {
+            borrowed.push(round);
+        }
+    }
+    rt.block_on(async { ep.wait_idle().await });
+    stop_server(server);
+    assert!(
+        borrowed.is_empty(),
+        "a connection that never authenticated relayed after another connection's late \
+         verdict, in rounds {borrowed:?} of {ROUNDS}"
+    );
+}
