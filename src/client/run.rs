@@ -56,6 +56,7 @@ fn quic_params(cfg: &ClientConfig) -> QuicParams {
         congestion: match cfg.congestion.kind {
             config::CongestionKind::Bbr => quic::Congestion::Bbr,
             config::CongestionKind::Reno => quic::Congestion::NewReno,
+            config::CongestionKind::Cubic => quic::Congestion::Cubic,
         },
         loss_compensation: !cfg.bandwidth.disable_loss_compensation,
         datagram_overhead: cfg.obfs.overhead(),

@@ -206,6 +206,8 @@ pub enum CongestionKind {
     Bbr,
     /// `reno`.
     Reno,
+    /// `cubic` (quelay): quinn-proto's CUBIC.
+    Cubic,
 }
 
 /// `congestion.bbrProfile`.

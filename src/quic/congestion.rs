@@ -1,5 +1,5 @@
-//! Congestion control: BBR (or another quinn controller) until Hysteria2 negotiates a send
-//! rate, then Brutal (`reference/hysteria2-protocol.md` §5.3).
+//! Congestion control: BBR (ours, see `bbr`, or a quinn controller) until Hysteria2
+//! negotiates a send rate, then Brutal (`reference/hysteria2-protocol.md` §5.3).
 //!
 //! quinn-proto paces every connection itself, at 1.25 × window / smoothed RTT. Brutal's
 //! window is 2 × rate × RTT, so quinn alone would send at 2.5 × the negotiated rate, and far
@@ -7,7 +7,9 @@
 //! rate is therefore enforced outside quinn: the controller ([`Adaptive`]) only supplies the
 //! window (a cap on bytes in flight) and the loss-compensated ackRate, and the worker loop
 //! asks [`BrutalPacer`] before every `poll_transmit`. The rate counts UDP payload bytes, QUIC
-//! headers and ACK-only packets included, as in the official implementation.
+//! headers and ACK-only packets included, as in the official implementation. A fallback
+//! controller that paces by rate (our BBR) publishes its rate through the same handle, and
+//! the same pacer enforces it while Brutal is off.
 //!
 //! # How a connection's worker finds its controller
 //!
@@ -65,6 +67,9 @@ struct Shared {
     /// ackRate in parts per million (800,000..=1,000,000). Written by the controller after
     /// every ack batch and loss event while Brutal is on.
     ack_rate_ppm: AtomicU32,
+    /// The fallback controller's pacing rate in bytes/s while Brutal is off; 0 leaves
+    /// pacing to quinn. Written by the controller after every ack batch and loss event.
+    fallback_rate: AtomicU64,
 }
 
 impl CcHandle {
@@ -72,6 +77,7 @@ impl CcHandle {
         CcHandle(Arc::new(Shared {
             rate: AtomicU64::new(0),
             ack_rate_ppm: AtomicU32::new(PPM as u32),
+            fallback_rate: AtomicU64::new(0),
         }))
     }
 
@@ -90,10 +96,16 @@ impl CcHandle {
         f64::from(self.0.ack_rate_ppm.load(Relaxed)) / PPM as f64
     }
 
-    /// Rate the pacer refills at: the rate over ackRate, so lost packets are made up for.
+    /// Rate the pacer refills at: Brutal's rate over ackRate, so lost packets are made up
+    /// for; without Brutal, the fallback controller's own rate (0: quinn paces).
     pub fn pacing_rate(&self) -> u64 {
-        let ppm = u64::from(self.0.ack_rate_ppm.load(Relaxed)).max(1);
-        (u128::from(self.rate()) * u128::from(PPM) / u128::from(ppm)) as u64
+        match self.rate() {
+            0 => self.0.fallback_rate.load(Relaxed),
+            rate => {
+                let ppm = u64::from(self.0.ack_rate_ppm.load(Relaxed)).max(1);
+                (u128::from(rate) * u128::from(PPM) / u128::from(ppm)) as u64
+            }
+        }
     }
 }
 
@@ -112,6 +124,8 @@ pub fn take_last_built() -> Option<CcHandle> {
 pub struct AdaptiveConfig {
     fallback: Arc<dyn ControllerFactory + Send + Sync>,
     loss_compensation: bool,
+    /// The fallback's `metrics().pacing_rate` is enforced by the worker's pacer.
+    paced_fallback: bool,
 }
 
 impl AdaptiveConfig {
@@ -124,7 +138,15 @@ impl AdaptiveConfig {
         AdaptiveConfig {
             fallback,
             loss_compensation,
+            paced_fallback: false,
         }
+    }
+
+    /// Has the worker pace the fallback at the rate its `metrics()` report (for a controller
+    /// that, unlike quinn's, sets a pacing rate of its own).
+    pub fn pace_fallback(mut self) -> Self {
+        self.paced_fallback = true;
+        self
     }
 }
 
@@ -136,6 +158,7 @@ impl ControllerFactory for AdaptiveConfig {
             fallback: self.fallback.clone().build(now, current_mtu),
             brutal: Brutal::new(now, current_mtu, self.loss_compensation),
             handle,
+            paced_fallback: self.paced_fallback,
         })
     }
 }
@@ -147,11 +170,20 @@ pub struct Adaptive {
     handle: CcHandle,
     fallback: Box<dyn Controller>,
     brutal: Brutal,
+    paced_fallback: bool,
 }
 
 impl Adaptive {
     fn brutal_on(&self) -> bool {
         self.handle.rate() != 0
+    }
+
+    /// Hands the fallback's pacing rate to the worker's pacer.
+    fn publish_fallback_rate(&self) {
+        if self.paced_fallback {
+            let bits = self.fallback.metrics().pacing_rate.unwrap_or(0);
+            self.handle.0.fallback_rate.store(bits / 8, Relaxed);
+        }
     }
 }
 
@@ -189,6 +221,7 @@ impl Controller for Adaptive {
         }
         self.fallback
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        self.publish_fallback_rate();
     }
 
     fn on_congestion_event(
@@ -207,6 +240,7 @@ impl Controller for Adaptive {
         }
         self.fallback
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+        self.publish_fallback_rate();
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
@@ -238,6 +272,7 @@ impl Controller for Adaptive {
             handle: self.handle.clone(),
             fallback: self.fallback.clone_box(),
             brutal: self.brutal.clone(),
+            paced_fallback: self.paced_fallback,
         })
     }
 

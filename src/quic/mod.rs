@@ -3,12 +3,15 @@
 //! Everything here builds configuration for the sans-IO `quinn_proto::Endpoint` each worker
 //! owns; nothing reads the clock or touches a socket.
 
+pub mod bbr;
 pub mod cid;
 pub mod compat;
 pub mod congestion;
 pub mod tls;
 pub mod transport;
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
+use quinn_proto::congestion::{ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn_proto::crypto::rustls::QuicClientConfig;
 use quinn_proto::{
     ClientConfig, ConnectionIdGenerator, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
@@ -14,6 +14,7 @@ use quinn_proto::{
 };
 use rand::RngCore;
 
+use super::bbr::BbrConfig;
 use super::cid::ShardedCidGenerator;
 use super::congestion::AdaptiveConfig;
 
@@ -47,7 +48,8 @@ pub const INITIAL_MTU: u16 = 1200;
 /// (`Io::set_send_rate`; every choice here allows that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
-    /// Model-based; the default, as it keeps throughput on lossy long-haul paths.
+    /// Model-based (ours, `quic::bbr`); the default, as it keeps throughput on lossy
+    /// long-haul paths.
     #[default]
     Bbr,
     /// Loss-based, quinn's own default.
@@ -137,12 +139,15 @@ pub fn transport_config(p: &QuicParams) -> TransportConfig {
             m
         }))
         .enable_segmentation_offload(true);
-    let fallback: Arc<dyn ControllerFactory + Send + Sync> = match p.congestion {
-        Congestion::Bbr => Arc::new(BbrConfig::default()),
-        Congestion::Cubic => Arc::new(CubicConfig::default()),
-        Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+    let adaptive = |fallback: Arc<dyn ControllerFactory + Send + Sync>| {
+        AdaptiveConfig::new(fallback, p.loss_compensation)
     };
-    t.congestion_controller_factory(Arc::new(AdaptiveConfig::new(fallback, p.loss_compensation)));
+    let cc = match p.congestion {
+        Congestion::Bbr => adaptive(Arc::new(BbrConfig::default())).pace_fallback(),
+        Congestion::Cubic => adaptive(Arc::new(CubicConfig::default())),
+        Congestion::NewReno => adaptive(Arc::new(NewRenoConfig::default())),
+    };
+    t.congestion_controller_factory(Arc::new(cc));
     t
 }
 

@@ -145,6 +145,7 @@ fn quic_params(cfg: &ServerConfig) -> QuicParams {
         congestion: match cfg.congestion.kind {
             config::CongestionKind::Bbr => quic::Congestion::Bbr,
             config::CongestionKind::Reno => quic::Congestion::NewReno,
+            config::CongestionKind::Cubic => quic::Congestion::Cubic,
         },
         loss_compensation: !cfg.bandwidth.disable_loss_compensation,
         datagram_overhead: cfg.obfs.overhead(),

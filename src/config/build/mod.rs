@@ -357,10 +357,11 @@ fn congestion(top: &mut Section, w: &mut W) -> Result<Congestion, Fault> {
     let kind = match lower(s.string("type", w)?).as_str() {
         "" | "bbr" => CongestionKind::Bbr,
         "reno" => CongestionKind::Reno,
+        "cubic" => CongestionKind::Cubic,
         other => {
             return Err(fault(
                 s.key("type"),
-                format!("unsupported congestion type {other:?} (use bbr or reno)"),
+                format!("unsupported congestion type {other:?} (use bbr, reno or cubic)"),
             ))
         }
     };
