@@ -9,8 +9,8 @@
 //!   is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
 //!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
 //!   round) when the RTT estimate is 10 seconds old.
-//! - **Window.** 2 × BDP plus 3 packets for delayed and aggregated ACKs, in Startup 2/ln 2 ×
-//!   BDP, never below 4 packets. A loss starts recovery: packet conservation for a round,
+//! - **Window.** 2 × BDP plus 3 send quanta (up to 64 KiB each: a millisecond at the pacing
+//!   rate) for delayed and aggregated ACKs, in Startup 2/ln 2 × BDP, never below 4 packets. A loss starts recovery: packet conservation for a round,
 //!   then the window from before the loss.
 //! - **Loss response** (BBRv2/v3's `inflight_hi`). A round that loses more than 2% of its
 //!   packets caps what may be in flight at 0.7 × the most that round had in flight. The cap
@@ -48,8 +48,16 @@ const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The smallest window, in packets.
 const MIN_PIPE_PACKETS: u64 = 4;
-/// Packets of window on top of the BDP, for ACK aggregation.
-const QUANTA_PACKETS: u64 = 3;
+/// Send quanta of window on top of the BDP, for delayed and aggregated ACKs.
+const QUANTA: u64 = 3;
+/// The send quantum is the pacing rate's worth of this long ...
+const QUANTUM_TIME: Duration = Duration::from_millis(1);
+/// ... at most this much (one GSO batch) ...
+const MAX_QUANTUM: u64 = 64 * 1024;
+/// ... and at least one packet, or two at this rate (bytes/s) and above.
+const TWO_PACKET_RATE: f64 = 150_000.0;
+/// At this pacing rate (bytes/s) and above, the quantum is a millisecond's worth.
+const TIME_QUANTUM_RATE: f64 = 3_000_000.0;
 /// Startup ends when the bandwidth has grown by less than this ...
 const FULL_BW_GROWTH: f64 = 1.25;
 /// ... for this many rounds in a row.
@@ -468,7 +476,7 @@ impl Bbr {
             self.filled_pipe = true;
             // Never below what probing at 1.25 × the model needs: random loss, which no
             // smaller window avoids, must not shrink the model round after round.
-            let floor = self.bdp(PROBE_BW_GAINS[0]) + QUANTA_PACKETS * self.mtu;
+            let floor = self.bdp(PROBE_BW_GAINS[0]) + QUANTA * self.send_quantum();
             let hi = (BETA * self.round_max_in_flight as f64) as u64;
             self.inflight_hi = hi.min(self.inflight_hi).max(floor).max(self.min_window());
             self.probe_hi_add = self.mtu;
@@ -595,8 +603,20 @@ impl Bbr {
         }
     }
 
+    /// What the sender sends in one burst at its pacing rate (the draft's
+    /// BBRSetSendQuantum): on a fast path a millisecond's worth, up to one GSO batch.
+    fn send_quantum(&self) -> u64 {
+        if self.pacing_rate < TWO_PACKET_RATE {
+            self.mtu
+        } else if self.pacing_rate < TIME_QUANTUM_RATE {
+            2 * self.mtu
+        } else {
+            ((self.pacing_rate * QUANTUM_TIME.as_secs_f64()) as u64).min(MAX_QUANTUM)
+        }
+    }
+
     fn set_cwnd(&mut self, acked: u64) {
-        let target = self.bdp(self.cwnd_gain) + QUANTA_PACKETS * self.mtu;
+        let target = self.bdp(self.cwnd_gain) + QUANTA * self.send_quantum();
         if self.conservation_until_round.is_some() {
             self.cwnd = self.cwnd.max(self.in_flight + acked);
         } else if self.filled_pipe {

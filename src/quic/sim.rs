@@ -118,15 +118,17 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
     let mut next_send = t0;
     let mut latest_rtt = path.one_way * 2;
     let mut last_ack = t0;
+    // Probe timeouts in a row (each doubles the next), and probe packets owed.
+    let (mut ptos, mut probes) = (0u32, 0u32);
     let (mut queue_area, mut queue_time) = (0.0, 0.0);
     let half = t0 + Duration::from_secs_f64(secs / 2.0);
 
     while now < end {
         let ack_at = acks.peek().map(|Reverse((t, _))| *t);
-        let can_send = in_flight + PACKET <= bbr.window();
+        let can_send = in_flight + PACKET <= bbr.window() || probes > 0;
         let send_at = can_send.then_some(next_send.max(now));
-        let pto = last_ack + (latest_rtt * 3).max(Duration::from_millis(10));
-        let pto_at = (in_flight > 0).then_some(pto);
+        let pto_base = (latest_rtt * 3 / 2).max(Duration::from_millis(1)) * 2u32.pow(ptos.min(16));
+        let pto_at = (in_flight > 0 && probes == 0).then_some(last_ack + pto_base);
         let Some(t) = [ack_at, send_at, pto_at].into_iter().flatten().min() else {
             break;
         };
@@ -163,6 +165,7 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
             }
             if let Some((largest, _)) = largest {
                 last_ack = now;
+                ptos = 0;
                 let threshold = latest_rtt * 9 / 8;
                 let lost: Vec<u64> = outstanding
                     .range(..largest)
@@ -203,6 +206,7 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
                 acks.push(Reverse((depart + path.one_way * 2, pn)));
             }
             pn += 1;
+            probes = probes.saturating_sub(1);
             let rate = bbr.pacing_rate();
             next_send = if rate > 0 {
                 now + Duration::from_secs_f64(PACKET as f64 / rate as f64)
@@ -210,17 +214,10 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
                 now
             };
         } else {
-            // Probe timeout: everything outstanding is gone.
-            let lost: Vec<u64> = outstanding.keys().copied().collect();
-            declare_lost(
-                bbr,
-                now,
-                &mut outstanding,
-                &mut in_flight,
-                &lost,
-                &mut rep,
-                true,
-            );
+            // Probe timeout: two packets go out whatever the window; the ACKs they bring
+            // back tell what was lost.
+            probes = 2;
+            ptos += 1;
             last_ack = now;
         }
     }
@@ -350,8 +347,8 @@ mod tests {
         // 1 Gbit/s while it runs, 30 ms of every 100, a 256-packet queue (quic-go's
         // per-connection queue), 100 µs RTT: a CPU-capped client on loopback.
         let t0 = Instant::now();
-        let mut path = Path::new(1000.0, 0, 0.0)
-            .duty(Duration::from_millis(30), Duration::from_millis(100));
+        let mut path =
+            Path::new(1000.0, 0, 0.0).duty(Duration::from_millis(30), Duration::from_millis(100));
         path.queue = 256 * PACKET;
         path.one_way = Duration::from_micros(50);
         let mut b = bbr(t0);

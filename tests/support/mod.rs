@@ -2,7 +2,8 @@
 //! that die with their owner, ports, scratch directories and certificates (this file); the
 //! targets proxied traffic reaches (`targets`); a SOCKS5 client (`socks`) and an HTTP/1.1
 //! client (`http`); the Hysteria2 peers, sing-box and quelay (`peers`); and `quelay client`
-//! (`client`); a UDP relay that adds delay (`delay`).
+//! (`client`); a UDP relay that adds delay (`delay`); emulated network paths in namespaces of
+//! their own, with a rate limit, delay, jitter and loss, for congestion-control tests (`netns`).
 //!
 //! Every wait is bounded, and every thread and child process stops when its owner is dropped,
 //! including while a failing test unwinds. Traffic stays on 127.0.0.1.
@@ -33,6 +34,7 @@ macro_rules! against_both {
 mod client;
 mod delay;
 mod http;
+mod netns;
 mod peers;
 mod socks;
 mod targets;
@@ -43,6 +45,9 @@ pub use client::*;
 #[allow(unused_imports)]
 pub use delay::*;
 pub use http::*;
+// Only the path tests (root, namespaces) use these.
+#[allow(unused_imports)]
+pub use netns::*;
 pub use peers::*;
 pub use socks::*;
 pub use targets::*;

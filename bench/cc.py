@@ -1,0 +1,922 @@
+#!/usr/bin/env python3
+"""Congestion control of a Hysteria2 server under a real quic-go client, on loopback.
+
+    python3 bench/cc.py                                   # quelay, quelay:reno, singbox; 2 rounds
+    python3 bench/cc.py --servers quelay,singbox --bytes 64M --rounds 1
+    python3 bench/cc.py --servers quelay:reno,singbox --cpu-quota 30 --direction both
+
+What it measures: how many UDP datagrams (and IP bytes) a server puts on the wire per MiB
+of payload, and how fast, when the client is the sing-box (quic-go) Hysteria2 client.
+Wire traffic is counted OUTSIDE the processes, by nftables on the output hook (table
+`inet quelay_cc_bench`, chain `out`: `udp sport PORT` = server -> clients, `udp dport
+PORT` = clients -> server, PORT being the server's UDP port; on loopback every packet
+crosses the output hook once), read just before and just after the load. A figure near
+1 MiB / datagram size (722 at 1452-byte QUIC datagrams, 874 at 1200) means full packets
+and few retransmissions; more means small packets or retransmissions; the reverse
+direction is mostly ACKs.
+
+GSO: a GSO batch (one sendmsg with UDP_SEGMENT, up to 64 KB) crosses the output hook,
+and the whole loopback path, as ONE skb; both quelay and quic-go use GSO on loopback, and
+quelay's relay server has no switch to turn it off (its --no-gso applies to --echo only).
+So each direction has, besides a named counter (skbs, IP bytes), a dynamic set keyed by
+`meta length` with a counter per element: the histogram of skb lengths. A batch of
+segments of S bytes of UDP payload (the last one possibly shorter) holds ceil(payload/S)
+datagrams; S is inferred per direction and sample as the size in 1200..1452 (both
+implementations' range) of which most batch payloads are exact multiples (the JSON keeps
+S, the share of batches that fit it exactly, and the histogram). Wire bytes add one
+IP+UDP header (28 B) per inferred datagram. "Receiver drops" = the `drops` column of
+/proc/net/udp for the receiving sockets (clients' for down, the server's for up): datagrams
+the kernel discarded because the receive buffer was full, which the sender must resend.
+
+Servers (`--servers`, comma list): `quelay` = the quelay server with compare.py's config
+(password auth, one self-signed certificate, 8 MiB / 20 MiB QUIC windows, BBR by default);
+`quelay:X` = the same plus `congestion: {type: X}` (bbr, reno, cubic); `quelay@BINARY` or
+`quelay:X@BINARY` = another quelay build (an earlier release, say) in the same interleaved
+rounds; `singbox` = the sing-box
+1.14.4 Hysteria2 server with compare.py's config. Every sample starts a fresh server and
+`--connections` fresh sing-box clients (one process and one SOCKS5 port each, each
+carrying one TCP connection of `--bytes` payload); `quelay bench target` (TCP mode `d`
+download / `u` upload) runs once for the whole run. Download load: compare.py's
+`_socksload`; upload load: this script's `_upload` (SOCKS5 CONNECT, header `u` + u64 BE
+length, the bytes, half-close, then the target's u64 BE byte count). Servers are
+interleaved per round (ABC, CBA, ...); figures are medians over rounds, ratios to singbox
+medians of per-round ratios.
+
+`--cpu-quota P` puts every sing-box CLIENT process (not the server) into the cgroup v1
+cpu group /sys/fs/cgroup/cpu/quelay-cc-bench with cpu.cfs_quota_us = P * 1000 per
+100 ms period, i.e. P % of one CPU shared by all clients: a slow client, whose ACKs come
+late, which is where congestion controllers differ.
+
+Per sample: payload bytes, seconds (the slowest load's own timing), goodput, skbs,
+datagrams and bytes both ways, datagrams per MiB and wire bytes per payload byte in the
+data direction (download: server -> client; upload: client -> server), receiver drops,
+server CPU seconds (/proc, all threads) and per GiB, sing-box client CPU seconds, errors. A failed
+sample is recorded with its error; the run goes on and exits 1. Outputs:
+--out/cc-<UTC timestamp>.json (samples, summary, configs) and .md (the table).
+
+Needs root (nftables, cgroups); installs nftables with apt-get when `nft` is missing,
+sing-box with scripts/get-singbox.sh (as compare.py). Uses target/release/quelay unless
+--quelay-bin (copied at start, so that a concurrent cargo build cannot swap it mid-run).
+Only 127.0.0.1. Python 3.11 standard library only (plus nft and ss); imports
+bench/compare.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # no bench/__pycache__ from importing compare.py
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # nor from the load processes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare as cmp  # noqa: E402
+from compare import (  # noqa: E402
+    GIB, MIB, HOST, LIVE, Ctx, Proc, SetupError, kill, kill_all, log, med, parse_size,
+    proc_cpu, tail, human_bytes,
+)
+
+REPO = cmp.REPO
+NFT_TABLE = "quelay_cc_bench"
+CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+CGROUP = CGROUP_ROOT / "quelay-cc-bench"
+BASELINE = "singbox"
+COUNTING = ("nftables table inet quelay_cc_bench, hook output (loopback: each skb once): "
+            "named counters s2c (udp sport PORT) and c2s (udp dport PORT) count skbs and IP "
+            "bytes; dynamic sets s2c_len/c2s_len count skbs per IP length, from which the "
+            "datagrams inside GSO batches are inferred (segment size per direction = the "
+            "size in 1200..1452 dividing most batch payloads); wire bytes add one IP+UDP "
+            "header (28 B) per inferred datagram")
+
+
+# ---------------------------------------------------------------------------------------------
+# nftables
+
+
+def run(cmd: list[str], timeout: float = 30, input: str | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    except FileNotFoundError as e:
+        raise SetupError(f"{cmd[0]}: {e}") from None
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"timed out after {timeout:g} s: {' '.join(cmd)}") from None
+    if check and r.returncode != 0:
+        raise SetupError(f"{' '.join(cmd)}: exit {r.returncode}: "
+                         f"{(r.stderr or r.stdout).strip()[-400:]}")
+    return r
+
+
+def ensure_nft() -> str:
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft")
+                                       if os.access(p, os.X_OK)), None)
+    if nft:
+        return nft
+    log("nftables: `nft` not found; apt-get install -y nftables")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    ok = False
+    for pre in ([], [["apt-get", "update"]]):
+        try:
+            for c in pre:
+                subprocess.run(c, capture_output=True, timeout=600, env=env)
+            r = subprocess.run(["apt-get", "install", "-y", "nftables"], capture_output=True,
+                               text=True, timeout=900, env=env)
+            ok = r.returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log(f"nftables: {e}")
+        if ok:
+            break
+    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.access("/usr/sbin/nft", os.X_OK)
+                                  else None)
+    if not nft:
+        raise SetupError("nftables: `nft` is missing and `apt-get install -y nftables` "
+                         "failed; install nftables (and run as root)")
+    return nft
+
+
+class Nft:
+    """The counters of one sample: created for a server port, deleted on any exit.
+
+    Per direction (s2c = udp sport PORT, c2s = udp dport PORT), on the output hook: a named
+    counter (packets = skbs, bytes = IP length) and a dynamic set keyed by `meta length`
+    with a counter per element: the histogram of skb lengths, from which the datagrams
+    inside GSO batches are inferred (see `datagrams`)."""
+
+    def __init__(self, nft: str):
+        self.nft = nft
+
+    def delete(self) -> None:
+        r = subprocess.run([self.nft, "list", "tables"], capture_output=True, text=True,
+                           timeout=30)
+        if f"table inet {NFT_TABLE}" in r.stdout.splitlines():
+            run([self.nft, "delete", "table", "inet", NFT_TABLE])
+
+    def create(self, port: int) -> None:
+        self.delete()
+        sets = "".join(f"  set {d}_len {{ typeof meta length; size 65535; flags dynamic; "
+                       "counter; }\n" for d in DIRS)
+        rules = (f"table inet {NFT_TABLE} {{\n"
+                 "  counter s2c { }\n"
+                 "  counter c2s { }\n" + sets +
+                 "  chain out {\n"
+                 "    type filter hook output priority 0; policy accept;\n"
+                 f"    udp sport {port} counter name \"s2c\" update @s2c_len {{ meta length }}\n"
+                 f"    udp dport {port} counter name \"c2s\" update @c2s_len {{ meta length }}\n"
+                 "  }\n"
+                 "}\n")
+        run([self.nft, "-f", "-"], input=rules)
+
+    def read(self) -> dict[str, dict]:
+        r = run([self.nft, "-j", "list", "table", "inet", NFT_TABLE])
+        out: dict[str, dict] = {d: {"hist": {}} for d in DIRS}
+        for obj in json.loads(r.stdout).get("nftables", []):
+            c = obj.get("counter")
+            if c and c.get("table") == NFT_TABLE and c.get("name") in DIRS:
+                out[c["name"]].update(packets=int(c["packets"]), bytes=int(c["bytes"]))
+            st = obj.get("set")
+            if st and st.get("table") == NFT_TABLE and st.get("name", "")[:3] in DIRS:
+                for e in st.get("elem") or []:
+                    e = e.get("elem", e)
+                    out[st["name"][:3]]["hist"][int(e["val"])] = int(e["counter"]["packets"])
+        if any("packets" not in out[d] for d in DIRS):
+            raise RuntimeError(f"nft: counters s2c/c2s not found in {r.stdout[:300]}")
+        return out
+
+
+DIRS = ("s2c", "c2s")
+IP_UDP = 28  # IPv4 + UDP header bytes per datagram
+MAX_DGRAM = 1452  # largest UDP payload of quelay (MTU_UPPER_BOUND) and quic-go
+MIN_FULL = 1200  # QUIC's minimum datagram size: the smallest plausible GSO segment
+
+
+def datagrams(hist: dict[int, int]) -> dict:
+    """Wire datagrams from a histogram {skb IP length: count}. An skb is one datagram or one
+    GSO batch: segments of gso_size S bytes of UDP payload, the last one possibly shorter,
+    sharing one IP+UDP header in the skb, so it holds ceil(payload / S) datagrams. S is
+    inferred per direction and sample: the size in [1200, 1452] of which the most batch
+    payloads (skbs over 1452 bytes of UDP payload) are exact multiples (bulk batches are
+    k full segments); 1452 (both implementations' maximum) when none is."""
+    pay = {ln - IP_UDP: n for ln, n in hist.items() if n > 0}
+    multi = {p: n for p, n in pay.items() if p > MAX_DGRAM}
+    seg, exact = MAX_DGRAM, 0
+    if multi:
+        score, seg = max((sum(n for p, n in multi.items() if p % c == 0), c)
+                         for c in range(MIN_FULL, MAX_DGRAM + 1))
+        exact = score
+        if not score:
+            seg = MAX_DGRAM
+    dg = sum(n * (1 if p <= seg else -(-p // seg)) for p, n in pay.items())
+    skbs = sum(pay.values())
+    return {"skbs": skbs, "datagrams": dg, "gso_batches": sum(n for p, n in pay.items()
+                                                               if p > seg),
+            "segment_size": seg if multi else None,
+            "batches_exact_multiple": (exact / sum(multi.values())) if multi else None,
+            "max_skb_bytes": max(hist) if hist else None}
+
+
+def hist_delta(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    return {k: n - a.get(k, 0) for k, n in b.items() if n - a.get(k, 0) > 0}
+
+
+def udp_socket_drops(port: int | None = None, inodes: set[str] | None = None) -> int:
+    """Sum of the `drops` column of /proc/net/udp{,6} (datagrams the kernel dropped at that
+    socket: full receive buffer) over the sockets bound to `port` or with these inodes."""
+    total = 0
+    want = None if port is None else f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    c = line.split()
+                    if len(c) < 13:
+                        continue
+                    if (want and c[1].endswith(want)) or (inodes and c[9] in inodes):
+                        total += int(c[12])
+        except OSError:
+            pass
+    return total
+
+
+def socket_inodes(pid: int) -> set[str]:
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if t.startswith("socket:["):
+                out.add(t[8:-1])
+    except OSError:
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroup v1 cpu controller
+
+
+class Cgroup:
+    def __init__(self, percent: int):
+        self.percent = percent
+        self.made = False
+
+    def setup(self) -> None:
+        if not self.percent:
+            return
+        if not (CGROUP_ROOT / "cpu.cfs_quota_us").exists():
+            raise SetupError(f"--cpu-quota needs the cgroup v1 cpu controller at {CGROUP_ROOT} "
+                             f"(no {CGROUP_ROOT}/cpu.cfs_quota_us on this machine)")
+        try:
+            CGROUP.mkdir(exist_ok=True)
+            self.made = True
+            (CGROUP / "cpu.cfs_period_us").write_text("100000")
+            (CGROUP / "cpu.cfs_quota_us").write_text(str(self.percent * 1000))
+        except OSError as e:
+            raise SetupError(f"cgroup {CGROUP}: {e} (needs root)") from None
+
+    def add(self, pid: int) -> None:
+        if self.percent:
+            (CGROUP / "cgroup.procs").write_text(str(pid))
+
+    def stat(self) -> dict[str, int]:
+        """cpu.stat: nr_periods, nr_throttled, throttled_time (ns)."""
+        if not self.made:
+            return {}
+        try:
+            return {k: int(v) for k, v in (l.split() for l in
+                                            (CGROUP / "cpu.stat").read_text().splitlines())}
+        except (OSError, ValueError):
+            return {}
+
+    def remove(self) -> None:
+        if not self.made:
+            return
+        try:  # anything left (our clients only) goes back to the root group first
+            for pid in (CGROUP / "cgroup.procs").read_text().split():
+                try:
+                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            CGROUP.rmdir()
+            self.made = False
+        except OSError as e:
+            log(f"cgroup {CGROUP}: could not remove it: {e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers, clients, loads
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    s = spec.strip().split("@", 1)[0]
+    if s in ("singbox", "sing-box"):
+        return "singbox", None
+    if s == "quelay":
+        return "quelay", None
+    if s.startswith("quelay:") and s[7:]:
+        return "quelay", s[7:]
+    raise SystemExit(f"cc.py: unknown server spec {spec!r} "
+                     "(quelay, quelay:TYPE, quelay[:TYPE]@BINARY, singbox)")
+
+
+def spec_binary(spec: str, ctx: Ctx) -> Path:
+    """quelay[:TYPE]@BINARY runs another build (say, the last release) beside this one."""
+    _, _, bin_ = spec.partition("@")
+    return Path(bin_) if bin_ else ctx.quelay
+
+
+def server_config(spec: str, port: int, cert: Path, key: Path) -> str:
+    impl, cc = parse_spec(spec)
+    if impl == "singbox":
+        return cmp.singbox_server_json(port, cert, key)
+    y = cmp.quelay_yaml(port, cert, key)
+    return y + (f"congestion:\n  type: {cc}\n" if cc else "")
+
+
+def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
+    """compare.start_server, with the spec's config (compare's knows two fixed configs)."""
+    impl, _ = parse_spec(spec)
+    port = cmp.free_port()
+    err_path = str(dir_ / "server.err")
+    if impl == "quelay":
+        cfg = dir_ / "server.yaml"
+        cmd, env = [spec_binary(spec, ctx), "server", "-c", cfg], {"QUELAY_LOG": "warn"}
+    else:
+        cfg = dir_ / "server.json"
+        cmd, env = [ctx.singbox, "run", "-c", cfg], {}
+    cfg.write_text(server_config(spec, port, ctx.cert, ctx.key))
+    with open(dir_ / "server.out", "wb") as out, open(err_path, "wb") as err:
+        p = cmp.spawn(cmd, out, err, env, cwd=dir_)
+    cmp.wait_ready(p, lambda: cmp.udp_bound(port), f"{spec} server", err_path)
+    return Proc(spec, p, f"{HOST}:{port}", port, err_path)
+
+
+def start_client(server_port: int, ctx: Ctx, dir_: Path, cg: Cgroup) -> Proc:
+    """compare.start_sb_client (fixed file names, hence one directory per client), then the
+    pid into the cgroup: the client is idle until the load starts (it dials on demand)."""
+    dir_.mkdir()
+    pr = cmp.start_sb_client(server_port, ctx, dir_)
+    cg.add(pr.p.pid)
+    return pr
+
+
+def load_cmd(direction: str, socks: Proc, target: Proc, nbytes: int, timeout: float,
+             clients: int, barrier: Path):
+    if direction == "down":
+        return [sys.executable, cmp.__file__, "_socksload", "--socks", socks.addr,
+                "--target", target.addr, "--mode", "d", "--connections", "1",
+                "--bytes", str(nbytes), "--timeout", str(int(timeout))]
+    # Concurrent uploads all wait for the total: each one's time is the sample's.
+    return [sys.executable, __file__, "_upload", "--socks", socks.addr, "--target",
+            target.addr, "--bytes", str(nbytes), "--timeout", str(int(timeout)),
+            "--expect-total", str(clients * (nbytes + HEADER))] + (
+                ["--barrier", str(barrier), "--parties", str(clients)] if clients > 1 else [])
+
+
+def cpu_or_none(pr: Proc | None) -> float | None:
+    try:
+        return proc_cpu(pr.p.pid) if pr is not None and pr.alive() else None
+    except OSError:
+        return None
+
+
+def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: Cgroup) -> dict:
+    s: dict = {"server": spec, "round": rnd, "direction": direction, "ok": False,
+               "error": None, "clients": a.connections, "bytes_per_client": a.bytes}
+    dir_ = Path(tempfile.mkdtemp(prefix=f"{spec.split('@')[0].replace(':', '-')}-{direction}-",
+                                 dir=ctx.tmp))
+    server = None
+    clients: list[Proc] = []
+    try:
+        target = cmp.ensure_target(ctx)
+        try:
+            server = start_server(spec, ctx, dir_)
+        except RuntimeError:
+            s["start_failed"] = True
+            raise
+        s["server_port"] = server.port
+        nft.create(server.port)
+        for i in range(a.connections):
+            clients.append(start_client(server.port, ctx, dir_ / f"client-{i}", cg))
+        time.sleep(0.1)
+        ltimeout = max(5.0, a.timeout - 5)
+        barrier = dir_ / "barrier"
+        barrier.mkdir()
+        cmds = [load_cmd(direction, c, target, a.bytes, ltimeout, a.connections, barrier)
+                for c in clients]
+        if direction == "up":
+            wait_target_idle(target.port)
+        s["load_cmd"] = " ".join(["python3", *map(str, cmds[0][1:])])
+        outs = [str(dir_ / f"load-{i}.out") for i in range(a.connections)]
+        errs = [str(dir_ / f"load-{i}.err") for i in range(a.connections)]
+        c0 = nft.read()
+        cg0 = cg.stat()
+        snmp0 = cmp.eng.udp_counters()
+        cpu0 = proc_cpu(server.p.pid)
+        cl0 = [proc_cpu(c.p.pid) for c in clients]
+        t0 = time.perf_counter()
+        loads = []
+        for cmd, o, e in zip(cmds, outs, errs):
+            with open(o, "wb") as out, open(e, "wb") as err:
+                loads.append(cmp.spawn(cmd, out, err))
+        deadline = time.monotonic() + a.timeout
+        results = []
+        for p in loads:
+            results.append(cmp.wait_load(p, max(1.0, deadline - time.monotonic()),
+                                         [server, target, *clients]))
+            if results[-1][0] != 0:  # a failed load: the others get 5 s more, not all
+                deadline = min(deadline, time.monotonic() + 5)
+        wall = time.perf_counter() - t0
+        cpu1 = cpu_or_none(server)
+        cl1 = [cpu_or_none(c) for c in clients]
+        c1 = nft.read()
+        cg1 = cg.stat()
+        if cg1:
+            s["client_cgroup_delta"] = {k: v - cg0.get(k, 0) for k, v in cg1.items()}
+        snmp1 = cmp.eng.udp_counters()
+        # Receive-buffer drops per socket (the sockets are fresh for this sample).
+        s["server_socket_drops"] = udp_socket_drops(port=server.port)
+        s["client_socket_drops"] = udp_socket_drops(
+            inodes=set().union(*(socket_inodes(c.p.pid) for c in clients)))
+        reps = [cmp.parse_json_out(o) for o in outs]
+        for d in DIRS:
+            h = hist_delta(c0[d]["hist"], c1[d]["hist"])
+            inf = datagrams(h)
+            s[d] = {"skbs": c1[d]["packets"] - c0[d]["packets"],
+                    "bytes": c1[d]["bytes"] - c0[d]["bytes"], **inf, "len_hist": h}
+            if inf["skbs"] != s[d]["skbs"]:
+                s[d]["hist_mismatch"] = True  # the set was full: histogram incomplete
+        s.update(
+            wall_secs=wall,
+            server_cpu_secs=None if cpu1 is None else cpu1 - cpu0,
+            client_cpu_secs=(None if any(x is None for x in cl1)
+                             else sum(x1 - x0 for x0, x1 in zip(cl0, cl1))),
+            netns_udp_delta={k: snmp1[k] - snmp0.get(k, 0) for k in snmp1
+                             if snmp1[k] != snmp0.get(k, 0)},
+            load_exit=[r[0] for r in results], load_timed_out=[r[2] for r in results],
+            load_cpu_secs=[r[1].ru_utime + r[1].ru_stime for r in results],
+            reports=reps,
+        )
+        if not server.alive():
+            raise RuntimeError(f"{spec} server died during the run (exit "
+                               f"{server.p.returncode}): {tail(server.err_path)}")
+        for c in clients:
+            if not c.alive():
+                raise RuntimeError(f"sing-box client died: {tail(c.err_path)}")
+        problems = []
+        for i, ((rc, _, timed_out, died), rep) in enumerate(zip(results, reps)):
+            if died is not None:
+                problems.append(f"load {i}: the {died.name} died: {tail(died.err_path)}")
+            elif timed_out:
+                problems.append(f"load {i}: timed out after {a.timeout:g} s (killed)")
+            elif rep is None:
+                problems.append(f"load {i}: exit {rc}, no JSON report: {tail(errs[i])}")
+            elif rc != 0 or rep.get("errors") or rep.get("partial"):
+                msgs = rep.get("error_messages") or []
+                problems.append(f"load {i}: exit {rc}: "
+                                f"{'; '.join(map(str, msgs[:2])) or tail(errs[i])}")
+            elif rep.get("bytes") != a.bytes:
+                problems.append(f"load {i}: moved {rep.get('bytes')} of {a.bytes} bytes")
+        s["bytes"] = sum((r or {}).get("bytes") or 0 for r in reps)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        derive(s, reps)
+        s["ok"] = True
+    except Exception as e:  # a failed sample is recorded, never fatal
+        s["error"] = f"{type(e).__name__}: {e}"[:800] if not isinstance(e, RuntimeError) \
+            else str(e)[:800]
+    finally:
+        for p in (*clients, server):
+            if p is not None:
+                kill(p.p)
+        try:
+            nft.delete()
+        except Exception as e:
+            log(f"nft: deleting table inet {NFT_TABLE} failed: {e}")
+            if not s["error"]:
+                s["ok"], s["error"] = False, f"nft delete failed: {e}"
+        shutil.rmtree(dir_, ignore_errors=True)
+    return s
+
+
+def derive(s: dict, reps: list[dict]) -> None:
+    """The compared figures. Data direction: server -> client (s2c) for down, c2s for up."""
+    nbytes = s["bytes"]
+    mib = nbytes / MIB
+    s["secs"] = max(r["secs"] for r in reps)  # each load's own clock; they run together
+    s["gbps"] = nbytes * 8 / s["secs"] / 1e9
+    fwd, rev = ("s2c", "c2s") if s["direction"] == "down" else ("c2s", "s2c")
+    F, R = s[fwd], s[rev]
+    s["data_datagrams"], s["data_skbs"] = F["datagrams"], F["skbs"]
+    # IP bytes with one IP+UDP header per datagram (an skb holds one for its whole batch).
+    s["data_wire_bytes"] = F["bytes"] + IP_UDP * (F["datagrams"] - F["skbs"])
+    s["dgrams_per_mib"] = F["datagrams"] / mib
+    s["skbs_per_mib"] = F["skbs"] / mib
+    s["rev_dgrams_per_mib"] = R["datagrams"] / mib
+    s["wire_per_byte"] = s["data_wire_bytes"] / nbytes
+    s["dgrams_per_skb"] = F["datagrams"] / F["skbs"] if F["skbs"] else None
+    drops = s["client_socket_drops"] if fwd == "s2c" else s["server_socket_drops"]
+    s["receiver_drops"] = drops
+    s["receiver_drops_per_mib"] = drops / mib
+    # Cross-check (host-wide, so only indicative): a receiver without UDP_GRO gets every
+    # segment of a batch as its own datagram, counted in Udp InDatagrams or RcvbufErrors.
+    u = s.get("netns_udp_delta") or {}
+    s["check_datagrams"] = {"inferred_both_ways": F["datagrams"] + R["datagrams"],
+                            "netns_InDatagrams_plus_RcvbufErrors":
+                                u.get("InDatagrams", 0) + u.get("RcvbufErrors", 0)}
+    cpu, ccpu = s["server_cpu_secs"], s["client_cpu_secs"]
+    s["server_cpu_per_gib"] = None if cpu is None else cpu / (nbytes / GIB)
+    s["client_cpu_per_gib"] = None if ccpu is None else ccpu / (nbytes / GIB)
+    if not F["datagrams"]:
+        raise RuntimeError("nftables counted no datagram in the data direction")
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+KEYS = ("gbps", "dgrams_per_mib", "rev_dgrams_per_mib", "wire_per_byte", "dgrams_per_skb",
+        "receiver_drops_per_mib", "server_cpu_per_gib", "client_cpu_per_gib")
+
+
+def summarize(specs: list[str], dirs: list[str], samples: list[dict]) -> list[dict]:
+    rows = []
+    for d in dirs:
+        for spec in specs:
+            mine = [s for s in samples if s["server"] == spec and s["direction"] == d]
+            ok = [s for s in mine if s["ok"]]
+            row = {"server": spec, "direction": d, "samples": len(mine), "ok": len(ok),
+                   "errors": [s["error"] for s in mine if not s["ok"]]}
+            for k in KEYS:
+                row[k] = med([s.get(k) for s in ok])
+            row["gbps_min"] = min((s["gbps"] for s in ok), default=None)
+            row["gbps_max"] = max((s["gbps"] for s in ok), default=None)
+            ratios: dict[str, list[float]] = {"gbps": [], "dgrams_per_mib": []}
+            if spec != BASELINE:
+                for s in ok:
+                    b = next((x for x in samples if x["server"] == BASELINE and x["ok"]
+                              and x["direction"] == d and x["round"] == s["round"]), None)
+                    for k in ratios:
+                        if b is not None and s.get(k) and b.get(k):
+                            ratios[k].append(s[k] / b[k])
+            row["ratio_gbps"] = med(ratios["gbps"])
+            row["ratio_dgrams_per_mib"] = med(ratios["dgrams_per_mib"])
+            rows.append(row)
+    return rows
+
+
+def f(x, nd=2):
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def ratio(x):
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| server | dir | ok | goodput Gbit/s | datagrams/MiB | reverse datagrams/MiB "
+           "| wire B/payload B | datagrams per skb (GSO) | receiver drops/MiB "
+           f"| server CPU-s/GiB | client CPU-s/GiB | goodput ÷ {BASELINE} "
+           f"| datagrams/MiB ÷ {BASELINE} |",
+           "|" + "---|" * 13]
+    for r in rows:
+        okc = f"{r['ok']}/{r['samples']}"
+        if not r["ok"]:
+            out.append(f"| {r['server']} | {r['direction']} | {okc} | FAIL |" + " – |" * 9)
+            continue
+        out.append(
+            f"| {r['server']} | {r['direction']} | {okc} | {f(r['gbps'])} | "
+            f"{f(r['dgrams_per_mib'], 0)} | {f(r['rev_dgrams_per_mib'], 0)} | "
+            f"{f(r['wire_per_byte'], 3)} | {f(r['dgrams_per_skb'], 1)} | "
+            f"{f(r['receiver_drops_per_mib'], 1)} | "
+            f"{f(r['server_cpu_per_gib'])} | {f(r['client_cpu_per_gib'])} | "
+            f"{ratio(r['ratio_gbps'])} | {ratio(r['ratio_dgrams_per_mib'])} |")
+    errs = [(r["server"], r["direction"], e) for r in rows for e in r["errors"]]
+    if errs:
+        out += ["", "Failed samples:"] + [f"- {s} {d}: {e}" for s, d, e in errs]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Upload load (compare.py's _socksload only downloads)
+
+
+def target_rx(port: int) -> tuple[int, int]:
+    """(established connections, sum of tcpi_bytes_received) of the target's TCP sockets
+    (local port `port`), from `ss -tin`: the kernel's count of bytes that reached them."""
+    r = subprocess.run(["ss", "-tinH", "state", "established", "src", HOST,
+                        f"( sport = :{port} )"], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"ss exit {r.returncode}: {r.stderr.strip()[:200]}")
+    conns = got = 0
+    for tok in r.stdout.split():
+        if tok.startswith(f"{HOST}:{port}"):
+            conns += 1
+        elif tok.startswith("bytes_received:"):
+            got += int(tok.split(":", 1)[1])
+    return conns, got
+
+
+def wait_target_idle(port: int, timeout: float = 10.0) -> None:
+    """Upload completion sums over all the target's connections: none may be left over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conns, _ = target_rx(port)
+        if not conns:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the target still has {conns} connection(s) from earlier "
+                               f"samples after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def cmd_upload(a) -> int:
+    """One TCP connection (through SOCKS5 if --socks) to the bench target: header 'u' + u64
+    BE length, then the bytes. Done when the target's sockets have received --expect-total
+    bytes (TCP_INFO bytes_received via `ss`, polled every 5 ms once everything is written):
+    the target only answers at EOF, and sing-box's SOCKS inbound does not pass a half-close
+    on (it closes the whole connection at once, so the answer never comes back).
+    Concurrent loads sum over all the target's connections, so none may close before every
+    one has seen the total (--barrier): a closed socket leaves `ss`, and its bytes with it."""
+    th, ph = a.target.rsplit(":", 1)
+    expect = a.expect_total or a.bytes + HEADER
+    errors: list[str] = []
+    sent = got = 0
+    secs = None
+    t0 = time.perf_counter()  # as compare.py's _socksload: from before the connect
+    try:
+        with socket.socket() as s:
+            s.settimeout(a.timeout)
+            if a.socks:
+                h, p = a.socks.rsplit(":", 1)
+                s.connect((h, int(p)))
+                cmp.socks5_connect(s, (th, int(ph)))
+            else:  # direct, no proxy (to check the protocol and this load)
+                s.connect((th, int(ph)))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.monotonic() + a.timeout
+            s.sendall(b"u" + struct.pack(">Q", a.bytes))
+            buf = memoryview(bytes(1 << 20))
+            while sent < a.bytes:
+                s.settimeout(max(0.5, deadline - time.monotonic()))
+                sent += s.send(buf[:min(len(buf), a.bytes - sent)])
+            while True:
+                _, got = target_rx(int(ph))
+                if got >= expect:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out: the target received {got} of {expect} "
+                                       "bytes")
+                time.sleep(0.005)
+            secs = time.perf_counter() - t0
+            if got != expect:
+                errors.append(f"the target's connections received {got} bytes, expected "
+                              f"{expect} (another connection to the target?)")
+            if a.barrier:  # keep this connection open until every load has seen the total
+                Path(a.barrier, f"done-{os.getpid()}").touch()
+                while len(os.listdir(a.barrier)) < a.parties:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("timed out waiting for the other loads")
+                    time.sleep(0.005)
+    except Exception as e:
+        errors.append(f"connection 0: {type(e).__name__}: {e} (sent {sent})")
+    if secs is None:
+        secs = time.perf_counter() - t0
+    done = a.bytes if got >= expect else 0
+    print(json.dumps({"scenario": "socks-upload", "connections": 1, "bytes": done,
+                      "sent": sent, "target_bytes_received": got, "secs": secs,
+                      "goodput_bps": done * 8 / secs, "errors": len(errors),
+                      "error_messages": errors[:5], "partial": bool(errors)}), flush=True)
+    return 1 if errors else 0
+
+
+HEADER = 9  # mode byte + u64 length
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+CLEANUP: list = []
+
+
+def cleanup() -> None:
+    kill_all()
+    for fn in CLEANUP:
+        try:
+            fn()
+        except Exception as e:
+            log(f"cleanup: {e}")
+    CLEANUP.clear()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quelay-bin", default=str(REPO / "target/release/quelay"),
+                    help="quelay binary (default target/release/quelay; never built here)")
+    ap.add_argument("--servers", default="quelay,quelay:reno,singbox",
+                    help="comma list: quelay, quelay:TYPE (congestion.type), singbox")
+    ap.add_argument("--bytes", type=parse_size, default=512 * MIB,
+                    help="payload per client per sample (default 512M; accepts 64M, 1G)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
+    ap.add_argument("--connections", type=int, default=1,
+                    help="concurrent sing-box clients, one process and one TCP each (1)")
+    ap.add_argument("--direction", choices=("down", "up", "both"), default="down",
+                    help="down: server -> client payload; up: client -> server; both")
+    ap.add_argument("--cpu-quota", type=int, default=0, metavar="PERCENT",
+                    help="cgroup v1 CPU quota of all sing-box clients together, %% of one "
+                         "CPU (default 0: unlimited)")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds per sample's load (default 300)")
+    ap.add_argument("--out", default=str(REPO / "bench/results"), help="output directory")
+    a = ap.parse_args()
+    specs = [s.strip() for s in a.servers.split(",") if s.strip()]
+    for s in specs:
+        parse_spec(s)
+    if len(set(specs)) != len(specs) or not specs:
+        ap.error("--servers: a non-empty list without duplicates")
+    if a.connections < 1 or a.rounds < 1 or a.bytes < 1:
+        ap.error("--connections, --rounds and --bytes must be positive")
+    if not 0 <= a.cpu_quota <= 100 * os.cpu_count():
+        ap.error("--cpu-quota: 0 .. 100 × CPUs")
+    dirs = ["down", "up"] if a.direction == "both" else [a.direction]
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    atexit.register(cleanup)
+
+    t_start = time.monotonic()
+    started = dt.datetime.now(dt.timezone.utc)
+    cg = Cgroup(a.cpu_quota)
+    try:
+        if os.geteuid() != 0:
+            raise SetupError("needs root (nftables counters, cgroups)")
+        nft = Nft(ensure_nft())
+        CLEANUP.append(nft.delete)
+        nft.delete()  # a stale table from an interrupted run
+        CLEANUP.append(cg.remove)
+        cg.setup()
+        if "up" in dirs and not shutil.which("ss"):
+            raise SetupError("the upload load needs `ss` (iproute2) to see what the target "
+                             "received")
+        singbox = cmp.install_singbox()
+        quelay = cmp.build_quelay(a.quelay_bin, [["bench", "target", "--help"]])
+    except SetupError as e:
+        log(f"cc.py: setup failed: {e}")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="quelay-cc-"))
+    CLEANUP.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    try:
+        cert, key = cmp.make_cert(tmp, None)
+    except SetupError as e:
+        log(f"cc.py: setup failed: {e}")
+        return 2
+    ctx = Ctx(quelay=quelay, singbox=singbox, cert=cert, key=key, tmp=tmp)
+    vers = cmp.versions(ctx)
+    # A private copy: every sample runs the same build even if cargo rewrites the binary.
+    ctx.quelay = tmp / "quelay"
+    shutil.copy2(quelay, ctx.quelay)
+    mach = cmp.machine()
+    log(f"machine: {mach['nproc']} cores, kernel {mach['kernel']}, load "
+        f"{' '.join(mach['loadavg_start'])}; {vers}")
+    samples: list[dict] = []
+    interrupted = False
+    start_fail = {spec: 0 for spec in specs}
+    start_err = {spec: "" for spec in specs}
+    try:
+        try:
+            cmp.ensure_target(ctx)
+        except RuntimeError as e:
+            raise SetupError(f"the bench target does not start: {e}") from None
+        for r in range(a.rounds):
+            order = specs if r % 2 == 0 else specs[::-1]
+            for d in dirs:
+                for spec in order:
+                    if start_fail[spec] >= 2:
+                        s = {"server": spec, "round": r, "direction": d, "ok": False,
+                             "error": f"skipped: the {spec} server failed to start twice "
+                                      f"({start_err[spec][:300]})"}
+                    else:
+                        s = run_sample(spec, d, r, a, ctx, nft, cg)
+                        if s.pop("start_failed", False):
+                            start_fail[spec] += 1
+                            start_err[spec] = s["error"]
+                        elif s["ok"]:
+                            start_fail[spec] = 0
+                    samples.append(s)
+                    if s["ok"]:
+                        msg = (f"{s['gbps']:.2f} Gbit/s, {s['dgrams_per_mib']:.0f} "
+                               f"datagrams/MiB in {s['skbs_per_mib']:.0f} skbs/MiB (reverse "
+                               f"{s['rev_dgrams_per_mib']:.0f}), {s['wire_per_byte']:.3f} "
+                               f"wire B/B, receiver drops {s['receiver_drops']}, server "
+                               f"{f(s['server_cpu_per_gib'])} CPU-s/GiB, clients "
+                               f"{f(s['client_cpu_per_gib'])} CPU-s/GiB")
+                    else:
+                        msg = f"FAILED: {s['error']}"
+                    log(f"[round {r + 1}/{a.rounds}] {spec} {d}: {msg}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted; reporting what was measured")
+    except SetupError as e:
+        log(f"cc.py: {e}")
+        cleanup()
+        return 2
+    finally:
+        kill_all()
+        cg.remove()
+    rows = summarize(specs, dirs, samples)
+    tbl = table(rows)
+    mach["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    cmdline = ("python3 bench/cc.py " + " ".join(sys.argv[1:])).strip()
+    data = {
+        "command": cmdline,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_secs": time.monotonic() - t_start,
+        "machine": mach,
+        "versions": vers,
+        "options": {k: v for k, v in vars(a).items()},
+        "interrupted": interrupted,
+        "counting": COUNTING,
+        "server_configs": {s: server_config(s, 0, Path("cert.pem"), Path("key.pem"))
+                           for s in specs},
+        "client_config": cmp.singbox_client_json(0, 0),
+        "summary": rows,
+        "samples": samples,
+    }
+    m = mach
+    md = "\n".join([
+        f"# Hysteria2 congestion control with the sing-box client, loopback, "
+        f"{data['started']}",
+        "",
+        f"- command: `{cmdline}`",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}, load "
+        f"{' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at end; "
+        f"commit {m['commit']}; quelay {vers['quelay_bin']} (built "
+        f"{vers['quelay_bin_mtime']}); {vers.get('sing-box')}",
+        f"- {a.rounds} round(s) × {human_bytes(a.bytes)} × {a.connections} client(s) per "
+        f"sample, servers interleaved; medians; ratios = median of per-round ratios to "
+        f"{BASELINE}; client CPU quota "
+        + (f"{a.cpu_quota} % of one CPU (cgroup v1, all clients together)" if a.cpu_quota
+           else "none") + f"; run time {data['duration_secs'] / 60:.1f} min"
+        + (" (INTERRUPTED)" if interrupted else ""),
+        f"- wire counts: {data['counting']}; data direction = server → client for down, "
+        "client → server for up; \"reverse\" = the other direction (mostly ACKs); receiver "
+        "drops = the `drops` of /proc/net/udp at the receiving sockets (full receive "
+        "buffer); CPU = /proc utime+stime over the load.",
+        "",
+        tbl,
+        "",
+    ])
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"cc-{started:%Y%m%dT%H%M%SZ}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(md)
+    print(tbl)
+    log(f"wrote {out_dir / stem}.md, {stem}.json")
+    failed = [s for s in samples if not s["ok"]]
+    if interrupted:
+        return 130
+    if failed or not samples:
+        log(f"cc.py: {len(failed)} of {len(samples)} samples FAILED")
+        return 1
+    return 0
+
+
+def sub_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog=f"cc.py {argv[0]}")
+    if argv[0] != "_upload":
+        raise SystemExit(f"unknown helper {argv[0]}")
+    ap.add_argument("--socks", help="SOCKS5 proxy H:P (default: connect directly)")
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--bytes", type=int, required=True)
+    ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--expect-total", type=int, default=0,
+                    help="bytes all the target's connections must receive (default: "
+                         "--bytes + 9, this connection alone)")
+    ap.add_argument("--barrier", help="directory shared by concurrent loads: none closes "
+                                      "its connection before all have seen the total")
+    ap.add_argument("--parties", type=int, default=1, help="loads sharing --barrier")
+    return cmd_upload(ap.parse_args(argv[1:]))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        sys.exit(sub_main(sys.argv[1:]))
+    sys.exit(main())
