@@ -4,6 +4,7 @@
     python3 bench/cc.py                                   # quelay, quelay:reno, singbox; 2 rounds
     python3 bench/cc.py --servers quelay,singbox --bytes 64M --rounds 1
     python3 bench/cc.py --servers quelay:reno,singbox --cpu-quota 30 --direction both
+    python3 bench/cc.py --servers quelay,shoes,singbox --bytes 64M --rounds 1 --direction both
 
 What it measures: how many UDP datagrams (and IP bytes) a server puts on the wire per MiB
 of payload, and how fast, when the client is the sing-box (quic-go) Hysteria2 client.
@@ -32,15 +33,28 @@ Servers (`--servers`, comma list): `quelay` = the quelay server with compare.py'
 (password auth, one self-signed certificate, 8 MiB / 20 MiB QUIC windows, BBR by default);
 `quelay:X` = the same plus `congestion: {type: X}` (bbr, reno, cubic); `quelay@BINARY` or
 `quelay:X@BINARY` = another quelay build (an earlier release, say) in the same interleaved
-rounds; `singbox` = the sing-box
-1.14.4 Hysteria2 server with compare.py's config. Every sample starts a fresh server and
+rounds; `singbox` = the sing-box 1.14.4 Hysteria2 server (quic-go, BBR) with compare.py's
+config; `shoes` = the Hysteria2 server of shoes 0.3.2 (crates.io; Rust, quinn + tokio),
+installed by scripts/get-shoes.sh into target/peers (cargo install, cached; the first
+install compiles for several minutes), `shoes@BINARY` = another shoes build. shoes' config
+(`shoes_yaml`, run as `shoes --no-reload server.yaml`, RUST_LOG=warn): the same password,
+certificate and ALPN h3, direct outbound (`rules: allow-all-direct`), and a `global_limits`
+entry with the same 8 MiB stream / 20 MiB connection receive windows, quinn's send window
+(unacknowledged bytes in flight, a cap quic-go does not have) also 20 MiB, and 16 MiB UDP
+socket buffers like quelay's (plain SO_RCVBUF/SO_SNDBUF, so capped by the kernel at twice
+net.core.rmem_max / wmem_max; quelay forces them, quic-go forces 7 MiB as root); shoes'
+defaults would be 256 KiB / 2 MiB / 2 MiB / 1 MiB. What shoes does not expose stays its
+own: quinn's default congestion controller (CUBIC; no BBR, no Brutal, no Salamander),
+initial MTU 1200 with MTU discovery, GSO on, initial RTT 100 ms, one SO_REUSEPORT socket
+per worker thread (CPU count). Every sample starts a fresh server and
 `--connections` fresh sing-box clients (one process and one SOCKS5 port each, each
 carrying one TCP connection of `--bytes` payload); `quelay bench target` (TCP mode `d`
 download / `u` upload) runs once for the whole run. Download load: compare.py's
 `_socksload`; upload load: this script's `_upload` (SOCKS5 CONNECT, header `u` + u64 BE
 length, the bytes, half-close, then the target's u64 BE byte count). Servers are
 interleaved per round (ABC, CBA, ...); figures are medians over rounds, ratios to singbox
-medians of per-round ratios.
+(goodput, datagrams/MiB) medians of per-round ratios; when `shoes` is in the run, two more
+columns give the ratios to shoes the same way (goodput, server CPU-s/GiB).
 
 `--cpu-quota P` puts every sing-box CLIENT process (not the server) into the cgroup v1
 cpu group /sys/fs/cgroup/cpu/quelay-cc-bench with cpu.cfs_quota_us = P * 1000 per
@@ -55,8 +69,10 @@ sample is recorded with its error; the run goes on and exits 1. Outputs:
 --out/cc-<UTC timestamp>.json (samples, summary, configs) and .md (the table).
 
 Needs root (nftables, cgroups); installs nftables with apt-get when `nft` is missing,
-sing-box with scripts/get-singbox.sh (as compare.py). Uses target/release/quelay unless
---quelay-bin (copied at start, so that a concurrent cargo build cannot swap it mid-run).
+sing-box with scripts/get-singbox.sh (as compare.py), shoes (only when a `shoes` spec is
+given) with scripts/get-shoes.sh (needs cargo and crates.io). Uses target/release/quelay
+unless --quelay-bin (copied at start, so that a concurrent cargo build cannot swap it
+mid-run).
 Only 127.0.0.1. Python 3.11 standard library only (plus nft and ss); imports
 bench/compare.py.
 """
@@ -91,7 +107,19 @@ REPO = cmp.REPO
 NFT_TABLE = "quelay_cc_bench"
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 CGROUP = CGROUP_ROOT / "quelay-cc-bench"
-BASELINE = "singbox"
+BASELINE = "singbox"  # every row's ratios (goodput, datagrams/MiB) are to this server's
+SECOND = "shoes"  # and, when it is in the run, to this one's (goodput, server CPU-s/GiB)
+PEERS_ROOT = REPO / "target/peers"  # scripts/get-shoes.sh's cargo --root: bin/shoes
+SHOES_VERSION = "0.3.2"
+# shoes' QUIC tunables (its `global_limits` entry; defaults 256 KiB / 2 MiB / 2 MiB / 1 MiB):
+# compare.py's 8 MiB stream / 20 MiB connection receive windows, quinn's send window (its
+# own cap on unacknowledged bytes in flight, which quic-go has not) as large as the
+# connection window, and socket buffers as quelay's (16 MiB, shoes' maximum; plain
+# SO_RCVBUF/SO_SNDBUF, so the kernel caps them at 2 x net.core.rmem_max / wmem_max).
+SHOES_LIMITS = {"quic_stream_window": cmp.STREAM_WINDOW,
+                "quic_receive_window": cmp.CONN_WINDOW,
+                "quic_send_window": cmp.CONN_WINDOW, "quic_socket_buffer": 16 << 20}
+BINS: dict[str, Path] = {}  # peer binaries installed for this run: {"shoes": path}
 COUNTING = ("nftables table inet quelay_cc_bench, hook output (loopback: each skb once): "
             "named counters s2c (udp sport PORT) and c2s (udp dport PORT) count skbs and IP "
             "bytes; dynamic sets s2c_len/c2s_len count skbs per IP length, from which the "
@@ -321,29 +349,83 @@ class Cgroup:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    s = spec.strip().split("@", 1)[0]
-    if s in ("singbox", "sing-box"):
+    s, at, bin_ = spec.strip().partition("@")
+    if s in ("singbox", "sing-box") and not at:
         return "singbox", None
-    if s == "quelay":
+    if at and not bin_:
+        pass
+    elif s == "shoes":
+        return "shoes", None
+    elif s == "quelay":
         return "quelay", None
-    if s.startswith("quelay:") and s[7:]:
+    elif s.startswith("quelay:") and s[7:]:
         return "quelay", s[7:]
     raise SystemExit(f"cc.py: unknown server spec {spec!r} "
-                     "(quelay, quelay:TYPE, quelay[:TYPE]@BINARY, singbox)")
+                     "(quelay, quelay:TYPE, quelay[:TYPE]@BINARY, singbox, shoes, "
+                     "shoes@BINARY)")
 
 
 def spec_binary(spec: str, ctx: Ctx) -> Path:
-    """quelay[:TYPE]@BINARY runs another build (say, the last release) beside this one."""
+    """quelay[:TYPE]@BINARY runs another build (say, the last release) beside this one;
+    shoes@BINARY another shoes build instead of scripts/get-shoes.sh's."""
+    impl, _ = parse_spec(spec)
     _, _, bin_ = spec.partition("@")
-    return Path(bin_) if bin_ else ctx.quelay
+    if bin_:
+        return Path(bin_)
+    return BINS["shoes"] if impl == "shoes" else ctx.quelay
+
+
+def shoes_yaml(port: int, cert: Path, key: Path) -> str:
+    """shoes' config (a YAML list of entries): the limits entry, then one Hysteria2 server
+    on QUIC with password auth, the certificate, ALPN h3 and direct outbound to anything
+    (the built-in rule group `allow-all-direct`). No Salamander, no Brutal in shoes."""
+    j = json.dumps
+    return ("- global_limits:\n"
+            + "".join(f"    {k}: {v}\n" for k, v in SHOES_LIMITS.items())
+            + f"- address: {j(f'{HOST}:{port}')}\n"
+            "  transport: quic\n"
+            "  quic_settings:\n"
+            f"    cert: {j(str(cert))}\n"
+            f"    key: {j(str(key))}\n"
+            "    alpn_protocols: [h3]\n"
+            "  protocol:\n"
+            "    type: hysteria2\n"
+            f"    password: {j(cmp.PASSWORD)}\n"
+            "    udp_enabled: true\n"
+            "  rules: allow-all-direct\n")
 
 
 def server_config(spec: str, port: int, cert: Path, key: Path) -> str:
     impl, cc = parse_spec(spec)
     if impl == "singbox":
         return cmp.singbox_server_json(port, cert, key)
+    if impl == "shoes":
+        return shoes_yaml(port, cert, key)
     y = cmp.quelay_yaml(port, cert, key)
     return y + (f"congestion:\n  type: {cc}\n" if cc else "")
+
+
+def install_shoes() -> Path:
+    """scripts/get-shoes.sh target/peers: cargo install, cached (a no-op when
+    target/peers/bin/shoes says it is 0.3.2); the first install compiles for minutes."""
+    log(f"shoes: scripts/get-shoes.sh target/peers (cached; a first install compiles shoes "
+        f"{SHOES_VERSION} for several minutes)")
+    r = cmp.run_step("installing shoes (scripts/get-shoes.sh)",
+                     ["bash", str(REPO / "scripts/get-shoes.sh"), str(PEERS_ROOT)], 3600,
+                     env=dict(os.environ, SHOES_VERSION=SHOES_VERSION))
+    path = Path(r.stdout.strip().splitlines()[-1])
+    if not os.access(path, os.X_OK):
+        raise SetupError(f"scripts/get-shoes.sh printed {path}, which is not executable")
+    return path
+
+
+def binary_version(path: Path) -> str:
+    try:
+        r = subprocess.run([str(path), "--version"], capture_output=True, text=True,
+                           timeout=10)
+        return (r.stdout.strip().splitlines() or ["?"])[0]
+    except Exception as e:
+        return f"? ({e})"
 
 
 def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
@@ -354,6 +436,9 @@ def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
     if impl == "quelay":
         cfg = dir_ / "server.yaml"
         cmd, env = [spec_binary(spec, ctx), "server", "-c", cfg], {"QUELAY_LOG": "warn"}
+    elif impl == "shoes":  # --no-reload: no watcher on the config file
+        cfg = dir_ / "server.yaml"
+        cmd, env = [spec_binary(spec, ctx), "--no-reload", cfg], {"RUST_LOG": "warn"}
     else:
         cfg = dir_ / "server.json"
         cmd, env = [ctx.singbox, "run", "-c", cfg], {}
@@ -551,7 +636,29 @@ KEYS = ("gbps", "dgrams_per_mib", "rev_dgrams_per_mib", "wire_per_byte", "dgrams
         "receiver_drops_per_mib", "server_cpu_per_gib", "client_cpu_per_gib")
 
 
+def baseline_spec(specs: list[str], impl: str) -> str | None:
+    """The spec that stands for `impl` in ratios: the first one of that implementation
+    without @BINARY (`singbox` or `sing-box`; `shoes`)."""
+    return next((s for s in specs if "@" not in s and parse_spec(s)[0] == impl), None)
+
+
+def paired_ratios(spec: str, d: str, ok: list[dict], samples: list[dict], base: str | None,
+                  keys: tuple[str, ...]) -> dict[str, float | None]:
+    """Per key, the median over rounds of this server's figure / the base server's figure
+    of the same round and direction (None for the base itself, or without a base)."""
+    ratios: dict[str, list[float]] = {k: [] for k in keys}
+    if base is not None and spec != base:
+        for s in ok:
+            b = next((x for x in samples if x["server"] == base and x["ok"]
+                      and x["direction"] == d and x["round"] == s["round"]), None)
+            for k in keys:
+                if b is not None and s.get(k) and b.get(k):
+                    ratios[k].append(s[k] / b[k])
+    return {k: med(v) for k, v in ratios.items()}
+
+
 def summarize(specs: list[str], dirs: list[str], samples: list[dict]) -> list[dict]:
+    base, second = baseline_spec(specs, BASELINE), baseline_spec(specs, SECOND)
     rows = []
     for d in dirs:
         for spec in specs:
@@ -563,16 +670,12 @@ def summarize(specs: list[str], dirs: list[str], samples: list[dict]) -> list[di
                 row[k] = med([s.get(k) for s in ok])
             row["gbps_min"] = min((s["gbps"] for s in ok), default=None)
             row["gbps_max"] = max((s["gbps"] for s in ok), default=None)
-            ratios: dict[str, list[float]] = {"gbps": [], "dgrams_per_mib": []}
-            if spec != BASELINE:
-                for s in ok:
-                    b = next((x for x in samples if x["server"] == BASELINE and x["ok"]
-                              and x["direction"] == d and x["round"] == s["round"]), None)
-                    for k in ratios:
-                        if b is not None and s.get(k) and b.get(k):
-                            ratios[k].append(s[k] / b[k])
-            row["ratio_gbps"] = med(ratios["gbps"])
-            row["ratio_dgrams_per_mib"] = med(ratios["dgrams_per_mib"])
+            r1 = paired_ratios(spec, d, ok, samples, base, ("gbps", "dgrams_per_mib"))
+            row["ratio_gbps"] = r1["gbps"]
+            row["ratio_dgrams_per_mib"] = r1["dgrams_per_mib"]
+            r2 = paired_ratios(spec, d, ok, samples, second, ("gbps", "server_cpu_per_gib"))
+            row[f"ratio_gbps_{SECOND}"] = r2["gbps"]
+            row[f"ratio_server_cpu_per_gib_{SECOND}"] = r2["server_cpu_per_gib"]
             rows.append(row)
     return rows
 
@@ -585,16 +688,20 @@ def ratio(x):
     return "–" if x is None else f"{x:.2f}×"
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| server | dir | ok | goodput Gbit/s | datagrams/MiB | reverse datagrams/MiB "
-           "| wire B/payload B | datagrams per skb (GSO) | receiver drops/MiB "
-           f"| server CPU-s/GiB | client CPU-s/GiB | goodput ÷ {BASELINE} "
-           f"| datagrams/MiB ÷ {BASELINE} |",
-           "|" + "---|" * 13]
+def table(rows: list[dict], second: bool = False) -> str:
+    """The Markdown table; `second`: with the two ratio columns to shoes (when it ran)."""
+    cols = ["server", "dir", "ok", "goodput Gbit/s", "datagrams/MiB", "reverse datagrams/MiB",
+            "wire B/payload B", "datagrams per skb (GSO)", "receiver drops/MiB",
+            "server CPU-s/GiB", "client CPU-s/GiB", f"goodput ÷ {BASELINE}",
+            f"datagrams/MiB ÷ {BASELINE}"]
+    if second:
+        cols += [f"goodput ÷ {SECOND}", f"server CPU-s/GiB ÷ {SECOND}"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         okc = f"{r['ok']}/{r['samples']}"
         if not r["ok"]:
-            out.append(f"| {r['server']} | {r['direction']} | {okc} | FAIL |" + " – |" * 9)
+            out.append(f"| {r['server']} | {r['direction']} | {okc} | FAIL |"
+                       + " – |" * (len(cols) - 4))
             continue
         out.append(
             f"| {r['server']} | {r['direction']} | {okc} | {f(r['gbps'])} | "
@@ -602,7 +709,9 @@ def table(rows: list[dict]) -> str:
             f"{f(r['wire_per_byte'], 3)} | {f(r['dgrams_per_skb'], 1)} | "
             f"{f(r['receiver_drops_per_mib'], 1)} | "
             f"{f(r['server_cpu_per_gib'])} | {f(r['client_cpu_per_gib'])} | "
-            f"{ratio(r['ratio_gbps'])} | {ratio(r['ratio_dgrams_per_mib'])} |")
+            f"{ratio(r['ratio_gbps'])} | {ratio(r['ratio_dgrams_per_mib'])} |"
+            + (f" {ratio(r.get(f'ratio_gbps_{SECOND}'))} | "
+               f"{ratio(r.get(f'ratio_server_cpu_per_gib_{SECOND}'))} |" if second else ""))
     errs = [(r["server"], r["direction"], e) for r in rows for e in r["errors"]]
     if errs:
         out += ["", "Failed samples:"] + [f"- {s} {d}: {e}" for s, d, e in errs]
@@ -727,7 +836,8 @@ def main() -> int:
     ap.add_argument("--quelay-bin", default=str(REPO / "target/release/quelay"),
                     help="quelay binary (default target/release/quelay; never built here)")
     ap.add_argument("--servers", default="quelay,quelay:reno,singbox",
-                    help="comma list: quelay, quelay:TYPE (congestion.type), singbox")
+                    help="comma list: quelay, quelay:TYPE (congestion.type), "
+                         "quelay[:TYPE]@BINARY, singbox, shoes, shoes@BINARY")
     ap.add_argument("--bytes", type=parse_size, default=512 * MIB,
                     help="payload per client per sample (default 512M; accepts 64M, 1G)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
@@ -776,6 +886,11 @@ def main() -> int:
             raise SetupError("the upload load needs `ss` (iproute2) to see what the target "
                              "received")
         singbox = cmp.install_singbox()
+        if any(parse_spec(s)[0] == "shoes" and "@" not in s for s in specs):
+            BINS["shoes"] = install_shoes()
+        for s in specs:
+            if "@" in s and not os.access(s.partition("@")[2], os.X_OK):
+                raise SetupError(f"{s}: {s.partition('@')[2]} is not an executable file")
         quelay = cmp.build_quelay(a.quelay_bin, [["bench", "target", "--help"]])
     except SetupError as e:
         log(f"cc.py: setup failed: {e}")
@@ -789,6 +904,9 @@ def main() -> int:
         return 2
     ctx = Ctx(quelay=quelay, singbox=singbox, cert=cert, key=key, tmp=tmp)
     vers = cmp.versions(ctx)
+    for s in specs:  # the first line of `--version` of shoes and of every @BINARY
+        if "@" in s or parse_spec(s)[0] == "shoes":
+            vers["shoes" if "@" not in s else s] = binary_version(spec_binary(s, ctx))
     # A private copy: every sample runs the same build even if cargo rewrites the binary.
     ctx.quelay = tmp / "quelay"
     shutil.copy2(quelay, ctx.quelay)
@@ -841,7 +959,8 @@ def main() -> int:
         kill_all()
         cg.remove()
     rows = summarize(specs, dirs, samples)
-    tbl = table(rows)
+    second = baseline_spec(specs, SECOND)
+    tbl = table(rows, second is not None)
     mach["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     cmdline = ("python3 bench/cc.py " + " ".join(sys.argv[1:])).strip()
     data = {
@@ -868,10 +987,13 @@ def main() -> int:
         f"- machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}, load "
         f"{' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at end; "
         f"commit {m['commit']}; quelay {vers['quelay_bin']} (built "
-        f"{vers['quelay_bin_mtime']}); {vers.get('sing-box')}",
+        f"{vers['quelay_bin_mtime']}); {vers.get('sing-box')}"
+        + "".join(f"; {k}: {v}" for k, v in vers.items() if k == "shoes" or "@" in k),
         f"- {a.rounds} round(s) × {human_bytes(a.bytes)} × {a.connections} client(s) per "
         f"sample, servers interleaved; medians; ratios = median of per-round ratios to "
-        f"{BASELINE}; client CPU quota "
+        f"{BASELINE}"
+        + (f" (and, in the last two columns, to {second}: goodput, server CPU-s/GiB)"
+           if second else "") + "; client CPU quota "
         + (f"{a.cpu_quota} % of one CPU (cgroup v1, all clients together)" if a.cpu_quota
            else "none") + f"; run time {data['duration_secs'] / 60:.1f} min"
         + (" (INTERRUPTED)" if interrupted else ""),

@@ -670,7 +670,7 @@ fn refused_and_required() {
         ),
         ("obfs: {type: xor}", "obfs.type", "unsupported"),
         (
-            "congestion: {type: cubic}",
+            "congestion: {type: vegas}",
             "congestion.type",
             "unsupported",
         ),

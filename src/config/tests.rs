@@ -497,7 +497,7 @@ fn refused_and_required() {
         ("obfs: {type: gecko, gecko: {password: abcd}}", "obfs.type", "gecko obfuscation is not supported"),
         ("obfs: {type: xor}", "obfs.type", "unsupported"),
         ("obfs: {type: salamander}", "obfs.salamander.password", "at least 4 bytes"),
-        ("congestion: {type: cubic}", "congestion.type", "unsupported"),
+        ("congestion: {type: vegas}", "congestion.type", "unsupported"),
         ("congestion: {bbrProfile: wild}", "congestion.bbrProfile", "unsupported"),
         ("resolver: {type: carrier-pigeon}", "resolver.type", "unsupported"),
         ("acl: {file: a.acl, inline: [\"direct(all)\"]}", "acl", "both"),
@@ -919,4 +919,19 @@ fn load_and_check_files() {
     let e = load_server(&file).unwrap_err();
     assert!(e.reason.contains("UTF-8"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn congestion_types() {
+    for (name, kind) in [
+        ("bbr", CongestionKind::Bbr),
+        ("BBR", CongestionKind::Bbr),
+        ("reno", CongestionKind::Reno),
+        ("cubic", CongestionKind::Cubic),
+    ] {
+        let c = ok(&format!(
+            "auth: {{type: password, password: pw}}\ncongestion: {{type: {name}}}\n"
+        ));
+        assert_eq!(c.congestion.kind, kind, "{name}");
+    }
 }

@@ -74,6 +74,8 @@ const BETA: f64 = 0.7;
 const PROBE_HI_TIME: Duration = Duration::from_secs(2);
 /// ... (plus up to one more second, at random) or this many rounds, whichever comes first.
 const PROBE_HI_ROUNDS: u64 = 63;
+/// Send instants whose delivery state is kept for rate samples.
+const MAX_SENT_STATES: usize = 1 << 16;
 /// The pacing rate before any bandwidth sample: the initial window per this time.
 const INITIAL_RTT: Duration = Duration::from_millis(1);
 
@@ -312,6 +314,11 @@ impl Bbr {
             self.delivered_time = now;
         }
         if self.sent.back().is_none_or(|s| s.sent != now) {
+            if self.sent.len() >= MAX_SENT_STATES {
+                // ACK-only packets are reported as sent but never acknowledged: the oldest
+                // states go, at worst with a rate sample.
+                self.sent.pop_front();
+            }
             self.sent.push_back(SentAt {
                 sent: now,
                 delivered: self.delivered,
@@ -738,5 +745,65 @@ impl Controller for BbrController {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_filter_keeps_the_largest_of_ten_rounds() {
+        let mut f = MaxFilter::default();
+        f.update(0, 5.0);
+        f.update(1, 9.0);
+        f.update(2, 7.0);
+        assert_eq!(f.get(), 9.0);
+        // Round 11: the 9 of round 1 has aged out; the 7 of round 2 is the largest left.
+        f.update(11, 1.0);
+        assert_eq!(f.get(), 7.0);
+        f.update(12, 8.0);
+        assert_eq!(f.get(), 8.0);
+    }
+
+    #[test]
+    fn each_packet_of_a_gso_batch_counts_once() {
+        // quinn reports a batch's packets with the batch's length so far.
+        let t0 = Instant::now();
+        let mut c = BbrController {
+            bbr: Bbr::new(t0, 1200, 12_000),
+            last_sent: None,
+        };
+        c.on_sent(t0, 1200, 0);
+        c.on_sent(t0, 2400, 1);
+        c.on_sent(t0, 3600, 2);
+        assert_eq!(c.bbr.in_flight, 3600);
+        // A new batch at the same instant starts from its own first packet.
+        c.on_sent(t0, 1200, 3);
+        assert_eq!(c.bbr.in_flight, 4800);
+        c.on_sent(t0 + Duration::from_millis(1), 1200, 4);
+        assert_eq!(c.bbr.in_flight, 6000);
+    }
+
+    #[test]
+    fn pacing_follows_the_gain_and_the_estimate() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(t0, 1200, 12_000);
+        // Before any sample: Startup's gain over the initial window per millisecond.
+        assert_eq!(b.pacing_rate(), (STARTUP_GAIN * 12_000_000.0) as u64);
+        // One packet a millisecond, acked 10 ms later: 1.2 MB/s, 10 ms.
+        let mut t = t0;
+        for i in 0..200u64 {
+            b.on_sent(t, 1200);
+            if i >= 10 {
+                let sent = t - Duration::from_millis(10);
+                b.on_ack(t, sent, 1200);
+                b.on_end_acks(t, 10 * 1200, false);
+            }
+            t += Duration::from_millis(1);
+        }
+        assert_eq!(b.min_rtt(), Some(Duration::from_millis(10)));
+        let bw = b.bandwidth() as f64;
+        assert!((1.1e6..1.3e6).contains(&bw), "bandwidth {bw}");
     }
 }

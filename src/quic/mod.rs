@@ -20,7 +20,7 @@ pub use compat::{AssumePeerDatagrams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 pub use congestion::{take_last_built, AdaptiveConfig, BrutalPacer, CcHandle};
 pub use tls::{
     client_crypto, load_pem, parse_pin, pin_sha256, self_signed, server_crypto,
-    server_crypto_swappable, CertKey, CertSwap, TlsError, Verify,
+    server_crypto_swappable, warm_up_rng, CertKey, CertSwap, TlsError, Verify,
 };
 pub use transport::{
     client_config, client_endpoint_config, endpoint_config, server_config, transport_config,

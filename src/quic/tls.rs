@@ -126,6 +126,13 @@ impl From<NoInitialCipherSuite> for TlsError {
 
 /// The *ring* provider with TLS 1.3 suites only, AES-128-GCM first: it is what QUIC Initial
 /// packets use anyway, and it is the fastest with hardware AES.
+/// Seeds this thread's random generator, as the first handshake would otherwise do:
+/// aws-lc collects CPU jitter entropy for tens of milliseconds on first use, and a worker
+/// should pay that when it starts, not while a client waits for its first handshake.
+pub fn warm_up_rng() {
+    let _ = provider().secure_random.fill(&mut [0u8; 32]);
+}
+
 fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     Arc::new(CryptoProvider {

@@ -169,6 +169,7 @@ where
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
+                crate::quic::warm_up_rng();
                 let driver = match engine::open(spec.socket, io, &dcfg) {
                     Ok(d) => {
                         let _ = ready_tx.send(Ok((d.waker(), d.kind())));

@@ -14,6 +14,7 @@
 
 use std::os::fd::RawFd;
 
+use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError,
 };
@@ -24,9 +25,10 @@ use crate::engine::{Completion, SockOp};
 /// Bytes read from the QUIC stream that may wait for the TCP side.
 const MAX_TO_TCP: usize = 256 * 1024;
 /// Bytes read from TCP at once: a pipe starts small (a request/response stream holds little
-/// while its receive waits) and doubles its buffer on each receive that fills it.
+/// while its receive waits) and doubles its buffer on each receive that fills it. Each
+/// receive's buffer is handed to quinn as it is (`write_chunks`), never copied.
 const TCP_CHUNK_MIN: usize = 8 * 1024;
-const TCP_CHUNK_MAX: usize = 64 * 1024;
+const TCP_CHUNK_MAX: usize = 256 * 1024;
 /// QUIC application error code for streams we abort.
 pub const STREAM_ABORT: u32 = 0x101;
 
@@ -71,15 +73,12 @@ pub struct Pipe {
     quic_fin: bool,
     /// The TCP write side was shut down after the FIN.
     tcp_write_closed: bool,
-    /// TCP → QUIC bytes not yet accepted by the stream.
-    to_quic: Vec<u8>,
-    to_quic_off: usize,
+    /// TCP → QUIC bytes not yet accepted by the stream (a receive's own buffer).
+    to_quic: Bytes,
     tcp_recv_inflight: bool,
     tcp_eof: bool,
     /// Our side of the stream is finished.
     quic_finished: bool,
-    /// Buffer recycled between TCP receives.
-    spare: Vec<u8>,
     /// Size of the next TCP receive.
     tcp_chunk: usize,
     /// A close of the fd has been requested.
@@ -116,12 +115,10 @@ impl Pipe {
             to_tcp_inflight: false,
             quic_fin: false,
             tcp_write_closed: false,
-            to_quic,
-            to_quic_off: 0,
+            to_quic: Bytes::from(to_quic),
             tcp_recv_inflight: false,
             tcp_eof: false,
             quic_finished: false,
-            spare: Vec::new(),
             tcp_chunk: TCP_CHUNK_MIN,
             closing: false,
             done: false,
@@ -221,16 +218,18 @@ impl Pipe {
                         if n >= c.buf.capacity() {
                             self.tcp_chunk = (self.tcp_chunk * 2).min(TCP_CHUNK_MAX);
                         }
-                        if self.to_quic_off == self.to_quic.len() {
-                            self.to_quic.clear();
-                            self.to_quic_off = 0;
-                        }
-                        self.to_quic.extend_from_slice(&c.buf[..n]);
+                        // A receive is issued only once `to_quic` is empty. quinn keeps the
+                        // buffer until the peer acknowledges it: a mostly empty one is
+                        // copied to its size instead of pinning its whole capacity.
+                        self.to_quic = if n * 2 >= c.buf.capacity() {
+                            Bytes::from(c.buf)
+                        } else {
+                            Bytes::copy_from_slice(&c.buf)
+                        };
                     }
                     Err(_) if self.done => return After::Continue,
                     Err(_) => return self.abort(io, token),
                 }
-                self.spare = c.buf;
                 self.pump(io, token)
             }
             SockOp::Close => After::Remove,
@@ -253,8 +252,7 @@ impl Pipe {
         } else {
             (
                 !self.quic_fin && self.to_tcp.len() >= MAX_TO_TCP,
-                (self.to_tcp.len() + self.to_tcp_inflight_len + self.to_quic.len()
-                    - self.to_quic_off) as u64,
+                (self.to_tcp.len() + self.to_tcp_inflight_len + self.to_quic.len()) as u64,
             )
         };
         if stall != self.reported_stall {
@@ -274,18 +272,20 @@ impl Pipe {
         let Some(conn) = io.conn(self.ch) else {
             return self.abort(io, token);
         };
-        // TCP → QUIC: flush what we hold.
-        while self.to_quic_off < self.to_quic.len() {
+        // TCP → QUIC: flush what we hold (quinn takes the buffer itself, or what is left
+        // of it).
+        while !self.to_quic.is_empty() {
             match conn
                 .send_stream(self.id)
-                .write(&self.to_quic[self.to_quic_off..])
+                .write_chunks(std::slice::from_mut(&mut self.to_quic))
             {
-                Ok(n) => self.to_quic_off += n,
+                Ok(w) if w.bytes == 0 => break,
+                Ok(_) => {}
                 Err(WriteError::Blocked) => break,
                 Err(_) => return self.abort(io, token),
             }
         }
-        let to_quic_flushed = self.to_quic_off == self.to_quic.len();
+        let to_quic_flushed = self.to_quic.is_empty();
         if to_quic_flushed && self.tcp_eof && !self.quic_finished {
             self.quic_finished = true;
             finish_or_reset(conn, self.id);
@@ -353,11 +353,7 @@ impl Pipe {
             }
         }
         if to_quic_flushed && !self.tcp_recv_inflight && !self.tcp_eof {
-            let mut buf = std::mem::take(&mut self.spare);
-            buf.clear();
-            if buf.capacity() < self.tcp_chunk {
-                buf.reserve_exact(self.tcp_chunk);
-            }
+            let buf = Vec::with_capacity(self.tcp_chunk);
             self.tcp_recv_inflight = true;
             io.driver.tcp_recv(fd, buf, token);
         }
