@@ -331,10 +331,7 @@ impl Hy2App {
             }
             for (_, b) in conn.bidi.drain() {
                 if let Bidi::Relay(key) = b {
-                    if let Some((gen, r)) = self.relays.get_mut(key) {
-                        let tok = token(key, *gen);
-                        r.abort(io, tok);
-                    }
+                    self.abort_relay(io, key);
                 }
             }
         }
@@ -749,6 +746,11 @@ impl Hy2App {
         let Some((gen, relay)) = self.relays.get_mut(key) else {
             return;
         };
+        if relay.phase != relay::Phase::Resolving {
+            // Aborted, failed or timed out while its name was looked up: an answer must not
+            // bring it back.
+            return;
+        }
         let tok = token(key, *gen);
         let addrs = match addrs {
             Ok(a) if !a.is_empty() => a,
@@ -782,6 +784,19 @@ impl Hy2App {
         };
         if let Err(msg) = relay.connect(io, addr, tok) {
             self.fail_relay(io, key, &msg);
+        }
+    }
+
+    /// Aborts relay `key` (both directions of its stream, its socket closed) and removes it
+    /// unless a socket operation of it is still in flight: then it goes when that completes.
+    /// Every abort goes through here, so that none can leave a relay behind.
+    fn abort_relay(&mut self, io: &mut Io<'_>, key: usize) {
+        let Some((gen, relay)) = self.relays.get_mut(key) else {
+            return;
+        };
+        let tok = token(key, *gen);
+        if relay.abort(io, tok) == After::Remove {
+            self.remove_relay(key);
         }
     }
 
@@ -957,10 +972,7 @@ impl App for Hy2App {
                     _ => None,
                 };
                 if let Some(key) = key {
-                    if let Some((gen, r)) = self.relays.get_mut(key) {
-                        let tok = token(key, *gen);
-                        r.abort(io, tok);
-                    }
+                    self.abort_relay(io, key);
                 }
             }
             Event::DatagramReceived => {

@@ -106,8 +106,15 @@ impl Relay {
         }
     }
 
-    /// Starts the TCP connect.
+    /// Starts the TCP connect. Only a relay still waiting for its target's addresses can
+    /// connect: one that was aborted, failed or timed out meanwhile stays where it is.
     pub fn connect(&mut self, io: &mut Io<'_>, addr: SocketAddr, token: u64) -> Result<(), String> {
+        if self.phase != Phase::Resolving {
+            return Err(format!(
+                "connect {addr}: the relay is {}, not resolving",
+                self.state_name()
+            ));
+        }
         self.phase = Phase::Connecting;
         io.driver
             .tcp_connect(addr, token)

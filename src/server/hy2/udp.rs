@@ -25,8 +25,12 @@ use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
 use crate::worker::Io;
 
-/// Marks socket-operation and DNS tokens that belong to UDP sessions.
+/// Marks socket-operation and DNS tokens that belong to UDP sessions. A socket operation's
+/// token carries the session's slab key; a DNS lookup's carries the lookup's own id
+/// (`UdpTable::lookups`).
 const UDP_TOKEN: u64 = 1 << 63;
+/// Lookup ids stay below this, clear of the token's marker bits.
+const LOOKUP_ID_MASK: u64 = (1 << 62) - 1;
 /// Datagrams waiting for a send slot or a DNS answer, per session.
 const MAX_QUEUED: usize = 64;
 /// Receive buffer: larger than the largest relayed payload so oversized replies are seen
@@ -38,6 +42,8 @@ pub fn is_udp_token(t: u64) -> bool {
 }
 
 struct Session {
+    /// Never given to another session of this table (slab keys are reused).
+    serial: u64,
     ch: ConnectionHandle,
     id: u32,
     fd: RawFd,
@@ -47,7 +53,8 @@ struct Session {
     send_inflight: bool,
     /// Datagrams to send: destination, payload.
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
-    /// Datagrams waiting for a DNS answer: host:port, payload.
+    /// Datagrams waiting for a DNS answer: host:port, payload. A destination has one lookup
+    /// in flight exactly while it has datagrams here.
     unresolved: VecDeque<(String, Vec<u8>)>,
     /// Resolved and allowed destinations (bounded).
     resolved: HashMap<String, SocketAddr>,
@@ -73,10 +80,26 @@ pub struct UdpCounters {
     pub sessions_refused: u64,
 }
 
+/// A DNS lookup in flight for one destination of one session.
+struct Lookup {
+    /// The session's slab key and serial: the answer is for that session only.
+    key: usize,
+    serial: u64,
+    /// The destination as the client named it (`host:port`).
+    target: String,
+}
+
 #[derive(Default)]
 pub struct UdpTable {
     sessions: Slab<Session>,
     by_id: HashMap<(ConnectionHandle, u32), usize>,
+    /// The last `Session::serial` given.
+    serial: u64,
+    /// Lookups in flight, by id (the id is their token's low bits). An entry stays until its
+    /// answer comes back, also when its session is gone.
+    lookups: HashMap<u64, Lookup>,
+    /// The last lookup id given.
+    lookup_id: u64,
     pub counters: UdpCounters,
     /// No session can idle out before this (sessions only get later as they are used):
     /// `expire` scans the table only from then on.
@@ -156,15 +179,29 @@ impl UdpTable {
                         Err(_) => self.counters.refused += 1,
                     },
                     Ok((Host::Domain(host), port)) => {
-                        if s.unresolved.len() < MAX_QUEUED {
-                            if s.unresolved.is_empty()
-                                || !s.unresolved.iter().any(|(a, _)| *a == msg.addr)
-                            {
-                                let _ = out.dns.lookup(&host, port, UDP_TOKEN | key as u64);
-                            }
-                            s.unresolved.push_back((msg.addr.clone(), payload));
-                        } else {
+                        if s.unresolved.len() >= MAX_QUEUED {
                             self.counters.dropped += 1;
+                        } else if s.unresolved.iter().any(|(a, _)| *a == msg.addr) {
+                            // Its lookup is in flight already.
+                            s.unresolved.push_back((msg.addr, payload));
+                        } else {
+                            // A lookup of its own, answered for this destination only.
+                            self.lookup_id = (self.lookup_id + 1) & LOOKUP_ID_MASK;
+                            let lookup = self.lookup_id;
+                            match out.dns.lookup(&host, port, UDP_TOKEN | lookup) {
+                                Ok(()) => {
+                                    self.lookups.insert(
+                                        lookup,
+                                        Lookup {
+                                            key,
+                                            serial: s.serial,
+                                            target: msg.addr.clone(),
+                                        },
+                                    );
+                                    s.unresolved.push_back((msg.addr, payload));
+                                }
+                                Err(_) => self.counters.dropped += 1,
+                            }
                         }
                     }
                     Err(_) => self.counters.dropped += 1,
@@ -194,7 +231,9 @@ impl UdpTable {
             .or_else(|_| io.driver.udp_open("0.0.0.0:0".parse().expect("literal")))
             .map_err(|e| tracing::debug!("UDP session socket: {e}"))
             .ok()?;
+        self.serial += 1;
         let key = self.sessions.insert(Session {
+            serial: self.serial,
             ch,
             id,
             fd,
@@ -217,7 +256,10 @@ impl UdpTable {
         Some(key)
     }
 
-    /// A DNS answer for a session's destination.
+    /// A DNS answer for one destination of a session: its datagrams go to the first allowed
+    /// address (or are refused), those to other destinations keep waiting for their own
+    /// answers. An answer for a session that is gone is dropped, also when another session
+    /// has its slot by now.
     pub fn on_dns(
         &mut self,
         io: &mut Io<'_>,
@@ -225,25 +267,35 @@ impl UdpTable {
         result: std::io::Result<Vec<SocketAddr>>,
         guard: &OutboundGuard,
     ) {
-        let key = (token & !UDP_TOKEN) as usize;
-        let Some(s) = self.sessions.get_mut(key) else {
+        let Some(lookup) = self.lookups.remove(&(token & LOOKUP_ID_MASK)) else {
             return;
         };
-        let addrs = result.unwrap_or_default();
-        let pending: Vec<_> = s.unresolved.drain(..).collect();
-        for (target, payload) in pending {
-            let port = split_host_port(&target).map(|(_, p)| p).unwrap_or(0);
-            let allowed = addrs
-                .iter()
-                .map(|a| SocketAddr::new(a.ip(), port))
-                .find(|a| guard.check(a.ip()).is_ok());
+        let key = lookup.key;
+        let Some(s) = self
+            .sessions
+            .get_mut(key)
+            .filter(|s| s.serial == lookup.serial && !s.closing)
+        else {
+            return;
+        };
+        let port = split_host_port(&lookup.target).map_or(0, |(_, p)| p);
+        let allowed = result
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .find(|a| guard.check(a.ip()).is_ok());
+        if let Some(addr) = allowed {
+            if s.resolved.len() < 256 {
+                s.resolved.insert(lookup.target.clone(), addr);
+            }
+        }
+        for (target, payload) in std::mem::take(&mut s.unresolved) {
+            if target != lookup.target {
+                s.unresolved.push_back((target, payload));
+                continue;
+            }
             match allowed {
-                Some(addr) => {
-                    if s.resolved.len() < 256 {
-                        s.resolved.insert(target, addr);
-                    }
-                    queue(s, addr, payload, &mut self.counters);
-                }
+                Some(addr) => queue(s, addr, payload, &mut self.counters),
                 None => self.counters.refused += 1,
             }
         }
