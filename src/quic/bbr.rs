@@ -26,6 +26,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,8 @@ const BETA: f64 = 0.7;
 const PROBE_HI_TIME: Duration = Duration::from_secs(2);
 /// ... (plus up to one more second, at random) or this many rounds, whichever comes first.
 const PROBE_HI_ROUNDS: u64 = 63;
+/// Seeds of the connections' random sequences.
+static NEXT_SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 /// Send instants whose delivery state is kept for rate samples.
 const MAX_SENT_STATES: usize = 1 << 16;
 /// The pacing rate before any bandwidth sample: the initial window per this time.
@@ -249,10 +252,18 @@ impl Bbr {
             probe_hi_add: mtu,
             last_high_loss: None,
             probe_hi_wait: PROBE_HI_TIME,
-            rng: 0x9e37_79b9_7f4a_7c15 ^ initial_window,
+            // Each connection its own sequence, so that flows desynchronize.
+            rng: NEXT_SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed) | 1,
         };
         bbr.pacing_rate = STARTUP_GAIN * initial_window as f64 / INITIAL_RTT.as_secs_f64();
         bbr
+    }
+
+    /// The same BBR with its random sequence (ProbeBW's first phase, ProbeRTT's waits) from
+    /// `seed`: runs in virtual time repeat exactly.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = seed | 1;
+        self
     }
 
     /// The congestion window in bytes.
@@ -489,10 +500,7 @@ impl Bbr {
             self.probe_hi_add = self.mtu;
             self.last_high_loss = Some((now, self.round));
             // 2 to 3 seconds until the cap is probed again, as BBRv3.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            self.probe_hi_wait = PROBE_HI_TIME + Duration::from_millis(self.rng % 1000);
+            self.probe_hi_wait = PROBE_HI_TIME + Duration::from_millis(self.random() % 1000);
         } else if self.inflight_hi != u64::MAX && self.may_probe_hi(now) {
             // Probing upward: 1, 2, 4, ... packets more each round without too much loss.
             self.inflight_hi = self.inflight_hi.saturating_add(self.probe_hi_add);
@@ -522,6 +530,14 @@ impl Bbr {
         })
     }
 
+    /// xorshift64: enough to spread phases and waits; no secret depends on it.
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     fn enter_probe_rtt(&mut self) {
         self.probe_rtts += 1;
         self.prior_cwnd = self.save_cwnd();
@@ -532,10 +548,7 @@ impl Bbr {
 
     fn enter_probe_bw(&mut self, now: Instant) {
         // Any phase but the draining one (index 1), so flows desynchronize.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let mut phase = (self.rng % 7) as usize;
+        let mut phase = (self.random() % 7) as usize;
         if phase >= 1 {
             phase += 1;
         }

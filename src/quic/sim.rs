@@ -274,7 +274,7 @@ mod tests {
     use crate::quic::bbr::State;
 
     fn bbr(t0: Instant) -> Bbr {
-        Bbr::new(t0, PACKET as u16, 10 * PACKET)
+        Bbr::new(t0, PACKET as u16, 10 * PACKET).with_seed(7)
     }
 
     #[test]
