@@ -10,7 +10,8 @@
 //!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
 //!   round) when the RTT estimate is 10 seconds old.
 //! - **Window.** 2 × BDP plus 3 send quanta (up to 64 KiB each: a millisecond at the pacing
-//!   rate) for delayed and aggregated ACKs, in Startup 2/ln 2 × BDP, never below 4 packets. A loss starts recovery: packet conservation for a round,
+//!   rate) for delayed and aggregated ACKs, in Startup 2/ln 2 × BDP, never below 4 packets.
+//!   A loss while the RTT shows a queue starts recovery: packet conservation for a round,
 //!   then the window from before the loss.
 //! - **Loss response** (BBRv2/v3's `inflight_hi`). A round that loses more than 2% of its
 //!   packets caps what may be in flight at 0.7 × the most that round had in flight. The cap
@@ -418,6 +419,11 @@ impl Bbr {
         }
         if self.recovery_start.is_some_and(|r| sent <= r) {
             return; // part of the loss that started this recovery
+        }
+        if !self.queue_grew() {
+            // Random loss: no smaller window would have avoided it, and the pacing rate
+            // already follows the bandwidth. Conservation is for loss at a full queue.
+            return;
         }
         self.prior_cwnd = self.save_cwnd();
         self.cwnd = (self.in_flight + self.mtu).max(self.min_window());
