@@ -500,7 +500,7 @@ impl Bbr {
             self.filled_pipe = true;
             // Never below what probing at 1.25 × the model needs: random loss, which no
             // smaller window avoids, must not shrink the model round after round.
-            let floor = self.bdp(PROBE_BW_GAINS[0]) + QUANTA * self.send_quantum();
+            let floor = self.bdp(PROBE_BW_GAINS[0]) + self.send_quantum();
             let hi = (BETA * self.round_max_in_flight as f64) as u64;
             self.inflight_hi = hi.min(self.inflight_hi).max(floor).max(self.min_window());
             self.probe_hi_add = self.mtu;
