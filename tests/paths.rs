@@ -15,6 +15,9 @@
 //! path cell=rtt30ms_loss1pct_50mbit client=sing-box bytes=8388608 seconds=2.10 mbit_s=32.0 ...
 //! ```
 //!
+//! The `brutal40_*` tests run the same download with the sing-box client asking for Brutal
+//! (`up_mbps`/`down_mbps` = 40) through 30 ms and 1% or 5% random loss behind 50 Mbit/s.
+//!
 //! The transfers run one at a time (a lock), so that the printed rates of a 2-core machine
 //! are not those of two cells sharing it. The `path_harness_*` tests check the emulation
 //! itself: the round trip the forwarder adds, the rate tbf allows, loss and jitter, and the
@@ -22,7 +25,7 @@
 
 mod support;
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,8 +33,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    big_buffers, pattern_byte, read_head, socks5_connect, ClientKind, HttpTarget, NetPath,
-    NsProxyClient, NsQuelayServer, PathSide, PathSpec, UdpEcho, MIB, PATTERN_PERIOD,
+    big_buffers, pattern_sha256, socks_download, ClientKind, Download, HttpTarget, NetPath,
+    NsProxyClient, NsQuelayServer, PathSide, PathSpec, SbOpts, UdpEcho, MIB,
 };
 
 /// Bytes of a download over a 50 Mbit/s path: seconds of steady state after the start-up.
@@ -53,113 +56,41 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// SHA-256 of the first `len` bytes of the target's pattern, i.e. of what it sends for
-/// `GET /bytes/len`.
-fn expected_sha256(len: usize) -> String {
-    let period: Vec<u8> = (0..PATTERN_PERIOD).map(pattern_byte).collect();
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(period.len());
-        ctx.update(&period[..n]);
-        left -= n;
-    }
-    support::hex(ctx.finish().as_ref())
-}
-
-/// What one download saw.
-struct Download {
-    bytes: usize,
-    sha256: String,
-    /// SOCKS5 CONNECT (including the QUIC handshake if the client dials then).
-    connect: Duration,
-    /// From the request to the last byte.
-    transfer: Duration,
-    /// The longest wait for a read to return data.
-    longest_gap: Duration,
-}
-
-/// GETs `/bytes/len` from the target at 127.0.0.1:`port` (as the server sees it) through the
-/// SOCKS5 proxy at `socks`, hashing the body as it arrives. Must run in the proxy's namespace.
-/// Fails on a stall (`STALL` without a byte), past `TRANSFER_BOUND`, or on a short body.
+/// GETs `/bytes/len` through the SOCKS5 proxy at `socks` (`support::socks_download`), failing
+/// on a stall (`STALL` without a byte), past `TRANSFER_BOUND`, or on a short body. Must run in
+/// the proxy's namespace.
 fn download(socks: SocketAddr, port: u16, len: usize) -> Result<Download, String> {
-    let start = Instant::now();
-    let s = socks5_connect(socks, "127.0.0.1", port).map_err(|e| format!("SOCKS5 CONNECT: {e}"))?;
-    let connect = start.elapsed();
-    s.set_read_timeout(Some(STALL))
-        .map_err(|e| format!("read timeout: {e}"))?;
-    let req = format!("GET /bytes/{len} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    (&s).write_all(req.as_bytes())
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let sent = Instant::now();
-    let mut last = sent;
-    let mut longest_gap = Duration::ZERO;
-    let mut got = 0usize;
-    let stalled = |e: io::Error, got: usize, last: Instant| -> String {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            format!(
-                "stalled: nothing for {:.1?} after {got} of {len} bytes, {:.1?} after the request",
-                last.elapsed(),
-                sent.elapsed()
-            )
-        } else {
-            format!("after {got} of {len} bytes: {e}")
-        }
-    };
-    let mut r = BufReader::with_capacity(256 * 1024, &s);
-    let head = read_head(&mut r)
-        .map_err(|e| stalled(e, 0, last))?
-        .ok_or("the stream ended before the response")?;
-    if head.status() != Some(200) || head.content_length() != Some(len as u64) {
-        return Err(format!(
-            "response {:?} with Content-Length {:?}, expected 200 and {len}",
-            head.start,
-            head.content_length()
-        ));
+    let d = socks_download(socks, port, len, STALL, TRANSFER_BOUND);
+    match d.error {
+        Some(e) => Err(e),
+        None => Ok(d),
     }
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut buf = vec![0u8; 256 * 1024];
-    while got < len {
-        if start.elapsed() > TRANSFER_BOUND {
-            return Err(format!(
-                "not done after {TRANSFER_BOUND:?}: {got} of {len} bytes"
-            ));
-        }
-        let want = buf.len().min(len - got);
-        match r.read(&mut buf[..want]) {
-            Ok(0) => return Err(format!("the body ended after {got} of {len} bytes")),
-            Ok(n) => {
-                ctx.update(&buf[..n]);
-                got += n;
-                longest_gap = longest_gap.max(last.elapsed());
-                last = Instant::now();
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(stalled(e, got, last)),
-        }
-    }
-    Ok(Download {
-        bytes: got,
-        sha256: support::hex(ctx.finish().as_ref()),
-        connect,
-        transfer: sent.elapsed(),
-        longest_gap,
-    })
 }
 
 /// One download of `len` bytes over a fresh path shaped as `spec`, with `kind` as the client
 /// and quelay as the server; checks integrity, stalls and the bound, and prints the figures.
 fn transfer(cell: &str, spec: PathSpec, len: usize, kind: ClientKind) {
+    transfer_with(cell, spec, len, kind.name(), |path, server| {
+        NsProxyClient::start(path, kind, server)
+    });
+}
+
+/// `transfer` with the client `start` launches (in the client namespace, dialing `server`),
+/// `client_name` naming it in the messages.
+fn transfer_with(
+    cell: &str,
+    spec: PathSpec,
+    len: usize,
+    client_name: &str,
+    start: impl FnOnce(&NetPath, SocketAddr) -> NsProxyClient,
+) {
     NetPath::check_available();
     let _serial = serial();
     let path = NetPath::new(spec);
     let target = path.in_ns(PathSide::Server, HttpTarget::start);
     let mut server = NsQuelayServer::start(&path, "");
     let fwd = path.forwarder(server.addr());
-    let mut client = NsProxyClient::start(&path, kind, fwd.addr());
+    let mut client = start(&path, fwd.addr());
     let (socks, port) = (client.socks_addr(), target.addr().port());
 
     let got = match path.in_ns(PathSide::Client, || download(socks, port, len)) {
@@ -170,7 +101,7 @@ fn transfer(cell: &str, spec: PathSpec, len: usize, kind: ClientKind) {
             server.child().assert_running();
             panic!(
                 "{cell} with the {} client ({}): {e}; forwarder: {}",
-                kind.name(),
+                client_name,
                 path.spec().describe(),
                 fwd.counters().summary()
             );
@@ -179,9 +110,9 @@ fn transfer(cell: &str, spec: PathSpec, len: usize, kind: ClientKind) {
     assert_eq!(got.bytes, len, "bytes downloaded");
     assert_eq!(
         got.sha256,
-        expected_sha256(len),
+        pattern_sha256(len),
         "SHA-256 of the download ({cell}, {} client)",
-        kind.name()
+        client_name
     );
     let secs = got.transfer.as_secs_f64();
     let tbf = path
@@ -192,7 +123,7 @@ fn transfer(cell: &str, spec: PathSpec, len: usize, kind: ClientKind) {
     eprintln!(
         "path cell={cell} client={} bytes={} seconds={secs:.2} mbit_s={:.1} \
          (connect {:.2}s, longest gap {:.2}s; {}; forwarder {}; tbf server->client {tbf})",
-        kind.name(),
+        client_name,
         got.bytes,
         got.bytes as f64 * 8.0 / 1e6 / secs,
         got.connect.as_secs_f64(),
@@ -259,6 +190,37 @@ cell!(
     PathSpec::new(Some(300.0), ms(30), 0.0),
     DOWNLOAD_FAST
 );
+
+/// Brutal under random loss: the sing-box client asks for `up_mbps`/`down_mbps` = 40, so
+/// quelay sends to it with Brutal at 40 Mbit/s (below the 50 Mbit/s bottleneck), which must
+/// keep going through the losses (Brutal resends at a rate raised by the loss it measures)
+/// and deliver `DOWNLOAD` intact without a stall.
+fn brutal_transfer(cell: &str, loss: f64) {
+    let spec = PathSpec::new(Some(50.0), ms(30), loss);
+    let opts = SbOpts {
+        up_down_mbps: Some(40),
+        ..SbOpts::default()
+    };
+    transfer_with(
+        cell,
+        spec,
+        DOWNLOAD,
+        "sing-box (brutal 40)",
+        |path, server| NsProxyClient::singbox(path, server, &opts),
+    );
+}
+
+/// Brutal at 40 Mbit/s through 30 ms, 1% loss each way, 50 Mbit/s.
+#[test]
+fn brutal40_rtt30ms_loss1pct_50mbit_singbox() {
+    brutal_transfer("brutal40_rtt30ms_loss1pct_50mbit", 0.01);
+}
+
+/// Brutal at 40 Mbit/s through 30 ms, 5% loss each way, 50 Mbit/s.
+#[test]
+fn brutal40_rtt30ms_loss5pct_50mbit_singbox() {
+    brutal_transfer("brutal40_rtt30ms_loss5pct_50mbit", 0.05);
+}
 
 /// Round trips of `n` numbered datagrams sent one after the other to `to` (an echo), each
 /// waited for up to a second. Must run in the namespace the socket should live in.

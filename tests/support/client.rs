@@ -139,7 +139,7 @@ impl QuelayClient {
         }
         let path = dir.join("client.yaml");
         fs::write(&path, y).expect("write client.yaml");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+        let mut cmd = Command::new(super::quelay_bin());
         cmd.arg("client").arg("-c").arg(&path);
         Self::launch(cmd, dir, socks, http, tcp_forwards, udp_forwards)
     }
@@ -148,7 +148,7 @@ impl QuelayClient {
     pub fn start_uri(uri: &str, http: bool) -> QuelayClient {
         let dir = tempdir();
         let socks = loopback_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+        let mut cmd = Command::new(super::quelay_bin());
         cmd.arg("client")
             .arg(uri)
             .arg("--socks5")

@@ -67,6 +67,18 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The quelay binary the peers run: Cargo's `CARGO_BIN_EXE_quelay` in integration tests;
+/// elsewhere (the examples that reuse this harness, where Cargo does not set it) `$QUELAY_BIN`
+/// if set, else `target/release/quelay` under the crate root, resolved at run time.
+pub fn quelay_bin() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_quelay") {
+        return PathBuf::from(bin);
+    }
+    std::env::var_os("QUELAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/quelay"))
+}
+
 /// The sing-box version the interop tests are written against.
 pub const SINGBOX_VERSION: &str = "1.14.4";
 

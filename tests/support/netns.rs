@@ -27,7 +27,7 @@ use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -41,7 +41,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::peers::yaml_str;
-use super::{tail, tempdir, write_cert, Child, SbOpts, TempDir, PASSWORD, SNI};
+use super::{
+    hex, pattern_byte, read_head, socks5_connect, tail, tempdir, write_cert, Child, SbOpts,
+    ServerOpts, TempDir, PASSWORD, PATTERN_PERIOD, SNI,
+};
 
 /// Every namespace this module creates is named `qp-<pid>-<n>-c` or `qp-<pid>-<n>-s`.
 const NS_PREFIX: &str = "qp-";
@@ -518,9 +521,56 @@ pub struct FwdCounters {
     pub down_received: AtomicU64,
     pub down_dropped: AtomicU64,
     pub down_sent: AtomicU64,
+    /// UDP payload bytes of the datagrams counted in `up_received` / `down_received`.
+    pub up_received_bytes: AtomicU64,
+    pub down_received_bytes: AtomicU64,
+}
+
+/// The values of a forwarder's counters at one moment (`FwdCounters::snapshot`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FwdSnapshot {
+    pub up_received: u64,
+    pub up_dropped: u64,
+    pub up_sent: u64,
+    pub down_received: u64,
+    pub down_dropped: u64,
+    pub down_sent: u64,
+    pub up_received_bytes: u64,
+    pub down_received_bytes: u64,
+}
+
+impl FwdSnapshot {
+    /// What was counted between `earlier` and `self`.
+    pub fn since(&self, earlier: &FwdSnapshot) -> FwdSnapshot {
+        FwdSnapshot {
+            up_received: self.up_received - earlier.up_received,
+            up_dropped: self.up_dropped - earlier.up_dropped,
+            up_sent: self.up_sent - earlier.up_sent,
+            down_received: self.down_received - earlier.down_received,
+            down_dropped: self.down_dropped - earlier.down_dropped,
+            down_sent: self.down_sent - earlier.down_sent,
+            up_received_bytes: self.up_received_bytes - earlier.up_received_bytes,
+            down_received_bytes: self.down_received_bytes - earlier.down_received_bytes,
+        }
+    }
 }
 
 impl FwdCounters {
+    /// The counters now.
+    pub fn snapshot(&self) -> FwdSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FwdSnapshot {
+            up_received: g(&self.up_received),
+            up_dropped: g(&self.up_dropped),
+            up_sent: g(&self.up_sent),
+            down_received: g(&self.down_received),
+            down_dropped: g(&self.down_dropped),
+            down_sent: g(&self.down_sent),
+            up_received_bytes: g(&self.up_received_bytes),
+            down_received_bytes: g(&self.down_received_bytes),
+        }
+    }
+
     /// `up 1000 in/10 lost/990 out, down 5000 in/50 lost/4950 out` (out: sent on; the rest
     /// of in - lost is still held or was refused by the kernel).
     pub fn summary(&self) -> String {
@@ -772,6 +822,9 @@ impl PathForwarder {
                             continue;
                         };
                         counters.up_received.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .up_received_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
                         let up = clients.entry(client).or_insert_with(|| {
                             let up = fwd_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                             let client_seed = seed ^ (1 + threads.lock().unwrap().len() as u64);
@@ -850,6 +903,9 @@ fn spawn_downlink(a: DownlinkArgs) -> JoinHandle<()> {
                     continue;
                 };
                 counters.down_received.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .down_received_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 match imp.due(&mut rng) {
                     Some(due) if line.push(due, &front, client, &buf[..n]) => {}
                     _ => {
@@ -906,7 +962,7 @@ impl NsQuelayServer {
         }
         let file = dir.join("server.yaml");
         fs::write(&file, config).expect("write server.yaml");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+        let mut cmd = Command::new(super::quelay_bin());
         cmd.arg("server")
             .arg("-c")
             .arg(&file)
@@ -1029,7 +1085,7 @@ impl NsProxyClient {
         }
         let file = dir.join("client.yaml");
         fs::write(&file, y).expect("write client.yaml");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+        let mut cmd = Command::new(super::quelay_bin());
         cmd.arg("client")
             .arg("-c")
             .arg(&file)
@@ -1077,4 +1133,200 @@ impl NsProxyClient {
     pub fn stderr_tail(&self, n: usize) -> String {
         tail(&self.child.stderr(), n)
     }
+}
+
+/// The sing-box Hysteria2 server (`SINGBOX_VERSION`) in a path's server namespace, listening
+/// on 127.0.0.1 there (behind a `PathForwarder`): the configuration of `peers::SingboxServer`
+/// (one user with `PASSWORD`, the test certificate, a direct outbound), with `opts`.
+pub struct NsSingboxServer {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl NsSingboxServer {
+    pub fn start(path: &NetPath, opts: &ServerOpts) -> NsSingboxServer {
+        let bin = super::singbox();
+        let dir = tempdir();
+        let (cert, key) = write_cert(&dir);
+        let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
+        let mut inbound = serde_json::json!({
+            "type": "hysteria2",
+            "tag": "hy2-in",
+            "listen": "127.0.0.1",
+            "listen_port": addr.port(),
+            "users": [{"name": "u", "password": PASSWORD}],
+            "tls": {
+                "enabled": true,
+                "alpn": ["h3"],
+                "certificate_path": cert.to_string_lossy(),
+                "key_path": key.to_string_lossy(),
+            },
+        });
+        if let Some(mbps) = opts.up_down_mbps {
+            inbound["up_mbps"] = mbps.into();
+            inbound["down_mbps"] = mbps.into();
+        }
+        if let Some(pw) = &opts.obfs {
+            inbound["obfs"] = serde_json::json!({"type": "salamander", "password": pw});
+        }
+        let config = serde_json::json!({
+            "log": {"level": "info", "timestamp": true},
+            "inbounds": [inbound],
+            "outbounds": [{"type": "direct", "tag": "direct"}],
+        });
+        let file = dir.join("server.json");
+        let text = serde_json::to_string_pretty(&config).expect("server.json");
+        fs::write(&file, text).expect("write server.json");
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("-c").arg(&file).current_dir(dir.path());
+        let mut child = path.run_in(PathSide::Server, "sing-box-server", cmd, &dir);
+        let pid = child.id();
+        child.wait_ready(
+            &format!(
+                "UDP port {} bound in {}",
+                addr.port(),
+                path.ns(PathSide::Server)
+            ),
+            START_TIMEOUT,
+            |_| proc_net_bound(pid, "udp", addr.port()),
+        );
+        NsSingboxServer {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// The server's address inside the server namespace.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// SHA-256 (lowercase hex) of the first `len` bytes of the HTTP target's pattern, i.e. of
+/// what it sends for `GET /bytes/len`.
+pub fn pattern_sha256(len: usize) -> String {
+    let period: Vec<u8> = (0..PATTERN_PERIOD).map(pattern_byte).collect();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(period.len());
+        ctx.update(&period[..n]);
+        left -= n;
+    }
+    hex(ctx.finish().as_ref())
+}
+
+/// What one download through a SOCKS5 proxy saw (`socks_download`).
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// Body bytes received (all of them unless `error`).
+    pub bytes: usize,
+    /// SHA-256 of the body bytes received.
+    pub sha256: String,
+    /// SOCKS5 CONNECT (including the QUIC handshake if the client dials then).
+    pub connect: Duration,
+    /// From the request to the last byte, or to the failure.
+    pub transfer: Duration,
+    /// The longest wait for a read to return data.
+    pub longest_gap: Duration,
+    /// Why the download ended before `len` bytes, if it did.
+    pub error: Option<String>,
+}
+
+/// GETs `/bytes/len` from the HTTP target at 127.0.0.1:`port` (as the server sees it) through
+/// the SOCKS5 proxy at `socks`, hashing the body as it arrives. Must run in the proxy's
+/// namespace. Ends early, with `error` set and the figures so far, on a stall (`stall`
+/// without a byte), past `bound` from the CONNECT on, or on a short body or a bad response.
+pub fn socks_download(
+    socks: SocketAddr,
+    port: u16,
+    len: usize,
+    stall: Duration,
+    bound: Duration,
+) -> Download {
+    let start = Instant::now();
+    let mut d = Download {
+        bytes: 0,
+        sha256: String::new(),
+        connect: Duration::ZERO,
+        transfer: Duration::ZERO,
+        longest_gap: Duration::ZERO,
+        error: None,
+    };
+    let s = match socks5_connect(socks, "127.0.0.1", port) {
+        Ok(s) => s,
+        Err(e) => {
+            d.connect = start.elapsed();
+            d.error = Some(format!("SOCKS5 CONNECT: {e}"));
+            return d;
+        }
+    };
+    d.connect = start.elapsed();
+    let sent = Instant::now();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let result = (|| -> Result<(), String> {
+        s.set_read_timeout(Some(stall))
+            .map_err(|e| format!("read timeout: {e}"))?;
+        let req = format!("GET /bytes/{len} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        (&s).write_all(req.as_bytes())
+            .map_err(|e| format!("sending the request: {e}"))?;
+        let mut last = sent;
+        let stalled = |e: io::Error, got: usize, last: Instant| -> String {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                format!(
+                    "stalled: nothing for {:.1?} after {got} of {len} bytes, {:.1?} after the request",
+                    last.elapsed(),
+                    sent.elapsed()
+                )
+            } else {
+                format!("after {got} of {len} bytes: {e}")
+            }
+        };
+        let mut r = BufReader::with_capacity(256 * 1024, &s);
+        let head = read_head(&mut r)
+            .map_err(|e| stalled(e, 0, last))?
+            .ok_or("the stream ended before the response")?;
+        if head.status() != Some(200) || head.content_length() != Some(len as u64) {
+            return Err(format!(
+                "response {:?} with Content-Length {:?}, expected 200 and {len}",
+                head.start,
+                head.content_length()
+            ));
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        while d.bytes < len {
+            if start.elapsed() > bound {
+                return Err(format!(
+                    "not done after {bound:?}: {} of {len} bytes",
+                    d.bytes
+                ));
+            }
+            let want = buf.len().min(len - d.bytes);
+            match r.read(&mut buf[..want]) {
+                Ok(0) => return Err(format!("the body ended after {} of {len} bytes", d.bytes)),
+                Ok(n) => {
+                    ctx.update(&buf[..n]);
+                    d.bytes += n;
+                    d.longest_gap = d.longest_gap.max(last.elapsed());
+                    last = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(stalled(e, d.bytes, last)),
+            }
+        }
+        Ok(())
+    })();
+    d.transfer = sent.elapsed();
+    d.sha256 = hex(ctx.finish().as_ref());
+    d.error = result.err();
+    d
 }

@@ -303,7 +303,7 @@ impl QuelayServer {
         dir: &Path,
         nofile: Option<u64>,
     ) -> Child {
-        let quelay = env!("CARGO_BIN_EXE_quelay");
+        let quelay = super::quelay_bin();
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
