@@ -21,7 +21,6 @@ use std::time::Duration;
 use quelay::proto::h3;
 use quelay::proto::tcp::{TcpRequest, TcpResponse};
 use quelay::quic::{self, QuicParams, Verify};
-use quelay::server::run::{self as server_run, Server};
 
 use support::TcpEcho;
 
@@ -96,21 +95,6 @@ fn answer_auth(stream: TcpStream, delay: Duration, user: &str, requests: &Atomic
 
 // ---------------------------------------------------------------------------------------
 // The server and the raw clients.
-
-fn start_server(yaml: &str) -> Server {
-    let (cfg, warnings) = quelay::config::parse_server(yaml, "test.yaml").expect("config parses");
-    assert!(warnings.is_empty(), "config warnings: {warnings:?}");
-    server_run::start(&cfg).expect("server starts")
-}
-
-fn stop_server(server: Server) {
-    assert!(
-        !server.group.is_finished(),
-        "a server worker left its loop during the test (panic?)"
-    );
-    server.group.stop();
-    server.group.join().expect("server workers exit cleanly");
-}
 
 fn client_endpoint() -> quinn::Endpoint {
     let crypto = quic::client_crypto(Verify::Insecure, &[b"h3"]).expect("client TLS config");
@@ -205,7 +189,7 @@ fn late_http_auth_verdict_never_logs_in_a_successor() {
          engine: {{workers: 1}}\n",
         backend.url()
     );
-    let server = start_server(&yaml);
+    let server = support::start_in_process(&yaml);
     let addr = server.addr;
     let rt = runtime();
     let ep = rt.block_on(async { client_endpoint() });
@@ -267,7 +251,7 @@ fn late_http_auth_verdict_never_logs_in_a_successor() {
         }
     }
     rt.block_on(async { ep.wait_idle().await });
-    stop_server(server);
+    support::stop_in_process(server);
     assert!(
         borrowed.is_empty(),
         "a connection that never authenticated relayed after another connection's late \

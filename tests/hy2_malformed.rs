@@ -27,7 +27,7 @@ use quelay::engine::{sys, DriverConfig};
 use quelay::proto::h3::{self, error as h3e, HuffmanPolicy, ResponseReader};
 use quelay::proto::tcp::{TcpRequest, TcpResponse};
 use quelay::quic::{self, QuicParams, Verify};
-use quelay::server::run::{self as server_run, Server};
+use quelay::server::run::Server;
 use quelay::worker::{self, App, GroupConfig, Io, WorkerSpec};
 
 use support::TcpEcho;
@@ -44,26 +44,12 @@ const ECHO_LEN: usize = 1024;
 // The server.
 
 fn start_server() -> Server {
-    let yaml = "listen: 127.0.0.1:0\n\
-                auth: {type: password, password: secret}\n\
-                outboundGuard: {allowLoopback: true}\n\
-                engine: {workers: 2}\n";
-    let (cfg, warnings) = quelay::config::parse_server(yaml, "test.yaml").expect("config parses");
-    assert!(warnings.is_empty(), "config warnings: {warnings:?}");
-    server_run::start(&cfg).expect("server starts")
-}
-
-/// Checks that no server worker died (a panic ends its thread), then stops and joins them.
-fn stop_server(server: Server) {
-    assert!(
-        !server.group.is_finished(),
-        "a server worker left its loop during the test (panic?)"
-    );
-    server.group.stop();
-    server
-        .group
-        .join()
-        .expect("server workers exit cleanly (none panicked)");
+    support::start_in_process(
+        "listen: 127.0.0.1:0\n\
+         auth: {type: password, password: secret}\n\
+         outboundGuard: {allowLoopback: true}\n\
+         engine: {workers: 2}\n",
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -884,7 +870,7 @@ fn malformed_streams_are_refused_and_the_connection_survives() {
     assert!(rep.finished, "client did not finish: {:?}", rep.notes);
     // Only the two valid streams reached the target.
     assert_eq!(echo.connections(), 2, "connections to the echo target");
-    stop_server(server);
+    support::stop_in_process(server);
 }
 
 #[test]
@@ -957,5 +943,5 @@ fn unauthenticated_client_gets_no_proxy_and_the_masquerade() {
     assert!(rep.finished, "client did not finish: {:?}", rep.notes);
     // Nothing reached the target: the pre-auth stream was never relayed.
     assert_eq!(echo.connections(), 0, "connections to the echo target");
-    stop_server(server);
+    support::stop_in_process(server);
 }

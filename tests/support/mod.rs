@@ -492,3 +492,23 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     rand::thread_rng().fill_bytes(&mut v);
     v
 }
+
+/// Starts `quelay server` in this process from `yaml`, which must parse without warnings.
+pub fn start_in_process(yaml: &str) -> quelay::server::run::Server {
+    let (cfg, warnings) = quelay::config::parse_server(yaml, "test.yaml").expect("config parses");
+    assert!(warnings.is_empty(), "config warnings: {warnings:?}");
+    quelay::server::run::start(&cfg).expect("server starts")
+}
+
+/// Checks that no server worker died (a panic ends its thread), then stops and joins them.
+pub fn stop_in_process(server: quelay::server::run::Server) {
+    assert!(
+        !server.group.is_finished(),
+        "a server worker left its loop during the test (panic?)"
+    );
+    server.group.stop();
+    server
+        .group
+        .join()
+        .expect("server workers exit cleanly (none panicked)");
+}
