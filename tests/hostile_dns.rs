@@ -23,7 +23,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{self, Command, Stdio};
+use std::process::{self, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -35,7 +35,9 @@ use quelay::proto::tcp::{TcpRequest, TcpResponse};
 use quelay::proto::udp::UdpMessage;
 use quelay::quic::{self, QuicParams, Verify};
 
-use support::{enter_ns, in_ns, proc_net_bound, run_in, tempdir, write_cert, Child, TempDir};
+use support::{
+    enter_ns, in_ns, proc_net_bound, run_in, run_tool, tempdir, write_cert, Child, TempDir,
+};
 
 /// The password of the servers these tests start.
 const PASSWORD: &str = "hostile-dns-secret";
@@ -49,25 +51,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const NS_PREFIX: &str = "qd-";
 const NETNS_DIR: &str = "/run/netns";
 const ETC_NETNS: &str = "/etc/netns";
-
-/// Runs `prog args`; its stderr is the error when it fails.
-fn run_tool(prog: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{prog} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// A network namespace with only `lo` (up), whose processes resolve names through
 /// 127.0.0.1:53 (`/etc/netns/NS/resolv.conf`). Drop deletes both.

@@ -162,7 +162,7 @@ pub struct NetPath {
 }
 
 /// Runs `prog args`, returning its stderr (and stdout) as the error when it fails.
-fn run_tool(prog: &str, args: &[&str]) -> Result<(), String> {
+pub fn run_tool(prog: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -969,17 +969,7 @@ impl NsQuelayServer {
             .env("QUELAY_LOG", "info")
             .env("NO_COLOR", "1")
             .current_dir(dir.path());
-        let mut child = path.run_in(PathSide::Server, "quelay-server", cmd, &dir);
-        let pid = child.id();
-        child.wait_ready(
-            &format!(
-                "UDP port {} bound in {}",
-                addr.port(),
-                path.ns(PathSide::Server)
-            ),
-            START_TIMEOUT,
-            |_| proc_net_bound(pid, "udp", addr.port()),
-        );
+        let child = start_udp_server(path, "quelay-server", cmd, &dir, addr);
         NsQuelayServer {
             child,
             addr,
@@ -995,6 +985,29 @@ impl NsQuelayServer {
     pub fn child(&mut self) -> &mut Child {
         &mut self.child
     }
+}
+
+/// Runs a server in the path's server namespace and waits until it has bound `addr`'s UDP
+/// port.
+fn start_udp_server(
+    path: &NetPath,
+    name: &str,
+    cmd: Command,
+    dir: &Path,
+    addr: SocketAddr,
+) -> Child {
+    let mut child = path.run_in(PathSide::Server, name, cmd, dir);
+    let pid = child.id();
+    child.wait_ready(
+        &format!(
+            "UDP port {} bound in {}",
+            addr.port(),
+            path.ns(PathSide::Server)
+        ),
+        START_TIMEOUT,
+        |_| proc_net_bound(pid, "udp", addr.port()),
+    );
+    child
 }
 
 /// Which Hysteria2 client an `NsProxyClient` runs.
@@ -1180,17 +1193,7 @@ impl NsSingboxServer {
         fs::write(&file, text).expect("write server.json");
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("-c").arg(&file).current_dir(dir.path());
-        let mut child = path.run_in(PathSide::Server, "sing-box-server", cmd, &dir);
-        let pid = child.id();
-        child.wait_ready(
-            &format!(
-                "UDP port {} bound in {}",
-                addr.port(),
-                path.ns(PathSide::Server)
-            ),
-            START_TIMEOUT,
-            |_| proc_net_bound(pid, "udp", addr.port()),
-        );
+        let child = start_udp_server(path, "sing-box-server", cmd, &dir, addr);
         NsSingboxServer {
             child,
             addr,
