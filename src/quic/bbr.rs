@@ -5,7 +5,7 @@
 //!   10 round trips (draft-cheng-iccrg-delivery-rate-estimation); the round-trip
 //!   propagation time is the smallest RTT sampled over the last 10 seconds.
 //! - **States.** Startup (pacing gain 2/ln 2) until the bandwidth stops growing by 25% for
-//!   3 rounds, or a round loses more than 2% of its packets; Drain (gain ln 2/2) until what
+//!   3 rounds, or a round loses too much with a queue (below); Drain (gain ln 2/2) until what
 //!   is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
 //!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
 //!   round) when the RTT estimate is 10 seconds old.
@@ -14,10 +14,13 @@
 //!   A loss while the RTT shows a queue starts recovery: packet conservation for a round,
 //!   then the window from before the loss.
 //! - **Loss response** (BBRv2/v3's `inflight_hi`). A round that loses more than 2% of its
-//!   packets caps what may be in flight at 0.7 × the most that round had in flight. The cap
-//!   grows again (1, 2, 4, ... packets per round) only after 2 to 3 seconds or 63 rounds,
-//!   whichever is first, without such a round. BBRv1 alone ignores loss, and a receiver
-//!   whose CPU sets the pace (a phone, a router, a busy quic-go client) then drops half of
+//!   packets while its RTT rose above the min RTT (a queue: at a bottleneck, or in a receiver
+//!   that cannot keep up) caps what may be in flight at 0.7 × the most that round had in
+//!   flight, never below 1.25 × BDP plus one send quantum. The cap grows again (1, 2, 4, ...
+//!   packets per round) only after 2 to 3 seconds or 63 rounds, whichever is first, without
+//!   such a round. Loss without a queue is random: no smaller window would avoid it, and
+//!   the model is left alone, as in BBRv1. BBRv1 alone ignores all loss, and a receiver
+//!   whose CPU sets the pace (a phone, a router, a busy quic-go client) then drops much of
 //!   what it is sent.
 //! - **Pacing.** The pacing rate is gain × bandwidth. quinn-proto cannot be told a rate, so
 //!   [`Bbr::pacing_rate`] is read by the worker's pacer (see `congestion`), as for Brutal.
