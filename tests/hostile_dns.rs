@@ -36,7 +36,8 @@ use quelay::proto::udp::UdpMessage;
 use quelay::quic::{self, QuicParams, Verify};
 
 use support::{
-    enter_ns, in_ns, proc_net_bound, run_in, run_tool, tempdir, write_cert, Child, TempDir,
+    enter_ns, in_ns, left_by_dead_process, proc_net_bound, run_in, run_tool, tempdir, write_cert,
+    Child, TempDir,
 };
 
 /// The password of the servers these tests start.
@@ -138,14 +139,7 @@ fn clean_stale() {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(pid) = name
-                    .strip_prefix(NS_PREFIX)
-                    .and_then(|rest| rest.split('-').next())
-                    .and_then(|pid| pid.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if pid == process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                if left_by_dead_process(&name, NS_PREFIX).is_none() {
                     continue;
                 }
                 if dir == NETNS_DIR {

@@ -203,19 +203,24 @@ fn clean_stale_namespaces() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix(NS_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Some(pid) = left_by_dead_process(&name, NS_PREFIX) {
                 eprintln!("netns: deleting stale namespace {name} (pid {pid} is gone)");
                 let _ = run_tool("ip", &["netns", "del", &name]);
             }
         }
     });
+}
+
+/// The pid in `name` (`<prefix><pid>-...`) when that process is gone: a namespace or file
+/// left behind by a test run that was killed.
+pub fn left_by_dead_process(name: &str, prefix: &str) -> Option<u32> {
+    let pid = name
+        .strip_prefix(prefix)?
+        .split('-')
+        .next()?
+        .parse::<u32>()
+        .ok()?;
+    (pid != process::id() && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
 }
 
 impl NetPath {
