@@ -258,3 +258,104 @@ fn late_http_auth_verdict_never_logs_in_a_successor() {
          verdict, in rounds {borrowed:?} of {ROUNDS}"
     );
 }
+
+/// Sockets in SYN_SENT towards local `port`, from /proc/net/tcp (the kernel's view, so a
+/// socket the server forgot but never closed still counts).
+fn syn_sent_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "02"
+                && f[2]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+/// A target that never answers (its accept queue is full, so the kernel drops the SYNs):
+/// the relay's connect times out after the server's connect timeout, the client gets an
+/// error response, and the socket is gone within a second of it, not after the kernel's
+/// two minutes of SYN retries.
+#[test]
+fn a_connect_that_times_out_gives_its_socket_back() {
+    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    silent
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("literal").into())
+        .expect("bind the silent target");
+    silent.listen(0).expect("listen");
+    let target = silent
+        .local_addr()
+        .expect("its address")
+        .as_socket()
+        .expect("an IP address");
+    let fillers: Vec<TcpStream> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(
+        !fillers.is_empty(),
+        "could not fill the silent target's accept queue"
+    );
+
+    let server = support::start_in_process(
+        "listen: 127.0.0.1:0\n\
+         auth: {type: password, password: pw}\n\
+         outboundGuard: {allowLoopback: true}\n\
+         engine: {workers: 1}\n",
+    );
+    let rt = runtime();
+    let ep = rt.block_on(async { client_endpoint() });
+    let (answer, pending_at_1s, after) = rt.block_on(async {
+        let conn = connect(&ep, server.addr).await;
+        let mut auth = send_auth(&conn, "pw").await;
+        auth.read_to_end(64 * 1024).await.expect("the auth answer");
+        let (mut send, mut recv) = conn.open_bi().await.expect("open a proxy stream");
+        let mut req = Vec::new();
+        TcpRequest::encode(&target.to_string(), &[b'p'; 16], &mut req).expect("TCPRequest");
+        send.write_all(&req).await.expect("send the request");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pending_at_1s = syn_sent_to(target.port());
+        let read = async {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                if let Ok(Some((resp, _))) = TcpResponse::parse(&got) {
+                    return Some((resp.is_ok(), resp.message));
+                }
+                match recv.read(&mut buf).await {
+                    Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                    _ => return None,
+                }
+            }
+        };
+        let timeout = quelay::server::hy2::CONNECT_TIMEOUT + Duration::from_secs(5);
+        let answer = tokio::time::timeout(timeout, read).await.ok().flatten();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = syn_sent_to(target.port());
+        conn.close(0u32.into(), b"done");
+        (answer, pending_at_1s, after)
+    });
+    rt.block_on(async { ep.wait_idle().await });
+    support::stop_in_process(server);
+    drop(fillers);
+    assert_eq!(
+        pending_at_1s, 1,
+        "the relay's connect should be pending at first"
+    );
+    let (ok, message) = answer.expect("a TCPResponse before the connect timeout passed");
+    assert!(
+        !ok && message.contains("timed out"),
+        "answer: ok={ok} {message:?}"
+    );
+    assert_eq!(
+        after, 0,
+        "a second after the timeout, the server still holds a connecting socket"
+    );
+}

@@ -30,6 +30,94 @@ pub use sys::{BufferReport, Waker};
 
 /// Largest UDP payload a GRO receive can coalesce (64 KiB minus headers).
 pub const GRO_BUF_SIZE: usize = 65_535;
+/// Receive buffers the kernel writes into and the worker then owns, so datagrams reach
+/// quinn-proto without a copy.
+///
+/// Each receive is split off the front of a 64 KiB allocation (`take`), and quinn-proto keeps
+/// slices of it for stream data not yet read. The next receive reuses an allocation once
+/// nothing points into it any more, which is at once for ACKs and as soon as the relay read
+/// a batch's stream data. While data stays unread (a slow target, a gap the peer never
+/// fills), whole allocations stay pinned by small slices: at most [`RX_PINNED_MAX`] per
+/// buffer. Past that, receives land in a scratch allocation and [`RxData::copy`] tells the
+/// worker to copy each datagram out, so what a peer can make us hold stays proportional to
+/// what it sent.
+#[derive(Default)]
+pub(crate) struct RxBuf {
+    cur: bytes::BytesMut,
+    /// Earlier allocations something still pointed into when they were last looked at.
+    pinned: Vec<bytes::BytesMut>,
+    scratch: bytes::BytesMut,
+    in_scratch: bool,
+}
+
+/// Allocations one [`RxBuf`] may leave pinned before it falls back to copying.
+pub(crate) const RX_PINNED_MAX: usize = 4;
+
+/// One receive's bytes, as [`Event::Udp`] hands them over.
+pub struct RxData {
+    pub data: bytes::BytesMut,
+    /// The bytes sit in a driver's scratch buffer: copy each datagram out instead of
+    /// keeping slices of `data`.
+    pub copy: bool,
+}
+
+impl RxBuf {
+    /// Room for one receive of up to [`GRO_BUF_SIZE`] bytes: pointer and length to hand to
+    /// the kernel. It stays valid until `take` or the next `room`.
+    pub(crate) fn room(&mut self) -> (*mut u8, usize) {
+        self.in_scratch = false;
+        if !self.cur.try_reclaim(GRO_BUF_SIZE) {
+            let free = self
+                .pinned
+                .iter_mut()
+                .position(|b| b.try_reclaim(GRO_BUF_SIZE));
+            let next = match free {
+                Some(i) => Some(self.pinned.swap_remove(i)),
+                None if self.pinned.len() < RX_PINNED_MAX || self.cur.capacity() == 0 => {
+                    Some(bytes::BytesMut::with_capacity(GRO_BUF_SIZE))
+                }
+                None => None,
+            };
+            match next {
+                Some(next) => {
+                    let old = std::mem::replace(&mut self.cur, next);
+                    if old.capacity() > 0 {
+                        self.pinned.push(old);
+                    }
+                }
+                None => self.in_scratch = true,
+            }
+        }
+        let buf = if self.in_scratch {
+            self.scratch.reserve(GRO_BUF_SIZE);
+            &mut self.scratch
+        } else {
+            &mut self.cur
+        };
+        (buf.spare_capacity_mut().as_mut_ptr().cast(), GRO_BUF_SIZE)
+    }
+
+    /// The `len` bytes the kernel wrote into the last `room`.
+    ///
+    /// # Safety
+    /// The kernel (or the caller) initialised the first `len` bytes of the last `room`, and
+    /// `len <= GRO_BUF_SIZE`.
+    pub(crate) unsafe fn take(&mut self, len: usize) -> RxData {
+        let buf = if self.in_scratch {
+            &mut self.scratch
+        } else {
+            &mut self.cur
+        };
+        debug_assert!(buf.is_empty() && len <= buf.capacity());
+        // SAFETY: by the caller, the first `len` bytes of the spare room are initialised.
+        unsafe { buf.set_len(len) };
+        RxData {
+            data: buf.split(),
+            copy: self.in_scratch,
+        }
+    }
+}
+
 /// Most segments one GSO `sendmsg` may carry (kernel `UDP_MAX_SEGMENTS`).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 
@@ -137,9 +225,10 @@ pub struct Completion {
 }
 
 /// Something a driver reports from `reap`.
-pub enum Event<'a> {
-    /// Received UDP data: `data.len() == meta.len`, split by `meta.stride`.
-    Udp { meta: RecvMeta, data: &'a [u8] },
+pub enum Event {
+    /// Received UDP data: `data.len() == meta.len`, split by `meta.stride`. The buffer is
+    /// the caller's: split it and hand the pieces on (or copy them, see [`RxData::copy`]).
+    Udp { meta: RecvMeta, rx: RxData },
     /// A [`SockOp`] finished.
     Sock(Completion),
 }
@@ -228,12 +317,16 @@ pub trait Driver: Send {
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     /// Delivers completed work: at most `max_udp` UDP batches, and all socket completions.
     /// Returns the number of UDP batches delivered.
-    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize;
+    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event)) -> usize;
     /// A handle other threads use to end a `wait` early.
     fn waker(&self) -> Waker;
     fn stats(&self) -> EngineStats;
-    /// Starts a non-blocking TCP connect; completes with `SockOp::Connect`.
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()>;
+    /// Starts a non-blocking TCP connect; completes with `SockOp::Connect`. Returns the
+    /// socket's fd, which is the caller's from now on whatever the outcome: it always ends
+    /// with `sock_close`. A close while the connect is pending cancels it (the Connect
+    /// completes with ECANCELED, then the Close), so a target that never answers holds no
+    /// socket past the caller's own timeout.
+    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd>;
     /// Reads into `buf` (its spare capacity up to `buf.capacity()`; contents replaced).
     fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
     /// Writes all of `buf` (or part; the completion says how much).

@@ -29,9 +29,9 @@ fn collect(d: &mut dyn Driver, want: usize) -> (Vec<Vec<u8>>, Vec<RecvMeta>) {
     while got.len() < want && Instant::now() < deadline {
         d.wait(Some(Duration::from_millis(50))).unwrap();
         d.reap(64, &mut |ev| {
-            if let Event::Udp { meta, data } = ev {
+            if let Event::Udp { meta, rx } = ev {
                 metas.push(meta);
-                for seg in data.chunks(meta.stride) {
+                for seg in rx.data.chunks(meta.stride) {
                     got.push(seg.to_vec());
                 }
             }
@@ -284,6 +284,66 @@ fn tcp_connect_refused_reports_error() {
     }
 }
 
+/// The kernel inode behind `fd`, as /proc names it (`socket:[N]`).
+fn fd_link(fd: RawFd) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+}
+
+#[test]
+fn closing_a_pending_connect_cancels_it_and_frees_the_socket() {
+    // A listener whose accept queue is full drops further SYNs: a target that never answers.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<_> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(!fillers.is_empty(), "could not fill the accept queue");
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let fd = d.tcp_connect(addr, 5).unwrap();
+        let sock = fd_link(fd).expect("the connecting socket");
+        let mut seen = Vec::new();
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            d.wait(Some(Duration::from_millis(50))).unwrap();
+            d.reap(8, &mut |ev| {
+                if let Event::Sock(c) = ev {
+                    seen.push((c.op, c.result.map_err(|e| e.raw_os_error())));
+                }
+            });
+        }
+        assert!(
+            seen.is_empty(),
+            "{kind}: the connect did not hang: {seen:?}"
+        );
+        d.sock_close(fd, 6);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while seen.len() < 2 && Instant::now() < deadline {
+            d.wait(Some(Duration::from_millis(20))).unwrap();
+            d.reap(8, &mut |ev| {
+                if let Event::Sock(c) = ev {
+                    seen.push((c.op, c.result.map_err(|e| e.raw_os_error())));
+                }
+            });
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (SockOp::Connect, Err(Some(libc::ECANCELED))),
+                (SockOp::Close, Ok(0)),
+            ],
+            "{kind}"
+        );
+        assert_ne!(fd_link(fd), Some(sock), "{kind}: the socket is still open");
+    }
+    drop(fillers);
+}
+
 #[test]
 fn socket_fd_stays_open() {
     let d = open_driver(IoKind::Epoll, &DriverConfig::default());
@@ -318,8 +378,8 @@ fn uring_receives_10k_datagrams_in_order() {
         d.wait(Some(Duration::from_millis(50))).unwrap();
         // Fewer batches per reap than receives posted: completions wait for the next call.
         d.reap(3, &mut |ev| {
-            if let Event::Udp { meta, data } = ev {
-                for seg in data.chunks(meta.stride.max(1)) {
+            if let Event::Udp { meta, rx } = ev {
+                for seg in rx.data.chunks(meta.stride.max(1)) {
                     let n = u32::from_be_bytes(seg[..4].try_into().unwrap());
                     if n != next && out_of_order.is_none() {
                         out_of_order = Some((next, n));
@@ -1031,4 +1091,53 @@ fn adopted_sockets_close_with_the_driver() {
         TcpListener::bind(addr).unwrap_or_else(|e| panic!("{kind}: {addr} still bound: {e}"));
         UdpSocket::bind(local).unwrap_or_else(|e| panic!("{kind}: {local} still bound: {e}"));
     }
+}
+
+/// Fills `len` bytes of the room with `byte`, as the kernel would.
+fn receive_into(b: &mut RxBuf, len: usize, byte: u8) -> RxData {
+    let (ptr, room) = b.room();
+    assert!(room >= len);
+    // SAFETY: `room` bytes at `ptr` are ours until `take`.
+    unsafe {
+        std::ptr::write_bytes(ptr, byte, len);
+        b.take(len)
+    }
+}
+
+#[test]
+fn rx_buffers_are_reused_once_released_and_copied_when_pinned() {
+    let mut b = RxBuf::default();
+    // Released at once (ACKs): every receive reuses the first allocation.
+    let first = receive_into(&mut b, 1200, 1);
+    let base = first.data.as_ptr();
+    drop(first);
+    for i in 0..10 {
+        let rx = receive_into(&mut b, 1200, i);
+        assert!(!rx.copy);
+        assert_eq!(
+            rx.data.as_ptr(),
+            base,
+            "receive {i} did not reuse the allocation"
+        );
+        assert!(rx.data.iter().all(|&x| x == i));
+    }
+    // Held downstream: a new allocation each time, up to the pinned limit...
+    let mut held = Vec::new();
+    for i in 0..=RX_PINNED_MAX {
+        let mut rx = receive_into(&mut b, 1200, i as u8);
+        assert!(!rx.copy, "receive {i} copied before the limit");
+        held.push(rx.data.split_to(10));
+    }
+    // ...then receives go to scratch and ask for a copy.
+    let rx = receive_into(&mut b, 1200, 9);
+    assert!(rx.copy);
+    drop(rx);
+    let rx = receive_into(&mut b, 1200, 9);
+    assert!(rx.copy);
+    drop(rx);
+    // Released again: back to zero-copy on a pinned allocation.
+    held.truncate(2);
+    let rx = receive_into(&mut b, 1200, 7);
+    assert!(!rx.copy);
+    assert!(rx.data.iter().all(|&x| x == 7));
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use crossbeam_channel::{Receiver, TrySendError};
 use quinn_proto::{
     ClientConfig, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, ServerConfig, Transmit,
@@ -89,11 +89,18 @@ impl<A: App> Worker<A> {
             }
             let state = &mut self.state;
             let more_rx = self.driver.reap(RX_BATCHES_PER_LOOP, &mut |ev| match ev {
-                Event::Udp { meta, data } => {
-                    if data.is_empty() {
+                Event::Udp { meta, mut rx } => {
+                    if rx.data.is_empty() {
                         WorkerCounters::add(&state.counters.rx_malformed, 1);
                     }
-                    for seg in data.chunks(meta.stride.max(1)) {
+                    let stride = meta.stride.max(1);
+                    while !rx.data.is_empty() {
+                        let seg = rx.data.split_to(stride.min(rx.data.len()));
+                        let seg = if rx.copy {
+                            BytesMut::from(&seg[..])
+                        } else {
+                            seg
+                        };
                         state.receive(now, meta.peer, meta.dst_ip, meta.ecn, seg);
                     }
                 }
@@ -356,26 +363,19 @@ impl<A: App> State<A> {
         peer: std::net::SocketAddr,
         dst_ip: Option<std::net::IpAddr>,
         ecn: u8,
-        seg: &[u8],
+        mut seg: BytesMut,
     ) {
-        let mut plain;
-        let seg = match &self.obfs {
-            None => seg,
-            Some(o) => {
-                plain = BytesMut::from(seg);
-                match o.decode_in_place(&mut plain) {
-                    Ok(_) => &plain[SALT_LEN..],
-                    Err(_) => {
-                        WorkerCounters::add(&self.counters.rx_malformed, 1);
-                        return;
-                    }
-                }
+        if let Some(o) = &self.obfs {
+            if o.decode_in_place(&mut seg).is_err() {
+                WorkerCounters::add(&self.counters.rx_malformed, 1);
+                return;
             }
-        };
+            seg.advance(SALT_LEN);
+        }
         // Only a server group shares one port; each client worker owns its own socket and
         // its CIDs say nothing about workers.
         let to = if self.server_config.is_some() {
-            route(seg, self.workers)
+            route(&seg, self.workers)
         } else {
             Route::Local
         };
@@ -386,7 +386,7 @@ impl<A: App> State<A> {
                     peer,
                     dst_ip,
                     ecn,
-                    data: BytesMut::from(seg),
+                    data: seg,
                 };
                 match self.shared.forward[w].try_send(f) {
                     Ok(()) => {
@@ -398,7 +398,7 @@ impl<A: App> State<A> {
                     }
                 }
             }
-            _ => self.handle_datagram(now, peer, dst_ip, ecn, BytesMut::from(seg)),
+            _ => self.handle_datagram(now, peer, dst_ip, ecn, seg),
         }
     }
 

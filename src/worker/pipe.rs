@@ -69,6 +69,9 @@ pub struct Pipe {
     /// QUIC → TCP bytes not yet handed to the socket.
     to_tcp: Vec<u8>,
     to_tcp_inflight: bool,
+    /// The buffer of the last completed send while `to_tcp` refilled, kept for the next
+    /// swap: a busy pipe alternates two buffers instead of growing a fresh one each time.
+    to_tcp_spare: Vec<u8>,
     /// The stream's FIN was read.
     quic_fin: bool,
     /// The TCP write side was shut down after the FIN.
@@ -113,6 +116,7 @@ impl Pipe {
             fd: None,
             to_tcp,
             to_tcp_inflight: false,
+            to_tcp_spare: Vec::new(),
             quic_fin: false,
             tcp_write_closed: false,
             to_quic: Bytes::from(to_quic),
@@ -199,9 +203,13 @@ impl Pipe {
                         self.to_tcp = buf;
                     }
                     Ok(_) => {
+                        buf.clear();
                         if self.to_tcp.is_empty() {
-                            buf.clear();
+                            // Idle again: one buffer is enough.
                             self.to_tcp = buf;
+                            self.to_tcp_spare = Vec::new();
+                        } else {
+                            self.to_tcp_spare = buf;
                         }
                     }
                     Err(_) if self.done => return After::Continue,
@@ -329,7 +337,8 @@ impl Pipe {
             }
         }
         if !self.to_tcp_inflight && !self.to_tcp.is_empty() {
-            let buf = std::mem::take(&mut self.to_tcp);
+            let spare = std::mem::take(&mut self.to_tcp_spare);
+            let buf = std::mem::replace(&mut self.to_tcp, spare);
             self.to_tcp_inflight = true;
             self.to_tcp_inflight_len = buf.len();
             io.driver.tcp_send(fd, buf, token);

@@ -14,7 +14,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
-use super::{Completion, DriverConfig, EngineStats, Event, IoKind, SockOp, TxMeta, GRO_BUF_SIZE};
+use super::{
+    Completion, DriverConfig, EngineStats, Event, IoKind, RxBuf, SockOp, TxMeta, GRO_BUF_SIZE,
+};
 use sock::Parked;
 
 /// epoll tokens for our two fixed descriptors; relay sockets use their fd.
@@ -36,7 +38,7 @@ pub struct EpollDriver {
     tx_queue: VecDeque<(TxMeta, Vec<u8>)>,
     tx_pool: Vec<Vec<u8>>,
     send_depth: usize,
-    rx_bufs: Vec<Vec<u8>>,
+    rx_bufs: Vec<RxBuf>,
     rx_names: Vec<RawAddr>,
     rx_cmsgs: Vec<CmsgBuf<RX_CMSG_SPACE>>,
     /// The relay's sockets with pending work (TCP), handed out by `udp_open` or an Accept,
@@ -82,7 +84,7 @@ impl EpollDriver {
             tx_queue: VecDeque::new(),
             tx_pool: Vec::new(),
             send_depth: cfg.send_depth.max(1),
-            rx_bufs: (0..RX_BATCH).map(|_| vec![0u8; GRO_BUF_SIZE]).collect(),
+            rx_bufs: (0..RX_BATCH).map(|_| RxBuf::default()).collect(),
             rx_names: vec![RawAddr::zeroed(); RX_BATCH],
             rx_cmsgs: vec![CmsgBuf::new(); RX_BATCH],
             socks: HashMap::new(),
@@ -203,15 +205,18 @@ impl EpollDriver {
         }
     }
 
-    fn recv_batch(&mut self, max: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
+    fn recv_batch(&mut self, max: usize, on: &mut dyn FnMut(Event)) -> usize {
         let n = max.min(RX_BATCH);
         let mut iovs: Vec<libc::iovec> = self
             .rx_bufs
             .iter_mut()
             .take(n)
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
+            .map(|b| {
+                let (base, len) = b.room();
+                libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: len,
+                }
             })
             .collect();
         // SAFETY: mmsghdr is plain old data; all-zero is valid.
@@ -252,7 +257,7 @@ impl EpollDriver {
             let Some(peer) = self.rx_names[i].to_socket_addr() else {
                 continue;
             };
-            let len = m.msg_len as usize;
+            let len = (m.msg_len as usize).min(GRO_BUF_SIZE);
             // SAFETY: the kernel filled this header's control buffer in this call.
             let meta = unsafe { sys::decode_rx(&m.msg_hdr, peer, len) };
             self.stats.rx_batches += 1;
@@ -262,10 +267,9 @@ impl EpollDriver {
             if segs > 1 {
                 self.stats.rx_gro_batches += 1;
             }
-            on(Event::Udp {
-                meta,
-                data: &self.rx_bufs[i][..len],
-            });
+            // SAFETY: the kernel wrote `len` bytes into this buffer's room in this call.
+            let rx = unsafe { self.rx_bufs[i].take(len) };
+            on(Event::Udp { meta, rx });
         }
         if got < n {
             self.udp_readable = false;
@@ -411,7 +415,7 @@ impl super::Driver for EpollDriver {
         Ok(())
     }
 
-    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
+    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event)) -> usize {
         while let Some(c) = self.sock_done.pop_front() {
             on(Event::Sock(c));
         }
@@ -434,7 +438,7 @@ impl super::Driver for EpollDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
+    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
         self.connect(addr, token)
     }
 

@@ -59,7 +59,7 @@ pub(super) struct SockState {
 }
 
 impl EpollDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
+    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
         let (sock, pending) = sys::tcp_connect_start(addr)?;
         let fd = sock.into_raw_fd();
         self.socks.insert(
@@ -74,7 +74,7 @@ impl EpollDriver {
         } else {
             self.progress(fd);
         }
-        Ok(())
+        Ok(fd)
     }
 
     pub(super) fn open_udp(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
@@ -147,13 +147,8 @@ impl EpollDriver {
         if let Some(token) = st.connect {
             // Called on EPOLLOUT (or error): the connect has finished one way or the other.
             st.connect = None;
+            // Failed or not, the fd is the caller's to close.
             let result = sys::take_socket_error(fd).map(|()| fd as usize);
-            if result.is_err() {
-                // The caller never gets this fd: close it here.
-                self.forget(fd);
-                // SAFETY: we own `fd` (created by `connect`) and nobody else has it.
-                unsafe { libc::close(fd) };
-            }
             self.sock_done.push_back(Completion {
                 token,
                 op: SockOp::Connect,
@@ -205,6 +200,17 @@ impl EpollDriver {
     /// Closes `fd`: its parked operations complete with ECANCELED first.
     pub(super) fn close(&mut self, fd: RawFd, token: u64) {
         if let Some(st) = self.socks.get_mut(&fd) {
+            if let Some(token) = st.connect.take() {
+                // Closing cancels a pending connect.
+                self.sock_done.push_back(Completion {
+                    token,
+                    op: SockOp::Connect,
+                    fd,
+                    result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                    buf: Vec::new(),
+                    peer: None,
+                });
+            }
             let parked: Vec<Parked> = st.reads.drain(..).chain(st.writes.drain(..)).collect();
             for p in parked {
                 self.sock_done.push_back(Completion {

@@ -393,7 +393,7 @@ impl super::Driver for UringDriver {
         }
     }
 
-    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event<'_>)) -> usize {
+    fn reap(&mut self, max_udp: usize, on: &mut dyn FnMut(Event)) -> usize {
         self.drain_cq();
         while let Some(c) = self.sock_done.pop_front() {
             on(Event::Sock(c));
@@ -421,7 +421,7 @@ impl super::Driver for UringDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
+    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
         self.connect(addr, token)
     }
 

@@ -3,7 +3,8 @@
 //! themselves are built in `tcp.rs` (Connect, Accept, Recv, Send) and `dgram.rs` (RecvFrom,
 //! SendTo).
 //!
-//! Semantics match the epoll driver: Connect and Accept complete with the new fd (Accept
+//! Semantics match the epoll driver: Connect completes with the fd `tcp_connect` returned,
+//! which the caller closes whatever the outcome; Accept completes with the new fd (Accept
 //! with its peer, after setting TCP_NODELAY), Recv fills the buffer up to its capacity
 //! (0 = EOF), Send reports the bytes written, RecvFrom one datagram and its source, SendTo
 //! the bytes sent; Close first completes the fd's pending operations with ECANCELED, then
@@ -26,9 +27,8 @@ pub(super) struct SockOpState {
 }
 
 pub(super) enum Kind {
-    /// The socket is owned here until the connect succeeds and the fd goes to the caller.
+    /// The kernel reads the target's address here (the fd is already the caller's).
     Connect {
-        sock: OwnedFd,
         addr: KBox<RawAddr>,
     },
     /// The kernel writes the peer's address and its length here.
@@ -145,12 +145,10 @@ impl UringDriver {
                 });
                 return;
             }
-            Kind::Connect { sock, addr } => {
+            Kind::Connect { addr } => {
                 // SAFETY: the CQE has been reaped; the kernel no longer reads the address.
                 unsafe { addr.free() };
-                // On failure the caller never gets the fd: dropping `sock` closes it.
-                let result = result.map(|_| sock.into_raw_fd() as usize);
-                (SockOp::Connect, result, Vec::new())
+                (SockOp::Connect, result.map(|_| fd as usize), Vec::new())
             }
             Kind::Accept(addr) => {
                 // SAFETY: the CQE has been reaped; the kernel is done with the address.

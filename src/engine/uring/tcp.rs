@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::ptr::{addr_of, addr_of_mut};
 
 use io_uring::{opcode, types};
@@ -13,7 +13,7 @@ use super::sock::{Kind, SockOpState};
 use super::{KBox, UringDriver};
 
 impl UringDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<()> {
+    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
         let domain = if addr.is_ipv4() {
             Domain::IPV4
         } else {
@@ -29,14 +29,12 @@ impl UringDriver {
         // SAFETY: `p` points at the live RawAddr just boxed (owned by the op's slab entry
         // from `start_op` until its CQE); only its address is taken.
         let sa = unsafe { addr_of!((*p).storage) }.cast::<libc::sockaddr>();
-        let fd = sock.as_raw_fd();
+        // The caller owns the fd from here and closes it with `sock_close`.
+        let fd = sock.into_raw_fd();
         let e = opcode::Connect::new(types::Fd(fd), sa, len).build();
-        let kind = Kind::Connect {
-            sock: sock.into(),
-            addr,
-        };
+        let kind = Kind::Connect { addr };
         self.start_op(SockOpState { fd, token, kind }, e);
-        Ok(())
+        Ok(fd)
     }
 
     /// One single-shot accept: non-blocking and close-on-exec like the epoll driver's.

@@ -7,7 +7,7 @@ use std::ptr::addr_of_mut;
 use io_uring::{opcode, types};
 
 use super::super::sys::{self, CmsgBuf, RawAddr, RX_CMSG_SPACE, TX_CMSG_SPACE};
-use super::super::{Event, TxMeta, GRO_BUF_SIZE};
+use super::super::{Event, RxBuf, TxMeta, GRO_BUF_SIZE};
 use super::{KBox, Op, UringDriver};
 
 fn zeroed_msghdr() -> libc::msghdr {
@@ -29,7 +29,7 @@ pub(super) struct RecvSlot {
     iov: libc::iovec,
     name: RawAddr,
     cmsg: CmsgBuf<RX_CMSG_SPACE>,
-    buf: Box<[u8]>,
+    buf: RxBuf,
 }
 
 impl RecvSlot {
@@ -39,7 +39,7 @@ impl RecvSlot {
             iov: empty_iovec(),
             name: RawAddr::zeroed(),
             cmsg: CmsgBuf::new(),
-            buf: vec![0u8; GRO_BUF_SIZE].into_boxed_slice(),
+            buf: RxBuf::default(),
         }
     }
 }
@@ -67,9 +67,10 @@ impl UringDriver {
         // the slab entry owns it and we are its only user until the SQE below is submitted.
         let s = unsafe { slot.get() };
         s.name = RawAddr::zeroed();
+        let (base, len) = s.buf.room();
         s.iov = libc::iovec {
-            iov_base: s.buf.as_mut_ptr().cast(),
-            iov_len: s.buf.len(),
+            iov_base: base.cast(),
+            iov_len: len,
         };
         s.hdr = zeroed_msghdr();
         s.hdr.msg_name = addr_of_mut!(s.name.storage).cast();
@@ -85,7 +86,7 @@ impl UringDriver {
     }
 
     /// Hands a completed receive (`res` bytes) to `on`. False when nothing was delivered.
-    pub(super) fn deliver(&mut self, key: usize, res: i32, on: &mut dyn FnMut(Event<'_>)) -> bool {
+    pub(super) fn deliver(&mut self, key: usize, res: i32, on: &mut dyn FnMut(Event)) -> bool {
         let Some(Op::UdpRecv(slot)) = self.ops.get_mut(key) else {
             return false;
         };
@@ -96,7 +97,7 @@ impl UringDriver {
         let Some(peer) = s.name.to_socket_addr() else {
             return false;
         };
-        let len = (res.max(0) as usize).min(s.buf.len());
+        let len = (res.max(0) as usize).min(GRO_BUF_SIZE);
         // SAFETY: the kernel filled this header's control buffer (and set msg_controllen)
         // in the receive that just completed.
         let meta = unsafe { sys::decode_rx(&s.hdr, peer, len) };
@@ -107,10 +108,9 @@ impl UringDriver {
         if segs > 1 {
             self.stats.rx_gro_batches += 1;
         }
-        on(Event::Udp {
-            meta,
-            data: &s.buf[..len],
-        });
+        // SAFETY: the kernel wrote `len` bytes into the room `arm_recv` gave it.
+        let rx = unsafe { s.buf.take(len) };
+        on(Event::Udp { meta, rx });
         true
     }
 

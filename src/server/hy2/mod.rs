@@ -892,8 +892,8 @@ impl App for Hy2App {
                 }
                 _ => continue,
             };
-            // The connect completion may still arrive: the relay stays (phase Done) only
-            // until then if it holds no fd yet.
+            // Closing the socket cancels a connect still pending, so a target that never
+            // answers holds no socket past this point.
             self.fail_relay(io, key, &msg);
         }
         self.udp.expire(io, now, self.cfg.udp_idle_timeout);

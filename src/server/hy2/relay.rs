@@ -3,7 +3,6 @@
 //! bytes (EOF from the target tears both directions down, as the reference server does).
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -116,9 +115,14 @@ impl Relay {
             ));
         }
         self.phase = Phase::Connecting;
-        io.driver
+        let fd = io
+            .driver
             .tcp_connect(addr, token)
-            .map_err(|e| format!("connect {addr}: {e}"))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        // The pipe owns the socket from now on: a failure, an abort or the connect timeout
+        // closes it, which also cancels a connect still pending.
+        self.pipe.attach(fd);
+        Ok(())
     }
 
     /// Answers the client with an error and closes the stream. The relay is done.
@@ -145,17 +149,13 @@ impl Relay {
             return after;
         }
         match c.result {
-            Ok(fd) => {
-                self.pipe.attach(fd as RawFd);
-                if self.phase != Phase::Connecting {
-                    // Timed out or aborted meanwhile.
-                    self.pipe.close_fd(io, token);
-                    return After::Remove;
-                }
+            // Failed, aborted or timed out meanwhile: the socket's close is under way and
+            // its completion (or the relay's removal) ends the relay.
+            _ if self.phase != Phase::Connecting => After::Continue,
+            Ok(_) => {
                 self.phase = Phase::Established;
                 self.pump(io, token)
             }
-            Err(_) if self.phase != Phase::Connecting => After::Remove,
             Err(e) => {
                 let msg = format!("connect {}: {e}", self.target);
                 self.fail(io, &super::error_response(&msg))
