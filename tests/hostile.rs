@@ -279,12 +279,13 @@ fn syn_sent_to(port: u16) -> usize {
         .count()
 }
 
-/// A target that never answers (its accept queue is full, so the kernel drops the SYNs):
-/// the relay's connect times out after the server's connect timeout, the client gets an
-/// error response, and the socket is gone within a second of it, not after the kernel's
-/// two minutes of SYN retries.
+/// Connects to a target that never answers (its accept queue is full, so the kernel drops
+/// the SYNs), 300 at once: each relay's connect times out after the server's connect
+/// timeout, the client gets an error response, and every socket is gone within a second of
+/// it, not after the kernel's two minutes of SYN retries.
 #[test]
-fn a_connect_that_times_out_gives_its_socket_back() {
+fn connects_that_time_out_give_their_sockets_back() {
+    const STREAMS: usize = 300;
     let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .expect("a TCP socket");
     silent
@@ -303,6 +304,7 @@ fn a_connect_that_times_out_gives_its_socket_back() {
         !fillers.is_empty(),
         "could not fill the silent target's accept queue"
     );
+    let before = syn_sent_to(target.port());
 
     let server = support::start_in_process(
         "listen: 127.0.0.1:0\n\
@@ -312,50 +314,65 @@ fn a_connect_that_times_out_gives_its_socket_back() {
     );
     let rt = runtime();
     let ep = rt.block_on(async { client_endpoint() });
-    let (answer, pending_at_1s, after) = rt.block_on(async {
+    let (answers, pending, after) = rt.block_on(async {
         let conn = connect(&ep, server.addr).await;
         let mut auth = send_auth(&conn, "pw").await;
         auth.read_to_end(64 * 1024).await.expect("the auth answer");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open a proxy stream");
-        let mut req = Vec::new();
-        TcpRequest::encode(&target.to_string(), &[b'p'; 16], &mut req).expect("TCPRequest");
-        send.write_all(&req).await.expect("send the request");
+        let mut tasks = Vec::new();
+        for _ in 0..STREAMS {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                let mut req = Vec::new();
+                TcpRequest::encode(&target.to_string(), &[b'p'; 16], &mut req).ok()?;
+                send.write_all(&req).await.ok()?;
+                let read = async {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        if let Ok(Some((resp, _))) = TcpResponse::parse(&got) {
+                            return Some((resp.is_ok(), resp.message));
+                        }
+                        let n = recv.read(&mut buf).await.ok()??;
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                };
+                let wait = quelay::server::hy2::CONNECT_TIMEOUT + Duration::from_secs(5);
+                tokio::time::timeout(wait, read).await.ok()?
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pending = syn_sent_to(target.port()) - before;
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("stream task"));
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let pending_at_1s = syn_sent_to(target.port());
-        let read = async {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            loop {
-                if let Ok(Some((resp, _))) = TcpResponse::parse(&got) {
-                    return Some((resp.is_ok(), resp.message));
-                }
-                match recv.read(&mut buf).await {
-                    Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
-                    _ => return None,
-                }
-            }
-        };
-        let timeout = quelay::server::hy2::CONNECT_TIMEOUT + Duration::from_secs(5);
-        let answer = tokio::time::timeout(timeout, read).await.ok().flatten();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = syn_sent_to(target.port());
+        let after = syn_sent_to(target.port()).saturating_sub(before);
         conn.close(0u32.into(), b"done");
-        (answer, pending_at_1s, after)
+        (answers, pending, after)
     });
     rt.block_on(async { ep.wait_idle().await });
     support::stop_in_process(server);
     drop(fillers);
     assert_eq!(
-        pending_at_1s, 1,
-        "the relay's connect should be pending at first"
+        pending, STREAMS,
+        "every relay's connect should be pending at first"
     );
-    let (ok, message) = answer.expect("a TCPResponse before the connect timeout passed");
-    assert!(
-        !ok && message.contains("timed out"),
-        "answer: ok={ok} {message:?}"
+    let timed_out = answers
+        .iter()
+        .filter(|a| matches!(a, Some((false, m)) if m.contains("timed out")))
+        .count();
+    assert_eq!(
+        timed_out,
+        STREAMS,
+        "answers other than a timeout: {:?}",
+        answers
+            .iter()
+            .find(|a| !matches!(a, Some((false, m)) if m.contains("timed out")))
     );
     assert_eq!(
         after, 0,
-        "a second after the timeout, the server still holds a connecting socket"
+        "a second after the timeout, the server still holds connecting sockets"
     );
 }
