@@ -14,5 +14,6 @@ pub mod metrics;
 #[deny(unsafe_code)]
 pub mod proto;
 pub mod quic;
+pub mod secret;
 pub mod server;
 pub mod worker;

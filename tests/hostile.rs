@@ -376,3 +376,81 @@ fn connects_that_time_out_give_their_sockets_back() {
         "a second after the timeout, the server still holds connecting sockets"
     );
 }
+
+/// POSTs `body` to `path` of the traffic API at `api` with `secret`; the status code.
+fn api_post(api: SocketAddr, secret: &str, path: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(api).expect("connect to the traffic API");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {secret}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send the request");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+}
+
+/// A connection that authenticated as alice asks again as bob. As the reference does, the
+/// second request is answered 233 and changes nothing: the connection stays alice's, so
+/// kicking bob leaves it and kicking alice closes it.
+#[test]
+fn a_second_auth_does_not_change_the_connections_user() {
+    let echo = TcpEcho::start();
+    let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .expect("address");
+    let server = support::start_in_process(&format!(
+        "listen: 127.0.0.1:0\n\
+         auth: {{type: userpass, userpass: {{alice: pa, bob: pb}}}}\n\
+         outboundGuard: {{allowLoopback: true}}\n\
+         trafficStats: {{listen: \"{api}\", secret: s3cret}}\n\
+         engine: {{workers: 1}}\n"
+    ));
+    let rt = runtime();
+    let ep = rt.block_on(async { client_endpoint() });
+    let (second_status, after_bob_kick, closed_by_alice_kick) = rt.block_on(async {
+        let conn = connect(&ep, server.addr).await;
+        let mut first = send_auth(&conn, "alice:pa").await;
+        first
+            .read_to_end(64 * 1024)
+            .await
+            .expect("the first auth answer");
+        let mut second = send_auth(&conn, "bob:pb").await;
+        let head = second
+            .read_to_end(64 * 1024)
+            .await
+            .expect("the second answer");
+        let mut reader = h3::ResponseReader::new();
+        let second_status = reader
+            .push(&head)
+            .expect("an HTTP/3 response")
+            .expect("a whole response")
+            .status;
+        let api_call = |body: &'static str| {
+            tokio::task::spawn_blocking(move || api_post(api, "s3cret", "/kick", body))
+        };
+        assert_eq!(api_call("[\"bob\"]").await.expect("kick bob"), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after_bob_kick = relays(&conn, echo.addr(), Duration::from_secs(5)).await;
+        assert_eq!(api_call("[\"alice\"]").await.expect("kick alice"), 200);
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .is_ok();
+        (second_status, after_bob_kick, closed)
+    });
+    rt.block_on(async { ep.wait_idle().await });
+    support::stop_in_process(server);
+    assert_eq!(second_status, 233, "a second auth request is answered 233");
+    assert!(after_bob_kick, "kicking bob closed alice's connection");
+    assert!(
+        closed_by_alice_kick,
+        "kicking alice left her connection open"
+    );
+}

@@ -547,3 +547,25 @@ fn sighup_applies_new_limits() {
     assert!(done >= released);
     server.child.assert_running();
 }
+
+/// A log written to a file (or a pipe, or journald) carries no ANSI colour codes.
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let mut server = OpsServer::start(&[("alice", "pa")], &[]);
+    let mut c = client(&server, "alice:pa");
+    let echo = TcpEcho::start();
+    let mut s = echo_stream(&c, &echo).expect("a stream through the relay");
+    roundtrip(&mut s, 1000).expect("a round trip");
+    drop(s);
+    c.stop();
+    server.child.signal(libc::SIGTERM);
+    let log = server.child.stderr();
+    assert!(
+        log.contains("INFO"),
+        "the server logged at info level: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "the log has escape sequences: {log:?}"
+    );
+}

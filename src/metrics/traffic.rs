@@ -43,7 +43,8 @@ pub trait Backend: Send + 'static {
 }
 
 /// Serves the API on `listen` from a thread of its own. With a non-empty `secret`, every
-/// request must carry `Authorization: <secret>` (exact match, as the reference server).
+/// request must carry `Authorization: <secret>` (exact match, as the reference server;
+/// compared in constant time).
 pub fn serve(listen: SocketAddr, secret: String, backend: impl Backend) -> Result<(), String> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| format!("trafficStats.listen: cannot listen on {listen}: {e}"))?;
@@ -78,7 +79,7 @@ fn handle(
             .iter()
             .find(|h| h.field.equiv("Authorization"))
             .map(|h| h.value.as_str());
-        if given != Some(secret) {
+        if !given.is_some_and(|g| crate::secret::eq(g, secret)) {
             return (401, TEXT, "unauthorized".into());
         }
     }

@@ -67,11 +67,12 @@ impl Authenticator {
     /// The user ID for `auth`, or `None` when it is wrong.
     pub fn check(&self, auth: &str) -> Option<String> {
         match self {
-            Authenticator::Password(p) => (auth == p).then(|| "user".to_string()),
+            Authenticator::Password(p) => crate::secret::eq(auth, p).then(|| "user".to_string()),
             Authenticator::UserPass(users) => {
                 let (user, pass) = auth.split_once(':')?;
                 let user = user.to_lowercase();
-                (users.get(&user).map(String::as_str) == Some(pass)).then_some(user)
+                let expected = users.get(&user)?;
+                crate::secret::eq(pass, expected).then_some(user)
             }
             Authenticator::Http { .. } => None,
         }
@@ -552,6 +553,9 @@ impl Hy2App {
         let Some(auth) = h3::auth_request(req) else {
             return self.masquerade(io, ch, id, req);
         };
+        if self.conns.get(&ch).is_some_and(|c| c.user.is_some()) {
+            return Some(self.auth_ok_again());
+        }
         let user = match &self.cfg.auth {
             Authenticator::Http { url, insecure } => {
                 let (url, insecure) = (url.clone(), *insecure);
@@ -583,7 +587,25 @@ impl Hy2App {
         Some(self.authenticated(io, ch, user, auth.cc_rx))
     }
 
-    /// Marks the connection authenticated and builds the 233 response.
+    /// The receive rate the 233 response announces.
+    fn auth_reply(&self) -> CcRx {
+        if self.cfg.ignore_client_bandwidth {
+            CcRx::Auto
+        } else {
+            CcRx::Bps(self.cfg.bandwidth_down)
+        }
+    }
+
+    /// The answer to an auth request on a connection that is already authenticated: 233
+    /// again, and nothing changes (its user, limits and send rate stay), as the reference
+    /// answers it.
+    fn auth_ok_again(&mut self) -> Vec<u8> {
+        let padding = h3::auth_padding(&mut self.rng);
+        h3::auth_ok_response(self.cfg.udp, self.auth_reply(), &padding)
+    }
+
+    /// Marks the connection authenticated and builds the 233 response. A connection is
+    /// authenticated once: a later verdict (two requests in flight) changes nothing.
     fn authenticated(
         &mut self,
         io: &mut Io<'_>,
@@ -591,30 +613,27 @@ impl Hy2App {
         user: String,
         cc_rx: u64,
     ) -> Vec<u8> {
+        let Some(conn) = self.conns.get_mut(&ch) else {
+            return self.auth_ok_again();
+        };
+        if conn.user.is_some() {
+            return self.auth_ok_again();
+        }
+        let limits = self.cfg.limits.user(&user);
+        conn.conn_permit = Limits::acquire_connection(&limits, true);
+        conn.online = Some(Online::new(&limits));
+        conn.limits = Some(limits);
+        conn.user = Some(user);
         // Congestion: Brutal at the client's receive rate (capped by bandwidth.up),
         // BBR when the client does not say or the server ignores it.
-        let (rate, reply) = if self.cfg.ignore_client_bandwidth {
-            (0, CcRx::Auto)
-        } else {
-            let mut tx = cc_rx;
-            if self.cfg.bandwidth_up > 0 && tx > self.cfg.bandwidth_up {
-                tx = self.cfg.bandwidth_up;
-            }
-            (tx, CcRx::Bps(self.cfg.bandwidth_down))
+        let rate = match self.cfg.ignore_client_bandwidth {
+            true => 0,
+            false if self.cfg.bandwidth_up > 0 => cc_rx.min(self.cfg.bandwidth_up),
+            false => cc_rx,
         };
         io.set_send_rate(ch, rate);
-        if let Some(conn) = self.conns.get_mut(&ch) {
-            if conn.user.is_none() {
-                tracing::debug!("{ch:?} authenticated as {user}, send rate {rate} B/s");
-                let limits = self.cfg.limits.user(&user);
-                conn.conn_permit = Limits::acquire_connection(&limits, true);
-                conn.online = Some(Online::new(&limits));
-                conn.limits = Some(limits);
-            }
-            conn.user = Some(user);
-        }
-        let padding = h3::auth_padding(&mut self.rng);
-        h3::auth_ok_response(self.cfg.udp, reply, &padding)
+        tracing::debug!("{ch:?} authenticated, send rate {rate} B/s");
+        self.auth_ok_again()
     }
 
     /// The masquerade's answer to `req`: at once for 404 and string, off the data path
