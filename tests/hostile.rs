@@ -3,6 +3,10 @@
 //! - A late HTTP-auth verdict must land only on the connection that asked for it: with one
 //!   worker, quinn-proto hands a closed connection's handle to the next one, and a verdict
 //!   keyed by that handle alone would log the newcomer in.
+//! - Connects to a target that never answers give their sockets back at the timeout.
+//! - A second auth request changes nothing about the connection.
+//! - Unauthenticated connections: memory by what they send, closed at the auth deadline,
+//!   capped per source.
 //!
 //! The clients are plain quinn connections that speak the Hysteria2 wire format by hand, so
 //! that they can do what no well-behaved client does (leave mid-auth, skip auth).
@@ -453,4 +457,182 @@ fn a_second_auth_does_not_change_the_connections_user() {
         closed_by_alice_kick,
         "kicking alice left her connection open"
     );
+}
+
+/// A server process of its own (so that its memory can be read), with `extra` config.
+fn spawn_server(extra: &str) -> (support::Child, SocketAddr, support::TempDir) {
+    let dir = support::tempdir();
+    let (cert, key) = support::write_cert(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .expect("address");
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {addr}\ntls: {{cert: \"{}\", key: \"{}\"}}\n\
+             auth: {{type: password, password: pw}}\n\
+             outboundGuard: {{allowLoopback: true}}\n{extra}",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("write server.yaml");
+    let mut cmd = std::process::Command::new(support::quelay_bin());
+    cmd.arg("server")
+        .arg("-c")
+        .arg(&config)
+        .env("QUELAY_LOG", "info");
+    let mut child = support::Child::spawn("quelay-server", cmd, dir.path());
+    child.wait_ready("the UDP port", Duration::from_secs(10), |_| {
+        support::udp_bound(addr.port())
+    });
+    (child, addr, dir)
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// 200 connections that never authenticate open 100 streams each, and on each send the
+/// start of a HEADERS frame that declares 16 KiB, then nothing. The server's memory grows
+/// by what arrived, not by what the frames declare; every one of those connections is
+/// closed at the auth deadline; an authenticated client relays all along.
+#[test]
+fn unauthenticated_connections_cost_what_they_send_and_end_at_the_auth_deadline() {
+    const CONNS: usize = 200;
+    const STREAMS: usize = 100;
+    const AUTH_TIMEOUT: Duration = Duration::from_secs(6);
+    let (mut server, addr, _dir) =
+        spawn_server("limits: {authTimeout: 6s, maxUnauthenticatedPerSource: 1000}\n");
+    let echo = TcpEcho::start();
+    let rt = runtime();
+    let ep = rt.block_on(async { client_endpoint() });
+    let rss_before = rss(server.id());
+    let (opened, closed_in, relayed, rss_peak) = rt.block_on(async {
+        let user = connect(&ep, addr).await;
+        let mut auth = send_auth(&user, "pw").await;
+        auth.read_to_end(64 * 1024).await.expect("the auth answer");
+        let started = tokio::time::Instant::now();
+        let mut floods = Vec::new();
+        for _ in 0..CONNS {
+            let ep = ep.clone();
+            floods.push(tokio::spawn(async move {
+                let conn = connect(&ep, addr).await;
+                let connected = tokio::time::Instant::now();
+                let mut sends = Vec::new();
+                for _ in 0..STREAMS {
+                    let Ok((mut send, recv)) = conn.open_bi().await else {
+                        break;
+                    };
+                    // HEADERS (0x01), length 16384 as a 4-byte varint, then silence.
+                    if send
+                        .write_all(&[0x01, 0x80, 0x00, 0x40, 0x00])
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sends.push((send, recv));
+                }
+                let opened = sends.len();
+                let reason = conn.closed().await;
+                let closed_after = connected.elapsed();
+                (opened, closed_after, reason)
+            }));
+        }
+        // While the flood holds its streams: the user still relays, and memory is read.
+        let mut relayed = 0;
+        let mut rss_peak = 0;
+        while started.elapsed() < AUTH_TIMEOUT - Duration::from_secs(1) {
+            if relays(&user, echo.addr(), Duration::from_secs(5)).await {
+                relayed += 1;
+            }
+            rss_peak = rss_peak.max(rss(server.id()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut opened = 0;
+        let mut closed_in = Vec::new();
+        for f in floods {
+            let (n, after, reason) = f.await.expect("flood task");
+            opened += n;
+            closed_in.push((after, reason));
+        }
+        let still = relays(&user, echo.addr(), Duration::from_secs(5)).await;
+        user.close(0u32.into(), b"done");
+        (opened, closed_in, relayed + usize::from(still), rss_peak)
+    });
+    rt.block_on(async { ep.wait_idle().await });
+    server.assert_running();
+    assert_eq!(
+        opened,
+        CONNS * STREAMS,
+        "the flood could not open all its streams"
+    );
+    let growth = rss_peak.saturating_sub(rss_before);
+    eprintln!(
+        "server RSS {} MiB before, {} MiB at the peak of the flood; {relayed} relays meanwhile",
+        rss_before >> 20,
+        rss_peak >> 20
+    );
+    assert!(
+        growth < 64 << 20,
+        "server memory grew by {} MiB for {} declared-but-unsent 16 KiB headers",
+        growth >> 20,
+        CONNS * STREAMS
+    );
+    for (after, reason) in &closed_in {
+        assert!(
+            *after >= AUTH_TIMEOUT - Duration::from_millis(500)
+                && *after <= AUTH_TIMEOUT + Duration::from_secs(3),
+            "an unauthenticated connection closed after {after:?} ({reason}), not at the \
+             {AUTH_TIMEOUT:?} deadline"
+        );
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 0x100u32.into()),
+            "closed with {reason}, not H3_NO_ERROR"
+        );
+    }
+    assert!(
+        relayed >= 5,
+        "the authenticated client relayed only {relayed} times meanwhile"
+    );
+}
+
+/// Past `limits.maxUnauthenticatedPerSource`, a new connection from the same source is
+/// closed at once with H3_EXCESSIVE_LOAD; one that authenticates frees its place.
+#[test]
+fn unauthenticated_connections_per_source_are_capped() {
+    let (mut server, addr, _dir) = spawn_server("limits: {maxUnauthenticatedPerSource: 5}\n");
+    let rt = runtime();
+    let ep = rt.block_on(async { client_endpoint() });
+    rt.block_on(async {
+        let mut waiting = Vec::new();
+        for _ in 0..5 {
+            waiting.push(connect(&ep, addr).await);
+        }
+        let refused = connect(&ep, addr).await;
+        let reason = tokio::time::timeout(Duration::from_secs(5), refused.closed())
+            .await
+            .expect("the sixth connection is closed at once");
+        assert!(
+            matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 0x107u32.into()),
+            "closed with {reason}, not H3_EXCESSIVE_LOAD"
+        );
+        // One of the five logs in: a place is free again.
+        let mut auth = send_auth(&waiting[0], "pw").await;
+        auth.read_to_end(64 * 1024).await.expect("the auth answer");
+        let next = connect(&ep, addr).await;
+        let early = tokio::time::timeout(Duration::from_secs(1), next.closed()).await;
+        assert!(early.is_err(), "a connection was refused with a place free: {early:?}");
+    });
+    rt.block_on(async { ep.wait_idle().await });
+    server.assert_running();
 }

@@ -444,7 +444,27 @@ pub struct Limits {
     /// `limits.receiveWindowBudget`: bytes of QUIC receive window all connections together
     /// may hold; `None` = a quarter of physical memory.
     pub receive_window_budget: Option<u64>,
+    /// `limits.authTimeout`: a connection that has not authenticated this long after its
+    /// handshake is closed; `None` = [`DEFAULT_AUTH_TIMEOUT`].
+    pub auth_timeout: Option<Duration>,
+    /// `limits.maxUnauthenticated`: connections waiting to authenticate, over the whole
+    /// server; `None` = [`DEFAULT_MAX_UNAUTHENTICATED`].
+    pub max_unauthenticated: Option<u64>,
+    /// `limits.maxUnauthenticatedPerSource`: the same from one source address (an IPv6
+    /// source by its /64); `None` = [`DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE`].
+    pub max_unauthenticated_per_source: Option<u64>,
 }
+
+/// A web server closes a visitor's idle connection after about a minute (nginx's
+/// `keepalive_timeout` is 75 s), so the masquerade may too; a Hysteria2 client
+/// authenticates within its first round trip.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Far above what real clients hold (each authenticates within a round trip), far below
+/// what a flood would need to exhaust memory.
+pub const DEFAULT_MAX_UNAUTHENTICATED: u64 = 10_000;
+/// A browser opens one or two connections to a site; many users behind one NAT authenticate
+/// within a round trip each.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: u64 = 64;
 
 /// `engine` (quelay).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

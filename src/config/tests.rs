@@ -215,6 +215,9 @@ fn full_config() {
             max_streams: Some(100_000),
             max_connections_per_user: Some(8),
             receive_window_budget: Some(512 << 20),
+            auth_timeout: Some(Duration::from_secs(20)),
+            max_unauthenticated: Some(5000),
+            max_unauthenticated_per_source: Some(32),
         },
         engine: Engine {
             workers: Some(2),

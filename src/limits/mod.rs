@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod admission;
 pub mod window;
 
 /// `u64::MAX`: no cap.
@@ -197,6 +198,8 @@ pub struct Limits {
     pub sockets: Cap,
     /// Receive-window bytes reserved by every connection ([`window::RecvWindow`]).
     pub window_budget: Arc<Cap>,
+    /// Connections that have not authenticated yet (caps from the server's config).
+    pub unauthenticated: Arc<admission::Unauthenticated>,
     users: Mutex<HashMap<String, Arc<User>>>,
 }
 
@@ -253,6 +256,7 @@ impl Limits {
             streams: Cap::new(caps.streams),
             sockets: Cap::new(fd_budget),
             window_budget: Arc::new(Cap::new(caps.receive_window_budget)),
+            unauthenticated: Arc::default(),
             caps: Mutex::new(caps),
             users: Mutex::new(HashMap::new()),
         })

@@ -260,7 +260,8 @@ fn render_limits(out: &mut String, l: &Limits) {
     let caps = l.caps();
     let cap = |c: Option<u64>| c.map_or(-1.0, |c| c as f64);
     let b = &l.window_budget;
-    let server: [(&str, &str, &str, f64); 13] = [
+    let u = &l.unauthenticated;
+    let server: [(&str, &str, &str, f64); 15] = [
         (
             "quelay_streams_cap",
             "gauge",
@@ -338,6 +339,18 @@ fn render_limits(out: &mut String, l: &Limits) {
             "gauge",
             "Cap on each user's streams (-1: none).",
             cap(caps.streams_per_user),
+        ),
+        (
+            "quelay_unauthenticated_connections",
+            "gauge",
+            "Connections past their handshake that have not authenticated yet.",
+            u.held() as f64,
+        ),
+        (
+            "quelay_unauthenticated_refused_total",
+            "counter",
+            "Connections closed at once for the caps on unauthenticated connections.",
+            u.refused() as f64,
         ),
     ];
     for (name, ty, help, value) in server {

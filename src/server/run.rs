@@ -13,6 +13,9 @@ use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
 use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
+use crate::config::{
+    DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
+};
 use crate::engine::DriverConfig;
 use crate::limits::window::{self, WindowPolicy};
 use crate::limits::{Caps, Limits};
@@ -113,6 +116,16 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
         speed_test: cfg.speed_test,
         limits: limits.unwrap_or_else(|| Limits::new(caps(cfg), crate::limits::fd_limit())),
         max_incoming_streams: cfg.quic.max_incoming_streams,
+        auth_timeout: cfg.limits.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT),
+        max_unauthenticated: cfg
+            .limits
+            .max_unauthenticated
+            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
+        max_unauthenticated_per_source: cfg
+            .limits
+            .max_unauthenticated_per_source
+            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE)
+            .min(u64::from(u32::MAX)) as u32,
     })
 }
 

@@ -77,6 +77,11 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
                 }
                 n => n,
             },
+            auth_timeout: s.duration("authTimeout")?.map(|(d, _)| d),
+            max_unauthenticated: s.u64("maxUnauthenticated")?.filter(|&n| n != 0),
+            max_unauthenticated_per_source: s
+                .u64("maxUnauthenticatedPerSource")?
+                .filter(|&n| n != 0),
         };
         s.finish(w);
         limits

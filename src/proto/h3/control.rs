@@ -257,8 +257,8 @@ impl ControlStreamReader {
         }
         // Bounded by `max_len` above.
         let len = hdr.len as usize;
+        // The buffer grows with what arrives, never to what the header declares.
         self.payload.clear();
-        self.payload.reserve(len);
         self.state = State::Payload { ty: hdr.ty, len };
         Ok(())
     }

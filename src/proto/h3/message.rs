@@ -186,8 +186,8 @@ impl StreamFramer {
                     self.state = State::FrameHeader;
                     return on_frame(StreamFrame::Headers(&[]));
                 }
+                // The buffer grows with what arrives, never to what the header declares.
                 self.headers.clear();
-                self.headers.reserve(len);
                 self.state = State::Headers { len };
             }
             frames::DATA => {

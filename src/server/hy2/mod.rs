@@ -30,6 +30,7 @@ use super::guard::OutboundGuard;
 use super::offload::{Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
 use crate::engine::{Completion, SockOp};
+use crate::limits::admission::UnauthPermit;
 use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
 use crate::metrics::traffic::StreamInfo;
 use crate::metrics::WorkerCounters;
@@ -47,6 +48,9 @@ const ORPHAN_TOKEN: u64 = 0;
 const JOB_TOKEN: u64 = 1 << 62;
 /// QUIC error code of a kicked connection (H3_EXCESSIVE_LOAD, as the reference server).
 const KICK_ERROR: u32 = 0x107;
+/// RFC 9114 §8.1.
+const H3_NO_ERROR: u32 = 0x100;
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// Bytes a proxy stream may send before its TCPRequest is complete
 /// (type + address ≤ 2048 + padding ≤ 4096 + length fields).
@@ -143,6 +147,11 @@ pub struct Hy2Config {
     pub limits: Arc<Limits>,
     /// `quic.maxIncomingStreams`: the stream credit of a connection whose caps have room.
     pub max_incoming_streams: u64,
+    /// Connections not authenticated this long after their handshake are closed.
+    pub auth_timeout: Duration,
+    /// Caps on connections waiting to authenticate: over the server, per source.
+    pub max_unauthenticated: u64,
+    pub max_unauthenticated_per_source: u32,
 }
 
 /// What an offloaded job answers.
@@ -187,6 +196,8 @@ struct Conn {
     withheld: bool,
     /// Counts the connection in its user's `online` while it lives.
     online: Option<Online>,
+    /// Its place among the connections waiting to authenticate, until they do.
+    unauthenticated: Option<UnauthPermit>,
 }
 
 /// A connection as work that finishes later names it: quinn-proto's handle, which the next
@@ -218,6 +229,9 @@ pub struct Hy2App {
     /// Connect deadlines (deadline, key, generation), earliest first. An entry whose relay
     /// connected or went away meanwhile is skipped when it comes up.
     connect_deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Auth deadlines (deadline, connection serial, handle), earliest first; an entry whose
+    /// connection authenticated or left is skipped.
+    auth_deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     generation: u32,
     udp: UdpTable,
     rng: StdRng,
@@ -245,6 +259,7 @@ impl Hy2App {
             conn_serial: 0,
             relays: Slab::new(),
             connect_deadlines: BinaryHeap::new(),
+            auth_deadlines: BinaryHeap::new(),
             generation: 0,
             udp: UdpTable::default(),
             rng: StdRng::from_entropy(),
@@ -317,6 +332,72 @@ impl Hy2App {
             if let Some(qc) = io.conn(ch) {
                 let reason = bytes::Bytes::from_static(b"kicked");
                 qc.close(now, VarInt::from_u32(KICK_ERROR), reason);
+            }
+        }
+    }
+
+    /// A connection finished its handshake: it may wait to authenticate if the caps on
+    /// unauthenticated connections have room (else it is closed at once, H3_EXCESSIVE_LOAD)
+    /// and until its auth deadline.
+    fn admit_connection(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) -> bool {
+        let Some(source) = io.conn(ch).map(|c| c.remote_address().ip()) else {
+            return false;
+        };
+        let (max, per_source) = (
+            self.cfg.max_unauthenticated,
+            self.cfg.max_unauthenticated_per_source,
+        );
+        match self
+            .cfg
+            .limits
+            .unauthenticated
+            .admit(source, max, per_source)
+        {
+            Ok(permit) => {
+                let deadline = io.now + self.cfg.auth_timeout;
+                let conn = self.conn_entry(ch);
+                conn.unauthenticated = Some(permit);
+                let serial = conn.serial;
+                self.auth_deadlines.push(Reverse((deadline, serial, ch.0)));
+                true
+            }
+            Err(why) => {
+                tracing::debug!("closing {ch:?} from {source}: too many unauthenticated ({why:?})");
+                self.forget_conn(io, ch);
+                let now = io.now;
+                if let Some(qc) = io.conn(ch) {
+                    qc.close(
+                        now,
+                        VarInt::from_u32(H3_EXCESSIVE_LOAD),
+                        bytes::Bytes::new(),
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes the connections whose auth deadline passed before they authenticated
+    /// (H3_NO_ERROR, as a web server ends an idle visitor's connection).
+    fn expire_unauthenticated(&mut self, io: &mut Io<'_>) {
+        while let Some(&Reverse((at, serial, ch))) = self.auth_deadlines.peek() {
+            if at > io.now {
+                break;
+            }
+            self.auth_deadlines.pop();
+            let ch = ConnectionHandle(ch);
+            let waiting = self
+                .conns
+                .get(&ch)
+                .is_some_and(|c| c.serial == serial && c.user.is_none());
+            if !waiting {
+                continue;
+            }
+            tracing::debug!("closing {ch:?}: not authenticated within the auth timeout");
+            self.forget_conn(io, ch);
+            let now = io.now;
+            if let Some(qc) = io.conn(ch) {
+                qc.close(now, VarInt::from_u32(H3_NO_ERROR), bytes::Bytes::new());
             }
         }
     }
@@ -619,6 +700,7 @@ impl Hy2App {
         if conn.user.is_some() {
             return self.auth_ok_again();
         }
+        conn.unauthenticated = None;
         let limits = self.cfg.limits.user(&user);
         conn.conn_permit = Limits::acquire_connection(&limits, true);
         conn.online = Some(Online::new(&limits));
@@ -916,6 +998,7 @@ impl App for Hy2App {
             self.fail_relay(io, key, &msg);
         }
         self.udp.expire(io, now, self.cfg.udp_idle_timeout);
+        self.expire_unauthenticated(io);
         if self.caps_deadline(now).is_some() {
             self.recheck_caps(io);
         }
@@ -937,15 +1020,18 @@ impl App for Hy2App {
     fn poll_timeout(&self) -> Option<Instant> {
         // The earliest entry may be stale (its relay connected): waking for it only pops it.
         let relays = self.connect_deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let auth = self.auth_deadlines.peek().map(|Reverse((at, _, _))| *at);
         let udp = self.udp.next_expiry();
         let caps = self.caps_deadline(Instant::now());
-        relays.into_iter().chain(udp).chain(caps).min()
+        relays.into_iter().chain(auth).chain(udp).chain(caps).min()
     }
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
             Event::Connected => {
-                self.conn_entry(ch);
+                if !self.admit_connection(io, ch) {
+                    return;
+                }
                 // Our HTTP/3 control stream with SETTINGS, as any HTTP/3 server sends.
                 if let Some(qc) = io.conn(ch) {
                     if let Some(id) = qc.streams().open(Dir::Uni) {
@@ -955,10 +1041,16 @@ impl App for Hy2App {
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                 let mut opened = Vec::new();
-                if let Some(qc) = io.conn(ch) {
-                    while let Some(id) = qc.streams().accept(Dir::Bi) {
-                        opened.push(id);
+                match io.conn(ch) {
+                    // Closed by us (kicked, refused, past its auth deadline): its state is
+                    // gone and stays gone.
+                    Some(qc) if qc.is_closed() => return,
+                    Some(qc) => {
+                        while let Some(id) = qc.streams().accept(Dir::Bi) {
+                            opened.push(id);
+                        }
                     }
+                    None => return,
                 }
                 let conn = self.conn_entry(ch);
                 for id in &opened {
