@@ -4,6 +4,8 @@
 //! `proto` is the sans-IO Hysteria2 wire format; `quic` glues quinn-proto; `worker` runs the
 //! thread-per-core loop on top of them.
 
+#[deny(unsafe_code)]
+pub mod acl;
 pub mod bench;
 pub mod client;
 pub mod config;
