@@ -29,7 +29,7 @@ pub struct DomainIndex {
 
 /// A regex set this large is refused rather than built (the regex crate's default is 10 MiB,
 /// which a few thousand wildcards exceed).
-const SET_SIZE_LIMIT: usize = 512 << 20;
+const SET_SIZE_LIMIT: usize = 128 << 20;
 
 fn push(list: &mut Vec<u32>, rule: u32) {
     if list.last() != Some(&rule) {

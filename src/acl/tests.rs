@@ -643,3 +643,10 @@ fn first_match_across_many_rules() {
         );
     }
 }
+
+#[test]
+fn a_compiled_acl_is_shared_between_workers() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Acl>();
+    shared::<Host>();
+}
