@@ -231,6 +231,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    quelay::worker::exit_on_panic();
     let result = match cli.role {
         Role::Server(a) => serve(a),
         Role::Client(a) => run_client(a),

@@ -569,3 +569,38 @@ fn logs_to_a_file_carry_no_colour_codes() {
         "the log has escape sequences: {log:?}"
     );
 }
+
+/// A worker that panics takes the process down at once, with one log line that says so and
+/// exit status 70, so that systemd (`Restart=on-failure`) restarts the whole server.
+#[test]
+fn a_panicking_worker_ends_the_process_with_a_clear_line() {
+    let dir = tempdir();
+    let (cert, key) = write_cert(&dir);
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("server.yaml");
+    let text = format!(
+        "listen: {addr}\ntls: {{cert: \"{}\", key: \"{}\"}}\nauth: {{type: password, password: pw}}\n\
+         engine: {{workers: 2}}\n",
+        cert.display(),
+        key.display()
+    );
+    fs::write(&config, text).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
+    cmd.arg("server")
+        .arg("-c")
+        .arg(&config)
+        .env("QUELAY_LOG", "info")
+        .env(quelay::worker::FAULT_PANIC_ENV, "1");
+    let mut child = Child::spawn("quelay-server", cmd, dir.path());
+    let status = child.stop_with(0, Duration::from_secs(10));
+    let log = child.stderr();
+    assert_eq!(
+        status.code(),
+        Some(quelay::worker::PANIC_EXIT),
+        "exit status {status:?}; log: {log}"
+    );
+    assert!(
+        log.contains("thread quelay-w1 panicked") && log.contains("service manager restarts"),
+        "no clear line in the log: {log}"
+    );
+}

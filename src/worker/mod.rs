@@ -208,6 +208,10 @@ where
                         window_scan: std::time::Instant::now(),
                     },
                 };
+                // Fault injection for the panic policy's test (see `exit_on_panic`).
+                if std::env::var(FAULT_PANIC_ENV).is_ok_and(|w| w == i.to_string()) {
+                    panic!("{FAULT_PANIC_ENV}={i}: this worker panics on request");
+                }
                 worker.run();
             })?;
         handles.push(h);
@@ -302,4 +306,29 @@ pub fn bind_group(
     }
     let report = report.ok_or_else(|| io::Error::other("no sockets"))?;
     Ok((socks, report))
+}
+
+/// Names the worker that panics at start (fault injection for tests only).
+pub const FAULT_PANIC_ENV: &str = "QUELAY_FAULT_PANIC_WORKER";
+
+/// Exit status of a process that a panic took down (EX_SOFTWARE).
+pub const PANIC_EXIT: i32 = 70;
+
+/// The panic policy of the relay processes: a panic in any thread (a worker, a helper
+/// thread) ends the process with one clear log line and exit status [`PANIC_EXIT`], so the
+/// service manager restarts it whole. A worker that died alone would leave its socket
+/// closed, the BPF steering indices shifted and its connections stranded, while the
+/// process looked alive.
+pub fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(
+            "thread {name} panicked: {info}; exiting with status {PANIC_EXIT} so that the \
+             service manager restarts quelay"
+        );
+        std::process::exit(PANIC_EXIT);
+    }));
 }
