@@ -103,11 +103,15 @@ enum Phase {
     Waiting {
         since: Instant,
     },
-    /// TCPRequest sent on `id`; reading the TCPResponse into `resp`.
+    /// TCPRequest sent on `id`; reading the TCPResponse into `resp`. `since`:
+    /// when the request started waiting; `early`: the bytes sent after the TCPRequest, to
+    /// send again if the request goes back to the queue.
     Opening {
         ch: ConnectionHandle,
         id: StreamId,
         resp: Vec<u8>,
+        since: Instant,
+        early: Vec<u8>,
     },
     /// Bytes flow; `pipe.fd()` is unset until the handshake's last send completed.
     Relay(Pipe),
@@ -115,9 +119,11 @@ enum Phase {
     Udp {
         sock: usize,
     },
-    /// A refusal is being written; then the connection is drained until EOF and closed.
+    /// A refusal is being written; then the connection is drained until EOF and closed,
+    /// at the latest at `until`.
     Closing {
         drained: usize,
+        until: Instant,
     },
 }
 
@@ -153,6 +159,8 @@ pub struct ClientApp {
     generation: u32,
     /// Requests waiting for a stream, oldest first (stale entries are skipped).
     waiting: VecDeque<(usize, u32)>,
+    /// Locals in `Phase::Waiting`: the live entries of `waiting`.
+    n_waiting: usize,
     /// Deadlines of waiting and lingering locals (stale entries are skipped).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     by_stream: HashMap<(ConnectionHandle, StreamId), (usize, u32)>,
@@ -173,6 +181,7 @@ impl ClientApp {
             locals: Slab::new(),
             generation: 0,
             waiting: VecDeque::new(),
+            n_waiting: 0,
             timers: BinaryHeap::new(),
             by_stream: HashMap::new(),
         }
@@ -302,6 +311,93 @@ impl ClientApp {
         self.waiting.push_back((key, l.gen));
         let deadline = io.now + self.shared.stream_open_timeout;
         self.timers.push(Reverse((deadline, key, l.gen)));
+        self.wait_started();
+    }
+
+    fn wait_started(&mut self) {
+        self.n_waiting += 1;
+        self.shared.stats.wait_started();
+    }
+
+    /// A local leaves `Phase::Waiting`.
+    fn wait_ended(&mut self) {
+        self.n_waiting = self.n_waiting.saturating_sub(1);
+        self.shared.stats.wait_ended();
+    }
+
+    /// Puts the requests sent on `ch`, which never answered, back in the queue in arrival
+    /// order, to go out on another connection. Their `pool.streamOpenTimeout` still counts
+    /// from their arrival.
+    fn requeue(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+        let on_ch: Vec<_> = self
+            .by_stream
+            .iter()
+            .filter(|((c, _), _)| *c == ch)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let mut back = Vec::new();
+        for (k, (key, gen)) in on_ch {
+            let Some(l) = self.locals.get_mut(key).filter(|l| l.gen == gen) else {
+                self.by_stream.remove(&k);
+                continue;
+            };
+            let Phase::Opening {
+                resp, since, early, ..
+            } = &mut l.phase
+            else {
+                continue;
+            };
+            if !resp.is_empty() {
+                continue;
+            }
+            let since = *since;
+            l.to_quic = std::mem::take(early);
+            l.phase = Phase::Waiting { since };
+            self.by_stream.remove(&k);
+            self.pool.stream_closed(ch, io.now);
+            back.push((since, key, gen));
+        }
+        if back.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            "{:?}: {} request(s) back in the queue",
+            io.worker,
+            back.len()
+        );
+        self.shared
+            .stats
+            .requeued
+            .fetch_add(back.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for &(since, key, gen) in &back {
+            self.wait_started();
+            // Its first deadline may have passed while it was out of the queue.
+            self.timers
+                .push(Reverse((since + self.shared.stream_open_timeout, key, gen)));
+        }
+        back.sort();
+        let mut merged = VecDeque::with_capacity(self.waiting.len() + back.len());
+        let mut back = back.into_iter().peekable();
+        for (key, gen) in self.waiting.drain(..) {
+            let since = match self.locals.get(key) {
+                Some(Local {
+                    gen: g,
+                    phase: Phase::Waiting { since },
+                    ..
+                }) if *g == gen => *since,
+                _ => continue,
+            };
+            while let Some(&(s, k, g)) = back.peek() {
+                if s > since {
+                    break;
+                }
+                merged.push_back((k, g));
+                back.next();
+            }
+            merged.push_back((key, gen));
+        }
+        merged.extend(back.map(|(_, k, g)| (k, g)));
+        self.waiting = merged;
     }
 
     /// Hands streams to waiting requests while connections have credit, then lets the pool
@@ -327,16 +423,17 @@ impl ClientApp {
             let ch = self.pool.conns[i].ch;
             let id = io.conn(ch).and_then(|qc| qc.streams().open(Dir::Bi));
             let Some(id) = id else {
-                self.pool.conns[i].no_credit = true;
+                self.pool.out_of_credit(i);
                 continue;
             };
-            self.pool.conns[i].streams += 1;
+            self.pool.stream_opened(i, io.now);
             self.waiting.pop_front();
+            self.wait_ended();
             self.shared.stats.stream_opened(
                 io.worker.0 as usize,
                 io.now.saturating_duration_since(since),
             );
-            self.open_stream(io, key, ch, id);
+            self.open_stream(io, key, ch, id, since);
         }
         let oldest = self
             .waiting
@@ -349,12 +446,19 @@ impl ClientApp {
                 }) if *g == gen => Some(io.now.saturating_duration_since(*since)),
                 _ => None,
             });
-        let waiting = usize::from(oldest.is_some()) + self.udp.wants_connection() as usize;
+        let waiting = self.n_waiting + self.udp.wants_connection() as usize;
         self.pool
             .maybe_grow(io, waiting, oldest.unwrap_or(Duration::ZERO));
     }
 
-    fn open_stream(&mut self, io: &mut Io<'_>, key: usize, ch: ConnectionHandle, id: StreamId) {
+    fn open_stream(
+        &mut self,
+        io: &mut Io<'_>,
+        key: usize,
+        ch: ConnectionHandle,
+        id: StreamId,
+        since: Instant,
+    ) {
         let l = &mut self.locals[key];
         let mut req = Vec::with_capacity(600 + l.to_quic.len());
         let padding = tcp::padding(
@@ -367,9 +471,10 @@ impl ClientApp {
             if let Some(qc) = io.conn(ch) {
                 let _ = qc.send_stream(id).reset(VarInt::from_u32(STREAM_ABORT));
             }
-            self.pool_stream_closed(ch);
+            self.pool.stream_closed(ch, io.now);
             return self.refuse(io, key, Refusal::Target(msg));
         }
+        let early = l.to_quic.clone();
         req.extend_from_slice(&l.to_quic);
         let written = io
             .conn(ch)
@@ -380,20 +485,16 @@ impl ClientApp {
             ch,
             id,
             resp: Vec::new(),
+            since,
+            early,
         };
         self.by_stream.insert((ch, id), (key, l.gen));
-    }
-
-    fn pool_stream_closed(&mut self, ch: ConnectionHandle) {
-        if let Some(c) = self.pool.get_mut(ch) {
-            c.streams = c.streams.saturating_sub(1);
-        }
     }
 
     /// Reads the TCPResponse; on success the pipe takes over.
     fn on_opening_readable(&mut self, io: &mut Io<'_>, key: usize) {
         let l = &mut self.locals[key];
-        let Phase::Opening { ch, id, resp } = &mut l.phase else {
+        let Phase::Opening { ch, id, resp, .. } = &mut l.phase else {
             return;
         };
         let (ch, id) = (*ch, *id);
@@ -425,6 +526,9 @@ impl ClientApp {
                 }
                 Err(_) => reset = true,
             }
+        }
+        if !resp.is_empty() {
+            self.pool.answered(ch);
         }
         let parsed = TcpResponse::parse(resp);
         let refusal = match parsed {
@@ -499,7 +603,7 @@ impl ClientApp {
         );
         if let Some(k) = self.stream_of(key) {
             self.by_stream.remove(&k);
-            self.pool_stream_closed(k.0);
+            self.pool.stream_closed(k.0, io.now);
         }
         self.close_with(io, key, &reply);
     }
@@ -515,8 +619,9 @@ impl ClientApp {
     /// Writes `reply` (possibly nothing), half-closes, drains until EOF, then closes.
     fn close_with(&mut self, io: &mut Io<'_>, key: usize, reply: &[u8]) {
         let l = &mut self.locals[key];
-        l.phase = Phase::Closing { drained: 0 };
-        self.timers.push(Reverse((io.now + LINGER, key, l.gen)));
+        let until = io.now + LINGER;
+        l.phase = Phase::Closing { drained: 0, until };
+        self.timers.push(Reverse((until, key, l.gen)));
         self.send(io, key, reply);
         self.progress_closing(io, key);
     }
@@ -526,7 +631,7 @@ impl ClientApp {
         if l.sending || l.closing {
             return;
         }
-        let Phase::Closing { drained } = l.phase else {
+        let Phase::Closing { drained, .. } = l.phase else {
             return;
         };
         if drained == 0 && !l.receiving {
@@ -540,6 +645,14 @@ impl ClientApp {
 
     fn close(&mut self, io: &mut Io<'_>, key: usize) {
         let l = &mut self.locals[key];
+        if let Phase::Waiting { .. } = l.phase {
+            l.phase = Phase::Closing {
+                drained: 0,
+                until: io.now,
+            };
+            self.wait_ended();
+        }
+        let l = &mut self.locals[key];
         if !l.closing {
             l.closing = true;
             io.driver.sock_close(l.fd, token(TOKEN_LOCAL, key, l.gen));
@@ -549,9 +662,12 @@ impl ClientApp {
     fn remove(&mut self, io: &mut Io<'_>, key: usize) {
         if let Some(k) = self.stream_of(key) {
             self.by_stream.remove(&k);
-            self.pool_stream_closed(k.0);
+            self.pool.stream_closed(k.0, io.now);
         }
         if let Some(l) = self.locals.try_remove(key) {
+            if let Phase::Waiting { .. } = l.phase {
+                self.wait_ended();
+            }
             if let Phase::Udp { sock } = l.phase {
                 self.udp.control_closed(io, sock);
             }
@@ -604,7 +720,7 @@ impl ClientApp {
                 let n = c.result.unwrap_or_default();
                 let data = &c.buf[..n];
                 match &mut l.phase {
-                    Phase::Closing { drained } => {
+                    Phase::Closing { drained, .. } => {
                         *drained += n;
                         if n == 0 {
                             return self.close(io, key);
@@ -717,8 +833,12 @@ impl ClientApp {
         }
     }
 
-    /// Fails every stream of a lost connection.
-    fn connection_lost(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+    /// Fails every stream of a lost connection; requests it never answered go back to the
+    /// queue.
+    fn connection_lost(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, reason: &str) {
+        if self.pool.unanswered(ch) {
+            self.requeue(io, ch);
+        }
         let affected: Vec<_> = self
             .by_stream
             .iter()
@@ -750,7 +870,8 @@ impl ClientApp {
             }
         }
         self.by_stream.retain(|(c, _), _| *c != ch);
-        if self.pool.on_lost(io.now, ch) {
+        let waiting = self.n_waiting;
+        if self.pool.on_lost(io.now, ch, reason, waiting) {
             tracing::warn!("{:?}: lost a connection to the server", io.worker);
         }
         self.udp.connection_lost(ch);
@@ -769,12 +890,13 @@ impl ClientApp {
                 continue;
             }
             match l.phase {
-                Phase::Waiting { .. } => {
+                Phase::Waiting { since } if at >= since + self.shared.stream_open_timeout => {
+                    self.wait_ended();
                     self.shared
                         .stats
                         .refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let why = if self.pool.conns.iter().any(|c| c.is_ready()) {
+                    let why = if self.pool.conns.iter().any(|c| c.usable()) {
                         "no stream credit"
                     } else {
                         "no connection to the server"
@@ -788,7 +910,7 @@ impl ClientApp {
                         )),
                     );
                 }
-                Phase::Closing { .. } => self.close(io, key),
+                Phase::Closing { until, .. } if at >= until => self.close(io, key),
                 _ => {}
             }
         }
@@ -798,6 +920,13 @@ impl ClientApp {
         }
         self.pool.expire(io);
         self.udp.expire(io);
+        while let Some(ch) = self.pool.stalled(io.now) {
+            let streams = self.pool.streams_on(ch);
+            self.requeue(io, ch);
+            self.pool.close_stalled(io, ch, streams, self.n_waiting);
+        }
+        let udp = &self.udp;
+        self.pool.close_idle(io, |ch| udp.uses(ch));
     }
 }
 
@@ -846,11 +975,11 @@ impl App for ClientApp {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let waiting = self.waiting.len() + self.udp.wants_connection() as usize;
+        let waiting = self.n_waiting + self.udp.wants_connection() as usize;
         [
             timer,
             self.accept_retry,
-            self.pool.next_deadline(waiting),
+            self.pool.next_deadline(Instant::now(), waiting),
             self.udp.next_deadline(),
         ]
         .into_iter()
@@ -863,7 +992,7 @@ impl App for ClientApp {
             Event::Connected => self.pool.on_connected(io, ch),
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
-                self.connection_lost(io, ch);
+                self.connection_lost(io, ch, &reason.to_string());
                 self.dispatch(io);
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {

@@ -1,12 +1,23 @@
 //! One worker's QUIC connections to the server: handshake, HTTP/3 authentication, stream
-//! credit, growth and reconnection.
+//! credit, growth with demand, shrinking when idle, and reconnection.
 //!
 //! A request for a stream is served by the authenticated connection with credit and the
-//! fewest open streams. When none has credit, or the oldest request has waited longer than
-//! `pool.openWaitThreshold`, another connection is opened, up to `pool.maxConnections`, one
-//! at a time. Failed attempts back off (0.2 s doubling to 2 s); while no connection is up,
-//! requests wait and are refused after `pool.streamOpenTimeout`.
+//! fewest open streams. The pool learns what the server grants a connection (the streams
+//! open on it when its credit ran out) and, when requests wait with every connection out of
+//! credit, opens at once as many connections as the waiting requests need, counting those
+//! still handshaking; before it knows the credit it opens one at a time. It stays within
+//! `pool.maxConnections`, and closes connections beyond the first that carried nothing for
+//! [`IDLE_CLOSE`].
+//!
+//! A server may take fewer connections than the pool wants (a per-user connection cap):
+//! it refuses one at authentication or closes it, or authenticates it and never answers its
+//! streams. The pool then stays at the connections that work, logs why once, and tries one
+//! more after a hold that grows from [`MIN_HOLD`] to [`MAX_HOLD`]; the requests wait
+//! meanwhile, and those sent on a connection that never answered are sent again elsewhere.
+//! Failed attempts with no connection up back off (0.2 s doubling to 2 s); while no
+//! connection is up, requests wait and are refused after `pool.streamOpenTimeout`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +33,16 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// An attempt not authenticated by then is abandoned.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection beyond the first that carried no stream for this long is closed.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// A connection none of whose streams got an answer for this long after the first was
+/// opened, while other connections of the pool are answered, is taken as refused by the
+/// server.
+pub const STALL: Duration = Duration::from_secs(3);
+/// After the server refused a connection, the pool tries one more after this, doubling up
+/// to [`MAX_HOLD`] while the server keeps refusing.
+const MIN_HOLD: Duration = Duration::from_secs(5);
+const MAX_HOLD: Duration = Duration::from_secs(60);
 
 /// How far a connection got.
 pub enum State {
@@ -40,12 +61,27 @@ pub struct PoolConn {
     pub streams: usize,
     /// The last open attempt found no stream credit; cleared when credit arrives.
     pub no_credit: bool,
+    /// The pool is closing it (idle, or not served by the server): it takes no streams.
+    closing: bool,
+    /// One of its streams got (part of) a TCPResponse: the server serves it.
+    answered: bool,
+    /// When its first stream was opened.
+    first_stream: Option<Instant>,
+    /// Since when it carries no stream.
+    idle_since: Instant,
+    /// Why the server ended it before it was ready, when known.
+    failure: Option<String>,
     started: Instant,
 }
 
 impl PoolConn {
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. })
+    }
+
+    /// Ready and kept: may carry new streams.
+    pub fn usable(&self) -> bool {
+        self.is_ready() && !self.closing
     }
 }
 
@@ -64,6 +100,14 @@ pub struct PoolConfig {
     pub eager: bool,
 }
 
+/// The server took no more than `at_most` connections of this worker.
+struct Held {
+    at_most: usize,
+    /// Until then the pool stays at `at_most`; then it tries one more.
+    until: Instant,
+    hold: Duration,
+}
+
 pub struct Pool {
     cfg: PoolConfig,
     stats: Arc<PoolStats>,
@@ -72,6 +116,9 @@ pub struct Pool {
     next_attempt: Instant,
     /// The worker lost its last connection; the next one up counts as a reconnect.
     lost_all: bool,
+    /// Concurrent streams the server grants a connection, as seen when one ran out.
+    credit: Option<usize>,
+    held: Option<Held>,
 }
 
 impl Pool {
@@ -83,6 +130,8 @@ impl Pool {
             backoff: MIN_BACKOFF,
             next_attempt: now,
             lost_all: false,
+            credit: None,
+            held: None,
         }
     }
 
@@ -90,49 +139,99 @@ impl Pool {
         self.conns.iter_mut().find(|c| c.ch == ch)
     }
 
-    fn setting_up(&self) -> bool {
-        self.conns.iter().any(|c| !c.is_ready())
+    /// Connections that count against the limit: all but those being closed.
+    fn live(&self) -> usize {
+        self.conns.iter().filter(|c| !c.closing).count()
     }
 
-    /// Opens another connection if the pool wants one now: `waiting` requests, the oldest
-    /// queued for `oldest_wait`.
-    pub fn maybe_grow(&mut self, io: &mut Io<'_>, waiting: usize, oldest_wait: Duration) {
-        if self.setting_up() || self.conns.len() >= self.cfg.max_connections {
-            return;
+    /// The most connections the pool may have now.
+    fn limit(&self, now: Instant) -> usize {
+        let max = self.cfg.max_connections;
+        match &self.held {
+            None => max,
+            Some(h) if now < h.until => h.at_most.min(max),
+            Some(h) => (h.at_most + 1).min(max),
         }
+    }
+
+    /// How many connections the pool wants for `waiting` requests, the oldest queued for
+    /// `oldest_wait` (dispatch has already used every connection with credit).
+    fn wanted(&self, waiting: usize, oldest_wait: Duration) -> usize {
+        let live = self.live();
+        let pending = self
+            .conns
+            .iter()
+            .filter(|c| !c.closing && !c.is_ready())
+            .count();
+        if live == 0 {
+            return match self.credit {
+                _ if waiting == 0 => usize::from(self.cfg.eager),
+                Some(credit) => waiting.div_ceil(credit),
+                None => 1,
+            };
+        }
+        if waiting == 0 {
+            return live;
+        }
+        let out_of_credit = self
+            .conns
+            .iter()
+            .filter(|c| c.usable())
+            .all(|c| c.no_credit);
+        match self.credit {
+            // What the connections still handshaking will take, the rest on new ones.
+            Some(credit) if out_of_credit => {
+                live + waiting.saturating_sub(pending * credit).div_ceil(credit)
+            }
+            // Credit not known yet: one at a time.
+            _ if pending == 0 && (out_of_credit || oldest_wait >= self.cfg.open_wait_threshold) => {
+                live + 1
+            }
+            _ => live,
+        }
+    }
+
+    /// Opens the connections the pool wants now: `waiting` requests, the oldest queued for
+    /// `oldest_wait`.
+    pub fn maybe_grow(&mut self, io: &mut Io<'_>, waiting: usize, oldest_wait: Duration) {
         if io.now < self.next_attempt {
             return;
         }
-        let ready = self.conns.iter().filter(|c| c.is_ready()).count();
-        let want = if ready == 0 {
-            self.cfg.eager || waiting > 0
-        } else {
-            waiting > 0
-                && (self.conns.iter().all(|c| c.no_credit)
-                    || oldest_wait >= self.cfg.open_wait_threshold)
-        };
-        if !want {
+        let live = self.live();
+        let want = self.wanted(waiting, oldest_wait).min(self.limit(io.now));
+        if want <= live {
             return;
         }
-        match io.connect(self.cfg.server, &self.cfg.server_name) {
-            Ok(ch) => {
-                tracing::debug!(
-                    "{:?}: connecting to {} ({} open, {waiting} waiting)",
-                    io.worker,
-                    self.cfg.server,
-                    self.conns.len()
-                );
-                self.conns.push(PoolConn {
-                    ch,
-                    state: State::Handshake,
-                    streams: 0,
-                    no_credit: false,
-                    started: io.now,
-                });
-            }
-            Err(e) => {
-                crate::warn_limited!("cannot connect to {}: {e}", self.cfg.server);
-                self.failed(io.now);
+        tracing::debug!(
+            "{:?}: opening {} connection(s) to {} ({live} open, {waiting} request(s) waiting, \
+             {} stream(s) per connection)",
+            io.worker,
+            want - live,
+            self.cfg.server,
+            self.credit.map_or("? ".to_string(), |c| c.to_string()),
+        );
+        for _ in live..want {
+            match io.connect(self.cfg.server, &self.cfg.server_name) {
+                Ok(ch) => {
+                    self.stats.connects.fetch_add(1, Relaxed);
+                    self.conns.push(PoolConn {
+                        ch,
+                        state: State::Handshake,
+                        streams: 0,
+                        no_credit: false,
+                        closing: false,
+                        answered: false,
+                        first_stream: None,
+                        idle_since: io.now,
+                        failure: None,
+                        started: io.now,
+                    });
+                }
+                Err(e) => {
+                    crate::warn_limited!("cannot connect to {}: {e}", self.cfg.server);
+                    self.failed(io.now);
+                    return;
+                }
             }
         }
     }
@@ -142,17 +241,39 @@ impl Pool {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// When the pool next wants to act by itself (a backoff ending, a setup timing out).
-    pub fn next_deadline(&self, waiting: usize) -> Option<Instant> {
+    /// When the pool next wants to act by itself (a backoff or hold ending, a setup timing
+    /// out, a connection to check for answers or to close when idle).
+    pub fn next_deadline(&self, now: Instant, waiting: usize) -> Option<Instant> {
         let setup = self
             .conns
             .iter()
             .filter(|c| !c.is_ready())
-            .map(|c| c.started + SETUP_TIMEOUT)
-            .min();
+            .map(|c| c.started + SETUP_TIMEOUT);
         let retry =
             (self.conns.is_empty() && (self.cfg.eager || waiting > 0)).then_some(self.next_attempt);
-        setup.into_iter().chain(retry).min()
+        let hold = self
+            .held
+            .as_ref()
+            .filter(|h| waiting > 0 && h.until > now)
+            .map(|h| h.until);
+        let stall = self
+            .conns
+            .iter()
+            .filter(|c| c.usable() && !c.answered && c.streams > 0)
+            .filter_map(|c| c.first_stream.map(|t| t + STALL))
+            .filter(|&t| t > now);
+        let keep = self.kept();
+        let idle = self
+            .conns
+            .iter()
+            .filter(|c| c.usable() && c.streams == 0 && Some(c.ch) != keep)
+            .map(|c| c.idle_since + IDLE_CLOSE);
+        setup
+            .chain(retry)
+            .chain(hold)
+            .chain(stall)
+            .chain(idle)
+            .min()
     }
 
     /// Abandons attempts that took too long.
@@ -163,6 +284,37 @@ impl Pool {
                 if let Some(qc) = io.conn(c.ch) {
                     qc.close(now, 0u32.into(), b"setup timed out"[..].into());
                 }
+            }
+        }
+    }
+
+    /// The connection never closed for being idle: the oldest usable one.
+    fn kept(&self) -> Option<ConnectionHandle> {
+        self.conns
+            .iter()
+            .filter(|c| c.usable())
+            .min_by_key(|c| c.started)
+            .map(|c| c.ch)
+    }
+
+    /// Closes connections beyond the first that carried nothing for [`IDLE_CLOSE`];
+    /// `in_use` tells those that carry something else (UDP sessions), which stay.
+    pub fn close_idle(&mut self, io: &mut Io<'_>, in_use: impl Fn(ConnectionHandle) -> bool) {
+        let now = io.now;
+        let keep = self.kept();
+        for c in &mut self.conns {
+            if !c.usable() || c.streams > 0 || Some(c.ch) == keep || now < c.idle_since + IDLE_CLOSE
+            {
+                continue;
+            }
+            if in_use(c.ch) {
+                c.idle_since = now;
+                continue;
+            }
+            c.closing = true;
+            self.stats.idle_closed.fetch_add(1, Relaxed);
+            if let Some(qc) = io.conn(c.ch) {
+                qc.close(now, 0u32.into(), b""[..].into());
             }
         }
     }
@@ -205,22 +357,21 @@ impl Pool {
             None => {}
             Some(Ok(ok)) => {
                 self.conns[pos].state = State::Ready { udp: ok.udp };
+                self.conns[pos].idle_since = io.now;
                 self.backoff = MIN_BACKOFF;
                 self.stats.connection_up();
                 if std::mem::take(&mut self.lost_all) {
-                    self.stats
-                        .reconnects
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.reconnects.fetch_add(1, Relaxed);
                 }
                 let rate = send_rate(ok.cc_rx, self.cfg.up);
                 if rate > 0 {
                     io.set_send_rate(ch, rate);
                 }
-                tracing::info!(
-                    "{:?}: connected to {} ({} of at most {} on this worker; udp {}, {})",
+                let ready = self.conns.iter().filter(|c| c.usable()).count();
+                let line = format!(
+                    "{:?}: connected to {} ({ready} of at most {} on this worker; udp {}, {})",
                     io.worker,
                     self.cfg.server,
-                    self.conns.iter().filter(|c| c.is_ready()).count(),
                     self.cfg.max_connections,
                     if ok.udp { "on" } else { "off" },
                     if rate > 0 {
@@ -229,12 +380,21 @@ impl Pool {
                         "BBR".to_string()
                     },
                 );
+                // The pool may grow to many connections: the first says it at info.
+                if ready == 1 {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
+                }
             }
             Some(Err(why)) => {
-                if let AuthError::Refused(_) = why {
-                    self.stats
-                        .auth_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let others = self.conns.iter().any(|c| c.usable());
+                if others {
+                    // The server takes some connections but not this one: a cap, most
+                    // likely; `on_lost` says so.
+                    self.conns[pos].failure = Some(why.to_string());
+                } else if let AuthError::Refused(_) = why {
+                    self.stats.auth_failures.fetch_add(1, Relaxed);
                     tracing::error!("{}: {why}: check `auth`", self.cfg.server);
                 } else {
                     tracing::error!("{}: {why}", self.cfg.server);
@@ -248,8 +408,15 @@ impl Pool {
         true
     }
 
-    /// The connection is gone. Returns whether it had been authenticated.
-    pub fn on_lost(&mut self, now: Instant, ch: ConnectionHandle) -> bool {
+    /// The connection is gone. Returns whether it had been authenticated and was not
+    /// closed by the pool itself.
+    pub fn on_lost(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        reason: &str,
+        waiting: usize,
+    ) -> bool {
         let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
             return false;
         };
@@ -257,20 +424,144 @@ impl Pool {
         let was_ready = c.is_ready();
         if was_ready {
             self.stats.connection_down();
-        } else {
-            self.failed(now);
+        }
+        let others = self.conns.iter().any(|c| c.usable());
+        if !c.closing {
+            if others && (!was_ready || !c.answered) {
+                let why = match (&c.failure, was_ready) {
+                    (Some(f), _) => format!("refused at authentication: {f}"),
+                    (None, false) => format!("closed before authentication: {reason}"),
+                    (None, true) => format!("closed before answering a stream: {reason}"),
+                };
+                self.refused(now, &why, waiting);
+            } else if !was_ready {
+                self.failed(now);
+            }
         }
         if was_ready && !self.conns.iter().any(|c| c.is_ready()) {
             self.lost_all = true;
         }
-        was_ready
+        was_ready && !c.closing
+    }
+
+    /// The server does not serve one more connection: the pool stays at those that work
+    /// for a while, and says why once.
+    fn refused(&mut self, now: Instant, why: &str, waiting: usize) {
+        let at_most = self.conns.iter().filter(|c| c.usable()).count().max(1);
+        let (hold, first) = match &self.held {
+            Some(h) => ((h.hold * 2).min(MAX_HOLD), false),
+            None => (MIN_HOLD, true),
+        };
+        self.held = Some(Held {
+            at_most,
+            until: now + hold,
+            hold,
+        });
+        self.stats.server_refusals.fetch_add(1, Relaxed);
+        if first {
+            crate::warn_limited!(
+                "{}: the server refused connection {} of this worker ({why}); staying at \
+                 {at_most} connection(s) and trying another in {hold:?}; {waiting} request(s) \
+                 wait for a stream (a per-user connection cap on the server, such as \
+                 limits.maxConnectionsPerUser?)",
+                self.cfg.server,
+                at_most + 1,
+            );
+        } else {
+            tracing::debug!(
+                "{}: the server refused connection {} again ({why}); next try in {hold:?}",
+                self.cfg.server,
+                at_most + 1
+            );
+        }
+    }
+
+    /// A stream of `ch` got (part of) its response.
+    pub fn answered(&mut self, ch: ConnectionHandle) {
+        let Some(c) = self.conns.iter_mut().find(|c| c.ch == ch) else {
+            return;
+        };
+        if c.answered {
+            return;
+        }
+        c.answered = true;
+        if let Some(h) = &self.held {
+            let served = self
+                .conns
+                .iter()
+                .filter(|c| c.usable() && c.answered)
+                .count();
+            if served > h.at_most {
+                tracing::info!(
+                    "{}: the server serves {served} connections of this worker again",
+                    self.cfg.server
+                );
+                self.held = None;
+            }
+        }
+    }
+
+    /// A connection the server authenticated but does not serve: it answered none of its
+    /// streams within [`STALL`] of the first, while other connections are answered. (A
+    /// server at a per-user connection cap may hold such streams unread until another
+    /// connection of the user closes.)
+    pub fn stalled(&self, now: Instant) -> Option<ConnectionHandle> {
+        if !self.conns.iter().any(|c| c.usable() && c.answered) {
+            return None;
+        }
+        self.conns
+            .iter()
+            .find(|c| {
+                c.usable()
+                    && !c.answered
+                    && c.streams > 0
+                    && c.first_stream.is_some_and(|t| now >= t + STALL)
+            })
+            .map(|c| c.ch)
+    }
+
+    /// Closes `ch`, which [`Pool::stalled`] found not served with `streams` streams, and
+    /// holds the pool below it.
+    pub fn close_stalled(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        streams: usize,
+        waiting: usize,
+    ) {
+        let Some(c) = self.conns.iter_mut().find(|c| c.ch == ch) else {
+            return;
+        };
+        c.closing = true;
+        let now = io.now;
+        if let Some(qc) = io.conn(ch) {
+            qc.close(now, 0u32.into(), b""[..].into());
+        }
+        self.refused(
+            now,
+            &format!("authenticated, but none of its {streams} stream(s) answered in {STALL:?}"),
+            waiting,
+        );
+    }
+
+    /// Our streams open on `ch`.
+    pub fn streams_on(&self, ch: ConnectionHandle) -> usize {
+        self.conns
+            .iter()
+            .find(|c| c.ch == ch)
+            .map_or(0, |c| c.streams)
+    }
+
+    /// Whether `ch` is in the pool and no stream of it was ever answered.
+    pub fn unanswered(&self, ch: ConnectionHandle) -> bool {
+        self.conns.iter().any(|c| c.ch == ch && !c.answered)
     }
 
     /// An authenticated connection that relays UDP.
     pub fn pick_udp(&self) -> Option<ConnectionHandle> {
         self.conns
             .iter()
-            .find(|c| matches!(c.state, State::Ready { udp: true }))
+            .find(|c| c.usable() && matches!(c.state, State::Ready { udp: true }))
             .map(|c| c.ch)
     }
 
@@ -279,9 +570,36 @@ impl Pool {
         self.conns
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.is_ready() && !c.no_credit)
+            .filter(|(_, c)| c.usable() && !c.no_credit)
             .min_by_key(|(_, c)| c.streams)
             .map(|(i, _)| i)
+    }
+
+    /// Connection `i` had no credit for another stream: what it carries is what the server
+    /// grants.
+    pub fn out_of_credit(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        c.no_credit = true;
+        if c.streams > 0 {
+            self.credit = Some(self.credit.map_or(c.streams, |k| k.max(c.streams)));
+        }
+    }
+
+    /// A stream was opened on connection `i`.
+    pub fn stream_opened(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        c.streams += 1;
+        c.first_stream.get_or_insert(now);
+    }
+
+    /// One of our streams on `ch` ended.
+    pub fn stream_closed(&mut self, ch: ConnectionHandle, now: Instant) {
+        if let Some(c) = self.get_mut(ch) {
+            c.streams = c.streams.saturating_sub(1);
+            if c.streams == 0 {
+                c.idle_since = now;
+            }
+        }
     }
 }
 

@@ -100,6 +100,11 @@ impl Udp {
         }
     }
 
+    /// Whether a session sends on `ch`.
+    pub fn uses(&self, ch: ConnectionHandle) -> bool {
+        self.sessions.values().any(|s| s.ch == Some(ch))
+    }
+
     /// Datagrams wait for a connection: the pool should open one.
     pub fn wants_connection(&self) -> bool {
         !self.pending.is_empty()

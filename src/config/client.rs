@@ -24,11 +24,13 @@ pub const KEEP_ALIVE_PERIOD_RANGE: (Duration, Duration) =
 pub const DEFAULT_UDP_FORWARDING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Official `http.realm` when none is given (sent in `Proxy-Authenticate`).
 pub const DEFAULT_HTTP_REALM: &str = "Hysteria";
-/// quelay: connections to the server opened by default when streams run short of credit.
-pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4;
-/// quelay: most pooled connections. Each is a handshake and a congestion state of its own;
-/// past a few, more only load the server.
-pub const MAX_POOL_CONNECTIONS: usize = 64;
+/// quelay: most connections to the server per worker by default. The pool opens what the
+/// waiting requests need; this bound is past what a client runs into first: at the
+/// official server's 1024 streams per connection it is a million streams, and even at 16
+/// streams per connection more than the local sockets a process may hold by default.
+pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
+/// quelay: the highest `pool.maxConnections`.
+pub const MAX_POOL_CONNECTIONS: usize = 65536;
 /// quelay: how long a request may wait for stream credit before another connection opens.
 pub const DEFAULT_OPEN_WAIT_THRESHOLD: Duration = Duration::from_millis(200);
 /// quelay: how long a request may wait for a stream at all before it is refused.
@@ -233,16 +235,17 @@ pub struct UdpForwarding {
     pub timeout: Duration,
 }
 
-/// `pool` (quelay): streams are spread over up to `max_connections` connections to the
-/// server, because one connection's stream credit (`initial_max_streams_bidi`, 1024 on the
-/// official server) and congestion window can be the bottleneck.
+/// `pool` (quelay): streams are spread over as many connections to the server as the
+/// waiting requests need, because one connection's stream credit
+/// (`initial_max_streams_bidi`, 1024 on the official server) can be the bottleneck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool {
-    /// `pool.maxConnections`, 1 to [`MAX_POOL_CONNECTIONS`].
+    /// `pool.maxConnections`: the most connections per worker, 1 to
+    /// [`MAX_POOL_CONNECTIONS`].
     pub max_connections: usize,
-    /// `pool.openWaitThreshold`: when a request would wait longer than this for stream
-    /// credit, another connection is opened (up to `max_connections`). Shorter than
-    /// `stream_open_timeout`.
+    /// `pool.openWaitThreshold`: before the pool knows how many streams the server grants
+    /// a connection, a request waiting longer than this opens another connection. Shorter
+    /// than `stream_open_timeout`.
     pub open_wait_threshold: Duration,
     /// `pool.streamOpenTimeout`: a request still without a stream after this is refused
     /// (SOCKS5/HTTP error, forwarded connection closed).

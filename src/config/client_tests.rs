@@ -134,7 +134,7 @@ fn defaults() {
     assert_eq!(
         c.pool,
         Pool {
-            max_connections: 4,
+            max_connections: 4096,
             open_wait_threshold: Duration::from_millis(200),
             stream_open_timeout: Duration::from_secs(10),
         }
@@ -572,7 +572,7 @@ fn range_errors_name_key_and_file() {
             "quic: {maxConnReceiveWindow: 4611686018427387904}",
             "quic.maxConnReceiveWindow",
         ),
-        ("pool: {maxConnections: 65}", "pool.maxConnections"),
+        ("pool: {maxConnections: 65537}", "pool.maxConnections"),
         ("pool: {maxConnections: -1}", "pool.maxConnections"),
         ("pool: {streamOpenTimeout: 999ms}", "pool.streamOpenTimeout"),
         ("pool: {streamOpenTimeout: 121s}", "pool.streamOpenTimeout"),
@@ -597,7 +597,7 @@ fn range_errors_name_key_and_file() {
     // Bounds themselves are allowed.
     let c = ok(&format!(
         "{BASE}quic: {{maxIdleTimeout: 4s, keepAlivePeriod: 60s, initStreamReceiveWindow: 16384}}\n\
-         pool: {{maxConnections: 64, streamOpenTimeout: 1s, openWaitThreshold: 999ms}}\n"
+         pool: {{maxConnections: 65536, streamOpenTimeout: 1s, openWaitThreshold: 999ms}}\n"
     ));
     // The PING interval stays below the idle timeout.
     assert_eq!(c.quic.keep_alive_interval(), Duration::from_secs(2));

@@ -374,6 +374,34 @@ pub fn open_files_limit() -> Option<u64> {
     }
 }
 
+/// Raises this process's RLIMIT_NOFILE (soft, and hard if it is lower, which needs
+/// CAP_SYS_RESOURCE) to at least `want`; child processes started afterwards inherit it.
+/// Panics, naming the limits, if that is not allowed.
+pub fn raise_open_files(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    if lim.rlim_cur >= want {
+        return;
+    }
+    let old = (lim.rlim_cur, lim.rlim_max);
+    lim.rlim_cur = want;
+    lim.rlim_max = lim.rlim_max.max(want);
+    // SAFETY: as above.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        rc,
+        0,
+        "cannot raise RLIMIT_NOFILE from {old:?} (soft, hard) to {want}: {} (raising the hard \
+         limit needs CAP_SYS_RESOURCE)",
+        io::Error::last_os_error()
+    );
+}
+
 /// A unique scratch directory under `target/test-tmp/`, removed on drop unless the dropping
 /// thread is panicking: then it is kept (and its path printed) so the logs in it can be read.
 pub struct TempDir(PathBuf);

@@ -297,3 +297,18 @@ impl Socks5Udp {
         }
     }
 }
+
+/// Bytes of the answer to `socks5_connect_send` when the proxy replies with an IPv4
+/// BND.ADDR (as quelay does, success or failure): the method choice and the reply.
+pub const CONNECT_ANSWER_LEN: usize = 2 + 10;
+
+/// Opens a connection to the proxy and sends the greeting ("no authentication") and a
+/// CONNECT to `host:port` in one write, without waiting for either answer: many requests
+/// can be in flight at once. The answer is `CONNECT_ANSWER_LEN` bytes whose fourth is REP.
+pub fn socks5_connect_send(proxy: SocketAddr, host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut s = dial(proxy)?;
+    let mut msg = vec![VERSION, 1, NO_AUTH, VERSION, CMD_CONNECT, 0];
+    push_addr(&mut msg, host, port)?;
+    s.write_all(&msg)?;
+    Ok(s)
+}

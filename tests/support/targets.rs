@@ -358,3 +358,61 @@ impl Drop for UdpEcho {
         }
     }
 }
+
+/// Listening sockets on one 127.0.0.1 port that never accept: the kernel completes each
+/// connection's handshake and holds it in an accept queue (`BACKLOG` long) until the
+/// holder is dropped. A target for many streams held at once that costs neither a thread
+/// nor a file descriptor per connection: `listeners` sockets in a SO_REUSEPORT group,
+/// among which the kernel spreads connections by a hash of their addresses.
+pub struct TcpBacklogHold {
+    addr: SocketAddr,
+    _listeners: Vec<socket2::Socket>,
+}
+
+impl TcpBacklogHold {
+    /// Enough listeners for `n` connections, with room for an uneven spread.
+    pub fn start(n: usize) -> TcpBacklogHold {
+        use socket2::{Domain, Socket, Type};
+        let count = (2 * n).div_ceil(BACKLOG as usize).max(1);
+        let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut listeners = Vec::with_capacity(count);
+        for _ in 0..count {
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("TCP socket");
+            sock.set_reuse_port(true).expect("SO_REUSEPORT");
+            sock.bind(&addr.into())
+                .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            sock.listen(BACKLOG).expect("listen");
+            addr = sock
+                .local_addr()
+                .expect("local address")
+                .as_socket()
+                .expect("an IP address");
+            listeners.push(sock);
+        }
+        TcpBacklogHold {
+            addr,
+            _listeners: listeners,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections held now: the accept queues' lengths, which /proc/net/tcp shows as the
+    /// receive queue of a listening socket.
+    pub fn held(&self) -> usize {
+        let want = format!(":{:04X}", self.addr.port());
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().take(5).collect();
+                (cols.len() == 5 && cols[1].ends_with(&want) && cols[3] == "0A").then(|| {
+                    let rx = cols[4].split(':').nth(1).unwrap_or("0");
+                    usize::from_str_radix(rx, 16).unwrap_or(0)
+                })
+            })
+            .sum()
+    }
+}
