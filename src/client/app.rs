@@ -835,7 +835,12 @@ impl ClientApp {
 
     /// Fails every stream of a lost connection; requests it never answered go back to the
     /// queue.
-    fn connection_lost(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, reason: &str) {
+    fn connection_lost(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        reason: &quinn_proto::ConnectionError,
+    ) {
         if self.pool.unanswered(ch) {
             self.requeue(io, ch);
         }
@@ -992,7 +997,7 @@ impl App for ClientApp {
             Event::Connected => self.pool.on_connected(io, ch),
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
-                self.connection_lost(io, ch, &reason.to_string());
+                self.connection_lost(io, ch, &reason);
                 self.dispatch(io);
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ConnectionHandle, StreamId};
+use quinn_proto::{ConnectionError, ConnectionHandle, StreamId};
 
 use super::auth::{AuthError, AuthExchange};
 use super::stats::PoolStats;
@@ -410,11 +410,15 @@ impl Pool {
 
     /// The connection is gone. Returns whether it had been authenticated and was not
     /// closed by the pool itself.
+    ///
+    /// While other connections work, one the server refused at authentication, or closed
+    /// before it was ready or before it answered any of its streams, means the server takes
+    /// no more (a timeout does not: the path or the server may be gone).
     pub fn on_lost(
         &mut self,
         now: Instant,
         ch: ConnectionHandle,
-        reason: &str,
+        reason: &ConnectionError,
         waiting: usize,
     ) -> bool {
         let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
@@ -426,8 +430,14 @@ impl Pool {
             self.stats.connection_down();
         }
         let others = self.conns.iter().any(|c| c.usable());
+        let by_peer = matches!(
+            reason,
+            ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_)
+        );
+        let refusal = c.failure.is_some()
+            || (by_peer && (!was_ready || (!c.answered && c.first_stream.is_some())));
         if !c.closing {
-            if others && (!was_ready || !c.answered) {
+            if others && refusal {
                 let why = match (&c.failure, was_ready) {
                     (Some(f), _) => format!("refused at authentication: {f}"),
                     (None, false) => format!("closed before authentication: {reason}"),
@@ -449,6 +459,8 @@ impl Pool {
     fn refused(&mut self, now: Instant, why: &str, waiting: usize) {
         let at_most = self.conns.iter().filter(|c| c.usable()).count().max(1);
         let (hold, first) = match &self.held {
+            // Refused again within the same hold (several connections of one burst).
+            Some(h) if now < h.until => (h.hold, false),
             Some(h) => ((h.hold * 2).min(MAX_HOLD), false),
             None => (MIN_HOLD, true),
         };
