@@ -641,3 +641,118 @@ mod tests {
         assert_eq!(send_rate(CcRx::Bps(5000), 0), 5000);
     }
 }
+
+#[cfg(test)]
+mod demand_tests {
+    use super::*;
+
+    fn pool(max: usize, now: Instant) -> Pool {
+        let cfg = PoolConfig {
+            server: "127.0.0.1:443".parse().expect("address"),
+            server_name: "x".into(),
+            auth: String::new(),
+            up: 0,
+            down: 0,
+            max_connections: max,
+            open_wait_threshold: Duration::from_millis(200),
+            eager: true,
+        };
+        Pool::new(cfg, Arc::new(PoolStats::new(1)), now)
+    }
+
+    fn conn(i: usize, ready: bool, streams: usize, now: Instant) -> PoolConn {
+        PoolConn {
+            ch: ConnectionHandle(i),
+            state: if ready {
+                State::Ready { udp: true }
+            } else {
+                State::Handshake
+            },
+            streams,
+            no_credit: false,
+            closing: false,
+            answered: false,
+            first_stream: (streams > 0).then_some(now),
+            idle_since: now,
+            failure: None,
+            started: now,
+        }
+    }
+
+    #[test]
+    fn one_connection_at_a_time_until_the_credit_is_known() {
+        let now = Instant::now();
+        let mut p = pool(4096, now);
+        assert_eq!(p.wanted(0, Duration::ZERO), 1, "eager: one at start");
+        assert_eq!(p.wanted(3000, Duration::ZERO), 1, "credit unknown");
+        p.conns.push(conn(0, false, 0, now));
+        assert_eq!(
+            p.wanted(3000, Duration::from_secs(1)),
+            1,
+            "one is on its way"
+        );
+    }
+
+    #[test]
+    fn a_burst_opens_what_the_waiting_requests_need() {
+        let now = Instant::now();
+        let mut p = pool(4096, now);
+        p.conns.push(conn(0, true, 64, now));
+        p.out_of_credit(0);
+        assert_eq!(p.credit, Some(64));
+        // 2936 waiting at 64 a connection: 46 more.
+        assert_eq!(p.wanted(2936, Duration::ZERO), 1 + 46);
+        // Connections still handshaking count for what they will carry.
+        for i in 1..=10 {
+            p.conns.push(conn(i, false, 0, now));
+        }
+        assert_eq!(p.wanted(2936, Duration::ZERO), 11 + 36);
+        assert_eq!(p.wanted(640, Duration::ZERO), 11, "enough on the way");
+        // The limit bounds it.
+        let mut small = pool(8, now);
+        small.conns.push(conn(0, true, 64, now));
+        small.out_of_credit(0);
+        assert_eq!(small.wanted(2936, Duration::ZERO).min(small.limit(now)), 8);
+    }
+
+    #[test]
+    fn a_connection_with_credit_left_takes_the_requests_first() {
+        let now = Instant::now();
+        let mut p = pool(4096, now);
+        p.conns.push(conn(0, true, 64, now));
+        p.out_of_credit(0);
+        p.conns.push(conn(1, true, 10, now));
+        assert_eq!(p.pick(), Some(1));
+        assert_eq!(p.wanted(100, Duration::ZERO), 2);
+    }
+
+    #[test]
+    fn a_connection_never_answered_while_others_are_is_refused() {
+        let now = Instant::now();
+        let mut p = pool(4096, now);
+        p.conns.push(conn(0, true, 64, now));
+        p.conns.push(conn(1, true, 64, now));
+        assert_eq!(
+            p.stalled(now + STALL),
+            None,
+            "nobody answered: the server is slow"
+        );
+        p.answered(ConnectionHandle(0));
+        assert_eq!(p.stalled(now + STALL / 2), None, "not yet");
+        assert_eq!(p.stalled(now + STALL), Some(ConnectionHandle(1)));
+        // Held at the one that works, then one more is tried.
+        p.conns[1].closing = true;
+        p.refused(now, "test", 64);
+        assert_eq!(p.limit(now), 1);
+        assert_eq!(p.limit(now + MIN_HOLD), 2);
+        // Refused again later: the hold doubles.
+        p.refused(now + MIN_HOLD, "test", 64);
+        assert_eq!(p.limit(now + MIN_HOLD + MIN_HOLD), 1);
+        assert_eq!(p.limit(now + MIN_HOLD + 2 * MIN_HOLD), 2);
+        // A second connection served lifts the hold.
+        p.conns.push(conn(2, true, 64, now));
+        p.answered(ConnectionHandle(2));
+        assert!(p.held.is_none());
+        assert_eq!(p.limit(now), 4096);
+    }
+}
