@@ -8,6 +8,7 @@ mod support;
 
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -181,14 +182,18 @@ fn quelay_server() -> QuelayServer {
 
 /// File descriptors for `n` held streams: the SOCKS5 connections here, the local
 /// connections in the client and the outbound ones in the server, which inherit this limit.
-/// (The target holds its side in accept queues.)
-fn open_files_for(n: usize) {
+/// (The target holds its side in accept queues.) The tests that hold thousands run one at a
+/// time: together they would need more than the limit allows.
+fn open_files_for(n: usize) -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     raise_open_files(n as u64 + 2048);
+    guard
 }
 
 #[test]
 fn holds_3000_streams_against_quelay() {
-    open_files_for(3000);
+    let _one = open_files_for(3000);
     let target = TcpBacklogHold::start(3000);
     let server = quelay_server();
     hold_many(server.addr(), 3000, Some(CREDIT), &target);
@@ -196,7 +201,7 @@ fn holds_3000_streams_against_quelay() {
 
 #[test]
 fn holds_10000_streams_against_quelay() {
-    open_files_for(10_000);
+    let _one = open_files_for(10_000);
     let target = TcpBacklogHold::start(10_000);
     let server = quelay_server();
     hold_many(server.addr(), 10_000, Some(CREDIT), &target);
@@ -206,7 +211,7 @@ fn holds_10000_streams_against_quelay() {
 /// carries them all.
 #[test]
 fn holds_3000_streams_against_singbox() {
-    open_files_for(3000);
+    let _one = open_files_for(3000);
     let target = TcpBacklogHold::start(3000);
     let server = SingboxServer::start(PASSWORD, &ServerOpts::default());
     hold_many(server.addr(), 3000, None, &target);
@@ -214,7 +219,7 @@ fn holds_3000_streams_against_singbox() {
 
 #[test]
 fn holds_10000_streams_against_singbox() {
-    open_files_for(10_000);
+    let _one = open_files_for(10_000);
     let target = TcpBacklogHold::start(10_000);
     let server = SingboxServer::start(PASSWORD, &ServerOpts::default());
     hold_many(server.addr(), 10_000, None, &target);
