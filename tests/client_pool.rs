@@ -318,3 +318,46 @@ fn waits_when_the_server_caps_connections() {
         stats.line
     );
 }
+
+/// After a burst, the extra connections close once they have carried nothing for 30 s;
+/// the first stays. One worker, so that all are in the same pool.
+#[test]
+fn idle_connections_beyond_the_first_close() {
+    const N: usize = 300;
+    const IDLE_CLOSE: Duration = Duration::from_secs(30);
+    let target = TcpEcho::start();
+    let server = quelay_server();
+    let opts = ClientOpts {
+        extra: "engine:\n  workers: 1\n".to_owned(),
+        ..ClientOpts::default()
+    };
+    let mut client = QuelayClient::start(server.addr(), &opts);
+    let mut burst = Burst::send(client.socks_addr(), target.addr(), N);
+    burst.collect(burst.started + ANSWER_TIMEOUT, |b| b.pending() == 0);
+    assert_eq!(
+        burst.succeeded(),
+        N,
+        "answers: {:?}; client stderr:\n{}",
+        burst.failures(),
+        tail(&client.child().stderr(), 30)
+    );
+    // Close every stream (the echo target closes its side in turn), then wait out the
+    // idle time.
+    drop(burst);
+    thread::sleep(IDLE_CLOSE + Duration::from_secs(3));
+    let stats = client.stop_stats();
+    eprintln!("{}: {}", test_name(), stats.line);
+    let peak = stats.get("peak_connections");
+    assert!(
+        peak >= N.div_ceil(CREDIT) as u64,
+        "the burst needed several connections: {}",
+        stats.line
+    );
+    assert_eq!(
+        stats.get("idle_closed"),
+        peak - 1,
+        "every connection but the first closed when idle: {}",
+        stats.line
+    );
+    assert_eq!(stats.get("connections"), 1, "{}", stats.line);
+}

@@ -844,6 +844,15 @@ impl ClientApp {
         if self.pool.unanswered(ch) {
             self.requeue(io, ch);
         }
+        self.release_streams(io, ch);
+        let waiting = self.n_waiting;
+        if self.pool.on_lost(io.now, ch, reason, waiting) {
+            tracing::warn!("{:?}: lost a connection to the server", io.worker);
+        }
+    }
+
+    /// Fails the streams and moves the UDP sessions of a connection that is gone.
+    fn release_streams(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
         let affected: Vec<_> = self
             .by_stream
             .iter()
@@ -875,10 +884,6 @@ impl ClientApp {
             }
         }
         self.by_stream.retain(|(c, _), _| *c != ch);
-        let waiting = self.n_waiting;
-        if self.pool.on_lost(io.now, ch, reason, waiting) {
-            tracing::warn!("{:?}: lost a connection to the server", io.worker);
-        }
         self.udp.connection_lost(ch);
     }
 
@@ -932,6 +937,14 @@ impl ClientApp {
         }
         let udp = &self.udp;
         self.pool.close_idle(io, |ch| udp.uses(ch));
+        self.pool_closed(io);
+    }
+
+    /// Ends what is left on the connections the pool closed itself.
+    fn pool_closed(&mut self, io: &mut Io<'_>) {
+        for ch in self.pool.take_closed() {
+            self.release_streams(io, ch);
+        }
     }
 }
 
@@ -1022,7 +1035,8 @@ impl App for ClientApp {
                 if id.dir() == Dir::Uni {
                     return drain(io, ch, id);
                 }
-                if self.pool.on_auth_readable(io, ch, id) {
+                if self.pool.on_auth_readable(io, ch, id, self.n_waiting) {
+                    self.pool_closed(io);
                     self.udp.flush_pending(io, &self.pool);
                     return self.dispatch(io);
                 }

@@ -61,16 +61,12 @@ pub struct PoolConn {
     pub streams: usize,
     /// The last open attempt found no stream credit; cleared when credit arrives.
     pub no_credit: bool,
-    /// The pool is closing it (idle, or not served by the server): it takes no streams.
-    closing: bool,
     /// One of its streams got (part of) a TCPResponse: the server serves it.
     answered: bool,
     /// When its first stream was opened.
     first_stream: Option<Instant>,
     /// Since when it carries no stream.
     idle_since: Instant,
-    /// Why the server ended it before it was ready, when known.
-    failure: Option<String>,
     started: Instant,
 }
 
@@ -79,9 +75,9 @@ impl PoolConn {
         matches!(self.state, State::Ready { .. })
     }
 
-    /// Ready and kept: may carry new streams.
+    /// Authenticated: may carry streams.
     pub fn usable(&self) -> bool {
-        self.is_ready() && !self.closing
+        self.is_ready()
     }
 }
 
@@ -119,6 +115,9 @@ pub struct Pool {
     /// Concurrent streams the server grants a connection, as seen when one ran out.
     credit: Option<usize>,
     held: Option<Held>,
+    /// Connections the pool closed itself since the app last looked: quinn reports no loss
+    /// for those.
+    closed: Vec<ConnectionHandle>,
 }
 
 impl Pool {
@@ -132,6 +131,7 @@ impl Pool {
             lost_all: false,
             credit: None,
             held: None,
+            closed: Vec::new(),
         }
     }
 
@@ -139,9 +139,29 @@ impl Pool {
         self.conns.iter_mut().find(|c| c.ch == ch)
     }
 
-    /// Connections that count against the limit: all but those being closed.
+    /// Connections that count against the limit.
     fn live(&self) -> usize {
-        self.conns.iter().filter(|c| !c.closing).count()
+        self.conns.len()
+    }
+
+    /// Closes `ch` and forgets it at once (see [`Pool::take_closed`]).
+    fn close_local(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+        let now = io.now;
+        if let Some(qc) = io.conn(ch) {
+            qc.close(now, 0u32.into(), b""[..].into());
+        }
+        if let Some(pos) = self.conns.iter().position(|c| c.ch == ch) {
+            if self.conns.swap_remove(pos).is_ready() {
+                self.stats.connection_down();
+            }
+        }
+        self.closed.push(ch);
+    }
+
+    /// The connections the pool closed itself since the last call: their streams and UDP
+    /// sessions are gone.
+    pub fn take_closed(&mut self) -> Vec<ConnectionHandle> {
+        std::mem::take(&mut self.closed)
     }
 
     /// The most connections the pool may have now.
@@ -158,11 +178,7 @@ impl Pool {
     /// `oldest_wait` (dispatch has already used every connection with credit).
     fn wanted(&self, waiting: usize, oldest_wait: Duration) -> usize {
         let live = self.live();
-        let pending = self
-            .conns
-            .iter()
-            .filter(|c| !c.closing && !c.is_ready())
-            .count();
+        let pending = self.conns.iter().filter(|c| !c.is_ready()).count();
         if live == 0 {
             return match self.credit {
                 _ if waiting == 0 => usize::from(self.cfg.eager),
@@ -219,11 +235,9 @@ impl Pool {
                         state: State::Handshake,
                         streams: 0,
                         no_credit: false,
-                        closing: false,
                         answered: false,
                         first_stream: None,
                         idle_since: io.now,
-                        failure: None,
                         started: io.now,
                     });
                 }
@@ -279,12 +293,16 @@ impl Pool {
     /// Abandons attempts that took too long.
     pub fn expire(&mut self, io: &mut Io<'_>) {
         let now = io.now;
-        for c in &self.conns {
-            if !c.is_ready() && now >= c.started + SETUP_TIMEOUT {
-                if let Some(qc) = io.conn(c.ch) {
-                    qc.close(now, 0u32.into(), b"setup timed out"[..].into());
-                }
-            }
+        let late: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|c| !c.is_ready() && now >= c.started + SETUP_TIMEOUT)
+            .map(|c| c.ch)
+            .collect();
+        for ch in late {
+            tracing::debug!("{:?}: connection setup timed out", io.worker);
+            self.close_local(io, ch);
+            self.failed(now);
         }
     }
 
@@ -302,6 +320,7 @@ impl Pool {
     pub fn close_idle(&mut self, io: &mut Io<'_>, in_use: impl Fn(ConnectionHandle) -> bool) {
         let now = io.now;
         let keep = self.kept();
+        let mut idle = Vec::new();
         for c in &mut self.conns {
             if !c.usable() || c.streams > 0 || Some(c.ch) == keep || now < c.idle_since + IDLE_CLOSE
             {
@@ -311,11 +330,11 @@ impl Pool {
                 c.idle_since = now;
                 continue;
             }
-            c.closing = true;
+            idle.push(c.ch);
+        }
+        for ch in idle {
             self.stats.idle_closed.fetch_add(1, Relaxed);
-            if let Some(qc) = io.conn(c.ch) {
-                qc.close(now, 0u32.into(), b""[..].into());
-            }
+            self.close_local(io, ch);
         }
     }
 
@@ -334,11 +353,13 @@ impl Pool {
 
     /// Reads the auth response on `id`, if that is the auth stream. True when the stream
     /// was the pool's.
+    /// `waiting`: requests waiting for a stream, for the log.
     pub fn on_auth_readable(
         &mut self,
         io: &mut Io<'_>,
         ch: ConnectionHandle,
         id: StreamId,
+        waiting: usize,
     ) -> bool {
         let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
             return false;
@@ -388,32 +409,32 @@ impl Pool {
                 }
             }
             Some(Err(why)) => {
-                let others = self.conns.iter().any(|c| c.usable());
-                if others {
-                    // The server takes some connections but not this one: a cap, most
-                    // likely; `on_lost` says so.
-                    self.conns[pos].failure = Some(why.to_string());
-                } else if let AuthError::Refused(_) = why {
-                    self.stats.auth_failures.fetch_add(1, Relaxed);
-                    tracing::error!("{}: {why}: check `auth`", self.cfg.server);
-                } else {
-                    tracing::error!("{}: {why}", self.cfg.server);
-                }
                 let now = io.now;
-                if let Some(qc) = io.conn(ch) {
-                    qc.close(now, 0u32.into(), b""[..].into());
+                self.close_local(io, ch);
+                if self.conns.iter().any(|c| c.usable()) {
+                    // The server takes some connections but not this one: a cap, most
+                    // likely.
+                    self.refused(now, &format!("refused at authentication: {why}"), waiting);
+                } else {
+                    if let AuthError::Refused(_) = why {
+                        self.stats.auth_failures.fetch_add(1, Relaxed);
+                        tracing::error!("{}: {why}: check `auth`", self.cfg.server);
+                    } else {
+                        tracing::error!("{}: {why}", self.cfg.server);
+                    }
+                    self.failed(now);
                 }
             }
         }
         true
     }
 
-    /// The connection is gone. Returns whether it had been authenticated and was not
-    /// closed by the pool itself.
+    /// The connection is gone (closed by the server, or timed out). Returns whether it had
+    /// been authenticated.
     ///
-    /// While other connections work, one the server refused at authentication, or closed
-    /// before it was ready or before it answered any of its streams, means the server takes
-    /// no more (a timeout does not: the path or the server may be gone).
+    /// While other connections work, one the server closed before it was ready or before it
+    /// answered any of its streams means the server takes no more (a timeout does not: the
+    /// path or the server may be gone).
     pub fn on_lost(
         &mut self,
         now: Instant,
@@ -434,24 +455,21 @@ impl Pool {
             reason,
             ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_)
         );
-        let refusal = c.failure.is_some()
-            || (by_peer && (!was_ready || (!c.answered && c.first_stream.is_some())));
-        if !c.closing {
-            if others && refusal {
-                let why = match (&c.failure, was_ready) {
-                    (Some(f), _) => format!("refused at authentication: {f}"),
-                    (None, false) => format!("closed before authentication: {reason}"),
-                    (None, true) => format!("closed before answering a stream: {reason}"),
-                };
-                self.refused(now, &why, waiting);
-            } else if !was_ready {
-                self.failed(now);
-            }
+        let refusal = by_peer && (!was_ready || (!c.answered && c.first_stream.is_some()));
+        if others && refusal {
+            let why = if was_ready {
+                format!("closed before answering a stream: {reason}")
+            } else {
+                format!("closed before authentication: {reason}")
+            };
+            self.refused(now, &why, waiting);
+        } else if !was_ready {
+            self.failed(now);
         }
         if was_ready && !self.conns.iter().any(|c| c.is_ready()) {
             self.lost_all = true;
         }
-        was_ready && !c.closing
+        was_ready
     }
 
     /// The server does not serve one more connection: the pool stays at those that work
@@ -541,14 +559,11 @@ impl Pool {
         streams: usize,
         waiting: usize,
     ) {
-        let Some(c) = self.conns.iter_mut().find(|c| c.ch == ch) else {
+        if !self.conns.iter().any(|c| c.ch == ch) {
             return;
-        };
-        c.closing = true;
-        let now = io.now;
-        if let Some(qc) = io.conn(ch) {
-            qc.close(now, 0u32.into(), b""[..].into());
         }
+        let now = io.now;
+        self.close_local(io, ch);
         self.refused(
             now,
             &format!("authenticated, but none of its {streams} stream(s) answered in {STALL:?}"),
@@ -670,11 +685,9 @@ mod demand_tests {
             },
             streams,
             no_credit: false,
-            closing: false,
             answered: false,
             first_stream: (streams > 0).then_some(now),
             idle_since: now,
-            failure: None,
             started: now,
         }
     }
@@ -741,7 +754,7 @@ mod demand_tests {
         assert_eq!(p.stalled(now + STALL / 2), None, "not yet");
         assert_eq!(p.stalled(now + STALL), Some(ConnectionHandle(1)));
         // Held at the one that works, then one more is tried.
-        p.conns[1].closing = true;
+        p.conns.pop();
         p.refused(now, "test", 64);
         assert_eq!(p.limit(now), 1);
         assert_eq!(p.limit(now + MIN_HOLD), 2);
