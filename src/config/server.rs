@@ -462,9 +462,10 @@ pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Far above what real clients hold (each authenticates within a round trip), far below
 /// what a flood would need to exhaust memory.
 pub const DEFAULT_MAX_UNAUTHENTICATED: u64 = 10_000;
-/// A browser opens one or two connections to a site; many users behind one NAT authenticate
-/// within a round trip each.
-pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: u64 = 64;
+/// A browser opens one or two connections to a site, but one client's pool may open a burst
+/// of connections at once (a few hundred when thousands of streams wait), and many users
+/// share an address behind a NAT; each authenticates within a round trip.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: u64 = 256;
 
 /// `engine` (quelay).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
