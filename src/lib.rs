@@ -16,6 +16,7 @@ pub mod metrics;
 #[deny(unsafe_code)]
 pub mod proto;
 pub mod quic;
+pub mod resolve;
 pub mod secret;
 pub mod server;
 pub mod worker;

@@ -49,6 +49,8 @@ pub const MIN_SALAMANDER_PASSWORD: usize = 4;
 pub const DEFAULT_GEO_UPDATE_INTERVAL: Duration = Duration::from_secs(168 * 3600);
 /// Default `masquerade.string.statusCode`.
 pub const DEFAULT_MASQUERADE_STATUS: u16 = 200;
+/// Official default `resolver.<type>.timeout` (also when set to 0).
+pub const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A whole server config (`quelay server -c FILE`), keys as in the official server.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +81,8 @@ pub struct ServerConfig {
     pub auth: Auth,
     /// `sniff`; `None` unless `sniff.enable` is true.
     pub sniff: Option<Sniff>,
+    /// `resolver`: how the names of relay targets are looked up.
+    pub resolver: Resolver,
     /// `acl`; `None` when neither `acl.file` nor `acl.inline` is set.
     pub acl: Option<Acl>,
     /// `outbounds`: quelay has exactly one, a direct one (the official default).
@@ -286,6 +290,51 @@ pub struct Sniff {
     pub tcp_ports: Option<PortSet>,
     /// `sniff.udpPorts`; `None` = all ports.
     pub udp_ports: Option<PortSet>,
+}
+
+/// `resolver`: where names are looked up. Only the section of the chosen type is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Resolver {
+    /// `system` (default, also an empty type): the operating system's lookup (getaddrinfo:
+    /// /etc/hosts, then resolv.conf).
+    #[default]
+    System,
+    /// `udp`: plain DNS over UDP.
+    Udp(DnsUpstream),
+    /// `tcp`: plain DNS over TCP.
+    Tcp(DnsUpstream),
+    /// `tls` (alias `tcp-tls`): DNS over TLS.
+    Tls(DnsUpstream),
+    /// `https` (alias `http`): DNS over HTTPS (RFC 8484).
+    Https(DnsUpstream),
+}
+
+impl Resolver {
+    /// The type's name as the file spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resolver::System => "system",
+            Resolver::Udp(_) => "udp",
+            Resolver::Tcp(_) => "tcp",
+            Resolver::Tls(_) => "tls",
+            Resolver::Https(_) => "https",
+        }
+    }
+}
+
+/// `resolver.<type>`: one upstream DNS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsUpstream {
+    /// `addr`. udp, tcp and tls: `host:port`, the port defaulted (53, or 853 for tls) and an
+    /// IPv6 literal bracketed. https: the URL; an `addr` without `https://` becomes
+    /// `https://ADDR/dns-query`.
+    pub addr: String,
+    /// `timeout` of one query (default 2 s).
+    pub timeout: Duration,
+    /// `sni` (tls, https): the TLS server name; `None` = the host of `addr`.
+    pub sni: Option<String>,
+    /// `insecure` (tls, https): do not verify the server's certificate.
+    pub insecure: bool,
 }
 
 /// `acl`: routing rules; their syntax is checked by whoever compiles them.

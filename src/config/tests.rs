@@ -174,6 +174,7 @@ fn full_config() {
             tcp_ports: Some(PortSet::parse("80,443,8000-9000").unwrap()),
             udp_ports: Some(PortSet::all()),
         }),
+        resolver: Resolver::System,
         acl: Some(Acl {
             rules: AclRules::Inline(vec!["reject(geoip:cn)".into(), "direct(all)".into()]),
             geoip: Some("/var/lib/quelay/geoip.mmdb".into()),
@@ -502,7 +503,13 @@ fn refused_and_required() {
         ("obfs: {type: salamander}", "obfs.salamander.password", "at least 4 bytes"),
         ("congestion: {type: vegas}", "congestion.type", "unsupported"),
         ("congestion: {bbrProfile: wild}", "congestion.bbrProfile", "unsupported"),
-        ("resolver: {type: carrier-pigeon}", "resolver.type", "unsupported"),
+        ("resolver: {type: carrier-pigeon}", "resolver.type", "unsupported resolver type"),
+        ("resolver: {type: quic, quic: {addr: 1.1.1.1}}", "resolver.type", "unsupported resolver type"),
+        ("resolver: {type: udp}", "resolver.udp.addr", "empty resolver address"),
+        ("resolver: {type: tls, udp: {addr: 1.1.1.1}}", "resolver.tls.addr", "empty resolver address"),
+        ("resolver: {type: https, https: {addr: \"\"}}", "resolver.https.addr", "empty resolver address"),
+        ("resolver: {type: tcp, tcp: {addr: \"dns:x\"}}", "resolver.tcp.addr", "bad port"),
+        ("resolver: {type: udp, udp: {addr: \"a b:53\"}}", "resolver.udp.addr", "not a host:port"),
         ("acl: {file: a.acl, inline: [\"direct(all)\"]}", "acl", "both"),
         ("outbounds: [{type: direct}]", "outbounds[0].name", "required"),
         ("outbounds: [{name: s, type: socks5, socks5: {addr: \"1.2.3.4:1080\"}}]", "outbounds[0].type", "not supported"),
@@ -747,13 +754,20 @@ fn other_warnings() {
         [
             "realm",
             "obfs.salamander.password",
-            "resolver.type",
             "outbounds[1]",
             "trafficStats.secret"
         ],
         "{w:?}"
     );
-    assert!(w[2].message.contains("system resolver is used"), "{}", w[2]);
+    assert_eq!(
+        c.resolver,
+        Resolver::Https(DnsUpstream {
+            addr: "https://1.1.1.1:443/dns-query".into(),
+            timeout: DEFAULT_RESOLVER_TIMEOUT,
+            sni: None,
+            insecure: false,
+        })
+    );
 
     let (_, w) = parse("auth: {type: userpass, userpass: {\"a:b\": c}}").unwrap();
     assert_eq!(w[0].key, "auth.userpass.a:b");
@@ -937,4 +951,88 @@ fn congestion_types() {
         ));
         assert_eq!(c.congestion.kind, kind, "{name}");
     }
+}
+
+/// `resolver`: each type with its section, the official defaults (2 s, ports 53 and 853,
+/// `https://ADDR/dns-query`), aliases and case-insensitive types.
+#[test]
+fn resolver_keys() {
+    let up = |addr: &str, secs: u64, sni: Option<&str>, insecure: bool| DnsUpstream {
+        addr: addr.into(),
+        timeout: Duration::from_secs(secs),
+        sni: sni.map(Into::into),
+        insecure,
+    };
+    let cases: Vec<(&str, Resolver)> = vec![
+        ("", Resolver::System),
+        ("resolver: {type: system}", Resolver::System),
+        ("resolver: {type: \"\", udp: {addr: 1.2.3.4}}", Resolver::System),
+        (
+            "resolver: {type: udp, udp: {addr: 8.8.4.4}}",
+            Resolver::Udp(up("8.8.4.4:53", 2, None, false)),
+        ),
+        (
+            "resolver: {type: UDP, udp: {addr: \"127.0.0.1:5353\", timeout: 4s}}",
+            Resolver::Udp(up("127.0.0.1:5353", 4, None, false)),
+        ),
+        (
+            "resolver: {type: udp, udp: {addr: \"2001:db8::53\", timeout: 0}}",
+            Resolver::Udp(up("[2001:db8::53]:53", 2, None, false)),
+        ),
+        (
+            "resolver: {type: tcp, tcp: {addr: \"[::1]\"}}",
+            Resolver::Tcp(up("[::1]:53", 2, None, false)),
+        ),
+        (
+            "resolver: {type: tcp, tcp: {addr: dns.example}}",
+            Resolver::Tcp(up("dns.example:53", 2, None, false)),
+        ),
+        (
+            "resolver: {type: tls, tls: {addr: 1.1.1.1, timeout: 10s, sni: cloudflare-dns.com, \
+             insecure: true}}",
+            Resolver::Tls(up("1.1.1.1:853", 10, Some("cloudflare-dns.com"), true)),
+        ),
+        (
+            "resolver: {type: tcp-tls, tls: {addr: \"dot.example:8853\"}}",
+            Resolver::Tls(up("dot.example:8853", 2, None, false)),
+        ),
+        (
+            "resolver: {type: http, https: {addr: dns.example, sni: x.example}}",
+            Resolver::Https(up("https://dns.example/dns-query", 2, Some("x.example"), false)),
+        ),
+        (
+            "resolver: {type: https, https: {addr: \"https://dns.example:8443/q\", insecure: true}}",
+            Resolver::Https(up("https://dns.example:8443/q", 2, None, true)),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(ok(&format!("{AUTH}{text}\n")).resolver, want, "{text}");
+    }
+    // The official default is the system resolver.
+    assert_eq!(ok(AUTH).resolver.kind(), "system");
+    // Errors name the key and the file.
+    let e = fails(
+        &format!("{AUTH}resolver: {{type: udp, udp: {{timeout: 2s}}}}"),
+        "resolver.udp.addr",
+    );
+    assert_eq!(
+        e.to_string(),
+        "server.yaml: resolver.udp.addr: empty resolver address"
+    );
+    fails(
+        &format!("{AUTH}resolver: {{type: udp, udp: {{addr: 1.1.1.1, timeout: soon}}}}"),
+        "resolver.udp.timeout",
+    );
+    fails(
+        &format!("{AUTH}resolver: {{type: tls, tls: {{addr: 1.1.1.1, insecure: maybe}}}}"),
+        "resolver.tls.insecure",
+    );
+    // A section of another type is still checked for unknown keys, and sni/insecure are not
+    // keys of udp and tcp.
+    let (_, w) = parse(&format!(
+        "{AUTH}resolver: {{type: udp, udp: {{addr: 1.1.1.1, sni: x}}, https: {{adress: y}}}}"
+    ))
+    .unwrap();
+    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["resolver.udp.sni", "resolver.https.adress"], "{w:?}");
 }

@@ -1,19 +1,24 @@
-//! Blocking work off the data path: a small pool of threads runs DNS lookups, HTTP
-//! authentication and masquerade responses, and posts each outcome back to the worker
-//! that asked (a channel plus a ring wakeup).
+//! Work off the data path, posted back to the worker that asked (a channel plus a ring
+//! wakeup). Each kind has a bounded room of its own, so that no kind can starve another:
+//!
+//! - DNS lookups go to the resolver ([`crate::resolve`]): its own thread, queue and cap;
+//! - HTTP authentication runs on blocking threads of its own, with its own queue;
+//! - masquerade responses (file, proxy) run on others, with theirs.
+//!
+//! A full queue fails that job at once; the caller answers as a busy server would.
 
+use std::fmt::Write as _;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::config;
 use crate::engine::Waker;
-
-/// Threads shared by all workers; jobs block, so several run at once.
-const THREADS: usize = 4;
-/// Jobs queued before new ones fail at once.
-const QUEUE: usize = 4096;
+use crate::resolve::Resolver;
 
 /// What a job produced.
 pub enum Outcome {
@@ -31,6 +36,36 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
+/// Which room a blocking job runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// `auth.type: http`: the backend's verdict.
+    Auth,
+    /// `masquerade.type: file` or `proxy`: the response.
+    Masquerade,
+}
+
+/// A room's size.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSize {
+    /// Jobs run at once (each blocks a thread).
+    pub threads: usize,
+    /// Jobs waiting for a thread; beyond it, new ones fail at once.
+    pub queue: usize,
+}
+
+/// HTTP authentication: a backend that stalls holds a thread for up to its 10 s timeout, so
+/// a flood fills this queue and is refused without touching anything else.
+pub const AUTH_POOL: PoolSize = PoolSize {
+    threads: 8,
+    queue: 1024,
+};
+/// Masquerade responses: visitors a web server would serve, far fewer than relayed streams.
+pub const MASQUERADE_POOL: PoolSize = PoolSize {
+    threads: 4,
+    queue: 512,
+};
+
 type Work = Box<dyn FnOnce() -> Outcome + Send>;
 
 struct Job {
@@ -40,23 +75,38 @@ struct Job {
     waker: Waker,
 }
 
-/// The pool. Dropping it lets the threads finish.
-pub struct Offload {
+/// Counters of one room, read by `/metrics`.
+#[derive(Default, Debug)]
+pub struct PoolStats {
+    /// Jobs accepted.
+    pub accepted: AtomicU64,
+    /// Jobs refused because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Jobs running now.
+    pub running: AtomicU64,
+}
+
+/// Blocking threads and their queue.
+struct Pool {
     jobs: Sender<Job>,
+    stats: Arc<PoolStats>,
     _threads: Vec<JoinHandle<()>>,
 }
 
-impl Offload {
-    pub fn new() -> io::Result<Self> {
-        let (jobs, rx) = bounded::<Job>(QUEUE);
-        let threads = (0..THREADS)
+impl Pool {
+    fn new(name: &str, size: PoolSize) -> io::Result<Pool> {
+        let (jobs, rx) = bounded::<Job>(size.queue.max(1));
+        let stats = Arc::new(PoolStats::default());
+        let threads = (0..size.threads.max(1))
             .map(|i| {
-                let rx = rx.clone();
+                let (rx, stats) = (rx.clone(), stats.clone());
                 std::thread::Builder::new()
-                    .name(format!("quelay-off{i}"))
+                    .name(format!("quelay-{name}{i}"))
                     .spawn(move || {
                         for job in rx {
+                            stats.running.fetch_add(1, Ordering::Relaxed);
                             let outcome = (job.work)();
+                            stats.running.fetch_sub(1, Ordering::Relaxed);
                             let _ = job.reply.send(Answer {
                                 token: job.token,
                                 outcome,
@@ -66,57 +116,208 @@ impl Offload {
                     })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Offload {
+        Ok(Pool {
             jobs,
+            stats,
             _threads: threads,
         })
     }
 
-    /// A worker's end: submit lookups, collect answers.
+    fn handle(&self) -> PoolHandle {
+        PoolHandle {
+            jobs: self.jobs.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// A worker's way into one room.
+struct PoolHandle {
+    jobs: Sender<Job>,
+    stats: Arc<PoolStats>,
+}
+
+/// The rooms. Dropping it (and every client) lets the threads finish.
+pub struct Offload {
+    auth: Pool,
+    masquerade: Pool,
+    resolver: Arc<Resolver>,
+}
+
+impl Offload {
+    /// The rooms, with the resolver `resolver` describes. Errors name the config key.
+    pub fn new(resolver: &config::Resolver) -> Result<Self, String> {
+        let resolver = Arc::new(Resolver::start(resolver)?);
+        Self::with_resolver(resolver)
+    }
+
+    /// The rooms around a resolver that is already running.
+    pub fn with_resolver(resolver: Arc<Resolver>) -> Result<Self, String> {
+        let pool = |name, size| {
+            Pool::new(name, size).map_err(|e| format!("cannot start the {name} threads: {e}"))
+        };
+        Ok(Offload {
+            auth: pool("auth", AUTH_POOL)?,
+            masquerade: pool("masq", MASQUERADE_POOL)?,
+            resolver,
+        })
+    }
+
+    /// The resolver lookups go to (the one the ACL asks too).
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    /// A worker's end: submit jobs, collect answers.
     pub fn client(&self, waker: Waker) -> OffloadClient {
         let (reply, answers) = unbounded();
         OffloadClient {
-            jobs: self.jobs.clone(),
+            auth: self.auth.handle(),
+            masquerade: self.masquerade.handle(),
+            resolver: self.resolver.clone(),
             reply,
             answers,
             waker,
         }
     }
+
+    /// The rooms' counters as Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        let d = self.resolver.stats();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let pools = [
+            (
+                "dns",
+                load(&d.accepted),
+                load(&d.queue_full),
+                load(&d.queued),
+                load(&d.in_flight),
+            ),
+            pool_row("auth", &self.auth),
+            pool_row("masquerade", &self.masquerade),
+        ];
+        type Get = fn(&(&str, u64, u64, u64, u64)) -> u64;
+        let series: [(&str, &str, &str, Get); 4] = [
+            (
+                "quelay_offload_jobs_total",
+                "counter",
+                "Jobs accepted off the data path (dns: lookups; auth: HTTP verdicts; \
+                 masquerade: file and proxy responses).",
+                |r| r.1,
+            ),
+            (
+                "quelay_offload_queue_full_total",
+                "counter",
+                "Jobs refused at once because their room's queue was full.",
+                |r| r.2,
+            ),
+            (
+                "quelay_offload_queued",
+                "gauge",
+                "Jobs waiting in their room's queue.",
+                |r| r.3,
+            ),
+            (
+                "quelay_offload_running",
+                "gauge",
+                "Jobs running now (dns: names being looked up).",
+                |r| r.4,
+            ),
+        ];
+        for (name, ty, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for row in &pools {
+                let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", row.0, get(row));
+            }
+        }
+        let dns = [
+            (
+                "quelay_dns_coalesced_total",
+                "Lookups that joined a lookup of the same name in flight.",
+                load(&d.coalesced),
+            ),
+            (
+                "quelay_dns_timeouts_total",
+                "Names whose lookup passed its deadline.",
+                load(&d.timed_out),
+            ),
+            (
+                "quelay_dns_failures_total",
+                "Names whose lookup failed otherwise.",
+                load(&d.failed),
+            ),
+        ];
+        for (name, help, v) in dns {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{resolver=\"{}\"}} {v}",
+                self.resolver.kind()
+            );
+        }
+    }
+}
+
+fn pool_row(name: &'static str, p: &Pool) -> (&'static str, u64, u64, u64, u64) {
+    let s = &p.stats;
+    (
+        name,
+        s.accepted.load(Ordering::Relaxed),
+        s.queue_full.load(Ordering::Relaxed),
+        p.jobs.len() as u64,
+        s.running.load(Ordering::Relaxed),
+    )
 }
 
 pub struct OffloadClient {
-    jobs: Sender<Job>,
+    auth: PoolHandle,
+    masquerade: PoolHandle,
+    resolver: Arc<Resolver>,
     reply: Sender<Answer>,
     answers: Receiver<Answer>,
     waker: Waker,
 }
 
 impl OffloadClient {
-    /// Starts a lookup; the answer arrives through `answers()` with `token`.
+    /// Starts a lookup; the answer arrives through `answers()` with `token`. Fails at once
+    /// when the resolver's queue is full.
     pub fn lookup(&self, host: &str, port: u16, token: u64) -> io::Result<()> {
-        let host = host.to_string();
-        self.run(
-            token,
-            Box::new(move || {
-                Outcome::Resolved(
-                    (host.as_str(), port)
-                        .to_socket_addrs()
-                        .map(|a| a.collect::<Vec<_>>()),
-                )
+        let (reply, waker) = (self.reply.clone(), self.waker.clone());
+        self.resolver.lookup(
+            host,
+            port,
+            Box::new(move |addrs| {
+                let _ = reply.send(Answer {
+                    token,
+                    outcome: Outcome::Resolved(addrs),
+                });
+                waker.wake();
             }),
         )
     }
 
-    /// Runs `work` on the pool; its outcome arrives through `answers()` with `token`.
-    pub fn run(&self, token: u64, work: Work) -> io::Result<()> {
-        self.jobs
-            .try_send(Job {
-                work,
-                token,
-                reply: self.reply.clone(),
-                waker: self.waker.clone(),
-            })
-            .map_err(|_| io::Error::other("offload queue full"))
+    /// Runs `work` in `class`'s room; its outcome arrives through `answers()` with `token`.
+    /// Fails at once when that room's queue is full.
+    pub fn run(&self, class: Class, token: u64, work: Work) -> io::Result<()> {
+        let room = match class {
+            Class::Auth => &self.auth,
+            Class::Masquerade => &self.masquerade,
+        };
+        let job = Job {
+            work,
+            token,
+            reply: self.reply.clone(),
+            waker: self.waker.clone(),
+        };
+        match room.jobs.try_send(job) {
+            Ok(()) => {
+                room.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => {
+                room.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                Err(io::Error::other(format!("{class:?} queue full")))
+            }
+        }
     }
 
     pub fn answers(&self) -> impl Iterator<Item = Answer> + '_ {

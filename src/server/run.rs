@@ -208,7 +208,8 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let steering = n > 1 && obfs.is_none() && super::attach_steering(&socks);
 
     let specs = super::worker_specs(socks, &server_config);
-    let resolver = Arc::new(Offload::new().map_err(|e| format!("resolver threads: {e}"))?);
+    let offload = Arc::new(Offload::new(&cfg.resolver)?);
+    tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {
         io: cfg.engine.io,
         driver,
@@ -223,7 +224,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     };
     let (mut ops, links) = ops::channels(n, hy2.limits.clone());
     let group = worker::spawn(specs, &group_cfg, |id| {
-        let app = Hy2App::new(hy2.clone(), resolver.clone());
+        let app = Hy2App::new(hy2.clone(), offload.clone());
         match links.get(usize::from(id.0)) {
             Some(link) => app.with_link(link.clone()),
             None => app,
@@ -245,8 +246,11 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     if let Some(m) = &cfg.metrics {
         let counters = group.shared.counters.clone();
         let limits = hy2.limits.clone();
+        let offload = offload.clone();
         crate::metrics::prometheus::serve(m.listen, move || {
-            crate::metrics::prometheus::render(&counters, Some(&limits))
+            let mut page = crate::metrics::prometheus::render(&counters, Some(&limits));
+            offload.render_metrics(&mut page);
+            page
         })?;
         tracing::info!("metrics on http://{}/metrics", m.listen);
     }
@@ -288,6 +292,7 @@ impl Server {
             (new.disable_udp != old.disable_udp, "disableUDP"),
             (new.traffic_stats != old.traffic_stats, "trafficStats"),
             (new.metrics != old.metrics, "metrics"),
+            (new.resolver != old.resolver, "resolver"),
             (
                 new.tls.is_some() != old.tls.is_some(),
                 "tls (added or removed)",
@@ -306,6 +311,7 @@ impl Server {
         new.disable_udp = old.disable_udp;
         new.traffic_stats = old.traffic_stats.clone();
         new.metrics = old.metrics.clone();
+        new.resolver = old.resolver.clone();
         if new.tls.is_some() != old.tls.is_some() {
             new.tls = old.tls.clone();
         }

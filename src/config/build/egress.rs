@@ -1,5 +1,6 @@
 //! Where relayed traffic goes: `resolver`, `sniff`, `acl`, `outbounds`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::{lower, W};
@@ -8,30 +9,116 @@ use crate::config::reader::Section;
 use crate::config::server::*;
 use crate::config::units::PortSet;
 
-pub(super) fn resolver(top: &mut Section, w: &mut W) -> Result<(), Fault> {
+pub(super) fn resolver(top: &mut Section, w: &mut W) -> Result<Resolver, Fault> {
     let mut s = top.section("resolver")?;
     let type_key = s.key("type");
     let kind = lower(s.string("type", w)?);
-    s.skip_section("tcp", &["addr", "timeout"], w)?;
-    s.skip_section("udp", &["addr", "timeout"], w)?;
-    s.skip_section("tls", &["addr", "timeout", "sni", "insecure"], w)?;
-    s.skip_section("https", &["addr", "timeout", "sni", "insecure"], w)?;
+    // Every section is read (and checked) whichever type is chosen, as the official server
+    // decodes them all; only the chosen one must have an address.
+    let udp = upstream(&mut s, "udp", false, w)?;
+    let tcp = upstream(&mut s, "tcp", false, w)?;
+    let tls = upstream(&mut s, "tls", true, w)?;
+    let https = upstream(&mut s, "https", true, w)?;
     s.skip_section("quic", &["addr", "timeout", "sni", "insecure"], w)?;
     s.finish(w);
-    match kind.as_str() {
-        "" | "system" => Ok(()),
-        "tcp" | "udp" | "tls" | "tcp-tls" | "https" | "http" | "quic" => {
-            w.push(Warning::new(
+    let (name, raw, port) = match kind.as_str() {
+        "" | "system" => return Ok(Resolver::System),
+        "udp" => ("udp", udp, 53),
+        "tcp" => ("tcp", tcp, 53),
+        "tls" | "tcp-tls" => ("tls", tls, 853),
+        "https" | "http" => ("https", https, 0),
+        other => {
+            return Err(fault(
                 type_key,
-                format!("{kind:?} resolvers are not supported; the system resolver is used"),
-            ));
-            Ok(())
+                format!("unsupported resolver type {other:?} (system, udp, tcp, tls or https)"),
+            ))
         }
-        other => Err(fault(
-            type_key,
-            format!("unsupported resolver type {other:?} (quelay uses the system resolver)"),
-        )),
+    };
+    let (addr_key, addr, mut up) = raw;
+    if addr.is_empty() {
+        return Err(fault(addr_key, "empty resolver address"));
     }
+    up.addr = if name == "https" {
+        doh_url(&addr).map_err(|e| fault(addr_key, e))?
+    } else {
+        with_default_port(&addr, port).map_err(|e| fault(addr_key, e))?
+    };
+    Ok(match name {
+        "udp" => Resolver::Udp(up),
+        "tcp" => Resolver::Tcp(up),
+        "tls" => Resolver::Tls(up),
+        _ => Resolver::Https(up),
+    })
+}
+
+/// `resolver.<name>`: its `addr` (as written, with its dotted key) and the rest.
+fn upstream(
+    top: &mut Section,
+    name: &str,
+    tls: bool,
+    w: &mut W,
+) -> Result<(String, String, DnsUpstream), Fault> {
+    let mut s = top.section(name)?;
+    let addr_key = s.key("addr");
+    let addr = s.string("addr", w)?.unwrap_or_default().trim().to_owned();
+    let timeout = s
+        .duration("timeout")?
+        .map_or(DEFAULT_RESOLVER_TIMEOUT, |(d, _)| d);
+    let (sni, insecure) = if tls {
+        (s.nonempty_string("sni", w)?, s.bool("insecure")?)
+    } else {
+        (None, false)
+    };
+    s.finish(w);
+    let up = DnsUpstream {
+        addr: String::new(),
+        timeout,
+        sni,
+        insecure,
+    };
+    Ok((addr_key, addr, up))
+}
+
+/// `host:port` with `port` added when `addr` has none; a bare IPv6 literal is bracketed.
+pub(crate) fn with_default_port(addr: &str, port: u16) -> Result<String, String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(addr.to_owned());
+    }
+    let bare = addr.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => {
+            let p = p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("bad port {p:?} in {addr:?}"))?;
+            (h, p)
+        }
+        None => (addr, port),
+    };
+    if host.is_empty() || host.contains(['/', ' ', '[', ']', ':']) {
+        return Err(format!("{addr:?} is not a host:port address"));
+    }
+    Ok(format!("{host}:{port}"))
+}
+
+/// The DoH URL for `addr`: as given when it starts with `https://`, else
+/// `https://ADDR/dns-query` (as the official server builds it).
+pub(crate) fn doh_url(addr: &str) -> Result<String, String> {
+    let url = if addr.starts_with("https://") {
+        addr.to_owned()
+    } else {
+        format!("https://{addr}/dns-query")
+    };
+    let rest = &url["https://".len()..];
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains(' ') {
+        return Err(format!("{addr:?}: no host in the URL {url:?}"));
+    }
+    Ok(url)
 }
 
 pub(super) fn sniff(top: &mut Section, w: &mut W) -> Result<Option<Sniff>, Fault> {

@@ -45,7 +45,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         "2s to 600s",
     )?;
     let auth = access::auth(&mut top, w)?;
-    egress::resolver(&mut top, w)?;
+    let resolver = egress::resolver(&mut top, w)?;
     let sniff = egress::sniff(&mut top, w)?;
     let acl = egress::acl(&mut top, w)?;
     let outbound = egress::outbounds(&mut top, acl.is_some(), w)?;
@@ -107,6 +107,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         udp_idle_timeout,
         auth,
         sniff,
+        resolver,
         acl,
         outbound,
         traffic_stats,

@@ -27,7 +27,7 @@ use self::speedtest::{is_speedtest_addr, SpeedTest};
 use self::udp::UdpTable;
 use super::backend;
 use super::guard::OutboundGuard;
-use super::offload::{Offload, OffloadClient, Outcome};
+use super::offload::{Class, Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
 use crate::engine::{Completion, SockOp};
 use crate::limits::admission::UnauthPermit;
@@ -755,12 +755,17 @@ impl Hy2App {
         let Some(serial) = self.conns.get(&ch).map(|c| c.serial) else {
             return;
         };
+        let class = match kind {
+            Pending::Auth { .. } => Class::Auth,
+            Pending::Response => Class::Masquerade,
+        };
         let key = self.pending.insert((ConnRef { ch, serial }, id, kind));
         let off = self
             .offload
             .get_or_insert_with(|| self.pool.client(io.driver.waker()));
-        if off.run(JOB_TOKEN | key as u64, work).is_err() {
-            // The pool is saturated: answer as a busy web server would.
+        if off.run(class, JOB_TOKEN | key as u64, work).is_err() {
+            // Its room is saturated: answer as a busy web server would (an auth request is
+            // refused so).
             self.pending.remove(key);
             self.respond(io, ch, id, h3::response(503, &[], b""));
         }
