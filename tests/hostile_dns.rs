@@ -6,6 +6,10 @@
 //!   `/dump/streams` entry (issue 14, finding 1).
 //! - A UDP session that sends to two names must deliver each datagram to its own name's
 //!   address, whichever answer comes first (issue 14, finding 5).
+//! - Lookups of names that never answer, and a flood of HTTP-auth requests to a backend that
+//!   stalls, each fill only their own room: relays to IP literals and to names that answer,
+//!   and logins, go on meanwhile (issue 14, finding 4).
+//! - `resolver: {type: udp}` asks the server it names, not the system's.
 //!
 //! The server (`quelay server`) runs in a network namespace of the test's own
 //! (`ip netns exec`), whose /etc/resolv.conf (bind-mounted from /etc/netns/NS/) names a DNS
@@ -63,7 +67,13 @@ struct DnsNs {
 impl DnsNs {
     /// Builds the namespace, or fails the test naming what is missing.
     fn new() -> DnsNs {
-        DnsNs::try_new().unwrap_or_else(|e| {
+        // One try, 5 s: an answer that comes late is waited for, never asked again.
+        DnsNs::with_options("attempts:1 timeout:5")
+    }
+
+    /// A namespace whose resolv.conf has `options OPTIONS`.
+    fn with_options(options: &str) -> DnsNs {
+        DnsNs::try_new(options).unwrap_or_else(|e| {
             panic!(
                 "cannot create a network namespace with its own resolv.conf for the DNS \
                  tests: {e}"
@@ -71,7 +81,7 @@ impl DnsNs {
         })
     }
 
-    fn try_new() -> Result<DnsNs, String> {
+    fn try_new(options: &str) -> Result<DnsNs, String> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
@@ -95,10 +105,9 @@ impl DnsNs {
         run_tool("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
         fs::create_dir_all(&ns.etc)
             .map_err(|e| format!("cannot create {}: {e}", ns.etc.display()))?;
-        // One try, 5 s: an answer that comes late is waited for, never asked again.
         fs::write(
             ns.etc.join("resolv.conf"),
-            "nameserver 127.0.0.1\noptions attempts:1 timeout:5\n",
+            format!("nameserver 127.0.0.1\noptions {options}\n"),
         )
         .map_err(|e| format!("cannot write {}/resolv.conf: {e}", ns.etc.display()))?;
         // The check that matters: a thread can enter it and bind there.
@@ -198,8 +207,8 @@ impl Ord for Due {
 }
 
 /// A DNS server on 127.0.0.1:53 in a namespace: A queries for the names it knows get their
-/// address, AAAA queries for them an empty NOERROR answer, anything else NXDOMAIN; every
-/// reply goes out `delay` after its query arrived.
+/// address, AAAA queries for them an empty NOERROR answer, names under `never.test` no answer
+/// at all, anything else NXDOMAIN; every reply goes out `delay` after its query arrived.
 struct DnsServer {
     stats: Arc<DnsStats>,
     started: Instant,
@@ -209,6 +218,11 @@ struct DnsServer {
 
 impl DnsServer {
     fn start(ns: &DnsNs, delay: Duration, names: &[(&str, Ipv4Addr)]) -> DnsServer {
+        DnsServer::start_on(ns, 53, delay, names)
+    }
+
+    /// The server on 127.0.0.1:`port`.
+    fn start_on(ns: &DnsNs, port: u16, delay: Duration, names: &[(&str, Ipv4Addr)]) -> DnsServer {
         let names: HashMap<String, Ipv4Addr> =
             names.iter().map(|(n, a)| (n.to_string(), *a)).collect();
         let stats = Arc::new(DnsStats::default());
@@ -222,7 +236,7 @@ impl DnsServer {
                 .name(format!("dns@{ns_name}"))
                 .spawn(move || {
                     enter_ns(&ns_name);
-                    let sock = match UdpSocket::bind("127.0.0.1:53") {
+                    let sock = match UdpSocket::bind(("127.0.0.1", port)) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));
@@ -236,7 +250,7 @@ impl DnsServer {
         };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("the test's DNS server cannot bind 127.0.0.1:53: {e}"),
+            Ok(Err(e)) => panic!("the test's DNS server cannot bind 127.0.0.1:{port}: {e}"),
             Err(e) => panic!("the test's DNS server did not start: {e}"),
         }
         DnsServer {
@@ -332,6 +346,7 @@ fn serve_dns(
         let Some((name, qtype, reply)) = dns_reply(&buf[..n], names) else {
             continue;
         };
+        let silent = name_never_answered(&name);
         *stats
             .queries
             .lock()
@@ -343,6 +358,9 @@ fn serve_dns(
             arrived.duration_since(started).as_millis() as u64,
             Ordering::SeqCst,
         );
+        if silent {
+            continue;
+        }
         seq += 1;
         due.push(Due {
             at: arrived + delay,
@@ -351,6 +369,11 @@ fn serve_dns(
             reply,
         });
     }
+}
+
+/// Names the DNS server never answers: `never.test` and the names under it.
+fn name_never_answered(name: &str) -> bool {
+    name == "never.test" || name.ends_with(".never.test")
 }
 
 /// The question of a DNS query (name lowercased, type) and the reply to it; `None` for
@@ -531,6 +554,12 @@ struct NsServer {
 
 impl NsServer {
     fn start(ns: &DnsNs) -> NsServer {
+        let auth = format!("auth:\n  type: password\n  password: {PASSWORD}\n");
+        NsServer::start_with(ns, &auth, "")
+    }
+
+    /// A server with the `auth` section `auth` and more top-level keys in `extra` (YAML).
+    fn start_with(ns: &DnsNs, auth: &str, extra: &str) -> NsServer {
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
         let port = |ns: &DnsNs| SocketAddr::from(([127, 0, 0, 1], free_port(ns)));
@@ -538,7 +567,7 @@ impl NsServer {
         let config = format!(
             "listen: {addr}\n\
              tls:\n  cert: {:?}\n  key: {:?}\n\
-             auth:\n  type: password\n  password: {PASSWORD}\n\
+             {auth}{extra}\
              outboundGuard:\n  allowLoopback: true\n\
              engine:\n  workers: 1\n\
              metrics:\n  listen: {metrics}\n\
@@ -604,6 +633,23 @@ impl NsServer {
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// The value of the one sample `series` (name and labels, as the page writes them).
+    fn sample(page: &str, series: &str) -> u64 {
+        page.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no sample {series} in /metrics")) as u64
+    }
+
+    /// The `/metrics` page.
+    fn metrics_page(&self) -> String {
+        self.get(self.metrics, "/metrics")
     }
 
     /// Open files of the server process.
@@ -689,6 +735,15 @@ fn client_endpoint(ns: &DnsNs) -> quinn::Endpoint {
 
 /// Connects and authenticates (status 233).
 async fn connect_authed(ep: &quinn::Endpoint, server: SocketAddr) -> quinn::Connection {
+    connect_authed_as(ep, server, PASSWORD).await
+}
+
+/// Connects and authenticates with `auth` (status 233).
+async fn connect_authed_as(
+    ep: &quinn::Endpoint,
+    server: SocketAddr,
+    auth: &str,
+) -> quinn::Connection {
     let conn = ep
         .connect(server, "hy2.test")
         .expect("connect starts")
@@ -696,7 +751,7 @@ async fn connect_authed(ep: &quinn::Endpoint, server: SocketAddr) -> quinn::Conn
         .expect("QUIC handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("open the auth stream");
     let padding = h3::auth_padding(&mut rand::thread_rng());
-    send.write_all(&h3::auth_request_headers(PASSWORD, 0, &padding))
+    send.write_all(&h3::auth_request_headers(auth, 0, &padding))
         .await
         .expect("write the auth request");
     send.finish().expect("finish the auth stream");
@@ -708,7 +763,7 @@ async fn connect_authed(ep: &quinn::Endpoint, server: SocketAddr) -> quinn::Conn
         .push(&head)
         .expect("an HTTP/3 response")
         .expect("a whole response");
-    assert_eq!(resp.status, 233, "the password logs the client in");
+    assert_eq!(resp.status, 233, "{auth:?} logs the client in");
     conn
 }
 
@@ -822,6 +877,13 @@ fn streams_reset_during_dns_leave_nothing_behind() {
         })
     };
     let a_before = dns.queries("slow.test", QTYPE_A);
+    let dns_jobs = |server: &NsServer| {
+        NsServer::sample(
+            &server.metrics_page(),
+            "quelay_offload_jobs_total{pool=\"dns\"}",
+        )
+    };
+    let jobs_before = dns_jobs(&server);
     eprintln!("baseline after the warm-up stream: {base:?}");
 
     // The streams: each request reaches the server with a STOP_SENDING right behind it; the
@@ -852,15 +914,17 @@ fn streams_reset_during_dns_leave_nothing_behind() {
 
     // Every lookup answered (the relays of the old code connect now), then quiescence.
     dns.wait_all_answered(Duration::from_secs(1), Duration::from_secs(40));
-    let lookups = dns.queries("slow.test", QTYPE_A) - a_before;
+    let queries = dns.queries("slow.test", QTYPE_A) - a_before;
     let aaaa = dns.queries("slow.test", QTYPE_AAAA);
+    // Lookups the resolver took (those of one name in flight together share its queries).
+    let lookups = dns_jobs(&server) - jobs_before;
     let dns_done = sent_at.elapsed();
     let (end, settled) = wait_for(&mut server, Duration::from_secs(5), |h| {
         h.held() == base.held()
     });
     eprintln!(
-        "{STREAMS} streams sent in {sent_in:.1?}; {lookups} lookups of slow.test (A; {aaaa} \
-         AAAA in all), all answered {dns_done:.1?} after the first stream; relays started: \
+        "{STREAMS} streams sent in {sent_in:.1?}; {lookups} lookups of slow.test, {queries} \
+         A queries ({aaaa} AAAA in all), all answered {dns_done:.1?} after the first stream; relays started: \
          {}; target connections accepted: {}; now: {end:?}",
         end.relayed_total - base.relayed_total,
         target.accepted(),
@@ -1000,5 +1064,425 @@ fn udp_session_delivers_each_datagram_to_its_own_name() {
         let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
     });
     server.child.assert_running();
+    eprintln!("took {:.1?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------
+// Rooms off the data path: DNS, HTTP authentication.
+
+/// The auth value the backend never answers (it holds the request open).
+const FLOOD_AUTH: &str = "flood";
+
+/// An `auth.type: http` backend in the namespace: `{"ok": true, "id": AUTH}` at once for any
+/// auth value but [`FLOOD_AUTH`], whose requests it holds open without an answer until it
+/// is dropped.
+struct AuthBackend {
+    url: String,
+    /// Requests held open now.
+    held: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuthBackend {
+    fn start(ns: &DnsNs) -> AuthBackend {
+        let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind the auth backend"));
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let url = format!(
+            "http://{}/auth",
+            listener.local_addr().expect("its address")
+        );
+        let held = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (held, stop) = (held.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let (held, stop) = (held.clone(), stop.clone());
+                            thread::spawn(move || serve_auth(s, &held, &stop));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        AuthBackend {
+            url,
+            held,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The server's `auth` section for this backend.
+    fn auth_section(&self) -> String {
+        format!("auth:\n  type: http\n  http:\n    url: {}\n", self.url)
+    }
+
+    fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AuthBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers the requests of one backend connection (the server's HTTP client keeps it alive).
+fn serve_auth(s: TcpStream, held: &AtomicU64, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut out = match s.try_clone() {
+        Ok(o) => o,
+        Err(_) => return,
+    };
+    let mut r = std::io::BufReader::new(s);
+    while !stop.load(Ordering::SeqCst) {
+        let head = match support::read_head(&mut r) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(_) => return,
+        };
+        let mut body = vec![0u8; head.content_length().unwrap_or(0) as usize];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let auth = req["auth"].as_str().unwrap_or_default().to_owned();
+        if auth == FLOOD_AUTH {
+            held.fetch_add(1, Ordering::SeqCst);
+            while !stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            held.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let reply = serde_json::json!({ "ok": true, "id": auth }).to_string();
+        let msg = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if out.write_all(msg.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a proxy stream to `target` and sends its TCPRequest; a task records in `answered`
+/// when its TCPResponse (or the end of the stream) arrives. The streams are returned so that
+/// they stay open.
+fn start_relay_in_background(
+    conn: &quinn::Connection,
+    target: String,
+    answered: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Option<bool>> {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(&tcp_request(&target)).await.ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let ok = loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                _ => break None,
+            }
+            if let Ok(Some((resp, _))) = TcpResponse::parse(&got) {
+                break Some(resp.is_ok());
+            }
+        };
+        answered.fetch_add(1, Ordering::SeqCst);
+        let _ = send.reset(0u32.into());
+        ok
+    })
+}
+
+/// Polls the server's `/metrics` until `done` holds; panics with `what` after `timeout`.
+fn wait_metrics(server: &NsServer, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let page = server.metrics_page();
+        if done(&page) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}; /metrics:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("quelay_offload") || l.starts_with("quelay_dns"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where the server looks names up in [`nothing_waits_on_names_that_never_answer`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Upstream {
+    /// `system`: getaddrinfo, through the namespace's resolv.conf (the test's DNS server).
+    System,
+    /// `resolver: {type: udp}`: the test's DNS server on another port, which no resolv.conf
+    /// names.
+    Udp,
+}
+
+/// 200 proxy streams to names that never answer are being looked up. Meanwhile a relay to an
+/// IP literal, a login through the HTTP backend and a relay to a name that answers all
+/// complete, before any of the 200 has its answer; then each of the 200 fails.
+fn nothing_waits_on_names_that_never_answer(upstream: Upstream) {
+    const SLOW: usize = 200;
+    let started = Instant::now();
+    // getaddrinfo keeps asking for 20 s: the resolver's own deadline (10 s) ends the lookups.
+    let ns = DnsNs::with_options("attempts:2 timeout:10");
+    let names = [("fast.test", Ipv4Addr::new(127, 0, 0, 1))];
+    let (dns, extra) = match upstream {
+        Upstream::System => (DnsServer::start(&ns, Duration::ZERO, &names), String::new()),
+        Upstream::Udp => {
+            let port = free_port(&ns);
+            let dns = DnsServer::start_on(&ns, port, Duration::ZERO, &names);
+            let extra = format!(
+                "resolver:\n  type: udp\n  udp:\n    addr: 127.0.0.1:{port}\n    timeout: 4s\n"
+            );
+            (dns, extra)
+        }
+    };
+    let backend = AuthBackend::start(&ns);
+    let target = TcpHolder::start(&ns);
+    let server = NsServer::start_with(&ns, &backend.auth_section(), &extra);
+    let rt = runtime();
+    let _guard = rt.enter();
+    let ep = client_endpoint(&ns);
+    let conn = rt.block_on(connect_authed_as(&ep, server.addr, "alice"));
+    let page = server.metrics_page();
+    let jobs = |page: &str| NsServer::sample(page, "quelay_offload_jobs_total{pool=\"dns\"}");
+    let jobs_before = jobs(&page);
+
+    // The slow streams: with the system resolver all to one name (getaddrinfo holds a thread
+    // per name), with the udp upstream each to its own.
+    let answered = Arc::new(AtomicU64::new(0));
+    let slow: Vec<_> = (0..SLOW)
+        .map(|i| {
+            let name = match upstream {
+                Upstream::System => "never.test".to_owned(),
+                Upstream::Udp => format!("n{i}.never.test"),
+            };
+            start_relay_in_background(&conn, format!("{name}:{}", target.port), answered.clone())
+        })
+        .collect();
+    wait_metrics(&server, Duration::from_secs(20), "the slow lookups", |p| {
+        jobs(p) - jobs_before >= SLOW as u64
+            && NsServer::sample(p, "quelay_offload_running{pool=\"dns\"}") >= 1
+    });
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "a never-answered name was answered"
+    );
+
+    // Meanwhile: an IP literal, a login, a name that answers.
+    rt.block_on(async {
+        let ip = format!("127.0.0.1:{}", target.port);
+        let (mut send, _recv) = open_relay(&conn, &ip).await;
+        let _ = send.reset(0u32.into());
+        let second = connect_authed_as(&ep, server.addr, "bob").await;
+        second.close(0u32.into(), b"done");
+        let (mut send, _recv) = open_relay(&conn, &format!("fast.test:{}", target.port)).await;
+        let _ = send.reset(0u32.into());
+    });
+    let page = server.metrics_page();
+    let pending = NsServer::sample(&page, "quelay_offload_running{pool=\"dns\"}");
+    let early = answered.load(Ordering::SeqCst);
+    eprintln!(
+        "{upstream:?}: IP literal, login and fast.test done {:.1?} in, while {pending} lookup(s) \
+         were in flight and {early} of {SLOW} slow streams had an answer; DNS queries: \
+         never.test {}, fast.test {}",
+        started.elapsed(),
+        dns.queries("never.test", QTYPE_A) + dns.queries("n0.never.test", QTYPE_A),
+        dns.queries("fast.test", QTYPE_A),
+    );
+    assert_eq!(
+        early, 0,
+        "the slow streams were answered before the fast work was done: the test did not \
+         show it going on beside them"
+    );
+    assert!(pending >= 1, "the slow lookups were still in flight");
+    if upstream == Upstream::Udp {
+        // Nothing listens on the port resolv.conf names: fast.test came through the
+        // configured server.
+        assert!(
+            dns.queries("fast.test", QTYPE_A) >= 1,
+            "fast.test was not asked of the configured udp upstream"
+        );
+    }
+
+    // Every slow stream ends with an error once its lookup has given up.
+    let outcomes = rt.block_on(async {
+        let mut out = Vec::new();
+        for t in slow {
+            let r = tokio::time::timeout(Duration::from_secs(40), t).await;
+            out.push(r.ok().and_then(|r| r.ok()).flatten());
+        }
+        out
+    });
+    let failed = outcomes.iter().filter(|o| **o == Some(false)).count();
+    assert_eq!(
+        failed,
+        SLOW,
+        "each stream to a name that never answers fails once its lookup gives up: {:?}",
+        outcomes
+            .iter()
+            .filter(|o| **o != Some(false))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    conn.close(0u32.into(), b"done");
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
+    });
+    let mut server = server;
+    server.child.assert_running();
+    drop(backend);
+    eprintln!("took {:.1?}", started.elapsed());
+}
+
+#[test]
+fn nothing_waits_on_names_that_never_answer_system() {
+    nothing_waits_on_names_that_never_answer(Upstream::System);
+}
+
+#[test]
+fn nothing_waits_on_names_that_never_answer_udp_upstream() {
+    nothing_waits_on_names_that_never_answer(Upstream::Udp);
+}
+
+/// Two unauthenticated connections send 1,200 auth requests to an HTTP backend that never
+/// answers them. The auth room's threads all wait on the backend, its queue fills, and what
+/// does not fit is refused at once (503, counted in /metrics). Meanwhile an authenticated
+/// client's relays to a name and to an IP literal complete.
+#[test]
+fn an_auth_flood_does_not_delay_domain_relays() {
+    const PER_CONN: usize = 600;
+    let started = Instant::now();
+    let ns = DnsNs::new();
+    let dns = DnsServer::start(
+        &ns,
+        Duration::ZERO,
+        &[("fast.test", Ipv4Addr::new(127, 0, 0, 1))],
+    );
+    let backend = AuthBackend::start(&ns);
+    let target = TcpHolder::start(&ns);
+    let server = NsServer::start_with(&ns, &backend.auth_section(), "");
+    let rt = runtime();
+    let _guard = rt.enter();
+    let ep = client_endpoint(&ns);
+    let conn = rt.block_on(connect_authed_as(&ep, server.addr, "alice"));
+    let full_before = NsServer::sample(
+        &server.metrics_page(),
+        "quelay_offload_queue_full_total{pool=\"auth\"}",
+    );
+
+    // The flood: auth requests the backend holds, on two connections that never log in.
+    let statuses = Arc::new(Mutex::new(HashMap::<u16, usize>::new()));
+    let flooders: Vec<quinn::Connection> = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let c = ep
+                .connect(server.addr, "hy2.test")
+                .expect("connect starts")
+                .await
+                .expect("QUIC handshake");
+            for _ in 0..PER_CONN {
+                let (c2, statuses) = (c.clone(), statuses.clone());
+                tokio::spawn(async move {
+                    let (mut send, mut recv) = c2.open_bi().await.ok()?;
+                    let padding = h3::auth_padding(&mut rand::thread_rng());
+                    send.write_all(&h3::auth_request_headers(FLOOD_AUTH, 0, &padding))
+                        .await
+                        .ok()?;
+                    send.finish().ok()?;
+                    let head = recv.read_to_end(64 * 1024).await.ok()?;
+                    let resp = h3::ResponseReader::new().push(&head).ok()??;
+                    *statuses.lock().unwrap().entry(resp.status).or_default() += 1;
+                    Some(())
+                });
+            }
+            conns.push(c);
+        }
+        conns
+    });
+    let threads = quelay::server::offload::AUTH_POOL.threads as u64;
+    wait_metrics(&server, Duration::from_secs(30), "the auth flood", |p| {
+        NsServer::sample(p, "quelay_offload_running{pool=\"auth\"}") == threads
+            && NsServer::sample(p, "quelay_offload_queue_full_total{pool=\"auth\"}") > full_before
+    });
+    assert_eq!(
+        backend.held(),
+        threads,
+        "the backend holds one request per auth thread"
+    );
+
+    // Domain relays (and an IP literal) meanwhile.
+    rt.block_on(async {
+        for i in 0..5 {
+            let target = if i % 2 == 0 {
+                format!("fast.test:{}", target.port)
+            } else {
+                format!("127.0.0.1:{}", target.port)
+            };
+            let (mut send, _recv) = open_relay(&conn, &target).await;
+            let _ = send.reset(0u32.into());
+        }
+    });
+    let page = server.metrics_page();
+    let running = NsServer::sample(&page, "quelay_offload_running{pool=\"auth\"}");
+    let queued = NsServer::sample(&page, "quelay_offload_queued{pool=\"auth\"}");
+    let refused =
+        NsServer::sample(&page, "quelay_offload_queue_full_total{pool=\"auth\"}") - full_before;
+    let got = statuses.lock().unwrap().clone();
+    eprintln!(
+        "relays done {:.1?} in, with {running} auth jobs running, {queued} queued, {refused} \
+         refused; flood answers by status: {got:?}; fast.test A queries: {}",
+        started.elapsed(),
+        dns.queries("fast.test", QTYPE_A)
+    );
+    assert_eq!(running, threads, "the flood still held every auth thread");
+    assert!(queued > 0, "the flood still had auth requests queued");
+    // What did not fit was refused at once, and nothing of the flood logged in.
+    assert!(refused > 0);
+    assert_eq!(got.get(&233), None, "a flood request logged in: {got:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (statuses.lock().unwrap().get(&503).copied().unwrap_or(0) as u64) < refused
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let got = statuses.lock().unwrap().clone();
+    assert_eq!(
+        got.get(&503).copied().unwrap_or(0) as u64,
+        refused,
+        "each refused auth request is answered 503: {got:?}"
+    );
+
+    for c in flooders {
+        c.close(0u32.into(), b"done");
+    }
+    conn.close(0u32.into(), b"done");
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
+    });
+    let mut server = server;
+    server.child.assert_running();
+    drop(backend);
     eprintln!("took {:.1?}", started.elapsed());
 }
