@@ -135,6 +135,8 @@ impl Resolver {
                 };
                 let _ = ready_tx.send(Ok(()));
                 rt.block_on(serve(rx, Arc::new(backend), bounds, thread_stats));
+                // getaddrinfo calls still running are not waited for.
+                rt.shutdown_background();
             })
             .map_err(|e| format!("resolver: cannot start its thread: {e}"))?;
         match ready_rx.recv() {

@@ -324,3 +324,121 @@ impl OffloadClient {
         self.answers.try_iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn rooms() -> (Offload, OffloadClient) {
+        let off = Offload::new(&config::Resolver::System).unwrap();
+        let client = off.client(Waker::new().unwrap());
+        (off, client)
+    }
+
+    /// Collects `n` answers (polling, as a worker does after a wakeup).
+    fn collect(c: &OffloadClient, n: usize) -> Vec<Answer> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(c.answers());
+            assert!(Instant::now() < deadline, "{} of {n} answers", out.len());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        out
+    }
+
+    /// Auth jobs that never end fill the auth room: one more is refused at once, while the
+    /// masquerade room and the resolver still answer.
+    #[test]
+    fn a_full_auth_room_refuses_and_starves_nothing_else() {
+        let (off, c) = rooms();
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let stall = |i: usize| -> io::Result<()> {
+            let gate = gate.clone();
+            let work: Work = Box::new(move || {
+                // One thread at a time holds the lock and waits: the others wait for the lock.
+                let _ = gate.lock().map(|g| g.recv());
+                Outcome::Auth(Ok(None))
+            });
+            c.run(Class::Auth, i as u64, work)
+        };
+        for i in 0..AUTH_POOL.threads {
+            stall(i).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while off.auth.stats.running.load(Ordering::Relaxed) < AUTH_POOL.threads as u64 {
+            assert!(Instant::now() < deadline, "the auth threads did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stalled = AUTH_POOL.threads + AUTH_POOL.queue;
+        for i in AUTH_POOL.threads..stalled {
+            stall(i).unwrap();
+        }
+        let mut extra_refused = 0;
+        for i in 0..AUTH_POOL.threads {
+            if stall(stalled + i).is_err() {
+                extra_refused += 1;
+            }
+        }
+        assert_eq!(
+            extra_refused, AUTH_POOL.threads as u64,
+            "a full auth queue refuses"
+        );
+        assert_eq!(
+            off.auth.stats.queue_full.load(Ordering::Relaxed),
+            extra_refused
+        );
+        // The other rooms answer.
+        let work: Work = Box::new(|| Outcome::Response(b"page".to_vec()));
+        c.run(Class::Masquerade, 7, work).unwrap();
+        c.lookup("127.0.0.1", 80, 8).unwrap();
+        let answers = collect(&c, 2);
+        let mut tokens: Vec<u64> = answers.iter().map(|a| a.token).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, [7, 8]);
+        for a in answers {
+            match (a.token, a.outcome) {
+                (7, Outcome::Response(r)) => assert_eq!(r, b"page"),
+                (8, Outcome::Resolved(Ok(addrs))) => {
+                    assert_eq!(addrs, vec!["127.0.0.1:80".parse::<SocketAddr>().unwrap()])
+                }
+                (t, _) => panic!("unexpected answer for token {t}"),
+            }
+        }
+        let mut page = String::new();
+        off.render_metrics(&mut page);
+        assert!(page.contains(&format!(
+            "quelay_offload_queue_full_total{{pool=\"auth\"}} {extra_refused}"
+        )));
+        assert!(page.contains(&format!(
+            "quelay_offload_running{{pool=\"auth\"}} {}",
+            AUTH_POOL.threads
+        )));
+        drop(release);
+    }
+
+    #[test]
+    fn metrics_parse_as_prometheus_text() {
+        let (off, _c) = rooms();
+        let mut page = String::new();
+        off.render_metrics(&mut page);
+        let scrape = prometheus_parse::Scrape::parse(page.lines().map(|l| Ok(l.to_owned())))
+            .expect("Prometheus text");
+        let pools: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "quelay_offload_jobs_total")
+            .filter_map(|s| s.labels.get("pool").map(str::to_owned))
+            .collect();
+        assert_eq!(pools, ["dns", "auth", "masquerade"]);
+        assert!(scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "quelay_dns_timeouts_total"
+                && s.labels.get("resolver") == Some("system")));
+    }
+}
