@@ -49,12 +49,15 @@ impl Default for Bounds {
             // A burst of new streams of every worker, a little more than the old shared pool
             // took for all kinds of work together.
             queue: 4096,
-            in_flight: 256,
+            in_flight: IN_FLIGHT,
             // The relay's own connect timeout (10 s) covers the lookup too.
             system_deadline: Duration::from_secs(10),
         }
     }
 }
+
+/// Different names looked up at once by default: each costs a task and two queries.
+pub const IN_FLIGHT: usize = 256;
 
 /// getaddrinfo threads for `system`: each one blocks for as long as the name's servers take.
 pub const SYSTEM_THREADS: usize = 32;
@@ -125,7 +128,7 @@ impl Resolver {
                 };
                 let backend = {
                     let _enter = rt.enter();
-                    match plan.build() {
+                    match plan.build(bounds.in_flight) {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

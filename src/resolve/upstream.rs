@@ -20,9 +20,6 @@ use crate::config::{self, DnsUpstream};
 
 /// Tries of one query on error (the official server's); hickory counts the retries.
 const TRIES: usize = 2;
-/// Queries to the upstream in flight at once over one of its connections: A and AAAA of
-/// every name the resolver may have in flight.
-const ACTIVE_REQUESTS: usize = 2 * 256 + 16;
 
 /// What the resolver thread builds, checked on the caller's thread first.
 pub(super) enum Plan {
@@ -80,8 +77,8 @@ impl Plan {
         })
     }
 
-    /// The backend; call inside the resolver's runtime.
-    pub(super) fn build(self) -> Result<Backend, String> {
+    /// The backend for at most `in_flight` names at once; call inside the resolver's runtime.
+    pub(super) fn build(self, in_flight: usize) -> Result<Backend, String> {
         let Plan::Dns {
             server,
             protocol,
@@ -104,7 +101,8 @@ impl Plan {
         o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // As the official upstream resolvers: the server is asked, not /etc/hosts.
         o.use_hosts_file = ResolveHosts::Never;
-        o.max_active_requests = ACTIVE_REQUESTS;
+        // Queries in flight over one connection to the upstream: A and AAAA of every name.
+        o.max_active_requests = 2 * in_flight + 16;
         o.num_concurrent_reqs = 1;
         if let Some(tls) = tls {
             builder = builder.with_tls_config(*tls);
