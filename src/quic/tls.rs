@@ -287,14 +287,10 @@ pub fn client_crypto(verify: Verify, alpn: &[&[u8]]) -> Result<Arc<QuicClientCon
         Verify::Insecure => None,
         Verify::Pin(pin) => Some(pin),
     };
-    let verifier = LeafVerifier {
-        pin,
-        algorithms: provider.signature_verification_algorithms,
-    };
     finish_client(
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(leaf_verifier(pin, &provider))
             .with_no_client_auth(),
         alpn,
     )
@@ -307,6 +303,19 @@ fn finish_client(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.enable_early_data = false;
     Ok(Arc::new(QuicClientConfig::try_from(config)?))
+}
+
+/// A verifier that skips chain and name checks, requiring the leaf whose SHA-256 is `pin`
+/// when given, but still verifies the handshake signature (see [`LeafVerifier`]). Also
+/// serves the resolver's `insecure` DNS-over-TLS/HTTPS upstreams.
+pub(crate) fn leaf_verifier(
+    pin: Option<[u8; 32]>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(LeafVerifier {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    })
 }
 
 /// Skips chain and name checks (optionally requiring a leaf pin) but still verifies the

@@ -10,10 +10,6 @@ use hickory_resolver::config::{
     ResolverConfig,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::Backend;
 use crate::config::{self, DnsUpstream};
@@ -190,12 +186,11 @@ fn tls_config(up: &DnsUpstream) -> Result<rustls::ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     if up.insecure {
-        let verifier = AnyCertificate {
-            algorithms: provider.signature_verification_algorithms,
-        };
+        // Any certificate, but the peer must still sign the handshake with its key.
+        let verifier = crate::quic::tls::leaf_verifier(None, &provider);
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -210,47 +205,6 @@ fn tls_config(up: &DnsUpstream) -> Result<rustls::ClientConfig, String> {
         );
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// `insecure: true`: any certificate, but the peer must still sign the handshake with its key.
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
