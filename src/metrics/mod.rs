@@ -58,6 +58,10 @@ pub struct WorkerCounters {
     /// and by live ones (refreshed every second).
     pub window_updates_closed: AtomicU64,
     pub window_updates_live: AtomicU64,
+    /// DATA_BLOCKED frames received (a peer that waited on connection credit): from
+    /// connections gone, and from live ones (refreshed every second).
+    pub data_blocked_closed: AtomicU64,
+    pub data_blocked_live: AtomicU64,
     /// Auth requests refused (wrong credentials, or the HTTP backend said no).
     pub auth_failures: AtomicU64,
     /// Receive window advertised over the worker's connections now (bytes).
@@ -111,6 +115,8 @@ macro_rules! fields {
             streams_refused,
             window_updates_closed,
             window_updates_live,
+            data_blocked_closed,
+            data_blocked_live,
             auth_failures,
             recv_window_bytes,
             recv_window_doublings,
@@ -156,6 +162,8 @@ pub struct Snapshot {
     pub streams_refused: u64,
     pub window_updates_closed: u64,
     pub window_updates_live: u64,
+    pub data_blocked_closed: u64,
+    pub data_blocked_live: u64,
     pub auth_failures: u64,
     pub recv_window_bytes: u64,
     pub recv_window_doublings: u64,

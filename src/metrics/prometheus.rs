@@ -167,6 +167,12 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.window_updates_closed + s.window_updates_live,
     ),
     (
+        "quelay_data_blocked_received_total",
+        "counter",
+        "DATA_BLOCKED frames received: times peers waited on connection credit.",
+        |s| s.data_blocked_closed + s.data_blocked_live,
+    ),
+    (
         "quelay_receive_window_bytes",
         "gauge",
         "Connection receive windows advertised now, summed over connections.",

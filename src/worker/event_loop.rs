@@ -206,10 +206,15 @@ impl<A: App> Worker<A> {
             let Some(ev) = conn.poll() else {
                 if drained {
                     if let Some(c) = st.conns.remove(ch) {
-                        let f = c.stats().frame_tx;
+                        let stats = c.stats();
+                        let f = stats.frame_tx;
                         WorkerCounters::add(
                             &st.counters.window_updates_closed,
                             f.max_data + f.max_stream_data,
+                        );
+                        WorkerCounters::add(
+                            &st.counters.data_blocked_closed,
+                            stats.frame_rx.data_blocked,
                         );
                     }
                     return;
@@ -306,17 +311,21 @@ impl<A: App> Worker<A> {
 
     fn publish(&mut self, now: Instant) {
         if now >= self.state.window_scan {
-            // Once a second: the window updates live connections have sent so far.
+            // Once a second: the window updates live connections have sent so far, and the
+            // DATA_BLOCKED frames they received.
             self.state.window_scan = now + Duration::from_secs(1);
             let handles: Vec<_> = self.state.conns.handles().collect();
-            let mut live = 0;
+            let (mut updates, mut blocked) = (0, 0);
             for ch in handles {
                 if let Some(c) = self.state.conns.get(ch) {
-                    let f = c.stats().frame_tx;
-                    live += f.max_data + f.max_stream_data;
+                    let stats = c.stats();
+                    updates += stats.frame_tx.max_data + stats.frame_tx.max_stream_data;
+                    blocked += stats.frame_rx.data_blocked;
                 }
             }
-            WorkerCounters::set(&self.state.counters.window_updates_live, live);
+            let c = &self.state.counters;
+            WorkerCounters::set(&c.window_updates_live, updates);
+            WorkerCounters::set(&c.data_blocked_live, blocked);
         }
         let s = self.driver.stats();
         let c = &self.state.counters;
