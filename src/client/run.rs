@@ -1,12 +1,9 @@
 //! `quelay client`: from a validated config to workers serving the local listeners.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::app::{ClientApp, ClientShared, Front, LocalSockets};
 use super::pool::PoolConfig;
@@ -14,11 +11,10 @@ use super::stats::PoolStats;
 use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
-use crate::limits::window::{self, WindowPolicy};
 use crate::limits::Cap;
-use crate::quic::{self, QuicParams, Verify};
+use crate::quic::{self, Verify};
 use crate::server::run::ALPN;
-use crate::worker::{self, Group, GroupConfig};
+use crate::worker::{self, Group, GroupConfig, Listener, QuicSection};
 
 /// Backlog of each local TCP listener.
 const BACKLOG: i32 = 4096;
@@ -38,30 +34,6 @@ pub fn load(path: &std::path::Path) -> Result<ClientConfig, String> {
         tracing::warn!("{}: {w}", path.display());
     }
     Ok(cfg)
-}
-
-fn quic_params(cfg: &ClientConfig) -> QuicParams {
-    let q = &cfg.quic;
-    QuicParams {
-        init_stream_window: q.init_stream_receive_window,
-        max_stream_window: q.max_stream_receive_window,
-        // The window itself is granted from the budget once the connection exists.
-        init_conn_window: window::handshake_window(q.init_conn_receive_window),
-        max_conn_window: q.max_conn_receive_window,
-        max_idle_timeout: q.max_idle_timeout,
-        keep_alive: Some(q.keep_alive_interval()),
-        // The server opens no proxy streams towards us.
-        max_incoming_streams: 0,
-        mtu_discovery: !q.disable_path_mtu_discovery,
-        congestion: match cfg.congestion.kind {
-            config::CongestionKind::Bbr => quic::Congestion::Bbr,
-            config::CongestionKind::Reno => quic::Congestion::NewReno,
-            config::CongestionKind::Cubic => quic::Congestion::Cubic,
-        },
-        loss_compensation: !cfg.bandwidth.disable_loss_compensation,
-        datagram_overhead: cfg.obfs.overhead(),
-        ..QuicParams::default()
-    }
 }
 
 fn verify(cfg: &ClientConfig) -> Result<Verify, String> {
@@ -104,49 +76,6 @@ fn verify(cfg: &ClientConfig) -> Result<Verify, String> {
     Ok(Verify::Roots(roots))
 }
 
-/// A listening TCP socket of a SO_REUSEPORT group (one per worker).
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        // `[::]` serves IPv4 too, as Go's listeners do.
-        let _ = s.set_only_v6(false);
-    }
-    s.bind(&addr.into())?;
-    s.listen(BACKLOG)?;
-    Ok(s)
-}
-
-/// A UDP socket of a SO_REUSEPORT group (one per worker).
-fn udp_listener(addr: SocketAddr) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        let _ = s.set_only_v6(false);
-    }
-    s.bind(&addr.into())?;
-    Ok(s)
-}
-
-/// Binds `n` sockets on `addr` (port 0: the first one's port for all).
-fn bind_n(
-    addr: SocketAddr,
-    n: usize,
-    bind: fn(SocketAddr) -> std::io::Result<Socket>,
-) -> std::io::Result<(Vec<OwnedFd>, SocketAddr)> {
-    let mut addr = addr;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = bind(addr)?;
-        if let Some(a) = s.local_addr()?.as_socket() {
-            addr = a;
-        }
-        out.push(OwnedFd::from(s));
-    }
-    Ok((out, addr))
-}
-
 fn creds(a: &Option<ProxyAuth>) -> Option<(String, String)> {
     a.as_ref().map(|a| (a.username.clone(), a.password.clone()))
 }
@@ -161,7 +90,7 @@ fn local_sockets(cfg: &ClientConfig, n: usize) -> Result<(Vec<LocalSockets>, Vec
         .collect();
     let mut listening = Vec::new();
     let mut tcp = |key: &str, addr: SocketAddr, front: Front| -> Result<(), String> {
-        let (fds, bound) = bind_n(addr, n, tcp_listener)
+        let (fds, bound) = worker::bind_listeners(addr, n, Listener::Tcp { backlog: BACKLOG })
             .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
         for (w, fd) in per_worker.iter_mut().zip(fds) {
             w.tcp.push((fd, front.clone()));
@@ -191,7 +120,7 @@ fn local_sockets(cfg: &ClientConfig, n: usize) -> Result<(Vec<LocalSockets>, Vec
         tcp(&format!("tcpForwarding to {}", f.remote), f.listen, front)?;
     }
     for f in &cfg.udp_forwarding {
-        let (fds, bound) = bind_n(f.listen, n, udp_listener)
+        let (fds, bound) = worker::bind_listeners(f.listen, n, Listener::Udp)
             .map_err(|e| format!("udpForwarding: cannot bind {}: {e}", f.listen))?;
         let fwd = UdpForward {
             remote: f.remote.to_string(),
@@ -230,9 +159,11 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
         .unwrap_or_else(crate::server::echo::default_workers)
         .clamp(1, worker::MAX_WORKERS);
     let (mut sockets, listening) = local_sockets(cfg, n)?;
-    let obfs = cfg.obfs.salamander()?;
+    let obfs = worker::obfuscator(&cfg.obfs)?;
     let crypto = quic::client_crypto(verify(cfg)?, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
-    let client_config = quic::client_config(crypto, &quic_params(cfg));
+    let section = QuicSection::Client(&cfg.quic);
+    let params = worker::quic_params(section, &cfg.congestion, &cfg.bandwidth, &cfg.obfs);
+    let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
     let specs = worker::client_specs(server, n, &client_config, driver.socket_buffer)
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -256,14 +187,12 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     sockets.reverse();
     let sockets = Mutex::new(sockets);
     let group_cfg = GroupConfig {
-        io: cfg.engine.io,
+        io: cfg.engine.io.map(Into::into),
         driver,
         pin: true,
         obfs,
-        windows: Some(WindowPolicy::new(
-            cfg.quic.init_conn_receive_window,
-            cfg.quic.max_conn_receive_window,
-            cfg.quic.init_stream_receive_window,
+        windows: Some(worker::window_policy(
+            section,
             Arc::new(Cap::new(Some(crate::limits::default_window_budget()))),
         )),
     };

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::server::{
-    Congestion, Engine, Obfs, DEFAULT_CONN_RECEIVE_WINDOW, DEFAULT_MAX_CONN_RECEIVE_WINDOW,
-    DEFAULT_MAX_IDLE_TIMEOUT, DEFAULT_STREAM_RECEIVE_WINDOW,
+    Bandwidth, Congestion, Engine, Obfs, DEFAULT_CONN_RECEIVE_WINDOW,
+    DEFAULT_MAX_CONN_RECEIVE_WINDOW, DEFAULT_MAX_IDLE_TIMEOUT, DEFAULT_STREAM_RECEIVE_WINDOW,
 };
 use crate::proto::Host;
 
@@ -171,18 +171,8 @@ impl Default for ClientQuic {
     }
 }
 
-/// `bandwidth`, in **bytes** per second (the file says bits per second with units).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientBandwidth {
-    /// `bandwidth.up`: the upload rate. When set, uploads use Brutal at this rate (or at
-    /// the server's `hysteria-cc-rx`, if lower and non-zero); `None` = BBR.
-    pub up: Option<u64>,
-    /// `bandwidth.down`: sent as `hysteria-cc-rx`, the rate the server may send at with
-    /// Brutal; `None` sends 0 (the server uses its own controller).
-    pub down: Option<u64>,
-    /// `bandwidth.disableLossCompensation`: Brutal does not raise its rate to make up for loss.
-    pub disable_loss_compensation: bool,
-}
+/// `bandwidth`: the same keys as the server's, without its minimum rate.
+pub type ClientBandwidth = Bandwidth;
 
 /// User name and password that local applications must present.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use super::*;
-use crate::engine::IoKind;
 use crate::proto::Host;
 
 fn parse(text: &str) -> Result<(ClientConfig, Vec<Warning>), ConfigError> {
@@ -57,7 +56,7 @@ const BASE: &str = "server: example.com\nauth: pw\nsocks5: {listen: \"127.0.0.1:
 const PIN_HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
 fn pin() -> [u8; 32] {
-    crate::quic::parse_pin(PIN_HEX).unwrap()
+    parse_pin(PIN_HEX).unwrap()
 }
 
 /// Reference §8.4, client side.

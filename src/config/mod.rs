@@ -7,8 +7,9 @@
 //! [`Warning`]s rather than errors: a newer official key must not stop a server from
 //! starting, but a misspelt one must not go unnoticed either.
 //!
-//! Nothing here touches the network; only [`load_server`], [`load_client`] and [`check`]
-//! touch the disk.
+//! Nothing here touches the network; only [`load_server`] and [`load_client`] touch the
+//! disk. The files a config names (certificates, keys, ACLs) are read by the role that
+//! uses them, at start-up.
 
 mod build;
 mod client;
@@ -33,7 +34,7 @@ use serde_norway::Value;
 pub use client::*;
 pub use error::{ConfigError, ErrorAt, Warning};
 pub use server::*;
-pub use units::{parse_bandwidth, parse_duration, parse_go_bool};
+pub use units::{parse_bandwidth, parse_duration, parse_go_bool, parse_pin};
 pub use uri::{parse_share_uri, ShareUri};
 
 /// Largest config file read. Real ones are a few KiB; a big `auth.userpass` list is still
@@ -103,55 +104,6 @@ fn yaml_tree(text: &str, origin: &str) -> Result<Value, ConfigError> {
     // `<<: *anchor` merge keys, which the official server's YAML decoder applies too.
     root.apply_merge().map_err(|e| yaml_error(origin, &e))?;
     Ok(root)
-}
-
-/// `quelay server --check -c FILE`: everything [`load_server`] checks, plus that the files
-/// the config names can be used (certificate and key load and match, the client CA, the
-/// masquerade directory and the ACL file are readable).
-pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
-    let origin = path.display().to_string();
-    let (config, warnings) = load_server(path)?;
-    let at = |key: &str, reason: String| ConfigError {
-        origin: origin.clone(),
-        at: ErrorAt::Key(key.to_owned()),
-        reason,
-    };
-    if let Some(tls) = &config.tls {
-        use crate::quic::tls::{load_pem, server_crypto, TlsError};
-        let ck = load_pem(&tls.cert, &tls.key).map_err(|e| {
-            // load_pem reads the certificate first, so a path equal to both is the cert's.
-            let key = match &e {
-                TlsError::Unreadable { path, .. } | TlsError::BadPem { path, .. }
-                    if path != &tls.cert =>
-                {
-                    "tls.key"
-                }
-                TlsError::NoPrivateKey(_) => "tls.key",
-                _ => "tls.cert",
-            };
-            at(key, e.to_string())
-        })?;
-        server_crypto(&ck, &[b"h3"]).map_err(|e| at("tls", e.to_string()))?;
-        if let Some(ca) = &tls.client_ca {
-            File::open(ca).map_err(|e| at("tls.clientCA", format!("{}: {e}", ca.display())))?;
-        }
-    }
-    if let MasqueradeHandler::File { dir } = &config.masquerade.handler {
-        if !dir.is_dir() {
-            return Err(at(
-                "masquerade.file.dir",
-                format!("{} is not a readable directory", dir.display()),
-            ));
-        }
-    }
-    if let Some(Acl {
-        rules: AclRules::File(file),
-        ..
-    }) = &config.acl
-    {
-        File::open(file).map_err(|e| at("acl.file", format!("{}: {e}", file.display())))?;
-    }
-    Ok(warnings)
 }
 
 fn read_text(path: &Path, origin: &str) -> Result<String, ConfigError> {

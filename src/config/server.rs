@@ -6,9 +6,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::IoKind;
-use crate::proto::salamander::{Salamander, SALT_LEN};
-
 pub use super::units::PortSet;
 
 /// Official default listen port: HTTP/3's.
@@ -140,26 +137,6 @@ pub enum Obfs {
     },
 }
 
-impl Obfs {
-    /// The obfuscator every datagram goes through, if any. Errors name the key.
-    pub fn salamander(&self) -> Result<Option<std::sync::Arc<Salamander>>, String> {
-        match self {
-            Obfs::Salamander { password } => Salamander::new(password.as_bytes())
-                .map(|s| Some(std::sync::Arc::new(s)))
-                .map_err(|e| format!("obfs.salamander.password: {e}")),
-            Obfs::Plain => Ok(None),
-        }
-    }
-
-    /// Bytes the obfuscation adds to every datagram (QUIC payloads shrink by as much).
-    pub fn overhead(&self) -> u16 {
-        match self {
-            Obfs::Salamander { .. } => SALT_LEN as u16,
-            Obfs::Plain => 0,
-        }
-    }
-}
-
 /// `quic`: transport parameters. Zero in the file means the default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quic {
@@ -226,14 +203,17 @@ pub enum BbrProfile {
     Aggressive,
 }
 
-/// `bandwidth`, in **bytes** per second (the file says bits per second with units).
+/// `bandwidth`, in **bytes** per second (the file says bits per second with units). The
+/// server's and the client's sections have the same keys; only the server sets a minimum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bandwidth {
-    /// `bandwidth.up`: cap on what the server sends per client; `None` = unlimited.
-    /// At least [`MIN_BANDWIDTH`] when set.
+    /// `bandwidth.up`: on the server, the cap on what it sends per client (at least
+    /// [`MIN_BANDWIDTH`]); on the client, its upload rate: uploads then use Brutal at this
+    /// rate, or at the server's `hysteria-cc-rx` if lower and non-zero. `None` = unlimited
+    /// (the client uses BBR).
     pub up: Option<u64>,
-    /// `bandwidth.down`: what the server tells clients it can receive (`hysteria-cc-rx`);
-    /// `None` = unlimited (sent as 0). At least [`MIN_BANDWIDTH`] when set.
+    /// `bandwidth.down`: what this end tells the other it can receive (`hysteria-cc-rx`);
+    /// `None` = unlimited (sent as 0). On the server at least [`MIN_BANDWIDTH`] when set.
     pub down: Option<u64>,
     /// `bandwidth.disableLossCompensation`: Brutal does not raise its rate to make up for loss.
     pub disable_loss_compensation: bool,
@@ -524,6 +504,22 @@ pub struct Engine {
     /// `engine.io`: `uring`, `epoll` or `auto` (`None`: io_uring when the host allows it).
     pub io: Option<IoKind>,
 }
+
+/// `engine.io`: the I/O driver the workers run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// `uring` (also `io_uring`, `io-uring`).
+    Uring,
+    /// `epoll`.
+    Epoll,
+}
+
+/// Most workers `engine.workers` allows: a worker's index is one byte of its connection IDs.
+pub const MAX_WORKERS: usize = 128;
+
+/// Smallest `limits.receiveWindowBudget`: the least receive window one connection gets,
+/// budget or not (64 KiB; the worker checks that its window floor agrees).
+pub const MIN_RECEIVE_WINDOW_BUDGET: u64 = 64 * 1024;
 
 /// `metrics` (quelay): Prometheus text over HTTP.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -102,6 +102,32 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Parse a SHA-256 certificate pin as Hysteria2's `tls.pinSHA256`: 64 hex digits, either
+/// case, with any ':' or '-' separators ignored (`openssl x509 -fingerprint -sha256` prints
+/// the ':' form).
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
+    let bad = || {
+        format!(
+            "certificate pin {pin:?} is not a SHA-256 digest (64 hex digits, ':' and '-' allowed)"
+        )
+    };
+    let mut out = [0u8; 32];
+    let mut digits = pin
+        .chars()
+        .filter(|&c| c != ':' && c != '-')
+        .map(|c| c.to_digit(16));
+    for byte in &mut out {
+        let hi = digits.next().flatten().ok_or_else(bad)?;
+        let lo = digits.next().flatten().ok_or_else(bad)?;
+        // Both digits are < 16, so this fits in a byte.
+        *byte = u8::try_from(hi << 4 | lo).map_err(|_| bad())?;
+    }
+    if digits.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 /// Parse a bandwidth such as `100 mbps`, `1g`, `500kbps` or `12345` into **bytes** per
 /// second. Units are SI bits per second (b, k, m, g, t, each optionally followed by `b` or
 /// `bps`), any case, with or without a space; a bare number is bits per second. The result

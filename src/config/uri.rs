@@ -9,8 +9,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::error::{ConfigError, ErrorAt};
 use super::server::{Obfs, DEFAULT_LISTEN_PORT, MIN_SALAMANDER_PASSWORD};
-use super::units::parse_go_bool;
-use crate::quic::tls::parse_pin;
+use super::units::{parse_go_bool, parse_pin};
 
 /// What errors from [`parse_share_uri`] name as their origin. The URI itself is not
 /// repeated: it usually holds a password.
@@ -163,7 +162,7 @@ pub fn parse_share_uri(s: &str) -> Result<ShareUri, ConfigError> {
     };
     let pin_sha256 = match get("pinSHA256") {
         "" => None,
-        v => Some(parse_pin(v).map_err(|e| err("pinSHA256", e.to_string()))?),
+        v => Some(parse_pin(v).map_err(|e| err("pinSHA256", e))?),
     };
     let sni = Some(get("sni").to_owned()).filter(|s| !s.is_empty());
     let name = match fragment {

@@ -66,7 +66,7 @@ pub enum TlsError {
     Roots(VerifierBuilderError),
     /// The crypto provider lacks AES-128-GCM, which QUIC Initial packets require.
     NoInitialCipherSuite(NoInitialCipherSuite),
-    /// A certificate pin is not 64 hex digits.
+    /// A certificate pin is not 64 hex digits (the reason names the pin).
     BadPin(String),
     /// A name for a generated certificate is neither an IP address nor a DNS name.
     BadName(String),
@@ -85,10 +85,7 @@ impl fmt::Display for TlsError {
             Self::Rustls(e) => write!(f, "TLS configuration rejected: {e}"),
             Self::Roots(e) => write!(f, "cannot verify servers with these root certificates: {e}"),
             Self::NoInitialCipherSuite(e) => write!(f, "TLS provider unusable for QUIC: {e}"),
-            Self::BadPin(pin) => write!(
-                f,
-                "certificate pin {pin:?} is not a SHA-256 digest (64 hex digits, ':' and '-' allowed)"
-            ),
+            Self::BadPin(reason) => f.write_str(reason),
             Self::BadName(name) => write!(
                 f,
                 "certificate name {name:?} is neither an IP address nor a DNS name"
@@ -186,25 +183,9 @@ pub fn pin_sha256(cert: &CertificateDer) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Parse a SHA-256 pin as Hysteria2's `tls.pinSHA256`: 64 hex digits, either case, with any
-/// ':' or '-' separators ignored (`openssl x509 -fingerprint -sha256` prints the ':' form).
+/// Parse a SHA-256 pin as Hysteria2's `tls.pinSHA256` (see [`crate::config::parse_pin`]).
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], TlsError> {
-    let bad = || TlsError::BadPin(pin.to_owned());
-    let mut out = [0u8; 32];
-    let mut digits = pin
-        .chars()
-        .filter(|&c| c != ':' && c != '-')
-        .map(|c| c.to_digit(16));
-    for byte in &mut out {
-        let hi = digits.next().flatten().ok_or_else(bad)?;
-        let lo = digits.next().flatten().ok_or_else(bad)?;
-        // Both digits are < 16, so this fits in a byte.
-        *byte = u8::try_from(hi << 4 | lo).map_err(|_| bad())?;
-    }
-    if digits.next().is_some() {
-        return Err(bad());
-    }
-    Ok(out)
+    crate::config::parse_pin(pin).map_err(TlsError::BadPin)
 }
 
 /// Load a PEM certificate chain and private key.

@@ -12,15 +12,15 @@ use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
-use crate::config::{self, Auth, MasqueradeHandler, Obfs, ServerConfig};
+use crate::config::{self, Acl, AclRules, Auth, MasqueradeHandler, Obfs, ServerConfig};
+use crate::config::{ConfigError, ErrorAt, Warning};
 use crate::config::{
     DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
 };
 use crate::engine::DriverConfig;
-use crate::limits::window::{self, WindowPolicy};
 use crate::limits::{Caps, Limits};
-use crate::quic::{self, AssumePeerDatagrams, QuicParams, ASSUMED_PEER_DATAGRAM_PAYLOAD};
-use crate::worker::{self, Group, GroupConfig};
+use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
+use crate::worker::{self, Group, GroupConfig, QuicSection, SocketGroup, Steering};
 
 /// ALPN of Hysteria2 (HTTP/3).
 pub const ALPN: &[u8] = b"h3";
@@ -143,39 +143,72 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
     }
 }
 
-fn quic_params(cfg: &ServerConfig) -> QuicParams {
-    let q = &cfg.quic;
-    QuicParams {
-        init_stream_window: q.init_stream_receive_window,
-        max_stream_window: q.max_stream_receive_window,
-        // The window itself is granted from the budget once the connection exists.
-        init_conn_window: window::handshake_window(q.init_conn_receive_window),
-        max_conn_window: q.max_conn_receive_window,
-        max_idle_timeout: q.max_idle_timeout,
-        max_incoming_streams: q.max_incoming_streams,
-        datagrams: !cfg.disable_udp,
-        mtu_discovery: !q.disable_path_mtu_discovery,
-        congestion: match cfg.congestion.kind {
-            config::CongestionKind::Bbr => quic::Congestion::Bbr,
-            config::CongestionKind::Reno => quic::Congestion::NewReno,
-            config::CongestionKind::Cubic => quic::Congestion::Cubic,
-        },
-        loss_compensation: !cfg.bandwidth.disable_loss_compensation,
-        datagram_overhead: cfg.obfs.overhead(),
-        ..QuicParams::default()
+/// Loads `tls.cert` and `tls.key`. Errors name the key at fault.
+fn load_cert(tls: &config::Tls) -> Result<CertKey, (&'static str, String)> {
+    quic::load_pem(&tls.cert, &tls.key).map_err(|e| {
+        // load_pem reads the certificate first, so a path equal to both is the cert's.
+        let key = match &e {
+            TlsError::Unreadable { path, .. } | TlsError::BadPem { path, .. }
+                if path != &tls.cert =>
+            {
+                "tls.key"
+            }
+            TlsError::NoPrivateKey(_) => "tls.key",
+            _ => "tls.cert",
+        };
+        (key, e.to_string())
+    })
+}
+
+/// [`load_cert`] with the key in front of the reason, as start-up reports it.
+fn load_cert_at(tls: &config::Tls) -> Result<CertKey, String> {
+    load_cert(tls).map_err(|(key, e)| format!("{key}: {e}"))
+}
+
+/// `quelay server --check -c FILE`: everything [`load`] checks, plus that the files the
+/// config names can be used (certificate and key load and match, the client CA, the
+/// masquerade directory and the ACL file are readable). Errors name the file and the key.
+pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
+    let origin = path.display().to_string();
+    let (config, warnings) = config::load_server(path)?;
+    let at = |key: &str, reason: String| ConfigError {
+        origin: origin.clone(),
+        at: ErrorAt::Key(key.to_owned()),
+        reason,
+    };
+    if let Some(tls) = &config.tls {
+        let ck = load_cert(tls).map_err(|(key, e)| at(key, e))?;
+        quic::server_crypto(&ck, &[ALPN]).map_err(|e| at("tls", e.to_string()))?;
+        if let Some(ca) = &tls.client_ca {
+            std::fs::File::open(ca)
+                .map_err(|e| at("tls.clientCA", format!("{}: {e}", ca.display())))?;
+        }
     }
+    if let MasqueradeHandler::File { dir } = &config.masquerade.handler {
+        if !dir.is_dir() {
+            return Err(at(
+                "masquerade.file.dir",
+                format!("{} is not a readable directory", dir.display()),
+            ));
+        }
+    }
+    if let Some(Acl {
+        rules: AclRules::File(file),
+        ..
+    }) = &config.acl
+    {
+        std::fs::File::open(file)
+            .map_err(|e| at("acl.file", format!("{}: {e}", file.display())))?;
+    }
+    Ok(warnings)
 }
 
 /// Starts the workers for `cfg`.
 pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let hy2 = Arc::new(hy2_config(cfg, None)?);
-    let obfs = cfg.obfs.salamander()?;
+    let obfs = worker::obfuscator(&cfg.obfs)?;
     let (ck, generated, cert_files) = match &cfg.tls {
-        Some(tls) => (
-            quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?,
-            false,
-            read_pair(&tls.cert, &tls.key),
-        ),
+        Some(tls) => (load_cert_at(tls)?, false, read_pair(&tls.cert, &tls.key)),
         None => (
             quic::self_signed(&["localhost".to_string()]).map_err(|e| e.to_string())?,
             true,
@@ -191,7 +224,12 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         crypto,
         ASSUMED_PEER_DATAGRAM_PAYLOAD,
     ));
-    let server_config = quic::server_config(crypto, &quic_params(cfg), None);
+    let section = QuicSection::Server {
+        quic: &cfg.quic,
+        udp: !cfg.disable_udp,
+    };
+    let params = worker::quic_params(section, &cfg.congestion, &cfg.bandwidth, &cfg.obfs);
+    let server_config = quic::server_config(crypto, &params, None);
 
     let n = cfg
         .engine
@@ -199,26 +237,26 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         .unwrap_or_else(super::echo::default_workers)
         .clamp(1, worker::MAX_WORKERS);
     let driver = DriverConfig::default();
-    let (socks, report) = worker::bind_group(cfg.listen, n, driver.socket_buffer)
-        .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
-    let addr = socks[0].local_addr().map_err(|e| e.to_string())?;
-    super::log_buffers(&report, driver.socket_buffer);
     // With Salamander the kernel cannot read CIDs: the 4-tuple hash plus user-space
     // forwarding route instead.
-    let steering = n > 1 && obfs.is_none() && super::attach_steering(&socks);
-
-    let specs = super::worker_specs(socks, &server_config);
+    let steering = if obfs.is_none() {
+        Steering::Bpf
+    } else {
+        Steering::Hash
+    };
+    let sockets = SocketGroup::bind(cfg.listen, n, driver.socket_buffer, steering)
+        .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
+    let (addr, steering) = (sockets.addr, sockets.steering);
+    let specs = sockets.specs(&server_config);
     let offload = Arc::new(Offload::new(&cfg.resolver)?);
     tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {
-        io: cfg.engine.io,
+        io: cfg.engine.io.map(Into::into),
         driver,
         pin: true,
         obfs,
-        windows: Some(WindowPolicy::new(
-            cfg.quic.init_conn_receive_window,
-            cfg.quic.max_conn_receive_window,
-            cfg.quic.init_stream_receive_window,
+        windows: Some(worker::window_policy(
+            section,
             hy2.limits.window_budget.clone(),
         )),
     };
@@ -236,7 +274,11 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     tracing::info!(
         "Hysteria2 server on {addr}: {n} worker(s), {} driver, steering {}, obfs {}",
         group.shared.io_kinds[0],
-        if steering { "bpf" } else { "hash + forwarding" },
+        if steering == Steering::Bpf {
+            "bpf"
+        } else {
+            "hash + forwarding"
+        },
         if cfg.obfs == Obfs::Plain {
             "off"
         } else {
@@ -322,7 +364,7 @@ impl Server {
         if let (Some(tls), Some(_)) = (&new.tls, &self.cert) {
             let files = read_pair(&tls.cert, &tls.key);
             if files.is_none() || files != self.cert_files {
-                let ck = quic::load_pem(&tls.cert, &tls.key).map_err(|e| e.to_string())?;
+                let ck = load_cert_at(tls)?;
                 quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
                 cert = Some((ck, files));
             }
@@ -368,7 +410,7 @@ fn share_uri(cfg: &ServerConfig, addr: SocketAddr, pin: &str) -> String {
         obfs: cfg.obfs.clone(),
         sni: None,
         insecure: true,
-        pin_sha256: quic::parse_pin(pin).ok(),
+        pin_sha256: config::parse_pin(pin).ok(),
         name: None,
     };
     uri.to_string()
@@ -441,5 +483,78 @@ fn drain_streams(server: &Server, timeout: Duration) {
             tracing::warn!("drain timeout: closing {busy} stream(s) still in progress");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUTH: &str = "auth: {type: password, password: pw}\n";
+
+    fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// The files a config names are checked where they are used: `--check` and start-up
+    /// name the key at fault.
+    #[test]
+    fn check_files() {
+        let dir = std::env::temp_dir().join(format!("quelay-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_path = write(&dir, "cert.pem", cert.pem());
+        let key_path = write(&dir, "key.pem", key_pair.serialize_pem());
+        let config = |cert: &Path, key: &Path| {
+            format!(
+                "{AUTH}tls: {{cert: \"{}\", key: \"{}\"}}\nbogus: 1\n",
+                cert.display(),
+                key.display()
+            )
+        };
+        let file = write(&dir, "server.yaml", config(&cert_path, &key_path));
+        let (_, w) = config::load_server(&file).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(check(&file).unwrap(), w);
+
+        let missing = dir.join("missing.pem");
+        let file = write(&dir, "server.yaml", config(&missing, &key_path));
+        let e = check(&file).unwrap_err();
+        assert_eq!(e.key(), Some("tls.cert"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: tls.cert: ", file.display())),
+            "{e}"
+        );
+        let e = start(&load(&file).unwrap()).err().unwrap();
+        assert!(e.starts_with("tls.cert: "), "{e}");
+        let file = write(&dir, "server.yaml", config(&cert_path, &cert_path));
+        assert_eq!(check(&file).unwrap_err().key(), Some("tls.key"));
+        let e = start(&load(&file).unwrap()).err().unwrap();
+        assert!(e.starts_with("tls.key: "), "{e}");
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        let other_key = write(&dir, "other.key", other.key_pair.serialize_pem());
+        let file = write(&dir, "server.yaml", config(&cert_path, &other_key));
+        assert_eq!(check(&file).unwrap_err().key(), Some("tls"));
+
+        let file = write(
+            &dir,
+            "server.yaml",
+            format!(
+                "{AUTH}masquerade: {{type: file, file: {{dir: \"{}\"}}}}",
+                missing.display()
+            ),
+        );
+        assert_eq!(check(&file).unwrap_err().key(), Some("masquerade.file.dir"));
+        let file = write(
+            &dir,
+            "server.yaml",
+            format!("{AUTH}acl: {{file: \"{}\"}}", missing.display()),
+        );
+        assert_eq!(check(&file).unwrap_err().key(), Some("acl.file"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,9 @@ pub mod app;
 mod event_loop;
 pub mod pipe;
 pub mod route;
+pub mod sockets;
 mod table;
+pub mod transport;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -20,7 +22,9 @@ use crossbeam_channel::{bounded, Sender};
 use quinn_proto::{ClientConfig, Endpoint, EndpointConfig, ServerConfig};
 
 pub use app::{App, Io};
+pub use sockets::{bind_group, bind_listeners, Listener, SocketGroup, Steering};
 pub use table::ConnTable;
+pub use transport::{obfuscator, quic_params, window_policy, QuicSection};
 
 use crate::engine::{self, DriverConfig, IoKind, Waker};
 use crate::limits::window::WindowPolicy;
@@ -33,6 +37,8 @@ pub struct WorkerId(pub u8);
 
 /// Most workers a group may have: the worker index must fit in a CID byte.
 pub const MAX_WORKERS: usize = 128;
+// `engine.workers` is checked against the config's copy of this bound.
+const _: () = assert!(MAX_WORKERS == crate::config::MAX_WORKERS);
 /// Datagrams queued for one worker by the others before new ones are dropped.
 const FORWARD_QUEUE: usize = 8192;
 
@@ -286,26 +292,6 @@ pub fn client_specs(
             })
         })
         .collect()
-}
-
-/// Binds `n` sockets of one SO_REUSEPORT group on `addr`, in worker order (a reuseport
-/// BPF program picks members by that position). Port 0 picks one port for all.
-pub fn bind_group(
-    addr: SocketAddr,
-    n: usize,
-    buffer: usize,
-) -> io::Result<(Vec<UdpSocket>, engine::BufferReport)> {
-    let mut socks = Vec::with_capacity(n);
-    let mut addr = addr;
-    let mut report = None;
-    for _ in 0..n {
-        let (s, r) = engine::sys::bind_udp(addr, true, buffer)?;
-        addr.set_port(s.local_addr()?.port());
-        report.get_or_insert(r);
-        socks.push(s);
-    }
-    let report = report.ok_or_else(|| io::Error::other("no sockets"))?;
-    Ok((socks, report))
 }
 
 /// Names the worker that panics at start (fault injection for tests only).

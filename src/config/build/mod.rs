@@ -17,8 +17,6 @@ use super::error::{fault, Fault, Warning};
 use super::reader::Section;
 use super::server::*;
 use super::units;
-use crate::engine::IoKind;
-use crate::limits::window::WINDOW_FLOOR;
 
 pub(crate) use client::{client, from_uri as client_from_uri};
 
@@ -31,9 +29,9 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     let tls = tls(&mut top, w)?;
     unsupported_extras(&mut top, w)?;
     let obfs = obfs(&mut top, w)?;
-    let quic = quic(&mut top, w)?;
+    let quic = quic(&mut top, End::Server, w)?.server();
     let congestion = congestion(&mut top, w)?;
-    let bandwidth = bandwidth(&mut top, w)?;
+    let bandwidth = bandwidth(&mut top, End::Server, w)?;
     let ignore_client_bandwidth = top.bool("ignoreClientBandwidth")?;
     let speed_test = top.bool("speedTest")?;
     let disable_udp = top.bool("disableUDP")?;
@@ -67,11 +65,12 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
             max_streams: s.u64("maxStreams")?.filter(|&n| n != 0),
             max_connections_per_user: s.u64("maxConnectionsPerUser")?.filter(|&n| n != 0),
             receive_window_budget: match s.size("receiveWindowBudget")? {
-                Some(n) if n < WINDOW_FLOOR => {
+                Some(n) if n < MIN_RECEIVE_WINDOW_BUDGET => {
                     return Err(fault(
                         s.key("receiveWindowBudget"),
                         format!(
-                            "{n} bytes is below the least window of a connection ({WINDOW_FLOOR})"
+                            "{n} bytes is below the least window of a connection \
+                             ({MIN_RECEIVE_WINDOW_BUDGET})"
                         ),
                     ))
                 }
@@ -274,10 +273,62 @@ fn obfs(top: &mut Section, w: &mut W) -> Result<Obfs, Fault> {
     }
 }
 
-/// The four receive windows under `quic` (server and client files share the keys and
-/// rules): 0 or absent is the default, at least [`MIN_RECEIVE_WINDOW`], at most a QUIC
-/// varint. Returns initStream, maxStream, initConn, maxConn.
-fn receive_windows(s: &mut Section) -> Result<[u64; 4], Fault> {
+/// Which end a section is read for, where the server and the client read it differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    Server,
+    Client,
+}
+
+/// `quic` as either end reads it; [`QuicKeys::server`] and [`QuicKeys::client`] keep what
+/// that end has.
+pub(super) struct QuicKeys {
+    /// initStream, maxStream, initConn and maxConn receive windows.
+    windows: [u64; 4],
+    max_idle_timeout: Duration,
+    /// `maxIncomingStreams` (server).
+    max_incoming_streams: u64,
+    /// `keepAlivePeriod` (client).
+    keep_alive_period: Duration,
+    disable_path_mtu_discovery: bool,
+}
+
+impl QuicKeys {
+    pub(super) fn server(self) -> Quic {
+        let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
+            self.windows;
+        Quic {
+            init_stream_receive_window,
+            max_stream_receive_window,
+            init_conn_receive_window,
+            max_conn_receive_window,
+            max_idle_timeout: self.max_idle_timeout,
+            max_incoming_streams: self.max_incoming_streams,
+            disable_path_mtu_discovery: self.disable_path_mtu_discovery,
+        }
+    }
+
+    pub(super) fn client(self) -> super::ClientQuic {
+        let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
+            self.windows;
+        super::ClientQuic {
+            init_stream_receive_window,
+            max_stream_receive_window,
+            init_conn_receive_window,
+            max_conn_receive_window,
+            max_idle_timeout: self.max_idle_timeout,
+            keep_alive_period: self.keep_alive_period,
+            disable_path_mtu_discovery: self.disable_path_mtu_discovery,
+        }
+    }
+}
+
+/// `quic`, both ends' keys and rules. The receive windows: 0 or absent is the default, at
+/// least [`MIN_RECEIVE_WINDOW`], at most a QUIC varint. The server reads
+/// `maxIncomingStreams`; the client `keepAlivePeriod`, and it refuses socket options it
+/// cannot apply.
+pub(super) fn quic(top: &mut Section, end: End, w: &mut W) -> Result<QuicKeys, Fault> {
+    let mut s = top.section("quic")?;
     let mut window = |name: &str, default: u64| -> Result<u64, Fault> {
         match s.u64(name)? {
             None | Some(0) => Ok(default),
@@ -292,18 +343,12 @@ fn receive_windows(s: &mut Section) -> Result<[u64; 4], Fault> {
             Some(v) => Ok(v),
         }
     };
-    Ok([
+    let windows = [
         window("initStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
         window("maxStreamReceiveWindow", DEFAULT_STREAM_RECEIVE_WINDOW)?,
         window("initConnReceiveWindow", DEFAULT_CONN_RECEIVE_WINDOW)?,
         window("maxConnReceiveWindow", DEFAULT_MAX_CONN_RECEIVE_WINDOW)?,
-    ])
-}
-
-fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
-    let mut s = top.section("quic")?;
-    let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
-        receive_windows(&mut s)?;
+    ];
     let max_idle_timeout = ranged(
         &mut s,
         "maxIdleTimeout",
@@ -311,33 +356,58 @@ fn quic(top: &mut Section, w: &mut W) -> Result<Quic, Fault> {
         MAX_IDLE_TIMEOUT_RANGE,
         "4s to 120s",
     )?;
-    let max_incoming_streams = match s.u64("maxIncomingStreams")? {
-        None | Some(0) => DEFAULT_MAX_INCOMING_STREAMS,
-        Some(v) if v < MIN_INCOMING_STREAMS => {
-            return Err(fault(
-                s.key("maxIncomingStreams"),
-                format!("{v} is below the minimum of {MIN_INCOMING_STREAMS}"),
-            ))
-        }
-        Some(v) if v > MAX_INCOMING_STREAMS => {
-            return Err(fault(
-                s.key("maxIncomingStreams"),
-                format!("{v} is above the QUIC maximum of 2^60"),
-            ))
-        }
-        Some(v) => v,
-    };
-    let disable_path_mtu_discovery = s.bool("disablePathMTUDiscovery")?;
-    s.finish(w);
-    Ok(Quic {
-        init_stream_receive_window,
-        max_stream_receive_window,
-        init_conn_receive_window,
-        max_conn_receive_window,
+    let mut keys = QuicKeys {
+        windows,
         max_idle_timeout,
-        max_incoming_streams,
-        disable_path_mtu_discovery,
-    })
+        max_incoming_streams: DEFAULT_MAX_INCOMING_STREAMS,
+        keep_alive_period: super::DEFAULT_KEEP_ALIVE_PERIOD,
+        disable_path_mtu_discovery: false,
+    };
+    match end {
+        End::Server => {
+            keys.max_incoming_streams = match s.u64("maxIncomingStreams")? {
+                None | Some(0) => DEFAULT_MAX_INCOMING_STREAMS,
+                Some(v) if v < MIN_INCOMING_STREAMS => {
+                    return Err(fault(
+                        s.key("maxIncomingStreams"),
+                        format!("{v} is below the minimum of {MIN_INCOMING_STREAMS}"),
+                    ))
+                }
+                Some(v) if v > MAX_INCOMING_STREAMS => {
+                    return Err(fault(
+                        s.key("maxIncomingStreams"),
+                        format!("{v} is above the QUIC maximum of 2^60"),
+                    ))
+                }
+                Some(v) => v,
+            };
+        }
+        End::Client => {
+            keys.keep_alive_period = ranged(
+                &mut s,
+                "keepAlivePeriod",
+                super::DEFAULT_KEEP_ALIVE_PERIOD,
+                super::KEEP_ALIVE_PERIOD_RANGE,
+                "2s to 60s",
+            )?;
+        }
+    }
+    keys.disable_path_mtu_discovery = s.bool("disablePathMTUDiscovery")?;
+    if end == End::Client {
+        // quelay's handshake never imitates Chrome's, whatever this says.
+        s.skip(&["disableChromeParrot"]);
+        let mut sockopts = s.section("sockopts")?;
+        for name in ["bindInterface", "fwmark", "fdControlUnixSocket"] {
+            client::refuse(
+                &mut sockopts,
+                name,
+                &format!("socket option {name} is not supported"),
+            )?;
+        }
+        sockopts.finish(w);
+    }
+    s.finish(w);
+    Ok(keys)
 }
 
 /// A duration key with a default (for absent or zero) and an allowed range.
@@ -388,7 +458,9 @@ fn congestion(top: &mut Section, w: &mut W) -> Result<Congestion, Fault> {
     Ok(Congestion { kind, bbr_profile })
 }
 
-fn bandwidth(top: &mut Section, w: &mut W) -> Result<Bandwidth, Fault> {
+/// `bandwidth`. The server refuses a rate below [`MIN_BANDWIDTH`]; the official client sets
+/// no minimum.
+fn bandwidth(top: &mut Section, end: End, w: &mut W) -> Result<Bandwidth, Fault> {
     let mut s = top.section("bandwidth")?;
     let mut rate = |name: &str, w: &mut W| -> Result<Option<u64>, Fault> {
         let key = s.key(name);
@@ -397,7 +469,7 @@ fn bandwidth(top: &mut Section, w: &mut W) -> Result<Bandwidth, Fault> {
         };
         match units::parse_bandwidth(&text).map_err(|e| fault(key.clone(), e))? {
             0 => Ok(None),
-            bytes if bytes < MIN_BANDWIDTH => Err(fault(
+            bytes if end == End::Server && bytes < MIN_BANDWIDTH => Err(fault(
                 key,
                 format!(
                     "{} is {bytes} bytes/s, below the minimum of {MIN_BANDWIDTH} bytes/s (524288 bps)",
@@ -422,11 +494,11 @@ fn engine(top: &mut Section, w: &mut W) -> Result<Engine, Fault> {
     let mut s = top.section("engine")?;
     let workers = match s.u64("workers")? {
         None | Some(0) => None,
-        Some(n) if n <= crate::worker::MAX_WORKERS as u64 => Some(n as usize),
+        Some(n) if n <= MAX_WORKERS as u64 => Some(n as usize),
         Some(n) => {
             return Err(fault(
                 s.key("workers"),
-                format!("{n} is above the maximum of {}", crate::worker::MAX_WORKERS),
+                format!("{n} is above the maximum of {MAX_WORKERS}"),
             ))
         }
     };

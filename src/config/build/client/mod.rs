@@ -11,14 +11,13 @@ use std::time::Duration;
 use serde_norway::Value;
 
 use self::addr::{check_sni, host_port, UriServer, URI_ORIGIN};
-use super::{address, lower, mimic_and_realm, ranged, receive_windows, W};
+use super::{address, lower, mimic_and_realm, ranged, End, W};
 use crate::config::client::*;
 use crate::config::error::{fault, ConfigError, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::*;
 use crate::config::units;
 use crate::proto::split_host_port;
-use crate::quic::tls::parse_pin;
 
 /// The error for a config that would start no proxy at all.
 pub(crate) const NO_MODE: &str =
@@ -52,9 +51,9 @@ pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
             "empty: most servers refuse a connection without a password",
         ));
     }
-    let quic = quic(&mut top, w)?;
+    let quic = super::quic(&mut top, End::Client, w)?.client();
     let congestion = super::congestion(&mut top, w)?;
-    let bandwidth = bandwidth(&mut top, w)?;
+    let bandwidth = super::bandwidth(&mut top, End::Client, w)?;
     let fast_open = top.bool("fastOpen")?;
     let lazy = top.bool("lazy")?;
     let socks5 = socks5(&mut top, w)?;
@@ -130,7 +129,7 @@ pub(crate) fn from_uri(
 
 /// Official keys for features quelay does not have: an error when given a value, so that a
 /// config never silently means something else. An empty string, `false`, `0` or `0s` is unset.
-fn refuse(s: &mut Section, name: &str, reason: &str) -> Result<(), Fault> {
+pub(super) fn refuse(s: &mut Section, name: &str, reason: &str) -> Result<(), Fault> {
     let key = s.key(name);
     let set = match s.take(name) {
         None | Some(Value::Bool(false)) => false,
@@ -177,7 +176,7 @@ fn tls(top: &mut Section, w: &mut W) -> Result<ClientTls, Fault> {
     let insecure = s.bool("insecure")?;
     let pin_key = s.key("pinSHA256");
     let pin_sha256 = match s.nonempty_string("pinSHA256", w)? {
-        Some(pin) => Some(parse_pin(pin.trim()).map_err(|e| fault(pin_key, e.to_string()))?),
+        Some(pin) => Some(units::parse_pin(pin.trim()).map_err(|e| fault(pin_key, e))?),
         None => None,
     };
     let ca = s.nonempty_string("ca", w)?.map(PathBuf::from);
@@ -194,70 +193,6 @@ fn tls(top: &mut Section, w: &mut W) -> Result<ClientTls, Fault> {
         insecure,
         pin_sha256,
         ca,
-    })
-}
-
-fn quic(top: &mut Section, w: &mut W) -> Result<ClientQuic, Fault> {
-    let mut s = top.section("quic")?;
-    let [init_stream_receive_window, max_stream_receive_window, init_conn_receive_window, max_conn_receive_window] =
-        receive_windows(&mut s)?;
-    let max_idle_timeout = ranged(
-        &mut s,
-        "maxIdleTimeout",
-        DEFAULT_MAX_IDLE_TIMEOUT,
-        MAX_IDLE_TIMEOUT_RANGE,
-        "4s to 120s",
-    )?;
-    let keep_alive_period = ranged(
-        &mut s,
-        "keepAlivePeriod",
-        DEFAULT_KEEP_ALIVE_PERIOD,
-        KEEP_ALIVE_PERIOD_RANGE,
-        "2s to 60s",
-    )?;
-    let disable_path_mtu_discovery = s.bool("disablePathMTUDiscovery")?;
-    // quelay's handshake never imitates Chrome's, whatever this says.
-    s.skip(&["disableChromeParrot"]);
-    let mut sockopts = s.section("sockopts")?;
-    for name in ["bindInterface", "fwmark", "fdControlUnixSocket"] {
-        refuse(
-            &mut sockopts,
-            name,
-            &format!("socket option {name} is not supported"),
-        )?;
-    }
-    sockopts.finish(w);
-    s.finish(w);
-    Ok(ClientQuic {
-        init_stream_receive_window,
-        max_stream_receive_window,
-        init_conn_receive_window,
-        max_conn_receive_window,
-        max_idle_timeout,
-        keep_alive_period,
-        disable_path_mtu_discovery,
-    })
-}
-
-/// Unlike the server, the official client sets no minimum rate.
-fn bandwidth(top: &mut Section, w: &mut W) -> Result<ClientBandwidth, Fault> {
-    let mut s = top.section("bandwidth")?;
-    let mut rate = |name: &str, w: &mut W| -> Result<Option<u64>, Fault> {
-        let key = s.key(name);
-        let Some(text) = s.string(name, w)?.filter(|t| !t.trim().is_empty()) else {
-            return Ok(None);
-        };
-        let bytes = units::parse_bandwidth(&text).map_err(|e| fault(key, e))?;
-        Ok((bytes != 0).then_some(bytes))
-    };
-    let up = rate("up", w)?;
-    let down = rate("down", w)?;
-    let disable_loss_compensation = s.bool("disableLossCompensation")?;
-    s.finish(w);
-    Ok(ClientBandwidth {
-        up,
-        down,
-        disable_loss_compensation,
     })
 }
 
