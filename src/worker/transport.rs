@@ -36,25 +36,25 @@ struct Shared {
     mtu_discovery: bool,
 }
 
+/// The shared keys of either section type (the two have them under the same names).
+macro_rules! shared {
+    ($q:expr) => {
+        Shared {
+            init_stream_window: $q.init_stream_receive_window,
+            max_stream_window: $q.max_stream_receive_window,
+            init_conn_window: $q.init_conn_receive_window,
+            max_conn_window: $q.max_conn_receive_window,
+            max_idle_timeout: $q.max_idle_timeout,
+            mtu_discovery: !$q.disable_path_mtu_discovery,
+        }
+    };
+}
+
 impl QuicSection<'_> {
     fn shared(&self) -> Shared {
         match *self {
-            QuicSection::Server { quic: q, .. } => Shared {
-                init_stream_window: q.init_stream_receive_window,
-                max_stream_window: q.max_stream_receive_window,
-                init_conn_window: q.init_conn_receive_window,
-                max_conn_window: q.max_conn_receive_window,
-                max_idle_timeout: q.max_idle_timeout,
-                mtu_discovery: !q.disable_path_mtu_discovery,
-            },
-            QuicSection::Client(q) => Shared {
-                init_stream_window: q.init_stream_receive_window,
-                max_stream_window: q.max_stream_receive_window,
-                init_conn_window: q.init_conn_receive_window,
-                max_conn_window: q.max_conn_receive_window,
-                max_idle_timeout: q.max_idle_timeout,
-                mtu_discovery: !q.disable_path_mtu_discovery,
-            },
+            QuicSection::Server { quic, .. } => shared!(quic),
+            QuicSection::Client(quic) => shared!(quic),
         }
     }
 }
