@@ -6,7 +6,6 @@
 
 #[deny(unsafe_code)]
 pub mod acl;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod doctor;

@@ -12,8 +12,8 @@ use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
 use crate::limits::Cap;
+use crate::proto::h3::ALPN;
 use crate::quic::{self, Verify};
-use crate::server::run::ALPN;
 use crate::worker::{self, Group, GroupConfig, Listener, QuicSection};
 
 /// Backlog of each local TCP listener.
@@ -156,7 +156,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     let n = cfg
         .engine
         .workers
-        .unwrap_or_else(crate::server::echo::default_workers)
+        .unwrap_or_else(worker::default_workers)
         .clamp(1, worker::MAX_WORKERS);
     let (mut sockets, listening) = local_sockets(cfg, n)?;
     let obfs = worker::obfuscator(&cfg.obfs)?;

@@ -225,7 +225,7 @@ fn cpus() -> Finding {
     let online = host::read("/sys/devices/system/cpu/online")
         .and_then(|l| host::cpu_list_len(&l))
         .map_or("unknown".to_string(), |n| n.to_string());
-    let usable = crate::server::echo::default_workers();
+    let usable = worker::default_workers();
     Finding::ok(
         "CPUs",
         format!("{online} online, {usable} usable: one worker each by default"),
@@ -279,7 +279,7 @@ fn governor() -> Finding {
 
 /// Binds a loopback reuseport group like the server's and attaches CID steering to it.
 fn steering() -> Finding {
-    let n = crate::server::echo::default_workers().clamp(2, worker::MAX_WORKERS);
+    let n = worker::default_workers().clamp(2, worker::MAX_WORKERS);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let result = worker::bind_group(addr, n, STEERING_TEST_BUFFER)
         .and_then(|(socks, _)| engine::bpf::steer_group(&socks));

@@ -19,11 +19,9 @@ use crate::config::{
 };
 use crate::engine::DriverConfig;
 use crate::limits::{Caps, Limits};
+use crate::proto::h3::ALPN;
 use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig, QuicSection, SocketGroup, Steering};
-
-/// ALPN of Hysteria2 (HTTP/3).
-pub const ALPN: &[u8] = b"h3";
 
 /// How long a SIGTERM/SIGINT drain lets streams finish by default.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -234,7 +232,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let n = cfg
         .engine
         .workers
-        .unwrap_or_else(super::echo::default_workers)
+        .unwrap_or_else(worker::default_workers)
         .clamp(1, worker::MAX_WORKERS);
     let driver = DriverConfig::default();
     // With Salamander the kernel cannot read CIDs: the 4-tuple hash plus user-space

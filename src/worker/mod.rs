@@ -39,6 +39,11 @@ pub struct WorkerId(pub u8);
 pub const MAX_WORKERS: usize = 128;
 // `engine.workers` is checked against the config's copy of this bound.
 const _: () = assert!(MAX_WORKERS == crate::config::MAX_WORKERS);
+
+/// The default worker count of every role: one worker per online CPU.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// Datagrams queued for one worker by the others before new ones are dropped.
 const FORWARD_QUEUE: usize = 8192;
 

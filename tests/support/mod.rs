@@ -62,21 +62,36 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The crate root: tests run with it as their working directory, but helpers do not rely on that.
+/// The workspace root, the relay crate's directory: its tests run with it as their working
+/// directory, but helpers do not rely on that. quelay-bench's tests share these helpers from
+/// one level down.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if env!("CARGO_PKG_NAME") == "quelay" {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    }
 }
 
-/// The quelay binary the peers run: Cargo's `CARGO_BIN_EXE_quelay` in integration tests;
-/// elsewhere (the examples that reuse this harness, where Cargo does not set it) `$QUELAY_BIN`
-/// if set, else `target/release/quelay` under the crate root, resolved at run time.
+/// The quelay binary the peers run: Cargo's `CARGO_BIN_EXE_quelay` in the relay's integration
+/// tests; elsewhere (quelay-bench's tests and the examples that reuse this harness, where Cargo
+/// does not set it) `$QUELAY_BIN` if set, else `target/release/quelay` under the workspace
+/// root, resolved at run time. Panics, saying how to build it, when that file is missing.
 pub fn quelay_bin() -> PathBuf {
     if let Some(bin) = option_env!("CARGO_BIN_EXE_quelay") {
         return PathBuf::from(bin);
     }
-    std::env::var_os("QUELAY_BIN")
+    let bin = std::env::var_os("QUELAY_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release/quelay"))
+        .unwrap_or_else(|| root().join("target/release/quelay"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the relay first (cargo build --release -p quelay --bin quelay; \
+         cargo test --release --workspace builds it), or set QUELAY_BIN",
+        bin.display()
+    );
+    bin
 }
 
 /// The sing-box version the interop tests are written against.

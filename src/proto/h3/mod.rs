@@ -22,6 +22,9 @@
 //! Encoders copy what quic-go sends (static-table choices, Huffman on every literal), so the
 //! bytes on the wire look like the Go implementations'.
 
+/// ALPN of Hysteria2: it runs over HTTP/3.
+pub const ALPN: &[u8] = b"h3";
+
 mod auth;
 mod control;
 pub mod error;

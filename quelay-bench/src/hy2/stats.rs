@@ -1,4 +1,4 @@
-//! What the workers of a `bench hy2` run measured, shared with the thread that reports.
+//! What the workers of a `quelay-bench hy2` run measured, shared with the thread that reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;

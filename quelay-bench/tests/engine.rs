@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quelay::bench::run::{self, LoadOptions, LoadReport};
-use quelay::bench::Mode;
 use quelay::engine::{DriverConfig, IoKind};
-use quelay::server::echo::{self, EchoOptions, EchoServer, Steering};
+use quelay_bench::echo::{self, EchoOptions, EchoServer, Steering};
+use quelay_bench::run::{self, LoadOptions, LoadReport};
+use quelay_bench::Mode;
 
 fn server(io: IoKind, steering: Steering, driver: DriverConfig) -> EchoServer {
     let opts = EchoOptions {

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use quinn_proto::Connection;
 
 use super::stats::Stats;
-use crate::bench::pattern;
-use crate::proto::udp::{fragment, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
-use crate::proto::{Defragger, UdpMessage};
+use crate::pattern;
+use quelay::proto::udp::{fragment, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
+use quelay::proto::{Defragger, UdpMessage};
 
 /// Sequence number and send time.
 pub const STAMP_LEN: usize = 16;

@@ -1,6 +1,9 @@
+//! quelay-bench: the load generators and the endpoints they measure against, outside the
+//! relay. It uses the relay only through the `quelay` library's public API.
+//!
 //! A raw QUIC workload that exercises the engine without Hysteria2 on top: an echo /
-//! sink / source server ([`echo::EchoApp`], `quelay server --echo`) and a load client
-//! ([`load::LoadApp`], `quelay bench quic`).
+//! sink / source server ([`echo::start`] with [`echo::EchoApp`], `quelay-bench echo`) and a
+//! load client ([`load::LoadApp`], `quelay-bench quic`).
 //!
 //! Wire format, per bidirectional stream (also spoken by `examples/quinn_pair.rs`, the
 //! plain quinn baseline): the client first writes a 9-byte header, mode (u8) and N (u64
@@ -10,7 +13,7 @@
 //!   (u64 BE) and FINs;
 //! - mode 2, download: the server writes N bytes of the pattern, then FINs.
 //!
-//! `quelay bench target` ([`target`]) and `quelay bench hy2` ([`hy2`]) are the Hysteria2
+//! `quelay-bench target` ([`target`]) and `quelay-bench hy2` ([`hy2`]) are the Hysteria2
 //! workload: a TCP/UDP endpoint behind the server under test, and a load client that speaks
 //! Hysteria2 itself, so it drives any Hysteria2 server.
 //!

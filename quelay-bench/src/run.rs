@@ -1,4 +1,4 @@
-//! `quelay bench quic`: runs [`LoadApp`] on a group of client workers and reports.
+//! `quelay-bench quic`: runs [`LoadApp`] on a group of client workers and reports.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::load::{LoadApp, LoadConfig, LoadStats};
 use super::{Mode, ALPN};
-use crate::engine::{self, DriverConfig, IoKind};
-use crate::metrics::Snapshot;
-use crate::quic::{self, QuicParams, Verify};
-use crate::worker::{self, GroupConfig};
+use quelay::engine::{self, DriverConfig, IoKind};
+use quelay::metrics::Snapshot;
+use quelay::quic::{self, QuicParams, Verify};
+use quelay::worker::{self, GroupConfig};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {

@@ -1,6 +1,6 @@
-//! `quelay bench hy2`: a Hysteria2 load generator on the worker engine. It speaks Hysteria2
+//! `quelay-bench hy2`: a Hysteria2 load generator on the worker engine. It speaks Hysteria2
 //! itself (HTTP/3 auth, TCPRequest streams, UDPMessage datagrams, Salamander), so it drives
-//! any Hysteria2 server, towards `quelay bench target` behind it.
+//! any Hysteria2 server, towards `quelay-bench target` behind it.
 //!
 //! Scenarios:
 //! - `bulk-up` / `bulk-down`: N connections × M concurrent streams, each moving B bytes;
@@ -27,11 +27,11 @@ use app::{Hy2App, Plan, Share};
 pub use report::Report;
 use stats::Stats;
 
-use crate::engine::{DriverConfig, IoKind};
-use crate::proto::salamander::{Salamander, SALT_LEN};
-use crate::quic::{self, QuicParams, Verify};
-use crate::server::run::ALPN;
-use crate::worker::{self, GroupConfig};
+use quelay::engine::{DriverConfig, IoKind};
+use quelay::proto::h3::ALPN;
+use quelay::proto::salamander::{Salamander, SALT_LEN};
+use quelay::quic::{self, QuicParams, Verify};
+use quelay::worker::{self, GroupConfig};
 
 /// How often the reporter looks at the workers.
 const POLL: Duration = Duration::from_millis(5);

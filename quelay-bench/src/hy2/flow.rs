@@ -14,9 +14,9 @@ use std::time::Instant;
 use quinn_proto::{Connection, FinishError, ReadError, StreamId, WriteError};
 
 use super::stats::Stats;
-use crate::bench::target::{self, MODE_DOWNLOAD, MODE_REQUEST, MODE_UPLOAD};
-use crate::bench::{pattern, CHUNK};
-use crate::proto::tcp::{self, TcpRequest, TcpResponse, MAX_TCP_RESPONSE_LEN, REQUEST_PADDING};
+use crate::target::{self, MODE_DOWNLOAD, MODE_REQUEST, MODE_UPLOAD};
+use crate::{pattern, CHUNK};
+use quelay::proto::tcp::{self, TcpRequest, TcpResponse, MAX_TCP_RESPONSE_LEN, REQUEST_PADDING};
 
 /// What the stream asks of the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

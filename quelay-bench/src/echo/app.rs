@@ -9,8 +9,8 @@ use quinn_proto::{
     ConnectionHandle, Dir, Event, FinishError, ReadError, StreamEvent, StreamId, VarInt, WriteError,
 };
 
-use super::{pattern, Mode, CHUNK, HEADER_LEN};
-use crate::worker::{App, Io};
+use crate::{pattern, Mode, CHUNK, HEADER_LEN};
+use quelay::worker::{App, Io};
 
 /// Echo bytes held per stream before reading pauses.
 const MAX_PENDING: usize = 256 * 1024;

@@ -1,4 +1,4 @@
-//! The figures of a `bench hy2` run: a progress line, a summary table, or one JSON object
+//! The figures of a `quelay-bench hy2` run: a progress line, a summary table, or one JSON object
 //! (the contract comparison scripts read).
 
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! `quelay bench target`: the TCP and UDP endpoint that Hysteria2 benchmark traffic reaches
+//! `quelay-bench target`: the TCP and UDP endpoint that Hysteria2 benchmark traffic reaches
 //! through the server under test.
 //!
 //! TCP: each connection starts with a 9-byte header, a mode byte and a u64 big-endian

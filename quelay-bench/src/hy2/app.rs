@@ -1,4 +1,4 @@
-//! One worker of `bench hy2`: its connections (QUIC handshake, HTTP/3 authentication as
+//! One worker of `quelay-bench hy2`: its connections (QUIC handshake, HTTP/3 authentication as
 //! the reference client does it), the proxy streams of the TCP scenarios, the UDP sessions.
 //!
 //! Streams wait for credit: `open(Dir::Bi)` without MAX_STREAMS credit returns `None`, and
@@ -17,9 +17,9 @@ use super::flow::{Flow, Kind, Progress};
 use super::stats::Stats;
 use super::udp::Session;
 use super::Scenario;
-use crate::client::{AuthError, AuthExchange};
-use crate::proto::h3::CcRx;
-use crate::worker::{App, Io};
+use quelay::client::{AuthError, AuthExchange};
+use quelay::proto::h3::CcRx;
+use quelay::worker::{App, Io};
 
 /// H3_REQUEST_CANCELLED: how we reset a stream we give up on.
 const CANCELLED: u32 = 0x10c;

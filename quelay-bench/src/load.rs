@@ -12,7 +12,7 @@ use quinn_proto::{
 };
 
 use super::{header, pattern, Mode, CHUNK, HEADER_LEN};
-use crate::worker::{App, Io};
+use quelay::worker::{App, Io};
 
 /// What one worker of the load client does.
 #[derive(Clone, Debug)]

@@ -1,9 +1,11 @@
-//! `quelay bench hy2` against `quelay server`, towards `quelay bench target`: every scenario
+//! `quelay-bench hy2` against `quelay server`, towards `quelay-bench target`: every scenario
 //! runs briefly with `--json` and must measure something without errors; a server that is
 //! not there, or that dies mid-run, ends the run promptly with a partial report.
 
+// The relay's shared helpers; `quelay server` is the relay's binary (support::quelay_bin).
 // This binary uses neither the HTTP client nor the targets of the shared helpers.
 #[allow(unused_imports)]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use support::{
 /// How long one benchmark run may take before the test calls it a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-/// `quelay bench target` on a free port.
+/// `quelay-bench target` on a free port.
 struct Target {
     _child: Child,
     addr: SocketAddr,
@@ -30,8 +32,8 @@ impl Target {
     fn start() -> Target {
         let dir = tempdir();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
-        cmd.args(["bench", "target", "--listen", &addr.to_string()]);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay-bench"));
+        cmd.args(["target", "--listen", &addr.to_string()]);
         let mut child = Child::spawn("bench-target", cmd, dir.path());
         child.wait_ready("TCP port accepting", Duration::from_secs(10), |_| {
             wait_tcp_port(addr, Duration::from_millis(100))
@@ -44,7 +46,7 @@ impl Target {
     }
 }
 
-/// What a finished `bench hy2` run left.
+/// What a finished `quelay-bench hy2` run left.
 struct Outcome {
     success: bool,
     stdout: String,
@@ -64,7 +66,7 @@ impl Outcome {
     }
 }
 
-/// Runs `quelay bench hy2 --server .. --auth .. --target .. --json ARGS`; a run that takes
+/// Runs `quelay-bench hy2 --server .. --auth .. --target .. --json ARGS`; a run that takes
 /// longer than [`RUN_LIMIT`] is killed and fails the test.
 fn bench(server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
     bench_as(PASSWORD, server, target, args)
@@ -72,22 +74,22 @@ fn bench(server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
 
 /// [`bench`] with another password.
 fn bench_as(auth: &str, server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay"));
-    cmd.args(["bench", "hy2", "--server", &server.to_string()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay-bench"));
+    cmd.args(["hy2", "--server", &server.to_string()])
         .args(["--auth", auth, "--target", &target.to_string(), "--json"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().expect("start quelay bench hy2");
+    let mut child = cmd.spawn().expect("start quelay-bench hy2");
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) if start.elapsed() < RUN_LIMIT => thread::sleep(Duration::from_millis(20)),
             _ => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("reap quelay bench hy2");
+                let out = child.wait_with_output().expect("reap quelay-bench hy2");
                 panic!(
                     "bench hy2 {args:?} still running after {RUN_LIMIT:?}; stderr:\n{}",
                     String::from_utf8_lossy(&out.stderr)

@@ -1,12 +1,18 @@
-//! `quelay server --echo`: a worker group serving the raw QUIC workload (`bench`).
+//! `quelay-bench echo`: a worker group serving the raw QUIC workload (the crate root
+//! describes it) with [`EchoApp`].
+
+mod app;
+
+pub use app::EchoApp;
 
 use std::io;
 use std::net::SocketAddr;
 
-use crate::bench::{echo::EchoApp, ALPN};
-use crate::engine::{DriverConfig, IoKind};
-use crate::quic::{self, QuicParams};
-use crate::worker::{self, Group, GroupConfig};
+use crate::ALPN;
+use quelay::engine::{DriverConfig, IoKind};
+use quelay::quic::{self, QuicParams};
+use quelay::worker::sockets::{attach_steering, log_buffers, worker_specs};
+use quelay::worker::{self, default_workers, Group, GroupConfig};
 
 /// How datagrams reach the worker that owns their connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +63,6 @@ impl Default for EchoOptions {
     }
 }
 
-/// One worker per online CPU.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// A running echo server.
 pub struct EchoServer {
     pub group: Group,
@@ -78,15 +79,15 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
     let n = opts.workers.clamp(1, worker::MAX_WORKERS);
     let (socks, report) = worker::bind_group(opts.listen, n, opts.driver.socket_buffer)?;
     let addr = socks[0].local_addr()?;
-    super::log_buffers(&report, opts.driver.socket_buffer);
-    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && super::attach_steering(&socks);
+    log_buffers(&report, opts.driver.socket_buffer);
+    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && attach_steering(&socks);
 
     let ck = quic::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(io::Error::other)?;
     let pin_sha256 = quic::pin_sha256(&ck.chain[0]);
     let crypto = quic::server_crypto(&ck, &[ALPN]).map_err(io::Error::other)?;
     let server_config = quic::server_config(crypto, &opts.quic, None);
-    let specs = super::worker_specs(socks, &server_config);
+    let specs = worker_specs(socks, &server_config);
     let cfg = GroupConfig {
         io: opts.io,
         driver: opts.driver.clone(),

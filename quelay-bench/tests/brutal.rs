@@ -9,9 +9,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use quelay::bench::run::{self, LoadOptions};
-use quelay::bench::Mode;
-use quelay::server::echo::{self, EchoOptions};
+use quelay_bench::echo::{self, EchoOptions};
+use quelay_bench::run::{self, LoadOptions};
+use quelay_bench::Mode;
 
 /// Measurements share two cores; one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
