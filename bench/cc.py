@@ -48,7 +48,7 @@ own: quinn's default congestion controller (CUBIC; no BBR, no Brutal, no Salaman
 initial MTU 1200 with MTU discovery, GSO on, initial RTT 100 ms, one SO_REUSEPORT socket
 per worker thread (CPU count). Every sample starts a fresh server and
 `--connections` fresh sing-box clients (one process and one SOCKS5 port each, each
-carrying one TCP connection of `--bytes` payload); `quelay bench target` (TCP mode `d`
+carrying one TCP connection of `--bytes` payload); `quelay-bench target` (TCP mode `d`
 download / `u` upload) runs once for the whole run. Download load: compare.py's
 `_socksload`; upload load: this script's `_upload` (SOCKS5 CONNECT, header `u` + u64 BE
 length, the bytes, half-close, then the target's u64 BE byte count). Servers are
@@ -71,8 +71,8 @@ sample is recorded with its error; the run goes on and exits 1. Outputs:
 Needs root (nftables, cgroups); installs nftables with apt-get when `nft` is missing,
 sing-box with scripts/get-singbox.sh (as compare.py), shoes (only when a `shoes` spec is
 given) with scripts/get-shoes.sh (needs cargo and crates.io). Uses target/release/quelay
-unless --quelay-bin (copied at start, so that a concurrent cargo build cannot swap it
-mid-run).
+and target/release/quelay-bench (the bench target) unless --quelay-bin / --quelay-bench-bin
+(both copied at start, so that a concurrent cargo build cannot swap them mid-run).
 Only 127.0.0.1. Python 3.11 standard library only (plus nft and ss); imports
 bench/compare.py.
 """
@@ -835,6 +835,9 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quelay-bin", default=str(REPO / "target/release/quelay"),
                     help="quelay binary (default target/release/quelay; never built here)")
+    ap.add_argument("--quelay-bench-bin", default=str(REPO / "target/release/quelay-bench"),
+                    help="quelay-bench binary, for `quelay-bench target` (default "
+                         "target/release/quelay-bench; never built here)")
     ap.add_argument("--servers", default="quelay,quelay:reno,singbox",
                     help="comma list: quelay, quelay:TYPE (congestion.type), "
                          "quelay[:TYPE]@BINARY, singbox, shoes, shoes@BINARY")
@@ -891,7 +894,8 @@ def main() -> int:
         for s in specs:
             if "@" in s and not os.access(s.partition("@")[2], os.X_OK):
                 raise SetupError(f"{s}: {s.partition('@')[2]} is not an executable file")
-        quelay = cmp.build_quelay(a.quelay_bin, [["bench", "target", "--help"]])
+        quelay, bench = cmp.build_quelay(a.quelay_bin, [["target", "--help"]],
+                                         a.quelay_bench_bin)
     except SetupError as e:
         log(f"cc.py: setup failed: {e}")
         return 2
@@ -902,14 +906,16 @@ def main() -> int:
     except SetupError as e:
         log(f"cc.py: setup failed: {e}")
         return 2
-    ctx = Ctx(quelay=quelay, singbox=singbox, cert=cert, key=key, tmp=tmp)
+    ctx = Ctx(quelay=quelay, bench=bench, singbox=singbox, cert=cert, key=key, tmp=tmp)
     vers = cmp.versions(ctx)
     for s in specs:  # the first line of `--version` of shoes and of every @BINARY
         if "@" in s or parse_spec(s)[0] == "shoes":
             vers["shoes" if "@" not in s else s] = binary_version(spec_binary(s, ctx))
-    # A private copy: every sample runs the same build even if cargo rewrites the binary.
+    # Private copies: every sample runs the same build even if cargo rewrites the binaries.
     ctx.quelay = tmp / "quelay"
     shutil.copy2(quelay, ctx.quelay)
+    ctx.bench = tmp / "quelay-bench"
+    shutil.copy2(bench, ctx.bench)
     mach = cmp.machine()
     log(f"machine: {mach['nproc']} cores, kernel {mach['kernel']}, load "
         f"{' '.join(mach['loadavg_start'])}; {vers}")

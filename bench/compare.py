@@ -6,10 +6,10 @@
     python3 bench/compare.py --rounds 2 --out bench/results
 
 It installs what it needs (sing-box 1.14.4 via scripts/get-singbox.sh, cached under
-target/peers/bin; quelay with `cargo build --release` unless --quelay-bin; a Python venv
-with matplotlib in target/bench-venv for the SVG charts), then, on 127.0.0.1:
+target/peers/bin; quelay and quelay-bench with `cargo build --release` unless --quelay-bin;
+a Python venv with matplotlib in target/bench-venv for the SVG charts), then, on 127.0.0.1:
 
-- starts `quelay bench target` (TCP modes u/d/e/r and UDP echo on one port) once;
+- starts `quelay-bench target` (TCP modes u/d/e/r and UDP echo on one port) once;
 - for every sample starts a fresh server, quelay or sing-box, with equivalent settings
   (password, one self-signed ECDSA P-256 certificate, BBR, no bandwidth limits, QUIC
   windows 8 MiB per stream / 20 MiB per connection, log level warn), runs one load
@@ -18,13 +18,13 @@ with matplotlib in target/bench-venv for the SVG charts), then, on 127.0.0.1:
 - interleaves the servers (A, B per scenario; the order alternates per round) over
   several rounds; figures are medians over rounds, ratios medians of per-round pairs.
 
-Load: `quelay bench hy2` (bulk-down, bulk-up, rr, connect, udp) for both servers, and the
+Load: `quelay-bench hy2` (bulk-down, bulk-up, rr, connect, udp) for both servers, and the
 sing-box Hysteria2 client (a "mixed" SOCKS5 inbound) with a small Python SOCKS5 download
 load, so that each server is also driven by the reference client.
 
 References measured on the same machine: direct TCP loopback (the same Python download
 from the target, no proxy), raw UDP with GSO/GRO (Python sender and receiver), the quelay
-QUIC engine alone (`quelay server --echo` + `quelay bench quic`), AES-128-GCM at
+QUIC engine alone (`quelay-bench echo` + `quelay-bench quic`), AES-128-GCM at
 1200-byte records (`openssl speed`, else the venv's `cryptography`).
 
 Outputs in --out (default bench/results): compare-<timestamp>.json (every sample, the
@@ -112,29 +112,40 @@ def install_singbox() -> Path:
     return path
 
 
-def build_quelay(given: str | None, need: list[list[str]]) -> Path:
+def build_quelay(given: str | None, need: list[list[str]],
+                 given_bench: str | None = None) -> tuple[Path, Path]:
+    """The relay binary and quelay-bench (load generators, bench target, raw QUIC echo):
+    built with cargo unless --quelay-bin is given; quelay-bench is then --quelay-bench-bin,
+    else the quelay-bench beside the given quelay. `need`: quelay-bench subcommands that
+    must answer."""
     if given:
         p = Path(given).resolve()
         if not os.access(p, os.X_OK):
             raise SetupError(f"--quelay-bin {given}: not an executable file")
+        b = p.with_name("quelay-bench")
     else:
         target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
         if not target.is_absolute():
             target = REPO / target
-        log(f"quelay: cargo build --release --bin quelay (target dir {target})")
-        run_step("cargo build --release --bin quelay",
-                 ["cargo", "build", "--release", "--bin", "quelay"], 3600)
+        cmd = ["cargo", "build", "--release", "-p", "quelay", "-p", "quelay-bench", "--bins"]
+        log(f"quelay: {' '.join(cmd)} (target dir {target})")
+        run_step(" ".join(cmd), cmd, 3600)
         p = target / "release/quelay"
+        b = target / "release/quelay-bench"
+    if given_bench:
+        b = Path(given_bench).resolve()
+    if need and not os.access(b, os.X_OK):
+        raise SetupError(f"{b}: not an executable file; build it with cargo build --release "
+                         "-p quelay-bench, or pass --quelay-bench-bin")
     for sub in need:
         try:
-            r = subprocess.run([str(p), *sub], capture_output=True, text=True, timeout=20)
+            r = subprocess.run([str(b), *sub], capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise SetupError(f"{p} {' '.join(sub)}: {e}") from None
+            raise SetupError(f"{b} {' '.join(sub)}: {e}") from None
         if r.returncode != 0:
-            raise SetupError(f"{p} has no `quelay {' '.join(sub[:2])}` (the Hysteria2 load "
-                             f"generator); build a quelay that has it: "
-                             f"{(r.stderr or r.stdout).strip()[:300]}")
-    return p
+            raise SetupError(f"{b} has no `quelay-bench {sub[0]}`; build a quelay-bench that "
+                             f"has it: {(r.stderr or r.stdout).strip()[:300]}")
+    return p, b
 
 
 def ensure_venv() -> Path:
@@ -334,6 +345,7 @@ def singbox_client_json(socks_port: int, server_port: int) -> str:
 @dataclass
 class Ctx:
     quelay: Path
+    bench: Path  # quelay-bench: `target`, `hy2` and the engine reference's `echo` + `quic`
     singbox: Path
     cert: Path
     key: Path
@@ -380,7 +392,7 @@ def ensure_target(ctx: Ctx) -> Proc:
     port = free_port()
     err_path = str(ctx.tmp / f"target-{ctx.target_restarts}.err")
     if ctx.target_impl == "quelay":
-        cmd = [ctx.quelay, "bench", "target", "--listen", f"{HOST}:{port}"]
+        cmd = [ctx.bench, "target", "--listen", f"{HOST}:{port}"]
     else:  # the harness's own Python target: for testing this script without the Rust one
         cmd = [sys.executable, __file__, "_pytarget", "--listen", f"{HOST}:{port}"]
     with open(ctx.tmp / "target.out", "wb") as out, open(err_path, "wb") as err:
@@ -398,7 +410,7 @@ def ensure_target(ctx: Ctx) -> Proc:
 class Scenario:
     key: str  # unique id, used in file names and the JSON
     label: str  # table label
-    kind: str  # "hy2" (quelay bench hy2) or "sbclient" (sing-box client + SOCKS5 load)
+    kind: str  # "hy2" (quelay-bench hy2) or "sbclient" (sing-box client + SOCKS5 load)
     group: str  # bulk | rr | connect | udp
     args: list[str] = field(default_factory=list)
     total_bytes: int = 0  # bulk: payload bytes expected
@@ -456,7 +468,7 @@ def build_scenarios(a) -> list[Scenario]:
 
 def load_cmd(sc: Scenario, ctx: Ctx, server: Proc, socks: Proc | None, timeout: float):
     if sc.kind == "hy2":
-        return [ctx.quelay, "bench", "hy2", "--server", server.addr, "--auth", PASSWORD,
+        return [ctx.bench, "hy2", "--server", server.addr, "--auth", PASSWORD,
                 "--sni", SNI, "--target", ctx.target.addr, *sc.args, "--timeout", str(int(timeout)),
                 "--json"]
     return [sys.executable, __file__, "_socksload", "--socks", socks.addr,
@@ -649,8 +661,8 @@ def ref_udp_gso(secs: float) -> dict:
 
 
 def ref_engine(ctx: Ctx, nbytes: int) -> dict:
-    """quelay's QUIC engine alone: `quelay server --echo` + `quelay bench quic` upload 1×1."""
-    eng.QUELAY = ctx.quelay
+    """quelay's QUIC engine alone: `quelay-bench echo` + `quelay-bench quic` upload 1×1."""
+    eng.QUELAY_BENCH = ctx.bench
     c = eng.quelay_bulk("upload", nbytes, "uring", True, "none")
     # engine.run_sample kills every process in LIVE when it ends: hide ours (the target).
     ours = dict(LIVE)
@@ -1049,7 +1061,7 @@ def cmd_udprx(a) -> int:
 
 
 def cmd_pytarget(a) -> int:
-    """A slow stand-in for `quelay bench target` (TCP d/u/e/r + UDP echo), to test the
+    """A slow stand-in for `quelay-bench target` (TCP d/u/e/r + UDP echo), to test the
     harness itself (--target-impl python). Not used for the published figures."""
     h, p = a.listen.rsplit(":", 1)
     srv = socket.socket()
@@ -1147,7 +1159,7 @@ def write_report(out_dir: Path, stem: str, data: dict, rows: list[dict], venv_py
         f"run time {data['duration_secs'] / 60:.1f} min"
         + (" (INTERRUPTED)" if data["interrupted"] else "")
         + (" (STOPPED at --max-minutes)" if data.get("deadline_hit") else ""),
-        "- load: `quelay bench hy2` (one process per sample) for both servers; the "
+        "- load: `quelay-bench hy2` (one process per sample) for both servers; the "
         "\"sing-box client\" rows go through a sing-box 1.14.4 Hysteria2 client (SOCKS5) with "
         "a Python download load. Server CPU = /proc utime+stime over the load run; peak RSS = "
         "VmHWM of a server started fresh for each sample.",
@@ -1183,8 +1195,11 @@ def main() -> int:
                          "bulk-{down,up}-{1x1,8x4}, rr-{100,1000,10000}, connect, "
                          "udp-{5k,20k}, sb-down-{1,4}")
     ap.add_argument("--quelay-bin", help="use this quelay binary; no cargo build")
+    ap.add_argument("--quelay-bench-bin",
+                    help="use this quelay-bench binary (default: the one beside --quelay-bin, "
+                         "else built with quelay)")
     ap.add_argument("--target-impl", choices=("quelay", "python"), default="quelay",
-                    help="the bench target: `quelay bench target` (default) or a slow Python "
+                    help="the bench target: `quelay-bench target` (default) or a slow Python "
                          "stand-in, to test this script")
     ap.add_argument("--quelay-max-streams", type=int, default=0,
                     help="quelay's quic.maxIncomingStreams (default: its default, 1024, as the "
@@ -1215,10 +1230,12 @@ def main() -> int:
         return 2
     try:
         singbox = install_singbox()
-        need = [["bench", "hy2", "--help"]] if any(s.kind == "hy2" for s in scs) else []
+        need = [["hy2", "--help"]] if any(s.kind == "hy2" for s in scs) else []
         if a.target_impl == "quelay":
-            need.append(["bench", "target", "--help"])
-        quelay = build_quelay(a.quelay_bin, need)
+            need.append(["target", "--help"])
+        if not a.no_refs:
+            need += [["echo", "--help"], ["quic", "--help"]]
+        quelay, bench = build_quelay(a.quelay_bin, need, a.quelay_bench_bin)
         venv_py = None if a.no_charts else ensure_venv()
     except SetupError as e:
         log(f"compare.py: setup failed: {e}")
@@ -1229,7 +1246,7 @@ def main() -> int:
     except SetupError as e:
         log(f"compare.py: setup failed: {e}")
         return 2
-    ctx = Ctx(quelay=quelay, singbox=singbox, cert=cert, key=key, tmp=tmp,
+    ctx = Ctx(quelay=quelay, bench=bench, singbox=singbox, cert=cert, key=key, tmp=tmp,
               target_impl=a.target_impl)
     mach = machine()
     mach["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],

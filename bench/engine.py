@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-QUELAY = REPO / "target/release/quelay"
+# The raw QUIC echo server and load client (`echo`, `quic`) of the quelay-bench crate.
+QUELAY_BENCH = REPO / "target/release/quelay-bench"
 QUINN_PAIR = REPO / "target/release/examples/quinn_pair"
 GIB = 1 << 30
 MIB = 1 << 20
@@ -180,7 +181,7 @@ def build_configs(args) -> list[Config]:
 
 def server_cmd(c: Config, addr: str) -> list[str]:
     if c.impl == "quelay":
-        return [str(QUELAY), "server", "--echo", "--listen", addr, *c.server_args]
+        return [str(QUELAY_BENCH), "echo", "--listen", addr, *c.server_args]
     return [str(QUINN_PAIR), "server", "--listen", addr, *c.server_args]
 
 
@@ -193,7 +194,7 @@ def client_cmd(c: Config, addr: str, timeout: float) -> list[str]:
         "--streams", str(c.streams),
     ]
     if c.impl == "quelay":
-        return [str(QUELAY), "bench", "quic", *common, *c.client_args,
+        return [str(QUELAY_BENCH), "quic", *common, *c.client_args,
                 "--timeout", str(int(timeout) + 1), "--json"]
     return [str(QUINN_PAIR), "client", *common, *c.client_args]
 
@@ -595,10 +596,10 @@ def main() -> int:
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
 
-    for b in (QUELAY, QUINN_PAIR):
+    for b in (QUELAY_BENCH, QUINN_PAIR):
         if not b.exists():
-            print(f"missing {b}; run: cargo build --release --bin quelay --example quinn_pair",
-                  file=sys.stderr)
+            print(f"missing {b}; run: cargo build --release -p quelay-bench && "
+                  "cargo build --release -p quelay --example quinn_pair", file=sys.stderr)
             return 2
 
     def on_term(signum, frame):
