@@ -1,6 +1,7 @@
 //! The server role: the Hysteria2 server.
 
-pub mod backend;
+pub mod masquerade;
+use masquerade::file as backend;
 pub mod guard;
 pub mod hy2;
 pub mod offload;

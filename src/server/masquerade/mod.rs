@@ -1,0 +1,3 @@
+//! The `file` and `proxy` masquerades.
+
+pub mod file;
