@@ -25,8 +25,9 @@ use self::caps::Parked;
 use self::relay::{After, Relay};
 use self::speedtest::{is_speedtest_addr, SpeedTest};
 use self::udp::UdpTable;
-use super::backend;
+use super::auth::http_auth;
 use super::guard::OutboundGuard;
+use super::masquerade::{FileMasquerade, ProxyMasquerade};
 use super::offload::{Class, Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
 use crate::engine::{Completion, SockOp};
@@ -94,9 +95,9 @@ pub enum Masquerade {
         content: String,
     },
     /// A static file server (`masquerade.type: file`).
-    File(Arc<backend::FileMasquerade>),
+    File(Arc<FileMasquerade>),
     /// A reverse proxy (`masquerade.type: proxy`).
-    Proxy(Arc<backend::ProxyMasquerade>),
+    Proxy(Arc<ProxyMasquerade>),
 }
 
 impl Masquerade {
@@ -642,7 +643,7 @@ impl Hy2App {
                 let (url, insecure) = (url.clone(), *insecure);
                 let addr = io.conn(ch)?.remote_address();
                 let work = Box::new(move || {
-                    Outcome::Auth(backend::http_auth(
+                    Outcome::Auth(http_auth(
                         &url,
                         insecure,
                         addr,

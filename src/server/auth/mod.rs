@@ -1,0 +1,7 @@
+//! Authenticators that ask someone outside the relay. Password and userpass logins are
+//! decided on the worker; these run on the auth room's threads (`server::offload`), which
+//! post each verdict back to the worker that asked.
+
+pub mod http;
+
+pub use http::http_auth;
