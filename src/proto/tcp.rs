@@ -56,9 +56,9 @@ impl StreamStart {
     /// Looks at the first varint of a client-initiated bidi stream.
     pub fn classify(buf: &[u8]) -> Self {
         match varint::decode(buf) {
-            Ok(Some((TCP_REQUEST_TYPE, _))) => Self::Proxy,
-            Ok(Some(_)) => Self::Http3,
-            Ok(None) | Err(_) => Self::NeedMore,
+            Some((TCP_REQUEST_TYPE, _)) => Self::Proxy,
+            Some(_) => Self::Http3,
+            None => Self::NeedMore,
         }
     }
 }
@@ -75,7 +75,7 @@ impl TcpRequest {
     ///
     /// Returns the request and the bytes it used; anything after that is payload.
     pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, ProtoError> {
-        let Some((ty, n)) = varint::decode(buf)? else {
+        let Some((ty, n)) = varint::decode(buf) else {
             return Ok(None);
         };
         if ty != TCP_REQUEST_TYPE {
@@ -228,7 +228,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<Option<u64>, ProtoError> {
         let rest = self.buf.get(self.pos..).unwrap_or_default();
-        Ok(varint::decode(rest)?.map(|(v, n)| {
+        Ok(varint::decode(rest).map(|(v, n)| {
             self.pos += n;
             v
         }))

@@ -51,7 +51,7 @@ impl UdpMessage {
         let session_id = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
         let packet_id = u16::from_be_bytes([fixed[4], fixed[5]]);
         let (frag_id, frag_count) = (fixed[6], fixed[7]);
-        let Some((len, n)) = varint::decode(&b[FIXED_HEADER_LEN..])? else {
+        let Some((len, n)) = varint::decode(&b[FIXED_HEADER_LEN..]) else {
             return Err(truncated);
         };
         check_address_len(len)?;

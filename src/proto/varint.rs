@@ -2,7 +2,8 @@
 //!
 //! "The QUIC variable-length integer encoding reserves the two most significant bits of the
 //! first byte to encode the base-2 logarithm of the integer encoding length in bytes."
-//! Hysteria senders always use the shortest form; readers accept any valid one.
+//! Hysteria senders always use the shortest form; readers accept any valid one. The one
+//! implementation for the Hysteria messages and for HTTP/3 framing (`h3`).
 
 use super::ProtoError;
 
@@ -12,24 +13,18 @@ pub const MAX: u64 = (1 << 62) - 1;
 /// The longest encoding, in bytes.
 pub const MAX_LEN: usize = 8;
 
-/// Reads one varint from the start of `buf`.
-///
-/// Returns `Ok(None)` when `buf` holds only part of it, else the value and the bytes used.
-/// Every two-bit prefix is a valid length, so a complete varint never fails; the `Result`
-/// keeps the signature uniform with the parsers built on it.
-pub fn decode(buf: &[u8]) -> Result<Option<(u64, usize)>, ProtoError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
+/// Reads one varint from the start of `buf`: the value and the bytes used, or `None` when
+/// `buf` holds only part of it. Every two-bit prefix is a valid length, so a complete varint
+/// never fails.
+pub fn decode(buf: &[u8]) -> Option<(u64, usize)> {
+    let first = *buf.first()?;
     let len = 1usize << (first >> 6);
-    let Some(bytes) = buf.get(..len) else {
-        return Ok(None);
-    };
+    let bytes = buf.get(..len)?;
     let mut value = u64::from(first & 0x3f);
     for &b in &bytes[1..] {
         value = (value << 8) | u64::from(b);
     }
-    Ok(Some((value, len)))
+    Some((value, len))
 }
 
 /// The length of the shortest encoding of `v`; values above [`MAX`] report 8 but do not encode.
@@ -55,6 +50,14 @@ pub fn encode(v: u64, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
     }
     Ok(())
+}
+
+/// Appends the shortest encoding of `v`, or of [`MAX`] when `v` is above it. For HTTP/3
+/// frame lengths, setting values and stream ids, where "as large as possible" is the meaning
+/// and the caller has no error to report.
+pub fn encode_saturating(v: u64, out: &mut Vec<u8>) {
+    // In range after `min`, so `encode` cannot refuse it.
+    let _ = encode(v.min(MAX), out);
 }
 
 /// Appends a length that the caller has already checked against a protocol limit far below
@@ -87,7 +90,7 @@ mod tests {
             (&[0x40, 0x25], 37), // non-minimal two-byte form: accepted
         ];
         for (bytes, value) in cases {
-            assert_eq!(decode(bytes).unwrap(), Some((value, bytes.len())));
+            assert_eq!(decode(bytes), Some((value, bytes.len())));
         }
         assert_eq!(enc(151_288_809_941_952_652), cases[0].0);
         assert_eq!(enc(494_878_333), cases[1].0);
@@ -111,27 +114,24 @@ mod tests {
         for (v, bytes) in cases {
             assert_eq!(enc(v), bytes, "encode {v}");
             assert_eq!(encoded_len(v), bytes.len());
-            assert_eq!(decode(bytes).unwrap(), Some((v, bytes.len())), "decode {v}");
+            assert_eq!(decode(bytes), Some((v, bytes.len())), "decode {v}");
         }
     }
 
     #[test]
     fn non_minimal_forms_accepted() {
-        assert_eq!(decode(&[0x40, 0x00]).unwrap(), Some((0, 2)));
-        assert_eq!(decode(&[0x80, 0, 0, 0x05]).unwrap(), Some((5, 4)));
-        assert_eq!(
-            decode(&[0xc0, 0, 0, 0, 0, 0, 0x04, 0x01]).unwrap(),
-            Some((0x401, 8))
-        );
+        assert_eq!(decode(&[0x40, 0x00]), Some((0, 2)));
+        assert_eq!(decode(&[0x80, 0, 0, 0x05]), Some((5, 4)));
+        assert_eq!(decode(&[0xc0, 0, 0, 0, 0, 0, 0x04, 0x01]), Some((0x401, 8)));
     }
 
     #[test]
     fn incomplete_and_trailing() {
-        assert_eq!(decode(&[]).unwrap(), None);
-        assert_eq!(decode(&[0x40]).unwrap(), None);
-        assert_eq!(decode(&[0x80, 0, 0]).unwrap(), None);
-        assert_eq!(decode(&[0xc0, 0, 0, 0, 0, 0, 0]).unwrap(), None);
-        assert_eq!(decode(&[0x05, 0xff, 0xff]).unwrap(), Some((5, 1)));
+        assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&[0x40]), None);
+        assert_eq!(decode(&[0x80, 0, 0]), None);
+        assert_eq!(decode(&[0xc0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode(&[0x05, 0xff, 0xff]), Some((5, 1)));
     }
 
     #[test]
@@ -146,5 +146,18 @@ mod tests {
             Err(ProtoError::VarintOutOfRange(u64::MAX))
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn saturating_encode() {
+        for v in [0, 63, 64, 16_383, 16_384, (1 << 30) - 1, 1 << 30, MAX] {
+            let mut out = Vec::new();
+            encode_saturating(v, &mut out);
+            assert_eq!(out, enc(v));
+        }
+        // Above MAX: written as MAX rather than refused.
+        let mut out = Vec::new();
+        encode_saturating(u64::MAX, &mut out);
+        assert_eq!(decode(&out), Some((MAX, 8)));
     }
 }

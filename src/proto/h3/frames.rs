@@ -5,7 +5,7 @@
 
 use super::error::H3Error;
 use super::qpack::{self, HuffmanPolicy};
-use super::varint;
+use crate::proto::varint;
 
 /// DATA: a chunk of message body.
 pub const DATA: u64 = 0x00;
@@ -43,7 +43,7 @@ pub const SETTING_ENABLE_CONNECT_PROTOCOL: u64 = 0x08;
 pub const SETTING_H3_DATAGRAM: u64 = 0x33;
 
 /// Longest encoding of a frame header: two 8-byte varints.
-pub const MAX_FRAME_HEADER_LEN: usize = 16;
+pub const MAX_FRAME_HEADER_LEN: usize = 2 * varint::MAX_LEN;
 /// Largest SETTINGS payload we buffer; quic-go refuses more than 8 KiB, and real ones are
 /// a few bytes.
 pub const MAX_SETTINGS_LEN: u64 = 16 * 1024;
@@ -89,8 +89,8 @@ impl FrameHeader {
 
     /// Appends this header.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        varint::encode(self.ty, out);
-        varint::encode(self.len, out);
+        varint::encode_saturating(self.ty, out);
+        varint::encode_saturating(self.len, out);
     }
 }
 
@@ -132,7 +132,7 @@ pub fn data_frame(payload: &[u8]) -> Vec<u8> {
 /// A GOAWAY frame carrying `id` (a stream ID from a server, a push ID from a client).
 pub fn goaway_frame(id: u64) -> Vec<u8> {
     let mut payload = Vec::with_capacity(8);
-    varint::encode(id, &mut payload);
+    varint::encode_saturating(id, &mut payload);
     let mut out = Vec::with_capacity(10);
     encode_frame(GOAWAY, &payload, &mut out);
     out
@@ -214,8 +214,8 @@ impl Settings {
     pub fn encode_frame(&self, out: &mut Vec<u8>) {
         let mut payload = Vec::new();
         let mut put = |id: u64, value: u64| {
-            varint::encode(id, &mut payload);
-            varint::encode(value, &mut payload);
+            varint::encode_saturating(id, &mut payload);
+            varint::encode_saturating(value, &mut payload);
         };
         if self.qpack_max_table_capacity != 0 {
             put(

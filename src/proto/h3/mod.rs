@@ -35,7 +35,6 @@ pub mod qpack;
 mod request;
 mod response;
 mod static_table;
-mod varint;
 
 #[cfg(test)]
 mod tests;

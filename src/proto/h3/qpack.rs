@@ -90,7 +90,7 @@ pub fn decode_int(buf: &[u8], prefix: u8) -> Result<(u64, usize), QpackError> {
             .ok_or(QpackError::IntegerOverflow)?;
         value = value
             .checked_add(add)
-            .filter(|&v| v <= super::varint::MAX)
+            .filter(|&v| v <= crate::proto::varint::MAX)
             .ok_or(QpackError::IntegerOverflow)?;
         if b & 0x80 == 0 {
             return Ok((value, i + 1));
@@ -335,7 +335,7 @@ mod tests {
                 256,
                 16_383,
                 1 << 40,
-                super::super::varint::MAX,
+                crate::proto::varint::MAX,
             ] {
                 let mut out = Vec::new();
                 encode_int(value, prefix, 0, &mut out);
