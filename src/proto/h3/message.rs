@@ -57,9 +57,10 @@ impl Limits {
     }
 }
 
-/// Which end reads the stream: they differ only in how PUSH_PROMISE is refused.
+/// Which end reads the stream: they differ only in how PUSH_PROMISE is refused. (`pub` for
+/// [`super::reader::Message`]; this module is private to `h3`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reader {
+pub enum Reader {
     /// A server reading a request.
     Server,
     /// A client reading a response.
@@ -237,7 +238,7 @@ impl StreamFramer {
 
 /// Which message a header section belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SectionKind {
+pub enum SectionKind {
     /// Request headers: `:method`, `:scheme`, `:authority`, `:path`, `:protocol` allowed.
     Request,
     /// Response headers: `:status` allowed.
@@ -248,7 +249,7 @@ pub(crate) enum SectionKind {
 
 /// A header section after the generic checks, pseudo-headers pulled out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Section {
+pub struct Section {
     /// `:method`, empty if absent.
     pub method: String,
     /// `:scheme`, empty if absent.

@@ -32,6 +32,7 @@ pub mod frames;
 mod huffman;
 mod message;
 pub mod qpack;
+mod reader;
 mod request;
 mod response;
 mod static_table;

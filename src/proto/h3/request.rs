@@ -1,9 +1,9 @@
 //! The server side of a request stream: [`RequestReader`] turns stream bytes into a
 //! [`Request`].
 
-use super::error::{H3Error, MessageError};
-use super::frames;
-use super::message::{self, Limits, Reader, SectionKind, StreamFrame, StreamFramer};
+use super::error::MessageError;
+use super::message::{self, Reader, Section, SectionKind};
+use super::reader::{Message, MessageReader};
 
 /// A request's header section. Pseudo-headers that were absent are empty strings: quic-go
 /// makes no difference between absent and empty either.
@@ -93,155 +93,22 @@ fn percent_decode(s: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Where a request stream is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the first HEADERS frame.
-    Headers,
-    /// Request returned; reading (and discarding) the body.
-    Body,
-    /// Trailers seen; only unknown frames may follow.
-    Done,
-}
+/// Reads one request stream on the server: the request is returned as soon as its HEADERS
+/// frame is complete; the body is counted and discarded.
+pub type RequestReader = MessageReader<Request>;
 
-/// Reads one request stream on the server, sans-IO: feed it the stream's bytes as they
-/// arrive, then call [`finish`](Self::finish) at FIN.
-///
-/// RFC 9114 §4.1: a request is HEADERS, then any DATA frames, then optional trailers
-/// (HEADERS); unknown frames may appear anywhere and are skipped. The request is returned as
-/// soon as its HEADERS frame is complete; the body is counted and discarded.
-#[derive(Clone, Debug)]
-pub struct RequestReader {
-    /// Frame splitter.
-    framer: StreamFramer,
-    /// Limits for the header section and the body.
-    limits: Limits,
-    /// Where the stream is; moves forward only.
-    phase: Phase,
-    /// `content-length` of the request, once known.
-    content_length: Option<u64>,
-    /// Body bytes seen so far.
-    body_len: u64,
-    /// The first error, returned again on every later call.
-    failed: Option<H3Error>,
-}
+impl Message for Request {
+    const READER: Reader = Reader::Server;
+    const SECTION: SectionKind = SectionKind::Request;
+    const KEEPS_BODY: bool = false;
 
-impl Default for RequestReader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RequestReader {
-    /// A reader with [`Limits::default`].
-    pub fn new() -> Self {
-        Self::with_limits(Limits::default())
-    }
-
-    /// A reader with the given limits.
-    pub fn with_limits(limits: Limits) -> Self {
-        Self {
-            framer: StreamFramer::new(Reader::Server, limits.max_headers_frame),
-            limits,
-            phase: Phase::Headers,
-            content_length: None,
-            body_len: 0,
-            failed: None,
-        }
-    }
-
-    /// Feeds the next bytes of the stream. Returns the request once, when its HEADERS frame
-    /// completes; `Ok(None)` before and after. Errors stick: see [`H3Error::code`] and
-    /// [`H3Error::is_connection_error`] for how to end the stream or connection.
-    pub fn push(&mut self, data: &[u8]) -> Result<Option<Request>, H3Error> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
-        let mut request = None;
-        let Self {
-            framer,
-            limits,
-            phase,
-            content_length,
-            body_len,
-            ..
-        } = self;
-        let result = framer.push(data, &mut |frame| match (frame, *phase) {
-            (StreamFrame::Headers(section), Phase::Headers) => {
-                let fields = limits.decode(section)?;
-                let section = message::check_section(fields, SectionKind::Request)?;
-                *content_length = section.content_length;
-                request = Some(request_from_section(section)?);
-                *phase = Phase::Body;
-                Ok(())
-            }
-            (StreamFrame::Headers(section), Phase::Body) => {
-                let fields = limits.decode(section)?;
-                message::check_section(fields, SectionKind::Trailers)?;
-                *phase = Phase::Done;
-                Ok(())
-            }
-            // §4.1: "Receipt of an invalid sequence of frames MUST be treated as a connection
-            // error of type H3_FRAME_UNEXPECTED." quic-go: "expected first frame to be a
-            // HEADERS frame".
-            (StreamFrame::Data(_), Phase::Headers) => Err(H3Error::FrameUnexpected {
-                frame_type: frames::DATA,
-            }),
-            (StreamFrame::Data(chunk), Phase::Body) => {
-                *body_len = body_len.saturating_add(chunk.len() as u64);
-                if content_length.is_some_and(|cl| *body_len > cl) {
-                    return Err(MessageError::ContentLengthMismatch.into());
-                }
-                if *body_len > limits.max_body {
-                    return Err(H3Error::BodyTooLarge);
-                }
-                Ok(())
-            }
-            (StreamFrame::Headers(_), Phase::Done) => Err(H3Error::FrameUnexpected {
-                frame_type: frames::HEADERS,
-            }),
-            (StreamFrame::Data(_), Phase::Done) => Err(H3Error::FrameUnexpected {
-                frame_type: frames::DATA,
-            }),
-        });
-        match result {
-            Ok(()) => Ok(request),
-            Err(e) => {
-                self.failed = Some(e);
-                Err(e)
-            }
-        }
-    }
-
-    /// The peer finished the stream (FIN). Errors if the stream ended inside a frame, before
-    /// the request's HEADERS, or with a body shorter than its `content-length`.
-    pub fn finish(&mut self) -> Result<(), H3Error> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
-        let result = self.framer.finish().and_then(|()| {
-            if self.phase == Phase::Headers {
-                Err(H3Error::Incomplete)
-            } else if self.content_length.is_some_and(|cl| cl != self.body_len) {
-                Err(MessageError::ContentLengthMismatch.into())
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
-        result
-    }
-
-    /// Body bytes read and discarded so far.
-    pub fn body_len(&self) -> u64 {
-        self.body_len
+    fn from_section(section: Section) -> Result<Option<Self>, MessageError> {
+        request_from_section(section).map(Some)
     }
 }
 
 /// quic-go's `requestFromHeaders` checks on the pseudo-headers.
-fn request_from_section(s: message::Section) -> Result<Request, MessageError> {
+fn request_from_section(s: Section) -> Result<Request, MessageError> {
     let is_connect = s.method == "CONNECT";
     let extended_connect = is_connect && !s.protocol.is_empty();
     if extended_connect {
@@ -277,7 +144,9 @@ fn request_from_section(s: message::Section) -> Result<Request, MessageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::h3::frames;
     use crate::proto::h3::qpack::{encode_field_section, HuffmanPolicy};
+    use crate::proto::h3::{H3Error, Limits};
 
     fn headers_frame(fields: &[(&str, &str)]) -> Vec<u8> {
         let mut section = Vec::new();

@@ -1,10 +1,11 @@
 //! Responses: encoding them on the server ([`response`], [`not_found_response`]) and reading
 //! them on the client ([`ResponseReader`]).
 
-use super::error::{H3Error, MessageError};
-use super::frames::{self, data_frame, headers_frame};
-use super::message::{self, Limits, Reader, SectionKind, StreamFrame, StreamFramer};
+use super::error::MessageError;
+use super::frames::{data_frame, headers_frame};
+use super::message::{self, Reader, Section, SectionKind};
 use super::qpack::HuffmanPolicy;
+use super::reader::{Message, MessageReader};
 
 /// Body of Go's `http.NotFound`, the default masquerade.
 pub const NOT_FOUND_BODY: &[u8] = b"404 page not found\n";
@@ -100,152 +101,23 @@ pub fn http_date(unix_secs: u64) -> String {
     )
 }
 
-/// Where a response stream is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the final (non-1xx) HEADERS.
-    Headers,
-    /// Response returned; collecting the body.
-    Body,
-    /// Trailers seen.
-    Done,
-}
+/// Reads one response stream on the client. Interim 1xx responses are skipped; the body is
+/// kept (up to [`Limits::max_body`](super::Limits::max_body)) for
+/// [`body`](MessageReader::body).
+pub type ResponseReader = MessageReader<Response>;
 
-/// Reads one response stream on the client, sans-IO: feed it the stream's bytes, then call
-/// [`finish`](Self::finish) at FIN. Interim 1xx responses are skipped. The body is kept (up
-/// to [`Limits::max_body`]) for [`body`](Self::body).
-#[derive(Clone, Debug)]
-pub struct ResponseReader {
-    /// Frame splitter.
-    framer: StreamFramer,
-    /// Limits for the header section and the body.
-    limits: Limits,
-    /// Where the stream is; moves forward only.
-    phase: Phase,
-    /// `content-length` of the final response, once known.
-    content_length: Option<u64>,
-    /// Body bytes so far.
-    body: Vec<u8>,
-    /// The first error, returned again on every later call.
-    failed: Option<H3Error>,
-}
+impl Message for Response {
+    const READER: Reader = Reader::Client;
+    const SECTION: SectionKind = SectionKind::Response;
+    const KEEPS_BODY: bool = true;
 
-impl Default for ResponseReader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ResponseReader {
-    /// A reader with [`Limits::default`].
-    pub fn new() -> Self {
-        Self::with_limits(Limits::default())
-    }
-
-    /// A reader with the given limits.
-    pub fn with_limits(limits: Limits) -> Self {
-        Self {
-            framer: StreamFramer::new(Reader::Client, limits.max_headers_frame),
-            limits,
-            phase: Phase::Headers,
-            content_length: None,
-            body: Vec::new(),
-            failed: None,
-        }
-    }
-
-    /// Feeds the next bytes of the stream. Returns the final response once, when its
-    /// HEADERS frame completes; `Ok(None)` before and after. Errors stick.
-    pub fn push(&mut self, data: &[u8]) -> Result<Option<Response>, H3Error> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
-        let mut response = None;
-        let Self {
-            framer,
-            limits,
-            phase,
-            content_length,
-            body,
-            ..
-        } = self;
-        let result = framer.push(data, &mut |frame| match (frame, *phase) {
-            (StreamFrame::Headers(section), Phase::Headers) => {
-                let fields = limits.decode(section)?;
-                let section = message::check_section(fields, SectionKind::Response)?;
-                let status = parse_status(&section.status)?;
-                // RFC 9114 §4.1: "zero or more interim responses (1xx) ... followed by
-                // exactly one final response".
-                if status >= 200 {
-                    *content_length = section.content_length;
-                    response = Some(Response {
-                        status,
-                        headers: section.headers,
-                    });
-                    *phase = Phase::Body;
-                }
-                Ok(())
-            }
-            (StreamFrame::Headers(section), Phase::Body) => {
-                let fields = limits.decode(section)?;
-                message::check_section(fields, SectionKind::Trailers)?;
-                *phase = Phase::Done;
-                Ok(())
-            }
-            (StreamFrame::Data(chunk), Phase::Body) => {
-                let len = body.len() as u64 + chunk.len() as u64;
-                if content_length.is_some_and(|cl| len > cl) {
-                    return Err(MessageError::ContentLengthMismatch.into());
-                }
-                if len > limits.max_body {
-                    return Err(H3Error::BodyTooLarge);
-                }
-                body.extend_from_slice(chunk);
-                Ok(())
-            }
-            (StreamFrame::Data(_), _) => Err(H3Error::FrameUnexpected {
-                frame_type: frames::DATA,
-            }),
-            (StreamFrame::Headers(_), Phase::Done) => Err(H3Error::FrameUnexpected {
-                frame_type: frames::HEADERS,
-            }),
-        });
-        match result {
-            Ok(()) => Ok(response),
-            Err(e) => {
-                self.failed = Some(e);
-                Err(e)
-            }
-        }
-    }
-
-    /// The peer finished the stream (FIN). Errors if it ended inside a frame, before the
-    /// final response, or with a body shorter than its `content-length`.
-    pub fn finish(&mut self) -> Result<(), H3Error> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
-        let result = self.framer.finish().and_then(|()| {
-            if self.phase == Phase::Headers {
-                Err(H3Error::Incomplete)
-            } else if self
-                .content_length
-                .is_some_and(|cl| cl != self.body.len() as u64)
-            {
-                Err(MessageError::ContentLengthMismatch.into())
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
-        result
-    }
-
-    /// The body received so far.
-    pub fn body(&self) -> &[u8] {
-        &self.body
+    fn from_section(section: Section) -> Result<Option<Self>, MessageError> {
+        let status = parse_status(&section.status)?;
+        let response = Response {
+            status,
+            headers: section.headers,
+        };
+        Ok((status >= 200).then_some(response))
     }
 }
 
@@ -267,7 +139,9 @@ fn parse_status(s: &str) -> Result<u16, MessageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::h3::frames;
     use crate::proto::h3::qpack::{decode_field_section, DecodeLimits};
+    use crate::proto::h3::{H3Error, Limits};
 
     fn read_all(bytes: &[u8]) -> (Response, Vec<u8>) {
         let mut reader = ResponseReader::new();
