@@ -617,27 +617,6 @@ pub fn cpu_seconds_self() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat.
-pub fn cpu_seconds_of(pid: u32) -> io::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| io::Error::other("unexpected /proc stat format"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
-    let ticks = |i: usize| -> io::Result<f64> {
-        f.get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|v| v as f64)
-            .ok_or_else(|| io::Error::other("unexpected /proc stat format"))
-    };
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,9 +88,4 @@ impl Io<'_> {
     pub fn set_send_rate(&mut self, ch: ConnectionHandle, bytes_per_sec: u64) -> bool {
         self.conns.set_send_rate(ch, bytes_per_sec)
     }
-
-    /// Number of connections this worker holds.
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
 }
