@@ -2,7 +2,7 @@
 //! control stream says (§6.2.1, §7.2).
 
 use super::error::H3Error;
-use super::frames::{self, FrameHeader, Settings, UniStreamType, MAX_FRAME_HEADER_LEN};
+use super::frames::{self, FrameHeader, PartialFrameHeader, Settings, UniStreamType};
 
 /// Which end of the connection we are; push rules differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub enum ControlEvent {
 /// Parsing state of the control stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Between frames; `header_len` bytes of the next header are in `header`.
+    /// Between frames; part of the next header may be in `header`.
     FrameHeader,
     /// Collecting the payload of a SETTINGS/GOAWAY/MAX_PUSH_ID/CANCEL_PUSH frame.
     Payload { ty: u64, len: usize },
@@ -116,10 +116,8 @@ pub struct ControlStreamReader {
     role: Role,
     /// Current parsing state.
     state: State,
-    /// Partial frame header (a header is at most 16 bytes).
-    header: [u8; MAX_FRAME_HEADER_LEN],
-    /// Bytes used in `header`.
-    header_len: usize,
+    /// Partial frame header.
+    header: PartialFrameHeader,
     /// Partial payload of the frame being collected.
     payload: Vec<u8>,
     /// Set once SETTINGS arrived; anything before it is H3_MISSING_SETTINGS.
@@ -134,8 +132,7 @@ impl ControlStreamReader {
         Self {
             role,
             state: State::FrameHeader,
-            header: [0; MAX_FRAME_HEADER_LEN],
-            header_len: 0,
+            header: PartialFrameHeader::default(),
             payload: Vec::new(),
             got_settings: false,
             failed: None,
@@ -174,17 +171,10 @@ impl ControlStreamReader {
         while !data.is_empty() {
             match self.state {
                 State::FrameHeader => {
-                    let take = data.len().min(MAX_FRAME_HEADER_LEN - self.header_len);
-                    let old = self.header_len;
-                    self.header[old..old + take].copy_from_slice(&data[..take]);
-                    self.header_len += take;
-                    let Some((hdr, used)) = FrameHeader::parse(&self.header[..self.header_len])?
-                    else {
+                    let Some((hdr, used)) = self.header.push(data)? else {
                         return Ok(());
                     };
-                    // The first `old` bytes were incomplete on their own, so `used > old`.
-                    data = &data[used.saturating_sub(old)..];
-                    self.header_len = 0;
+                    data = &data[used..];
                     self.start_frame(hdr)?;
                     if let State::Payload { ty, len: 0 } = self.state {
                         self.end_frame(ty, events)?;

@@ -94,6 +94,39 @@ impl FrameHeader {
     }
 }
 
+/// A frame header arriving in pieces, as stream readers see it: holds the first bytes of one
+/// until it is complete.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PartialFrameHeader {
+    /// Bytes of the header so far.
+    bytes: [u8; MAX_FRAME_HEADER_LEN],
+    /// How many of `bytes` are used; 0 between frames.
+    len: usize,
+}
+
+impl PartialFrameHeader {
+    /// Takes bytes from the front of `data`: once the header is complete, the header and how
+    /// many bytes of `data` it took; `Ok(None)` when all of `data` was taken and more is
+    /// needed.
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<Option<(FrameHeader, usize)>, H3Error> {
+        let old = self.len;
+        let take = data.len().min(MAX_FRAME_HEADER_LEN - old);
+        self.bytes[old..old + take].copy_from_slice(&data[..take]);
+        self.len += take;
+        let Some((header, used)) = FrameHeader::parse(&self.bytes[..self.len])? else {
+            return Ok(None);
+        };
+        self.len = 0;
+        // The first `old` bytes were incomplete on their own, so `used > old`.
+        Ok(Some((header, used.saturating_sub(old))))
+    }
+
+    /// True between frames: no part of a header is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The first varint of a new bidi stream, without consuming anything: Hysteria's server
 /// takes a stream over as a TCP proxy stream only if the connection is authenticated and
 /// this is 0x401 (protocol notes §3.4); otherwise the whole stream, these bytes included,

@@ -2,7 +2,7 @@
 //! and the RFC 9114 §4.2–4.3 field checks quic-go applies (`parseHeaders`).
 
 use super::error::{H3Error, MessageError};
-use super::frames::{self, FrameHeader, MAX_FRAME_HEADER_LEN};
+use super::frames::{self, FrameHeader, PartialFrameHeader};
 use super::qpack::{self, DecodeError, DecodeLimits, Field};
 
 /// Memory bounds for one request or response stream.
@@ -79,7 +79,7 @@ pub(crate) enum StreamFrame<'a> {
 /// Framing state of a request stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Between frames; `header_len` bytes of the next header are buffered.
+    /// Between frames; part of the next header may be in `header`.
     FrameHeader,
     /// Collecting a HEADERS payload of `len` bytes.
     Headers { len: usize },
@@ -99,9 +99,7 @@ pub(crate) struct StreamFramer {
     /// Current state.
     state: State,
     /// Partial frame header.
-    header: [u8; MAX_FRAME_HEADER_LEN],
-    /// Bytes used in `header`.
-    header_len: usize,
+    header: PartialFrameHeader,
     /// Partial HEADERS payload.
     headers: Vec<u8>,
 }
@@ -112,8 +110,7 @@ impl StreamFramer {
             reader,
             max_headers_frame,
             state: State::FrameHeader,
-            header: [0; MAX_FRAME_HEADER_LEN],
-            header_len: 0,
+            header: PartialFrameHeader::default(),
             headers: Vec::new(),
         }
     }
@@ -127,17 +124,10 @@ impl StreamFramer {
         while !data.is_empty() {
             match self.state {
                 State::FrameHeader => {
-                    let old = self.header_len;
-                    let take = data.len().min(MAX_FRAME_HEADER_LEN - old);
-                    self.header[old..old + take].copy_from_slice(&data[..take]);
-                    self.header_len += take;
-                    let Some((hdr, used)) = FrameHeader::parse(&self.header[..self.header_len])?
-                    else {
+                    let Some((hdr, used)) = self.header.push(data)? else {
                         return Ok(());
                     };
-                    // The first `old` bytes were incomplete on their own, so `used > old`.
-                    data = &data[used.saturating_sub(old)..];
-                    self.header_len = 0;
+                    data = &data[used..];
                     self.start_frame(hdr, on_frame)?;
                 }
                 State::Headers { len } => {
@@ -228,7 +218,7 @@ impl StreamFramer {
     /// The stream ended. §7.1: "if the last frame on the stream was truncated, this MUST be
     /// treated as a connection error of type H3_FRAME_ERROR."
     pub(crate) fn finish(&self) -> Result<(), H3Error> {
-        if self.state == State::FrameHeader && self.header_len == 0 {
+        if self.state == State::FrameHeader && self.header.is_empty() {
             Ok(())
         } else {
             Err(H3Error::TruncatedFrame)
