@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend;
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
+use super::masquerade::{FileMasquerade, ProxyMasquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
 use crate::config::{self, Acl, AclRules, Auth, MasqueradeHandler, Obfs, ServerConfig};
@@ -87,7 +87,7 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
             content: content.clone(),
         },
         MasqueradeHandler::File { dir } => {
-            Masquerade::File(Arc::new(backend::FileMasquerade::new(dir.clone())))
+            Masquerade::File(Arc::new(FileMasquerade::new(dir.clone())))
         }
         MasqueradeHandler::Proxy {
             url,
@@ -95,7 +95,7 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
             x_forwarded,
             insecure,
         } => Masquerade::Proxy(Arc::new(
-            backend::ProxyMasquerade::new(url.clone(), *rewrite_host, *x_forwarded, *insecure)
+            ProxyMasquerade::new(url.clone(), *rewrite_host, *x_forwarded, *insecure)
                 .map_err(|e| format!("masquerade.proxy.url: {e}"))?,
         )),
     };
