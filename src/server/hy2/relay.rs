@@ -1,50 +1,36 @@
-//! One proxied TCP connection: a Hysteria2 proxy stream (0x401) joined to a TCP socket to
-//! its target. Resolving and connecting happen here; once connected, a [`Pipe`] moves the
-//! bytes (EOF from the target tears both directions down, as the reference server does).
+//! The adapter's side of one relayed TCP connection: a Hysteria2 proxy stream (0x401)
+//! joined to a TCP socket to its target by a [`Pipe`] (EOF from the target tears both
+//! directions down, as the reference server does), and the user's traffic accounting.
+//! Whether and when it connects, fails or is aborted is the session's decision
+//! (`session::Phase`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
-use crate::engine::{Completion, SockOp};
+use crate::engine::Completion;
+use crate::limits::User;
 use crate::worker::pipe::{Ends, Pipe};
 use crate::worker::Io;
 
-pub use crate::worker::pipe::{After, STREAM_ABORT};
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for the resolver.
-    Resolving,
-    /// TCP connect in flight.
-    Connecting,
-    /// Bytes flow both ways.
-    Established,
-    /// Both sides closed; the entry is about to be removed.
-    Done,
-}
+pub use crate::worker::pipe::After;
 
 pub struct Relay {
     pub ch: ConnectionHandle,
     pub id: StreamId,
-    pub phase: Phase,
-    /// The client's target, as sent (`host:port`).
-    pub target: String,
-    /// The stream permit this relay holds (released when the relay is dropped).
-    pub permit: Option<crate::limits::StreamPermit>,
     /// The user whose traffic counters this relay's bytes go to.
-    pub user: Option<Arc<crate::limits::User>>,
+    user: Option<Arc<User>>,
     /// (tx, rx) already added to the user's counters.
     reported: (u64, u64),
-    /// When the request arrived (for `/dump/streams`).
-    pub created: SystemTime,
     /// When bytes last moved.
     pub last_active: Instant,
     /// Payload that arrived with the request (sing-box coalesces it), not seen by the pipe's
     /// counters.
     first_len: u64,
+    /// The target is connected: bytes may move.
+    started: bool,
     pipe: Pipe,
 }
 
@@ -54,21 +40,18 @@ impl Relay {
     pub fn new(
         ch: ConnectionHandle,
         id: StreamId,
-        target: String,
         first: Vec<u8>,
         ok: Vec<u8>,
+        user: Option<Arc<User>>,
     ) -> Self {
         Relay {
             ch,
             id,
-            phase: Phase::Resolving,
-            target,
-            permit: None,
-            user: None,
+            user,
             reported: (0, 0),
-            created: SystemTime::now(),
             last_active: Instant::now(),
             first_len: first.len() as u64,
+            started: false,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
@@ -95,26 +78,8 @@ impl Relay {
         }
     }
 
-    /// The reference's name for the phase (`/dump/streams`).
-    pub fn state_name(&self) -> &'static str {
-        match self.phase {
-            Phase::Resolving => "init",
-            Phase::Connecting => "connect",
-            Phase::Established => "estab",
-            Phase::Done => "closed",
-        }
-    }
-
-    /// Starts the TCP connect. Only a relay still waiting for its target's addresses can
-    /// connect: one that was aborted, failed or timed out meanwhile stays where it is.
+    /// Starts the TCP connect; its completion comes with `token`.
     pub fn connect(&mut self, io: &mut Io<'_>, addr: SocketAddr, token: u64) -> Result<(), String> {
-        if self.phase != Phase::Resolving {
-            return Err(format!(
-                "connect {addr}: the relay is {}, not resolving",
-                self.state_name()
-            ));
-        }
-        self.phase = Phase::Connecting;
         let fd = io
             .driver
             .tcp_connect(addr, token)
@@ -125,53 +90,32 @@ impl Relay {
         Ok(())
     }
 
-    /// Answers the client with an error and closes the stream. The relay is done.
-    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8]) -> After {
-        self.phase = Phase::Done;
-        // Nobody waits for this close (token 0).
-        self.pipe.fail(io, response, 0);
+    /// Answers the client with an error and closes the stream and the socket.
+    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: u64) -> After {
+        self.pipe.fail(io, response, token);
         After::Remove
     }
 
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
     pub fn abort(&mut self, io: &mut Io<'_>, token: u64) -> After {
-        self.phase = Phase::Done;
         self.pipe.abort(io, token)
     }
 
-    /// A socket operation of this relay completed.
+    /// A socket operation of the pipe completed.
     pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: u64) -> After {
-        if c.op != SockOp::Connect {
-            let after = self.pipe.on_completion(io, c, token);
-            if self.pipe.is_done() {
-                self.phase = Phase::Done;
-            }
-            return after;
-        }
-        match c.result {
-            // Failed, aborted or timed out meanwhile: the socket's close is under way and
-            // its completion (or the relay's removal) ends the relay.
-            _ if self.phase != Phase::Connecting => After::Continue,
-            Ok(_) => {
-                self.phase = Phase::Established;
-                self.pump(io, token)
-            }
-            Err(e) => {
-                let msg = format!("connect {}: {e}", self.target);
-                self.fail(io, &super::error_response(&msg))
-            }
-        }
+        self.pipe.on_completion(io, c, token)
     }
 
-    /// Moves bytes both ways as far as buffers and credit allow.
+    /// The target is connected: bytes move from now on.
+    pub fn start(&mut self) {
+        self.started = true;
+    }
+
+    /// Moves bytes both ways as far as buffers and credit allow (nothing before `start`).
     pub fn pump(&mut self, io: &mut Io<'_>, token: u64) -> After {
-        if self.phase != Phase::Established {
+        if !self.started {
             return After::Continue;
         }
-        let after = self.pipe.pump(io, token);
-        if self.pipe.is_done() {
-            self.phase = Phase::Done;
-        }
-        after
+        self.pipe.pump(io, token)
     }
 }

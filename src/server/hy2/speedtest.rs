@@ -28,8 +28,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_proto::{Connection, Dir, FinishError, ReadError, StreamId, VarInt, WriteError};
 
-use super::relay::STREAM_ABORT;
 use crate::proto::speedtest::{Request, Response, UploadSummary, CHUNK_SIZE, REQUEST_LEN};
+use crate::worker::pipe::STREAM_ABORT;
 
 pub use crate::proto::speedtest::is_speedtest_addr;
 

@@ -1,0 +1,985 @@
+//! The Hysteria2 server session of one worker, sans-IO: what each connection and stream is,
+//! and what happens to it.
+//!
+//! The worker's adapter ([`super::Hy2App`]) hands it events: a connection established or
+//! gone, a stream opened, a stream's first bytes, a stream stopped by the client, an auth
+//! verdict or a masquerade answer prepared off the data path, a DNS answer, a connect's
+//! outcome, a relay's end, the clock. It decides authentication, the masquerade, admission,
+//! stream caps and credit, and each relay's phase, and queues [`Action`]s that the adapter
+//! performs in order ([`Session::poll_action`]).
+//!
+//! It holds ids that are never reused ([`ConnId`], [`RelayId`], [`JobId`]) and never a socket
+//! or a quinn handle, so an answer that comes back after what it was for has gone finds
+//! nothing to land on. Its only clock is the `now` it is given: `tests.rs` runs it in
+//! virtual time.
+
+mod caps;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use quinn_proto::StreamId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use self::caps::Parked;
+use super::speedtest::is_speedtest_addr;
+use super::{Authenticator, Hy2Config, Masquerade};
+use crate::limits::admission::UnauthPermit;
+use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
+use crate::proto::h3::{self, CcRx, RequestReader};
+use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
+
+/// The reference server's dial timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC error code of a kicked connection (H3_EXCESSIVE_LOAD, as the reference server).
+pub const KICK_ERROR: u32 = 0x107;
+/// RFC 9114 §8.1.
+pub const H3_NO_ERROR: u32 = 0x100;
+pub const H3_EXCESSIVE_LOAD: u32 = 0x107;
+/// Application error code of relay streams we abort.
+pub const STREAM_ABORT: u64 = crate::worker::pipe::STREAM_ABORT as u64;
+
+/// Bytes a proxy stream may send before its TCPRequest is complete
+/// (type + address ≤ 2048 + padding ≤ 4096 + length fields).
+pub const MAX_REQUEST_BYTES: usize = 2 + 2048 + 4096 + 16;
+
+/// A connection, by a number no other connection of this session ever gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A relayed TCP stream (from its request to its end), never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub u64);
+
+/// Work prepared off the data path (an HTTP auth verdict, a masquerade answer), never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+/// What the adapter does for the session, in the order queued.
+#[derive(Debug)]
+pub enum Action {
+    /// Open our HTTP/3 control stream with SETTINGS, as any HTTP/3 server does.
+    ControlStream(ConnId),
+    /// Write `bytes` on the stream as credit allows, then finish it and stop reading it.
+    Respond {
+        conn: ConnId,
+        stream: StreamId,
+        bytes: Vec<u8>,
+    },
+    /// Reset both halves of the stream.
+    Reset {
+        conn: ConnId,
+        stream: StreamId,
+        code: u64,
+    },
+    /// Close the connection. The session has already let go of it; the adapter lets go of
+    /// what it holds for it (a local close raises no ConnectionLost).
+    Close {
+        conn: ConnId,
+        code: u32,
+        reason: &'static [u8],
+    },
+    /// Send with Brutal at this rate, or with the configured controller when 0.
+    SendRate { conn: ConnId, bytes_per_sec: u64 },
+    /// The connection's stream credit: `None` holds its limit at the streams open now (so
+    /// closing streams return none), `Some(n)` grants `n` concurrent streams again.
+    Credit { conn: ConnId, limit: Option<u64> },
+    /// Run `work` off the data path; [`Session::verdict`] or [`Session::answer`] brings the
+    /// outcome, [`Session::job_refused`] says it could not be queued.
+    Offload { job: JobId, work: Work },
+    /// Look the relay's target name up; [`Session::resolved`] brings the answer.
+    Resolve {
+        relay: RelayId,
+        host: String,
+        port: u16,
+    },
+    /// Connect the relay's socket to `addr` and join it to the stream; once connected, send
+    /// `ok` (the TCPResponse) and `first` (payload that came with the request).
+    /// [`Session::connect_done`] brings the outcome, [`Session::relay_closed`] the end.
+    Connect {
+        relay: RelayId,
+        conn: ConnId,
+        stream: StreamId,
+        addr: SocketAddr,
+        first: Vec<u8>,
+        ok: Vec<u8>,
+        user: Option<Arc<User>>,
+    },
+    /// The relay's target is connected: move bytes both ways.
+    Start(RelayId),
+    /// Answer the client with `response` (an error TCPResponse), close the stream and the
+    /// relay's socket. [`Session::relay_closed`] follows.
+    Fail { relay: RelayId, response: Vec<u8> },
+    /// Reset the relay's stream both ways and close its socket. [`Session::relay_closed`]
+    /// follows.
+    Abort(RelayId),
+    /// The built-in speed test takes the stream, with the bytes that came after its request.
+    SpeedTest {
+        conn: ConnId,
+        stream: StreamId,
+        ok: Vec<u8>,
+        first: Vec<u8>,
+    },
+}
+
+/// Work for the rooms off the data path.
+#[derive(Debug)]
+pub enum Work {
+    /// Ask the HTTP auth backend about `auth` from `remote`.
+    Auth {
+        auth: String,
+        cc_rx: u64,
+        remote: SocketAddr,
+    },
+    /// The file or proxy masquerade's answer to `req`.
+    Masquerade {
+        req: h3::Request,
+        remote: SocketAddr,
+    },
+}
+
+/// A relay's phase, as `/dump/streams` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the resolver.
+    Resolving,
+    /// TCP connect in flight.
+    Connecting,
+    /// Bytes flow both ways.
+    Established,
+    /// Failed or aborted: the adapter is closing it.
+    Closing,
+}
+
+impl Phase {
+    /// The reference's name for the phase.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Resolving => "init",
+            Phase::Connecting => "connect",
+            Phase::Established => "estab",
+            Phase::Closing => "closed",
+        }
+    }
+}
+
+/// Counts the adapter publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Proxy requests refused: malformed, refused by the outbound guard, while draining.
+    pub refused: u64,
+    /// Times a connection's stream credit was withheld.
+    pub credit_withheld: u64,
+    pub auth_failures: u64,
+    pub streams_relayed: u64,
+}
+
+/// A relay as `/dump/streams` shows it.
+pub struct RelayView<'a> {
+    pub id: RelayId,
+    pub conn: ConnId,
+    pub stream: StreamId,
+    pub phase: Phase,
+    pub target: &'a str,
+    pub user: Option<&'a str>,
+    pub created: SystemTime,
+}
+
+/// A bidirectional stream the session still looks at.
+enum Stream {
+    /// First bytes, until the first varint is complete.
+    Start(Vec<u8>),
+    /// A proxy stream whose TCPRequest is still arriving.
+    Request(Vec<u8>),
+    /// An HTTP/3 request.
+    Http(RequestReader),
+    /// A proxy request waiting for a stream permit (see `caps`): not read meanwhile.
+    Parked,
+    /// Handed to a relay.
+    Relay(RelayId),
+}
+
+struct Conn {
+    remote: SocketAddr,
+    /// The authenticated user ID.
+    user: Option<String>,
+    streams: HashMap<StreamId, Stream>,
+    /// The user's counters, from authentication on.
+    limits: Option<Arc<User>>,
+    /// This connection's place under the user's connection cap; until it has one, its
+    /// streams are parked.
+    conn_permit: Option<ConnPermit>,
+    /// Counts the connection in its user's `online` while it lives.
+    online: Option<Online>,
+    /// Its place among the connections waiting to authenticate, until they do.
+    unauthenticated: Option<UnauthPermit>,
+}
+
+struct Relay {
+    conn: ConnId,
+    stream: StreamId,
+    phase: Phase,
+    /// The client's target, as sent (`host:port`).
+    target: String,
+    /// Payload that came with the request, until the connect takes it.
+    first: Vec<u8>,
+    /// Released when the relay ends.
+    _permit: StreamPermit,
+    user: Option<Arc<User>>,
+    created: SystemTime,
+}
+
+/// A stream waiting for work done off the data path.
+struct Job {
+    conn: ConnId,
+    stream: StreamId,
+    kind: JobKind,
+}
+
+enum JobKind {
+    /// An HTTP auth verdict; on refusal the request gets the masquerade.
+    Auth { cc_rx: u64, req: h3::Request },
+    /// A masquerade response.
+    Response,
+}
+
+pub struct Session {
+    cfg: Arc<Hy2Config>,
+    conns: HashMap<ConnId, Conn>,
+    relays: HashMap<RelayId, Relay>,
+    jobs: HashMap<JobId, Job>,
+    /// Proxy requests waiting for a stream permit, oldest first.
+    parked: VecDeque<Parked>,
+    /// Connections whose stream credit is withheld now (a cap was reached), kept so that no
+    /// loop scans for them.
+    withheld: BTreeSet<ConnId>,
+    /// Connect deadlines, earliest first. An entry whose relay connected or went away
+    /// meanwhile is skipped when it comes up.
+    connect_deadlines: BinaryHeap<Reverse<(Instant, RelayId)>>,
+    /// Auth deadlines, earliest first; an entry whose connection authenticated or left is
+    /// skipped.
+    auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// The last id given, of any kind.
+    last_id: u64,
+    draining: bool,
+    rng: StdRng,
+    actions: VecDeque<Action>,
+    pub counters: Counters,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<Hy2Config>) -> Self {
+        Self::with_rng(cfg, StdRng::from_entropy())
+    }
+
+    /// A session whose padding comes from `rng` (tests seed it).
+    pub fn with_rng(cfg: Arc<Hy2Config>, rng: StdRng) -> Self {
+        Session {
+            cfg,
+            conns: HashMap::new(),
+            relays: HashMap::new(),
+            jobs: HashMap::new(),
+            parked: VecDeque::new(),
+            withheld: BTreeSet::new(),
+            connect_deadlines: BinaryHeap::new(),
+            auth_deadlines: BinaryHeap::new(),
+            last_id: 0,
+            draining: false,
+            rng,
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Hy2Config> {
+        &self.cfg
+    }
+
+    /// Uses `cfg` for what comes next (authentication, new streams, new connections).
+    pub fn reload(&mut self, cfg: Arc<Hy2Config>) {
+        self.cfg = cfg;
+    }
+
+    /// Shutting down: new proxy requests are refused.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// The next action to perform.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    // ---- connections ----
+
+    /// A connection the session has not seen yet, from `remote`: its id.
+    pub fn connection(&mut self, remote: SocketAddr) -> ConnId {
+        let id = ConnId(self.next_id());
+        self.conns.insert(
+            id,
+            Conn {
+                remote,
+                user: None,
+                streams: HashMap::new(),
+                limits: None,
+                conn_permit: None,
+                online: None,
+                unauthenticated: None,
+            },
+        );
+        id
+    }
+
+    /// The connection finished its handshake: it may wait to authenticate if the caps on
+    /// unauthenticated connections have room (else it is closed at once, H3_EXCESSIVE_LOAD),
+    /// until its auth deadline.
+    pub fn connected(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let source = c.remote.ip();
+        let (max, per_source) = (
+            self.cfg.max_unauthenticated,
+            self.cfg.max_unauthenticated_per_source,
+        );
+        match self
+            .cfg
+            .limits
+            .unauthenticated
+            .admit(source, max, per_source)
+        {
+            Ok(permit) => {
+                c.unauthenticated = Some(permit);
+                self.auth_deadlines
+                    .push(Reverse((now + self.cfg.auth_timeout, conn)));
+                self.actions.push_back(Action::ControlStream(conn));
+            }
+            Err(why) => {
+                tracing::debug!(
+                    "closing {conn:?} from {source}: too many unauthenticated ({why:?})"
+                );
+                self.close(conn, H3_EXCESSIVE_LOAD, b"");
+            }
+        }
+    }
+
+    /// The connection is gone: its relays are aborted, its parked requests and permits
+    /// dropped. Anything that comes back for it later is dropped too.
+    pub fn connection_lost(&mut self, conn: ConnId) {
+        self.parked.retain(|p| p.conn != conn);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.withheld.remove(&conn);
+        for (_, s) in c.streams.drain() {
+            if let Stream::Relay(relay) = s {
+                self.abort_relay(relay);
+            }
+        }
+    }
+
+    /// Lets go of the connection and asks the adapter to close it.
+    fn close(&mut self, conn: ConnId, code: u32, reason: &'static [u8]) {
+        self.connection_lost(conn);
+        self.actions.push_back(Action::Close { conn, code, reason });
+    }
+
+    /// Closes the connections of `users` (QUIC error 0x107, as the reference server).
+    pub fn kick(&mut self, users: &HashSet<String>) {
+        let mut kicked: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.user.as_ref().is_some_and(|u| users.contains(u)))
+            .map(|(id, _)| *id)
+            .collect();
+        kicked.sort();
+        for conn in kicked {
+            let user = self.conns.get(&conn).and_then(|c| c.user.clone());
+            tracing::info!("kicked {conn:?} of {}", user.unwrap_or_default());
+            self.close(conn, KICK_ERROR, b"kicked");
+        }
+    }
+
+    /// The connection's user, when DATAGRAMs of it may be relayed: `None` when it has not
+    /// authenticated or UDP is off.
+    pub fn udp_user(&self, conn: ConnId) -> Option<Option<Arc<User>>> {
+        let c = self.conns.get(&conn)?;
+        (c.user.is_some() && self.cfg.udp).then(|| c.limits.clone())
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    // ---- streams ----
+
+    /// The client opened a bidirectional stream.
+    pub fn stream_opened(&mut self, conn: ConnId, stream: StreamId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.streams.insert(stream, Stream::Start(Vec::new()));
+        }
+    }
+
+    /// Whether the session wants the stream's bytes (through [`Self::stream_data`]). A
+    /// parked request is not read: its bytes wait in the stream's window.
+    pub fn reading(&self, conn: ConnId, stream: StreamId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| {
+            matches!(
+                c.streams.get(&stream),
+                Some(Stream::Start(_) | Stream::Request(_) | Stream::Http(_))
+            )
+        })
+    }
+
+    /// Bytes of a stream the session reads (`fin`: the client finished it).
+    pub fn stream_data(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        data: &[u8],
+        fin: bool,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let authed = c.user.is_some();
+        let Some(mut state) = c.streams.remove(&stream) else {
+            return;
+        };
+        let mut data = data.to_vec();
+        // Each step either hands the stream on (and returns) or moves it to the next state
+        // with the bytes still to look at.
+        loop {
+            state = match state {
+                Stream::Start(mut buf) => {
+                    buf.append(&mut data);
+                    match StreamStart::classify(&buf) {
+                        StreamStart::NeedMore if !fin => {
+                            return self.keep(conn, stream, Stream::Start(buf))
+                        }
+                        StreamStart::Proxy if authed => Stream::Request(buf),
+                        _ => {
+                            data = buf;
+                            Stream::Http(RequestReader::new())
+                        }
+                    }
+                }
+                Stream::Request(mut buf) => {
+                    buf.append(&mut data);
+                    match TcpRequest::parse(&buf) {
+                        Ok(None) if !fin && buf.len() < MAX_REQUEST_BYTES => {
+                            return self.keep(conn, stream, Stream::Request(buf));
+                        }
+                        Ok(Some((req, used))) => {
+                            let first = buf.split_off(used);
+                            return self.proxy_request(now, conn, stream, req.addr, first);
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::debug!("malformed TCPRequest on {conn:?} stream {stream}");
+                            self.counters.refused += 1;
+                            return self.reset(conn, stream, h3::error::H3_MESSAGE_ERROR);
+                        }
+                    }
+                }
+                Stream::Http(mut reader) => match reader.push(&std::mem::take(&mut data)) {
+                    Ok(Some(req)) => return self.http_request(conn, stream, &req),
+                    Ok(None) if !fin => return self.keep(conn, stream, Stream::Http(reader)),
+                    Ok(None) | Err(_) => {
+                        return self.reset(conn, stream, h3::error::H3_MESSAGE_ERROR)
+                    }
+                },
+                Stream::Parked | Stream::Relay(_) => return self.keep(conn, stream, state),
+            };
+        }
+    }
+
+    /// The client reset a stream the session reads: it is forgotten.
+    pub fn stream_reset(&mut self, conn: ConnId, stream: StreamId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !matches!(c.streams.get(&stream), Some(Stream::Relay(_))) {
+                c.streams.remove(&stream);
+            }
+        }
+    }
+
+    /// The client stopped reading a stream (STOP_SENDING): its relay, if any, is aborted.
+    pub fn stream_stopped(&mut self, conn: ConnId, stream: StreamId) {
+        let relay = match self.conns.get(&conn).and_then(|c| c.streams.get(&stream)) {
+            Some(Stream::Relay(r)) => *r,
+            _ => return,
+        };
+        self.abort_relay(relay);
+    }
+
+    fn keep(&mut self, conn: ConnId, stream: StreamId, state: Stream) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.streams.insert(stream, state);
+        }
+    }
+
+    fn reset(&mut self, conn: ConnId, stream: StreamId, code: u64) {
+        self.actions.push_back(Action::Reset { conn, stream, code });
+    }
+
+    fn respond(&mut self, conn: ConnId, stream: StreamId, bytes: Vec<u8>) {
+        self.actions.push_back(Action::Respond {
+            conn,
+            stream,
+            bytes,
+        });
+    }
+
+    // ---- HTTP/3: authentication and the masquerade ----
+
+    /// Answers an HTTP/3 request: 233 for a good auth request, the masquerade for anything
+    /// else.
+    fn http_request(&mut self, conn: ConnId, stream: StreamId, req: &h3::Request) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(auth) = h3::auth_request(req) else {
+            return self.masquerade(conn, stream, req);
+        };
+        if c.user.is_some() {
+            let ok = self.auth_ok();
+            return self.respond(conn, stream, ok);
+        }
+        let remote = c.remote;
+        let user = match &self.cfg.auth {
+            Authenticator::Http { .. } => {
+                let kind = JobKind::Auth {
+                    cc_rx: auth.cc_rx,
+                    req: req.clone(),
+                };
+                let work = Work::Auth {
+                    auth: auth.auth,
+                    cc_rx: auth.cc_rx,
+                    remote,
+                };
+                return self.offload(conn, stream, kind, work);
+            }
+            a => a.check(&auth.auth),
+        };
+        match user {
+            Some(user) => self.authenticated(conn, stream, user, auth.cc_rx),
+            None => {
+                tracing::debug!("authentication failed on {conn:?}");
+                self.counters.auth_failures += 1;
+                self.masquerade(conn, stream, req);
+            }
+        }
+    }
+
+    /// The receive rate the 233 response announces.
+    fn auth_reply(&self) -> CcRx {
+        if self.cfg.ignore_client_bandwidth {
+            CcRx::Auto
+        } else {
+            CcRx::Bps(self.cfg.bandwidth_down)
+        }
+    }
+
+    /// The 233 response, with fresh padding.
+    fn auth_ok(&mut self) -> Vec<u8> {
+        let padding = h3::auth_padding(&mut self.rng);
+        h3::auth_ok_response(self.cfg.udp, self.auth_reply(), &padding)
+    }
+
+    /// Marks the connection authenticated as `user` and answers 233. A connection is
+    /// authenticated once: a later verdict (two requests in flight) changes nothing, as the
+    /// reference answers a second auth request.
+    fn authenticated(&mut self, conn: ConnId, stream: StreamId, user: String, cc_rx: u64) {
+        let ok = self.auth_ok();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.user.is_none() {
+            c.unauthenticated = None;
+            let limits = self.cfg.limits.user(&user);
+            c.conn_permit = Limits::acquire_connection(&limits, true);
+            c.online = Some(Online::new(&limits));
+            c.limits = Some(limits);
+            c.user = Some(user);
+            // Congestion: Brutal at the client's receive rate (capped by bandwidth.up), BBR
+            // when the client does not say or the server ignores it.
+            let rate = match self.cfg.ignore_client_bandwidth {
+                true => 0,
+                false if self.cfg.bandwidth_up > 0 => cc_rx.min(self.cfg.bandwidth_up),
+                false => cc_rx,
+            };
+            tracing::debug!("{conn:?} authenticated, send rate {rate} B/s");
+            self.actions.push_back(Action::SendRate {
+                conn,
+                bytes_per_sec: rate,
+            });
+        }
+        self.respond(conn, stream, ok);
+    }
+
+    /// The masquerade's answer: at once for 404 and string, off the data path for file and
+    /// proxy.
+    fn masquerade(&mut self, conn: ConnId, stream: StreamId, req: &h3::Request) {
+        let Some(remote) = self.conns.get(&conn).map(|c| c.remote) else {
+            return;
+        };
+        match &self.cfg.masquerade {
+            Masquerade::File(_) | Masquerade::Proxy(_) => {
+                let work = Work::Masquerade {
+                    req: req.clone(),
+                    remote,
+                };
+                self.offload(conn, stream, JobKind::Response, work);
+            }
+            m => {
+                let bytes = m.response();
+                self.respond(conn, stream, bytes);
+            }
+        }
+    }
+
+    fn offload(&mut self, conn: ConnId, stream: StreamId, kind: JobKind, work: Work) {
+        let job = JobId(self.next_id());
+        self.jobs.insert(job, Job { conn, stream, kind });
+        self.actions.push_back(Action::Offload { job, work });
+    }
+
+    /// The job's room is saturated: the stream gets what a busy web server answers (an auth
+    /// request is refused so).
+    pub fn job_refused(&mut self, job: JobId) {
+        if let Some(j) = self.jobs.remove(&job) {
+            if self.conns.contains_key(&j.conn) {
+                self.respond(j.conn, j.stream, h3::response(503, &[], b""));
+            }
+        }
+    }
+
+    /// The HTTP backend's verdict: `Ok(Some(user))` accepts, `Ok(None)` refuses, `Err` says
+    /// the backend failed (the request then gets the masquerade too).
+    pub fn verdict(&mut self, job: JobId, verdict: Result<Option<String>, String>) {
+        let Some(j) = self.jobs.remove(&job) else {
+            return;
+        };
+        if !self.conns.contains_key(&j.conn) {
+            tracing::debug!("verdict for a closed connection ({:?}) dropped", j.conn);
+            return;
+        }
+        let JobKind::Auth { cc_rx, req } = j.kind else {
+            return;
+        };
+        match verdict {
+            Ok(Some(user)) => self.authenticated(j.conn, j.stream, user, cc_rx),
+            Ok(None) => {
+                tracing::debug!("authentication refused by the backend on {:?}", j.conn);
+                self.counters.auth_failures += 1;
+                self.masquerade(j.conn, j.stream, &req);
+            }
+            Err(e) => {
+                crate::warn_limited!("authentication backend failed: {e}");
+                self.masquerade(j.conn, j.stream, &req);
+            }
+        }
+    }
+
+    /// A masquerade response prepared off the data path.
+    pub fn answer(&mut self, job: JobId, response: Vec<u8>) {
+        let Some(j) = self.jobs.remove(&job) else {
+            return;
+        };
+        if !self.conns.contains_key(&j.conn) {
+            tracing::debug!("answer for a closed connection ({:?}) dropped", j.conn);
+            return;
+        }
+        if matches!(j.kind, JobKind::Response) {
+            self.respond(j.conn, j.stream, response);
+        }
+    }
+
+    // ---- relays ----
+
+    /// The TCPResponse that tells a client its target is connected.
+    fn ok_response(&mut self) -> Vec<u8> {
+        let mut ok = Vec::new();
+        let (min, max) = tcp::RESPONSE_PADDING;
+        let padding = tcp::padding(&mut self.rng, min, max);
+        let _ = tcp::TcpResponse::encode(tcp::STATUS_OK, "Connected", &padding, &mut ok);
+        ok
+    }
+
+    /// A complete TCPRequest on an authenticated connection.
+    fn proxy_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        target: String,
+        first: Vec<u8>,
+    ) {
+        if self.cfg.speed_test && is_speedtest_addr(&target) {
+            let ok = self.ok_response();
+            self.actions.push_back(Action::SpeedTest {
+                conn,
+                stream,
+                ok,
+                first,
+            });
+            return;
+        }
+        if self.draining {
+            self.counters.refused += 1;
+            let bytes = error_response("server is shutting down");
+            return self.respond(conn, stream, bytes);
+        }
+        self.admit(
+            now,
+            Parked {
+                conn,
+                stream,
+                target,
+                first,
+            },
+        );
+    }
+
+    /// Starts a relay that holds `permit` until it ends.
+    fn start_relay(&mut self, now: Instant, p: Parked, permit: StreamPermit) {
+        let Parked {
+            conn,
+            stream,
+            target,
+            first,
+        } = p;
+        let relay = RelayId(self.next_id());
+        let user = self.conns.get(&conn).and_then(|c| c.limits.clone());
+        self.counters.streams_relayed += 1;
+        self.connect_deadlines
+            .push(Reverse((now + CONNECT_TIMEOUT, relay)));
+        self.keep(conn, stream, Stream::Relay(relay));
+        let parsed =
+            tcp::split_host_port(&target).map_err(|e| format!("bad address {target:?}: {e}"));
+        self.relays.insert(
+            relay,
+            Relay {
+                conn,
+                stream,
+                phase: Phase::Resolving,
+                target,
+                first,
+                _permit: permit,
+                user,
+                created: SystemTime::now(),
+            },
+        );
+        match parsed {
+            Ok((Host::Ip(ip), port)) => self.resolved(relay, Ok(vec![SocketAddr::new(ip, port)])),
+            Ok((Host::Domain(host), port)) => {
+                self.actions
+                    .push_back(Action::Resolve { relay, host, port })
+            }
+            Err(msg) => self.fail_relay(relay, &msg),
+        }
+    }
+
+    /// The target's addresses (or why there are none): connect to the first the outbound
+    /// guard allows. An answer for a relay that is no longer resolving (aborted, failed,
+    /// timed out) brings nothing back.
+    pub fn resolved(&mut self, relay: RelayId, addrs: std::io::Result<Vec<SocketAddr>>) {
+        let target = match self.relays.get(&relay) {
+            Some(r) if r.phase == Phase::Resolving => r.target.clone(),
+            _ => return,
+        };
+        let addrs = match addrs {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => return self.fail_relay(relay, &format!("resolve {target}: no addresses")),
+            Err(e) => return self.fail_relay(relay, &format!("resolve {target}: {e}")),
+        };
+        let mut refusal = None;
+        let allowed = addrs
+            .into_iter()
+            .find(|a| match self.cfg.guard.check(a.ip()) {
+                Ok(()) => true,
+                Err(why) => {
+                    refusal.get_or_insert(why);
+                    false
+                }
+            });
+        let Some(addr) = allowed else {
+            let why = refusal.map_or_else(String::new, |why| why.to_string());
+            self.counters.refused += 1;
+            return self.fail_relay(relay, &format!("refused {target}: {why}"));
+        };
+        let ok = self.ok_response();
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        r.phase = Phase::Connecting;
+        self.actions.push_back(Action::Connect {
+            relay,
+            conn: r.conn,
+            stream: r.stream,
+            addr,
+            first: std::mem::take(&mut r.first),
+            ok,
+            user: r.user.clone(),
+        });
+    }
+
+    /// The relay's connect finished: bytes flow, or the client hears why not.
+    pub fn connect_done(&mut self, relay: RelayId, result: Result<(), String>) {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        if r.phase != Phase::Connecting {
+            return; // failed, aborted or timed out meanwhile: its close is under way
+        }
+        match result {
+            Ok(()) => {
+                r.phase = Phase::Established;
+                self.actions.push_back(Action::Start(relay));
+            }
+            Err(e) => {
+                let msg = format!("connect {}: {e}", r.target);
+                self.fail_relay(relay, &msg);
+            }
+        }
+    }
+
+    /// The adapter closed the relay (both sides done, or after `Fail`/`Abort`): its permit
+    /// comes back and its stream is forgotten.
+    pub fn relay_closed(&mut self, relay: RelayId) {
+        let Some(r) = self.relays.remove(&relay) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&r.conn) {
+            if matches!(c.streams.get(&r.stream), Some(Stream::Relay(id)) if *id == relay) {
+                c.streams.remove(&r.stream);
+            }
+        }
+    }
+
+    /// Answers the client with an error and ends the relay.
+    fn fail_relay(&mut self, relay: RelayId, msg: &str) {
+        tracing::debug!("proxy request failed: {msg}");
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        let response = error_response(msg);
+        match r.phase {
+            Phase::Closing => {}
+            // No socket yet: the answer is an ordinary response.
+            Phase::Resolving => {
+                let (conn, stream) = (r.conn, r.stream);
+                self.relay_closed(relay);
+                self.respond(conn, stream, response);
+            }
+            Phase::Connecting | Phase::Established => {
+                r.phase = Phase::Closing;
+                self.actions.push_back(Action::Fail { relay, response });
+            }
+        }
+    }
+
+    /// Aborts the relay both ways. Every abort goes through here, so that none can leave a
+    /// relay behind.
+    fn abort_relay(&mut self, relay: RelayId) {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        match r.phase {
+            Phase::Closing => {}
+            Phase::Resolving => {
+                let (conn, stream) = (r.conn, r.stream);
+                self.relay_closed(relay);
+                self.reset(conn, stream, STREAM_ABORT);
+            }
+            Phase::Connecting | Phase::Established => {
+                r.phase = Phase::Closing;
+                self.actions.push_back(Action::Abort(relay));
+            }
+        }
+    }
+
+    pub fn relay_count(&self) -> usize {
+        self.relays.len()
+    }
+
+    pub fn parked_count(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The relays, for `/dump/streams`.
+    pub fn relays(&self) -> impl Iterator<Item = RelayView<'_>> {
+        self.relays.iter().map(|(id, r)| RelayView {
+            id: *id,
+            conn: r.conn,
+            stream: r.stream,
+            phase: r.phase,
+            target: &r.target,
+            user: r.user.as_ref().map(|u| u.name.as_str()),
+            created: r.created,
+        })
+    }
+
+    // ---- time ----
+
+    /// When [`Self::handle_timeout`] is due next.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        // The earliest entry may be stale (its relay connected): waking for it only pops it.
+        let relays = self.connect_deadlines.peek().map(|Reverse((at, _))| *at);
+        let auth = self.auth_deadlines.peek().map(|Reverse((at, _))| *at);
+        let caps = self.caps_deadline(now);
+        relays.into_iter().chain(auth).chain(caps).min()
+    }
+
+    /// Connect timeouts, auth deadlines, and another look at the caps.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, relay))) = self.connect_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.connect_deadlines.pop();
+            let msg = match self.relays.get(&relay) {
+                Some(r) if matches!(r.phase, Phase::Resolving | Phase::Connecting) => {
+                    format!("connect {}: timed out", r.target)
+                }
+                _ => continue,
+            };
+            // Closing the socket cancels a connect still pending, so a target that never
+            // answers holds no socket past this point.
+            self.fail_relay(relay, &msg);
+        }
+        while let Some(&Reverse((at, conn))) = self.auth_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.auth_deadlines.pop();
+            if self.conns.get(&conn).is_some_and(|c| c.user.is_none()) {
+                tracing::debug!("closing {conn:?}: not authenticated within the auth timeout");
+                // As a web server ends an idle visitor's connection.
+                self.close(conn, H3_NO_ERROR, b"");
+            }
+        }
+        if self.caps_deadline(now).is_some() {
+            self.recheck_caps(now);
+        }
+    }
+}
+
+/// A TCPResponse carrying an error, with padding.
+pub fn error_response(msg: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg: String = msg.chars().take(2000).collect();
+    let _ = tcp::TcpResponse::encode(tcp::STATUS_ERROR, &msg, &[], &mut out);
+    out
+}
