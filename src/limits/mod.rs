@@ -244,7 +244,7 @@ impl Drop for ConnPermit {
 
 /// File descriptors kept out of the outbound budget: listeners, io_uring, eventfds, logs,
 /// the masquerade's and the auth backend's sockets.
-const FD_RESERVE: u64 = 256;
+pub(crate) const FD_RESERVE: u64 = 256;
 
 impl Limits {
     /// `fd_limit`: RLIMIT_NOFILE (soft), when known. Each relayed stream and each UDP

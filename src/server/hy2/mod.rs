@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 
 use self::relay::{After, Relay};
-use self::session::{Action, ConnId, JobId, RelayId, Session, Work, MAX_REQUEST_BYTES};
+use self::session::{
+    Action, ConnId, JobId, LookupId, RelayId, Session, UdpId, Work, MAX_REQUEST_BYTES,
+};
 use self::speedtest::SpeedTest;
-use self::udp::UdpTable;
+use self::udp::{Done, UdpSockets};
 use super::auth::http_auth;
 use super::guard::OutboundGuard;
 use super::masquerade::{FileMasquerade, ProxyMasquerade};
@@ -165,33 +167,37 @@ enum Token {
     /// A close nobody waits for.
     Orphan,
     Relay(RelayId),
-    /// A UDP session's socket operation or lookup (its own layout, `udp::is_udp_token`).
-    Udp(u64),
     /// Work offloaded for a stream.
     Job(JobId),
+    /// A UDP session's socket operation.
+    Udp(UdpId),
+    /// A lookup for a destination of a UDP session.
+    UdpLookup(LookupId),
 }
 
-const JOB_TOKEN: u64 = 1 << 62;
+const KIND_SHIFT: u32 = 62;
+const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 impl Token {
     fn encode(self) -> u64 {
-        match self {
-            Token::Orphan => 0,
-            Token::Relay(r) => r.0,
-            Token::Udp(t) => t,
-            Token::Job(j) => JOB_TOKEN | j.0,
-        }
+        let (kind, id) = match self {
+            Token::Orphan => (0, 0),
+            Token::Relay(r) => (0, r.0),
+            Token::Job(j) => (1, j.0),
+            Token::Udp(u) => (2, u.0),
+            Token::UdpLookup(l) => (3, l.0),
+        };
+        (kind << KIND_SHIFT) | (id & ID_MASK)
     }
 
     fn decode(t: u64) -> Self {
-        if udp::is_udp_token(t) {
-            Token::Udp(t)
-        } else if t & JOB_TOKEN != 0 {
-            Token::Job(JobId(t & !JOB_TOKEN))
-        } else if t == 0 {
-            Token::Orphan
-        } else {
-            Token::Relay(RelayId(t))
+        let id = t & ID_MASK;
+        match t >> KIND_SHIFT {
+            0 if id == 0 => Token::Orphan,
+            0 => Token::Relay(RelayId(id)),
+            1 => Token::Job(JobId(id)),
+            2 => Token::Udp(UdpId(id)),
+            _ => Token::UdpLookup(LookupId(id)),
         }
     }
 }
@@ -203,7 +209,7 @@ pub struct Hy2App {
     conns: HashMap<ConnectionHandle, Conn>,
     handles: HashMap<ConnId, ConnectionHandle>,
     relays: HashMap<RelayId, Relay>,
-    udp: UdpTable,
+    udp: UdpSockets,
     /// Commands from outside (kick, dump, reload) and the drain state; `None` when run
     /// without them (tests).
     link: Option<Link>,
@@ -218,7 +224,7 @@ impl Hy2App {
             conns: HashMap::new(),
             handles: HashMap::new(),
             relays: HashMap::new(),
-            udp: UdpTable::default(),
+            udp: UdpSockets::default(),
             link: None,
         }
     }
@@ -385,6 +391,25 @@ impl Hy2App {
                         self.drive_speedtest(io, ch, stream, Box::new(SpeedTest::new(ok, first)));
                     }
                 }
+                Action::UdpOpen(udp) => {
+                    if let Err(e) = self.udp.open(io, udp) {
+                        tracing::debug!("{e}");
+                        self.session.udp_open_failed(udp);
+                    }
+                }
+                Action::UdpSend { udp, addr, payload } => self.udp.send(io, udp, addr, payload),
+                Action::UdpResolve { lookup, host, port } => {
+                    let token = Token::UdpLookup(lookup).encode();
+                    if let Err(e) = self.offload_client(io).lookup(&host, port, token) {
+                        self.session.udp_resolved(lookup, Err(e));
+                    }
+                }
+                Action::Datagram { conn, bytes } => {
+                    if let Some(qc) = self.handle(conn).and_then(|ch| io.conn(ch)) {
+                        let _ = qc.datagrams().send(bytes::Bytes::from(bytes), true);
+                    }
+                }
+                Action::UdpClose(udp) => self.udp.close(io, udp, Token::Udp(udp).encode()),
             }
         }
     }
@@ -438,7 +463,7 @@ impl Hy2App {
 
     /// The session closed the connection: the adapter lets go of it and closes it.
     fn close(&mut self, io: &mut Io<'_>, conn: ConnId, code: u32, reason: &'static [u8]) {
-        let Some(ch) = self.forget(io, conn) else {
+        let Some(ch) = self.forget(conn) else {
             return;
         };
         let now = io.now;
@@ -453,10 +478,9 @@ impl Hy2App {
 
     /// Drops what the adapter holds for the connection (its relays were ended by the
     /// session). Its handle may be another connection's from now on.
-    fn forget(&mut self, io: &mut Io<'_>, conn: ConnId) -> Option<ConnectionHandle> {
+    fn forget(&mut self, conn: ConnId) -> Option<ConnectionHandle> {
         let ch = self.handles.remove(&conn)?;
         self.conns.remove(&ch);
-        self.udp.close_conn(io, ch);
         Some(ch)
     }
 
@@ -600,16 +624,15 @@ impl Hy2App {
     }
 
     /// The outcomes of work done off the data path: DNS answers, auth verdicts, responses.
-    fn answers(&mut self, io: &mut Io<'_>) {
+    fn answers(&mut self) {
         let answers: Vec<_> = match &self.offload {
             Some(off) => off.answers().collect(),
             None => return,
         };
         for a in answers {
             match (Token::decode(a.token), a.outcome) {
-                (Token::Udp(t), Outcome::Resolved(result)) => {
-                    let guard = &self.session.config().guard;
-                    self.udp.on_dns(io, t, result, guard);
+                (Token::UdpLookup(lookup), Outcome::Resolved(result)) => {
+                    self.session.udp_resolved(lookup, result)
                 }
                 (Token::Relay(relay), Outcome::Resolved(result)) => {
                     self.session.resolved(relay, result)
@@ -630,13 +653,13 @@ impl Hy2App {
         WorkerCounters::set(&c.streams_refused, s.refused);
         WorkerCounters::set(&c.auth_failures, s.auth_failures);
         WorkerCounters::set(&c.streams_relayed, s.streams_relayed);
-        let u = &self.udp.counters;
-        WorkerCounters::set(&c.udp_sessions, self.udp.len() as u64);
+        let u = self.session.udp_counters();
+        WorkerCounters::set(&c.udp_sessions, self.session.udp_count() as u64);
         WorkerCounters::set(&c.udp_sessions_opened, u.sessions_opened);
         WorkerCounters::set(&c.udp_sessions_refused, u.sessions_refused);
         WorkerCounters::set(&c.udp_datagrams_in, u.datagrams_in);
         WorkerCounters::set(&c.udp_datagrams_out, u.datagrams_out);
-        WorkerCounters::set(&c.udp_dropped, u.dropped + u.refused);
+        WorkerCounters::set(&c.udp_dropped, u.dropped + u.refused + self.udp.dropped);
     }
 }
 
@@ -657,19 +680,16 @@ impl App for Hy2App {
         self.commands(io);
         let draining = self.link.as_ref().is_some_and(|l| l.control.draining());
         self.session.set_draining(draining);
-        self.answers(io);
+        self.answers();
         let now = io.now;
         self.session.handle_timeout(now);
         self.perform(io);
-        let timeout = self.cfg().udp_idle_timeout;
-        self.udp.expire(io, now, timeout);
         self.publish(io);
         self.publish_busy(io);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let session = self.session.poll_timeout(Instant::now());
-        session.into_iter().chain(self.udp.next_expiry()).min()
+        self.session.poll_timeout(Instant::now())
     }
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
@@ -727,34 +747,23 @@ impl App for Hy2App {
                 }
             }
             Event::DatagramReceived => {
-                let Some(c) = self.conns.get(&ch) else {
+                let Some(conn) = self.conns.get(&ch).map(|c| c.id) else {
                     return;
                 };
-                let Some(user) = self.session.udp_user(c.id) else {
-                    // Drain and drop: UDP before auth or with UDP disabled.
-                    if let Some(qc) = io.conn(ch) {
-                        while qc.datagrams().recv().is_some() {}
-                    }
-                    return;
-                };
-                let cfg = self.session.config().clone();
-                let off = self
-                    .offload
-                    .get_or_insert_with(|| self.pool.client(io.driver.waker()));
-                let out = udp::Outbound {
-                    limits: &cfg.limits,
-                    guard: &cfg.guard,
-                    dns: off,
-                    idle_timeout: cfg.udp_idle_timeout,
-                };
-                self.udp.on_datagrams(io, ch, user, &out);
+                let now = io.now;
+                let Some(qc) = io.conn(ch) else { return };
+                // Read all: the session drops them unseen before auth or with UDP off.
+                while let Some(d) = qc.datagrams().recv() {
+                    self.session.datagram(now, conn, d);
+                }
+                self.perform(io);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
                 if let Some(conn) = self.conns.get(&ch).map(|c| c.id) {
                     self.session.connection_lost(conn);
                     self.perform(io);
-                    self.forget(io, conn);
+                    self.forget(conn);
                 }
             }
             _ => {}
@@ -763,9 +772,9 @@ impl App for Hy2App {
 
     fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
         let relay = match Token::decode(c.token) {
-            Token::Udp(_) => return self.udp.on_completion(io, c),
+            Token::Udp(udp) => return self.on_udp(io, udp, c),
             Token::Relay(relay) => relay,
-            Token::Orphan | Token::Job(_) => return,
+            Token::Orphan | Token::Job(_) | Token::UdpLookup(_) => return,
         };
         let Some(r) = self.relays.get_mut(&relay) else {
             // The relay is gone (its connect timed out, or the client left): a connect that
@@ -785,6 +794,29 @@ impl App for Hy2App {
         r.account(io.now);
         if after == After::Remove {
             self.relay_done(io, relay);
+        }
+        self.perform(io);
+    }
+}
+
+impl Hy2App {
+    /// A UDP session's socket operation completed.
+    fn on_udp(&mut self, io: &mut Io<'_>, udp: UdpId, c: Completion) {
+        let done = self.udp.on_completion(udp, c);
+        self.udp.pump(io, udp);
+        match done {
+            Some(Done::Sent) => self.session.udp_sent(io.now, udp),
+            Some(Done::Received { from, payload }) => {
+                let max = self
+                    .session
+                    .udp_conn(udp)
+                    .and_then(|conn| self.handle(conn))
+                    .and_then(|ch| io.conn(ch))
+                    .and_then(|qc| qc.datagrams().max_size());
+                self.session.udp_received(io.now, udp, from, &payload, max);
+            }
+            Some(Done::Closed) => self.session.udp_closed(udp),
+            None => {}
         }
         self.perform(io);
     }

@@ -16,6 +16,7 @@
 mod caps;
 #[cfg(test)]
 mod tests;
+mod udp;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -28,6 +29,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use self::caps::Parked;
+pub use self::udp::{LookupId, UdpCounters, UdpId};
 use super::speedtest::is_speedtest_addr;
 use super::{Authenticator, Hy2Config, Masquerade};
 use crate::limits::admission::UnauthPermit;
@@ -126,6 +128,24 @@ pub enum Action {
         ok: Vec<u8>,
         first: Vec<u8>,
     },
+    /// Open the UDP session's socket; [`Session::udp_open_failed`] if it cannot be.
+    UdpOpen(UdpId),
+    /// Send `payload` to `addr` from the session's socket (the adapter bounds what waits).
+    UdpSend {
+        udp: UdpId,
+        addr: SocketAddr,
+        payload: Vec<u8>,
+    },
+    /// Look a destination of a UDP session up; [`Session::udp_resolved`] brings the answer.
+    UdpResolve {
+        lookup: LookupId,
+        host: String,
+        port: u16,
+    },
+    /// Send a DATAGRAM (a UDPMessage) to the client.
+    Datagram { conn: ConnId, bytes: Vec<u8> },
+    /// Close the session's socket; [`Session::udp_closed`] follows.
+    UdpClose(UdpId),
 }
 
 /// Work for the rooms off the data path.
@@ -270,6 +290,7 @@ pub struct Session {
     draining: bool,
     rng: StdRng,
     actions: VecDeque<Action>,
+    udp: udp::Udp,
     pub counters: Counters,
 }
 
@@ -293,6 +314,7 @@ impl Session {
             draining: false,
             rng,
             actions: VecDeque::new(),
+            udp: udp::Udp::default(),
             counters: Counters::default(),
         }
     }
@@ -381,6 +403,7 @@ impl Session {
         let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
+        self.close_conn_udp(conn);
         self.withheld.remove(&conn);
         for (_, s) in c.streams.drain() {
             if let Stream::Relay(relay) = s {
@@ -939,10 +962,11 @@ impl Session {
         let relays = self.connect_deadlines.peek().map(|Reverse((at, _))| *at);
         let auth = self.auth_deadlines.peek().map(|Reverse((at, _))| *at);
         let caps = self.caps_deadline(now);
-        relays.into_iter().chain(auth).chain(caps).min()
+        let udp = self.udp_deadline();
+        relays.into_iter().chain(auth).chain(caps).chain(udp).min()
     }
 
-    /// Connect timeouts, auth deadlines, and another look at the caps.
+    /// Connect timeouts, auth deadlines, another look at the caps, idle UDP sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&Reverse((at, relay))) = self.connect_deadlines.peek() {
             if at > now {
@@ -973,6 +997,7 @@ impl Session {
         if self.caps_deadline(now).is_some() {
             self.recheck_caps(now);
         }
+        self.expire_udp(now);
     }
 }
 

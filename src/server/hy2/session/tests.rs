@@ -13,10 +13,13 @@ use quinn_proto::{Dir, Side, StreamId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::limits::Caps;
 use crate::proto::h3::ResponseReader;
 use crate::proto::tcp::TcpResponse;
+use crate::proto::udp::{fragment, Defragger, UdpMessage};
 use crate::server::guard::OutboundGuard;
 
 const CLIENT: &str = "192.0.2.7:40000";
@@ -78,6 +81,14 @@ struct Adapter {
     failed: Vec<(RelayId, Vec<u8>)>,
     aborted: Vec<RelayId>,
     speed_tests: Vec<(ConnId, StreamId)>,
+    /// UDP sockets open, until closed.
+    udp_socks: HashSet<UdpId>,
+    /// Datagrams sent from session sockets: session, destination, payload.
+    udp_sent: Vec<(UdpId, SocketAddr, Vec<u8>)>,
+    udp_lookups: Vec<(LookupId, String, u16)>,
+    /// DATAGRAMs sent to clients.
+    datagrams: Vec<(ConnId, Vec<u8>)>,
+    udp_closing: Vec<UdpId>,
 }
 
 struct Harness {
@@ -160,6 +171,19 @@ impl Harness {
                     self.s.relay_closed(relay);
                 }
                 Action::SpeedTest { conn, stream, .. } => self.a.speed_tests.push((conn, stream)),
+                Action::UdpOpen(udp) => assert!(self.a.udp_socks.insert(udp)),
+                Action::UdpSend { udp, addr, payload } => {
+                    assert!(self.a.udp_socks.contains(&udp), "send on a closed socket");
+                    self.a.udp_sent.push((udp, addr, payload));
+                }
+                Action::UdpResolve { lookup, host, port } => {
+                    self.a.udp_lookups.push((lookup, host, port))
+                }
+                Action::Datagram { conn, bytes } => self.a.datagrams.push((conn, bytes)),
+                Action::UdpClose(udp) => {
+                    assert!(self.a.udp_socks.remove(&udp), "closed twice");
+                    self.a.udp_closing.push(udp);
+                }
             }
         }
     }
@@ -239,6 +263,15 @@ impl Harness {
             .map(|c| c.0)
             .or_else(|| self.s.relays().find(|v| v.stream == stream).map(|v| v.id))
             .unwrap_or_else(|| panic!("no relay on {stream}"))
+    }
+
+    /// Sends a UDP payload to `addr` in session `id`, in `frags` fragments.
+    fn udp(&mut self, conn: ConnId, id: u32, addr: &str, payload: &[u8], frags: usize) {
+        let max = crate::proto::udp::header_len(addr.len()) + payload.len().div_ceil(frags);
+        for d in fragment(id, 9, addr, payload, max).unwrap() {
+            self.s.datagram(self.now, conn, Bytes::from(d));
+        }
+        self.step();
     }
 
     fn streams_held(&self) -> u64 {
@@ -721,4 +754,142 @@ fn the_masquerade_answers_other_requests_in_place_or_off_the_data_path() {
     h.send(conn, bidi(0), &get, true);
     assert_eq!(h.status(conn, bidi(0)), 200);
     assert!(h.a.jobs.is_empty());
+}
+
+// ---- UDP sessions ----
+
+#[test]
+fn a_udp_session_relays_both_ways_with_fragments() {
+    let mut h = Harness::new(password());
+    let conn = h.client();
+    let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    h.udp(conn, 5, TARGET, &payload, 3);
+    assert_eq!(h.a.udp_socks.len(), 1);
+    let (udp, addr, sent) = h.a.udp_sent[0].clone();
+    assert_eq!((addr, sent.len()), (TARGET.parse().unwrap(), 3000));
+    assert_eq!(sent, payload, "the fragments are put back together");
+    assert_eq!(h.s.udp_counters().datagrams_in, 3);
+
+    // A 4,000-byte reply, fragmented to a 1,000-byte DATAGRAM size.
+    let reply: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+    h.s.udp_received(h.now, udp, TARGET.parse().unwrap(), &reply, Some(1000));
+    h.step();
+    assert!(h.a.datagrams.len() >= 5);
+    let mut defrag = Defragger::default();
+    let mut whole = None;
+    for (c, d) in &h.a.datagrams {
+        assert_eq!(*c, conn);
+        assert!(d.len() <= 1000);
+        let msg = UdpMessage::parse(Bytes::from(d.clone())).unwrap();
+        assert_eq!((msg.session_id, msg.addr.as_str()), (5, TARGET));
+        whole = defrag.feed(msg).unwrap().or(whole);
+    }
+    assert_eq!(whole.expect("a whole reply").payload.as_ref(), &reply[..]);
+    assert_eq!(h.limits().user("user").traffic(false), (3000, 4000));
+}
+
+#[test]
+fn each_name_of_a_udp_session_gets_its_own_answer() {
+    let mut h = Harness::new(password());
+    let conn = h.client();
+    h.udp(conn, 1, "a.example:53", b"to a", 1);
+    h.udp(conn, 1, "b.example:53", b"to b", 1);
+    h.udp(conn, 1, "a.example:53", b"to a again", 1);
+    assert_eq!(h.a.udp_lookups.len(), 2, "one lookup per name");
+    let (la, ..) = h.a.udp_lookups[0].clone();
+    let (lb, ..) = h.a.udp_lookups[1].clone();
+    let (ip_a, ip_b) = (
+        "192.0.2.1:0".parse().unwrap(),
+        "192.0.2.2:0".parse().unwrap(),
+    );
+    // Answered in the other order.
+    h.s.udp_resolved(lb, Ok(vec![ip_b]));
+    h.s.udp_resolved(la, Ok(vec![ip_a]));
+    h.step();
+    let sent: Vec<(String, Vec<u8>)> =
+        h.a.udp_sent
+            .iter()
+            .map(|(_, a, p)| (a.to_string(), p.clone()))
+            .collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("192.0.2.2:53".into(), b"to b".to_vec()),
+            ("192.0.2.1:53".into(), b"to a".to_vec()),
+            ("192.0.2.1:53".into(), b"to a again".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn udp_before_auth_or_to_loopback_goes_nowhere() {
+    let mut h = Harness::new(password());
+    let stranger = h.connect_from(CLIENT);
+    h.udp(stranger, 1, TARGET, b"x", 1);
+    assert!(h.a.udp_socks.is_empty());
+    assert_eq!(h.s.udp_counters().datagrams_in, 0);
+
+    let conn = h.client();
+    h.udp(conn, 1, "127.0.0.1:53", b"x", 1);
+    assert!(h.a.udp_sent.is_empty());
+    assert_eq!(h.s.udp_counters().refused, 1);
+    h.udp(conn, 1, "localhost:53", b"y", 1);
+    let (lookup, ..) = h.a.udp_lookups[0].clone();
+    h.s.udp_resolved(lookup, Ok(vec!["127.0.0.1:0".parse().unwrap()]));
+    h.step();
+    assert!(h.a.udp_sent.is_empty());
+    assert_eq!(h.s.udp_counters().refused, 2);
+
+    // A datagram that does not parse is dropped and counted.
+    h.s.datagram(h.now, conn, Bytes::from_static(&[0xff, 0xff]));
+    assert_eq!(h.s.udp_counters().dropped, 1);
+}
+
+#[test]
+fn udp_sessions_idle_out_and_give_their_socket_back() {
+    let mut h = Harness::new(password());
+    let conn = h.client();
+    h.udp(conn, 1, TARGET, b"x", 1);
+    h.udp(conn, 2, TARGET, b"x", 1);
+    assert_eq!(h.limits().sockets.held(), 2);
+    let (first, ..) = h.a.udp_sent[0].clone();
+    h.advance(Duration::from_secs(30));
+    h.s.udp_received(h.now, first, TARGET.parse().unwrap(), b"reply", Some(1200));
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.a.udp_closing.len(), 1, "only the idle one closes");
+    assert_eq!(h.s.udp_count(), 1);
+    let closed = h.a.udp_closing[0];
+    assert_ne!(closed, first);
+    assert_eq!(
+        h.limits().sockets.held(),
+        2,
+        "held until the socket is closed"
+    );
+    h.s.udp_closed(closed);
+    assert_eq!(h.limits().sockets.held(), 1);
+
+    // The connection goes: its sessions close too; a late reply lands nowhere.
+    h.s.connection_lost(conn);
+    h.step();
+    assert_eq!(h.a.udp_closing.len(), 2);
+    h.s.udp_received(h.now, first, TARGET.parse().unwrap(), b"late", Some(1200));
+    h.step();
+    assert_eq!(h.a.datagrams.len(), 1);
+    h.s.udp_closed(first);
+    assert_eq!(h.limits().sockets.held(), 0);
+}
+
+#[test]
+fn a_spent_socket_budget_refuses_new_udp_sessions() {
+    let mut cfg = password();
+    cfg.limits = Limits::new(Caps::default(), Some(crate::limits::FD_RESERVE + 1));
+    let mut h = Harness::new(cfg);
+    let conn = h.client();
+    h.udp(conn, 1, TARGET, b"x", 1);
+    h.udp(conn, 2, TARGET, b"x", 1);
+    assert_eq!(h.a.udp_socks.len(), 1);
+    assert_eq!(h.s.udp_counters().sessions_refused, 1);
+    // The first session still works.
+    h.udp(conn, 1, TARGET, b"y", 1);
+    assert_eq!(h.a.udp_sent.len(), 2);
 }

@@ -1,0 +1,370 @@
+//! UDP sessions: client DATAGRAMs (UDPMessage, possibly fragmented) relayed through one
+//! unconnected UDP socket per session, replies wrapped back with the session ID.
+//!
+//! As in the reference server: the first datagram of an unknown session ID opens the
+//! session; one session may reach many destinations (each checked by the outbound guard,
+//! the fix of GHSA-vgrc-hq28-p3xp); a session closes after `udpIdleTimeout` without
+//! traffic either way; malformed datagrams are dropped and counted. Replies are fragmented
+//! to the connection's DATAGRAM size and never exceed 1200 bytes per frame.
+//!
+//! Each lookup of a destination has its own id, answered for that destination of that
+//! session only. The adapter owns the sockets ([`Action::UdpOpen`], [`Action::UdpSend`],
+//! [`Action::UdpClose`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Action, ConnId, Session};
+use crate::limits::{SocketPermit, User};
+use crate::proto::tcp::{split_host_port, Host};
+use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
+
+/// Datagrams of one session waiting for DNS answers.
+const MAX_UNRESOLVED: usize = 64;
+/// Destinations a session remembers the address of.
+const MAX_RESOLVED: usize = 256;
+
+/// A UDP session, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UdpId(pub u64);
+
+/// A DNS lookup for one destination of one UDP session, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// Counters of the UDP path.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpCounters {
+    pub sessions_opened: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Malformed or undeliverable client datagrams.
+    pub dropped: u64,
+    /// Destinations refused by the outbound guard.
+    pub refused: u64,
+    /// Sessions not opened: the outbound-socket budget was spent (their datagrams dropped).
+    pub sessions_refused: u64,
+}
+
+struct UdpSession {
+    conn: ConnId,
+    id: u32,
+    last_active: Instant,
+    defrag: Defragger,
+    /// Datagrams waiting for a DNS answer: host:port, payload. A destination has one lookup
+    /// in flight exactly while it has datagrams here.
+    unresolved: VecDeque<(String, Vec<u8>)>,
+    /// Resolved and allowed destinations (bounded).
+    resolved: HashMap<String, SocketAddr>,
+    next_packet_id: u16,
+    /// Whose traffic counters the payloads go to.
+    user: Option<Arc<User>>,
+    /// Its socket is being closed; the session goes when the adapter says it is.
+    closing: bool,
+    /// The session's socket, counted in the server's outbound-socket budget until closed.
+    _socket: SocketPermit,
+}
+
+/// A lookup in flight: for which destination of which session.
+struct Lookup {
+    udp: UdpId,
+    target: String,
+}
+
+#[derive(Default)]
+pub(super) struct Udp {
+    sessions: HashMap<UdpId, UdpSession>,
+    by_id: HashMap<(ConnId, u32), UdpId>,
+    lookups: HashMap<LookupId, Lookup>,
+    /// No session can idle out before this (sessions only get later as they are used):
+    /// `expire_udp` scans the table only from then on.
+    next_expiry: Option<Instant>,
+    pub counters: UdpCounters,
+}
+
+impl Session {
+    /// A DATAGRAM from the client. Dropped unseen before authentication or with UDP off.
+    pub fn datagram(&mut self, now: Instant, conn: ConnId, data: Bytes) {
+        let Some(user) = self.udp_user(conn) else {
+            return;
+        };
+        let u = &mut self.udp;
+        u.counters.datagrams_in += 1;
+        let Ok(msg) = UdpMessage::parse(data) else {
+            u.counters.dropped += 1;
+            return;
+        };
+        let udp = match u.by_id.get(&(conn, msg.session_id)) {
+            Some(&udp) => udp,
+            None => match self.open_udp(now, conn, msg.session_id, user) {
+                Some(udp) => udp,
+                None => return,
+            },
+        };
+        let u = &mut self.udp;
+        let Some(s) = u.sessions.get_mut(&udp) else {
+            return;
+        };
+        s.last_active = now;
+        let msg = match s.defrag.feed(msg) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(_) => {
+                u.counters.dropped += 1;
+                return;
+            }
+        };
+        let payload = msg.payload.to_vec();
+        // Counted as received from the client, whether or not it can be delivered.
+        if let Some(user) = &s.user {
+            user.add_traffic(payload.len() as u64, 0);
+        }
+        if let Some(&addr) = s.resolved.get(&msg.addr) {
+            self.actions
+                .push_back(Action::UdpSend { udp, addr, payload });
+            return;
+        }
+        match split_host_port(&msg.addr) {
+            Ok((Host::Ip(ip), port)) => {
+                if self.cfg.guard.check(ip).is_err() {
+                    u.counters.refused += 1;
+                    return;
+                }
+                let addr = SocketAddr::new(ip, port);
+                if s.resolved.len() < MAX_RESOLVED {
+                    s.resolved.insert(msg.addr, addr);
+                }
+                self.actions
+                    .push_back(Action::UdpSend { udp, addr, payload });
+            }
+            Ok((Host::Domain(host), port)) => {
+                if s.unresolved.len() >= MAX_UNRESOLVED {
+                    u.counters.dropped += 1;
+                    return;
+                }
+                let in_flight = s.unresolved.iter().any(|(a, _)| *a == msg.addr);
+                s.unresolved.push_back((msg.addr.clone(), payload));
+                if !in_flight {
+                    // A lookup of its own, answered for this destination only.
+                    self.last_id += 1;
+                    let lookup = LookupId(self.last_id);
+                    let target = msg.addr;
+                    self.udp.lookups.insert(lookup, Lookup { udp, target });
+                    self.actions
+                        .push_back(Action::UdpResolve { lookup, host, port });
+                }
+            }
+            Err(_) => u.counters.dropped += 1,
+        }
+    }
+
+    fn open_udp(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: u32,
+        user: Option<Arc<User>>,
+    ) -> Option<UdpId> {
+        let Some(socket) = self.cfg.limits.acquire_socket() else {
+            self.udp.counters.sessions_refused += 1;
+            self.udp.counters.dropped += 1;
+            crate::warn_limited!("UDP session refused: the outbound-socket budget is spent");
+            return None;
+        };
+        self.last_id += 1;
+        let udp = UdpId(self.last_id);
+        let u = &mut self.udp;
+        u.sessions.insert(
+            udp,
+            UdpSession {
+                conn,
+                id,
+                last_active: now,
+                defrag: Defragger::default(),
+                unresolved: VecDeque::new(),
+                resolved: HashMap::new(),
+                next_packet_id: 1,
+                user,
+                closing: false,
+                _socket: socket,
+            },
+        );
+        u.by_id.insert((conn, id), udp);
+        u.counters.sessions_opened += 1;
+        let at = now + self.cfg.udp_idle_timeout;
+        u.next_expiry = Some(u.next_expiry.map_or(at, |n| n.min(at)));
+        self.actions.push_back(Action::UdpOpen(udp));
+        Some(udp)
+    }
+
+    /// The adapter could not open the session's socket: the session goes, its datagrams
+    /// with it.
+    pub fn udp_open_failed(&mut self, udp: UdpId) {
+        if let Some(s) = self.udp.sessions.remove(&udp) {
+            self.udp.by_id.remove(&(s.conn, s.id));
+            self.udp.counters.dropped += 1;
+        }
+    }
+
+    /// A DNS answer for one destination of a session: its datagrams go to the first allowed
+    /// address (or are refused); those to other destinations keep waiting for their own
+    /// answers. An answer for a session that is gone is dropped.
+    pub fn udp_resolved(&mut self, lookup: LookupId, result: std::io::Result<Vec<SocketAddr>>) {
+        let u = &mut self.udp;
+        let Some(Lookup { udp, target }) = u.lookups.remove(&lookup) else {
+            return;
+        };
+        let Some(s) = u.sessions.get_mut(&udp).filter(|s| !s.closing) else {
+            return;
+        };
+        let port = split_host_port(&target).map_or(0, |(_, p)| p);
+        let allowed = result
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .find(|a| self.cfg.guard.check(a.ip()).is_ok());
+        if let Some(addr) = allowed {
+            if s.resolved.len() < MAX_RESOLVED {
+                s.resolved.insert(target.clone(), addr);
+            }
+        }
+        for (dest, payload) in std::mem::take(&mut s.unresolved) {
+            if dest != target {
+                s.unresolved.push_back((dest, payload));
+                continue;
+            }
+            match allowed {
+                Some(addr) => self
+                    .actions
+                    .push_back(Action::UdpSend { udp, addr, payload }),
+                None => u.counters.refused += 1,
+            }
+        }
+    }
+
+    /// A datagram reached the session's destination.
+    pub fn udp_sent(&mut self, now: Instant, udp: UdpId) {
+        if let Some(s) = self.udp.sessions.get_mut(&udp) {
+            s.last_active = now;
+        }
+    }
+
+    /// A reply from `from` on the session's socket: wrapped in UDPMessages, fragmented to
+    /// `max_datagram` (the connection's DATAGRAM size now; `None`: DATAGRAMs are off).
+    pub fn udp_received(
+        &mut self,
+        now: Instant,
+        udp: UdpId,
+        from: SocketAddr,
+        payload: &[u8],
+        max_datagram: Option<usize>,
+    ) {
+        let u = &mut self.udp;
+        let Some(s) = u.sessions.get_mut(&udp).filter(|s| !s.closing) else {
+            return;
+        };
+        if payload.is_empty() || payload.len() > MAX_UDP_PAYLOAD {
+            return;
+        }
+        s.last_active = now;
+        let Some(max) = max_datagram else {
+            return;
+        };
+        s.next_packet_id = s.next_packet_id.wrapping_add(1).max(1);
+        let max = max.min(MAX_UDP_MESSAGE);
+        let Ok(frags) = fragment(s.id, s.next_packet_id, &from.to_string(), payload, max) else {
+            u.counters.dropped += 1;
+            return;
+        };
+        if let Some(user) = &s.user {
+            user.add_traffic(0, payload.len() as u64);
+        }
+        u.counters.datagrams_out += frags.len() as u64;
+        for bytes in frags {
+            self.actions.push_back(Action::Datagram {
+                conn: s.conn,
+                bytes,
+            });
+        }
+    }
+
+    /// The adapter closed the session's socket: its place in the socket budget comes back.
+    pub fn udp_closed(&mut self, udp: UdpId) {
+        if let Some(s) = self.udp.sessions.remove(&udp) {
+            if self.udp.by_id.get(&(s.conn, s.id)) == Some(&udp) {
+                self.udp.by_id.remove(&(s.conn, s.id));
+            }
+        }
+    }
+
+    fn close_udp(&mut self, udp: UdpId) {
+        let u = &mut self.udp;
+        if let Some(s) = u.sessions.get_mut(&udp).filter(|s| !s.closing) {
+            s.closing = true;
+            s.unresolved.clear();
+            u.by_id.remove(&(s.conn, s.id));
+            self.actions.push_back(Action::UdpClose(udp));
+        }
+    }
+
+    /// The connection went away: its sessions close.
+    pub(super) fn close_conn_udp(&mut self, conn: ConnId) {
+        let mut gone: Vec<UdpId> = self
+            .udp
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        gone.sort();
+        for udp in gone {
+            self.close_udp(udp);
+        }
+    }
+
+    /// Closes sessions idle for `udpIdleTimeout`. Scans the table only once the earliest
+    /// possible expiry has come.
+    pub(super) fn expire_udp(&mut self, now: Instant) {
+        if self.udp.next_expiry.is_none_or(|t| t > now) {
+            return;
+        }
+        let timeout = self.cfg.udp_idle_timeout;
+        let mut idle = Vec::new();
+        let mut next = None::<Instant>;
+        for (id, s) in self.udp.sessions.iter().filter(|(_, s)| !s.closing) {
+            let at = s.last_active + timeout;
+            if at <= now {
+                idle.push(*id);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.udp.next_expiry = next;
+        idle.sort();
+        for udp in idle {
+            self.close_udp(udp);
+        }
+    }
+
+    pub(super) fn udp_deadline(&self) -> Option<Instant> {
+        self.udp.next_expiry
+    }
+
+    /// The connection a UDP session belongs to.
+    pub fn udp_conn(&self, udp: UdpId) -> Option<ConnId> {
+        self.udp.sessions.get(&udp).map(|s| s.conn)
+    }
+
+    /// Open UDP sessions.
+    pub fn udp_count(&self) -> usize {
+        self.udp.by_id.len()
+    }
+
+    pub fn udp_counters(&self) -> UdpCounters {
+        self.udp.counters
+    }
+}
