@@ -441,10 +441,16 @@ fn path_harness_loss_and_jitter() {
         (delivered - want).abs() <= 0.05,
         "{delivered:.3} of the round trips were delivered with {loss} loss each way, expected {want:.3}"
     );
+    // Delays only add up: the fastest round trip shows the configured delay, the median the
+    // jitter's centre. The slowest also carries whatever the machine's scheduler added (a
+    // loaded CI host has added 40 ms), so it bounds nothing.
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
     assert!(
-        lo + ms(1) >= rtt && hi <= rtt + 2 * jitter + ms(10),
-        "round trips {lo:?}..{hi:?} outside {rtt:?}..{:?}",
-        rtt + 2 * jitter
+        lo + ms(1) >= rtt && median <= rtt + jitter + ms(10),
+        "round trips from {lo:?}, median {median:?}: outside {rtt:?}..{:?}",
+        rtt + jitter + ms(10)
     );
     assert!(
         hi - lo >= jitter / 2 && reordered > 0,
