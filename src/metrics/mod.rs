@@ -1,6 +1,7 @@
 //! Counters. Each worker owns one [`WorkerCounters`] and is its only writer (relaxed
 //! stores, no contention); readers (tests, the metrics endpoint) sum them.
 
+pub mod http;
 pub mod limited;
 pub mod prometheus;
 pub mod traffic;

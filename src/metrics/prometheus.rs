@@ -1,12 +1,20 @@
-//! Prometheus text exposition (format 0.0.4) of the workers' counters and the caps, and a
-//! small HTTP endpoint serving it (`metrics.listen`), off the data path.
+//! Prometheus text exposition (format 0.0.4) of the workers' counters and the caps, and the
+//! `GET /metrics` endpoint serving it (`metrics.listen`) on the admin HTTP server, off the
+//! data path.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use hyper::{Method, Request};
+
+use super::http::{self, Handler, Response, TEXT};
 use super::{Snapshot, WorkerCounters};
 use crate::limits::Limits;
+
+/// The text format's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// (name, type, help, value) of each per-worker series.
 type Series = (
@@ -413,33 +421,28 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listen` from a thread of its own; `render` builds the page.
+/// Serves `GET /metrics` on `listen` from a thread of its own ([`super::http`]); `render`
+/// builds the page.
 pub fn serve(
     listen: SocketAddr,
-    render: impl Fn() -> String + Send + 'static,
+    render: impl Fn() -> String + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| format!("metrics.listen: cannot listen on {listen}: {e}"))?;
-    std::thread::Builder::new()
-        .name("quelay-metrics".into())
-        .spawn(move || {
-            let content_type = tiny_http::Header::from_bytes(
-                &b"Content-Type"[..],
-                &b"text/plain; version=0.0.4; charset=utf-8"[..],
-            )
-            .expect("static header");
-            for req in server.incoming_requests() {
-                let path = req.url().split('?').next().unwrap_or("");
-                let resp = if path == "/metrics" && *req.method() == tiny_http::Method::Get {
-                    tiny_http::Response::from_string(render()).with_header(content_type.clone())
-                } else {
-                    tiny_http::Response::from_string("not found\n").with_status_code(404)
-                };
-                let _ = req.respond(resp);
-            }
-        })
-        .map_err(|e| format!("metrics: cannot start a thread: {e}"))?;
-    Ok(())
+    http::serve(listen, "metrics.listen", "quelay-metrics", Page(render))
+}
+
+struct Page<F>(F);
+
+impl<F: Fn() -> String + Send + Sync + 'static> Handler for Page<F> {
+    /// The endpoint takes no body.
+    const MAX_BODY: usize = 0;
+
+    fn handle(&self, req: &Request<Bytes>) -> Response {
+        if req.uri().path() == "/metrics" && req.method() == Method::GET {
+            Response::new(200, CONTENT_TYPE, (self.0)())
+        } else {
+            Response::new(404, TEXT, "not found\n")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
 //! The reference server's traffic-stats HTTP API (`trafficStats`): `GET /traffic`,
-//! `GET /online`, `POST /kick`, `GET /dump/streams`, on a thread of its own, off the data
-//! path. What it reports and does comes from a [`Backend`] (the server role implements it);
+//! `GET /online`, `POST /kick`, `GET /dump/streams`, on the admin HTTP server
+//! ([`super::http`]), off the data path. What it reports and does comes from a [`Backend`] (the server role implements it);
 //! this module only speaks HTTP and JSON.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use hyper::header::{ACCEPT, AUTHORIZATION};
+use hyper::http::request::Parts;
+use hyper::{Method, Request};
 use serde_json::{json, Map, Value};
 
-/// Largest `/kick` body read (a JSON array of user IDs).
-const MAX_KICK_BODY: u64 = 1 << 20;
+use super::http::{self, Handler, Response, HTML, JSON, TEXT};
+
+/// Largest `/kick` body read (a JSON array of user IDs); a larger one is refused unread.
+const MAX_KICK_BODY: usize = 1 << 20;
 
 /// One relayed stream, as `/dump/streams` shows it (the reference's fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +36,7 @@ pub struct StreamInfo {
 }
 
 /// What the API reads and acts on.
-pub trait Backend: Send + 'static {
+pub trait Backend: Send + Sync + 'static {
     /// Per user: (tx, rx) payload bytes; `clear` resets the counters after reading.
     fn traffic(&self, clear: bool) -> Vec<(String, u64, u64)>;
     /// Per user with connections: the number of authenticated QUIC connections.
@@ -42,96 +47,86 @@ pub trait Backend: Send + 'static {
     fn dump_streams(&self) -> Vec<StreamInfo>;
 }
 
-/// Serves the API on `listen` from a thread of its own. With a non-empty `secret`, every
-/// request must carry `Authorization: <secret>` (exact match, as the reference server;
-/// compared in constant time).
+/// Serves the API on `listen` from a thread of its own ([`super::http`]). With a non-empty
+/// `secret`, every request must carry `Authorization: <secret>` (exact match, as the
+/// reference server; compared in constant time).
 pub fn serve(listen: SocketAddr, secret: String, backend: impl Backend) -> Result<(), String> {
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| format!("trafficStats.listen: cannot listen on {listen}: {e}"))?;
-    std::thread::Builder::new()
-        .name("quelay-traffic".into())
-        .spawn(move || {
-            for mut req in server.incoming_requests() {
-                let (status, ctype, body) = handle(&mut req, &secret, &backend);
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype) {
-                    resp = resp.with_header(h);
-                }
-                let _ = req.respond(resp);
-            }
-        })
-        .map_err(|e| format!("trafficStats: cannot start a thread: {e}"))?;
-    Ok(())
+    http::serve(
+        listen,
+        "trafficStats.listen",
+        "quelay-traffic",
+        Api { secret, backend },
+    )
 }
 
-const JSON: &str = "application/json; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
+struct Api<B> {
+    secret: String,
+    backend: B,
+}
 
-fn handle(
-    req: &mut tiny_http::Request,
-    secret: &str,
-    backend: &impl Backend,
-) -> (u16, &'static str, String) {
-    if !secret.is_empty() {
-        let given = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str());
-        if !given.is_some_and(|g| crate::secret::eq(g, secret)) {
-            return (401, TEXT, "unauthorized".into());
+impl<B: Backend> Handler for Api<B> {
+    const MAX_BODY: usize = MAX_KICK_BODY;
+
+    /// Without the secret, a 401 before any body is read.
+    fn early(&self, head: &Parts) -> Option<Response> {
+        if self.secret.is_empty() {
+            return None;
+        }
+        let given = head
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given.is_some_and(|g| crate::secret::eq(g, &self.secret)) {
+            None
+        } else {
+            Some(Response::new(401, TEXT, "unauthorized"))
         }
     }
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    use tiny_http::Method::{Get, Post};
-    match (req.method(), path) {
-        (Get, "/") => (200, HTML, INDEX.into()),
-        (Get, "/traffic") => {
-            let clear = query_bool(query, "clear");
-            let mut out = Map::new();
-            for (user, tx, rx) in backend.traffic(clear) {
-                out.insert(user, json!({"tx": tx, "rx": rx}));
+
+    /// `/dump/streams` waits for the workers' answers (up to two seconds).
+    fn blocks(&self, req: &Request<Bytes>) -> bool {
+        req.uri().path() == "/dump/streams"
+    }
+
+    fn handle(&self, req: &Request<Bytes>) -> Response {
+        let backend = &self.backend;
+        let query = req.uri().query().unwrap_or("");
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/") => Response::new(200, HTML, INDEX),
+            (&Method::GET, "/traffic") => {
+                let clear = query_bool(query, "clear");
+                let mut out = Map::new();
+                for (user, tx, rx) in backend.traffic(clear) {
+                    out.insert(user, json!({"tx": tx, "rx": rx}));
+                }
+                Response::new(200, JSON, Value::Object(out).to_string())
             }
-            (200, JSON, Value::Object(out).to_string())
-        }
-        (Get, "/online") => {
-            let out: BTreeMap<String, u64> = backend.online().into_iter().collect();
-            (200, JSON, json!(out).to_string())
-        }
-        (Post, "/kick") => {
-            let mut body = Vec::new();
-            if req
-                .as_reader()
-                .take(MAX_KICK_BODY)
-                .read_to_end(&mut body)
-                .is_err()
-            {
-                return (400, TEXT, "cannot read the body".into());
+            (&Method::GET, "/online") => {
+                let out: BTreeMap<String, u64> = backend.online().into_iter().collect();
+                Response::new(200, JSON, json!(out).to_string())
             }
-            match serde_json::from_slice::<Vec<String>>(&body) {
+            (&Method::POST, "/kick") => match serde_json::from_slice::<Vec<String>>(req.body()) {
                 Ok(users) => {
                     backend.kick(users);
-                    (200, TEXT, String::new())
+                    Response::new(200, TEXT, "")
                 }
-                Err(e) => (400, TEXT, format!("bad request: {e}")),
+                Err(e) => Response::new(400, TEXT, format!("bad request: {e}")),
+            },
+            (&Method::GET, "/dump/streams") => {
+                let streams = backend.dump_streams();
+                let text = req
+                    .headers()
+                    .get(ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/plain"));
+                if text {
+                    Response::new(200, TEXT, streams_table(&streams))
+                } else {
+                    Response::new(200, JSON, streams_json(&streams).to_string())
+                }
             }
+            _ => Response::new(404, TEXT, "404 page not found\n"),
         }
-        (Get, "/dump/streams") => {
-            let streams = backend.dump_streams();
-            let text = req
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Accept"))
-                .is_some_and(|h| h.value.as_str().contains("text/plain"));
-            if text {
-                (200, TEXT, streams_table(&streams))
-            } else {
-                (200, JSON, streams_json(&streams).to_string())
-            }
-        }
-        _ => (404, TEXT, "404 page not found\n".into()),
     }
 }
 
