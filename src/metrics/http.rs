@@ -225,3 +225,30 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, Response> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Hello;
+
+    impl Handler for Hello {
+        const MAX_BODY: usize = 0;
+
+        fn handle(&self, _req: &Request<Bytes>) -> Response {
+            Response::new(200, TEXT, "hello\n")
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_under_its_config_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("address");
+        let err = serve(addr, "trafficStats.listen", "quelay-test-http", Hello)
+            .expect_err("the port is taken");
+        assert!(
+            err.starts_with(&format!("trafficStats.listen: cannot listen on {addr}: ")),
+            "{err}"
+        );
+    }
+}
