@@ -491,12 +491,14 @@ impl Hy2App {
         self.session
             .relays()
             .map(|v| {
-                let (tx, rx, last_active) = match self.relays.get(&v.id) {
+                let (tx, rx, last_active_at) = match self.relays.get(&v.id) {
                     Some(r) => {
                         let (tx, rx) = r.traffic();
-                        (tx, rx, r.last_active)
+                        let idle = now.saturating_duration_since(r.last_active);
+                        (tx, rx, wall.checked_sub(idle).unwrap_or(v.created))
                     }
-                    None => (0, 0, now),
+                    // Not connecting yet: nothing has moved since the request.
+                    None => (0, 0, v.created),
                 };
                 let ch = self.handle(v.conn).map_or(0, |ch| ch.0 as u64);
                 StreamInfo {
@@ -508,9 +510,7 @@ impl Hy2App {
                     tx,
                     rx,
                     initial_at: v.created,
-                    last_active_at: wall
-                        .checked_sub(now.saturating_duration_since(last_active))
-                        .unwrap_or(v.created),
+                    last_active_at,
                 }
             })
             .collect()
