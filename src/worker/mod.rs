@@ -305,6 +305,20 @@ pub const FAULT_PANIC_ENV: &str = "QUELAY_FAULT_PANIC_WORKER";
 /// Exit status of a process that a panic took down (EX_SOFTWARE).
 pub const PANIC_EXIT: i32 = 70;
 
+/// Logs to stderr at the level `QUELAY_LOG` names (default `info`), for every binary of the
+/// project.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files, pipes or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// The panic policy of the relay processes: a panic in any thread (a worker, a helper
 /// thread) ends the process with one clear log line and exit status [`PANIC_EXIT`], so the
 /// service manager restarts it whole. A worker that died alone would leave its socket
