@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use super::http_proxy::{self, ProxyRequest, ProxyRequestReader};
 use super::pool::{Pool, PoolConfig};
 use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
 use super::stats::PoolStats;
+use super::token::{self, token, TokenKind};
 use super::udp::{Udp, UdpForward};
-use crate::engine::{Completion, SockOp};
+use crate::engine::{Completion, Sock, SockOp};
 use crate::proto::tcp::{self, TcpRequest, TcpResponse};
 use crate::worker::pipe::{After, Ends, Pipe, STREAM_ABORT};
 use crate::worker::{App, Io};
@@ -37,23 +38,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes drained from a refused connection before it is closed anyway.
 const LINGER_BYTES: usize = 1 << 20;
-
-/// Token kinds (top 4 bits); the rest is a slab key (low 32 bits) and a generation.
-const TOKEN_LISTENER: u64 = 1 << 60;
-const TOKEN_LOCAL: u64 = 2 << 60;
-pub(super) const TOKEN_UDP: u64 = 3 << 60;
-const KIND_MASK: u64 = 0xf << 60;
-
-pub(super) fn token(kind: u64, key: usize, gen: u32) -> u64 {
-    kind | (u64::from(gen) & 0x0fff_ffff) << 32 | key as u64
-}
-
-fn split(token: u64) -> (usize, u32) {
-    (
-        (token & 0xffff_ffff) as usize,
-        ((token >> 32) & 0x0fff_ffff) as u32,
-    )
-}
 
 /// What a local listener offers.
 #[derive(Clone, Debug)]
@@ -89,7 +73,7 @@ pub struct ClientShared {
 }
 
 struct Listener {
-    fd: RawFd,
+    sock: Sock,
     front: Front,
     /// Accepts posted and not completed.
     posted: usize,
@@ -113,7 +97,7 @@ enum Phase {
         since: Instant,
         early: Vec<u8>,
     },
-    /// Bytes flow; `pipe.fd()` is unset until the handshake's last send completed.
+    /// Bytes flow; `pipe.sock()` is unset until the handshake's last send completed.
     Relay(Pipe),
     /// A SOCKS5 UDP association: the TCP connection is held until the app closes it.
     Udp {
@@ -129,7 +113,7 @@ enum Phase {
 
 struct Local {
     gen: u32,
-    fd: RawFd,
+    sock: Sock,
     peer: SocketAddr,
     front: Front,
     phase: Phase,
@@ -194,8 +178,8 @@ impl ClientApp {
         };
         for (sock, front) in sockets.tcp {
             match io.driver.adopt(sock) {
-                Ok(fd) => self.listeners.push(Listener {
-                    fd,
+                Ok(sock) => self.listeners.push(Listener {
+                    sock,
                     front,
                     posted: 0,
                 }),
@@ -204,7 +188,7 @@ impl ClientApp {
         }
         for (sock, fwd) in sockets.udp {
             match io.driver.adopt(sock) {
-                Ok(fd) => self.udp.add_forwarder(io, fd, fwd),
+                Ok(sock) => self.udp.add_forwarder(io, sock, fwd),
                 Err(e) => tracing::error!("cannot use a UDP forwarding socket: {e}"),
             }
         }
@@ -215,7 +199,8 @@ impl ClientApp {
         for (i, l) in self.listeners.iter_mut().enumerate() {
             while l.posted < ACCEPTS_PER_LISTENER {
                 l.posted += 1;
-                io.driver.tcp_accept(l.fd, token(TOKEN_LISTENER, i, 0));
+                io.driver
+                    .tcp_accept(l.sock, token(TokenKind::Listener, i, 0));
             }
         }
     }
@@ -226,23 +211,25 @@ impl ClientApp {
         };
         l.posted = l.posted.saturating_sub(1);
         let front = l.front.clone();
-        match c.result {
-            Ok(fd) => {
+        match (c.result, c.accepted) {
+            (Ok(_), Some(sock)) => {
                 let peer = c
                     .peer
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                self.add_local(io, fd as RawFd, peer, front);
+                self.add_local(io, sock, peer, front);
                 self.post_accepts(io);
             }
-            Err(e) => {
+            // The engine hands over the socket with every accept that succeeds.
+            (Ok(_), None) => self.post_accepts(io),
+            (Err(e), _) => {
                 crate::warn_limited!("accept: {e}; retrying in {ACCEPT_RETRY:?}");
                 self.accept_retry = Some(io.now + ACCEPT_RETRY);
             }
         }
     }
 
-    fn add_local(&mut self, io: &mut Io<'_>, fd: RawFd, peer: SocketAddr, front: Front) {
-        self.generation = self.generation % 0x0fff_ffff + 1;
+    fn add_local(&mut self, io: &mut Io<'_>, sock: Sock, peer: SocketAddr, front: Front) {
+        self.generation = self.generation % token::GEN_MASK + 1;
         let gen = self.generation;
         let (phase, target) = match &front {
             Front::Socks5 { auth, .. } => (
@@ -260,7 +247,7 @@ impl ClientApp {
         };
         let key = self.locals.insert(Local {
             gen,
-            fd,
+            sock,
             peer,
             front,
             phase,
@@ -285,9 +272,9 @@ impl ClientApp {
         if !l.receiving && !l.closing {
             l.receiving = true;
             io.driver.tcp_recv(
-                l.fd,
+                l.sock,
                 Vec::with_capacity(HANDSHAKE_CHUNK),
-                token(TOKEN_LOCAL, key, l.gen),
+                token(TokenKind::Local, key, l.gen),
             );
         }
     }
@@ -542,7 +529,7 @@ impl ClientApp {
                     tracing::trace!("stream {id} finished with its response");
                 }
                 if !l.sending {
-                    pipe.attach(l.fd);
+                    pipe.attach(l.sock);
                 }
                 l.phase = Phase::Relay(pipe);
                 return self.pump(io, key);
@@ -561,7 +548,7 @@ impl ClientApp {
 
     fn pump(&mut self, io: &mut Io<'_>, key: usize) {
         let l = &mut self.locals[key];
-        let tok = token(TOKEN_LOCAL, key, l.gen);
+        let tok = token(TokenKind::Local, key, l.gen);
         if let Phase::Relay(pipe) = &mut l.phase {
             if pipe.pump(io, tok) == After::Remove {
                 self.remove(io, key);
@@ -635,7 +622,7 @@ impl ClientApp {
             return;
         };
         if drained == 0 && !l.receiving {
-            io.driver.tcp_shutdown_write(l.fd);
+            io.driver.tcp_shutdown_write(l.sock);
         }
         if drained >= LINGER_BYTES {
             return self.close(io, key);
@@ -655,7 +642,8 @@ impl ClientApp {
         let l = &mut self.locals[key];
         if !l.closing {
             l.closing = true;
-            io.driver.sock_close(l.fd, token(TOKEN_LOCAL, key, l.gen));
+            io.driver
+                .sock_close(l.sock, token(TokenKind::Local, key, l.gen));
         }
     }
 
@@ -686,7 +674,7 @@ impl ClientApp {
         let l = &mut self.locals[key];
         // The pipe owns the socket's operations once attached.
         if let Phase::Relay(pipe) = &mut l.phase {
-            if pipe.fd().is_some() {
+            if pipe.sock().is_some() {
                 if pipe.on_completion(io, c, tok) == After::Remove {
                     self.remove(io, key);
                 }
@@ -709,7 +697,7 @@ impl ClientApp {
                 flush(io, key, l);
                 if !l.sending {
                     if let Phase::Relay(pipe) = &mut l.phase {
-                        pipe.attach(l.fd);
+                        pipe.attach(l.sock);
                         return self.pump(io, key);
                     }
                 }
@@ -864,7 +852,7 @@ impl ClientApp {
                 Some(l) if l.gen == gen => {}
                 _ => continue,
             }
-            let tok = token(TOKEN_LOCAL, key, gen);
+            let tok = token(TokenKind::Local, key, gen);
             let l = &mut self.locals[key];
             match &mut l.phase {
                 Phase::Opening { .. } => self.refuse(
@@ -873,8 +861,8 @@ impl ClientApp {
                     Refusal::Server("the connection to the server was lost".into()),
                 ),
                 Phase::Relay(pipe) => {
-                    if pipe.fd().is_none() {
-                        pipe.attach(l.fd);
+                    if pipe.sock().is_none() {
+                        pipe.attach(l.sock);
                     }
                     if pipe.abort(io, tok) == After::Remove {
                         self.remove(io, key);
@@ -958,7 +946,7 @@ fn flush(io: &mut Io<'_>, key: usize, l: &mut Local) {
         l.sending = true;
         let buf = std::mem::take(&mut l.out);
         io.driver
-            .tcp_send(l.fd, buf, token(TOKEN_LOCAL, key, l.gen));
+            .tcp_send(l.sock, buf, token(TokenKind::Local, key, l.gen));
     }
 }
 
@@ -1050,15 +1038,14 @@ impl App for ClientApp {
     }
 
     fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
-        let (key, gen) = split(c.token);
-        match c.token & KIND_MASK {
-            TOKEN_LISTENER => self.on_accept(io, key, c),
-            TOKEN_LOCAL => self.on_local(io, key, gen, c),
-            TOKEN_UDP => self.udp.on_completion(io, c, &self.pool),
-            _ => {
+        match token::split(c.token) {
+            (TokenKind::Listener, key, _) => self.on_accept(io, key, c),
+            (TokenKind::Local, key, gen) => self.on_local(io, key, gen, c),
+            (TokenKind::Udp, ..) => self.udp.on_completion(io, c, &self.pool),
+            (TokenKind::Orphan, ..) => {
                 // A socket handed to us for nobody (an accept after its listener closed).
-                if let (SockOp::Accept, Ok(fd)) = (c.op, &c.result) {
-                    io.driver.sock_close(*fd as RawFd, 0);
+                if let (SockOp::Accept, Some(sock)) = (c.op, c.accepted) {
+                    io.driver.sock_close(sock, token(TokenKind::Orphan, 0, 0));
                 }
             }
         }

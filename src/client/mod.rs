@@ -8,6 +8,7 @@ mod pool;
 pub mod run;
 pub mod socks5;
 mod stats;
+mod token;
 mod udp;
 
 pub use auth::{AuthError, AuthExchange};

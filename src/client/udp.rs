@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +17,12 @@ use bytes::Bytes;
 use quinn_proto::ConnectionHandle;
 use slab::Slab;
 
-use super::app::{token, TOKEN_UDP};
 use super::pool::Pool;
 use super::socks5::{self, Destination};
 use super::stats::PoolStats;
-use crate::engine::Completion;
+use super::token::{self, token, TokenKind};
 use crate::engine::SockOp;
+use crate::engine::{self, Completion};
 use crate::proto::udp::{fragment, MAX_UDP_PAYLOAD};
 use crate::proto::{Defragger, UdpMessage};
 use crate::worker::Io;
@@ -55,7 +54,7 @@ enum Kind {
 }
 
 struct Sock {
-    fd: RawFd,
+    socket: engine::Sock,
     gen: u32,
     kind: Kind,
     sends: usize,
@@ -124,10 +123,10 @@ impl Udp {
         self.next_expiry
     }
 
-    fn insert(&mut self, io: &mut Io<'_>, fd: RawFd, kind: Kind) -> usize {
-        self.gen = self.gen % 0x0fff_ffff + 1;
+    fn insert(&mut self, io: &mut Io<'_>, socket: engine::Sock, kind: Kind) -> usize {
+        self.gen = self.gen % token::GEN_MASK + 1;
         let key = self.socks.insert(Sock {
-            fd,
+            socket,
             gen: self.gen,
             kind,
             sends: 0,
@@ -140,9 +139,9 @@ impl Udp {
     fn post_recv(&mut self, io: &mut Io<'_>, key: usize) {
         let s = &self.socks[key];
         io.driver.udp_recv_from(
-            s.fd,
+            s.socket,
             Vec::with_capacity(RECV_BUF),
-            token(TOKEN_UDP, key, s.gen),
+            token(TokenKind::Udp, key, s.gen),
         );
     }
 
@@ -163,10 +162,10 @@ impl Udp {
         id
     }
 
-    pub fn add_forwarder(&mut self, io: &mut Io<'_>, fd: RawFd, fwd: UdpForward) {
+    pub fn add_forwarder(&mut self, io: &mut Io<'_>, socket: engine::Sock, fwd: UdpForward) {
         self.insert(
             io,
-            fd,
+            socket,
             Kind::Forward {
                 fwd,
                 by_src: HashMap::new(),
@@ -183,10 +182,10 @@ impl Udp {
     ) -> std::io::Result<(usize, SocketAddr)> {
         let sock = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
         let addr = sock.local_addr()?;
-        let fd = io.driver.adopt(sock.into())?;
+        let socket = io.driver.adopt(sock.into())?;
         let key = self.insert(
             io,
-            fd,
+            socket,
             Kind::Socks {
                 client_ip,
                 session: 0,
@@ -204,7 +203,8 @@ impl Udp {
         if let Some(s) = self.socks.get_mut(key) {
             if !s.closing {
                 s.closing = true;
-                io.driver.sock_close(s.fd, token(TOKEN_UDP, key, s.gen));
+                io.driver
+                    .sock_close(s.socket, token(TokenKind::Udp, key, s.gen));
             }
         }
     }
@@ -219,8 +219,7 @@ impl Udp {
     }
 
     pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &Pool) {
-        let key = (c.token & 0xffff_ffff) as usize;
-        let gen = ((c.token >> 32) & 0x0fff_ffff) as u32;
+        let (_, key, gen) = token::split(c.token);
         match self.socks.get(key) {
             Some(s) if s.gen == gen => {}
             _ => return,
@@ -415,8 +414,8 @@ impl Udp {
                 Kind::Forward { .. } => msg.payload.to_vec(),
             };
             sock.sends += 1;
-            let tok = token(TOKEN_UDP, s.sock, sock.gen);
-            io.driver.udp_send_to(sock.fd, app, buf, tok);
+            let tok = token(TokenKind::Udp, s.sock, sock.gen);
+            io.driver.udp_send_to(sock.socket, app, buf, tok);
         }
     }
 

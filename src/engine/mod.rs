@@ -188,11 +188,66 @@ pub struct TxMeta {
     pub segment_size: Option<usize>,
 }
 
+/// A socket the driver owns: one it opened (`tcp_connect`, `udp_open`), accepted or
+/// adopted. Only the engine sees the descriptor behind it; callers pass it back to the
+/// driver that handed it out, until [`Driver::sock_close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock(RawFd);
+
+impl Sock {
+    pub(in crate::engine) fn from_fd(fd: RawFd) -> Sock {
+        Sock(fd)
+    }
+
+    pub(in crate::engine) fn fd(self) -> RawFd {
+        self.0
+    }
+}
+
+/// What a caller attaches to a socket operation and gets back with its [`Completion`]:
+/// a kind (4 bits, each caller maps its own enum to it) and an id (60 bits: a slab key, a
+/// serial number, whatever the caller uses to find the operation's owner again).
+///
+/// The same layout for every caller; the engine never looks inside.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(u64);
+
+impl Token {
+    /// Number of distinct kinds.
+    pub const KINDS: u8 = 1 << Self::KIND_BITS;
+    /// Largest id a token can carry.
+    pub const ID_MAX: u64 = (1 << (64 - Self::KIND_BITS)) - 1;
+    const KIND_BITS: u32 = 4;
+
+    /// A token of `kind` (below [`Token::KINDS`]) and `id` (at most [`Token::ID_MAX`]).
+    /// Both are the caller's own constants and counters, never input: a value out of range
+    /// is a bug and panics.
+    pub const fn new(kind: u8, id: u64) -> Token {
+        assert!(kind < Self::KINDS, "token kind out of range");
+        assert!(id <= Self::ID_MAX, "token id out of range");
+        Token(((kind as u64) << (64 - Self::KIND_BITS)) | id)
+    }
+
+    pub const fn kind(self) -> u8 {
+        (self.0 >> (64 - Self::KIND_BITS)) as u8
+    }
+
+    pub const fn id(self) -> u64 {
+        self.0 & Self::ID_MAX
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}:{})", self.kind(), self.id())
+    }
+}
+
 /// A socket operation the driver performs on behalf of the relay (TCP connections and UDP
 /// session sockets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockOp {
-    /// Result: the connected socket's fd.
+    /// Result: 0; `sock` is the socket `tcp_connect` returned, now connected.
     Connect,
     /// Result: bytes read into the buffer (0 = EOF).
     Recv,
@@ -204,24 +259,27 @@ pub enum SockOp {
     SendTo,
     /// Result: 0.
     Close,
-    /// Result: the accepted socket's fd (non-blocking, CLOEXEC, TCP_NODELAY set, owned by
-    /// the driver until `sock_close`); `peer`: its remote address (IPv4-mapped IPv6
-    /// reported as IPv4).
+    /// Result: 0; `accepted`: the new socket (non-blocking, CLOEXEC, TCP_NODELAY set,
+    /// owned by the driver until `sock_close`); `peer`: its remote address (IPv4-mapped
+    /// IPv6 reported as IPv4).
     Accept,
 }
 
 /// Completion of a socket operation; `buf` is the buffer handed to the driver, returned.
 #[derive(Debug)]
 pub struct Completion {
-    pub token: u64,
+    pub token: Token,
     pub op: SockOp,
-    pub fd: RawFd,
+    /// The socket the operation ran on (for `Accept`, the listener).
+    pub sock: Sock,
     pub result: io::Result<usize>,
     pub buf: Vec<u8>,
     /// `RecvFrom`: the datagram's source, `Accept`: the connection's remote address (both
     /// with IPv4-mapped IPv6 reported as IPv4); `None` for every other operation and for
     /// failures.
     pub peer: Option<SocketAddr>,
+    /// `Accept`: the accepted socket; `None` for every other operation and for failures.
+    pub accepted: Option<Sock>,
 }
 
 /// Something a driver reports from `reap`.
@@ -299,7 +357,7 @@ impl Default for DriverConfig {
 /// A worker's I/O: one UDP socket plus the relay's socket operations, on io_uring or epoll.
 ///
 /// Socket operations complete through `reap` as [`Event::Sock`], each carrying back its
-/// buffer and `token`. Several may be pending on one fd; their completion order is only
+/// buffer and `token`. Several may be pending on one socket; their completion order is only
 /// promised by epoll, so a TCP stream should keep one receive and one send at a time.
 pub trait Driver: Send {
     fn kind(&self) -> IoKind;
@@ -322,45 +380,46 @@ pub trait Driver: Send {
     fn waker(&self) -> Waker;
     fn stats(&self) -> EngineStats;
     /// Starts a non-blocking TCP connect; completes with `SockOp::Connect`. Returns the
-    /// socket's fd, which is the caller's from now on whatever the outcome: it always ends
+    /// socket, which is the caller's from now on whatever the outcome: it always ends
     /// with `sock_close`. A close while the connect is pending cancels it (the Connect
     /// completes with ECANCELED, then the Close), so a target that never answers holds no
     /// socket past the caller's own timeout.
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd>;
+    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock>;
     /// Reads into `buf` (its spare capacity up to `buf.capacity()`; contents replaced).
-    fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token);
     /// Writes all of `buf` (or part; the completion says how much).
-    fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    fn tcp_send(&mut self, sock: Sock, buf: Vec<u8>, token: Token);
     /// Half-closes a TCP socket for writing (the peer reads EOF; replies still arrive).
-    /// Synchronous; call it when no send on `fd` is in flight.
-    fn tcp_shutdown_write(&mut self, fd: RawFd) {
-        let _ = sys::shutdown_write(fd);
+    /// Synchronous; call it when no send on `sock` is in flight.
+    fn tcp_shutdown_write(&mut self, sock: Sock) {
+        let _ = sys::shutdown_write(sock.fd());
     }
     /// Opens a non-blocking UDP socket bound to `bind` (port 0: ephemeral; an IPv6 address
     /// makes it dual-stack) with [`SESSION_SOCKET_BUFFER`] buffers, for one relayed UDP
-    /// session. Synchronous. The fd belongs to the driver until [`Driver::sock_close`].
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd>;
+    /// session. Synchronous. The socket belongs to the driver until [`Driver::sock_close`].
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock>;
     /// Receives one datagram into `buf` (up to `buf.capacity()`; contents replaced);
     /// completes with `SockOp::RecvFrom` and the source in `peer`. A datagram longer than
     /// the capacity is dropped and reported as EMSGSIZE.
-    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64);
+    fn udp_recv_from(&mut self, sock: Sock, buf: Vec<u8>, token: Token);
     /// Sends `buf` as one datagram to `dest` (an IPv4 `dest` from a dual-stack socket is
     /// mapped); completes with `SockOp::SendTo`.
-    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64);
+    fn udp_send_to(&mut self, sock: Sock, dest: SocketAddr, buf: Vec<u8>, token: Token);
     /// Takes ownership of a socket bound elsewhere (a listening TCP socket, or a bound UDP
     /// socket such as a forwarder's SO_REUSEPORT socket): makes it non-blocking and from now
-    /// on treats it like its own fds (`tcp_accept`, `udp_recv_from`/`udp_send_to` for UDP,
-    /// `tcp_recv`/`tcp_send`, `sock_close`). Returns its raw fd. For UDP the family is found
-    /// with getsockname (an IPv6 socket maps IPv4 destinations, as `udp_open` sockets do).
+    /// on treats it like its own sockets (`tcp_accept`, `udp_recv_from`/`udp_send_to` for
+    /// UDP, `tcp_recv`/`tcp_send`, `sock_close`). Returns its [`Sock`]. For UDP the family is
+    /// found with getsockname (an IPv6 socket maps IPv4 destinations, as `udp_open` sockets
+    /// do).
     /// Synchronous; an error closes the socket.
-    fn adopt(&mut self, sock: std::os::fd::OwnedFd) -> io::Result<RawFd>;
+    fn adopt(&mut self, sock: std::os::fd::OwnedFd) -> io::Result<Sock>;
     /// Accepts one connection on an adopted listening socket; completes with
     /// `SockOp::Accept`. Errors (EMFILE, ENFILE, ECONNABORTED, ...) complete with `Err` and
     /// the listener stays usable; the caller posts the next accept.
-    fn tcp_accept(&mut self, listener: RawFd, token: u64);
-    /// Closes an fd this driver handed out or adopted (TCP or UDP): first completes the
+    fn tcp_accept(&mut self, listener: Sock, token: Token);
+    /// Closes a socket this driver handed out or adopted (TCP or UDP): first completes the
     /// operations pending on it with ECANCELED, then itself with `SockOp::Close`.
-    fn sock_close(&mut self, fd: RawFd, token: u64);
+    fn sock_close(&mut self, sock: Sock, token: Token);
 }
 
 /// Opens a driver on an already bound UDP socket.

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// A token with id `id` (the engine never looks at the kind).
+fn tok(id: u64) -> Token {
+    Token::new(0, id)
+}
+
 fn drivers() -> Vec<IoKind> {
     vec![IoKind::Epoll, IoKind::Uring]
 }
@@ -210,9 +215,9 @@ fn tcp_connect_send_recv_close() {
             s.read_exact(&mut buf).unwrap();
             s.write_all(&buf).unwrap();
         });
-        d.tcp_connect(addr, 1).unwrap();
+        d.tcp_connect(addr, tok(1)).unwrap();
         let mut step = 0;
-        let mut fd = -1;
+        let mut fd = None;
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut echoed = Vec::new();
         while step < 4 && Instant::now() < deadline {
@@ -226,22 +231,23 @@ fn tcp_connect_send_recv_close() {
             for c in done {
                 match (step, c.op) {
                     (0, SockOp::Connect) => {
-                        fd = c.result.expect("connect") as RawFd;
-                        d.tcp_send(fd, b"hello".to_vec(), 2);
+                        c.result.expect("connect");
+                        fd = Some(c.sock);
+                        d.tcp_send(c.sock, b"hello".to_vec(), tok(2));
                         step = 1;
                     }
                     (1, SockOp::Send) => {
                         assert_eq!(c.result.unwrap(), 5);
-                        d.tcp_recv(fd, Vec::with_capacity(64), 3);
+                        d.tcp_recv(fd.unwrap(), Vec::with_capacity(64), tok(3));
                         step = 2;
                     }
                     (2, SockOp::Recv) => {
                         let n = c.result.unwrap();
                         echoed.extend_from_slice(&c.buf[..n]);
                         if echoed.len() < 5 {
-                            d.tcp_recv(fd, c.buf, 3);
+                            d.tcp_recv(fd.unwrap(), c.buf, tok(3));
                         } else {
-                            d.sock_close(fd, 4);
+                            d.sock_close(fd.unwrap(), tok(4));
                             step = 3;
                         }
                     }
@@ -268,7 +274,7 @@ fn tcp_connect_refused_reports_error() {
             .unwrap()
             .local_addr()
             .unwrap();
-        d.tcp_connect(addr, 9).unwrap();
+        d.tcp_connect(addr, tok(9)).unwrap();
         let mut result = None;
         let deadline = Instant::now() + Duration::from_secs(5);
         while result.is_none() && Instant::now() < deadline {
@@ -284,9 +290,9 @@ fn tcp_connect_refused_reports_error() {
     }
 }
 
-/// The kernel inode behind `fd`, as /proc names it (`socket:[N]`).
-fn fd_link(fd: RawFd) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+/// The kernel inode behind `sock`, as /proc names it (`socket:[N]`).
+fn fd_link(sock: Sock) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", sock.fd())).ok()
 }
 
 #[test]
@@ -305,7 +311,7 @@ fn closing_a_pending_connect_cancels_it_and_frees_the_socket() {
     assert!(!fillers.is_empty(), "could not fill the accept queue");
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
-        let fd = d.tcp_connect(addr, 5).unwrap();
+        let fd = d.tcp_connect(addr, tok(5)).unwrap();
         let sock = fd_link(fd).expect("the connecting socket");
         let mut seen = Vec::new();
         let until = Instant::now() + Duration::from_millis(300);
@@ -321,7 +327,7 @@ fn closing_a_pending_connect_cancels_it_and_frees_the_socket() {
             seen.is_empty(),
             "{kind}: the connect did not hang: {seen:?}"
         );
-        d.sock_close(fd, 6);
+        d.sock_close(fd, tok(6));
         let deadline = Instant::now() + Duration::from_secs(1);
         while seen.len() < 2 && Instant::now() < deadline {
             d.wait(Some(Duration::from_millis(20))).unwrap();
@@ -439,7 +445,8 @@ fn tcp_close_cancels_pending_recv() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        d.tcp_connect(listener.local_addr().unwrap(), 1).unwrap();
+        d.tcp_connect(listener.local_addr().unwrap(), tok(1))
+            .unwrap();
         // Never accepted: the handshake completes in the backlog and nothing is sent.
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -455,16 +462,17 @@ fn tcp_close_cancels_pending_recv() {
                 seen.push(c.op);
                 match c.op {
                     SockOp::Connect => {
-                        let fd = c.result.expect("connect") as RawFd;
+                        c.result.expect("connect");
+                        let fd = c.sock;
                         // Nothing will arrive: the receive stays pending until the close.
-                        d.tcp_recv(fd, Vec::with_capacity(64), 2);
+                        d.tcp_recv(fd, Vec::with_capacity(64), tok(2));
                         d.wait(Some(Duration::from_millis(10))).unwrap();
-                        d.sock_close(fd, 3);
+                        d.sock_close(fd, tok(3));
                     }
                     SockOp::Recv => {
                         let e = c.result.expect_err("cancelled receive");
                         assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
-                        assert_eq!((c.token, c.buf.capacity() >= 64), (2, true), "{kind}");
+                        assert_eq!((c.token.id(), c.buf.capacity() >= 64), (2, true), "{kind}");
                     }
                     SockOp::Close => assert_eq!(c.result.unwrap(), 0, "{kind}"),
                     other => panic!("{kind}: unexpected {other:?}"),
@@ -486,19 +494,20 @@ fn uring_drop_with_operations_in_flight() {
     // Dropped with receives, a wakeup read and a TCP receive in the kernel.
     let mut d = open_driver(IoKind::Uring, &DriverConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    d.tcp_connect(listener.local_addr().unwrap(), 1).unwrap();
+    d.tcp_connect(listener.local_addr().unwrap(), tok(1))
+        .unwrap();
     let mut fd = None;
     let deadline = Instant::now() + Duration::from_secs(5);
     while fd.is_none() && Instant::now() < deadline {
         d.wait(Some(Duration::from_millis(20))).unwrap();
         d.reap(8, &mut |ev| {
             if let Event::Sock(c) = ev {
-                fd = c.result.ok().map(|f| f as RawFd);
+                fd = c.result.is_ok().then_some(c.sock);
             }
         });
     }
     let fd = fd.expect("connected");
-    d.tcp_recv(fd, Vec::with_capacity(4096), 2);
+    d.tcp_recv(fd, Vec::with_capacity(4096), tok(2));
     d.wait(Some(Duration::ZERO)).unwrap();
     let start = Instant::now();
     drop(d);
@@ -507,7 +516,7 @@ fn uring_drop_with_operations_in_flight() {
         "cancelled, not timed out"
     );
     // SAFETY: the fd came from the Connect completion and nothing else uses it.
-    unsafe { libc::close(fd) };
+    unsafe { libc::close(fd.fd()) };
 }
 
 #[test]
@@ -618,9 +627,9 @@ fn have_ipv6() -> bool {
 }
 
 /// The local address of a socket the driver owns.
-fn sock_name(fd: RawFd) -> SocketAddr {
+fn sock_name(sock: Sock) -> SocketAddr {
     // SAFETY: borrows the driver's fd; ManuallyDrop never closes it.
-    let s = ManuallyDrop::new(unsafe { UdpSocket::from_raw_fd(fd) });
+    let s = ManuallyDrop::new(unsafe { UdpSocket::from_raw_fd(sock.fd()) });
     s.local_addr().unwrap()
 }
 
@@ -645,10 +654,15 @@ fn drive(d: &mut dyn Driver, mut on: impl FnMut(&mut dyn Driver, Completion) -> 
 }
 
 /// Closes `fd` and checks the Close completion.
-fn close_session(kind: IoKind, d: &mut dyn Driver, fd: RawFd) {
-    d.sock_close(fd, 99);
+fn close_session(kind: IoKind, d: &mut dyn Driver, fd: Sock) {
+    d.sock_close(fd, tok(99));
     let closed = drive(d, |_, c| {
-        assert_eq!((c.op, c.token, c.fd), (SockOp::Close, 99, fd), "{kind}");
+        assert_eq!(
+            (c.op, c.token.id(), c.sock),
+            (SockOp::Close, 99, fd),
+            "{kind}"
+        );
+        assert!(c.accepted.is_none(), "{kind}");
         assert_eq!(c.result.unwrap(), 0, "{kind}");
         true
     });
@@ -674,17 +688,17 @@ fn udp_session_round_trip_reports_peer() {
             let fd = d.udp_open(bind.parse().unwrap()).unwrap();
             let local = sock_name(fd);
             assert_ne!(local.port(), 0, "{kind}: ephemeral port");
-            d.udp_recv_from(fd, Vec::with_capacity(2048), 1);
-            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), 2);
+            d.udp_recv_from(fd, Vec::with_capacity(2048), tok(1));
+            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), tok(2));
             let mut seen = Vec::new();
             let done = drive(d.as_mut(), |_, c| {
-                assert_eq!(c.fd, fd, "{kind}");
+                assert_eq!(c.sock, fd, "{kind}");
                 match c.op {
                     SockOp::SendTo => {
-                        assert_eq!((c.token, c.result.unwrap(), c.peer), (2, 4, None));
+                        assert_eq!((c.token.id(), c.result.unwrap(), c.peer), (2, 4, None));
                     }
                     SockOp::RecvFrom => {
-                        assert_eq!((c.token, c.result.unwrap()), (1, 4), "{kind}");
+                        assert_eq!((c.token.id(), c.result.unwrap()), (1, 4), "{kind}");
                         assert_eq!(c.buf, b"ping", "{kind}");
                         // An IPv4 peer of a dual-stack socket comes back as IPv4.
                         assert_eq!(c.peer, Some(echo.addr), "{kind} {bind}");
@@ -709,10 +723,10 @@ fn udp_session_is_full_cone() {
         let (a, b) = (Echo::bind("127.0.0.1:0"), Echo::bind("127.0.0.1:0"));
         let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
         for token in [1, 2] {
-            d.udp_recv_from(fd, Vec::with_capacity(2048), token);
+            d.udp_recv_from(fd, Vec::with_capacity(2048), tok(token));
         }
-        d.udp_send_to(fd, a.addr, b"to a".to_vec(), 3);
-        d.udp_send_to(fd, b.addr, b"to b".to_vec(), 4);
+        d.udp_send_to(fd, a.addr, b"to a".to_vec(), tok(3));
+        d.udp_send_to(fd, b.addr, b"to b".to_vec(), tok(4));
         let mut replies = Vec::new();
         let mut sent = 0;
         let done = drive(d.as_mut(), |_, c| {
@@ -749,24 +763,24 @@ fn udp_session_close_cancels_pending_recv() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
         // Nothing will arrive: the receive stays pending until the close.
-        d.udp_recv_from(fd, Vec::with_capacity(1500), 7);
+        d.udp_recv_from(fd, Vec::with_capacity(1500), tok(7));
         d.wait(Some(Duration::from_millis(10))).unwrap();
         d.reap(8, &mut |ev| {
             if let Event::Sock(c) = ev {
                 panic!("{kind}: early completion {c:?}");
             }
         });
-        d.sock_close(fd, 8);
+        d.sock_close(fd, tok(8));
         let mut seen = Vec::new();
         drive(d.as_mut(), |_, c| {
             match c.op {
                 SockOp::RecvFrom => {
                     let e = c.result.expect_err("cancelled receive");
                     assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
-                    assert_eq!((c.token, c.peer), (7, None), "{kind}");
+                    assert_eq!((c.token.id(), c.peer), (7, None), "{kind}");
                     assert!(c.buf.capacity() >= 1500, "{kind}: buffer returned");
                 }
-                SockOp::Close => assert_eq!((c.token, c.result.unwrap()), (8, 0), "{kind}"),
+                SockOp::Close => assert_eq!((c.token.id(), c.result.unwrap()), (8, 0), "{kind}"),
                 other => panic!("{kind}: unexpected {other:?}"),
             }
             seen.push(c.op);
@@ -789,9 +803,9 @@ fn udp_session_errors_are_completions() {
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         // Longer than the buffer: reported, not silently cut.
         tx.send_to(&[7u8; 100], to).unwrap();
-        d.udp_recv_from(fd, Vec::with_capacity(10), 1);
+        d.udp_recv_from(fd, Vec::with_capacity(10), tok(1));
         // An IPv6 destination from an IPv4 socket: the kernel refuses it.
-        d.udp_send_to(fd, "[::1]:9".parse().unwrap(), vec![0; 8], 2);
+        d.udp_send_to(fd, "[::1]:9".parse().unwrap(), vec![0; 8], tok(2));
         let mut errors = Vec::new();
         drive(d.as_mut(), |_, c| {
             errors.push((c.op, c.result.map_err(|e| e.raw_os_error())));
@@ -826,14 +840,14 @@ fn udp_session_1000_datagrams_round_trip() {
         let echo = Echo::bind("127.0.0.1:0");
         let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
         for t in 0..RECVS {
-            d.udp_recv_from(fd, Vec::with_capacity(2048), t);
+            d.udp_recv_from(fd, Vec::with_capacity(2048), tok(t));
         }
         let mut got = HashSet::new();
         let (mut sent, mut send_done) = (0u32, 0u32);
         let deadline = Instant::now() + Duration::from_secs(20);
         while (got.len() < N as usize || send_done < N) && Instant::now() < deadline {
             while sent < N && sent - (got.len() as u32) < WINDOW {
-                d.udp_send_to(fd, echo.addr, dgram(sent), 1000 + sent as u64);
+                d.udp_send_to(fd, echo.addr, dgram(sent), tok(1000 + sent as u64));
                 sent += 1;
             }
             d.wait(Some(Duration::from_millis(20))).unwrap();
@@ -846,7 +860,7 @@ fn udp_session_1000_datagrams_round_trip() {
             for c in done {
                 match c.op {
                     SockOp::SendTo => {
-                        let n = (c.token - 1000) as u32;
+                        let n = (c.token.id() - 1000) as u32;
                         assert_eq!(c.result.unwrap(), dgram(n).len(), "{kind}: send {n}");
                         send_done += 1;
                     }
@@ -869,7 +883,7 @@ fn udp_session_1000_datagrams_round_trip() {
             "{kind}: every datagram back"
         );
         // The receives still posted are cancelled by the close.
-        d.sock_close(fd, 99);
+        d.sock_close(fd, tok(99));
         let mut cancelled = 0;
         let closed = drive(d.as_mut(), |_, c| {
             if c.op == SockOp::RecvFrom {
@@ -894,7 +908,7 @@ fn udp_session_sockets_close_with_the_driver() {
         let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
         let local = sock_name(fd);
         // A receive in the kernel when the driver goes.
-        d.udp_recv_from(fd, Vec::with_capacity(1500), 1);
+        d.udp_recv_from(fd, Vec::with_capacity(1500), tok(1));
         d.wait(Some(Duration::ZERO)).unwrap();
         drop(d);
         // The port is free again: the driver closed the socket it owned.
@@ -904,8 +918,8 @@ fn udp_session_sockets_close_with_the_driver() {
 
 // ---- adopted sockets: TCP listeners and UDP sockets bound elsewhere ----
 
-/// Adopts a std listener on 127.0.0.1: its fd and address.
-fn adopt_listener(d: &mut dyn Driver) -> (RawFd, SocketAddr) {
+/// Adopts a std listener on 127.0.0.1: its socket and address.
+fn adopt_listener(d: &mut dyn Driver) -> (Sock, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     (d.adopt(OwnedFd::from(listener)).unwrap(), addr)
@@ -918,34 +932,39 @@ fn tcp_accept_echo() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let (lfd, addr) = adopt_listener(d.as_mut());
-        d.tcp_accept(lfd, 1);
+        d.tcp_accept(lfd, tok(1));
         let mut client = TcpStream::connect(addr).unwrap();
         let mut accepted = None;
         let done = drive(d.as_mut(), |_, c| {
-            assert_eq!((c.op, c.token, c.fd), (SockOp::Accept, 1, lfd), "{kind}");
-            accepted = Some((c.result.expect("accept") as RawFd, c.peer));
+            assert_eq!(
+                (c.op, c.token.id(), c.sock),
+                (SockOp::Accept, 1, lfd),
+                "{kind}"
+            );
+            assert_eq!(c.result.expect("accept"), 0, "{kind}");
+            accepted = Some((c.accepted.expect("accepted socket"), c.peer));
             true
         });
         assert!(done, "{kind}: accepted");
         let (fd, peer) = accepted.unwrap();
         assert_eq!(peer, Some(client.local_addr().unwrap()), "{kind}: peer");
         // SAFETY: borrows the driver's fd; ManuallyDrop never closes it.
-        let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd.fd()) });
         assert!(s.nodelay().unwrap(), "{kind}: TCP_NODELAY");
         // The driver echoes what it reads, one receive or send at a time.
         let data = payload(3, LEN);
         client.write_all(&data).unwrap();
-        d.tcp_recv(fd, Vec::with_capacity(4096), 2);
+        d.tcp_recv(fd, Vec::with_capacity(4096), tok(2));
         let mut echoed = 0;
         let done = drive(d.as_mut(), |d, c| {
-            assert_eq!(c.fd, fd, "{kind}");
+            assert_eq!(c.sock, fd, "{kind}");
             let n = c.result.unwrap();
             match c.op {
-                SockOp::Recv => d.tcp_send(fd, c.buf, 3),
-                SockOp::Send if n < c.buf.len() => d.tcp_send(fd, c.buf[n..].to_vec(), 3),
+                SockOp::Recv => d.tcp_send(fd, c.buf, tok(3)),
+                SockOp::Send if n < c.buf.len() => d.tcp_send(fd, c.buf[n..].to_vec(), tok(3)),
                 SockOp::Send => {
                     echoed += n;
-                    d.tcp_recv(fd, c.buf, 2);
+                    d.tcp_recv(fd, c.buf, tok(2));
                 }
                 other => panic!("{kind}: unexpected {other:?}"),
             }
@@ -959,7 +978,7 @@ fn tcp_accept_echo() {
         client.read_exact(&mut back).unwrap();
         assert!(back == data, "{kind}: echo intact");
         // The receive still posted is cancelled by the close.
-        d.sock_close(fd, 98);
+        d.sock_close(fd, tok(98));
         let closed = drive(d.as_mut(), |_, c| c.op == SockOp::Close);
         assert!(closed, "{kind}");
         assert_eq!(client.read(&mut back).unwrap(), 0, "{kind}: EOF");
@@ -972,14 +991,16 @@ fn tcp_two_accepts_pending() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let (lfd, addr) = adopt_listener(d.as_mut());
-        d.tcp_accept(lfd, 1);
-        d.tcp_accept(lfd, 2);
+        d.tcp_accept(lfd, tok(1));
+        d.tcp_accept(lfd, tok(2));
         d.wait(Some(Duration::from_millis(10))).unwrap();
         let clients = [addr; 2].map(|a| TcpStream::connect(a).unwrap());
         let mut got = Vec::new();
         let done = drive(d.as_mut(), |_, c| {
-            assert_eq!((c.op, c.fd), (SockOp::Accept, lfd), "{kind}");
-            got.push((c.token, c.result.expect("accept") as RawFd, c.peer.unwrap()));
+            assert_eq!((c.op, c.sock), (SockOp::Accept, lfd), "{kind}");
+            c.result.expect("accept");
+            let accepted = c.accepted.expect("accepted socket");
+            got.push((c.token.id(), accepted, c.peer.unwrap()));
             got.len() == 2
         });
         assert!(done, "{kind}: both accepted ({got:?})");
@@ -1003,23 +1024,23 @@ fn tcp_close_cancels_pending_accept() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let (lfd, addr) = adopt_listener(d.as_mut());
         // Nobody connects: the accept stays pending until the close.
-        d.tcp_accept(lfd, 1);
+        d.tcp_accept(lfd, tok(1));
         d.wait(Some(Duration::from_millis(10))).unwrap();
         d.reap(8, &mut |ev| {
             if let Event::Sock(c) = ev {
                 panic!("{kind}: early completion {c:?}");
             }
         });
-        d.sock_close(lfd, 2);
+        d.sock_close(lfd, tok(2));
         let mut seen = Vec::new();
         drive(d.as_mut(), |_, c| {
             match c.op {
                 SockOp::Accept => {
                     let e = c.result.expect_err("cancelled accept");
                     assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{kind}");
-                    assert_eq!((c.token, c.peer), (1, None), "{kind}");
+                    assert_eq!((c.token.id(), c.peer), (1, None), "{kind}");
                 }
-                SockOp::Close => assert_eq!((c.token, c.result.unwrap()), (2, 0), "{kind}"),
+                SockOp::Close => assert_eq!((c.token.id(), c.result.unwrap()), (2, 0), "{kind}"),
                 other => panic!("{kind}: unexpected {other:?}"),
             }
             seen.push(c.op);
@@ -1047,15 +1068,15 @@ fn udp_adopted_socket_round_trip() {
             let local = sock.local_addr().unwrap();
             let fd = d.adopt(OwnedFd::from(sock)).unwrap();
             // Posted first: a socket left blocking would hang the epoll driver here.
-            d.udp_recv_from(fd, Vec::with_capacity(2048), 1);
-            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), 2);
+            d.udp_recv_from(fd, Vec::with_capacity(2048), tok(1));
+            d.udp_send_to(fd, echo.addr, b"ping".to_vec(), tok(2));
             let mut seen = Vec::new();
             let done = drive(d.as_mut(), |_, c| {
-                assert_eq!(c.fd, fd, "{kind}");
+                assert_eq!(c.sock, fd, "{kind}");
                 match c.op {
-                    SockOp::SendTo => assert_eq!((c.token, c.result.unwrap()), (2, 4)),
+                    SockOp::SendTo => assert_eq!((c.token.id(), c.result.unwrap()), (2, 4)),
                     SockOp::RecvFrom => {
-                        assert_eq!((c.token, c.result.unwrap()), (1, 4), "{kind}");
+                        assert_eq!((c.token.id(), c.result.unwrap()), (1, 4), "{kind}");
                         assert_eq!(c.buf, b"ping", "{kind}");
                         assert_eq!(c.peer, Some(echo.addr), "{kind} {bind}");
                     }
@@ -1084,7 +1105,7 @@ fn adopted_sockets_close_with_the_driver() {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let local = udp.local_addr().unwrap();
         d.adopt(OwnedFd::from(udp)).unwrap();
-        d.tcp_accept(lfd, 1);
+        d.tcp_accept(lfd, tok(1));
         d.wait(Some(Duration::ZERO)).unwrap();
         drop(d);
         // The ports are free again: the driver closed the sockets it owned.
@@ -1140,4 +1161,20 @@ fn rx_buffers_are_reused_once_released_and_copied_when_pinned() {
     let rx = receive_into(&mut b, 1200, 7);
     assert!(!rx.copy);
     assert!(rx.data.iter().all(|&x| x == 7));
+}
+
+#[test]
+fn tokens_keep_kind_and_id_apart() {
+    for (kind, id) in [(0, 0), (Token::KINDS - 1, Token::ID_MAX), (3, 42)] {
+        let t = Token::new(kind, id);
+        assert_eq!((t.kind(), t.id()), (kind, id));
+    }
+    assert_ne!(Token::new(1, 5), Token::new(2, 5));
+    assert_eq!(format!("{:?}", Token::new(2, 5)), "Token(2:5)");
+}
+
+#[test]
+#[should_panic(expected = "token kind out of range")]
+fn token_kind_out_of_range_is_a_bug() {
+    let _ = Token::new(Token::KINDS, 0);
 }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::config;
-use crate::engine::Waker;
+use crate::engine::{Token, Waker};
 use crate::resolve::Resolver;
 
 /// What a job produced.
@@ -32,7 +32,7 @@ pub enum Outcome {
 
 /// A job's outcome, tagged with the caller's token.
 pub struct Answer {
-    pub token: u64,
+    pub token: Token,
     pub outcome: Outcome,
 }
 
@@ -70,7 +70,7 @@ type Work = Box<dyn FnOnce() -> Outcome + Send>;
 
 struct Job {
     work: Work,
-    token: u64,
+    token: Token,
     reply: Sender<Answer>,
     waker: Waker,
 }
@@ -280,7 +280,7 @@ pub struct OffloadClient {
 impl OffloadClient {
     /// Starts a lookup; the answer arrives through `answers()` with `token`. Fails at once
     /// when the resolver's queue is full.
-    pub fn lookup(&self, host: &str, port: u16, token: u64) -> io::Result<()> {
+    pub fn lookup(&self, host: &str, port: u16, token: Token) -> io::Result<()> {
         let (reply, waker) = (self.reply.clone(), self.waker.clone());
         self.resolver.lookup(
             host,
@@ -297,7 +297,7 @@ impl OffloadClient {
 
     /// Runs `work` in `class`'s room; its outcome arrives through `answers()` with `token`.
     /// Fails at once when that room's queue is full.
-    pub fn run(&self, class: Class, token: u64, work: Work) -> io::Result<()> {
+    pub fn run(&self, class: Class, token: Token, work: Work) -> io::Result<()> {
         let room = match class {
             Class::Auth => &self.auth,
             Class::Masquerade => &self.masquerade,
@@ -364,7 +364,7 @@ mod tests {
                 let _ = gate.lock().map(|g| g.recv());
                 Outcome::Auth(Ok(None))
             });
-            c.run(Class::Auth, i as u64, work)
+            c.run(Class::Auth, Token::new(0, i as u64), work)
         };
         for i in 0..AUTH_POOL.threads {
             stall(i).unwrap();
@@ -394,14 +394,17 @@ mod tests {
         );
         // The other rooms answer.
         let work: Work = Box::new(|| Outcome::Response(b"page".to_vec()));
-        c.run(Class::Masquerade, 7, work).unwrap();
-        c.lookup("127.0.0.1", 80, 8).unwrap();
+        c.run(Class::Masquerade, Token::new(1, 7), work).unwrap();
+        c.lookup("127.0.0.1", 80, Token::new(2, 8)).unwrap();
         let answers = collect(&c, 2);
-        let mut tokens: Vec<u64> = answers.iter().map(|a| a.token).collect();
+        let mut tokens: Vec<(u8, u64)> = answers
+            .iter()
+            .map(|a| (a.token.kind(), a.token.id()))
+            .collect();
         tokens.sort_unstable();
-        assert_eq!(tokens, [7, 8]);
+        assert_eq!(tokens, [(1, 7), (2, 8)]);
         for a in answers {
-            match (a.token, a.outcome) {
+            match (a.token.id(), a.outcome) {
                 (7, Outcome::Response(r)) => assert_eq!(r, b"page"),
                 (8, Outcome::Resolved(Ok(addrs))) => {
                     assert_eq!(addrs, vec!["127.0.0.1:80".parse::<SocketAddr>().unwrap()])

@@ -12,15 +12,13 @@
 //! the QUIC stream are always closed (FIN or reset, plus STOP_SENDING), so stream credit
 //! comes back to the peer.
 
-use std::os::fd::RawFd;
-
 use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError,
 };
 
 use super::Io;
-use crate::engine::{Completion, SockOp};
+use crate::engine::{Completion, Sock, SockOp, Token};
 
 /// Bytes read from the QUIC stream that may wait for the TCP side.
 const MAX_TO_TCP: usize = 256 * 1024;
@@ -65,7 +63,7 @@ pub struct Pipe {
     pub id: StreamId,
     ends: Ends,
     /// Set once the TCP socket is connected (or accepted); nothing moves before.
-    fd: Option<RawFd>,
+    sock: Option<Sock>,
     /// QUIC → TCP bytes not yet handed to the socket.
     to_tcp: Vec<u8>,
     to_tcp_inflight: bool,
@@ -84,7 +82,7 @@ pub struct Pipe {
     quic_finished: bool,
     /// Size of the next TCP receive.
     tcp_chunk: usize,
-    /// A close of the fd has been requested.
+    /// A close of the socket has been requested.
     closing: bool,
     /// Both sides are closed or closing.
     done: bool,
@@ -113,7 +111,7 @@ impl Pipe {
             ch,
             id,
             ends,
-            fd: None,
+            sock: None,
             to_tcp,
             to_tcp_inflight: false,
             to_tcp_spare: Vec::new(),
@@ -135,12 +133,12 @@ impl Pipe {
     }
 
     /// The TCP socket is ready: bytes may flow. Call [`Pipe::pump`] next.
-    pub fn attach(&mut self, fd: RawFd) {
-        self.fd = Some(fd);
+    pub fn attach(&mut self, sock: Sock) {
+        self.sock = Some(sock);
     }
 
-    pub fn fd(&self) -> Option<RawFd> {
-        self.fd
+    pub fn sock(&self) -> Option<Sock> {
+        self.sock
     }
 
     /// Whether both sides are closed (or closing).
@@ -149,18 +147,18 @@ impl Pipe {
     }
 
     /// Answers the stream with `response`, finishes it and closes the socket, if any.
-    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: u64) -> After {
+    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: Token) -> After {
         if let Some(conn) = io.conn(self.ch) {
             let _ = conn.send_stream(self.id).write(response);
             finish_or_reset(conn, self.id);
             let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
         }
         self.done = true;
-        self.close_fd(io, token)
+        self.close_sock(io, token)
     }
 
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
-    pub fn abort(&mut self, io: &mut Io<'_>, token: u64) -> After {
+    pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
         if let Some(conn) = io.conn(self.ch) {
             let _ = conn
                 .send_stream(self.id)
@@ -170,17 +168,17 @@ impl Pipe {
                 .stop(VarInt::from_u32(STREAM_ABORT));
         }
         self.done = true;
-        self.close_fd(io, token)
+        self.close_sock(io, token)
     }
 
     /// Closes the socket: `Continue` until its Close completes, `Remove` if there is none.
-    pub fn close_fd(&mut self, io: &mut Io<'_>, token: u64) -> After {
+    pub fn close_sock(&mut self, io: &mut Io<'_>, token: Token) -> After {
         self.done = true;
         self.report(io);
-        match (self.fd, self.closing) {
-            (Some(fd), false) => {
+        match (self.sock, self.closing) {
+            (Some(sock), false) => {
                 self.closing = true;
-                io.driver.sock_close(fd, token);
+                io.driver.sock_close(sock, token);
                 After::Continue
             }
             (Some(_), true) => After::Continue,
@@ -189,7 +187,7 @@ impl Pipe {
     }
 
     /// A Send, Recv or Close of this pipe's socket completed.
-    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: u64) -> After {
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: Token) -> After {
         match c.op {
             SockOp::Send => {
                 self.to_tcp_inflight = false;
@@ -246,7 +244,7 @@ impl Pipe {
     }
 
     /// Moves bytes both ways as far as buffers and credit allow.
-    pub fn pump(&mut self, io: &mut Io<'_>, token: u64) -> After {
+    pub fn pump(&mut self, io: &mut Io<'_>, token: Token) -> After {
         let after = self.pump_inner(io, token);
         self.report(io);
         after
@@ -273,8 +271,8 @@ impl Pipe {
         }
     }
 
-    fn pump_inner(&mut self, io: &mut Io<'_>, token: u64) -> After {
-        let (Some(fd), false) = (self.fd, self.done) else {
+    fn pump_inner(&mut self, io: &mut Io<'_>, token: Token) -> After {
+        let (Some(sock), false) = (self.sock, self.done) else {
             return After::Continue;
         };
         let Some(conn) = io.conn(self.ch) else {
@@ -300,7 +298,7 @@ impl Pipe {
             if self.ends == Ends::TcpEofCloses {
                 let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
                 self.done = true;
-                return self.close_fd(io, token);
+                return self.close_sock(io, token);
             }
         }
         // QUIC → TCP: read while there is room.
@@ -341,7 +339,7 @@ impl Pipe {
             let buf = std::mem::replace(&mut self.to_tcp, spare);
             self.to_tcp_inflight = true;
             self.to_tcp_inflight_len = buf.len();
-            io.driver.tcp_send(fd, buf, token);
+            io.driver.tcp_send(sock, buf, token);
         }
         let to_tcp_flushed = !self.to_tcp_inflight && self.to_tcp.is_empty();
         if self.quic_fin && to_tcp_flushed {
@@ -352,11 +350,11 @@ impl Pipe {
                         finish_or_reset(conn, self.id);
                     }
                     self.done = true;
-                    return self.close_fd(io, token);
+                    return self.close_sock(io, token);
                 }
                 Ends::TcpEofCloses if !self.tcp_write_closed => {
                     self.tcp_write_closed = true;
-                    io.driver.tcp_shutdown_write(fd);
+                    io.driver.tcp_shutdown_write(sock);
                 }
                 Ends::TcpEofCloses => {}
             }
@@ -364,7 +362,7 @@ impl Pipe {
         if to_quic_flushed && !self.tcp_recv_inflight && !self.tcp_eof {
             let buf = Vec::with_capacity(self.tcp_chunk);
             self.tcp_recv_inflight = true;
-            io.driver.tcp_recv(fd, buf, token);
+            io.driver.tcp_recv(sock, buf, token);
         }
         After::Continue
     }

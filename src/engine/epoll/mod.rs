@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
 use super::{
-    Completion, DriverConfig, EngineStats, Event, IoKind, RxBuf, SockOp, TxMeta, GRO_BUF_SIZE,
+    Completion, DriverConfig, EngineStats, Event, IoKind, RxBuf, Sock, SockOp, Token, TxMeta,
+    GRO_BUF_SIZE,
 };
 use sock::Parked;
 
@@ -438,42 +439,45 @@ impl super::Driver for EpollDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
-        self.connect(addr, token)
+    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock> {
+        self.connect(addr, token).map(Sock::from_fd)
     }
 
-    fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.park(fd, Parked::new(SockOp::Recv, buf, token));
+    fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.park(sock.fd(), Parked::new(SockOp::Recv, buf, token));
     }
 
-    fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.park(fd, Parked::new(SockOp::Send, buf, token));
+    fn tcp_send(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.park(sock.fd(), Parked::new(SockOp::Send, buf, token));
     }
 
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
-        self.open_udp(bind)
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock> {
+        self.open_udp(bind).map(Sock::from_fd)
     }
 
-    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.park(fd, Parked::new(SockOp::RecvFrom, buf, token));
+    fn udp_recv_from(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.park(sock.fd(), Parked::new(SockOp::RecvFrom, buf, token));
     }
 
-    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64) {
+    fn udp_send_to(&mut self, sock: Sock, dest: SocketAddr, buf: Vec<u8>, token: Token) {
         let mut p = Parked::new(SockOp::SendTo, buf, token);
         p.dest = Some(dest);
-        self.park(fd, p);
+        self.park(sock.fd(), p);
     }
 
-    fn adopt(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
-        self.adopt_sock(sock)
+    fn adopt(&mut self, sock: OwnedFd) -> io::Result<Sock> {
+        self.adopt_sock(sock).map(Sock::from_fd)
     }
 
-    fn tcp_accept(&mut self, listener: RawFd, token: u64) {
-        self.park(listener, Parked::new(SockOp::Accept, Vec::new(), token));
+    fn tcp_accept(&mut self, listener: Sock, token: Token) {
+        self.park(
+            listener.fd(),
+            Parked::new(SockOp::Accept, Vec::new(), token),
+        );
     }
 
-    fn sock_close(&mut self, fd: RawFd, token: u64) {
-        self.close(fd, token);
+    fn sock_close(&mut self, sock: Sock, token: Token) {
+        self.close(sock.fd(), token);
     }
 }
 

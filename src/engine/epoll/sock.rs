@@ -12,21 +12,21 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use super::super::sys::{self, DgramMsg, RawAddr};
-use super::super::{Completion, SockOp, SESSION_SOCKET_BUFFER};
+use super::super::{Completion, Sock, SockOp, Token, SESSION_SOCKET_BUFFER};
 use super::{epoll_ctl, EpollDriver};
 
 /// A receive, accept or send waiting for its descriptor.
 pub(super) struct Parked {
     /// Recv, RecvFrom, Accept, Send or SendTo.
     op: SockOp,
-    token: u64,
+    token: Token,
     buf: Vec<u8>,
     /// SendTo: where the datagram goes.
     pub(super) dest: Option<SocketAddr>,
 }
 
 impl Parked {
-    pub(super) fn new(op: SockOp, buf: Vec<u8>, token: u64) -> Self {
+    pub(super) fn new(op: SockOp, buf: Vec<u8>, token: Token) -> Self {
         Parked {
             op,
             token,
@@ -44,7 +44,7 @@ impl Parked {
 #[derive(Default)]
 pub(super) struct SockState {
     /// Token of a connect in progress (EPOLLOUT ends it).
-    connect: Option<u64>,
+    connect: Option<Token>,
     /// Receives and accepts waiting for EPOLLIN, oldest first.
     reads: VecDeque<Parked>,
     /// Sends waiting for EPOLLOUT, oldest first.
@@ -59,7 +59,7 @@ pub(super) struct SockState {
 }
 
 impl EpollDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
+    pub(super) fn connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<RawFd> {
         let (sock, pending) = sys::tcp_connect_start(addr)?;
         let fd = sock.into_raw_fd();
         self.socks.insert(
@@ -148,14 +148,15 @@ impl EpollDriver {
             // Called on EPOLLOUT (or error): the connect has finished one way or the other.
             st.connect = None;
             // Failed or not, the fd is the caller's to close.
-            let result = sys::take_socket_error(fd).map(|()| fd as usize);
+            let result = sys::take_socket_error(fd).map(|()| 0);
             self.sock_done.push_back(Completion {
                 token,
                 op: SockOp::Connect,
-                fd,
+                sock: Sock::from_fd(fd),
                 result,
                 buf: Vec::new(),
                 peer: None,
+                accepted: None,
             });
             self.interest(fd);
             return;
@@ -177,18 +178,23 @@ impl EpollDriver {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => queue.push_front(p),
-                    result => {
+                    mut result => {
+                        let mut accepted = None;
                         if let (SockOp::Accept, Ok(new)) = (p.op, &result) {
                             // The accepted socket is the driver's, like a connected one.
-                            self.socks.insert(*new as RawFd, SockState::default());
+                            let new = *new as RawFd;
+                            self.socks.insert(new, SockState::default());
+                            accepted = Some(Sock::from_fd(new));
+                            result = Ok(0);
                         }
                         self.sock_done.push_back(Completion {
                             token: p.token,
                             op: p.op,
-                            fd,
+                            sock: Sock::from_fd(fd),
                             result,
                             buf: p.buf,
                             peer,
+                            accepted,
                         })
                     }
                 }
@@ -198,17 +204,18 @@ impl EpollDriver {
     }
 
     /// Closes `fd`: its parked operations complete with ECANCELED first.
-    pub(super) fn close(&mut self, fd: RawFd, token: u64) {
+    pub(super) fn close(&mut self, fd: RawFd, token: Token) {
         if let Some(st) = self.socks.get_mut(&fd) {
             if let Some(token) = st.connect.take() {
                 // Closing cancels a pending connect.
                 self.sock_done.push_back(Completion {
                     token,
                     op: SockOp::Connect,
-                    fd,
+                    sock: Sock::from_fd(fd),
                     result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                     buf: Vec::new(),
                     peer: None,
+                    accepted: None,
                 });
             }
             let parked: Vec<Parked> = st.reads.drain(..).chain(st.writes.drain(..)).collect();
@@ -216,16 +223,17 @@ impl EpollDriver {
                 self.sock_done.push_back(Completion {
                     token: p.token,
                     op: p.op,
-                    fd,
+                    sock: Sock::from_fd(fd),
                     result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                     buf: p.buf,
                     peer: None,
+                    accepted: None,
                 });
             }
         }
         self.forget(fd);
-        // SAFETY: the relay hands us an fd this driver gave it (Connect or Accept completion,
-        // `udp_open`, `adopt`) and stops using it with this call.
+        // SAFETY: the relay hands us a socket this driver gave it (`tcp_connect`, an Accept
+        // completion, `udp_open`, `adopt`) and stops using it with this call.
         let rc = unsafe { libc::close(fd) };
         let result = if rc == 0 {
             Ok(0)
@@ -235,10 +243,11 @@ impl EpollDriver {
         self.sock_done.push_back(Completion {
             token,
             op: SockOp::Close,
-            fd,
+            sock: Sock::from_fd(fd),
             result,
             buf: Vec::new(),
             peer: None,
+            accepted: None,
         });
     }
 

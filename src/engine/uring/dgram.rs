@@ -12,7 +12,7 @@ use std::os::fd::{IntoRawFd, RawFd};
 use io_uring::{opcode, types};
 
 use super::super::sys::{self, DgramMsg, RawAddr};
-use super::super::SESSION_SOCKET_BUFFER;
+use super::super::{Token, SESSION_SOCKET_BUFFER};
 use super::sock::{Kind, SockOpState};
 use super::{KBox, UringDriver};
 
@@ -23,7 +23,7 @@ impl UringDriver {
         Ok(fd)
     }
 
-    pub(super) fn recv_from(&mut self, fd: RawFd, mut buf: Vec<u8>, token: u64) {
+    pub(super) fn recv_from(&mut self, fd: RawFd, mut buf: Vec<u8>, token: Token) {
         buf.clear();
         let cap = buf.capacity().max(1);
         buf.reserve(cap);
@@ -39,7 +39,7 @@ impl UringDriver {
         self.start_op(SockOpState { fd, token, kind }, e);
     }
 
-    pub(super) fn send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64) {
+    pub(super) fn send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: Token) {
         let v6 = match self.udp_fds.get(&fd) {
             Some(&v6) => v6,
             // Not from `udp_open`: ask the socket (a failure shows in the send's result).

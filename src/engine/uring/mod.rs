@@ -34,7 +34,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::sys::{self, Waker};
-use super::{Completion, DriverConfig, EngineStats, Event, IoKind, TxMeta};
+use super::{Completion, DriverConfig, EngineStats, Event, IoKind, Sock, Token, TxMeta};
 
 /// `user_data` of SQEs whose completions carry nothing to act on (cancellations).
 const IGNORE: u64 = u64::MAX;
@@ -421,40 +421,40 @@ impl super::Driver for UringDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
-        self.connect(addr, token)
+    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock> {
+        self.connect(addr, token).map(Sock::from_fd)
     }
 
-    fn tcp_recv(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.recv(fd, buf, token);
+    fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.recv(sock.fd(), buf, token);
     }
 
-    fn tcp_send(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.send_tcp(fd, buf, token);
+    fn tcp_send(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.send_tcp(sock.fd(), buf, token);
     }
 
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
-        self.open_udp(bind)
+    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock> {
+        self.open_udp(bind).map(Sock::from_fd)
     }
 
-    fn udp_recv_from(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
-        self.recv_from(fd, buf, token);
+    fn udp_recv_from(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
+        self.recv_from(sock.fd(), buf, token);
     }
 
-    fn udp_send_to(&mut self, fd: RawFd, dest: SocketAddr, buf: Vec<u8>, token: u64) {
-        self.send_to(fd, dest, buf, token);
+    fn udp_send_to(&mut self, sock: Sock, dest: SocketAddr, buf: Vec<u8>, token: Token) {
+        self.send_to(sock.fd(), dest, buf, token);
     }
 
-    fn adopt(&mut self, sock: OwnedFd) -> io::Result<RawFd> {
-        self.adopt_sock(sock)
+    fn adopt(&mut self, sock: OwnedFd) -> io::Result<Sock> {
+        self.adopt_sock(sock).map(Sock::from_fd)
     }
 
-    fn tcp_accept(&mut self, listener: RawFd, token: u64) {
-        self.accept(listener, token);
+    fn tcp_accept(&mut self, listener: Sock, token: Token) {
+        self.accept(listener.fd(), token);
     }
 
-    fn sock_close(&mut self, fd: RawFd, token: u64) {
-        self.close(fd, token);
+    fn sock_close(&mut self, sock: Sock, token: Token) {
+        self.close(sock.fd(), token);
     }
 }
 

@@ -3,9 +3,9 @@
 //! themselves are built in `tcp.rs` (Connect, Accept, Recv, Send) and `dgram.rs` (RecvFrom,
 //! SendTo).
 //!
-//! Semantics match the epoll driver: Connect completes with the fd `tcp_connect` returned,
-//! which the caller closes whatever the outcome; Accept completes with the new fd (Accept
-//! with its peer, after setting TCP_NODELAY), Recv fills the buffer up to its capacity
+//! Semantics match the epoll driver: Connect completes on the socket `tcp_connect` returned,
+//! which the caller closes whatever the outcome; Accept completes with the new socket and
+//! its peer (after setting TCP_NODELAY), Recv fills the buffer up to its capacity
 //! (0 = EOF), Send reports the bytes written, RecvFrom one datagram and its source, SendTo
 //! the bytes sent; Close first completes the fd's pending operations with ECANCELED, then
 //! itself.
@@ -16,13 +16,13 @@ use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use io_uring::{opcode, squeue, types};
 
 use super::super::sys::{self, DgramMsg, RawAddr};
-use super::super::{Completion, SockOp};
+use super::super::{Completion, Sock, SockOp, Token};
 use super::{KBox, Op, UringDriver, IGNORE};
 
 /// A socket operation in flight.
 pub(super) struct SockOpState {
     pub(super) fd: RawFd,
-    pub(super) token: u64,
+    pub(super) token: Token,
     pub(super) kind: Kind,
 }
 
@@ -72,7 +72,7 @@ pub(super) struct FdState {
     /// Operations in flight other than Close.
     ops: usize,
     /// `sock_close` was called while operations were pending: its token.
-    close: Option<u64>,
+    close: Option<Token>,
 }
 
 impl UringDriver {
@@ -97,7 +97,7 @@ impl UringDriver {
         Ok(fd)
     }
 
-    pub(super) fn close(&mut self, fd: RawFd, token: u64) {
+    pub(super) fn close(&mut self, fd: RawFd, token: Token) {
         // A UDP session socket's family is not needed any more: no new sends on it.
         self.udp_fds.remove(&fd);
         self.listen_fds.remove(&fd);
@@ -113,7 +113,7 @@ impl UringDriver {
         }
     }
 
-    fn start_close(&mut self, fd: RawFd, token: u64) {
+    fn start_close(&mut self, fd: RawFd, token: Token) {
         let e = opcode::Close::new(types::Fd(fd)).build();
         let kind = Kind::Close;
         self.start_op(SockOpState { fd, token, kind }, e);
@@ -132,32 +132,36 @@ impl UringDriver {
             Err(io::Error::from_raw_os_error(-res))
         };
         let mut peer = None;
+        let mut accepted = None;
         let (op, result, buf) = match kind {
             Kind::Close => {
                 self.sock_fds.remove(&fd);
                 self.sock_done.push_back(Completion {
                     token,
                     op: SockOp::Close,
-                    fd,
+                    sock: Sock::from_fd(fd),
                     result: result.map(|_| 0),
                     buf: Vec::new(),
                     peer: None,
+                    accepted: None,
                 });
                 return;
             }
             Kind::Connect { addr } => {
                 // SAFETY: the CQE has been reaped; the kernel no longer reads the address.
                 unsafe { addr.free() };
-                (SockOp::Connect, result.map(|_| fd as usize), Vec::new())
+                (SockOp::Connect, result.map(|_| 0), Vec::new())
             }
             Kind::Accept(addr) => {
                 // SAFETY: the CQE has been reaped; the kernel is done with the address.
                 let addr = unsafe { addr.take() };
                 if let Ok(new) = result {
-                    sys::set_nodelay(new as RawFd);
+                    let new = new as RawFd;
+                    sys::set_nodelay(new);
                     peer = addr.to_socket_addr();
+                    accepted = Some(Sock::from_fd(new));
                 }
-                (SockOp::Accept, result, Vec::new())
+                (SockOp::Accept, result.map(|_| 0), Vec::new())
             }
             Kind::Recv(mut buf) => {
                 if let Ok(n) = result {
@@ -190,10 +194,11 @@ impl UringDriver {
         self.sock_done.push_back(Completion {
             token,
             op,
-            fd,
+            sock: Sock::from_fd(fd),
             result,
             buf,
             peer,
+            accepted,
         });
         if let Some(st) = self.sock_fds.get_mut(&fd) {
             st.ops = st.ops.saturating_sub(1);

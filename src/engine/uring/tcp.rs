@@ -9,11 +9,12 @@ use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::sys::RawAddr;
+use super::super::Token;
 use super::sock::{Kind, SockOpState};
 use super::{KBox, UringDriver};
 
 impl UringDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: u64) -> io::Result<RawFd> {
+    pub(super) fn connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<RawFd> {
         let domain = if addr.is_ipv4() {
             Domain::IPV4
         } else {
@@ -38,7 +39,7 @@ impl UringDriver {
     }
 
     /// One single-shot accept: non-blocking and close-on-exec like the epoll driver's.
-    pub(super) fn accept(&mut self, listener: RawFd, token: u64) {
+    pub(super) fn accept(&mut self, listener: RawFd, token: Token) {
         let addr = KBox::new(RawAddr::zeroed());
         let p = addr.ptr();
         // SAFETY: `p` points at the live RawAddr just boxed (owned by the op's slab entry
@@ -51,7 +52,7 @@ impl UringDriver {
         self.start_op(SockOpState { fd, token, kind }, e);
     }
 
-    pub(super) fn recv(&mut self, fd: RawFd, mut buf: Vec<u8>, token: u64) {
+    pub(super) fn recv(&mut self, fd: RawFd, mut buf: Vec<u8>, token: Token) {
         buf.clear();
         let cap = buf.capacity().max(1);
         buf.reserve(cap);
@@ -61,7 +62,7 @@ impl UringDriver {
         self.start_op(SockOpState { fd, token, kind }, e);
     }
 
-    pub(super) fn send_tcp(&mut self, fd: RawFd, buf: Vec<u8>, token: u64) {
+    pub(super) fn send_tcp(&mut self, fd: RawFd, buf: Vec<u8>, token: Token) {
         let len = buf.len().min(u32::MAX as usize) as u32;
         let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)

@@ -34,7 +34,7 @@ use super::guard::OutboundGuard;
 use super::masquerade::{FileMasquerade, ProxyMasquerade};
 use super::offload::{Class, Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
-use crate::engine::{Completion, SockOp};
+use crate::engine::{self, Completion, SockOp};
 use crate::limits::Limits;
 use crate::metrics::traffic::StreamInfo;
 use crate::metrics::WorkerCounters;
@@ -160,8 +160,8 @@ struct Conn {
     held: HashMap<StreamId, Held>,
 }
 
-/// The engine tokens of this role, in one layout: the top two bits say whose, the rest is
-/// the id (session ids are serial numbers, far below 2^62).
+/// The engine tokens of this role: each maps to an [`engine::Token`] of its own kind, with
+/// the session's id (a serial number) as the token's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Token {
     /// A close nobody waits for.
@@ -175,29 +175,36 @@ enum Token {
     UdpLookup(LookupId),
 }
 
-const KIND_SHIFT: u32 = 62;
-const ID_MASK: u64 = (1 << KIND_SHIFT) - 1;
+/// Kinds of [`engine::Token`] this role uses (a relay's id is never 0: id 0 is the orphan).
+const KIND_RELAY: u8 = 0;
+const KIND_JOB: u8 = 1;
+const KIND_UDP: u8 = 2;
+const KIND_UDP_LOOKUP: u8 = 3;
 
-impl Token {
-    fn encode(self) -> u64 {
-        let (kind, id) = match self {
-            Token::Orphan => (0, 0),
-            Token::Relay(r) => (0, r.0),
-            Token::Job(j) => (1, j.0),
-            Token::Udp(u) => (2, u.0),
-            Token::UdpLookup(l) => (3, l.0),
+impl From<Token> for engine::Token {
+    fn from(t: Token) -> engine::Token {
+        let (kind, id) = match t {
+            Token::Orphan => (KIND_RELAY, 0),
+            Token::Relay(r) => (KIND_RELAY, r.0),
+            Token::Job(j) => (KIND_JOB, j.0),
+            Token::Udp(u) => (KIND_UDP, u.0),
+            Token::UdpLookup(l) => (KIND_UDP_LOOKUP, l.0),
         };
-        (kind << KIND_SHIFT) | (id & ID_MASK)
+        engine::Token::new(kind, id)
     }
+}
 
-    fn decode(t: u64) -> Self {
-        let id = t & ID_MASK;
-        match t >> KIND_SHIFT {
-            0 if id == 0 => Token::Orphan,
-            0 => Token::Relay(RelayId(id)),
-            1 => Token::Job(JobId(id)),
-            2 => Token::Udp(UdpId(id)),
-            _ => Token::UdpLookup(LookupId(id)),
+impl From<engine::Token> for Token {
+    /// Every token this role hands out comes back as it was; any other is an orphan.
+    fn from(t: engine::Token) -> Token {
+        let id = t.id();
+        match t.kind() {
+            KIND_RELAY if id == 0 => Token::Orphan,
+            KIND_RELAY => Token::Relay(RelayId(id)),
+            KIND_JOB => Token::Job(JobId(id)),
+            KIND_UDP => Token::Udp(UdpId(id)),
+            KIND_UDP_LOOKUP => Token::UdpLookup(LookupId(id)),
+            _ => Token::Orphan,
         }
     }
 }
@@ -331,7 +338,7 @@ impl Hy2App {
                 }
                 Action::Offload { job, work } => self.offload(io, job, work),
                 Action::Resolve { relay, host, port } => {
-                    let token = Token::Relay(relay).encode();
+                    let token = Token::Relay(relay).into();
                     if let Err(e) = self.offload_client(io).lookup(&host, port, token) {
                         self.session.resolved(relay, Err(e));
                     }
@@ -351,7 +358,7 @@ impl Hy2App {
                         continue;
                     };
                     let mut r = Relay::new(ch, stream, first, ok, user);
-                    let connecting = r.connect(io, addr, Token::Relay(relay).encode());
+                    let connecting = r.connect(io, addr, Token::Relay(relay).into());
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.held.insert(stream, Held::Relay(relay));
@@ -369,14 +376,14 @@ impl Hy2App {
                 Action::Fail { relay, response } => {
                     if let Some(r) = self.relays.get_mut(&relay) {
                         // Nobody waits for this close.
-                        if r.fail(io, &response, Token::Orphan.encode()) == After::Remove {
+                        if r.fail(io, &response, Token::Orphan.into()) == After::Remove {
                             self.relay_done(io, relay);
                         }
                     }
                 }
                 Action::Abort(relay) => {
                     if let Some(r) = self.relays.get_mut(&relay) {
-                        if r.abort(io, Token::Relay(relay).encode()) == After::Remove {
+                        if r.abort(io, Token::Relay(relay).into()) == After::Remove {
                             self.relay_done(io, relay);
                         }
                     }
@@ -399,7 +406,7 @@ impl Hy2App {
                 }
                 Action::UdpSend { udp, addr, payload } => self.udp.send(io, udp, addr, payload),
                 Action::UdpResolve { lookup, host, port } => {
-                    let token = Token::UdpLookup(lookup).encode();
+                    let token = Token::UdpLookup(lookup).into();
                     if let Err(e) = self.offload_client(io).lookup(&host, port, token) {
                         self.session.udp_resolved(lookup, Err(e));
                     }
@@ -409,7 +416,7 @@ impl Hy2App {
                         let _ = qc.datagrams().send(bytes::Bytes::from(bytes), true);
                     }
                 }
-                Action::UdpClose(udp) => self.udp.close(io, udp, Token::Udp(udp).encode()),
+                Action::UdpClose(udp) => self.udp.close(io, udp, Token::Udp(udp).into()),
             }
         }
     }
@@ -455,7 +462,7 @@ impl Hy2App {
                 }
             },
         };
-        let token = Token::Job(job).encode();
+        let token = Token::Job(job).into();
         if self.offload_client(io).run(class, token, run).is_err() {
             self.session.job_refused(job);
         }
@@ -603,7 +610,7 @@ impl Hy2App {
         let Some(r) = self.relays.get_mut(&relay) else {
             return;
         };
-        let after = r.pump(io, Token::Relay(relay).encode());
+        let after = r.pump(io, Token::Relay(relay).into());
         r.account(io.now);
         if after == After::Remove {
             self.relay_done(io, relay);
@@ -630,7 +637,7 @@ impl Hy2App {
             None => return,
         };
         for a in answers {
-            match (Token::decode(a.token), a.outcome) {
+            match (Token::from(a.token), a.outcome) {
                 (Token::UdpLookup(lookup), Outcome::Resolved(result)) => {
                     self.session.udp_resolved(lookup, result)
                 }
@@ -771,7 +778,7 @@ impl App for Hy2App {
     }
 
     fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
-        let relay = match Token::decode(c.token) {
+        let relay = match Token::from(c.token) {
             Token::Udp(udp) => return self.on_udp(io, udp, c),
             Token::Relay(relay) => relay,
             Token::Orphan | Token::Job(_) | Token::UdpLookup(_) => return,
@@ -779,9 +786,8 @@ impl App for Hy2App {
         let Some(r) = self.relays.get_mut(&relay) else {
             // The relay is gone (its connect timed out, or the client left): a connect that
             // completes now hands us a socket nobody will use.
-            if let (SockOp::Connect, Ok(fd)) = (c.op, &c.result) {
-                io.driver
-                    .sock_close(*fd as std::os::fd::RawFd, Token::Orphan.encode());
+            if let (SockOp::Connect, Ok(_)) = (c.op, &c.result) {
+                io.driver.sock_close(c.sock, Token::Orphan.into());
             }
             return;
         };
@@ -790,7 +796,7 @@ impl App for Hy2App {
             self.session.connect_done(relay, result);
             return self.perform(io);
         }
-        let after = r.on_completion(io, c, Token::Relay(relay).encode());
+        let after = r.on_completion(io, c, Token::Relay(relay).into());
         r.account(io.now);
         if after == After::Remove {
             self.relay_done(io, relay);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
-use crate::engine::Completion;
+use crate::engine::{Completion, Token};
 use crate::limits::User;
 use crate::worker::pipe::{Ends, Pipe};
 use crate::worker::Io;
@@ -79,30 +79,35 @@ impl Relay {
     }
 
     /// Starts the TCP connect; its completion comes with `token`.
-    pub fn connect(&mut self, io: &mut Io<'_>, addr: SocketAddr, token: u64) -> Result<(), String> {
-        let fd = io
+    pub fn connect(
+        &mut self,
+        io: &mut Io<'_>,
+        addr: SocketAddr,
+        token: Token,
+    ) -> Result<(), String> {
+        let sock = io
             .driver
             .tcp_connect(addr, token)
             .map_err(|e| format!("connect {addr}: {e}"))?;
         // The pipe owns the socket from now on: a failure, an abort or the connect timeout
         // closes it, which also cancels a connect still pending.
-        self.pipe.attach(fd);
+        self.pipe.attach(sock);
         Ok(())
     }
 
     /// Answers the client with an error and closes the stream and the socket.
-    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: u64) -> After {
+    pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: Token) -> After {
         self.pipe.fail(io, response, token);
         After::Remove
     }
 
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
-    pub fn abort(&mut self, io: &mut Io<'_>, token: u64) -> After {
+    pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
         self.pipe.abort(io, token)
     }
 
     /// A socket operation of the pipe completed.
-    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: u64) -> After {
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, token: Token) -> After {
         self.pipe.on_completion(io, c, token)
     }
 
@@ -112,7 +117,7 @@ impl Relay {
     }
 
     /// Moves bytes both ways as far as buffers and credit allow (nothing before `start`).
-    pub fn pump(&mut self, io: &mut Io<'_>, token: u64) -> After {
+    pub fn pump(&mut self, io: &mut Io<'_>, token: Token) -> After {
         if !self.started {
             return After::Continue;
         }

@@ -5,10 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 
 use super::session::UdpId;
-use crate::engine::{Completion, SockOp};
+use crate::engine::{Completion, Sock, SockOp, Token};
 use crate::worker::Io;
 
 /// Datagrams waiting for a send slot, per session.
@@ -17,8 +16,8 @@ const MAX_QUEUED: usize = 64;
 /// (and dropped) rather than silently truncated.
 const RECV_BUF: usize = 8192;
 
-struct Sock {
-    fd: RawFd,
+struct Session {
+    sock: Sock,
     recv_inflight: bool,
     send_inflight: bool,
     /// Datagrams to send: destination, payload.
@@ -35,7 +34,7 @@ pub enum Done {
 
 #[derive(Default)]
 pub struct UdpSockets {
-    socks: HashMap<UdpId, Sock>,
+    socks: HashMap<UdpId, Session>,
     /// Datagrams dropped because the session's send queue was full.
     pub dropped: u64,
 }
@@ -45,15 +44,15 @@ impl UdpSockets {
     pub fn open(&mut self, io: &mut Io<'_>, udp: UdpId) -> Result<(), String> {
         let any6: SocketAddr = "[::]:0".parse().expect("literal");
         let any4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let fd = io
+        let sock = io
             .driver
             .udp_open(any6)
             .or_else(|_| io.driver.udp_open(any4))
             .map_err(|e| format!("UDP session socket: {e}"))?;
         self.socks.insert(
             udp,
-            Sock {
-                fd,
+            Session {
+                sock,
                 recv_inflight: false,
                 send_inflight: false,
                 queue: VecDeque::new(),
@@ -77,11 +76,11 @@ impl UdpSockets {
     }
 
     /// Closes the session's socket; `Done::Closed` comes with its completion.
-    pub fn close(&mut self, io: &mut Io<'_>, udp: UdpId, token: u64) {
+    pub fn close(&mut self, io: &mut Io<'_>, udp: UdpId, token: Token) {
         if let Some(s) = self.socks.get_mut(&udp).filter(|s| !s.closing) {
             s.closing = true;
             s.queue.clear();
-            io.driver.sock_close(s.fd, token);
+            io.driver.sock_close(s.sock, token);
         }
     }
 
@@ -90,24 +89,24 @@ impl UdpSockets {
         let Some(s) = self.socks.get_mut(&udp).filter(|s| !s.closing) else {
             return;
         };
-        let token = super::Token::Udp(udp).encode();
+        let token = super::Token::Udp(udp).into();
         if !s.send_inflight {
             if let Some((dest, payload)) = s.queue.pop_front() {
                 s.send_inflight = true;
-                io.driver.udp_send_to(s.fd, dest, payload, token);
+                io.driver.udp_send_to(s.sock, dest, payload, token);
             }
         }
         if !s.recv_inflight {
             s.recv_inflight = true;
             io.driver
-                .udp_recv_from(s.fd, Vec::with_capacity(RECV_BUF), token);
+                .udp_recv_from(s.sock, Vec::with_capacity(RECV_BUF), token);
         }
     }
 
     /// A socket operation of `udp` completed: what it means for the session, if anything.
     pub fn on_completion(&mut self, udp: UdpId, c: Completion) -> Option<Done> {
         let s = self.socks.get_mut(&udp)?;
-        if c.fd != s.fd {
+        if c.sock != s.sock {
             return None;
         }
         match c.op {
