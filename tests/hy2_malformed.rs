@@ -23,7 +23,7 @@ use quinn_proto::{
 };
 use rand::{RngCore, SeedableRng};
 
-use quelay::engine::{sys, DriverConfig};
+use quelay::engine::{self, DriverConfig};
 use quelay::proto::h3::{self, error as h3e, HuffmanPolicy, ResponseReader};
 use quelay::proto::tcp::{TcpRequest, TcpResponse};
 use quelay::quic::{self, QuicParams, Verify};
@@ -460,8 +460,8 @@ fn run_client(server: SocketAddr, steps: Vec<Vec<StreamSpec>>) -> Report {
     let crypto = quic::client_crypto(Verify::Insecure, &[b"h3"]).expect("client TLS config");
     let client_config = quic::client_config(crypto, &QuicParams::default());
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-    let (socket, _) =
-        sys::bind_udp(bind, false, DriverConfig::default().socket_buffer).expect("client socket");
+    let (socket, _) = engine::bind_udp(bind, false, DriverConfig::default().socket_buffer)
+        .expect("client socket");
     let spec = WorkerSpec {
         socket,
         endpoint_config: Arc::new(quic::client_endpoint_config()),

@@ -150,5 +150,5 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
 
 /// CPU seconds used by this process so far.
 pub fn cpu_seconds() -> f64 {
-    engine::sys::cpu_seconds_self()
+    engine::cpu_seconds_self()
 }

@@ -5,18 +5,18 @@
 //! plus sockets bound elsewhere that it adopts (TCP listeners and their accepted
 //! connections, forwarders' UDP sockets).
 //! Two drivers share one interface:
-//! - [`uring::UringDriver`]: io_uring, kernel-owned buffers in a slab until completion;
-//! - [`epoll::EpollDriver`]: plain non-blocking syscalls on epoll, for hosts that refuse
+//! - `uring::UringDriver`: io_uring, kernel-owned buffers in a slab until completion;
+//! - `epoll::EpollDriver`: plain non-blocking syscalls on epoll, for hosts that refuse
 //!   io_uring (EPERM, ENOSYS, Docker's seccomp profile).
 //!
 //! Both keep GSO on send and GRO on receive: they are the first lever for throughput
 //! (DESIGN.md, measured facts). The worker calls, once per loop iteration:
 //! `wait(timeout)`, then `reap(max, ..)`, then `send(..)` while `can_send()`.
 
-pub mod bpf;
-pub mod epoll;
-pub mod sys;
-pub mod uring;
+mod bpf;
+mod epoll;
+mod sys;
+mod uring;
 
 #[cfg(test)]
 mod tests;
@@ -26,7 +26,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-pub use sys::{BufferReport, Waker};
+pub use bpf::steer_group;
+pub use sys::{bind_udp, cpu_seconds_self, BufferReport, Waker};
 
 /// Largest UDP payload a GRO receive can coalesce (64 KiB minus headers).
 pub const GRO_BUF_SIZE: usize = 65_535;

@@ -288,7 +288,7 @@ pub fn client_specs(
     };
     (0..n)
         .map(|_| {
-            let (socket, _) = engine::sys::bind_udp(bind, false, buffer)?;
+            let (socket, _) = engine::bind_udp(bind, false, buffer)?;
             Ok(WorkerSpec {
                 socket,
                 endpoint_config: Arc::new(crate::quic::client_endpoint_config()),

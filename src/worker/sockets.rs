@@ -10,7 +10,7 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::WorkerSpec;
-use crate::engine::{self, bpf, BufferReport};
+use crate::engine::{self, BufferReport};
 
 /// How datagrams reach the worker that owns their connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn bind_group(
 ) -> io::Result<(Vec<UdpSocket>, BufferReport)> {
     let mut report = None;
     let (socks, _) = bind_each(addr, n, |addr| {
-        let (s, r) = engine::sys::bind_udp(addr, true, buffer)?;
+        let (s, r) = engine::bind_udp(addr, true, buffer)?;
         report.get_or_insert(r);
         let bound = s.local_addr()?;
         Ok((s, bound))
@@ -125,7 +125,7 @@ pub fn worker_specs(
 /// Attaches kernel CID steering to the group and self-tests it; false (logged) when the
 /// kernel refuses, leaving routing to the user-space forwarder.
 pub fn attach_steering(socks: &[UdpSocket]) -> bool {
-    match bpf::steer_group(socks) {
+    match engine::steer_group(socks) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");
