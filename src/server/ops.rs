@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use super::hy2::Hy2Config;
+use super::hy2::config::Hy2Config;
 use crate::limits::Limits;
 use crate::metrics::traffic::{Backend, StreamInfo};
 use crate::worker::Shared;
