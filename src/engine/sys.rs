@@ -239,7 +239,7 @@ impl RawAddr {
     }
 
     /// Decodes the address; IPv4-mapped IPv6 comes back as IPv4.
-    pub fn to_socket_addr(&self) -> Option<SocketAddr> {
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self.storage.ss_family as libc::c_int {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -316,7 +316,7 @@ impl DgramMsg {
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         self.name.len = self.hdr.msg_namelen;
-        match self.name.to_socket_addr() {
+        match self.name.socket_addr() {
             Some(peer) => Ok((len, peer)),
             None => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
         }
@@ -584,7 +584,7 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     set_nodelay(fd);
-    Ok((sock, peer.to_socket_addr()))
+    Ok((sock, peer.socket_addr()))
 }
 
 /// The pending error of a socket (SO_ERROR), as a connect completes.
@@ -636,12 +636,12 @@ mod tests {
     fn raw_addr_round_trip() {
         for a in ["127.0.0.1:443", "[::1]:8443", "[fe80::1%2]:1"] {
             let a: SocketAddr = a.parse().unwrap();
-            assert_eq!(RawAddr::new(a, a.is_ipv6()).to_socket_addr(), Some(a));
+            assert_eq!(RawAddr::new(a, a.is_ipv6()).socket_addr(), Some(a));
         }
         let v4: SocketAddr = "10.0.0.1:53".parse().unwrap();
         let raw = RawAddr::new(v4, true);
         assert_eq!(raw.storage.ss_family as i32, libc::AF_INET6);
-        assert_eq!(raw.to_socket_addr(), Some(v4));
+        assert_eq!(raw.socket_addr(), Some(v4));
     }
 
     #[test]

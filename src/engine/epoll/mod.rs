@@ -255,7 +255,7 @@ impl EpollDriver {
         let got = rc as usize;
         for (i, m) in msgs.iter().take(got).enumerate() {
             self.rx_names[i].len = m.msg_hdr.msg_namelen;
-            let Some(peer) = self.rx_names[i].to_socket_addr() else {
+            let Some(peer) = self.rx_names[i].socket_addr() else {
                 continue;
             };
             let len = (m.msg_len as usize).min(GRO_BUF_SIZE);

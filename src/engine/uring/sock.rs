@@ -158,7 +158,7 @@ impl UringDriver {
                 if let Ok(new) = result {
                     let new = new as RawFd;
                     sys::set_nodelay(new);
-                    peer = addr.to_socket_addr();
+                    peer = addr.socket_addr();
                     accepted = Some(Sock::from_fd(new));
                 }
                 (SockOp::Accept, result.map(|_| 0), Vec::new())

@@ -94,7 +94,7 @@ impl UringDriver {
         // done with it until `arm_recv`.
         let s = unsafe { slot.get() };
         s.name.len = s.hdr.msg_namelen;
-        let Some(peer) = s.name.to_socket_addr() else {
+        let Some(peer) = s.name.socket_addr() else {
             return false;
         };
         let len = (res.max(0) as usize).min(GRO_BUF_SIZE);
