@@ -95,6 +95,7 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
         pin: opts.pin,
         obfs: None,
         windows: None,
+        handshakes: None,
     };
     let start = Instant::now();
     let group = worker::spawn(specs, &cfg, |id| {

@@ -195,6 +195,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
             section,
             Arc::new(Cap::new(Some(crate::limits::default_window_budget()))),
         )),
+        handshakes: None,
     };
     let group = worker::spawn(specs, &group_cfg, |id| {
         let mine = sockets

@@ -482,6 +482,13 @@ pub struct Limits {
     /// `limits.maxUnauthenticatedPerSource`: the same from one source address (an IPv6
     /// source by its /64); `None` = [`DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE`].
     pub max_unauthenticated_per_source: Option<u64>,
+    /// `limits.maxUnvalidatedHandshakes`: handshakes in progress over the whole server from
+    /// which a client that has not proved its address gets a QUIC Retry first (quic-go's
+    /// `MaxUnvalidatedHandshakes`); `None` = [`DEFAULT_MAX_UNVALIDATED_HANDSHAKES`].
+    pub max_unvalidated_handshakes: Option<u64>,
+    /// `limits.handshakesPerSecond`: handshakes the whole server starts per second;
+    /// `None` = [`DEFAULT_HANDSHAKES_PER_SECOND_PER_WORKER`] per worker.
+    pub handshakes_per_second: Option<u64>,
 }
 
 /// A web server closes a visitor's idle connection after about a minute (nginx's
@@ -495,6 +502,12 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: u64 = 10_000;
 /// of connections at once (a few hundred when thousands of streams wait), and many users
 /// share an address behind a NAT; each authenticates within a round trip.
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: u64 = 256;
+
+/// quic-go's default `Transport.MaxUnvalidatedHandshakes`.
+pub const DEFAULT_MAX_UNVALIDATED_HANDSHAKES: u64 = 128;
+/// Above what one core completes (about 3,400 whole Hysteria2 logins a second on this
+/// project's 2-core VM), so the rate binds only on a flood, and keeps it to part of a core.
+pub const DEFAULT_HANDSHAKES_PER_SECOND_PER_WORKER: u64 = 2_000;
 
 /// `engine` (quelay).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

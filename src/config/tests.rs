@@ -218,6 +218,8 @@ fn full_config() {
             auth_timeout: Some(Duration::from_secs(20)),
             max_unauthenticated: Some(5000),
             max_unauthenticated_per_source: Some(32),
+            max_unvalidated_handshakes: Some(64),
+            handshakes_per_second: Some(10_000),
         },
         engine: Engine {
             workers: Some(2),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub mod admission;
+pub mod handshake;
 pub mod window;
 
 /// `u64::MAX`: no cap.

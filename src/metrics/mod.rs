@@ -43,6 +43,11 @@ pub struct WorkerCounters {
     pub connections_total: AtomicU64,
     /// Incoming connections refused or failed during the handshake set-up.
     pub accept_errors: AtomicU64,
+    /// Initials answered with a Retry (address validation under load or over the
+    /// handshake rate).
+    pub handshakes_retried: AtomicU64,
+    /// Initials dropped unanswered: validated, but over the handshake rate.
+    pub handshakes_dropped: AtomicU64,
     /// Loop iterations, and those that ended in a blocking wait.
     pub loops: AtomicU64,
     pub waits: AtomicU64,
@@ -107,6 +112,8 @@ macro_rules! fields {
             connections,
             connections_total,
             accept_errors,
+            handshakes_retried,
+            handshakes_dropped,
             loops,
             waits,
             streams_relayed,
@@ -154,6 +161,8 @@ pub struct Snapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub accept_errors: u64,
+    pub handshakes_retried: u64,
+    pub handshakes_dropped: u64,
     pub loops: u64,
     pub waits: u64,
     pub streams_relayed: u64,

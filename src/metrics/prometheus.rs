@@ -127,6 +127,18 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.accept_errors,
     ),
     (
+        "quelay_handshakes_retried_total",
+        "counter",
+        "Initials answered with a Retry: address validation under load or over the handshake rate.",
+        |s| s.handshakes_retried,
+    ),
+    (
+        "quelay_handshakes_dropped_total",
+        "counter",
+        "Validated Initials dropped over the handshake rate (their clients send them again).",
+        |s| s.handshakes_dropped,
+    ),
+    (
         "quelay_loops_total",
         "counter",
         "Worker loop iterations (load: compare with waits).",

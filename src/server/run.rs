@@ -18,6 +18,7 @@ use crate::config::{
     DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
 };
 use crate::engine::DriverConfig;
+use crate::limits::handshake::HandshakeLimits;
 use crate::limits::{Caps, Limits};
 use crate::proto::h3::ALPN;
 use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
@@ -201,6 +202,19 @@ pub fn check(path: &Path) -> Result<Vec<Warning>, ConfigError> {
     Ok(warnings)
 }
 
+/// Each worker's share of `limits.maxUnvalidatedHandshakes` and `limits.handshakesPerSecond`.
+fn handshake_limits(limits: &config::Limits, workers: usize) -> HandshakeLimits {
+    HandshakeLimits::per_worker(
+        limits
+            .max_unvalidated_handshakes
+            .unwrap_or(config::DEFAULT_MAX_UNVALIDATED_HANDSHAKES),
+        limits
+            .handshakes_per_second
+            .unwrap_or(config::DEFAULT_HANDSHAKES_PER_SECOND_PER_WORKER * workers as u64),
+        workers,
+    )
+}
+
 /// Starts the workers for `cfg`.
 pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let hy2 = Arc::new(hy2_config(cfg, None)?);
@@ -257,6 +271,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             section,
             hy2.limits.window_budget.clone(),
         )),
+        handshakes: Some(handshake_limits(&cfg.limits, n)),
     };
     let (mut ops, links) = ops::channels(n, hy2.limits.clone());
     let group = worker::spawn(specs, &group_cfg, |id| {
@@ -334,6 +349,16 @@ impl Server {
             (new.metrics != old.metrics, "metrics"),
             (new.resolver != old.resolver, "resolver"),
             (
+                (
+                    new.limits.max_unvalidated_handshakes,
+                    new.limits.handshakes_per_second,
+                ) != (
+                    old.limits.max_unvalidated_handshakes,
+                    old.limits.handshakes_per_second,
+                ),
+                "limits.maxUnvalidatedHandshakes/handshakesPerSecond",
+            ),
+            (
                 new.tls.is_some() != old.tls.is_some(),
                 "tls (added or removed)",
             ),
@@ -352,6 +377,8 @@ impl Server {
         new.traffic_stats = old.traffic_stats.clone();
         new.metrics = old.metrics.clone();
         new.resolver = old.resolver.clone();
+        new.limits.max_unvalidated_handshakes = old.limits.max_unvalidated_handshakes;
+        new.limits.handshakes_per_second = old.limits.handshakes_per_second;
         if new.tls.is_some() != old.tls.is_some() {
             new.tls = old.tls.clone();
         }

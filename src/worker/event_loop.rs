@@ -18,6 +18,7 @@ use super::route::{route, Route};
 use super::table::{ConnTable, Entry};
 use super::{Forwarded, Shared, WorkerId};
 use crate::engine::{Completion, Driver, Event, TxMeta, MAX_GSO_SEGMENTS};
+use crate::limits::handshake::{Admit, HandshakeGate};
 use crate::metrics::WorkerCounters;
 use crate::proto::salamander::{Salamander, SALT_LEN};
 use crate::quic::{self, CcHandle};
@@ -60,6 +61,11 @@ pub(super) struct State<A: App> {
     pub sock_done: Vec<Completion>,
     /// When `publish` next sums the live connections' window updates.
     pub window_scan: Instant,
+    /// Admission of new handshakes (servers).
+    pub gate: Option<HandshakeGate>,
+    /// Connections accepted whose handshake may still be in progress (pruned when the
+    /// gate needs the count).
+    pub handshaking: Vec<ConnectionHandle>,
 }
 
 impl<A: App> Worker<A> {
@@ -411,6 +417,24 @@ impl<A: App> State<A> {
         }
     }
 
+    /// The gate's decision for a new connection attempt (`Accept` without a gate).
+    fn admit(&mut self, now: Instant, incoming: &quinn_proto::Incoming) -> Admit {
+        let Some(gate) = self.gate.as_mut() else {
+            return Admit::Accept;
+        };
+        // Count only what is still handshaking; the list stays as short as the handshakes
+        // in progress plus those completed since the last attempt.
+        let conns = &mut self.conns;
+        self.handshaking
+            .retain(|&ch| conns.get(ch).is_some_and(|c| c.is_handshaking()));
+        gate.admit(
+            now,
+            self.handshaking.len(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        )
+    }
+
     fn handle_datagram(
         &mut self,
         now: Instant,
@@ -449,6 +473,23 @@ impl<A: App> State<A> {
                     return;
                 }
                 self.response_buf.clear();
+                match self.admit(now, &incoming) {
+                    Admit::Accept => {}
+                    Admit::Retry => {
+                        // `admit` answers Retry only when the Initial may be retried.
+                        if let Ok(t) = self.endpoint.retry(incoming, &mut self.response_buf) {
+                            WorkerCounters::add(&self.counters.handshakes_retried, 1);
+                            let buf = self.response_buf[..t.size].to_vec();
+                            self.responses.push((t, buf));
+                        }
+                        return;
+                    }
+                    Admit::Drop => {
+                        WorkerCounters::add(&self.counters.handshakes_dropped, 1);
+                        self.endpoint.ignore(incoming);
+                        return;
+                    }
+                }
                 match self
                     .endpoint
                     .accept(incoming, now, &mut self.response_buf, None)
@@ -456,6 +497,9 @@ impl<A: App> State<A> {
                     Ok((ch, conn)) => {
                         self.conns.insert(ch, conn, quic::take_last_built(), now);
                         WorkerCounters::add(&self.counters.connections_total, 1);
+                        if self.gate.is_some() {
+                            self.handshaking.push(ch);
+                        }
                     }
                     Err(e) => {
                         // The handshake may have failed after quinn built a controller.

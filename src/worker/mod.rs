@@ -27,6 +27,7 @@ pub use table::ConnTable;
 pub use transport::{obfuscator, quic_params, window_policy, QuicSection};
 
 use crate::engine::{self, DriverConfig, IoKind, Waker};
+use crate::limits::handshake::{HandshakeGate, HandshakeLimits};
 use crate::limits::window::WindowPolicy;
 use crate::metrics::{self, Snapshot, WorkerCounters};
 use crate::proto::salamander::Salamander;
@@ -87,6 +88,9 @@ pub struct GroupConfig {
     /// Receive windows sized by consumption under a budget; `None`: quinn-proto's fixed
     /// windows from the transport config.
     pub windows: Option<Arc<WindowPolicy>>,
+    /// A server's admission of new handshakes, per worker (Retry under load, a rate);
+    /// `None`: every handshake starts.
+    pub handshakes: Option<HandshakeLimits>,
 }
 
 /// A running group of workers.
@@ -174,6 +178,7 @@ where
         let counters = counters[i].clone();
         let obfs = cfg.obfs.clone();
         let windows = cfg.windows.clone();
+        let handshakes = cfg.handshakes;
         let h = std::thread::Builder::new()
             .name(format!("quelay-w{i}"))
             .spawn(move || {
@@ -217,6 +222,8 @@ where
                         responses: Vec::new(),
                         sock_done: Vec::new(),
                         window_scan: std::time::Instant::now(),
+                        gate: handshakes.map(|l| HandshakeGate::new(l, std::time::Instant::now())),
+                        handshaking: Vec::new(),
                     },
                 };
                 // Fault injection for the panic policy's test (see `exit_on_panic`).

@@ -94,6 +94,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         pin: opts.pin,
         obfs: None,
         windows: None,
+        handshakes: None,
     };
     let group = worker::spawn(specs, &cfg, |_| EchoApp::with_brutal_rate(opts.brutal_rate))?;
     tracing::info!(

@@ -219,6 +219,7 @@ pub fn run(o: &Hy2Options) -> Result<Report, String> {
         pin: false,
         obfs,
         windows: None,
+        handshakes: None,
     };
     let group = worker::spawn(specs, &cfg, |id| {
         let i = id.0 as usize;

@@ -83,6 +83,8 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
             max_unauthenticated_per_source: s
                 .u64("maxUnauthenticatedPerSource")?
                 .filter(|&n| n != 0),
+            max_unvalidated_handshakes: s.u64("maxUnvalidatedHandshakes")?.filter(|&n| n != 0),
+            handshakes_per_second: s.u64("handshakesPerSecond")?.filter(|&n| n != 0),
         };
         s.finish(w);
         limits
