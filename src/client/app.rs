@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 use slab::Slab;
 
+use super::auth::AuthExchange;
 use super::http_proxy::{self, ProxyRequest, ProxyRequestReader};
-use super::pool::{Pool, PoolConfig};
+use super::pool::{AuthStep, Pool, PoolConfig};
 use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
 use super::stats::PoolStats;
 use super::token::{self, token, TokenKind};
@@ -148,7 +149,7 @@ pub struct ClientApp {
     /// Deadlines of waiting and lingering locals (stale entries are skipped).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     by_stream: HashMap<(ConnectionHandle, StreamId), (usize, u32)>,
-    pool: Pool,
+    pool: Pool<ConnectionHandle>,
     udp: Udp,
 }
 
@@ -156,7 +157,12 @@ impl ClientApp {
     pub fn new(shared: Arc<ClientShared>, sockets: LocalSockets, worker: usize) -> Self {
         let now = Instant::now();
         ClientApp {
-            pool: Pool::new(shared.pool.clone(), shared.stats.clone(), now),
+            pool: Pool::new(
+                shared.pool.clone(),
+                shared.stats.clone(),
+                crate::worker::WorkerId(worker as u8),
+                now,
+            ),
             udp: Udp::new(shared.stats.clone(), worker),
             shared,
             sockets: Some(sockets),
@@ -434,8 +440,12 @@ impl ClientApp {
                 _ => None,
             });
         let waiting = self.n_waiting + self.udp.wants_connection() as usize;
+        let (server, name) = (self.shared.pool.server, &self.shared.pool.server_name);
+        let now = io.now;
         self.pool
-            .maybe_grow(io, waiting, oldest.unwrap_or(Duration::ZERO));
+            .maybe_grow(now, waiting, oldest.unwrap_or(Duration::ZERO), || {
+                io.connect(server, name)
+            });
     }
 
     fn open_stream(
@@ -834,7 +844,12 @@ impl ClientApp {
         }
         self.release_streams(io, ch);
         let waiting = self.n_waiting;
-        if self.pool.on_lost(io.now, ch, reason, waiting) {
+        let by_peer = matches!(
+            reason,
+            quinn_proto::ConnectionError::ApplicationClosed(_)
+                | quinn_proto::ConnectionError::ConnectionClosed(_)
+        );
+        if self.pool.on_lost(io.now, ch, by_peer, reason, waiting) {
             tracing::warn!("{:?}: lost a connection to the server", io.worker);
         }
     }
@@ -916,21 +931,25 @@ impl ClientApp {
             self.accept_retry = None;
             self.post_accepts(io);
         }
-        self.pool.expire(io);
+        self.pool.expire(io.now);
         self.udp.expire(io);
         while let Some(ch) = self.pool.stalled(io.now) {
             let streams = self.pool.streams_on(ch);
             self.requeue(io, ch);
-            self.pool.close_stalled(io, ch, streams, self.n_waiting);
+            self.pool.close_stalled(io.now, ch, streams, self.n_waiting);
         }
         let udp = &self.udp;
-        self.pool.close_idle(io, |ch| udp.uses(ch));
+        self.pool.close_idle(io.now, |ch| udp.uses(ch));
         self.pool_closed(io);
     }
 
     /// Ends what is left on the connections the pool closed itself.
     fn pool_closed(&mut self, io: &mut Io<'_>) {
         for ch in self.pool.take_closed() {
+            let now = io.now;
+            if let Some(qc) = io.conn(ch) {
+                qc.close(now, 0u32.into(), b""[..].into());
+            }
             self.release_streams(io, ch);
         }
     }
@@ -995,7 +1014,15 @@ impl App for ClientApp {
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
-            Event::Connected => self.pool.on_connected(io, ch),
+            Event::Connected => {
+                if self.pool.get_mut(ch).is_some() {
+                    let cfg = &self.shared.pool;
+                    let auth = io
+                        .conn(ch)
+                        .and_then(|qc| AuthExchange::start(qc, &cfg.auth, cfg.down));
+                    self.pool.on_connected(ch, auth);
+                }
+            }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
                 self.connection_lost(io, ch, &reason);
@@ -1023,12 +1050,21 @@ impl App for ClientApp {
                 if id.dir() == Dir::Uni {
                     return drain(io, ch, id);
                 }
-                if self.pool.on_auth_readable(io, ch, id, self.n_waiting) {
-                    self.pool_closed(io);
-                    self.udp.flush_pending(io, &self.pool);
-                    return self.dispatch(io);
+                let Some(auth) = self.pool.auth_exchange(ch, id) else {
+                    return self.on_stream(io, ch, id);
+                };
+                let outcome = io.conn(ch).and_then(|qc| auth.read(qc));
+                let step = self
+                    .pool
+                    .on_auth_answer(io.now, ch, outcome, self.n_waiting);
+                if let AuthStep::Ready { send_rate } = step {
+                    if send_rate > 0 {
+                        io.set_send_rate(ch, send_rate);
+                    }
                 }
-                self.on_stream(io, ch, id);
+                self.pool_closed(io);
+                self.udp.flush_pending(io, &self.pool);
+                self.dispatch(io);
             }
             Event::Stream(StreamEvent::Writable { id })
             | Event::Stream(StreamEvent::Stopped { id, .. }) => self.on_stream(io, ch, id),

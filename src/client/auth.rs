@@ -47,10 +47,15 @@ impl AuthExchange {
         let mut s = qc.send_stream(id);
         let _ = s.write(&h3::auth_request_headers(auth, cc_rx, &padding));
         let _ = s.finish();
-        Some(AuthExchange {
+        Some(Self::new(id))
+    }
+
+    /// An exchange whose request went out on `id` (the caller opened and wrote it).
+    pub fn new(id: StreamId) -> Self {
+        AuthExchange {
             id,
             reader: ResponseReader::new(),
-        })
+        }
     }
 
     /// The auth request's stream.
@@ -78,7 +83,13 @@ impl AuthExchange {
             }
             let _ = chunks.finalize();
         }
-        match self.reader.push(&data) {
+        self.push(&data, fin)
+    }
+
+    /// Takes bytes of the answer (`fin`: the server finished the stream): `None` while the
+    /// answer is incomplete.
+    pub fn push(&mut self, data: &[u8], fin: bool) -> Option<Result<AuthOk, AuthError>> {
+        match self.reader.push(data) {
             Ok(Some(resp)) => {
                 Some(h3::parse_auth_response(&resp).map_err(|e| AuthError::Refused(e.0)))
             }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod http_proxy;
 mod pool;
 pub mod run;
+pub mod session;
 pub mod socks5;
 mod stats;
 mod token;

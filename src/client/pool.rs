@@ -21,12 +21,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ConnectionError, ConnectionHandle, StreamId};
+use std::fmt::Debug;
+
+use quinn_proto::StreamId;
 
 use super::auth::{AuthError, AuthExchange};
 use super::stats::PoolStats;
 use crate::proto::h3::CcRx;
-use crate::worker::Io;
+use crate::worker::WorkerId;
 
 /// First delay after a failed attempt; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -54,8 +56,9 @@ pub enum State {
     Ready { udp: bool },
 }
 
-pub struct PoolConn {
-    pub ch: ConnectionHandle,
+pub struct PoolConn<H> {
+    /// The connection, as its owner names it (a quinn handle, a session's id).
+    pub ch: H,
     pub state: State,
     /// Our proxy streams open on it.
     pub streams: usize,
@@ -70,7 +73,7 @@ pub struct PoolConn {
     started: Instant,
 }
 
-impl PoolConn {
+impl<H> PoolConn<H> {
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. })
     }
@@ -104,10 +107,14 @@ struct Held {
     hold: Duration,
 }
 
-pub struct Pool {
+/// The pool's decisions, sans-IO: its owner dials what [`Pool::maybe_grow`] asks for,
+/// closes what [`Pool::take_closed`] returns, sends the auth request and feeds the answer
+/// ([`Pool::on_auth_bytes`]), and sets the send rate that answer brings.
+pub struct Pool<H> {
     cfg: PoolConfig,
     stats: Arc<PoolStats>,
-    pub conns: Vec<PoolConn>,
+    worker: WorkerId,
+    pub conns: Vec<PoolConn<H>>,
     backoff: Duration,
     next_attempt: Instant,
     /// The worker lost its last connection; the next one up counts as a reconnect.
@@ -117,14 +124,28 @@ pub struct Pool {
     held: Option<Held>,
     /// Connections the pool closed itself since the app last looked: quinn reports no loss
     /// for those.
-    closed: Vec<ConnectionHandle>,
+    closed: Vec<H>,
 }
 
-impl Pool {
-    pub fn new(cfg: PoolConfig, stats: Arc<PoolStats>, now: Instant) -> Self {
+/// What an auth answer did to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Not the auth stream of a connection of the pool.
+    NotAuth,
+    /// The answer is still incomplete.
+    Pending,
+    /// Authenticated: send at `send_rate` (0: the configured controller).
+    Ready { send_rate: u64 },
+    /// Refused or failed: the pool let go of the connection ([`Pool::take_closed`]).
+    Closed,
+}
+
+impl<H: Copy + Eq + Debug> Pool<H> {
+    pub fn new(cfg: PoolConfig, stats: Arc<PoolStats>, worker: WorkerId, now: Instant) -> Self {
         Pool {
             cfg,
             stats,
+            worker,
             conns: Vec::new(),
             backoff: MIN_BACKOFF,
             next_attempt: now,
@@ -135,7 +156,11 @@ impl Pool {
         }
     }
 
-    pub fn get_mut(&mut self, ch: ConnectionHandle) -> Option<&mut PoolConn> {
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn get_mut(&mut self, ch: H) -> Option<&mut PoolConn<H>> {
         self.conns.iter_mut().find(|c| c.ch == ch)
     }
 
@@ -144,12 +169,8 @@ impl Pool {
         self.conns.len()
     }
 
-    /// Closes `ch` and forgets it at once (see [`Pool::take_closed`]).
-    fn close_local(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
-        let now = io.now;
-        if let Some(qc) = io.conn(ch) {
-            qc.close(now, 0u32.into(), b""[..].into());
-        }
+    /// Forgets `ch` at once; its owner closes it (see [`Pool::take_closed`]).
+    fn close_local(&mut self, ch: H) {
         if let Some(pos) = self.conns.iter().position(|c| c.ch == ch) {
             if self.conns.swap_remove(pos).is_ready() {
                 self.stats.connection_down();
@@ -158,9 +179,9 @@ impl Pool {
         self.closed.push(ch);
     }
 
-    /// The connections the pool closed itself since the last call: their streams and UDP
-    /// sessions are gone.
-    pub fn take_closed(&mut self) -> Vec<ConnectionHandle> {
+    /// The connections the pool let go of since the last call: their owner closes them
+    /// (code 0); their streams and UDP sessions are gone.
+    pub fn take_closed(&mut self) -> Vec<H> {
         std::mem::take(&mut self.closed)
     }
 
@@ -208,26 +229,32 @@ impl Pool {
     }
 
     /// Opens the connections the pool wants now: `waiting` requests, the oldest queued for
-    /// `oldest_wait`.
-    pub fn maybe_grow(&mut self, io: &mut Io<'_>, waiting: usize, oldest_wait: Duration) {
-        if io.now < self.next_attempt {
+    /// `oldest_wait`. `dial` starts one connection and names it.
+    pub fn maybe_grow<E: std::fmt::Display>(
+        &mut self,
+        now: Instant,
+        waiting: usize,
+        oldest_wait: Duration,
+        mut dial: impl FnMut() -> Result<H, E>,
+    ) {
+        if now < self.next_attempt {
             return;
         }
         let live = self.live();
-        let want = self.wanted(waiting, oldest_wait).min(self.limit(io.now));
+        let want = self.wanted(waiting, oldest_wait).min(self.limit(now));
         if want <= live {
             return;
         }
         tracing::debug!(
             "{:?}: opening {} connection(s) to {} ({live} open, {waiting} request(s) waiting, \
              {} stream(s) per connection)",
-            io.worker,
+            self.worker,
             want - live,
             self.cfg.server,
             self.credit.map_or("? ".to_string(), |c| c.to_string()),
         );
         for _ in live..want {
-            match io.connect(self.cfg.server, &self.cfg.server_name) {
+            match dial() {
                 Ok(ch) => {
                     self.stats.connects.fetch_add(1, Relaxed);
                     self.conns.push(PoolConn {
@@ -237,13 +264,13 @@ impl Pool {
                         no_credit: false,
                         answered: false,
                         first_stream: None,
-                        idle_since: io.now,
-                        started: io.now,
+                        idle_since: now,
+                        started: now,
                     });
                 }
                 Err(e) => {
                     crate::warn_limited!("cannot connect to {}: {e}", self.cfg.server);
-                    self.failed(io.now);
+                    self.failed(now);
                     return;
                 }
             }
@@ -291,8 +318,7 @@ impl Pool {
     }
 
     /// Abandons attempts that took too long.
-    pub fn expire(&mut self, io: &mut Io<'_>) {
-        let now = io.now;
+    pub fn expire(&mut self, now: Instant) {
         let late: Vec<_> = self
             .conns
             .iter()
@@ -300,14 +326,14 @@ impl Pool {
             .map(|c| c.ch)
             .collect();
         for ch in late {
-            tracing::debug!("{:?}: connection setup timed out", io.worker);
-            self.close_local(io, ch);
+            tracing::debug!("{:?}: connection setup timed out", self.worker);
+            self.close_local(ch);
             self.failed(now);
         }
     }
 
     /// The connection never closed for being idle: the oldest usable one.
-    fn kept(&self) -> Option<ConnectionHandle> {
+    fn kept(&self) -> Option<H> {
         self.conns
             .iter()
             .filter(|c| c.usable())
@@ -317,8 +343,7 @@ impl Pool {
 
     /// Closes connections beyond the first that carried nothing for [`IDLE_CLOSE`];
     /// `in_use` tells those that carry something else (UDP sessions), which stay.
-    pub fn close_idle(&mut self, io: &mut Io<'_>, in_use: impl Fn(ConnectionHandle) -> bool) {
-        let now = io.now;
+    pub fn close_idle(&mut self, now: Instant, in_use: impl Fn(H) -> bool) {
         let keep = self.kept();
         let mut idle = Vec::new();
         for c in &mut self.conns {
@@ -334,64 +359,59 @@ impl Pool {
         }
         for ch in idle {
             self.stats.idle_closed.fetch_add(1, Relaxed);
-            self.close_local(io, ch);
+            self.close_local(ch);
         }
     }
 
-    /// The handshake finished: send our HTTP/3 SETTINGS and the auth request.
-    pub fn on_connected(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
+    /// The handshake finished and the owner sent our HTTP/3 SETTINGS and the auth request
+    /// (`None`: the server granted no stream for it; the setup then times out).
+    pub fn on_connected(&mut self, ch: H, auth: Option<AuthExchange>) {
         let Some(c) = self.conns.iter_mut().find(|c| c.ch == ch) else {
             return;
         };
-        let Some(qc) = io.conn(ch) else {
-            return;
-        };
-        if let Some(auth) = AuthExchange::start(qc, &self.cfg.auth, self.cfg.down) {
+        if let Some(auth) = auth {
             c.state = State::Auth(auth);
         }
     }
 
-    /// Reads the auth response on `id`, if that is the auth stream. True when the stream
-    /// was the pool's.
-    /// `waiting`: requests waiting for a stream, for the log.
-    pub fn on_auth_readable(
-        &mut self,
-        io: &mut Io<'_>,
-        ch: ConnectionHandle,
-        id: StreamId,
-        waiting: usize,
-    ) -> bool {
-        let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
-            return false;
-        };
-        let State::Auth(auth) = &mut self.conns[pos].state else {
-            return false;
-        };
-        if auth.id() != id {
-            return false;
+    /// The auth exchange of `ch`, when `id` is its stream and the answer is awaited.
+    pub fn auth_exchange(&mut self, ch: H, id: StreamId) -> Option<&mut AuthExchange> {
+        match &mut self.conns.iter_mut().find(|c| c.ch == ch)?.state {
+            State::Auth(auth) if auth.id() == id => Some(auth),
+            _ => None,
         }
-        let Some(qc) = io.conn(ch) else {
-            return true;
+    }
+
+    /// The auth answer of `ch` as far as it came (`None`: incomplete).
+    /// `waiting`: requests waiting for a stream, for the log.
+    pub fn on_auth_answer(
+        &mut self,
+        now: Instant,
+        ch: H,
+        outcome: Option<Result<crate::proto::h3::AuthOk, AuthError>>,
+        waiting: usize,
+    ) -> AuthStep {
+        let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
+            return AuthStep::NotAuth;
         };
-        let outcome = auth.read(qc);
+        if !matches!(self.conns[pos].state, State::Auth(_)) {
+            return AuthStep::NotAuth;
+        }
         match outcome {
-            None => {}
+            None => AuthStep::Pending,
             Some(Ok(ok)) => {
                 self.conns[pos].state = State::Ready { udp: ok.udp };
-                self.conns[pos].idle_since = io.now;
+                self.conns[pos].idle_since = now;
                 self.backoff = MIN_BACKOFF;
                 self.stats.connection_up();
                 if std::mem::take(&mut self.lost_all) {
                     self.stats.reconnects.fetch_add(1, Relaxed);
                 }
                 let rate = send_rate(ok.cc_rx, self.cfg.up);
-                if rate > 0 {
-                    io.set_send_rate(ch, rate);
-                }
                 let ready = self.conns.iter().filter(|c| c.usable()).count();
                 let line = format!(
                     "{:?}: connected to {} ({ready} of at most {} on this worker; udp {}, {})",
-                    io.worker,
+                    self.worker,
                     self.cfg.server,
                     self.cfg.max_connections,
                     if ok.udp { "on" } else { "off" },
@@ -407,10 +427,10 @@ impl Pool {
                 } else {
                     tracing::debug!("{line}");
                 }
+                AuthStep::Ready { send_rate: rate }
             }
             Some(Err(why)) => {
-                let now = io.now;
-                self.close_local(io, ch);
+                self.close_local(ch);
                 if self.conns.iter().any(|c| c.usable()) {
                     // The server takes some connections but not this one: a cap, most
                     // likely.
@@ -424,13 +444,13 @@ impl Pool {
                     }
                     self.failed(now);
                 }
+                AuthStep::Closed
             }
         }
-        true
     }
 
-    /// The connection is gone (closed by the server, or timed out). Returns whether it had
-    /// been authenticated.
+    /// The connection is gone (closed by the server when `by_peer`, or timed out; `reason`
+    /// for the log). Returns whether it had been authenticated.
     ///
     /// While other connections work, one the server closed before it was ready or before it
     /// answered any of its streams means the server takes no more (a timeout does not: the
@@ -438,8 +458,9 @@ impl Pool {
     pub fn on_lost(
         &mut self,
         now: Instant,
-        ch: ConnectionHandle,
-        reason: &ConnectionError,
+        ch: H,
+        by_peer: bool,
+        reason: &dyn std::fmt::Display,
         waiting: usize,
     ) -> bool {
         let Some(pos) = self.conns.iter().position(|c| c.ch == ch) else {
@@ -451,10 +472,6 @@ impl Pool {
             self.stats.connection_down();
         }
         let others = self.conns.iter().any(|c| c.usable());
-        let by_peer = matches!(
-            reason,
-            ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_)
-        );
         let refusal = by_peer && (!was_ready || (!c.answered && c.first_stream.is_some()));
         if others && refusal {
             let why = if was_ready {
@@ -507,7 +524,7 @@ impl Pool {
     }
 
     /// A stream of `ch` got (part of) its response.
-    pub fn answered(&mut self, ch: ConnectionHandle) {
+    pub fn answered(&mut self, ch: H) {
         let Some(c) = self.conns.iter_mut().find(|c| c.ch == ch) else {
             return;
         };
@@ -535,7 +552,7 @@ impl Pool {
     /// streams within [`STALL`] of the first, while other connections are answered. (A
     /// server at a per-user connection cap may hold such streams unread until another
     /// connection of the user closes.)
-    pub fn stalled(&self, now: Instant) -> Option<ConnectionHandle> {
+    pub fn stalled(&self, now: Instant) -> Option<H> {
         if !self.conns.iter().any(|c| c.usable() && c.answered) {
             return None;
         }
@@ -552,18 +569,11 @@ impl Pool {
 
     /// Closes `ch`, which [`Pool::stalled`] found not served with `streams` streams, and
     /// holds the pool below it.
-    pub fn close_stalled(
-        &mut self,
-        io: &mut Io<'_>,
-        ch: ConnectionHandle,
-        streams: usize,
-        waiting: usize,
-    ) {
+    pub fn close_stalled(&mut self, now: Instant, ch: H, streams: usize, waiting: usize) {
         if !self.conns.iter().any(|c| c.ch == ch) {
             return;
         }
-        let now = io.now;
-        self.close_local(io, ch);
+        self.close_local(ch);
         self.refused(
             now,
             &format!("authenticated, but none of its {streams} stream(s) answered in {STALL:?}"),
@@ -572,7 +582,7 @@ impl Pool {
     }
 
     /// Our streams open on `ch`.
-    pub fn streams_on(&self, ch: ConnectionHandle) -> usize {
+    pub fn streams_on(&self, ch: H) -> usize {
         self.conns
             .iter()
             .find(|c| c.ch == ch)
@@ -580,12 +590,12 @@ impl Pool {
     }
 
     /// Whether `ch` is in the pool and no stream of it was ever answered.
-    pub fn unanswered(&self, ch: ConnectionHandle) -> bool {
+    pub fn unanswered(&self, ch: H) -> bool {
         self.conns.iter().any(|c| c.ch == ch && !c.answered)
     }
 
     /// An authenticated connection that relays UDP.
-    pub fn pick_udp(&self) -> Option<ConnectionHandle> {
+    pub fn pick_udp(&self) -> Option<H> {
         self.conns
             .iter()
             .find(|c| c.usable() && matches!(c.state, State::Ready { udp: true }))
@@ -620,7 +630,7 @@ impl Pool {
     }
 
     /// One of our streams on `ch` ended.
-    pub fn stream_closed(&mut self, ch: ConnectionHandle, now: Instant) {
+    pub fn stream_closed(&mut self, ch: H, now: Instant) {
         if let Some(c) = self.get_mut(ch) {
             c.streams = c.streams.saturating_sub(1);
             if c.streams == 0 {
@@ -660,8 +670,9 @@ mod tests {
 #[cfg(test)]
 mod demand_tests {
     use super::*;
+    use quinn_proto::ConnectionHandle;
 
-    fn pool(max: usize, now: Instant) -> Pool {
+    fn pool(max: usize, now: Instant) -> Pool<ConnectionHandle> {
         let cfg = PoolConfig {
             server: "127.0.0.1:443".parse().expect("address"),
             server_name: "x".into(),
@@ -672,10 +683,10 @@ mod demand_tests {
             open_wait_threshold: Duration::from_millis(200),
             eager: true,
         };
-        Pool::new(cfg, Arc::new(PoolStats::new(1)), now)
+        Pool::new(cfg, Arc::new(PoolStats::new(1)), WorkerId(0), now)
     }
 
-    fn conn(i: usize, ready: bool, streams: usize, now: Instant) -> PoolConn {
+    fn conn(i: usize, ready: bool, streams: usize, now: Instant) -> PoolConn<ConnectionHandle> {
         PoolConn {
             ch: ConnectionHandle(i),
             state: if ready {

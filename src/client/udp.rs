@@ -109,7 +109,7 @@ impl Udp {
     }
 
     /// Sends the datagrams that waited for a connection, if one is up now.
-    pub fn flush_pending(&mut self, io: &mut Io<'_>, pool: &Pool) {
+    pub fn flush_pending(&mut self, io: &mut Io<'_>, pool: &Pool<ConnectionHandle>) {
         if self.pending.is_empty() || pool.pick_udp().is_none() {
             return;
         }
@@ -217,7 +217,7 @@ impl Udp {
         }
     }
 
-    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &Pool) {
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &Pool<ConnectionHandle>) {
         let (_, key, gen) = token::split(c.token);
         match self.socks.get(key) {
             Some(s) if s.gen == gen => {}
@@ -261,7 +261,7 @@ impl Udp {
         key: usize,
         peer: SocketAddr,
         data: &[u8],
-        pool: &Pool,
+        pool: &Pool<ConnectionHandle>,
     ) {
         let now = io.now;
         let (id, addr, payload) = match &mut self.socks[key].kind {
@@ -315,7 +315,14 @@ impl Udp {
 
     /// Sends one packet of session `id` as UDPMessages on the session's connection (or a
     /// new one); holds it while no connection is up.
-    fn send(&mut self, io: &mut Io<'_>, id: u32, addr: &str, payload: &[u8], pool: &Pool) {
+    fn send(
+        &mut self,
+        io: &mut Io<'_>,
+        id: u32,
+        addr: &str,
+        payload: &[u8],
+        pool: &Pool<ConnectionHandle>,
+    ) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
