@@ -1014,14 +1014,12 @@ impl App for ClientApp {
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
         match event {
-            Event::Connected => {
-                if self.pool.get_mut(ch).is_some() {
-                    let cfg = &self.shared.pool;
-                    let auth = io
-                        .conn(ch)
-                        .and_then(|qc| AuthExchange::start(qc, &cfg.auth, cfg.down));
-                    self.pool.on_connected(ch, auth);
-                }
+            Event::Connected if self.pool.get_mut(ch).is_some() => {
+                let cfg = &self.shared.pool;
+                let auth = io
+                    .conn(ch)
+                    .and_then(|qc| AuthExchange::start(qc, &cfg.auth, cfg.down));
+                self.pool.on_connected(ch, auth);
             }
             Event::ConnectionLost { reason } => {
                 tracing::debug!("{ch:?} closed: {reason}");
