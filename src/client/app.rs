@@ -2,13 +2,17 @@
 //! they accept, and the pool of QUIC connections that carries them.
 //!
 //! A local TCP connection goes through: the front end's handshake (SOCKS5 or HTTP proxy;
-//! none for a forwarder), a place in the worker's FIFO of requests waiting for a stream,
-//! the Hysteria2 TCPRequest and its response, then a [`Pipe`]. The SOCKS5/HTTP success
-//! reply is only sent once the server connected to the target, so a refusal can still be
-//! reported as one.
+//! none for a forwarder), a request in the worker's client [`Session`] (which decides when
+//! it gets a stream, on which connection, and what the server's answer means), then a
+//! [`Pipe`]. The SOCKS5/HTTP success reply is only sent once the server connected to the
+//! target, so a refusal can still be reported as one.
+//!
+//! This is the session's adapter: it maps sockets, tokens and quinn handles to the
+//! session's ids, performs its actions, and hands it what the sockets and connections
+//! bring.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -17,15 +21,17 @@ use std::time::{Duration, Instant};
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 use slab::Slab;
 
-use super::auth::AuthExchange;
 use super::http_proxy::{self, ProxyRequest, ProxyRequestReader};
-use super::pool::{AuthStep, Pool, PoolConfig};
+use super::pool::{Pool, PoolConfig};
+use super::session::{
+    Action, Config as SessionConfig, ConnId, FrontKind, LocalRequest, RequestId, Session,
+};
 use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
 use super::stats::PoolStats;
 use super::token::{self, token, TokenKind};
-use super::udp::{Udp, UdpForward};
+use super::udp::{Udp, UdpConns, UdpForward};
 use crate::engine::{Completion, Sock, SockOp};
-use crate::proto::tcp::{self, TcpRequest, TcpResponse};
+use crate::proto::tcp;
 use crate::worker::pipe::{After, Ends, Pipe, STREAM_ABORT};
 use crate::worker::{App, Io};
 
@@ -84,20 +90,9 @@ enum Phase {
     /// Reading the SOCKS5 greeting/request or the HTTP proxy head.
     Socks(Box<Socks5Server>),
     Http(Box<ProxyRequestReader>),
-    /// In the worker's queue for a stream since `since`.
-    Waiting {
-        since: Instant,
-    },
-    /// TCPRequest sent on `id`; reading the TCPResponse into `resp`. `since`:
-    /// when the request started waiting; `early`: the bytes sent after the TCPRequest, to
-    /// send again if the request goes back to the queue.
-    Opening {
-        ch: ConnectionHandle,
-        id: StreamId,
-        resp: Vec<u8>,
-        since: Instant,
-        early: Vec<u8>,
-    },
+    /// The session has the request (`Local::req`): waiting for a stream, or for the
+    /// server's answer on `Local::stream`.
+    Session,
     /// Bytes flow; `pipe.sock()` is unset until the handshake's last send completed.
     Relay(Pipe),
     /// A SOCKS5 UDP association: the TCP connection is held until the app closes it.
@@ -118,9 +113,15 @@ struct Local {
     peer: SocketAddr,
     front: Front,
     phase: Phase,
+    /// The session's request, until the session lets go of it.
+    req: Option<RequestId>,
+    /// The stream the request went out on, until the relay ends.
+    stream: Option<(ConnectionHandle, StreamId)>,
     /// `host:port` for the TCPRequest.
     target: String,
-    /// Bytes for the stream after the TCPRequest (an HTTP head, early payload).
+    /// Bytes for the stream: after the handshake, those that go after the TCPRequest (an
+    /// HTTP head, early payload); once the request is written, what the stream did not
+    /// take yet.
     to_quic: Vec<u8>,
     /// Bytes for the app once the server connected (a SOCKS5 or HTTP success reply).
     ok_reply: Vec<u8>,
@@ -131,8 +132,34 @@ struct Local {
     receiving: bool,
     /// A close was requested.
     closing: bool,
-    /// The success reply went out before the server confirmed (`fastOpen`).
-    replied: bool,
+}
+
+/// The connections of the worker: the session's ids and quinn's handles.
+#[derive(Default)]
+struct Conns {
+    ch: HashMap<ConnId, ConnectionHandle>,
+    id: HashMap<ConnectionHandle, ConnId>,
+}
+
+/// The session's UDP-capable connections, as quinn handles for the UDP sessions.
+struct UdpView<'a> {
+    pool: &'a Pool<ConnId>,
+    conns: &'a Conns,
+}
+
+impl UdpConns for UdpView<'_> {
+    fn ready(&self, ch: ConnectionHandle) -> bool {
+        self.conns
+            .id
+            .get(&ch)
+            .is_some_and(|id| self.pool.conns.iter().any(|c| c.ch == *id && c.is_ready()))
+    }
+
+    fn pick_udp(&self) -> Option<ConnectionHandle> {
+        self.pool
+            .pick_udp()
+            .and_then(|id| self.conns.ch.get(&id).copied())
+    }
 }
 
 pub struct ClientApp {
@@ -142,23 +169,28 @@ pub struct ClientApp {
     accept_retry: Option<Instant>,
     locals: Slab<Local>,
     generation: u32,
-    /// Requests waiting for a stream, oldest first (stale entries are skipped).
-    waiting: VecDeque<(usize, u32)>,
-    /// Locals in `Phase::Waiting`: the live entries of `waiting`.
-    n_waiting: usize,
-    /// Deadlines of waiting and lingering locals (stale entries are skipped).
+    /// Lingering locals' deadlines (stale entries are skipped).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Locals by their stream, from the TCPRequest to the relay's end.
     by_stream: HashMap<(ConnectionHandle, StreamId), (usize, u32)>,
-    pool: Pool<ConnectionHandle>,
+    /// Locals by their request in the session.
+    by_req: HashMap<RequestId, (usize, u32)>,
+    session: Session,
+    conns: Conns,
     udp: Udp,
 }
 
 impl ClientApp {
     pub fn new(shared: Arc<ClientShared>, sockets: LocalSockets, worker: usize) -> Self {
         let now = Instant::now();
+        let cfg = SessionConfig {
+            pool: shared.pool.clone(),
+            stream_open_timeout: shared.stream_open_timeout,
+            fast_open: shared.fast_open,
+        };
         ClientApp {
-            pool: Pool::new(
-                shared.pool.clone(),
+            session: Session::new(
+                cfg,
                 shared.stats.clone(),
                 crate::worker::WorkerId(worker as u8),
                 now,
@@ -170,10 +202,10 @@ impl ClientApp {
             accept_retry: None,
             locals: Slab::new(),
             generation: 0,
-            waiting: VecDeque::new(),
-            n_waiting: 0,
             timers: BinaryHeap::new(),
             by_stream: HashMap::new(),
+            by_req: HashMap::new(),
+            conns: Conns::default(),
         }
     }
 
@@ -249,7 +281,7 @@ impl ClientApp {
                 ))),
                 String::new(),
             ),
-            Front::Forward { remote } => (Phase::Waiting { since: io.now }, remote.clone()),
+            Front::Forward { remote } => (Phase::Session, remote.clone()),
         };
         let key = self.locals.insert(Local {
             gen,
@@ -257,6 +289,8 @@ impl ClientApp {
             peer,
             front,
             phase,
+            req: None,
+            stream: None,
             target,
             to_quic: Vec::new(),
             ok_reply: Vec::new(),
@@ -264,9 +298,8 @@ impl ClientApp {
             sending: false,
             receiving: false,
             closing: false,
-            replied: false,
         });
-        if matches!(self.locals[key].phase, Phase::Waiting { .. }) {
+        if matches!(self.locals[key].phase, Phase::Session) {
             self.enqueue(io, key);
         } else {
             self.recv(io, key);
@@ -292,268 +325,202 @@ impl ClientApp {
         flush(io, key, l);
     }
 
+    /// Hands the local's request to the session.
     fn enqueue(&mut self, io: &mut Io<'_>, key: usize) {
         let l = &mut self.locals[key];
-        if self.shared.fast_open && !l.ok_reply.is_empty() {
-            l.replied = true;
-            let reply = std::mem::take(&mut l.ok_reply);
-            self.send(io, key, &reply);
-        }
+        let front = match l.front {
+            Front::Socks5 { .. } => FrontKind::Socks5,
+            Front::Http { .. } => FrontKind::Http,
+            Front::Forward { .. } => FrontKind::Forward,
+        };
+        let request = LocalRequest {
+            front,
+            target: l.target.clone(),
+            early: std::mem::take(&mut l.to_quic),
+            ok_reply: std::mem::take(&mut l.ok_reply),
+        };
+        l.phase = Phase::Session;
+        let req = self.session.request(io.now, request);
         let l = &mut self.locals[key];
-        l.phase = Phase::Waiting { since: io.now };
-        self.waiting.push_back((key, l.gen));
-        let deadline = io.now + self.shared.stream_open_timeout;
-        self.timers.push(Reverse((deadline, key, l.gen)));
-        self.wait_started();
+        l.req = Some(req);
+        self.by_req.insert(req, (key, l.gen));
+        self.perform(io);
     }
 
-    fn wait_started(&mut self) {
-        self.n_waiting += 1;
-        self.shared.stats.wait_started();
+    /// The local of a request the session still holds.
+    fn local_of(&self, req: RequestId) -> Option<usize> {
+        let &(key, gen) = self.by_req.get(&req)?;
+        self.locals
+            .get(key)
+            .filter(|l| l.gen == gen && l.req == Some(req))
+            .map(|_| key)
     }
 
-    /// A local leaves `Phase::Waiting`.
-    fn wait_ended(&mut self) {
-        self.n_waiting = self.n_waiting.saturating_sub(1);
-        self.shared.stats.wait_ended();
+    /// Performs what the session asks for, in order.
+    fn perform(&mut self, io: &mut Io<'_>) {
+        while let Some(action) = self.session.poll_action() {
+            self.act(io, action);
+        }
     }
 
-    /// Puts the requests sent on `ch`, which never answered, back in the queue in arrival
-    /// order, to go out on another connection. Their `pool.streamOpenTimeout` still counts
-    /// from their arrival.
-    fn requeue(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
-        let on_ch: Vec<_> = self
-            .by_stream
-            .iter()
-            .filter(|((c, _), _)| *c == ch)
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        let mut back = Vec::new();
-        for (k, (key, gen)) in on_ch {
-            let Some(l) = self.locals.get_mut(key).filter(|l| l.gen == gen) else {
-                self.by_stream.remove(&k);
-                continue;
-            };
-            let Phase::Opening {
-                resp, since, early, ..
-            } = &mut l.phase
-            else {
-                continue;
-            };
-            if !resp.is_empty() {
-                continue;
-            }
-            let since = *since;
-            l.to_quic = std::mem::take(early);
-            l.phase = Phase::Waiting { since };
-            self.by_stream.remove(&k);
-            self.pool.stream_closed(ch, io.now);
-            back.push((since, key, gen));
-        }
-        if back.is_empty() {
-            return;
-        }
-        tracing::debug!(
-            "{:?}: {} request(s) back in the queue",
-            io.worker,
-            back.len()
-        );
-        self.shared
-            .stats
-            .requeued
-            .fetch_add(back.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for &(since, key, gen) in &back {
-            self.wait_started();
-            // Its first deadline may have passed while it was out of the queue.
-            self.timers
-                .push(Reverse((since + self.shared.stream_open_timeout, key, gen)));
-        }
-        back.sort();
-        let mut merged = VecDeque::with_capacity(self.waiting.len() + back.len());
-        let mut back = back.into_iter().peekable();
-        for (key, gen) in self.waiting.drain(..) {
-            let since = match self.locals.get(key) {
-                Some(Local {
-                    gen: g,
-                    phase: Phase::Waiting { since },
-                    ..
-                }) if *g == gen => *since,
-                _ => continue,
-            };
-            while let Some(&(s, k, g)) = back.peek() {
-                if s > since {
-                    break;
-                }
-                merged.push_back((k, g));
-                back.next();
-            }
-            merged.push_back((key, gen));
-        }
-        merged.extend(back.map(|(_, k, g)| (k, g)));
-        self.waiting = merged;
-    }
-
-    /// Hands streams to waiting requests while connections have credit, then lets the pool
-    /// grow if requests are still waiting.
-    fn dispatch(&mut self, io: &mut Io<'_>) {
-        while let Some(&(key, gen)) = self.waiting.front() {
-            let since = match self.locals.get(key) {
-                Some(l) if l.gen == gen => match l.phase {
-                    Phase::Waiting { since } => since,
-                    _ => {
-                        self.waiting.pop_front();
-                        continue;
-                    }
-                },
-                _ => {
-                    self.waiting.pop_front();
-                    continue;
-                }
-            };
-            let Some(i) = self.pool.pick() else {
-                break;
-            };
-            let ch = self.pool.conns[i].ch;
-            let id = io.conn(ch).and_then(|qc| qc.streams().open(Dir::Bi));
-            let Some(id) = id else {
-                self.pool.out_of_credit(i);
-                continue;
-            };
-            self.pool.stream_opened(i, io.now);
-            self.waiting.pop_front();
-            self.wait_ended();
-            self.shared.stats.stream_opened(
-                io.worker.0 as usize,
-                io.now.saturating_duration_since(since),
-            );
-            self.open_stream(io, key, ch, id, since);
-        }
-        let oldest = self
-            .waiting
-            .iter()
-            .find_map(|&(key, gen)| match self.locals.get(key) {
-                Some(Local {
-                    gen: g,
-                    phase: Phase::Waiting { since },
-                    ..
-                }) if *g == gen => Some(io.now.saturating_duration_since(*since)),
-                _ => None,
-            });
-        let waiting = self.n_waiting + self.udp.wants_connection() as usize;
-        let (server, name) = (self.shared.pool.server, &self.shared.pool.server_name);
+    fn act(&mut self, io: &mut Io<'_>, action: Action) {
         let now = io.now;
-        self.pool
-            .maybe_grow(now, waiting, oldest.unwrap_or(Duration::ZERO), || {
-                io.connect(server, name)
-            });
-    }
-
-    fn open_stream(
-        &mut self,
-        io: &mut Io<'_>,
-        key: usize,
-        ch: ConnectionHandle,
-        id: StreamId,
-        since: Instant,
-    ) {
-        let l = &mut self.locals[key];
-        let mut req = Vec::with_capacity(600 + l.to_quic.len());
-        let padding = tcp::padding(
-            &mut rand::thread_rng(),
-            tcp::REQUEST_PADDING.0,
-            tcp::REQUEST_PADDING.1,
-        );
-        if let Err(e) = TcpRequest::encode(&l.target, &padding, &mut req) {
-            let msg = format!("bad target {:?}: {e}", l.target);
-            if let Some(qc) = io.conn(ch) {
-                let _ = qc.send_stream(id).reset(VarInt::from_u32(STREAM_ABORT));
-            }
-            self.pool.stream_closed(ch, io.now);
-            return self.refuse(io, key, Refusal::Target(msg));
-        }
-        let early = l.to_quic.clone();
-        req.extend_from_slice(&l.to_quic);
-        let written = io
-            .conn(ch)
-            .and_then(|qc| qc.send_stream(id).write(&req).ok())
-            .unwrap_or(0);
-        l.to_quic = req.split_off(written);
-        l.phase = Phase::Opening {
-            ch,
-            id,
-            resp: Vec::new(),
-            since,
-            early,
-        };
-        self.by_stream.insert((ch, id), (key, l.gen));
-    }
-
-    /// Reads the TCPResponse; on success the pipe takes over.
-    fn on_opening_readable(&mut self, io: &mut Io<'_>, key: usize) {
-        let l = &mut self.locals[key];
-        let Phase::Opening { ch, id, resp, .. } = &mut l.phase else {
-            return;
-        };
-        let (ch, id) = (*ch, *id);
-        let mut fin = false;
-        let mut reset = false;
-        if let Some(qc) = io.conn(ch) {
-            match qc.recv_stream(id).read(true) {
-                Ok(mut chunks) => {
-                    loop {
-                        match chunks.next(tcp::MAX_TCP_RESPONSE_LEN) {
-                            Ok(Some(c)) => {
-                                resp.extend_from_slice(&c.bytes);
-                                if TcpResponse::parse(resp).ok().flatten().is_some() {
-                                    break;
-                                }
-                            }
-                            Ok(None) => {
-                                fin = true;
-                                break;
-                            }
-                            Err(ReadError::Blocked) => break,
-                            Err(ReadError::Reset(_)) => {
-                                reset = true;
-                                break;
-                            }
-                        }
+        match action {
+            Action::Dial(conn) => {
+                let cfg = &self.shared.pool;
+                match io.connect(cfg.server, &cfg.server_name) {
+                    Ok(ch) => {
+                        self.conns.ch.insert(conn, ch);
+                        self.conns.id.insert(ch, conn);
                     }
-                    let _ = chunks.finalize();
+                    Err(e) => {
+                        crate::warn_limited!("cannot connect to {}: {e}", cfg.server);
+                        self.session.connection_lost(now, conn, false, &e);
+                    }
                 }
-                Err(_) => reset = true,
             }
-        }
-        if !resp.is_empty() {
-            self.pool.answered(ch);
-        }
-        let parsed = TcpResponse::parse(resp);
-        let refusal = match parsed {
-            Ok(Some((r, n))) if r.is_ok() => {
-                let mut to_tcp = std::mem::take(&mut l.ok_reply);
-                to_tcp.extend_from_slice(&resp[n..]);
-                let to_quic = std::mem::take(&mut l.to_quic);
-                let mut pipe = Pipe::new(ch, id, Ends::QuicFinCloses, to_tcp, to_quic);
-                if fin {
-                    // Everything the target sent is in `to_tcp`; the pipe sees the end.
-                    tracing::trace!("stream {id} finished with its response");
+            Action::Authenticate {
+                conn,
+                control,
+                request,
+            } => {
+                let qc = self.conns.ch.get(&conn).and_then(|&ch| io.conn(ch));
+                let stream = qc.and_then(|qc| {
+                    if let Some(id) = qc.streams().open(Dir::Uni) {
+                        let _ = qc.send_stream(id).write(&control);
+                    }
+                    let id = qc.streams().open(Dir::Bi)?;
+                    let mut s = qc.send_stream(id);
+                    let _ = s.write(&request);
+                    let _ = s.finish();
+                    Some(id)
+                });
+                self.session.auth_sent(conn, stream);
+            }
+            Action::SendRate {
+                conn,
+                bytes_per_sec,
+            } => {
+                if let Some(&ch) = self.conns.ch.get(&conn) {
+                    io.set_send_rate(ch, bytes_per_sec);
                 }
+            }
+            Action::OpenStream { conn, req } => {
+                let stream = self
+                    .conns
+                    .ch
+                    .get(&conn)
+                    .and_then(|&ch| io.conn(ch))
+                    .and_then(|qc| qc.streams().open(Dir::Bi));
+                self.session.stream_opened(now, req, stream);
+            }
+            Action::WriteRequest {
+                req,
+                conn,
+                stream,
+                bytes,
+            } => {
+                let (Some(key), Some(&ch)) = (self.local_of(req), self.conns.ch.get(&conn)) else {
+                    return;
+                };
+                let written = io
+                    .conn(ch)
+                    .and_then(|qc| qc.send_stream(stream).write(&bytes).ok())
+                    .unwrap_or(0);
+                let l = &mut self.locals[key];
+                l.to_quic = bytes[written.min(bytes.len())..].to_vec();
+                l.stream = Some((ch, stream));
+                self.by_stream.insert((ch, stream), (key, l.gen));
+            }
+            Action::ReplyLocal { req, bytes } => {
+                if let Some(key) = self.local_of(req) {
+                    self.send(io, key, &bytes);
+                }
+            }
+            Action::StartPump {
+                req,
+                conn,
+                stream,
+                to_local,
+            } => {
+                let (Some(key), Some(&ch)) = (self.local_of(req), self.conns.ch.get(&conn)) else {
+                    return;
+                };
+                let l = &mut self.locals[key];
+                let to_quic = std::mem::take(&mut l.to_quic);
+                let mut pipe = Pipe::new(ch, stream, Ends::QuicFinCloses, to_local, to_quic);
                 if !l.sending {
                     pipe.attach(l.sock);
                 }
                 l.phase = Phase::Relay(pipe);
-                return self.pump(io, key);
+                self.pump(io, key);
             }
-            Ok(Some((r, _))) => Refusal::Server(r.message),
-            Err(e) => Refusal::Server(format!("malformed response: {e}")),
-            Ok(None) if reset || fin => Refusal::Server("the server closed the stream".into()),
-            Ok(None) => return,
-        };
-        if let Some(qc) = io.conn(ch) {
-            let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
-            crate::worker::pipe::finish_or_reset(qc, id);
+            Action::CloseLocal {
+                req,
+                reply,
+                code,
+                why,
+            } => {
+                let key = self.local_of(req);
+                self.by_req.remove(&req);
+                let Some(key) = key else {
+                    return;
+                };
+                let l = &mut self.locals[key];
+                l.req = None;
+                tracing::info!("{} -> {why}; answered {code}", l.peer);
+                if let Some(k) = l.stream.take() {
+                    self.by_stream.remove(&k);
+                }
+                self.close_with(io, key, &reply);
+            }
+            Action::EndStream { conn, stream } => {
+                if let Some(qc) = self.conns.ch.get(&conn).and_then(|&ch| io.conn(ch)) {
+                    let _ = qc.recv_stream(stream).stop(VarInt::from_u32(0));
+                    crate::worker::pipe::finish_or_reset(qc, stream);
+                }
+            }
+            Action::ResetStream { conn, stream, code } => {
+                if let Some(qc) = self.conns.ch.get(&conn).and_then(|&ch| io.conn(ch)) {
+                    let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(STREAM_ABORT));
+                    let _ = qc.send_stream(stream).reset(code);
+                    let _ = qc.recv_stream(stream).stop(code);
+                }
+            }
+            Action::AbortPump(req) => {
+                let key = self.local_of(req);
+                self.by_req.remove(&req);
+                let Some(key) = key else {
+                    return;
+                };
+                let l = &mut self.locals[key];
+                l.req = None;
+                let tok = token(TokenKind::Local, key, l.gen);
+                if let Phase::Relay(pipe) = &mut l.phase {
+                    if pipe.sock().is_none() {
+                        pipe.attach(l.sock);
+                    }
+                    if pipe.abort(io, tok) == After::Remove {
+                        self.remove(io, key);
+                    }
+                }
+            }
+            Action::CloseConn(conn) => {
+                if let Some(ch) = self.conns.ch.remove(&conn) {
+                    self.conns.id.remove(&ch);
+                    if let Some(qc) = io.conn(ch) {
+                        qc.close(now, 0u32.into(), b""[..].into());
+                    }
+                    self.conn_gone(ch);
+                }
+            }
         }
-        self.refuse(io, key, refusal);
+    }
+
+    /// Lets go of what the adapter holds for a connection that is gone.
+    fn conn_gone(&mut self, ch: ConnectionHandle) {
+        self.by_stream.retain(|(c, _), _| *c != ch);
+        self.udp.connection_lost(ch);
     }
 
     fn pump(&mut self, io: &mut Io<'_>, key: usize) {
@@ -563,53 +530,6 @@ impl ClientApp {
             if pipe.pump(io, tok) == After::Remove {
                 self.remove(io, key);
             }
-        }
-    }
-
-    /// Answers the app with the front end's refusal, then drains and closes.
-    fn refuse(&mut self, io: &mut Io<'_>, key: usize, why: Refusal) {
-        let l = &self.locals[key];
-        let (code, reply) = match (&l.front, &why) {
-            (Front::Socks5 { .. }, Refusal::NoStream(_)) => (
-                "0x01",
-                socks5::reply(ReplyCode::GeneralFailure, unspecified()),
-            ),
-            (Front::Socks5 { .. }, Refusal::Server(_)) => (
-                "0x05",
-                socks5::reply(ReplyCode::ConnectionRefused, unspecified()),
-            ),
-            (Front::Socks5 { .. }, Refusal::Target(_)) => (
-                "0x04",
-                socks5::reply(ReplyCode::HostUnreachable, unspecified()),
-            ),
-            (Front::Http { .. }, Refusal::NoStream(_)) => {
-                ("503", http_proxy::response_unavailable(&why.to_string()))
-            }
-            (Front::Http { .. }, _) => ("502", http_proxy::response_bad_gateway(&why.to_string())),
-            (Front::Forward { .. }, _) => ("close", Vec::new()),
-        };
-        let (code, reply) = if l.replied {
-            ("close", Vec::new())
-        } else {
-            (code, reply)
-        };
-        tracing::info!(
-            "{} -> {}: {why}; answered {code}",
-            l.peer,
-            if l.target.is_empty() { "?" } else { &l.target }
-        );
-        if let Some(k) = self.stream_of(key) {
-            self.by_stream.remove(&k);
-            self.pool.stream_closed(k.0, io.now);
-        }
-        self.close_with(io, key, &reply);
-    }
-
-    fn stream_of(&self, key: usize) -> Option<(ConnectionHandle, StreamId)> {
-        match &self.locals.get(key)?.phase {
-            Phase::Opening { ch, id, .. } => Some((*ch, *id)),
-            Phase::Relay(p) => Some((p.ch, p.id)),
-            _ => None,
         }
     }
 
@@ -641,14 +561,7 @@ impl ClientApp {
     }
 
     fn close(&mut self, io: &mut Io<'_>, key: usize) {
-        let l = &mut self.locals[key];
-        if let Phase::Waiting { .. } = l.phase {
-            l.phase = Phase::Closing {
-                drained: 0,
-                until: io.now,
-            };
-            self.wait_ended();
-        }
+        self.release_request(io, key);
         let l = &mut self.locals[key];
         if !l.closing {
             l.closing = true;
@@ -657,15 +570,25 @@ impl ClientApp {
         }
     }
 
-    fn remove(&mut self, io: &mut Io<'_>, key: usize) {
-        if let Some(k) = self.stream_of(key) {
+    /// The local is going away: the session lets go of its request.
+    fn release_request(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        if let Some(k) = l.stream.take() {
             self.by_stream.remove(&k);
-            self.pool.stream_closed(k.0, io.now);
         }
+        if let Some(req) = l.req.take() {
+            self.by_req.remove(&req);
+            self.session.request_closed(io.now, req);
+            self.perform(io);
+        }
+    }
+
+    fn remove(&mut self, io: &mut Io<'_>, key: usize) {
+        if !self.locals.contains(key) {
+            return;
+        }
+        self.release_request(io, key);
         if let Some(l) = self.locals.try_remove(key) {
-            if let Phase::Waiting { .. } = l.phase {
-                self.wait_ended();
-            }
             if let Phase::Udp { sock } = l.phase {
                 self.udp.control_closed(io, sock);
             }
@@ -753,7 +676,6 @@ impl ClientApp {
                             l.to_quic.extend_from_slice(&leftover);
                             l.ok_reply = ok;
                             self.enqueue(io, key);
-                            self.dispatch(io);
                         }
                         Err(e) => {
                             tracing::info!("{}: HTTP proxy request refused: {e}", l.peer);
@@ -764,7 +686,7 @@ impl ClientApp {
                             self.close_with(io, key, &reply);
                         }
                     },
-                    Phase::Waiting { .. } | Phase::Opening { .. } | Phase::Relay(_) => {}
+                    Phase::Session | Phase::Relay(_) => {}
                 }
             }
             _ => {}
@@ -791,7 +713,6 @@ impl ClientApp {
                             l.to_quic = leftover;
                             l.ok_reply = socks5::reply(ReplyCode::Succeeded, unspecified());
                             self.enqueue(io, key);
-                            self.dispatch(io);
                         }
                         Command::UdpAssociate => self.associate(io, key),
                     };
@@ -831,65 +752,6 @@ impl ClientApp {
         }
     }
 
-    /// Fails every stream of a lost connection; requests it never answered go back to the
-    /// queue.
-    fn connection_lost(
-        &mut self,
-        io: &mut Io<'_>,
-        ch: ConnectionHandle,
-        reason: &quinn_proto::ConnectionError,
-    ) {
-        if self.pool.unanswered(ch) {
-            self.requeue(io, ch);
-        }
-        self.release_streams(io, ch);
-        let waiting = self.n_waiting;
-        let by_peer = matches!(
-            reason,
-            quinn_proto::ConnectionError::ApplicationClosed(_)
-                | quinn_proto::ConnectionError::ConnectionClosed(_)
-        );
-        if self.pool.on_lost(io.now, ch, by_peer, reason, waiting) {
-            tracing::warn!("{:?}: lost a connection to the server", io.worker);
-        }
-    }
-
-    /// Fails the streams and moves the UDP sessions of a connection that is gone.
-    fn release_streams(&mut self, io: &mut Io<'_>, ch: ConnectionHandle) {
-        let affected: Vec<_> = self
-            .by_stream
-            .iter()
-            .filter(|((c, _), _)| *c == ch)
-            .map(|(_, v)| *v)
-            .collect();
-        for (key, gen) in affected {
-            match self.locals.get_mut(key) {
-                Some(l) if l.gen == gen => {}
-                _ => continue,
-            }
-            let tok = token(TokenKind::Local, key, gen);
-            let l = &mut self.locals[key];
-            match &mut l.phase {
-                Phase::Opening { .. } => self.refuse(
-                    io,
-                    key,
-                    Refusal::Server("the connection to the server was lost".into()),
-                ),
-                Phase::Relay(pipe) => {
-                    if pipe.sock().is_none() {
-                        pipe.attach(l.sock);
-                    }
-                    if pipe.abort(io, tok) == After::Remove {
-                        self.remove(io, key);
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.by_stream.retain(|(c, _), _| *c != ch);
-        self.udp.connection_lost(ch);
-    }
-
     fn expire(&mut self, io: &mut Io<'_>) {
         while let Some(Reverse((at, key, gen))) = self.timers.peek().copied() {
             if at > io.now {
@@ -902,58 +764,74 @@ impl ClientApp {
             if l.gen != gen {
                 continue;
             }
-            match l.phase {
-                Phase::Waiting { since } if at >= since + self.shared.stream_open_timeout => {
-                    self.wait_ended();
-                    self.shared
-                        .stats
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let why = if self.pool.conns.iter().any(|c| c.usable()) {
-                        "no stream credit"
-                    } else {
-                        "no connection to the server"
-                    };
-                    self.refuse(
-                        io,
-                        key,
-                        Refusal::NoStream(format!(
-                            "{why} within pool.streamOpenTimeout ({:?})",
-                            self.shared.stream_open_timeout
-                        )),
-                    );
+            if let Phase::Closing { until, .. } = l.phase {
+                if at >= until {
+                    self.close(io, key);
                 }
-                Phase::Closing { until, .. } if at >= until => self.close(io, key),
-                _ => {}
             }
         }
         if self.accept_retry.is_some_and(|at| at <= io.now) {
             self.accept_retry = None;
             self.post_accepts(io);
         }
-        self.pool.expire(io.now);
+        let wants = self.udp.wants_connection();
+        self.session.set_udp_waiting(io.now, wants);
         self.udp.expire(io);
-        while let Some(ch) = self.pool.stalled(io.now) {
-            let streams = self.pool.streams_on(ch);
-            self.requeue(io, ch);
-            self.pool.close_stalled(io.now, ch, streams, self.n_waiting);
-        }
-        let udp = &self.udp;
-        self.pool.close_idle(io.now, |ch| udp.uses(ch));
-        self.pool_closed(io);
+        let (udp, conns) = (&self.udp, &self.conns);
+        self.session.handle_timeout(io.now, |conn| {
+            conns.ch.get(&conn).is_some_and(|&ch| udp.uses(ch))
+        });
+        self.perform(io);
     }
 
-    /// Ends what is left on the connections the pool closed itself.
-    fn pool_closed(&mut self, io: &mut Io<'_>) {
-        for ch in self.pool.take_closed() {
-            let now = io.now;
-            if let Some(qc) = io.conn(ch) {
-                qc.close(now, 0u32.into(), b""[..].into());
+    /// Reads a stream whose bytes the session wants (the auth answer, a TCPResponse),
+    /// chunk by chunk while it still wants them, so that a relay's bytes stay in the stream
+    /// for its pipe.
+    fn read_for_session(
+        &mut self,
+        io: &mut Io<'_>,
+        conn: ConnId,
+        ch: ConnectionHandle,
+        id: StreamId,
+    ) {
+        let now = io.now;
+        let Some(qc) = io.conn(ch) else {
+            return;
+        };
+        let mut reset = false;
+        let mut read = 0;
+        match qc.recv_stream(id).read(true) {
+            Ok(mut chunks) => {
+                while self.session.reading(conn, id) && read <= MAX_SESSION_READ {
+                    match chunks.next(tcp::MAX_TCP_RESPONSE_LEN) {
+                        Ok(Some(c)) => {
+                            read += c.bytes.len();
+                            self.session.stream_data(now, conn, id, &c.bytes, false);
+                        }
+                        Ok(None) => {
+                            self.session.stream_data(now, conn, id, &[], true);
+                            break;
+                        }
+                        Err(ReadError::Blocked) => break,
+                        Err(ReadError::Reset(_)) => {
+                            reset = true;
+                            break;
+                        }
+                    }
+                }
+                let _ = chunks.finalize();
             }
-            self.release_streams(io, ch);
+            Err(_) => reset = true,
+        }
+        if reset {
+            self.session.stream_reset(now, conn, id);
         }
     }
 }
+
+/// Bytes read at once from a stream for the session (an auth answer's padding is at most
+/// 2 KiB; a TCPResponse's at most 4 KiB).
+const MAX_SESSION_READ: usize = 64 * 1024;
 
 fn unspecified() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
@@ -969,42 +847,20 @@ fn flush(io: &mut Io<'_>, key: usize, l: &mut Local) {
     }
 }
 
-/// Why a request gets no relay.
-enum Refusal {
-    /// No stream within the timeout.
-    NoStream(String),
-    /// The server refused or failed (its message).
-    Server(String),
-    /// The target cannot be encoded.
-    Target(String),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::NoStream(m) => f.write_str(m),
-            Refusal::Server(m) => write!(f, "server: {m}"),
-            Refusal::Target(m) => f.write_str(m),
-        }
-    }
-}
-
 impl App for ClientApp {
     fn tick(&mut self, io: &mut Io<'_>) {
         if self.sockets.is_some() {
             self.start(io);
         }
         self.expire(io);
-        self.dispatch(io);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let waiting = self.n_waiting + self.udp.wants_connection() as usize;
         [
             timer,
             self.accept_retry,
-            self.pool.next_deadline(Instant::now(), waiting),
+            self.session.poll_timeout(Instant::now()),
             self.udp.next_deadline(),
         ]
         .into_iter()
@@ -1013,24 +869,25 @@ impl App for ClientApp {
     }
 
     fn on_event(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, event: Event) {
+        let Some(&conn) = self.conns.id.get(&ch) else {
+            return;
+        };
         match event {
-            Event::Connected if self.pool.get_mut(ch).is_some() => {
-                let cfg = &self.shared.pool;
-                let auth = io
-                    .conn(ch)
-                    .and_then(|qc| AuthExchange::start(qc, &cfg.auth, cfg.down));
-                self.pool.on_connected(ch, auth);
-            }
+            Event::Connected => self.session.connected(conn),
             Event::ConnectionLost { reason } => {
-                tracing::debug!("{ch:?} closed: {reason}");
-                self.connection_lost(io, ch, &reason);
-                self.dispatch(io);
+                let by_peer = matches!(
+                    reason,
+                    quinn_proto::ConnectionError::ApplicationClosed(_)
+                        | quinn_proto::ConnectionError::ConnectionClosed(_)
+                );
+                self.session.connection_lost(io.now, conn, by_peer, &reason);
+                self.perform(io);
+                self.conns.ch.remove(&conn);
+                self.conns.id.remove(&ch);
+                self.conn_gone(ch);
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
-                if let Some(c) = self.pool.get_mut(ch) {
-                    c.no_credit = false;
-                }
-                self.dispatch(io);
+                self.session.credit(io.now, conn)
             }
             Event::Stream(StreamEvent::Opened { dir }) => {
                 // The server's HTTP/3 control and QPACK streams: read and ignore. It opens
@@ -1048,34 +905,41 @@ impl App for ClientApp {
                 if id.dir() == Dir::Uni {
                     return drain(io, ch, id);
                 }
-                let Some(auth) = self.pool.auth_exchange(ch, id) else {
-                    return self.on_stream(io, ch, id);
-                };
-                let outcome = io.conn(ch).and_then(|qc| auth.read(qc));
-                let step = self
-                    .pool
-                    .on_auth_answer(io.now, ch, outcome, self.n_waiting);
-                if let AuthStep::Ready { send_rate } = step {
-                    if send_rate > 0 {
-                        io.set_send_rate(ch, send_rate);
-                    }
+                if self.session.reading(conn, id) {
+                    self.read_for_session(io, conn, ch, id);
+                    self.perform(io);
+                    let view = UdpView {
+                        pool: self.session.pool(),
+                        conns: &self.conns,
+                    };
+                    self.udp.flush_pending(io, &view);
+                    return;
                 }
-                self.pool_closed(io);
-                self.udp.flush_pending(io, &self.pool);
-                self.dispatch(io);
+                self.on_stream(io, ch, id);
             }
             Event::Stream(StreamEvent::Writable { id })
             | Event::Stream(StreamEvent::Stopped { id, .. }) => self.on_stream(io, ch, id),
             Event::DatagramReceived => self.udp.on_datagrams(io, ch),
             _ => {}
         }
+        self.perform(io);
     }
 
     fn on_sock(&mut self, io: &mut Io<'_>, c: Completion) {
         match token::split(c.token) {
             (TokenKind::Listener, key, _) => self.on_accept(io, key, c),
             (TokenKind::Local, key, gen) => self.on_local(io, key, gen, c),
-            (TokenKind::Udp, ..) => self.udp.on_completion(io, c, &self.pool),
+            (TokenKind::Udp, ..) => {
+                let view = UdpView {
+                    pool: self.session.pool(),
+                    conns: &self.conns,
+                };
+                self.udp.on_completion(io, c, &view);
+                if self.udp.wants_connection() {
+                    self.session.set_udp_waiting(io.now, true);
+                    self.perform(io);
+                }
+            }
             (TokenKind::Orphan, ..) => {
                 // A socket handed to us for nobody (an accept after its listener closed).
                 if let (SockOp::Accept, Some(sock)) = (c.op, c.accepted) {
@@ -1092,11 +956,11 @@ impl ClientApp {
             return;
         };
         match self.locals.get(key) {
-            Some(l) if l.gen == gen => match l.phase {
-                Phase::Opening { .. } => self.on_opening_readable(io, key),
-                Phase::Relay(_) => self.pump(io, key),
-                _ => {}
-            },
+            Some(l) if l.gen == gen => {
+                if let Phase::Relay(_) = l.phase {
+                    self.pump(io, key);
+                }
+            }
             _ => {
                 self.by_stream.remove(&(ch, id));
             }

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use quinn_proto::ConnectionHandle;
 use slab::Slab;
 
-use super::pool::Pool;
 use super::socks5::{self, Destination};
 use super::stats::PoolStats;
 use super::token::{self, token, TokenKind};
@@ -32,6 +31,14 @@ const RECV_BUF: usize = MAX_UDP_PAYLOAD + 512;
 const MAX_SENDS: usize = 256;
 /// Datagrams held while no connection is up (the first ones after start or a reconnect).
 const MAX_PENDING: usize = 256;
+
+/// The connections the UDP sessions may use.
+pub trait UdpConns {
+    /// Whether `ch` is authenticated.
+    fn ready(&self, ch: ConnectionHandle) -> bool;
+    /// An authenticated connection that relays UDP.
+    fn pick_udp(&self) -> Option<ConnectionHandle>;
+}
 
 /// `udpForwarding` entry: datagrams to the local socket go to `remote`.
 #[derive(Clone, Debug)]
@@ -109,7 +116,7 @@ impl Udp {
     }
 
     /// Sends the datagrams that waited for a connection, if one is up now.
-    pub fn flush_pending(&mut self, io: &mut Io<'_>, pool: &Pool<ConnectionHandle>) {
+    pub fn flush_pending(&mut self, io: &mut Io<'_>, pool: &dyn UdpConns) {
         if self.pending.is_empty() || pool.pick_udp().is_none() {
             return;
         }
@@ -217,7 +224,7 @@ impl Udp {
         }
     }
 
-    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &Pool<ConnectionHandle>) {
+    pub fn on_completion(&mut self, io: &mut Io<'_>, c: Completion, pool: &dyn UdpConns) {
         let (_, key, gen) = token::split(c.token);
         match self.socks.get(key) {
             Some(s) if s.gen == gen => {}
@@ -261,7 +268,7 @@ impl Udp {
         key: usize,
         peer: SocketAddr,
         data: &[u8],
-        pool: &Pool<ConnectionHandle>,
+        pool: &dyn UdpConns,
     ) {
         let now = io.now;
         let (id, addr, payload) = match &mut self.socks[key].kind {
@@ -315,19 +322,12 @@ impl Udp {
 
     /// Sends one packet of session `id` as UDPMessages on the session's connection (or a
     /// new one); holds it while no connection is up.
-    fn send(
-        &mut self,
-        io: &mut Io<'_>,
-        id: u32,
-        addr: &str,
-        payload: &[u8],
-        pool: &Pool<ConnectionHandle>,
-    ) {
+    fn send(&mut self, io: &mut Io<'_>, id: u32, addr: &str, payload: &[u8], pool: &dyn UdpConns) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
         s.last = io.now;
-        let ready = |ch: ConnectionHandle| pool.conns.iter().any(|c| c.ch == ch && c.is_ready());
+        let ready = |ch: ConnectionHandle| pool.ready(ch);
         let ch = match s.ch.filter(|&ch| ready(ch)) {
             Some(ch) => ch,
             None => match pool.pick_udp() {
