@@ -16,37 +16,16 @@ use rand::SeedableRng;
 
 use super::tests::{config, socks};
 use super::*;
-use crate::limits::{Caps, Limits};
-use crate::server::guard::OutboundGuard;
 use crate::server::hy2::session::{
     self as server, ConnId as SConn, JobId, RelayId, Session as Server,
 };
-use crate::server::hy2::{Authenticator, Hy2Config, Masquerade};
+use crate::server::hy2::{Authenticator, Hy2Config};
 
 const CLIENT_ADDR: &str = "192.0.2.7:40000";
 const TARGET: &str = "192.0.2.80:443";
 
-fn server_config(auth: Authenticator) -> Hy2Config {
-    Hy2Config {
-        auth,
-        masquerade: Masquerade::NotFound,
-        guard: OutboundGuard::default(),
-        udp: true,
-        udp_idle_timeout: Duration::from_secs(60),
-        bandwidth_up: 0,
-        bandwidth_down: 0,
-        ignore_client_bandwidth: false,
-        speed_test: false,
-        limits: Limits::new(Caps::default(), None),
-        max_incoming_streams: 64,
-        auth_timeout: Duration::from_secs(60),
-        max_unauthenticated: 10_000,
-        max_unauthenticated_per_source: 256,
-    }
-}
-
 fn password(p: &str) -> Hy2Config {
-    server_config(Authenticator::Password(p.into()))
+    server::tests::config(Authenticator::Password(p.into()))
 }
 
 /// A relay as the server's adapter holds it.
@@ -495,7 +474,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[test]
 fn an_http_auth_verdict_after_the_client_closed_lands_nowhere() {
     let http = || {
-        server_config(Authenticator::Http {
+        server::tests::config(Authenticator::Http {
             url: "http://127.0.0.1:1/auth".into(),
             insecure: false,
         })

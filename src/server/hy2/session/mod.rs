@@ -15,7 +15,7 @@
 
 mod caps;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod udp;
 
 use std::cmp::Reverse;

@@ -25,7 +25,9 @@ use crate::server::guard::OutboundGuard;
 const CLIENT: &str = "192.0.2.7:40000";
 const TARGET: &str = "192.0.2.80:443";
 
-fn config(auth: Authenticator) -> Hy2Config {
+/// A server config as a test needs it: `auth`, the rest as the defaults (also used by
+/// the client-server pair in `client::session`).
+pub(crate) fn config(auth: Authenticator) -> Hy2Config {
     Hy2Config {
         auth,
         masquerade: Masquerade::NotFound,
