@@ -470,6 +470,12 @@ pub struct Limits {
     pub max_streams: Option<u64>,
     /// `limits.maxConnectionsPerUser`: concurrent connections of one user.
     pub max_connections_per_user: Option<u64>,
+    /// `limits.maxUdpSessionsPerUser`: concurrent UDP sessions of one user. Unlike the caps
+    /// above, absent (`None`) = a default (half the user's socket cap) and `Some(0)` = no cap.
+    pub max_udp_sessions_per_user: Option<u64>,
+    /// `limits.maxSocketsPerUser`: outbound sockets of one user (relayed TCP streams and UDP
+    /// sessions). Absent (`None`) = half the server's socket budget, `Some(0)` = no cap.
+    pub max_sockets_per_user: Option<u64>,
     /// `limits.receiveWindowBudget`: bytes of QUIC receive window all connections together
     /// may hold; `None` = a quarter of physical memory.
     pub receive_window_budget: Option<u64>,

@@ -214,6 +214,8 @@ fn full_config() {
             max_streams_per_user: Some(10_000),
             max_streams: Some(100_000),
             max_connections_per_user: Some(8),
+            max_udp_sessions_per_user: Some(512),
+            max_sockets_per_user: Some(2000),
             receive_window_budget: Some(512 << 20),
             auth_timeout: Some(Duration::from_secs(20)),
             max_unauthenticated: Some(5000),
@@ -350,6 +352,33 @@ fn removed_users_are_userpass_names_gone_from_the_new_config() {
     assert!(Auth::Password("a".into())
         .removed_users(&Auth::Password("b".into()))
         .is_empty());
+}
+
+/// `limits.maxUdpSessionsPerUser` and `limits.maxSocketsPerUser`: absent is the default,
+/// 0 is kept (no cap, unlike the other caps' 0 = absent), a bad value names its key.
+#[test]
+fn per_user_socket_caps() {
+    let l = ok(AUTH).limits;
+    assert_eq!(
+        (l.max_udp_sessions_per_user, l.max_sockets_per_user),
+        (None, None)
+    );
+    let l = ok(&format!(
+        "{AUTH}limits: {{maxUdpSessionsPerUser: 0, maxSocketsPerUser: 300}}"
+    ))
+    .limits;
+    assert_eq!(
+        (l.max_udp_sessions_per_user, l.max_sockets_per_user),
+        (Some(0), Some(300))
+    );
+    fails(
+        &format!("{AUTH}limits: {{maxUdpSessionsPerUser: many}}"),
+        "limits.maxUdpSessionsPerUser",
+    );
+    fails(
+        &format!("{AUTH}limits: {{maxSocketsPerUser: -1}}"),
+        "limits.maxSocketsPerUser",
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Caps on what the relay holds: streams per user (over all of the user's connections on
-//! every worker), streams over the whole server, connections per user.
+//! every worker), streams over the whole server, connections per user, UDP sessions and
+//! outbound sockets per user, outbound sockets over the whole server.
 //!
 //! Counters are shared by all workers and lock-free: a permit is acquired by
 //! compare-and-swap below the cap and released when the permit is dropped. A cap is never
@@ -125,6 +126,11 @@ pub struct User {
     pub name: String,
     pub streams: Cap,
     pub connections: Cap,
+    /// UDP sessions of the user (`limits.maxUdpSessionsPerUser`).
+    pub udp_sessions: Cap,
+    /// Outbound sockets of the user: relayed TCP streams and UDP sessions
+    /// (`limits.maxSocketsPerUser`).
+    pub sockets: Cap,
     /// Payload bytes client → targets (TCP stream bytes and UDP datagram payloads).
     pub tx: AtomicU64,
     /// Payload bytes targets → client.
@@ -186,6 +192,62 @@ pub struct Caps {
     pub connections_per_user: Option<u64>,
     /// Bytes of receive window all connections together may hold (see [`window`]).
     pub receive_window_budget: Option<u64>,
+    /// UDP sessions of one user; see [`PerUser`] (default: half the user's sockets).
+    pub udp_sessions_per_user: PerUser,
+    /// Outbound sockets of one user; see [`PerUser`] (default: half the socket budget).
+    pub sockets_per_user: PerUser,
+}
+
+/// A per-user cap whose default depends on the socket budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PerUser {
+    /// Absent from the config: the default, derived from the outbound-socket budget.
+    #[default]
+    Default,
+    /// `0` in the config: no cap.
+    Unlimited,
+    /// This many.
+    Cap(u64),
+}
+
+impl PerUser {
+    /// The config's value: absent → default, 0 → no cap.
+    pub fn from_config(v: Option<u64>) -> Self {
+        match v {
+            None => PerUser::Default,
+            Some(0) => PerUser::Unlimited,
+            Some(n) => PerUser::Cap(n),
+        }
+    }
+
+    fn resolve(self, default: Option<u64>) -> Option<u64> {
+        match self {
+            PerUser::Default => default,
+            PerUser::Unlimited => None,
+            PerUser::Cap(n) => Some(n),
+        }
+    }
+}
+
+/// Why [`Limits::acquire_stream`] gave no permit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A stream cap or the server's socket budget: permits come back as relays end, so the
+    /// request waits.
+    Wait,
+    /// The user's socket cap (`limits.maxSocketsPerUser`): the request is refused.
+    UserSockets,
+}
+
+/// Why [`Limits::acquire_udp`] gave no permit (each refusal is counted at its cap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpRefused {
+    /// `limits.maxUdpSessionsPerUser`.
+    UserUdpSessions,
+    /// `limits.maxSocketsPerUser`.
+    UserSockets,
+    /// The server's outbound-socket budget.
+    Budget,
 }
 
 /// Every counter of the server.
@@ -215,18 +277,24 @@ impl Drop for StreamPermit {
     fn drop(&mut self) {
         self.user.streams.release();
         self.limits.streams.release();
+        self.user.sockets.release();
         self.limits.sockets.release();
     }
 }
 
-/// Holds one outbound socket (a UDP session's); releases it when dropped.
+/// Holds one UDP session of a user (its outbound socket); releases it when dropped.
 #[derive(Debug)]
 pub struct SocketPermit {
+    user: Option<Arc<User>>,
     limits: Arc<Limits>,
 }
 
 impl Drop for SocketPermit {
     fn drop(&mut self) {
+        if let Some(u) = &self.user {
+            u.udp_sessions.release();
+            u.sockets.release();
+        }
         self.limits.sockets.release();
     }
 }
@@ -267,11 +335,27 @@ impl Limits {
         *self.caps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The caps on each user's UDP sessions and outbound sockets, defaults resolved: a
+    /// user's sockets default to half the server's socket budget (so one user never takes
+    /// it all), its UDP sessions to half its sockets (opened by a single datagram each, with
+    /// no flow control, they never crowd out the user's own TCP streams). No budget (no
+    /// RLIMIT_NOFILE): no default cap.
+    pub fn per_user_socket_caps(&self, caps: &Caps) -> (Option<u64>, Option<u64>) {
+        let sockets = caps
+            .sockets_per_user
+            .resolve(self.sockets.cap().map(|b| (b / 2).max(1)));
+        let udp = caps
+            .udp_sessions_per_user
+            .resolve(sockets.map(|s| (s / 2).max(1)));
+        (udp, sockets)
+    }
+
     /// Applies new caps (a reload) to the server and every known user.
     pub fn set_caps(&self, caps: Caps) {
         *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = caps;
         self.streams.set_cap(caps.streams);
         self.window_budget.set_cap(caps.receive_window_budget);
+        let (udp, sockets) = self.per_user_socket_caps(&caps);
         for u in self
             .users
             .lock()
@@ -280,12 +364,15 @@ impl Limits {
         {
             u.streams.set_cap(caps.streams_per_user);
             u.connections.set_cap(caps.connections_per_user);
+            u.udp_sessions.set_cap(udp);
+            u.sockets.set_cap(sockets);
         }
     }
 
     /// The counters of `name` (created on first use; called at authentication).
     pub fn user(&self, name: &str) -> Arc<User> {
         let caps = self.caps();
+        let (udp, sockets) = self.per_user_socket_caps(&caps);
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         users
             .entry(name.to_string())
@@ -294,6 +381,8 @@ impl Limits {
                     name: name.to_string(),
                     streams: Cap::new(caps.streams_per_user),
                     connections: Cap::new(caps.connections_per_user),
+                    udp_sessions: Cap::new(udp),
+                    sockets: Cap::new(sockets),
                     tx: AtomicU64::new(0),
                     rx: AtomicU64::new(0),
                     online: AtomicU64::new(0),
@@ -310,23 +399,33 @@ impl Limits {
         v
     }
 
-    /// One stream for `user`: within the user's cap, the server's and the socket budget.
-    /// With `count`, a refusal is counted as a hit of the cap that refused (once per
-    /// request, not per retry).
-    pub fn acquire_stream(self: &Arc<Self>, user: &Arc<User>, count: bool) -> Option<StreamPermit> {
-        let caps = [&user.streams, &self.streams, &self.sockets];
+    /// One stream for `user`: within the user's stream cap, the server's, the user's
+    /// socket cap and the socket budget. With `count`, a refusal at a cap the request waits
+    /// for is counted as a hit of that cap (once per request, not per retry); a refusal at
+    /// the user's socket cap ends the request, so it is always counted.
+    pub fn acquire_stream(
+        self: &Arc<Self>,
+        user: &Arc<User>,
+        count: bool,
+    ) -> Result<StreamPermit, Refused> {
+        let caps = [&user.streams, &self.streams, &user.sockets, &self.sockets];
         for (i, cap) in caps.iter().enumerate() {
             if !cap.try_acquire() {
                 for taken in &caps[..i] {
                     taken.release();
                 }
-                if count {
+                let refused = if i == 2 {
+                    Refused::UserSockets
+                } else {
+                    Refused::Wait
+                };
+                if count || refused == Refused::UserSockets {
                     cap.hit();
                 }
-                return None;
+                return Err(refused);
             }
         }
-        Some(StreamPermit {
+        Ok(StreamPermit {
             user: user.clone(),
             limits: self.clone(),
         })
@@ -334,16 +433,36 @@ impl Limits {
 
     /// Whether `user` could get a stream now (a hint for granting credit again).
     pub fn stream_room(&self, user: &User) -> bool {
-        user.streams.has_room() && self.streams.has_room() && self.sockets.has_room()
+        user.streams.has_room()
+            && self.streams.has_room()
+            && user.sockets.has_room()
+            && self.sockets.has_room()
     }
 
-    /// One outbound socket for a UDP session; a refusal is counted as a hit.
-    pub fn acquire_socket(self: &Arc<Self>) -> Option<SocketPermit> {
-        if !self.sockets.try_acquire() {
-            self.sockets.hit();
-            return None;
+    /// One UDP session (one outbound socket) for `user`: within the user's UDP-session cap,
+    /// its socket cap and the server's socket budget. A refusal is counted as a hit of the
+    /// cap that refused.
+    pub fn acquire_udp(
+        self: &Arc<Self>,
+        user: Option<&Arc<User>>,
+    ) -> Result<SocketPermit, UdpRefused> {
+        let mut caps: Vec<(&Cap, UdpRefused)> = Vec::with_capacity(3);
+        if let Some(u) = user {
+            caps.push((&u.udp_sessions, UdpRefused::UserUdpSessions));
+            caps.push((&u.sockets, UdpRefused::UserSockets));
         }
-        Some(SocketPermit {
+        caps.push((&self.sockets, UdpRefused::Budget));
+        for (i, (cap, why)) in caps.iter().enumerate() {
+            if !cap.try_acquire() {
+                for (taken, _) in &caps[..i] {
+                    taken.release();
+                }
+                cap.hit();
+                return Err(*why);
+            }
+        }
+        Ok(SocketPermit {
+            user: user.cloned(),
             limits: self.clone(),
         })
     }

@@ -86,7 +86,7 @@ fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
         match op {
             Op::Open { user, conn } => {
                 if conns[conn].is_some() {
-                    if let Some(p) = limits.acquire_stream(&users[user], true) {
+                    if let Ok(p) = limits.acquire_stream(&users[user], true) {
                         streams.push((conn, p));
                     }
                 }
@@ -120,7 +120,8 @@ fn run(limits: Arc<Limits>, policy: Arc<WindowPolicy>, ops: Vec<Op>) {
             }
             Op::Session(conn) => {
                 if conns[conn].is_some() {
-                    if let Some(p) = limits.acquire_socket() {
+                    let user = &users[conn % users.len()];
+                    if let Ok(p) = limits.acquire_udp(Some(user)) {
                         sessions.push((conn, p));
                     }
                 }
@@ -161,6 +162,8 @@ proptest! {
         conns in 1u64..4,
         budget_mib in 1u64..64,
         fd_limit in 260u64..320,
+        udp_per_user in 0u64..8,
+        sockets_per_user in 0u64..16,
     ) {
         let limits = Limits::new(
             Caps {
@@ -168,6 +171,8 @@ proptest! {
                 streams: Some(total),
                 connections_per_user: Some(conns),
                 receive_window_budget: Some(budget_mib << 20),
+                udp_sessions_per_user: PerUser::from_config(Some(udp_per_user)),
+                sockets_per_user: PerUser::from_config(Some(sockets_per_user)),
             },
             Some(fd_limit),
         );
@@ -191,6 +196,14 @@ proptest! {
         for u in limits.users() {
             prop_assert_eq!(u.streams.held(), 0);
             prop_assert_eq!(u.connections.held(), 0);
+            prop_assert_eq!(u.udp_sessions.held(), 0);
+            prop_assert_eq!(u.sockets.held(), 0);
+            if udp_per_user > 0 {
+                prop_assert!(u.udp_sessions.peak() <= udp_per_user);
+            }
+            if sockets_per_user > 0 {
+                prop_assert!(u.sockets.peak() <= sockets_per_user);
+            }
             prop_assert!(u.streams.peak() <= per_user);
             prop_assert!(u.connections.peak() <= conns);
         }
@@ -199,16 +212,23 @@ proptest! {
 
 #[test]
 fn the_fd_budget_caps_the_server() {
-    let limits = Limits::new(Caps::default(), Some(300));
+    let no_user_caps = Caps {
+        udp_sessions_per_user: PerUser::Unlimited,
+        sockets_per_user: PerUser::Unlimited,
+        ..Caps::default()
+    };
+    let limits = Limits::new(no_user_caps, Some(300));
     assert_eq!(limits.sockets.cap(), Some(44));
     let u = limits.user("u");
     // Streams and UDP sessions draw on the same sockets.
     let streams: Vec<_> = (0..40)
-        .filter_map(|_| limits.acquire_stream(&u, true))
+        .filter_map(|_| limits.acquire_stream(&u, true).ok())
         .collect();
-    let sessions: Vec<_> = (0..10).filter_map(|_| limits.acquire_socket()).collect();
+    let sessions: Vec<_> = (0..10)
+        .filter_map(|_| limits.acquire_udp(Some(&u)).ok())
+        .collect();
     assert_eq!((streams.len(), sessions.len()), (40, 4));
-    assert!(limits.acquire_stream(&u, true).is_none());
+    assert_eq!(limits.acquire_stream(&u, true).err(), Some(Refused::Wait));
     assert!(!limits.stream_room(&u));
     assert_eq!(limits.sockets.hits(), 7);
     drop(sessions);
@@ -236,10 +256,10 @@ fn a_lower_cap_applies_as_permits_return() {
     );
     let u = limits.user("u");
     let held: Vec<_> = (0..3)
-        .filter_map(|_| limits.acquire_stream(&u, true))
+        .filter_map(|_| limits.acquire_stream(&u, true).ok())
         .collect();
     assert_eq!(held.len(), 3);
-    assert!(limits.acquire_stream(&u, true).is_none());
+    assert!(limits.acquire_stream(&u, true).is_err());
     assert_eq!(u.streams.hits(), 1);
     limits.set_caps(Caps {
         streams_per_user: Some(1),
@@ -247,8 +267,86 @@ fn a_lower_cap_applies_as_permits_return() {
     });
     drop(held);
     let one = limits.acquire_stream(&u, true);
-    assert!(one.is_some());
-    assert!(limits.acquire_stream(&u, true).is_none());
+    assert!(one.is_ok());
+    assert!(limits.acquire_stream(&u, true).is_err());
+}
+
+/// Without configured values, a user's sockets are capped at half the budget and its UDP
+/// sessions at half of those; 0 lifts a cap; explicit values win.
+#[test]
+fn per_user_socket_caps_default_from_the_budget() {
+    let limits = Limits::new(Caps::default(), Some(FD_RESERVE + 4000));
+    let u = limits.user("u");
+    assert_eq!(
+        (u.sockets.cap(), u.udp_sessions.cap()),
+        (Some(2000), Some(1000))
+    );
+    let none = Limits::new(Caps::default(), None);
+    let n = none.user("n");
+    assert_eq!((n.sockets.cap(), n.udp_sessions.cap()), (None, None));
+    let set = Caps {
+        udp_sessions_per_user: PerUser::from_config(Some(0)),
+        sockets_per_user: PerUser::from_config(Some(300)),
+        ..Caps::default()
+    };
+    limits.set_caps(set);
+    assert_eq!((u.sockets.cap(), u.udp_sessions.cap()), (Some(300), None));
+    let set = Caps {
+        udp_sessions_per_user: PerUser::from_config(Some(7)),
+        ..Caps::default()
+    };
+    limits.set_caps(set);
+    assert_eq!(
+        (u.sockets.cap(), u.udp_sessions.cap()),
+        (Some(2000), Some(7))
+    );
+}
+
+/// One user's UDP sessions stop at its UDP cap and its socket cap; its TCP streams are
+/// refused (not parked) at its socket cap; another user still gets sockets.
+#[test]
+fn one_users_udp_sessions_leave_sockets_for_others() {
+    let limits = Limits::new(
+        Caps {
+            udp_sessions_per_user: PerUser::Cap(5),
+            sockets_per_user: PerUser::Cap(8),
+            ..Caps::default()
+        },
+        Some(FD_RESERVE + 20),
+    );
+    let a = limits.user("a");
+    let b = limits.user("b");
+    let udp: Vec<_> = (0..100)
+        .filter_map(|_| limits.acquire_udp(Some(&a)).ok())
+        .collect();
+    assert_eq!(udp.len(), 5);
+    assert_eq!(a.udp_sessions.hits(), 95);
+    let tcp: Vec<_> = (0..3)
+        .filter_map(|_| limits.acquire_stream(&a, false).ok())
+        .collect();
+    assert_eq!(tcp.len(), 3);
+    // The user's sockets are all taken: a stream is refused and counted even when retried.
+    assert_eq!(
+        limits.acquire_stream(&a, false).err(),
+        Some(Refused::UserSockets)
+    );
+    assert_eq!(a.sockets.hits(), 1);
+    assert!(!limits.stream_room(&a));
+    assert_eq!(a.streams.held(), 3, "a refused stream holds nothing");
+    // Another user: 20 - 8 sockets left.
+    let b_tcp: Vec<_> = (0..8)
+        .filter_map(|_| limits.acquire_stream(&b, true).ok())
+        .collect();
+    assert_eq!(b_tcp.len(), 8);
+    let b_udp: Vec<_> = (0..8)
+        .filter_map(|_| limits.acquire_udp(Some(&b)).ok())
+        .collect();
+    assert_eq!(b_udp.len(), 0, "b's socket cap of 8 is reached");
+    assert_eq!(b.sockets.hits(), 8);
+    drop((udp, tcp, b_tcp));
+    for c in [&a.udp_sessions, &a.sockets, &b.sockets, &limits.sockets] {
+        assert_eq!(c.held(), 0);
+    }
 }
 
 #[test]

@@ -287,7 +287,8 @@ fn render_limits(out: &mut String, l: &Limits) {
     let cap = |c: Option<u64>| c.map_or(-1.0, |c| c as f64);
     let b = &l.window_budget;
     let u = &l.unauthenticated;
-    let server: [(&str, &str, &str, f64); 15] = [
+    let (udp_cap, sockets_cap) = l.per_user_socket_caps(&caps);
+    let server: [(&str, &str, &str, f64); 17] = [
         (
             "quelay_streams_cap",
             "gauge",
@@ -367,6 +368,18 @@ fn render_limits(out: &mut String, l: &Limits) {
             cap(caps.streams_per_user),
         ),
         (
+            "quelay_user_udp_sessions_cap",
+            "gauge",
+            "Cap on each user's UDP sessions (-1: none).",
+            cap(udp_cap),
+        ),
+        (
+            "quelay_user_sockets_cap",
+            "gauge",
+            "Cap on each user's outbound sockets, TCP and UDP (-1: none).",
+            cap(sockets_cap),
+        ),
+        (
             "quelay_unauthenticated_connections",
             "gauge",
             "Connections past their handshake that have not authenticated yet.",
@@ -386,7 +399,7 @@ fn render_limits(out: &mut String, l: &Limits) {
         );
     }
     let users = l.users();
-    let per_user: [UserSeries; 5] = [
+    let per_user: [UserSeries; 9] = [
         (
             "quelay_user_streams_open",
             "gauge",
@@ -416,6 +429,30 @@ fn render_limits(out: &mut String, l: &Limits) {
             "counter",
             "Connection permits refused at the user's cap.",
             |u| u.connections.hits(),
+        ),
+        (
+            "quelay_user_udp_sessions",
+            "gauge",
+            "UDP sessions of the user now.",
+            |u| u.udp_sessions.held(),
+        ),
+        (
+            "quelay_user_udp_session_cap_hits_total",
+            "counter",
+            "UDP sessions refused at the user's cap (their datagrams dropped).",
+            |u| u.udp_sessions.hits(),
+        ),
+        (
+            "quelay_user_sockets",
+            "gauge",
+            "Outbound sockets of the user now (relayed TCP streams and UDP sessions).",
+            |u| u.sockets.held(),
+        ),
+        (
+            "quelay_user_socket_cap_hits_total",
+            "counter",
+            "TCP requests (answered with an error) and UDP sessions refused at the user's socket cap.",
+            |u| u.sockets.hits(),
         ),
     ];
     for (name, ty, help, get) in per_user {

@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::engine::DriverConfig;
 use crate::limits::handshake::HandshakeLimits;
-use crate::limits::{Caps, Limits};
+use crate::limits::{Caps, Limits, PerUser};
 use crate::proto::h3::ALPN;
 use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig, QuicSection, SocketGroup, Steering};
@@ -134,6 +134,8 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
         streams_per_user: cfg.limits.max_streams_per_user,
         streams: cfg.limits.max_streams,
         connections_per_user: cfg.limits.max_connections_per_user,
+        udp_sessions_per_user: PerUser::from_config(cfg.limits.max_udp_sessions_per_user),
+        sockets_per_user: PerUser::from_config(cfg.limits.max_sockets_per_user),
         receive_window_budget: Some(
             cfg.limits
                 .receive_window_budget

@@ -66,6 +66,8 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
             max_streams_per_user: s.u64("maxStreamsPerUser")?.filter(|&n| n != 0),
             max_streams: s.u64("maxStreams")?.filter(|&n| n != 0),
             max_connections_per_user: s.u64("maxConnectionsPerUser")?.filter(|&n| n != 0),
+            max_udp_sessions_per_user: s.u64("maxUdpSessionsPerUser")?,
+            max_sockets_per_user: s.u64("maxSocketsPerUser")?,
             receive_window_budget: match s.size("receiveWindowBudget")? {
                 Some(n) if n < MIN_RECEIVE_WINDOW_BUDGET => {
                     return Err(fault(

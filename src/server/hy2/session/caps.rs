@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use quinn_proto::StreamId;
 
 use super::{Action, ConnId, Session, Stream};
-use crate::limits::{Limits, StreamPermit};
+use crate::limits::{Limits, Refused, StreamPermit};
 
 /// How often parked streams and withheld credit are looked at again: permits released on
 /// other workers are not signalled.
@@ -30,20 +30,32 @@ impl Session {
     /// A permit for a relay of the connection's user: the connection's own permit first (its
     /// user's connection cap), then a stream permit. `None` when a cap is reached.
     /// `first`: the request's first attempt (refusals are counted once per request).
-    fn try_permit(&mut self, conn: ConnId, first: bool) -> Option<StreamPermit> {
-        let c = self.conns.get_mut(&conn)?;
-        let user = c.limits.clone()?;
+    /// `Err(Refused::UserSockets)`: the user's socket cap, the request is refused.
+    fn try_permit(&mut self, conn: ConnId, first: bool) -> Result<StreamPermit, Refused> {
+        let c = self.conns.get_mut(&conn).ok_or(Refused::Wait)?;
+        let user = c.limits.clone().ok_or(Refused::Wait)?;
         if c.conn_permit.is_none() {
             c.conn_permit = Limits::acquire_connection(&user, false);
-            c.conn_permit.as_ref()?;
+            c.conn_permit.as_ref().ok_or(Refused::Wait)?;
         }
         self.cfg.limits.acquire_stream(&user, first)
     }
 
+    /// A request refused at its user's socket cap: an error TCPResponse, counted.
+    fn refuse_at_socket_cap(&mut self, p: Parked) {
+        self.counters.refused += 1;
+        self.counters.socket_cap_refused += 1;
+        crate::warn_limited!("proxy request refused: the user's outbound-socket cap is reached");
+        let bytes = super::error_response("too many sockets open for this user");
+        self.respond(p.conn, p.stream, bytes);
+    }
+
     /// Starts the relay with a permit, or parks the request and withholds credit.
     pub(super) fn admit(&mut self, now: Instant, p: Parked) {
-        if let Some(permit) = self.try_permit(p.conn, true) {
-            return self.start_relay(now, p, permit);
+        match self.try_permit(p.conn, true) {
+            Ok(permit) => return self.start_relay(now, p, permit),
+            Err(Refused::UserSockets) => return self.refuse_at_socket_cap(p),
+            Err(Refused::Wait) => {}
         }
         let conn = p.conn;
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -70,13 +82,19 @@ impl Session {
                 continue; // the stream or its connection went away
             }
             match self.try_permit(p.conn, false) {
-                Some(permit) => {
+                Ok(permit) => {
                     if let Some(c) = self.conns.get_mut(&p.conn) {
                         c.streams.remove(&p.stream);
                     }
                     self.start_relay(now, p, permit);
                 }
-                None => self.parked.push_back(p),
+                Err(Refused::UserSockets) => {
+                    if let Some(c) = self.conns.get_mut(&p.conn) {
+                        c.streams.remove(&p.stream);
+                    }
+                    self.refuse_at_socket_cap(p);
+                }
+                Err(Refused::Wait) => self.parked.push_back(p),
             }
         }
         let max = self.cfg.max_incoming_streams;

@@ -192,8 +192,11 @@ impl Phase {
 /// Counts the adapter publishes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Proxy requests refused: malformed, refused by the outbound guard, while draining.
+    /// Proxy requests refused: malformed, refused by the outbound guard, while draining, at
+    /// the user's socket cap.
     pub refused: u64,
+    /// Proxy requests refused at their user's socket cap (`limits.maxSocketsPerUser`).
+    pub socket_cap_refused: u64,
     /// Times a connection's stream credit was withheld.
     pub credit_withheld: u64,
     pub auth_failures: u64,

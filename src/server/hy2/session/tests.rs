@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use bytes::Bytes;
 
 use super::*;
-use crate::limits::Caps;
+use crate::limits::{Caps, PerUser};
 use crate::proto::h3::ResponseReader;
 use crate::proto::tcp::TcpResponse;
 use crate::proto::udp::{fragment, Defragger, UdpMessage};
@@ -894,4 +894,145 @@ fn a_spent_socket_budget_refuses_new_udp_sessions() {
     // The first session still works.
     h.udp(conn, 1, TARGET, b"y", 1);
     assert_eq!(h.a.udp_sent.len(), 2);
+}
+
+// ---- per-user caps on UDP sessions and outbound sockets ----
+
+/// alice and bob (userpass), each authenticated on a connection of its own.
+fn two_users(caps: Caps, fd_limit: u64) -> (Harness, ConnId, ConnId) {
+    let users = HashMap::from([
+        ("alice".to_string(), "a".to_string()),
+        ("bob".to_string(), "b".to_string()),
+    ]);
+    let mut cfg = config(Authenticator::UserPass(users));
+    cfg.limits = Limits::new(caps, Some(crate::limits::FD_RESERVE + fd_limit));
+    let mut h = Harness::new(cfg);
+    let alice = h.connect_from("192.0.2.1:1");
+    h.auth(alice, bidi(0), "alice:a");
+    let bob = h.connect_from("192.0.2.2:1");
+    h.auth(bob, bidi(0), "bob:b");
+    assert_eq!(h.status(alice, bidi(0)), 233);
+    assert_eq!(h.status(bob, bidi(0)), 233);
+    (h, alice, bob)
+}
+
+#[test]
+fn udp_sessions_beyond_a_users_cap_are_dropped_and_counted_and_leave_sockets_for_others() {
+    let caps = Caps {
+        udp_sessions_per_user: PerUser::Cap(3),
+        sockets_per_user: PerUser::Cap(5),
+        ..Caps::default()
+    };
+    let (mut h, alice, bob) = two_users(caps, 20);
+    for id in 0..1000 {
+        h.udp(alice, id, TARGET, b"x", 1);
+    }
+    assert_eq!(h.a.udp_socks.len(), 3, "alice's UDP-session cap");
+    assert_eq!(
+        h.a.udp_sent.len(),
+        3,
+        "refused sessions' datagrams are dropped"
+    );
+    let c = h.s.udp_counters();
+    assert_eq!((c.sessions_opened, c.sessions_refused), (3, 997));
+    assert_eq!(c.dropped, 997);
+    let a = h.limits().user("alice");
+    assert_eq!((a.udp_sessions.held(), a.udp_sessions.hits()), (3, 997));
+    // The open sessions still carry traffic.
+    h.udp(alice, 0, TARGET, b"again", 1);
+    assert_eq!(h.a.udp_sent.len(), 4);
+
+    // alice's TCP takes her last two sockets; the next request is answered with an error.
+    h.proxy(alice, bidi(1), TARGET, b"");
+    h.proxy(alice, bidi(2), TARGET, b"");
+    assert_eq!(h.a.connects.len(), 2);
+    h.proxy(alice, bidi(3), TARGET, b"");
+    assert_eq!(h.a.connects.len(), 2);
+    assert!(h.tcp_error(alice, bidi(3)).contains("sockets"));
+    assert_eq!(h.s.counters.socket_cap_refused, 1);
+    assert_eq!(h.s.parked_count(), 0, "refused, not parked");
+    assert_eq!((a.sockets.held(), a.sockets.hits()), (5, 1));
+    assert_eq!(
+        a.streams.held(),
+        2,
+        "the refused request holds no stream permit"
+    );
+
+    // bob is served: TCP and UDP, from the sockets alice cannot take.
+    for i in 1..=4 {
+        h.proxy(bob, bidi(i), TARGET, b"");
+    }
+    assert_eq!(h.a.connects.len(), 6);
+    h.udp(bob, 1, TARGET, b"bob", 1);
+    assert_eq!(h.a.udp_socks.len(), 4);
+    assert_eq!(h.limits().sockets.held(), 10);
+
+    // An idle session of alice's gives its place back once its socket is closed.
+    h.advance(Duration::from_secs(61));
+    let closing: Vec<UdpId> = h.a.udp_closing.clone();
+    assert_eq!(closing.len(), 4);
+    for u in closing {
+        h.s.udp_closed(u);
+    }
+    assert_eq!(a.udp_sessions.held(), 0);
+    h.udp(alice, 5000, TARGET, b"x", 1);
+    assert_eq!(a.udp_sessions.held(), 1);
+}
+
+#[test]
+fn a_parked_request_that_finds_its_users_sockets_taken_is_answered_with_an_error() {
+    let caps = Caps {
+        streams_per_user: Some(1),
+        udp_sessions_per_user: PerUser::Cap(5),
+        sockets_per_user: PerUser::Cap(2),
+        ..Caps::default()
+    };
+    let (mut h, alice, _bob) = two_users(caps, 100);
+    h.proxy(alice, bidi(1), TARGET, b"");
+    h.proxy(alice, bidi(2), TARGET, b"");
+    assert_eq!(h.s.parked_count(), 1, "the stream cap parks");
+    h.udp(alice, 1, TARGET, b"x", 1);
+    let first = h.relay_of(bidi(1));
+    h.s.relay_closed(first);
+    // The relay's socket went to a new UDP session before the parked request's recheck.
+    h.udp(alice, 2, TARGET, b"x", 1);
+    h.advance(caps::RECHECK);
+    assert_eq!(h.s.parked_count(), 0);
+    assert_eq!(h.a.connects.len(), 1);
+    assert!(h.tcp_error(alice, bidi(2)).contains("sockets"));
+    assert_eq!(h.s.counters.socket_cap_refused, 1);
+    assert!(!h.s.reading(alice, bidi(2)));
+}
+
+#[test]
+fn a_reload_applies_new_per_user_socket_caps() {
+    let caps = Caps {
+        udp_sessions_per_user: PerUser::Cap(2),
+        ..Caps::default()
+    };
+    let (mut h, alice, _bob) = two_users(caps, 1000);
+    for id in 0..4 {
+        h.udp(alice, id, TARGET, b"x", 1);
+    }
+    assert_eq!(h.a.udp_socks.len(), 2);
+    h.limits().set_caps(Caps {
+        udp_sessions_per_user: PerUser::Cap(3),
+        ..Caps::default()
+    });
+    for id in 10..14 {
+        h.udp(alice, id, TARGET, b"x", 1);
+    }
+    assert_eq!(h.a.udp_socks.len(), 3);
+    // 0 lifts the cap; the default socket cap (half of the 1000-socket budget) remains.
+    h.limits().set_caps(Caps {
+        udp_sessions_per_user: PerUser::Unlimited,
+        ..Caps::default()
+    });
+    for id in 20..1020 {
+        h.udp(alice, id, TARGET, b"x", 1);
+    }
+    assert_eq!(h.a.udp_socks.len(), 500);
+    let a = h.limits().user("alice");
+    assert_eq!(a.sockets.cap(), Some(500));
+    assert!(a.sockets.hits() > 0);
 }

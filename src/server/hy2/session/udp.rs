@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Action, ConnId, Session};
-use crate::limits::{SocketPermit, User};
+use crate::limits::{SocketPermit, UdpRefused, User};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
 
@@ -46,7 +46,8 @@ pub struct UdpCounters {
     pub dropped: u64,
     /// Destinations refused by the outbound guard.
     pub refused: u64,
-    /// Sessions not opened: the outbound-socket budget was spent (their datagrams dropped).
+    /// Sessions not opened: the user's UDP-session or socket cap was reached, or the
+    /// server's outbound-socket budget spent (their datagrams dropped).
     pub sessions_refused: u64,
 }
 
@@ -169,11 +170,24 @@ impl Session {
         id: u32,
         user: Option<Arc<User>>,
     ) -> Option<UdpId> {
-        let Some(socket) = self.cfg.limits.acquire_socket() else {
-            self.udp.counters.sessions_refused += 1;
-            self.udp.counters.dropped += 1;
-            crate::warn_limited!("UDP session refused: the outbound-socket budget is spent");
-            return None;
+        let socket = match self.cfg.limits.acquire_udp(user.as_ref()) {
+            Ok(socket) => socket,
+            Err(why) => {
+                self.udp.counters.sessions_refused += 1;
+                self.udp.counters.dropped += 1;
+                match why {
+                    UdpRefused::Budget => crate::warn_limited!(
+                        "UDP session refused: the outbound-socket budget is spent"
+                    ),
+                    UdpRefused::UserUdpSessions => crate::warn_limited!(
+                        "UDP session refused: the user's UDP-session cap is reached"
+                    ),
+                    UdpRefused::UserSockets => crate::warn_limited!(
+                        "UDP session refused: the user's outbound-socket cap is reached"
+                    ),
+                }
+                return None;
+            }
         };
         self.last_id += 1;
         let udp = UdpId(self.last_id);
