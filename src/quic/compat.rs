@@ -10,6 +10,10 @@
 //! Only use this where every peer is known to accept DATAGRAM frames (the Hysteria2 ALPN):
 //! RFC 9221 §3 makes a DATAGRAM frame to a peer that did not advertise support a
 //! PROTOCOL_VIOLATION.
+//!
+//! The same wrapper makes the server's own transport parameters those of the reference
+//! server (quic-go), which any client that completes a handshake can read
+//! ([`AS_QUIC_GO`]); each new value only asks the peer for less than quinn-proto accepts.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -29,6 +33,40 @@ pub const ASSUMED_PEER_DATAGRAM_PAYLOAD: u16 = 1197;
 
 /// Transport parameter ID of `max_datagram_frame_size` (RFC 9221 §3).
 const MAX_DATAGRAM_FRAME_SIZE: u64 = 0x20;
+
+/// How one of our own transport parameters is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rewrite {
+    /// This value, if the parameter is sent at all.
+    Replace(u64),
+    /// This value, always.
+    Set(u64),
+    /// Not sent.
+    Remove,
+}
+
+/// Our transport parameters as quic-go (the official server's and sing-box's QUIC stack)
+/// sends them, where quinn-proto's differ (observed against sing-box 1.14.4, `tests/probe.rs`):
+///
+/// - `max_udp_payload_size` (0x03): quic-go's 1452 (`protocol.MaxPacketBufferSize`), not
+///   quinn-proto's 1472; a peer then sends packets of at most 1452 bytes, which we take.
+/// - `max_ack_delay` (0x0b): quic-go announces 26 ms (25 ms plus its timer granularity);
+///   quinn-proto acknowledges within 25 ms and sends nothing (the default, 25). A longer
+///   announced delay only makes the peer's loss detection wait a millisecond more.
+/// - `active_connection_id_limit` (0x0e): quic-go's 4, not quinn-proto's 5; the peer then
+///   issues us at most 4 connection IDs, which quinn-proto takes (it would take 5).
+/// - `max_datagram_frame_size` (0x20): quic-go's 16383 (`protocol.MaxDatagramFrameSize`),
+///   not 65535, and only when DATAGRAMs are on; no DATAGRAM fits a packet either way.
+/// - `min_ack_delay` (0xff04de1b, draft ack-frequency): quic-go does not implement it, so
+///   it is not sent; a peer then never sends ACK_FREQUENCY frames, which is what quinn-proto
+///   does without them.
+const AS_QUIC_GO: [(u64, Rewrite); 5] = [
+    (0x03, Rewrite::Replace(1452)),
+    (0x0b, Rewrite::Set(26)),
+    (0x0e, Rewrite::Replace(4)),
+    (MAX_DATAGRAM_FRAME_SIZE, Rewrite::Replace(16383)),
+    (0xff04_de1b, Rewrite::Remove),
+];
 
 /// quinn-proto subtracts this worst-case frame overhead (type + 8-byte varint length) from the
 /// peer's `max_datagram_frame_size` to get the largest payload it will send.
@@ -72,8 +110,9 @@ impl crypto::ServerConfig for AssumePeerDatagrams {
         version: u32,
         params: &TransportParameters,
     ) -> Box<dyn Session> {
+        let own = as_quic_go(params);
         Box::new(AssumeSession {
-            inner: self.inner.clone().start_session(version, params),
+            inner: self.inner.clone().start_session(version, &own),
             frame_size: self.frame_size,
         })
     }
@@ -172,6 +211,62 @@ fn with_datagram_frame_size(params: TransportParameters, frame_size: u64) -> Tra
     TransportParameters::read(Side::Server, &mut &buf[..]).unwrap_or(params)
 }
 
+/// Our parameters rewritten by [`AS_QUIC_GO`]. quinn-proto's fields are private, so this goes
+/// through the wire encoding; anything unexpected leaves `params` as they were. The
+/// re-encoding also drops quinn-proto's random order and its reserved (GREASE) parameter.
+fn as_quic_go(params: &TransportParameters) -> TransportParameters {
+    let mut buf = Vec::new();
+    params.write(&mut buf);
+    let Some(rewritten) = rewrite(&buf, &AS_QUIC_GO) else {
+        return params.clone();
+    };
+    // Our own parameters, read as the client reads them.
+    TransportParameters::read(Side::Client, &mut &rewritten[..]).unwrap_or_else(|_| params.clone())
+}
+
+/// The encoded list `buf` with `rules` applied (replaced in place, set ones appended when
+/// absent); `None` if it does not parse.
+fn rewrite(mut buf: &[u8], rules: &[(u64, Rewrite)]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(buf.len() + 8);
+    let mut seen = Vec::new();
+    let put = |out: &mut Vec<u8>, id: u64, value: &[u8]| -> Option<()> {
+        let mut b = BytesMut::new();
+        VarInt::from_u64(id).ok()?.encode(&mut b);
+        VarInt::from_u64(value.len() as u64).ok()?.encode(&mut b);
+        out.extend_from_slice(&b);
+        out.extend_from_slice(value);
+        Some(())
+    };
+    let varint_bytes = |v: u64| -> Option<Vec<u8>> {
+        let mut b = BytesMut::new();
+        VarInt::from_u64(v).ok()?.encode(&mut b);
+        Some(b.to_vec())
+    };
+    while buf.has_remaining() {
+        let id = VarInt::decode(&mut buf).ok()?.into_inner();
+        let len = usize::try_from(VarInt::decode(&mut buf).ok()?.into_inner()).ok()?;
+        if len > buf.remaining() {
+            return None;
+        }
+        let value = &buf[..len];
+        buf.advance(len);
+        seen.push(id);
+        match rules.iter().find(|(r, _)| *r == id).map(|(_, how)| *how) {
+            None => put(&mut out, id, value)?,
+            Some(Rewrite::Remove) => {}
+            Some(Rewrite::Replace(v) | Rewrite::Set(v)) => put(&mut out, id, &varint_bytes(v)?)?,
+        }
+    }
+    for (id, how) in rules {
+        if let Rewrite::Set(v) = how {
+            if !seen.contains(id) {
+                put(&mut out, *id, &varint_bytes(*v)?)?;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Whether the encoded parameter list holds `id`; `None` if it does not parse.
 fn has_parameter(mut buf: &[u8], id: u64) -> Option<bool> {
     while buf.has_remaining() {
@@ -191,6 +286,26 @@ fn has_parameter(mut buf: &[u8], id: u64) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replaced where present, set where absent, removed, others kept byte for byte.
+    #[test]
+    fn rewrite_applies_each_rule() {
+        // 0x0e = 5, 0x20 = 65535 (4-byte varint), 0x01 = 30000, 0xff04de1b = 1000
+        let buf = [
+            0x0e, 0x01, 0x05, 0x20, 0x04, 0x80, 0x00, 0xff, 0xff, 0x01, 0x02, 0x75, 0x30, 0xc0,
+            0x00, 0x00, 0x00, 0xff, 0x04, 0xde, 0x1b, 0x02, 0x43, 0xe8,
+        ];
+        let out = rewrite(&buf, &AS_QUIC_GO).unwrap();
+        // 0x0e = 4, 0x20 = 16383 (2-byte varint 0x7fff), 0x01 kept, 0x0b = 26 appended.
+        assert_eq!(
+            out,
+            [0x0e, 0x01, 0x04, 0x20, 0x02, 0x7f, 0xff, 0x01, 0x02, 0x75, 0x30, 0x0b, 0x01, 26]
+        );
+        // Without DATAGRAMs, max_datagram_frame_size stays absent.
+        let out = rewrite(&[0x0e, 0x01, 0x05], &AS_QUIC_GO).unwrap();
+        assert_eq!(out, [0x0e, 0x01, 0x04, 0x0b, 0x01, 26]);
+        assert_eq!(rewrite(&[0x0e, 0x05, 0x05], &AS_QUIC_GO), None);
+    }
 
     #[test]
     fn has_parameter_walks_tlvs() {

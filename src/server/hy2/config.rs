@@ -59,14 +59,12 @@ impl Masquerade {
     /// The answer for the kinds that need no I/O.
     pub(in crate::server::hy2) fn response(&self) -> Vec<u8> {
         match self {
-            Masquerade::NotFound => h3::response(
-                404,
-                &[
-                    ("content-type", "text/plain; charset=utf-8"),
-                    ("x-content-type-options", "nosniff"),
-                ],
-                b"404 page not found\n",
-            ),
+            // With a `date`, as quic-go's server adds to every response.
+            Masquerade::NotFound => h3::not_found_response(Some(&h3::http_date(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ))),
             Masquerade::String {
                 status,
                 headers,
