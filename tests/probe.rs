@@ -115,7 +115,7 @@ fn show(id: u64, v: &[u8]) -> String {
         0x0c | 0x2ab2 => "present".into(),
         0x00 | 0x02 | 0x0d | 0x0f | 0x10 => format!("{} bytes", v.len()),
         _ => match varint(v) {
-            Some((n, rest)) if rest.is_empty() => n.to_string(),
+            Some((n, [])) => n.to_string(),
             _ => format!("{v:02x?}"),
         },
     }

@@ -218,10 +218,10 @@ fn as_quic_go(params: &TransportParameters) -> TransportParameters {
     let mut buf = Vec::new();
     params.write(&mut buf);
     let Some(rewritten) = rewrite(&buf, &AS_QUIC_GO) else {
-        return params.clone();
+        return *params;
     };
     // Our own parameters, read as the client reads them.
-    TransportParameters::read(Side::Client, &mut &rewritten[..]).unwrap_or_else(|_| params.clone())
+    TransportParameters::read(Side::Client, &mut &rewritten[..]).unwrap_or(*params)
 }
 
 /// The encoded list `buf` with `rules` applied (replaced in place, set ones appended when
