@@ -128,14 +128,23 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
     })
 }
 
+/// A per-user socket cap as configured. With `auth.type: password` every client is the one
+/// user `user`, so there is no other user to protect: no default cap (a value set is kept).
+fn per_user(cfg: &ServerConfig, v: Option<u64>) -> PerUser {
+    match (&cfg.auth, v) {
+        (Auth::Password(_), None) => PerUser::Unlimited,
+        _ => PerUser::from_config(v),
+    }
+}
+
 /// `limits.*` as the counters take them.
 pub fn caps(cfg: &ServerConfig) -> Caps {
     Caps {
         streams_per_user: cfg.limits.max_streams_per_user,
         streams: cfg.limits.max_streams,
         connections_per_user: cfg.limits.max_connections_per_user,
-        udp_sessions_per_user: PerUser::from_config(cfg.limits.max_udp_sessions_per_user),
-        sockets_per_user: PerUser::from_config(cfg.limits.max_sockets_per_user),
+        udp_sessions_per_user: per_user(cfg, cfg.limits.max_udp_sessions_per_user),
+        sockets_per_user: per_user(cfg, cfg.limits.max_sockets_per_user),
         receive_window_budget: Some(
             cfg.limits
                 .receive_window_budget
