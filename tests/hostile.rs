@@ -15,6 +15,10 @@
 #[allow(unused_imports)]
 mod support;
 
+// More hostile clients, each a file of its own under tests/hostile/.
+mod handshake_flood;
+mod udp_sessions;
+
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -11,6 +11,9 @@
 #[macro_use]
 mod support;
 
+// What an unauthenticated prober sees, against sing-box's server (tests/hy2_singbox/probe.rs).
+mod probe;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

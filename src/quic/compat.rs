@@ -46,7 +46,7 @@ enum Rewrite {
 }
 
 /// Our transport parameters as quic-go (the official server's and sing-box's QUIC stack)
-/// sends them, where quinn-proto's differ (observed against sing-box 1.14.4, `tests/probe.rs`):
+/// sends them, where quinn-proto's differ (observed against sing-box 1.14.4, `tests/hy2_singbox/probe.rs`):
 ///
 /// - `max_udp_payload_size` (0x03): quic-go's 1452 (`protocol.MaxPacketBufferSize`), not
 ///   quinn-proto's 1472; a peer then sends packets of at most 1452 bytes, which we take.

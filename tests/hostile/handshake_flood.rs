@@ -6,9 +6,7 @@
 //! in. The server must answer the flood with Retry once its handshakes in progress reach
 //! `limits.maxUnvalidatedHandshakes`, so that the flood starts no more handshakes than that.
 
-// Each test binary uses a subset of the shared helpers.
-#[allow(unused_imports)]
-mod support;
+use super::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -9,8 +9,7 @@
 //! drops the reserved (GREASE) parameter and re-encodes in its own order, so the order of
 //! the parameters on the wire and the presence of a GREASE parameter are not compared here.
 
-#[allow(unused_imports)]
-mod support;
+use super::support;
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -7,8 +7,7 @@
 //! The clients are plain quinn connections speaking the Hysteria2 wire format by hand; the
 //! server's figures come from its Prometheus endpoint.
 
-#[allow(unused_imports)]
-mod support;
+use super::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
