@@ -16,7 +16,9 @@
 mod support;
 
 // More hostile clients, each a file of its own under tests/hostile/.
+#[path = "hostile/handshake_flood.rs"]
 mod handshake_flood;
+#[path = "hostile/udp_sessions.rs"]
 mod udp_sessions;
 
 use std::io::{BufReader, Read, Write};

@@ -12,6 +12,7 @@
 mod support;
 
 // What an unauthenticated prober sees, against sing-box's server (tests/hy2_singbox/probe.rs).
+#[path = "hy2_singbox/probe.rs"]
 mod probe;
 
 use std::collections::BTreeMap;
