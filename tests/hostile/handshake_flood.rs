@@ -7,9 +7,9 @@
 //! `limits.maxUnvalidatedHandshakes`, so that the flood starts no more handshakes than that.
 
 use super::support;
+use super::{client_endpoint, metric, scrape, spawn_server};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,14 +66,6 @@ fn flood(server: SocketAddr, stop: &AtomicBool) -> u64 {
         }
     }
     sent
-}
-
-fn client_endpoint() -> quinn::Endpoint {
-    let crypto = quic::client_crypto(Verify::Insecure, &[b"h3"]).expect("client TLS config");
-    let mut ep =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")).expect("client endpoint");
-    ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
-    ep
 }
 
 /// Connects and logs in with the password; the auth response's status.
@@ -143,56 +135,14 @@ async fn echo_through(conn: &quinn::Connection, target: SocketAddr, len: usize, 
     assert!(got == data, "the echo differs from what was sent");
 }
 
-fn metric_sum(page: &str, name: &str) -> u64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_handshake_flood_gets_retries_and_leaves_established_transfers_intact() {
-    let dir = support::tempdir();
-    let (cert, key) = support::write_cert(dir.path());
-    let port = support::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let metrics: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
         .expect("address");
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: {addr}\ntls: {{cert: \"{}\", key: \"{}\"}}\n\
-             auth: {{type: password, password: pw}}\n\
-             outboundGuard: {{allowLoopback: true}}\n\
-             metrics: {{listen: {metrics}}}\nengine: {{workers: 2}}\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .expect("write server.yaml");
-    let mut cmd = std::process::Command::new(support::quelay_bin());
-    cmd.arg("server")
-        .arg("-c")
-        .arg(&config)
-        .env("QUELAY_LOG", "info");
-    let mut server = support::Child::spawn("quelay-server", cmd, dir.path());
-    server.wait_ready("the UDP port", Duration::from_secs(10), |_| {
-        support::udp_bound(port)
-    });
+    let (mut server, addr, _dir) = spawn_server(&format!(
+        "metrics: {{listen: {metrics}}}\nengine: {{workers: 2}}\n"
+    ));
     assert!(
         support::wait_tcp_port(metrics, Duration::from_secs(10)),
         "the metrics endpoint never listened"
@@ -242,15 +192,15 @@ fn a_handshake_flood_gets_retries_and_leaves_established_transfers_intact() {
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let next = scrape(metrics);
-        let settled = metric_sum(&next, "quelay_handshakes_retried_total")
-            == metric_sum(&page, "quelay_handshakes_retried_total");
+        let settled = metric(&next, "quelay_handshakes_retried_total")
+            == metric(&page, "quelay_handshakes_retried_total");
         page = next;
         if settled || Instant::now() > deadline {
             break;
         }
     }
-    let accepted = metric_sum(&page, "quelay_connections_total");
-    let retried = metric_sum(&page, "quelay_handshakes_retried_total");
+    let accepted = metric(&page, "quelay_connections_total") as u64;
+    let retried = metric(&page, "quelay_handshakes_retried_total") as u64;
     eprintln!(
         "flood: {sent} Initials in {:?}; server: {accepted} handshakes started, {retried} \
          Retry answers; established client: {transfers} transfers of 1 MiB intact; new \

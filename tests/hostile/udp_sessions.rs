@@ -8,8 +8,8 @@
 //! server's figures come from its Prometheus endpoint.
 
 use super::support;
+use super::{metric, scrape};
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -28,31 +28,6 @@ const UDP_CAP: u64 = (NOFILE - 256) / 2 / 2;
 const SESSIONS: u32 = 10_000;
 const BOB_STREAMS: usize = 200;
 const BOB_BYTES: usize = 64 * 1024;
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// The value of `series` (with its labels), or the sum over every label set of a bare name.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .filter(|l| {
-            l.starts_with(series) && {
-                let rest = &l[series.len()..];
-                rest.starts_with(' ') || (!series.contains('{') && rest.starts_with('{'))
-            }
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
