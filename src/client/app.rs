@@ -356,6 +356,16 @@ impl ClientApp {
             .map(|_| key)
     }
 
+    /// Lets go of request `req` (the session is done with it): the key of its local
+    /// connection, if that is still the one it came from.
+    fn release(&mut self, req: RequestId) -> Option<usize> {
+        let key = self.local_of(req);
+        self.by_req.remove(&req);
+        let key = key?;
+        self.locals[key].req = None;
+        Some(key)
+    }
+
     /// Performs what the session asks for, in order.
     fn perform(&mut self, io: &mut Io<'_>) {
         while let Some(action) = self.session.poll_action() {
@@ -461,13 +471,10 @@ impl ClientApp {
                 code,
                 why,
             } => {
-                let key = self.local_of(req);
-                self.by_req.remove(&req);
-                let Some(key) = key else {
+                let Some(key) = self.release(req) else {
                     return;
                 };
                 let l = &mut self.locals[key];
-                l.req = None;
                 tracing::info!("{} -> {why}; answered {code}", l.peer);
                 if let Some(k) = l.stream.take() {
                     self.by_stream.remove(&k);
@@ -488,13 +495,10 @@ impl ClientApp {
                 }
             }
             Action::AbortPump(req) => {
-                let key = self.local_of(req);
-                self.by_req.remove(&req);
-                let Some(key) = key else {
+                let Some(key) = self.release(req) else {
                     return;
                 };
                 let l = &mut self.locals[key];
-                l.req = None;
                 let tok = token(TokenKind::Local, key, l.gen);
                 if let Phase::Relay(pipe) = &mut l.phase {
                     if pipe.sock().is_none() {
