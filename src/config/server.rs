@@ -82,8 +82,9 @@ pub struct ServerConfig {
     pub resolver: Resolver,
     /// `acl`; `None` when neither `acl.file` nor `acl.inline` is set.
     pub acl: Option<Acl>,
-    /// `outbounds`: quelay has exactly one, a direct one (the official default).
-    pub outbound: DirectOutbound,
+    /// `outbounds`, in order (ACL rules name them; without `acl` the first takes
+    /// everything). Empty: the built-in direct outbound (mode auto) takes everything.
+    pub outbounds: Vec<Outbound>,
     /// `trafficStats`; `None` when `trafficStats.listen` is not set.
     pub traffic_stats: Option<TrafficStats>,
     /// `masquerade`.
@@ -339,28 +340,60 @@ pub enum AclRules {
     Inline(Vec<String>),
 }
 
-/// The direct outbound: how the server connects to destinations.
+/// `outbounds[i]`: a named way out for relayed traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirectOutbound {
-    /// `outbounds[0].name` (`default` when there is no `outbounds`), for ACL rules.
+pub struct Outbound {
+    /// `name`, as written (ACL rules match it case-insensitively).
     pub name: String,
-    /// `outbounds[0].direct.mode`.
+    /// `type` and its section.
+    pub kind: OutboundKind,
+}
+
+/// `outbounds[i].type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundKind {
+    /// `direct`: connect from this host.
+    Direct(DirectOutbound),
+    /// `socks5`: through a SOCKS5 proxy (RFC 1928, user/password of RFC 1929).
+    Socks5(Socks5Outbound),
+    /// `http`: through an HTTP CONNECT proxy (TCP only).
+    Http(HttpOutbound),
+}
+
+/// `direct`: how the server connects to destinations itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectOutbound {
+    /// `direct.mode`.
     pub mode: DirectMode,
-    /// `outbounds[0].direct.bindIPv4`/`bindIPv6`/`bindDevice`.
+    /// `direct.bindIPv4`/`bindIPv6`/`bindDevice`.
     pub bind: OutboundBind,
-    /// `outbounds[0].direct.fastOpen`: TCP Fast Open to destinations.
+    /// `direct.fastOpen`: TCP Fast Open to destinations.
     pub fast_open: bool,
 }
 
-impl Default for DirectOutbound {
-    fn default() -> Self {
-        Self {
-            name: "default".to_owned(),
-            mode: DirectMode::Auto,
-            bind: OutboundBind::Any,
-            fast_open: false,
-        }
-    }
+/// `socks5`: a SOCKS5 proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socks5Outbound {
+    /// `socks5.addr`: `host:port`.
+    pub addr: String,
+    /// `socks5.username` and `socks5.password`, when both are set (method 02 is offered
+    /// only then, as in the reference).
+    pub auth: Option<(String, String)>,
+}
+
+/// `http`: an HTTP CONNECT proxy, from `http.url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpOutbound {
+    /// The proxy's host (a name or an IP literal, without brackets).
+    pub host: String,
+    /// The proxy's port (default 80, or 443 for `https`).
+    pub port: u16,
+    /// `https://`: TLS to the proxy, SNI the host.
+    pub tls: bool,
+    /// `http.insecure`: do not verify the proxy's certificate.
+    pub insecure: bool,
+    /// The URL's userinfo, sent as `Proxy-Authorization: Basic`.
+    pub auth: Option<(String, String)>,
 }
 
 /// `direct.mode`: which address families to use for destinations.

@@ -94,8 +94,7 @@ fn defaults() {
     assert_eq!(c.udp_idle_timeout, Duration::from_secs(60));
     assert_eq!(c.sniff, None);
     assert_eq!(c.acl, None);
-    assert_eq!(c.outbound, DirectOutbound::default());
-    assert_eq!(c.outbound.name, "default");
+    assert_eq!(c.outbounds, []);
     assert_eq!(c.traffic_stats, None);
     assert_eq!(c.masquerade, Masquerade::default());
     assert_eq!(c.masquerade.handler, MasqueradeHandler::NotFound);
@@ -180,15 +179,17 @@ fn full_config() {
             geosite: Some("/var/lib/quelay/geosite.dat".into()),
             geo_update_interval: Duration::from_secs(72 * 3600),
         }),
-        outbound: DirectOutbound {
+        outbounds: vec![Outbound {
             name: "out".into(),
-            mode: DirectMode::Prefer4,
-            bind: OutboundBind::Addresses {
-                v4: Some("192.0.2.1".parse().unwrap()),
-                v6: Some("2001:db8::1".parse().unwrap()),
-            },
-            fast_open: true,
-        },
+            kind: OutboundKind::Direct(DirectOutbound {
+                mode: DirectMode::Prefer4,
+                bind: OutboundBind::Addresses {
+                    v4: Some("192.0.2.1".parse().unwrap()),
+                    v6: Some("2001:db8::1".parse().unwrap()),
+                },
+                fast_open: true,
+            }),
+        }],
         traffic_stats: Some(TrafficStats {
             listen: addr("127.0.0.1:9999"),
             secret: "s3cret".into(),
@@ -299,13 +300,53 @@ fn selected_types() {
         Some(IoKind::Uring)
     );
     assert_eq!(
-        with("outbounds: [{name: d, type: direct, direct: {bindDevice: eth1, mode: 6}}]").outbound,
-        DirectOutbound {
+        with("outbounds: [{name: d, type: direct, direct: {bindDevice: eth1, mode: 6}}]").outbounds,
+        [Outbound {
             name: "d".into(),
-            mode: DirectMode::Only6,
-            bind: OutboundBind::Device("eth1".into()),
-            fast_open: false
-        }
+            kind: OutboundKind::Direct(DirectOutbound {
+                mode: DirectMode::Only6,
+                bind: OutboundBind::Device("eth1".into()),
+                fast_open: false
+            }),
+        }]
+    );
+    assert_eq!(
+        with(
+            "outbounds: [{name: s, type: SOCKS5, socks5: {addr: \"proxy.example:1080\", \
+             username: u, password: p}}, {name: h, type: http, http: \
+             {url: \"https://us%40r:p%3Ass@[2001:db8::1]/ignored\", insecure: true}}, \
+             {name: h2, type: http, http: {url: \"http://10.0.0.1:3128\"}}]\nacl: {inline: [\"s(all)\"]}"
+        )
+        .outbounds,
+        [
+            Outbound {
+                name: "s".into(),
+                kind: OutboundKind::Socks5(Socks5Outbound {
+                    addr: "proxy.example:1080".into(),
+                    auth: Some(("u".into(), "p".into())),
+                }),
+            },
+            Outbound {
+                name: "h".into(),
+                kind: OutboundKind::Http(HttpOutbound {
+                    host: "2001:db8::1".into(),
+                    port: 443,
+                    tls: true,
+                    insecure: true,
+                    auth: Some(("us@r".into(), "p:ss".into())),
+                }),
+            },
+            Outbound {
+                name: "h2".into(),
+                kind: OutboundKind::Http(HttpOutbound {
+                    host: "10.0.0.1".into(),
+                    port: 3128,
+                    tls: false,
+                    insecure: false,
+                    auth: None,
+                }),
+            },
+        ]
     );
     assert_eq!(
         with("tls: {cert: c, key: k}").tls.map(|t| t.sni_guard),
@@ -542,8 +583,11 @@ fn refused_and_required() {
         ("resolver: {type: udp, udp: {addr: \"a b:53\"}}", "resolver.udp.addr", "not a host:port"),
         ("acl: {file: a.acl, inline: [\"direct(all)\"]}", "acl", "both"),
         ("outbounds: [{type: direct}]", "outbounds[0].name", "required"),
-        ("outbounds: [{name: s, type: socks5, socks5: {addr: \"1.2.3.4:1080\"}}]", "outbounds[0].type", "not supported"),
-        ("outbounds: [{name: a, type: direct}, {name: b, type: socks5}]\nacl: {inline: [\"b(all)\"]}", "outbounds[1]", "only one outbound"),
+        ("outbounds: [{name: s, type: wireguard}]", "outbounds[0].type", "unsupported outbound type"),
+        ("outbounds: [{name: a, type: direct}, {name: b, type: socks5}]\nacl: {inline: [\"b(all)\"]}", "outbounds[1].socks5.addr", "empty socks5 address"),
+        ("outbounds: [{name: s, type: socks5, socks5: {addr: nowhere}}]", "outbounds[0].socks5.addr", "port"),
+        ("outbounds: [{name: h, type: http}]", "outbounds[0].http.url", "empty http address"),
+        ("outbounds: [{name: h, type: http, http: {url: \"socks5://x:1\"}}]", "outbounds[0].http.url", "unsupported scheme"),
         ("outbounds: [{name: a, type: direct, direct: {mode: 5}}]", "outbounds[0].direct.mode", "unsupported"),
         ("outbounds: [{name: a, type: direct, direct: {bindIPv4: \"::1\"}}]", "outbounds[0].direct.bindIPv4", "IPv4"),
         ("outbounds: [{name: a, type: direct, direct: {bindIPv6: 1.2.3.4}}]", "outbounds[0].direct.bindIPv6", "IPv6"),
@@ -773,11 +817,11 @@ fn other_warnings() {
         "{AUTH}resolver: {{type: https, https: {{addr: 1.1.1.1:443}}}}\n\
          trafficStats: {{listen: \":9999\"}}\nobfs: {{salamander: {{password: abcd}}}}\n\
          realm: {{stunServers: [a]}}\n\
-         outbounds: [{{name: a, type: direct}}, {{name: b, type: socks5, socks5: {{addr: x}}}}]\n"
+         outbounds: [{{name: a, type: direct}}, {{name: b, type: socks5, socks5: {{addr: \"x:1080\"}}}}]\n"
     ))
     .unwrap();
     assert_eq!(c.obfs, Obfs::Plain);
-    assert_eq!(c.outbound.name, "a");
+    assert_eq!(c.outbounds[0].name, "a");
     let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
     assert_eq!(
         keys,

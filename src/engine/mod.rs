@@ -189,6 +189,19 @@ pub struct TxMeta {
     pub segment_size: Option<usize>,
 }
 
+/// How an outgoing socket is set up before it connects or sends (an outbound's
+/// `bindIPv4`/`bindIPv6`, `bindDevice`, `fastOpen`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// Source address (port 0), of the destination's family.
+    pub bind: Option<std::net::IpAddr>,
+    /// Network device (SO_BINDTODEVICE).
+    pub device: Option<std::sync::Arc<str>>,
+    /// TCP Fast Open (TCP_FASTOPEN_CONNECT): the connect completes at once and the SYN
+    /// leaves with the first write.
+    pub fast_open: bool,
+}
+
 /// A socket the driver owns: one it opened (`tcp_connect`, `udp_open`), accepted or
 /// adopted. Only the engine sees the descriptor behind it; callers pass it back to the
 /// driver that handed it out, until [`Driver::sock_close`].
@@ -385,7 +398,8 @@ pub trait Driver: Send {
     /// with `sock_close`. A close while the connect is pending cancels it (the Connect
     /// completes with ECANCELED, then the Close), so a target that never answers holds no
     /// socket past the caller's own timeout.
-    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock>;
+    /// `egress`: the source address, device and fast open of the socket.
+    fn tcp_connect(&mut self, addr: SocketAddr, egress: &Egress, token: Token) -> io::Result<Sock>;
     /// Reads into `buf` (its spare capacity up to `buf.capacity()`; contents replaced).
     fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token);
     /// Writes all of `buf` (or part; the completion says how much).
@@ -398,7 +412,8 @@ pub trait Driver: Send {
     /// Opens a non-blocking UDP socket bound to `bind` (port 0: ephemeral; an IPv6 address
     /// makes it dual-stack) with [`SESSION_SOCKET_BUFFER`] buffers, for one relayed UDP
     /// session. Synchronous. The socket belongs to the driver until [`Driver::sock_close`].
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock>;
+    /// `device`: bound to that network device (SO_BINDTODEVICE).
+    fn udp_open(&mut self, bind: SocketAddr, device: Option<&str>) -> io::Result<Sock>;
     /// Receives one datagram into `buf` (up to `buf.capacity()`; contents replaced);
     /// completes with `SockOp::RecvFrom` and the source in `peer`. A datagram longer than
     /// the capacity is dropped and reported as EMSGSIZE.

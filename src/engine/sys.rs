@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{RecvMeta, TxMeta};
+use super::{Egress, RecvMeta, TxMeta};
 
 // Not every libc version exports these; values from include/uapi/linux/udp.h.
 const SOL_UDP: libc::c_int = 17;
@@ -67,7 +67,11 @@ pub fn bind_udp(
 /// Creates the socket of a relayed UDP session: non-blocking, bound to `addr` (dual-stack
 /// when IPv6), `buffer` bytes of buffers. No GRO or PKTINFO: it carries single datagrams
 /// to and from arbitrary hosts, not QUIC.
-pub fn udp_session_socket(addr: SocketAddr, buffer: usize) -> io::Result<OwnedFd> {
+pub fn udp_session_socket(
+    addr: SocketAddr,
+    device: Option<&str>,
+    buffer: usize,
+) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -78,6 +82,9 @@ pub fn udp_session_socket(addr: SocketAddr, buffer: usize) -> io::Result<OwnedFd
         sock.set_only_v6(false)?;
     }
     set_buffers(sock.as_raw_fd(), buffer);
+    if let Some(dev) = device {
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
     sock.bind(&addr.into())?;
     Ok(sock.into())
 }
@@ -528,9 +535,9 @@ impl Waker {
     }
 }
 
-/// Creates a non-blocking TCP socket and starts connecting it. Returns the fd and whether
-/// the connect is still in progress.
-pub fn tcp_connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
+/// Creates a non-blocking TCP socket toward `addr`, set up as `egress` says (source
+/// address, device, fast open), not yet connected.
+pub fn tcp_socket(addr: SocketAddr, egress: &Egress) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -538,6 +545,35 @@ pub fn tcp_connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
     };
     let sock = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     sock.set_nodelay(true)?;
+    egress_setup(&sock, egress)?;
+    if egress.fast_open {
+        // The SYN leaves with the first write, carrying its data when the target has given
+        // us a cookie; connect completes at once.
+        setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            1,
+        )?;
+    }
+    Ok(sock)
+}
+
+/// Binds `sock` to the egress's device and source address (port 0), as set.
+fn egress_setup(sock: &Socket, egress: &Egress) -> io::Result<()> {
+    if let Some(dev) = &egress.device {
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
+    if let Some(ip) = egress.bind {
+        sock.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    Ok(())
+}
+
+/// Creates a non-blocking TCP socket and starts connecting it. Returns the fd and whether
+/// the connect is still in progress.
+pub fn tcp_connect_start(addr: SocketAddr, egress: &Egress) -> io::Result<(OwnedFd, bool)> {
+    let sock = tcp_socket(addr, egress)?;
     let pending = match sock.connect(&addr.into()) {
         Ok(()) => false,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,

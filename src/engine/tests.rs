@@ -215,7 +215,7 @@ fn tcp_connect_send_recv_close() {
             s.read_exact(&mut buf).unwrap();
             s.write_all(&buf).unwrap();
         });
-        d.tcp_connect(addr, tok(1)).unwrap();
+        d.tcp_connect(addr, &Egress::default(), tok(1)).unwrap();
         let mut step = 0;
         let mut fd = None;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -274,7 +274,7 @@ fn tcp_connect_refused_reports_error() {
             .unwrap()
             .local_addr()
             .unwrap();
-        d.tcp_connect(addr, tok(9)).unwrap();
+        d.tcp_connect(addr, &Egress::default(), tok(9)).unwrap();
         let mut result = None;
         let deadline = Instant::now() + Duration::from_secs(5);
         while result.is_none() && Instant::now() < deadline {
@@ -311,7 +311,7 @@ fn closing_a_pending_connect_cancels_it_and_frees_the_socket() {
     assert!(!fillers.is_empty(), "could not fill the accept queue");
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
-        let fd = d.tcp_connect(addr, tok(5)).unwrap();
+        let fd = d.tcp_connect(addr, &Egress::default(), tok(5)).unwrap();
         let sock = fd_link(fd).expect("the connecting socket");
         let mut seen = Vec::new();
         let until = Instant::now() + Duration::from_millis(300);
@@ -445,7 +445,7 @@ fn tcp_close_cancels_pending_recv() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        d.tcp_connect(listener.local_addr().unwrap(), tok(1))
+        d.tcp_connect(listener.local_addr().unwrap(), &Egress::default(), tok(1))
             .unwrap();
         // Never accepted: the handshake completes in the backlog and nothing is sent.
         let mut seen = Vec::new();
@@ -494,7 +494,7 @@ fn uring_drop_with_operations_in_flight() {
     // Dropped with receives, a wakeup read and a TCP receive in the kernel.
     let mut d = open_driver(IoKind::Uring, &DriverConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    d.tcp_connect(listener.local_addr().unwrap(), tok(1))
+    d.tcp_connect(listener.local_addr().unwrap(), &Egress::default(), tok(1))
         .unwrap();
     let mut fd = None;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -685,7 +685,7 @@ fn udp_session_round_trip_reports_peer() {
                 continue;
             }
             let echo = Echo::bind(echo_bind);
-            let fd = d.udp_open(bind.parse().unwrap()).unwrap();
+            let fd = d.udp_open(bind.parse().unwrap(), None).unwrap();
             let local = sock_name(fd);
             assert_ne!(local.port(), 0, "{kind}: ephemeral port");
             d.udp_recv_from(fd, Vec::with_capacity(2048), tok(1));
@@ -721,7 +721,7 @@ fn udp_session_is_full_cone() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let (a, b) = (Echo::bind("127.0.0.1:0"), Echo::bind("127.0.0.1:0"));
-        let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
+        let fd = d.udp_open("0.0.0.0:0".parse().unwrap(), None).unwrap();
         for token in [1, 2] {
             d.udp_recv_from(fd, Vec::with_capacity(2048), tok(token));
         }
@@ -761,7 +761,7 @@ fn udp_session_is_full_cone() {
 fn udp_session_close_cancels_pending_recv() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
-        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap(), None).unwrap();
         // Nothing will arrive: the receive stays pending until the close.
         d.udp_recv_from(fd, Vec::with_capacity(1500), tok(7));
         d.wait(Some(Duration::from_millis(10))).unwrap();
@@ -798,7 +798,7 @@ fn udp_session_close_cancels_pending_recv() {
 fn udp_session_errors_are_completions() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
-        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let to = sock_name(fd);
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         // Longer than the buffer: reported, not silently cut.
@@ -838,7 +838,7 @@ fn udp_session_1000_datagrams_round_trip() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
         let echo = Echo::bind("127.0.0.1:0");
-        let fd = d.udp_open("0.0.0.0:0".parse().unwrap()).unwrap();
+        let fd = d.udp_open("0.0.0.0:0".parse().unwrap(), None).unwrap();
         for t in 0..RECVS {
             d.udp_recv_from(fd, Vec::with_capacity(2048), tok(t));
         }
@@ -905,7 +905,7 @@ fn udp_session_1000_datagrams_round_trip() {
 fn udp_session_sockets_close_with_the_driver() {
     for kind in drivers() {
         let mut d = open_driver(kind, &DriverConfig::default());
-        let fd = d.udp_open("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = d.udp_open("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let local = sock_name(fd);
         // A receive in the kernel when the driver goes.
         d.udp_recv_from(fd, Vec::with_capacity(1500), tok(1));

@@ -8,4 +8,5 @@ pub mod hy2;
 pub mod masquerade;
 pub mod offload;
 pub mod ops;
+pub mod route;
 pub mod run;

@@ -12,6 +12,7 @@ use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::masquerade::{FileMasquerade, ProxyMasquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
+use super::route::Router;
 use crate::config::{self, Acl, AclRules, Auth, MasqueradeHandler, Obfs, ServerConfig};
 use crate::config::{ConfigError, ErrorAt, Warning};
 use crate::config::{
@@ -47,9 +48,6 @@ pub struct Server {
 /// running server's counters (a reload keeps them; the caps are applied by the caller).
 fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Config, String> {
     // Sections that would change who may reach what must not be ignored silently.
-    if cfg.acl.is_some() {
-        return Err("acl: ACL rules are not supported yet; remove the section".into());
-    }
     if cfg.masquerade.listen_http.is_some() || cfg.masquerade.listen_https.is_some() {
         return Err(
             "masquerade.listenHTTP/listenHTTPS: the TCP side of the masquerade is not \
@@ -100,9 +98,11 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
                 .map_err(|e| format!("masquerade.proxy.url: {e}"))?,
         )),
     };
+    let router = Arc::new(Router::new(cfg.acl.as_ref(), &cfg.outbounds)?);
     Ok(Hy2Config {
         auth,
         masquerade,
+        router,
         guard: OutboundGuard {
             allow_loopback: cfg.outbound_guard.allow_loopback,
             allow_link_local: cfg.outbound_guard.allow_link_local,

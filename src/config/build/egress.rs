@@ -3,11 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use super::client::dial_host_port as host_port;
 use super::{lower, W};
 use crate::config::error::{fault, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::*;
 use crate::config::units::PortSet;
+use crate::proto::split_host_port;
 
 pub(super) fn resolver(top: &mut Section, w: &mut W) -> Result<Resolver, Fault> {
     let mut s = top.section("resolver")?;
@@ -176,44 +178,150 @@ pub(super) fn outbounds(
     top: &mut Section,
     has_acl: bool,
     w: &mut W,
-) -> Result<DirectOutbound, Fault> {
-    let mut chosen = DirectOutbound::default();
+) -> Result<Vec<Outbound>, Fault> {
+    let mut out = Vec::new();
     for (i, mut e) in top.list_of_sections("outbounds")?.into_iter().enumerate() {
+        if i > 0 && !has_acl {
+            w.push(Warning::new(
+                e.path(),
+                "unused: without acl only the first outbound is used (as in the official server)",
+            ));
+        }
         let name = e
             .nonempty_string("name", w)?
             .ok_or_else(|| fault(e.key("name"), "required: a name for ACL rules to refer to"))?;
+        let type_key = e.key("type");
         let kind = lower(e.string("type", w)?);
-        e.skip_section("socks5", &["addr", "username", "password"], w)?;
-        e.skip_section("http", &["url", "insecure"], w)?;
-        let this = e.path().to_owned();
-        if i == 0 {
-            if kind != "direct" {
+        // Every section is read (and checked) whichever type is chosen, as the official
+        // server decodes them all.
+        let direct = direct(&mut e, w)?;
+        let socks5 = socks5(&mut e, w)?;
+        let http = http(&mut e, w)?;
+        let kind = match kind.as_str() {
+            "direct" => OutboundKind::Direct(direct),
+            "socks5" => OutboundKind::Socks5(
+                socks5.ok_or_else(|| fault(e.key("socks5.addr"), "empty socks5 address"))?,
+            ),
+            "http" => OutboundKind::Http(
+                http.ok_or_else(|| fault(e.key("http.url"), "empty http address"))?,
+            ),
+            other => {
                 return Err(fault(
-                    e.key("type"),
-                    format!(
-                        "{kind:?} outbounds are not supported; quelay has only the direct outbound"
-                    ),
-                ));
+                    type_key,
+                    format!("unsupported outbound type {other:?} (use direct, socks5 or http)"),
+                ))
             }
-            chosen = direct(&mut e, name, w)?;
-        } else if has_acl {
-            return Err(fault(
-                this,
-                format!("only one outbound (type direct) is supported, so ACL rules cannot route to {name:?}"),
-            ));
-        } else {
-            w.push(Warning::new(
-                this,
-                "ignored: without acl only the first outbound is used (as in the official server)",
-            ));
-            e.skip(&["direct"]);
-        }
+        };
         e.finish(w);
+        out.push(Outbound { name, kind });
     }
-    Ok(chosen)
+    Ok(out)
 }
 
-fn direct(e: &mut Section, name: String, w: &mut W) -> Result<DirectOutbound, Fault> {
+/// `socks5`, when it has an `addr`.
+fn socks5(e: &mut Section, w: &mut W) -> Result<Option<Socks5Outbound>, Fault> {
+    let mut s = e.section("socks5")?;
+    let addr_key = s.key("addr");
+    let addr = s.nonempty_string("addr", w)?;
+    let username = s.string("username", w)?.unwrap_or_default();
+    let password = s.string("password", w)?.unwrap_or_default();
+    s.finish(w);
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let addr = addr.trim();
+    let addr = host_port(addr, split_host_port(addr))
+        .map_err(|e| fault(addr_key, e))?
+        .to_string();
+    let auth = (!username.is_empty() && !password.is_empty()).then_some((username, password));
+    Ok(Some(Socks5Outbound { addr, auth }))
+}
+
+/// `http`, when it has a `url`.
+fn http(e: &mut Section, w: &mut W) -> Result<Option<HttpOutbound>, Fault> {
+    let mut s = e.section("http")?;
+    let url_key = s.key("url");
+    let url = s.nonempty_string("url", w)?;
+    let insecure = s.bool("insecure")?;
+    s.finish(w);
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    proxy_url(url.trim(), insecure)
+        .map(Some)
+        .map_err(|e| fault(url_key, e))
+}
+
+/// An HTTP proxy's URL: `http[s]://[user:pass@]host[:port][/path]` (the path is ignored).
+fn proxy_url(url: &str, insecure: bool) -> Result<HttpOutbound, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        format!("{url:?}: unsupported scheme for HTTP proxy (use http:// or https://)")
+    })?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => {
+            return Err(format!(
+                "{url:?}: unsupported scheme for HTTP proxy (use http:// or https://)"
+            ))
+        }
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let auth = match userinfo {
+        None => None,
+        Some(u) => {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            Some((percent_decode(user)?, percent_decode(pass)?))
+        }
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let with_port = match hostport.rsplit_once(':') {
+        Some((h, p))
+            if !h.ends_with(':') && (!h.contains(':') || h.ends_with(']')) && !p.is_empty() =>
+        {
+            hostport.to_owned()
+        }
+        _ => format!("{hostport}:{default_port}"),
+    };
+    let target = host_port(&with_port, split_host_port(&with_port))?;
+    Ok(HttpOutbound {
+        host: match &target.host {
+            crate::proto::Host::Ip(ip) => ip.to_string(),
+            crate::proto::Host::Domain(d) => d.clone(),
+        },
+        port: target.port,
+        tls,
+        insecure,
+        auth,
+    })
+}
+
+/// `%XX` escapes of a URL's userinfo.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad escape in {text:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once unescaped"))
+}
+
+fn direct(e: &mut Section, w: &mut W) -> Result<DirectOutbound, Fault> {
     let mut d = e.section("direct")?;
     let mode = match lower(d.string("mode", w)?).as_str() {
         "" | "auto" => DirectMode::Auto,
@@ -259,7 +367,6 @@ fn direct(e: &mut Section, name: String, w: &mut W) -> Result<DirectOutbound, Fa
     };
     d.finish(w);
     Ok(DirectOutbound {
-        name,
         mode,
         bind,
         fast_open,

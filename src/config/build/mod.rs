@@ -48,7 +48,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     let resolver = egress::resolver(&mut top, w)?;
     let sniff = egress::sniff(&mut top, w)?;
     let acl = egress::acl(&mut top, w)?;
-    let outbound = egress::outbounds(&mut top, acl.is_some(), w)?;
+    let outbounds = egress::outbounds(&mut top, acl.is_some(), w)?;
     let traffic_stats = access::traffic_stats(&mut top, w)?;
     let masquerade = access::masquerade(&mut top, w)?;
     let outbound_guard = {
@@ -114,7 +114,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         sniff,
         resolver,
         acl,
-        outbound,
+        outbounds,
         traffic_stats,
         masquerade,
         outbound_guard,

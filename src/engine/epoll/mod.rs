@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::sys::{self, CmsgBuf, RawAddr, Waker, RX_CMSG_SPACE, TX_CMSG_SPACE};
 use super::{
-    Completion, DriverConfig, EngineStats, Event, IoKind, RxBuf, Sock, SockOp, Token, TxMeta,
-    GRO_BUF_SIZE,
+    Completion, DriverConfig, Egress, EngineStats, Event, IoKind, RxBuf, Sock, SockOp, Token,
+    TxMeta, GRO_BUF_SIZE,
 };
 use sock::Parked;
 
@@ -439,8 +439,8 @@ impl super::Driver for EpollDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock> {
-        self.connect(addr, token).map(Sock::from_fd)
+    fn tcp_connect(&mut self, addr: SocketAddr, egress: &Egress, token: Token) -> io::Result<Sock> {
+        self.connect(addr, egress, token).map(Sock::from_fd)
     }
 
     fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
@@ -451,8 +451,8 @@ impl super::Driver for EpollDriver {
         self.park(sock.fd(), Parked::new(SockOp::Send, buf, token));
     }
 
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock> {
-        self.open_udp(bind).map(Sock::from_fd)
+    fn udp_open(&mut self, bind: SocketAddr, device: Option<&str>) -> io::Result<Sock> {
+        self.open_udp(bind, device).map(Sock::from_fd)
     }
 
     fn udp_recv_from(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use super::super::sys::{self, DgramMsg, RawAddr};
-use super::super::{Completion, Sock, SockOp, Token, SESSION_SOCKET_BUFFER};
+use super::super::{Completion, Egress, Sock, SockOp, Token, SESSION_SOCKET_BUFFER};
 use super::{epoll_ctl, EpollDriver};
 
 /// A receive, accept or send waiting for its descriptor.
@@ -59,8 +59,13 @@ pub(super) struct SockState {
 }
 
 impl EpollDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<RawFd> {
-        let (sock, pending) = sys::tcp_connect_start(addr)?;
+    pub(super) fn connect(
+        &mut self,
+        addr: SocketAddr,
+        egress: &Egress,
+        token: Token,
+    ) -> io::Result<RawFd> {
+        let (sock, pending) = sys::tcp_connect_start(addr, egress)?;
         let fd = sock.into_raw_fd();
         self.socks.insert(
             fd,
@@ -77,8 +82,8 @@ impl EpollDriver {
         Ok(fd)
     }
 
-    pub(super) fn open_udp(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
-        let fd = sys::udp_session_socket(bind, SESSION_SOCKET_BUFFER)?.into_raw_fd();
+    pub(super) fn open_udp(&mut self, bind: SocketAddr, device: Option<&str>) -> io::Result<RawFd> {
+        let fd = sys::udp_session_socket(bind, device, SESSION_SOCKET_BUFFER)?.into_raw_fd();
         self.socks.insert(
             fd,
             SockState {

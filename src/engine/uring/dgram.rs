@@ -17,8 +17,8 @@ use super::sock::{Kind, SockOpState};
 use super::{KBox, UringDriver};
 
 impl UringDriver {
-    pub(super) fn open_udp(&mut self, bind: SocketAddr) -> io::Result<RawFd> {
-        let fd = sys::udp_session_socket(bind, SESSION_SOCKET_BUFFER)?.into_raw_fd();
+    pub(super) fn open_udp(&mut self, bind: SocketAddr, device: Option<&str>) -> io::Result<RawFd> {
+        let fd = sys::udp_session_socket(bind, device, SESSION_SOCKET_BUFFER)?.into_raw_fd();
         self.udp_fds.insert(fd, bind.is_ipv6());
         Ok(fd)
     }

@@ -34,7 +34,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::sys::{self, Waker};
-use super::{Completion, DriverConfig, EngineStats, Event, IoKind, Sock, Token, TxMeta};
+use super::{Completion, DriverConfig, Egress, EngineStats, Event, IoKind, Sock, Token, TxMeta};
 
 /// `user_data` of SQEs whose completions carry nothing to act on (cancellations).
 const IGNORE: u64 = u64::MAX;
@@ -421,8 +421,8 @@ impl super::Driver for UringDriver {
         self.stats
     }
 
-    fn tcp_connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<Sock> {
-        self.connect(addr, token).map(Sock::from_fd)
+    fn tcp_connect(&mut self, addr: SocketAddr, egress: &Egress, token: Token) -> io::Result<Sock> {
+        self.connect(addr, egress, token).map(Sock::from_fd)
     }
 
     fn tcp_recv(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {
@@ -433,8 +433,8 @@ impl super::Driver for UringDriver {
         self.send_tcp(sock.fd(), buf, token);
     }
 
-    fn udp_open(&mut self, bind: SocketAddr) -> io::Result<Sock> {
-        self.open_udp(bind).map(Sock::from_fd)
+    fn udp_open(&mut self, bind: SocketAddr, device: Option<&str>) -> io::Result<Sock> {
+        self.open_udp(bind, device).map(Sock::from_fd)
     }
 
     fn udp_recv_from(&mut self, sock: Sock, buf: Vec<u8>, token: Token) {

@@ -6,23 +6,21 @@ use std::os::fd::{IntoRawFd, RawFd};
 use std::ptr::{addr_of, addr_of_mut};
 
 use io_uring::{opcode, types};
-use socket2::{Domain, Protocol, Socket, Type};
 
-use super::super::sys::RawAddr;
-use super::super::Token;
+use super::super::sys::{self, RawAddr};
+use super::super::{Egress, Token};
 use super::sock::{Kind, SockOpState};
 use super::{KBox, UringDriver};
 
 impl UringDriver {
-    pub(super) fn connect(&mut self, addr: SocketAddr, token: Token) -> io::Result<RawFd> {
-        let domain = if addr.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
+    pub(super) fn connect(
+        &mut self,
+        addr: SocketAddr,
+        egress: &Egress,
+        token: Token,
+    ) -> io::Result<RawFd> {
         // Non-blocking like the epoll driver's sockets; io_uring polls for completion.
-        let sock = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-        sock.set_nodelay(true)?;
+        let sock = sys::tcp_socket(addr, egress)?;
         let raw = RawAddr::new(addr, addr.is_ipv6());
         let len = raw.len;
         let addr = KBox::new(raw);

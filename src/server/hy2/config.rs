@@ -11,6 +11,7 @@ use crate::limits::Limits;
 use crate::proto::h3;
 use crate::server::guard::OutboundGuard;
 use crate::server::masquerade::{FileMasquerade, ProxyMasquerade};
+use crate::server::route::Router;
 
 /// Who may use the relay.
 #[derive(Clone, Debug)]
@@ -88,6 +89,8 @@ pub struct Hy2Config {
     pub auth: Authenticator,
     pub masquerade: Masquerade,
     pub guard: OutboundGuard,
+    /// The ACL and the outbounds: where each request goes.
+    pub router: Arc<Router>,
     pub udp: bool,
     pub udp_idle_timeout: Duration,
     /// `bandwidth.up` in bytes/s (0: unlimited): caps the Brutal rate we send at.

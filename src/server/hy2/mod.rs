@@ -249,6 +249,7 @@ impl Hy2App {
                     conn,
                     stream,
                     addr,
+                    egress,
                     first,
                     ok,
                     user,
@@ -259,7 +260,7 @@ impl Hy2App {
                         continue;
                     };
                     let mut r = Relay::new(ch, stream, first, ok, user);
-                    let connecting = r.connect(io, addr, Token::Relay(relay).into());
+                    let connecting = r.connect(io, addr, &egress, Token::Relay(relay).into());
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.held.insert(stream, Held::Relay(relay));
@@ -299,8 +300,8 @@ impl Hy2App {
                         self.drive_speedtest(io, ch, stream, Box::new(SpeedTest::new(ok, first)));
                     }
                 }
-                Action::UdpOpen(udp) => {
-                    if let Err(e) = self.udp.open(io, udp) {
+                Action::UdpOpen { udp, egress } => {
+                    if let Err(e) = self.udp.open(io, udp, &egress) {
                         tracing::debug!("{e}");
                         self.session.udp_open_failed(udp);
                     }

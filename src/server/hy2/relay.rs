@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
-use crate::engine::{Completion, Token};
+use crate::engine::{Completion, Egress, Token};
 use crate::limits::User;
 use crate::worker::pipe::{Ends, Pipe};
 use crate::worker::Io;
@@ -83,11 +83,12 @@ impl Relay {
         &mut self,
         io: &mut Io<'_>,
         addr: SocketAddr,
+        egress: &Egress,
         token: Token,
     ) -> Result<(), String> {
         let sock = io
             .driver
-            .tcp_connect(addr, token)
+            .tcp_connect(addr, egress, token)
             .map_err(|e| format!("connect {addr}: {e}"))?;
         // The pipe owns the socket from now on: a failure, an abort or the connect timeout
         // closes it, which also cancels a connect still pending.

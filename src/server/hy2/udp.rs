@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::session::UdpId;
-use crate::engine::{Completion, Sock, SockOp, Token};
+use crate::engine::{Completion, Egress, Sock, SockOp, Token};
 use crate::worker::Io;
 
 /// Datagrams waiting for a send slot, per session.
@@ -40,15 +40,20 @@ pub struct UdpSockets {
 }
 
 impl UdpSockets {
-    /// Opens the session's socket (IPv6 dual-stack, else IPv4).
-    pub fn open(&mut self, io: &mut Io<'_>, udp: UdpId) -> Result<(), String> {
+    /// Opens the session's socket: bound to the egress's address, else IPv6 dual-stack,
+    /// else IPv4.
+    pub fn open(&mut self, io: &mut Io<'_>, udp: UdpId, egress: &Egress) -> Result<(), String> {
+        let device = egress.device.as_deref();
         let any6: SocketAddr = "[::]:0".parse().expect("literal");
         let any4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let sock = io
-            .driver
-            .udp_open(any6)
-            .or_else(|_| io.driver.udp_open(any4))
-            .map_err(|e| format!("UDP session socket: {e}"))?;
+        let opened = match egress.bind {
+            Some(ip) => io.driver.udp_open(SocketAddr::new(ip, 0), device),
+            None => io
+                .driver
+                .udp_open(any6, device)
+                .or_else(|_| io.driver.udp_open(any4, device)),
+        };
+        let sock = opened.map_err(|e| format!("UDP session socket: {e}"))?;
         self.socks.insert(
             udp,
             Session {

@@ -183,7 +183,7 @@ fn server_addr(text: &str) -> Result<HostPort, String> {
 }
 
 /// A dialable `host:port` from [`split_host_port`]'s result: port 0 is refused too.
-pub(super) fn host_port(
+pub(in crate::config::build) fn host_port(
     text: &str,
     parsed: Result<(Host, u16), ProtoError>,
 ) -> Result<HostPort, String> {

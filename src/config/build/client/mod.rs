@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_norway::Value;
 
+pub(super) use self::addr::host_port as dial_host_port;
 use self::addr::{check_sni, host_port, UriServer, URI_ORIGIN};
 use super::{address, lower, mimic_and_realm, ranged, End, W};
 use crate::config::client::*;

@@ -20,7 +20,7 @@ mod udp;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,10 +32,13 @@ use self::caps::Parked;
 pub use self::udp::{LookupId, UdpCounters, UdpId};
 use super::speedtest::is_speedtest_addr;
 use super::{Authenticator, Hy2Config, Masquerade};
+use crate::acl::{self, Decision, Protocol, Verdict};
+use crate::engine::Egress;
 use crate::limits::admission::UnauthPermit;
 use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
+use crate::server::route::{Outbound, Way};
 
 /// The reference server's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +112,8 @@ pub enum Action {
         conn: ConnId,
         stream: StreamId,
         addr: SocketAddr,
+        /// How the socket is set up (the outbound's binding and fast open).
+        egress: Egress,
         first: Vec<u8>,
         ok: Vec<u8>,
         user: Option<Arc<User>>,
@@ -128,8 +133,9 @@ pub enum Action {
         ok: Vec<u8>,
         first: Vec<u8>,
     },
-    /// Open the UDP session's socket; [`Session::udp_open_failed`] if it cannot be.
-    UdpOpen(UdpId),
+    /// Open the UDP session's socket, set up as `egress` says (before its first send);
+    /// [`Session::udp_open_failed`] if it cannot be.
+    UdpOpen { udp: UdpId, egress: Egress },
     /// Send `payload` to `addr` from the session's socket (the adapter bounds what waits).
     UdpSend {
         udp: UdpId,
@@ -192,9 +198,11 @@ impl Phase {
 /// Counts the adapter publishes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Proxy requests refused: malformed, refused by the outbound guard, while draining, at
-    /// the user's socket cap.
+    /// Proxy requests refused: malformed, refused by the outbound guard or the ACL, while
+    /// draining, at the user's socket cap.
     pub refused: u64,
+    /// Proxy requests (TCP) and UDP destinations the ACL sent to `reject`.
+    pub acl_rejected: u64,
     /// Proxy requests refused at their user's socket cap (`limits.maxSocketsPerUser`).
     pub socket_cap_refused: u64,
     /// Times a connection's stream credit was withheld.
@@ -250,6 +258,13 @@ struct Relay {
     phase: Phase,
     /// The client's target, as sent (`host:port`).
     target: String,
+    /// The target's host and port as the ACL sees them (addresses once resolved).
+    host: acl::Host,
+    port: u16,
+    /// Where it goes, once decided (before or after resolving).
+    decision: Option<Decision>,
+    /// The resolver's answer, once it came.
+    answer: Option<Result<Vec<SocketAddr>, String>>,
     /// Payload that came with the request, until the connect takes it.
     first: Vec<u8>,
     /// Released when the relay ends.
@@ -792,8 +807,12 @@ impl Session {
         self.connect_deadlines
             .push(Reverse((now + CONNECT_TIMEOUT, relay)));
         self.keep(conn, stream, Stream::Relay(relay));
-        let parsed =
-            tcp::split_host_port(&target).map_err(|e| format!("bad address {target:?}: {e}"));
+        let parsed = tcp::split_host_port(&target);
+        let (host, port) = match &parsed {
+            Ok((Host::Ip(ip), port)) => (acl::Host::new(&ip.to_string()), *port),
+            Ok((Host::Domain(name), port)) => (acl::Host::new(name), *port),
+            Err(_) => (acl::Host::new(""), 0),
+        };
         self.relays.insert(
             relay,
             Relay {
@@ -801,6 +820,10 @@ impl Session {
                 stream,
                 phase: Phase::Resolving,
                 target,
+                host,
+                port,
+                decision: None,
+                answer: None,
                 first,
                 _permit: permit,
                 user,
@@ -808,30 +831,87 @@ impl Session {
             },
         );
         match parsed {
-            Ok((Host::Ip(ip), port)) => self.resolved(relay, Ok(vec![SocketAddr::new(ip, port)])),
-            Ok((Host::Domain(host), port)) => {
-                self.actions
-                    .push_back(Action::Resolve { relay, host, port })
+            Ok((Host::Ip(ip), port)) => {
+                self.set_answer(relay, Ok(vec![SocketAddr::new(ip, port)]));
+                self.route_relay(relay);
             }
-            Err(msg) => self.fail_relay(relay, &msg),
+            Ok((Host::Domain(_), _)) => self.route_relay(relay),
+            Err(e) => {
+                let msg = format!("bad address {:?}: {e}", self.relays[&relay].target);
+                self.fail_relay(relay, &msg)
+            }
         }
     }
 
-    /// The target's addresses (or why there are none): connect to the first the outbound
-    /// guard allows. An answer for a relay that is no longer resolving (aborted, failed,
-    /// timed out) brings nothing back.
-    pub fn resolved(&mut self, relay: RelayId, addrs: std::io::Result<Vec<SocketAddr>>) {
-        let target = match self.relays.get(&relay) {
-            Some(r) if r.phase == Phase::Resolving => r.target.clone(),
-            _ => return,
+    fn set_answer(&mut self, relay: RelayId, answer: Result<Vec<SocketAddr>, String>) {
+        if let Some(r) = self.relays.get_mut(&relay) {
+            if let Ok(addrs) = &answer {
+                let v4 = addrs.iter().find_map(|a| match a.ip() {
+                    IpAddr::V4(ip) => Some(ip),
+                    IpAddr::V6(_) => None,
+                });
+                let v6 = addrs.iter().find_map(|a| match a.ip() {
+                    IpAddr::V6(ip) => Some(ip),
+                    IpAddr::V4(_) => None,
+                });
+                r.host.set_addresses(v4, v6);
+            }
+            r.answer = Some(answer);
+        }
+    }
+
+    /// Decides where the relay goes (resolving first if the rules or the outbound need its
+    /// addresses), then starts it there.
+    fn route_relay(&mut self, relay: RelayId) {
+        let router = self.cfg.router.clone();
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
         };
-        let addrs = match addrs {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) => return self.fail_relay(relay, &format!("resolve {target}: no addresses")),
-            Err(e) => return self.fail_relay(relay, &format!("resolve {target}: {e}")),
+        let decision = match (r.decision, &r.answer) {
+            (Some(d), _) => d,
+            (None, Some(_)) => router.route(&r.host, Protocol::Tcp, r.port),
+            (None, None) => match router.route_unresolved(&r.host, Protocol::Tcp, r.port) {
+                Verdict::Decided(d) => d,
+                Verdict::NeedsAddresses => return self.resolve(relay),
+            },
+        };
+        r.decision = Some(decision);
+        let (outbound, hijack) = match router.way(&decision) {
+            Way::Reject => {
+                self.counters.refused += 1;
+                self.counters.acl_rejected += 1;
+                return self.fail_relay(relay, "rejected");
+            }
+            Way::Out { outbound, hijack } => (outbound, hijack),
+        };
+        let direct = match outbound {
+            Outbound::Direct(d) => d,
+            Outbound::Socks5(_) | Outbound::Http(_) => {
+                return self.fail_relay(relay, "proxy outbounds are not supported yet")
+            }
+        };
+        let addrs = match (hijack, &r.answer) {
+            (Some(ip), _) => vec![SocketAddr::new(ip, r.port)],
+            (None, Some(Ok(addrs))) if !addrs.is_empty() => addrs.clone(),
+            (None, Some(Ok(_))) => {
+                let msg = format!("resolve {}: no addresses", r.target);
+                return self.fail_relay(relay, &msg);
+            }
+            (None, Some(Err(e))) => {
+                let msg = format!("resolve {}: {e}", r.target);
+                return self.fail_relay(relay, &msg);
+            }
+            (None, None) => return self.resolve(relay),
+        };
+        let candidates = match direct.candidates(&addrs) {
+            Ok(c) => c,
+            Err(why) => {
+                let msg = format!("{}: {why}", r.target);
+                return self.fail_relay(relay, &msg);
+            }
         };
         let mut refusal = None;
-        let allowed = addrs
+        let allowed = candidates
             .into_iter()
             .find(|a| match self.cfg.guard.check(a.ip()) {
                 Ok(()) => true,
@@ -842,9 +922,11 @@ impl Session {
             });
         let Some(addr) = allowed else {
             let why = refusal.map_or_else(String::new, |why| why.to_string());
+            let msg = format!("refused {}: {why}", r.target);
             self.counters.refused += 1;
-            return self.fail_relay(relay, &format!("refused {target}: {why}"));
+            return self.fail_relay(relay, &msg);
         };
+        let egress = direct.egress(addr.ip(), !r.first.is_empty());
         let ok = self.ok_response();
         let Some(r) = self.relays.get_mut(&relay) else {
             return;
@@ -855,10 +937,32 @@ impl Session {
             conn: r.conn,
             stream: r.stream,
             addr,
+            egress,
             first: std::mem::take(&mut r.first),
             ok,
             user: r.user.clone(),
         });
+    }
+
+    /// Asks for the relay's addresses.
+    fn resolve(&mut self, relay: RelayId) {
+        if let Some(r) = self.relays.get(&relay) {
+            let (host, port) = (r.host.name().to_owned(), r.port);
+            self.actions
+                .push_back(Action::Resolve { relay, host, port });
+        }
+    }
+
+    /// The target's addresses (or why there are none): routed, then connected to the first
+    /// address the outbound's mode and the outbound guard allow. An answer for a relay that
+    /// is no longer resolving (aborted, failed, timed out) brings nothing back.
+    pub fn resolved(&mut self, relay: RelayId, addrs: std::io::Result<Vec<SocketAddr>>) {
+        match self.relays.get(&relay) {
+            Some(r) if r.phase == Phase::Resolving && r.answer.is_none() => {}
+            _ => return,
+        }
+        self.set_answer(relay, addrs.map_err(|e| e.to_string()));
+        self.route_relay(relay);
     }
 
     /// The relay's connect finished: bytes flow, or the client hears why not.

@@ -21,6 +21,7 @@ use crate::proto::h3::ResponseReader;
 use crate::proto::tcp::TcpResponse;
 use crate::proto::udp::{fragment, Defragger, UdpMessage};
 use crate::server::guard::OutboundGuard;
+use crate::server::route::Router;
 
 const CLIENT: &str = "192.0.2.7:40000";
 const TARGET: &str = "192.0.2.80:443";
@@ -32,6 +33,7 @@ pub(crate) fn config(auth: Authenticator) -> Hy2Config {
         auth,
         masquerade: Masquerade::NotFound,
         guard: OutboundGuard::default(),
+        router: Arc::new(Router::default()),
         udp: true,
         udp_idle_timeout: Duration::from_secs(60),
         bandwidth_up: 0,
@@ -85,6 +87,9 @@ struct Adapter {
     speed_tests: Vec<(ConnId, StreamId)>,
     /// UDP sockets open, until closed.
     udp_socks: HashSet<UdpId>,
+    /// How each UDP socket and each relay's socket was set up.
+    udp_egress: HashMap<UdpId, Egress>,
+    connect_egress: HashMap<RelayId, Egress>,
     /// Datagrams sent from session sockets: session, destination, payload.
     udp_sent: Vec<(UdpId, SocketAddr, Vec<u8>)>,
     udp_lookups: Vec<(LookupId, String, u16)>,
@@ -144,9 +149,11 @@ impl Harness {
                     stream,
                     addr,
                     first,
+                    egress,
                     ..
                 } => {
                     assert!(self.a.pipes.insert(relay), "{relay:?} connected twice");
+                    self.a.connect_egress.insert(relay, egress);
                     self.a.connects.push((relay, stream, addr, first));
                 }
                 Action::Start(relay) => {
@@ -173,7 +180,10 @@ impl Harness {
                     self.s.relay_closed(relay);
                 }
                 Action::SpeedTest { conn, stream, .. } => self.a.speed_tests.push((conn, stream)),
-                Action::UdpOpen(udp) => assert!(self.a.udp_socks.insert(udp)),
+                Action::UdpOpen { udp, egress } => {
+                    assert!(self.a.udp_socks.insert(udp));
+                    self.a.udp_egress.insert(udp, egress);
+                }
                 Action::UdpSend { udp, addr, payload } => {
                     assert!(self.a.udp_socks.contains(&udp), "send on a closed socket");
                     self.a.udp_sent.push((udp, addr, payload));

@@ -12,16 +12,19 @@
 //! [`Action::UdpClose`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{Action, ConnId, Session};
+use crate::acl::{self, Decision, Protocol, Verdict};
+use crate::engine::Egress;
 use crate::limits::{SocketPermit, UdpRefused, User};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
+use crate::server::route::{Outbound, Way};
 
 /// Datagrams of one session waiting for DNS answers.
 const MAX_UNRESOLVED: usize = 64;
@@ -59,8 +62,11 @@ struct UdpSession {
     /// Datagrams waiting for a DNS answer: host:port, payload. A destination has one lookup
     /// in flight exactly while it has datagrams here.
     unresolved: VecDeque<(String, Vec<u8>)>,
-    /// Resolved and allowed destinations (bounded).
-    resolved: HashMap<String, SocketAddr>,
+    /// Routed destinations (bounded): the address to send to, or `None` when the ACL or
+    /// the outbound guard refused it.
+    resolved: HashMap<String, Option<SocketAddr>>,
+    /// Its socket was asked for (with the egress of the first destination sent to).
+    opened: bool,
     next_packet_id: u16,
     /// Whose traffic counters the payloads go to.
     user: Option<Arc<User>>,
@@ -70,10 +76,21 @@ struct UdpSession {
     _socket: SocketPermit,
 }
 
-/// A lookup in flight: for which destination of which session.
+/// A lookup in flight: for which destination of which session, and its route if the rules
+/// decided it before the lookup.
 struct Lookup {
     udp: UdpId,
     target: String,
+    decision: Option<Decision>,
+}
+
+/// Where one destination's datagrams go.
+enum Dest {
+    Send(SocketAddr, Egress),
+    /// Refused (ACL `reject`, the outbound guard, no usable address): dropped.
+    Refused,
+    /// Its addresses are needed first.
+    Lookup(Option<Decision>),
 }
 
 #[derive(Default)]
@@ -124,25 +141,33 @@ impl Session {
         if let Some(user) = &s.user {
             user.add_traffic(payload.len() as u64, 0);
         }
-        if let Some(&addr) = s.resolved.get(&msg.addr) {
-            self.actions
-                .push_back(Action::UdpSend { udp, addr, payload });
-            return;
-        }
-        match split_host_port(&msg.addr) {
-            Ok((Host::Ip(ip), port)) => {
-                if self.cfg.guard.check(ip).is_err() {
-                    u.counters.refused += 1;
-                    return;
-                }
-                let addr = SocketAddr::new(ip, port);
-                if s.resolved.len() < MAX_RESOLVED {
-                    s.resolved.insert(msg.addr, addr);
-                }
+        match s.resolved.get(&msg.addr) {
+            Some(Some(addr)) => {
+                let addr = *addr;
                 self.actions
                     .push_back(Action::UdpSend { udp, addr, payload });
+                return;
             }
-            Ok((Host::Domain(host), port)) => {
+            Some(None) => {
+                u.counters.refused += 1;
+                return;
+            }
+            None => {}
+        }
+        let (host, port) = match split_host_port(&msg.addr) {
+            Ok((Host::Ip(ip), port)) => (acl::Host::new(&ip.to_string()), port),
+            Ok((Host::Domain(name), port)) => (acl::Host::new(&name), port),
+            Err(_) => {
+                u.counters.dropped += 1;
+                return;
+            }
+        };
+        match self.udp_dest(&host, port, None, None) {
+            Dest::Lookup(decision) => {
+                let u = &mut self.udp;
+                let Some(s) = u.sessions.get_mut(&udp) else {
+                    return;
+                };
                 if s.unresolved.len() >= MAX_UNRESOLVED {
                     u.counters.dropped += 1;
                     return;
@@ -154,13 +179,117 @@ impl Session {
                     self.last_id += 1;
                     let lookup = LookupId(self.last_id);
                     let target = msg.addr;
-                    self.udp.lookups.insert(lookup, Lookup { udp, target });
+                    self.udp.lookups.insert(
+                        lookup,
+                        Lookup {
+                            udp,
+                            target,
+                            decision,
+                        },
+                    );
+                    let host = host.name().to_owned();
                     self.actions
                         .push_back(Action::UdpResolve { lookup, host, port });
                 }
             }
-            Err(_) => u.counters.dropped += 1,
+            dest => {
+                let addr = self.remember(udp, msg.addr, dest);
+                self.udp_send(udp, addr, payload);
+            }
         }
+    }
+
+    /// Where datagrams to `host`:`port` go: `decision` if the rules already made it,
+    /// `answer` once looked up (an IP literal carries its own address).
+    fn udp_dest(
+        &mut self,
+        host: &acl::Host,
+        port: u16,
+        decision: Option<Decision>,
+        answer: Option<&[SocketAddr]>,
+    ) -> Dest {
+        let router = self.cfg.router.clone();
+        let literal: Vec<SocketAddr> = host
+            .ipv4()
+            .map(IpAddr::V4)
+            .or(host.ipv6().map(IpAddr::V6))
+            .filter(|_| host.name().parse::<IpAddr>().is_ok())
+            .map(|ip| vec![SocketAddr::new(ip, port)])
+            .unwrap_or_default();
+        let answer = answer.or((!literal.is_empty()).then_some(literal.as_slice()));
+        let decision = match (decision, answer) {
+            (Some(d), _) => d,
+            (None, Some(_)) => router.route(host, Protocol::Udp, port),
+            (None, None) => match router.route_unresolved(host, Protocol::Udp, port) {
+                Verdict::Decided(d) => d,
+                Verdict::NeedsAddresses => return Dest::Lookup(None),
+            },
+        };
+        let (outbound, hijack) = match router.way(&decision) {
+            Way::Reject => {
+                self.counters.acl_rejected += 1;
+                return Dest::Refused;
+            }
+            Way::Out { outbound, hijack } => (outbound, hijack),
+        };
+        let Outbound::Direct(direct) = outbound else {
+            crate::warn_limited!(
+                "UDP to {}: proxy outbounds do not carry UDP yet",
+                host.name()
+            );
+            return Dest::Refused;
+        };
+        let hijacked;
+        let addrs = match (hijack, answer) {
+            (Some(ip), _) => {
+                hijacked = [SocketAddr::new(ip, port)];
+                &hijacked[..]
+            }
+            (None, Some(a)) => a,
+            (None, None) => return Dest::Lookup(Some(decision)),
+        };
+        let allowed = direct.candidates(addrs).ok().and_then(|c| {
+            c.into_iter()
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .find(|a| self.cfg.guard.check(a.ip()).is_ok())
+        });
+        match allowed {
+            Some(addr) => Dest::Send(addr, direct.udp_egress()),
+            None => Dest::Refused,
+        }
+    }
+
+    /// Caches where `target` goes (bounded) and returns the address, `None` if refused.
+    fn remember(&mut self, udp: UdpId, target: String, dest: Dest) -> Option<(SocketAddr, Egress)> {
+        let out = match dest {
+            Dest::Send(addr, egress) => Some((addr, egress)),
+            Dest::Refused | Dest::Lookup(_) => None,
+        };
+        if let Some(s) = self.udp.sessions.get_mut(&udp) {
+            if s.resolved.len() < MAX_RESOLVED {
+                s.resolved.insert(target, out.as_ref().map(|(a, _)| *a));
+            }
+        }
+        out
+    }
+
+    /// Sends `payload` from the session's socket, which is opened, with the egress of the
+    /// first destination, before the first send. A refused destination drops it.
+    fn udp_send(&mut self, udp: UdpId, to: Option<(SocketAddr, Egress)>, payload: Vec<u8>) {
+        let u = &mut self.udp;
+        let Some(s) = u.sessions.get_mut(&udp) else {
+            return;
+        };
+        let Some((addr, egress)) = to else {
+            u.counters.refused += 1;
+            return;
+        };
+        if !s.opened {
+            s.opened = true;
+            self.actions.push_back(Action::UdpOpen { udp, egress });
+        }
+        self.actions
+            .push_back(Action::UdpSend { udp, addr, payload });
     }
 
     fn open_udp(
@@ -201,6 +330,7 @@ impl Session {
                 defrag: Defragger::default(),
                 unresolved: VecDeque::new(),
                 resolved: HashMap::new(),
+                opened: false,
                 next_packet_id: 1,
                 user,
                 closing: false,
@@ -211,7 +341,6 @@ impl Session {
         u.counters.sessions_opened += 1;
         let at = now + self.cfg.udp_idle_timeout;
         u.next_expiry = Some(u.next_expiry.map_or(at, |n| n.min(at)));
-        self.actions.push_back(Action::UdpOpen(udp));
         Some(udp)
     }
 
@@ -229,34 +358,52 @@ impl Session {
     /// answers. An answer for a session that is gone is dropped.
     pub fn udp_resolved(&mut self, lookup: LookupId, result: std::io::Result<Vec<SocketAddr>>) {
         let u = &mut self.udp;
-        let Some(Lookup { udp, target }) = u.lookups.remove(&lookup) else {
+        let Some(Lookup {
+            udp,
+            target,
+            decision,
+        }) = u.lookups.remove(&lookup)
+        else {
             return;
         };
-        let Some(s) = u.sessions.get_mut(&udp).filter(|s| !s.closing) else {
+        if !u.sessions.get(&udp).is_some_and(|s| !s.closing) {
+            return;
+        }
+        let Ok((host, port)) = split_host_port(&target) else {
             return;
         };
-        let port = split_host_port(&target).map_or(0, |(_, p)| p);
-        let allowed = result
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| SocketAddr::new(a.ip(), port))
-            .find(|a| self.cfg.guard.check(a.ip()).is_ok());
-        if let Some(addr) = allowed {
-            if s.resolved.len() < MAX_RESOLVED {
-                s.resolved.insert(target.clone(), addr);
+        let name = match host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Domain(name) => name,
+        };
+        let addrs = result.unwrap_or_default();
+        let v4 = addrs.iter().find_map(|a| match a.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = addrs.iter().find_map(|a| match a.ip() {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        });
+        let host = acl::Host::new(&name).with_addresses(v4, v6);
+        let dest = match self.udp_dest(&host, port, decision, Some(&addrs)) {
+            Dest::Lookup(_) => Dest::Refused,
+            dest => dest,
+        };
+        let to = self.remember(udp, target.clone(), dest);
+        let Some(s) = self.udp.sessions.get_mut(&udp) else {
+            return;
+        };
+        let mut mine = Vec::new();
+        for (dest, payload) in std::mem::take(&mut s.unresolved) {
+            if dest == target {
+                mine.push(payload);
+            } else {
+                s.unresolved.push_back((dest, payload));
             }
         }
-        for (dest, payload) in std::mem::take(&mut s.unresolved) {
-            if dest != target {
-                s.unresolved.push_back((dest, payload));
-                continue;
-            }
-            match allowed {
-                Some(addr) => self
-                    .actions
-                    .push_back(Action::UdpSend { udp, addr, payload }),
-                None => u.counters.refused += 1,
-            }
+        for payload in mine {
+            self.udp_send(udp, to.clone(), payload);
         }
     }
 
@@ -321,7 +468,12 @@ impl Session {
             s.closing = true;
             s.unresolved.clear();
             u.by_id.remove(&(s.conn, s.id));
-            self.actions.push_back(Action::UdpClose(udp));
+            if s.opened {
+                self.actions.push_back(Action::UdpClose(udp));
+            } else {
+                // No socket was ever opened: nothing to wait for.
+                self.udp_closed(udp);
+            }
         }
     }
 
