@@ -366,7 +366,7 @@ impl Session {
         else {
             return;
         };
-        if !u.sessions.get(&udp).is_some_and(|s| !s.closing) {
+        if u.sessions.get(&udp).is_none_or(|s| s.closing) {
             return;
         }
         let Ok((host, port)) = split_host_port(&target) else {
