@@ -203,6 +203,8 @@ pub struct Counters {
     pub refused: u64,
     /// Proxy requests (TCP) and UDP destinations the ACL sent to `reject`.
     pub acl_rejected: u64,
+    /// Proxy requests and UDP sessions whose target sniffing replaced.
+    pub sniffed: u64,
     /// Proxy requests refused at their user's socket cap (`limits.maxSocketsPerUser`).
     pub socket_cap_refused: u64,
     /// Times a connection's stream credit was withheld.

@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use bytes::Bytes;
 
 use super::*;
+use crate::config;
 use crate::limits::{Caps, PerUser};
 use crate::proto::h3::ResponseReader;
 use crate::proto::tcp::TcpResponse;
@@ -1045,4 +1046,292 @@ fn a_reload_applies_new_per_user_socket_caps() {
     let a = h.limits().user("alice");
     assert_eq!(a.sockets.cap(), Some(500));
     assert!(a.sockets.hits() > 0);
+}
+
+// ---- routing: ACL and outbounds ----
+
+fn direct_out(
+    name: &str,
+    mode: config::DirectMode,
+    bind: config::OutboundBind,
+) -> config::Outbound {
+    config::Outbound {
+        name: name.into(),
+        kind: config::OutboundKind::Direct(config::DirectOutbound {
+            mode,
+            bind,
+            fast_open: false,
+        }),
+    }
+}
+
+/// Password auth, with these inline rules over these outbounds.
+fn routed(rules: &[&str], outbounds: &[config::Outbound]) -> Hy2Config {
+    let acl = config::Acl {
+        rules: config::AclRules::Inline(rules.iter().map(|r| r.to_string()).collect()),
+        geoip: None,
+        geosite: None,
+        geo_update_interval: Duration::from_secs(3600),
+    };
+    let mut cfg = password();
+    cfg.router = Arc::new(Router::new(Some(&acl), outbounds).unwrap());
+    cfg
+}
+
+fn connected_to(h: &Harness, stream: StreamId) -> SocketAddr {
+    h.a.connects
+        .iter()
+        .find(|c| c.1 == stream)
+        .unwrap_or_else(|| panic!("no connect on {stream}"))
+        .2
+}
+
+#[test]
+fn an_acl_reject_answers_rejected_without_a_lookup() {
+    let mut h = Harness::new(routed(&["reject(*.ads.example)", "direct(all)"], &[]));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), "x.ads.example:443", b"");
+    assert_eq!(h.tcp_error(conn, bidi(1)), "rejected");
+    assert!(h.a.resolves.is_empty(), "a name rule needs no addresses");
+    assert_eq!(h.s.counters.acl_rejected, 1);
+    assert_eq!((h.s.relay_count(), h.streams_held()), (0, 0));
+
+    // The direct outbound needs the addresses of what it lets through.
+    h.proxy(conn, bidi(2), "news.example:443", b"");
+    let (relay, host, port) = h.a.resolves[0].clone();
+    assert_eq!((host.as_str(), port), ("news.example", 443));
+    h.s.resolved(relay, Ok(vec!["198.51.100.1:0".parse().unwrap()]));
+    h.step();
+    assert_eq!(
+        connected_to(&h, bidi(2)),
+        "198.51.100.1:443".parse().unwrap()
+    );
+}
+
+#[test]
+fn an_address_rule_matches_the_lookups_answer() {
+    let mut h = Harness::new(routed(&["reject(192.0.2.0/24)", "direct(all)"], &[]));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), "blocked.example:80", b"");
+    h.proxy(conn, bidi(2), "fine.example:80", b"");
+    let (blocked, ..) = h.a.resolves[0].clone();
+    let (fine, ..) = h.a.resolves[1].clone();
+    h.s.resolved(blocked, Ok(vec!["192.0.2.9:0".parse().unwrap()]));
+    h.s.resolved(fine, Ok(vec!["198.51.100.1:0".parse().unwrap()]));
+    h.step();
+    assert_eq!(h.tcp_error(conn, bidi(1)), "rejected");
+    assert_eq!(
+        connected_to(&h, bidi(2)),
+        "198.51.100.1:80".parse().unwrap()
+    );
+    // An IP literal is matched as it is, without a lookup.
+    h.proxy(conn, bidi(3), "192.0.2.200:80", b"");
+    assert_eq!(h.tcp_error(conn, bidi(3)), "rejected");
+    assert_eq!(h.a.resolves.len(), 2);
+}
+
+#[test]
+fn a_hijack_keeps_the_port_and_stays_under_the_outbound_guard() {
+    let rules = [
+        "direct(moved.example, tcp/80, 198.51.100.7)",
+        "direct(inside.example, *, 127.0.0.1)",
+        "direct(all)",
+    ];
+    let mut h = Harness::new(routed(&rules, &[]));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), "moved.example:80", b"");
+    assert_eq!(
+        connected_to(&h, bidi(1)),
+        "198.51.100.7:80".parse().unwrap()
+    );
+    h.proxy(conn, bidi(2), "inside.example:22", b"");
+    assert!(h
+        .tcp_error(conn, bidi(2))
+        .starts_with("refused inside.example:22"));
+    assert!(
+        h.a.resolves.is_empty(),
+        "a hijacked request needs no lookup"
+    );
+    // The rule is for TCP port 80 only: port 81 is looked up and goes where it resolves.
+    h.proxy(conn, bidi(3), "moved.example:81", b"");
+    assert_eq!(h.a.resolves.len(), 1);
+}
+
+#[test]
+fn the_direct_mode_picks_the_family() {
+    use config::{DirectMode, OutboundBind};
+    let outs = [
+        direct_out("v4", DirectMode::Only4, OutboundBind::Any),
+        direct_out("v6", DirectMode::Only6, OutboundBind::Any),
+        direct_out("pref6", DirectMode::Prefer6, OutboundBind::Any),
+    ];
+    let mut h = Harness::new(routed(
+        &["v4(four.example)", "v6(six.example)", "pref6(all)"],
+        &outs,
+    ));
+    let conn = h.client();
+    let answer: Vec<SocketAddr> = vec![
+        "192.0.2.1:0".parse().unwrap(),
+        "[2001:db8::1]:0".parse().unwrap(),
+    ];
+    for (i, name) in ["four.example", "six.example", "any.example"]
+        .iter()
+        .enumerate()
+    {
+        h.proxy(conn, bidi(i as u64), &format!("{name}:443"), b"");
+        let (relay, ..) = h.a.resolves[i].clone();
+        h.s.resolved(relay, Ok(answer.clone()));
+        h.step();
+    }
+    assert_eq!(connected_to(&h, bidi(0)), "192.0.2.1:443".parse().unwrap());
+    assert_eq!(
+        connected_to(&h, bidi(1)),
+        "[2001:db8::1]:443".parse().unwrap()
+    );
+    assert_eq!(
+        connected_to(&h, bidi(2)),
+        "[2001:db8::1]:443".parse().unwrap()
+    );
+    // IPv6 only, and the name has no IPv6 address.
+    h.proxy(conn, bidi(3), "six.example:443", b"");
+    let (relay, ..) = h.a.resolves[3].clone();
+    h.s.resolved(relay, Ok(vec!["192.0.2.1:0".parse().unwrap()]));
+    h.step();
+    assert_eq!(
+        h.tcp_error(conn, bidi(3)),
+        "six.example:443: no IPv6 address available"
+    );
+}
+
+#[test]
+fn without_an_acl_the_first_outbound_takes_everything() {
+    use config::{DirectMode, OutboundBind};
+    let mut cfg = password();
+    let outs = [
+        direct_out("first", DirectMode::Only6, OutboundBind::Any),
+        direct_out("second", DirectMode::Auto, OutboundBind::Any),
+    ];
+    cfg.router = Arc::new(Router::new(None, &outs).unwrap());
+    let mut h = Harness::new(cfg);
+    let conn = h.client();
+    h.proxy(conn, bidi(1), TARGET, b"");
+    assert_eq!(
+        h.tcp_error(conn, bidi(1)),
+        format!("{TARGET}: no IPv6 address available")
+    );
+}
+
+#[test]
+fn the_outbounds_binding_and_fast_open_reach_the_socket() {
+    use config::{DirectMode, OutboundBind};
+    let mut bound = direct_out(
+        "bound",
+        DirectMode::Auto,
+        OutboundBind::Addresses {
+            v4: Some("192.0.2.100".parse().unwrap()),
+            v6: None,
+        },
+    );
+    if let config::OutboundKind::Direct(d) = &mut bound.kind {
+        d.fast_open = true;
+    }
+    let dev = direct_out("dev", DirectMode::Auto, OutboundBind::Device("eth9".into()));
+    let mut h = Harness::new(routed(
+        &["dev(198.51.100.0/24)", "bound(all)"],
+        &[bound, dev],
+    ));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), TARGET, b"hello");
+    h.proxy(conn, bidi(2), TARGET, b"");
+    h.proxy(conn, bidi(3), "198.51.100.3:80", b"");
+    h.proxy(conn, bidi(4), "[2001:db8::5]:80", b"x");
+    let egress = |s| h.a.connect_egress[&h.relay_of(bidi(s))].clone();
+    let bind4 = Some("192.0.2.100".parse().unwrap());
+    assert_eq!(
+        egress(1),
+        Egress {
+            bind: bind4,
+            device: None,
+            fast_open: true
+        },
+        "fast open with payload"
+    );
+    assert!(!egress(2).fast_open, "no fast open without payload");
+    assert_eq!(egress(3).device.as_deref(), Some("eth9"));
+    assert_eq!(egress(4).bind, None, "no IPv6 bind address");
+
+    // A UDP session's socket takes the binding of its first destination's outbound.
+    h.udp(conn, 1, "198.51.100.3:53", b"q", 1);
+    let (udp, ..) = h.a.udp_sent[0].clone();
+    assert_eq!(h.a.udp_egress[&udp].device.as_deref(), Some("eth9"));
+}
+
+#[test]
+fn udp_destinations_follow_the_acl() {
+    let rules = [
+        "reject(blocked.example)",
+        "direct(moved.example, udp/5353, 198.51.100.9)",
+        "direct(all)",
+    ];
+    let mut h = Harness::new(routed(&rules, &[]));
+    let conn = h.client();
+    h.udp(conn, 1, "blocked.example:53", b"a", 1);
+    h.udp(conn, 1, "blocked.example:53", b"b", 1);
+    assert!(h.a.udp_lookups.is_empty() && h.a.udp_sent.is_empty());
+    assert!(
+        h.a.udp_socks.is_empty(),
+        "no socket for a session that sent nothing"
+    );
+    assert_eq!(
+        h.s.counters.acl_rejected, 1,
+        "decided once, then remembered"
+    );
+    assert_eq!(h.s.udp_counters().refused, 2);
+
+    h.udp(conn, 1, "moved.example:5353", b"c", 1);
+    h.udp(conn, 1, TARGET, b"d", 1);
+    let sent: Vec<(String, Vec<u8>)> =
+        h.a.udp_sent
+            .iter()
+            .map(|(_, a, p)| (a.to_string(), p.clone()))
+            .collect();
+    assert_eq!(
+        sent,
+        [
+            ("198.51.100.9:5353".to_string(), b"c".to_vec()),
+            (TARGET.to_string(), b"d".to_vec())
+        ]
+    );
+    assert_eq!(h.a.udp_socks.len(), 1, "one socket for the session");
+    assert!(h.a.udp_lookups.is_empty());
+
+    // A name the rules do not decide is looked up, then routed.
+    h.udp(conn, 1, "other.example:53", b"e", 1);
+    let (lookup, ..) = h.a.udp_lookups[0].clone();
+    h.s.udp_resolved(lookup, Ok(vec!["198.51.100.20:0".parse().unwrap()]));
+    h.step();
+    assert_eq!(h.a.udp_sent[2].1, "198.51.100.20:53".parse().unwrap());
+}
+
+#[test]
+fn a_session_that_never_sent_closes_without_a_socket() {
+    let mut h = Harness::new(routed(&["reject(all)"], &[]));
+    let conn = h.client();
+    h.udp(conn, 1, TARGET, b"a", 1);
+    assert_eq!(h.s.udp_count(), 1);
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.s.udp_count(), 0);
+    assert!(h.a.udp_closing.is_empty(), "nothing to close");
+    assert_eq!(h.limits().sockets.held(), 0, "its budget slot came back");
+}
+
+#[test]
+fn a_reload_routes_new_requests_by_the_new_rules() {
+    let mut h = Harness::new(routed(&["direct(all)"], &[]));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), TARGET, b"");
+    assert_eq!(h.a.connects.len(), 1);
+    h.s.reload(Arc::new(routed(&["reject(all)"], &[])));
+    h.proxy(conn, bidi(2), TARGET, b"");
+    assert_eq!(h.tcp_error(conn, bidi(2)), "rejected");
 }
