@@ -60,6 +60,10 @@ pub struct WorkerCounters {
     pub credit_withheld: AtomicU64,
     /// Proxy streams refused: malformed requests, targets the outbound guard refuses.
     pub streams_refused: AtomicU64,
+    /// Proxy streams and UDP destinations an ACL `reject` rule refused.
+    pub acl_rejected: AtomicU64,
+    /// Requests whose target sniffing replaced with the name their first bytes carry.
+    pub sniffed: AtomicU64,
     /// Window updates sent (MAX_DATA and MAX_STREAM_DATA frames): by connections gone,
     /// and by live ones (refreshed every second).
     pub window_updates_closed: AtomicU64,
@@ -121,6 +125,8 @@ macro_rules! fields {
             streams_parked,
             credit_withheld,
             streams_refused,
+            acl_rejected,
+            sniffed,
             window_updates_closed,
             window_updates_live,
             data_blocked_closed,
@@ -170,6 +176,8 @@ pub struct Snapshot {
     pub streams_parked: u64,
     pub credit_withheld: u64,
     pub streams_refused: u64,
+    pub acl_rejected: u64,
+    pub sniffed: u64,
     pub window_updates_closed: u64,
     pub window_updates_live: u64,
     pub data_blocked_closed: u64,

@@ -181,6 +181,18 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.streams_refused,
     ),
     (
+        "quelay_acl_rejected_total",
+        "counter",
+        "Proxy streams and UDP destinations refused by an ACL reject rule.",
+        |s| s.acl_rejected,
+    ),
+    (
+        "quelay_sniffed_total",
+        "counter",
+        "Requests routed by the name sniffed from their first bytes.",
+        |s| s.sniffed,
+    ),
+    (
         "quelay_window_updates_total",
         "counter",
         "Flow-control window updates sent (MAX_DATA, MAX_STREAM_DATA).",

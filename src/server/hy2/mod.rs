@@ -560,6 +560,8 @@ impl Hy2App {
         WorkerCounters::set(&c.streams_parked, self.session.parked_count() as u64);
         WorkerCounters::set(&c.credit_withheld, s.credit_withheld);
         WorkerCounters::set(&c.streams_refused, s.refused);
+        WorkerCounters::set(&c.acl_rejected, s.acl_rejected);
+        WorkerCounters::set(&c.sniffed, s.sniffed);
         WorkerCounters::set(&c.auth_failures, s.auth_failures);
         WorkerCounters::set(&c.streams_relayed, s.streams_relayed);
         let u = self.session.udp_counters();

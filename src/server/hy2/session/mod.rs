@@ -847,6 +847,12 @@ impl Session {
 
     fn set_answer(&mut self, relay: RelayId, answer: Result<Vec<SocketAddr>, String>) {
         if let Some(r) = self.relays.get_mut(&relay) {
+            // The answer's addresses carry the port the client asked for, whatever the
+            // resolver put there.
+            let port = r.port;
+            let answer = answer.map(|addrs| {
+                addrs.into_iter().map(|a| SocketAddr::new(a.ip(), port)).collect::<Vec<_>>()
+            });
             if let Ok(addrs) = &answer {
                 let v4 = addrs.iter().find_map(|a| match a.ip() {
                     IpAddr::V4(ip) => Some(ip),
