@@ -21,6 +21,7 @@
 mod addr;
 mod defrag;
 pub mod h3;
+pub mod outbound;
 pub mod salamander;
 pub mod speedtest;
 pub mod tcp;

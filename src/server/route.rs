@@ -9,12 +9,13 @@
 //! Sans-IO: compiling reads the rule file and the geo databases, matching does nothing but
 //! look up.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use crate::acl::{self, Acl, Decision, GeoFiles, Protocol, Route, Verdict};
 use crate::config::{self, DirectMode, OutboundBind, OutboundKind};
 use crate::engine::Egress;
+use crate::proto::outbound::Handshake;
 
 /// The outbounds and the rules that choose between them. Immutable; shared by the workers
 /// and replaced whole on reload.
@@ -29,10 +30,25 @@ pub struct Router {
 pub enum Outbound {
     /// Connect from this host.
     Direct(Direct),
-    /// Through a SOCKS5 proxy.
-    Socks5(config::Socks5Outbound),
-    /// Through an HTTP CONNECT proxy.
-    Http(config::HttpOutbound),
+    /// Through a SOCKS5 or HTTP CONNECT proxy.
+    Proxy(Proxy),
+}
+
+/// A proxy outbound: each relay opens a connection of its own to the proxy and asks it for
+/// the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    pub kind: ProxyKind,
+    /// The proxy, resolved when the config is loaded.
+    pub addr: SocketAddr,
+    /// Username and password (SOCKS5 method 02, or HTTP Basic).
+    pub auth: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Socks5,
+    Http,
 }
 
 /// A direct outbound: the families it uses and how its sockets are set up.
@@ -91,16 +107,32 @@ impl Router {
         };
         let outbounds = outbounds
             .iter()
-            .map(|o| match &o.kind {
-                OutboundKind::Direct(d) => Outbound::Direct(Direct {
-                    mode: d.mode,
-                    bind: d.bind.clone(),
-                    fast_open: d.fast_open,
-                }),
-                OutboundKind::Socks5(s) => Outbound::Socks5(s.clone()),
-                OutboundKind::Http(h) => Outbound::Http(h.clone()),
+            .map(|o| {
+                Ok(match &o.kind {
+                    OutboundKind::Direct(d) => Outbound::Direct(Direct {
+                        mode: d.mode,
+                        bind: d.bind.clone(),
+                        fast_open: d.fast_open,
+                    }),
+                    OutboundKind::Socks5(s) => Outbound::Proxy(Proxy {
+                        kind: ProxyKind::Socks5,
+                        addr: proxy_addr(&o.name, s.addr.as_str())?,
+                        auth: s.auth.clone(),
+                    }),
+                    OutboundKind::Http(h) if h.tls => {
+                        return Err(format!(
+                            "outbounds: {}: https proxies are not supported yet (use http://)",
+                            o.name
+                        ))
+                    }
+                    OutboundKind::Http(h) => Outbound::Proxy(Proxy {
+                        kind: ProxyKind::Http,
+                        addr: proxy_addr(&o.name, (h.host.as_str(), h.port))?,
+                        auth: h.auth.clone(),
+                    }),
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Router { acl, outbounds })
     }
 
@@ -147,6 +179,26 @@ impl Router {
         Way::Out {
             outbound,
             hijack: d.hijack,
+        }
+    }
+}
+
+/// A proxy's address: an IP literal, or a name resolved now (at start-up and on reload).
+fn proxy_addr(name: &str, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<SocketAddr, String> {
+    let err = |why: String| format!("outbounds: {name}: proxy address {addr:?}: {why}");
+    addr.to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+impl Proxy {
+    /// The handshake asking the proxy for `host`:`port` (a name goes as a name, for the
+    /// proxy to resolve); `None` when the name cannot be asked for (too long for SOCKS5).
+    pub fn handshake(&self, host: &str, port: u16) -> Option<Handshake> {
+        match self.kind {
+            ProxyKind::Socks5 => Handshake::socks5(host, port, self.auth.clone()),
+            ProxyKind::Http => Some(Handshake::http(host, port, self.auth.clone())),
         }
     }
 }

@@ -137,6 +137,17 @@ impl Pipe {
         self.sock = Some(sock);
     }
 
+    /// Queues `bytes` from the TCP side behind what waits for the stream (a proxy's early
+    /// bytes from the target).
+    pub fn queue_to_quic(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let mut all = self.to_quic.to_vec();
+            all.extend_from_slice(bytes);
+            self.from_tcp += bytes.len() as u64;
+            self.to_quic = Bytes::from(all);
+        }
+    }
+
     pub fn sock(&self) -> Option<Sock> {
         self.sock
     }

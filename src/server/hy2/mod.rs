@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 
-use self::relay::{After, Relay};
+use self::relay::{After, Proxying, Relay};
 use self::session::{
     Action, ConnId, JobId, LookupId, RelayId, Session, UdpId, Work, MAX_REQUEST_BYTES,
 };
@@ -250,6 +250,7 @@ impl Hy2App {
                     stream,
                     addr,
                     egress,
+                    handshake,
                     first,
                     ok,
                     user,
@@ -259,7 +260,7 @@ impl Hy2App {
                             .connect_done(relay, Err("connection gone".into()));
                         continue;
                     };
-                    let mut r = Relay::new(ch, stream, first, ok, user);
+                    let mut r = Relay::new(ch, stream, first, ok, user, handshake);
                     let connecting = r.connect(io, addr, &egress, Token::Relay(relay).into());
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
@@ -695,15 +696,26 @@ impl App for Hy2App {
             }
             return;
         };
-        if c.op == SockOp::Connect {
-            let result = c.result.map(|_| ()).map_err(|e| e.to_string());
-            self.session.connect_done(relay, result);
+        let token = Token::Relay(relay).into();
+        let proxying = if c.op == SockOp::Connect {
+            match c.result {
+                Ok(_) => r.connected(io, token),
+                Err(e) => Proxying::Failed(e.to_string()),
+            }
+        } else if r.handshaking(&c) {
+            r.on_handshake(io, c, token)
+        } else {
+            let after = r.on_completion(io, c, token);
+            r.account(io.now);
+            if after == After::Remove {
+                self.relay_done(io, relay);
+            }
             return self.perform(io);
-        }
-        let after = r.on_completion(io, c, Token::Relay(relay).into());
-        r.account(io.now);
-        if after == After::Remove {
-            self.relay_done(io, relay);
+        };
+        match proxying {
+            Proxying::Pending => {}
+            Proxying::Ready => self.session.connect_done(relay, Ok(())),
+            Proxying::Failed(why) => self.session.connect_done(relay, Err(why)),
         }
         self.perform(io);
     }

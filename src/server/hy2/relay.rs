@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
-use crate::engine::{Completion, Egress, Token};
+use crate::engine::{Completion, Egress, SockOp, Token};
+use crate::proto::outbound::{Handshake, Step};
 use crate::limits::User;
 use crate::worker::pipe::{Ends, Pipe};
 use crate::worker::Io;
@@ -31,18 +32,32 @@ pub struct Relay {
     first_len: u64,
     /// The target is connected: bytes may move.
     started: bool,
+    /// A proxy outbound's handshake, until the proxy agreed.
+    handshake: Option<Handshake>,
     pipe: Pipe,
+}
+
+/// Where a relay's connect stands once its socket is connected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Proxying {
+    /// The target is reached (directly, or the proxy agreed).
+    Ready,
+    /// The proxy has not answered yet.
+    Pending,
+    /// The proxy refused, or the connection to it failed: why.
+    Failed(String),
 }
 
 impl Relay {
     /// `ok` is the TCPResponse sent once the target is connected; `first` holds payload
-    /// bytes that arrived with the request.
+    /// bytes that arrived with the request; `handshake`, what a proxy outbound is told first.
     pub fn new(
         ch: ConnectionHandle,
         id: StreamId,
         first: Vec<u8>,
         ok: Vec<u8>,
         user: Option<Arc<User>>,
+        handshake: Option<Handshake>,
     ) -> Self {
         Relay {
             ch,
@@ -52,6 +67,7 @@ impl Relay {
             last_active: Instant::now(),
             first_len: first.len() as u64,
             started: false,
+            handshake,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
@@ -94,6 +110,64 @@ impl Relay {
         // closes it, which also cancels a connect still pending.
         self.pipe.attach(sock);
         Ok(())
+    }
+
+    /// The socket connected: a proxy outbound's handshake begins, anything else is ready.
+    pub fn connected(&mut self, io: &mut Io<'_>, token: Token) -> Proxying {
+        match self.handshake.as_mut() {
+            None => Proxying::Ready,
+            Some(h) => {
+                let step = h.start();
+                self.step(io, step, token)
+            }
+        }
+    }
+
+    /// Whether `c` belongs to the proxy handshake (the pipe has not started).
+    pub fn handshaking(&self, c: &Completion) -> bool {
+        self.handshake.is_some()
+            && !self.pipe.is_done()
+            && matches!(c.op, SockOp::Send | SockOp::Recv)
+    }
+
+    /// A send or receive of the proxy handshake completed.
+    pub fn on_handshake(&mut self, io: &mut Io<'_>, c: Completion, token: Token) -> Proxying {
+        let Some(h) = self.handshake.as_mut() else {
+            return Proxying::Ready;
+        };
+        let step = match (c.op, c.result) {
+            (_, Err(e)) => Step::Failed(format!("proxy: {e}")),
+            (SockOp::Send, Ok(n)) if n < c.buf.len() => Step::Send(c.buf[n..].to_vec()),
+            (SockOp::Send, Ok(_)) => Step::Recv,
+            (_, Ok(0)) => Step::Failed("proxy closed the connection".into()),
+            (_, Ok(_)) => h.received(&c.buf),
+        };
+        self.step(io, step, token)
+    }
+
+    fn step(&mut self, io: &mut Io<'_>, step: Step, token: Token) -> Proxying {
+        let Some(sock) = self.pipe.sock() else {
+            return Proxying::Failed("proxy: no socket".into());
+        };
+        match step {
+            Step::Send(bytes) => {
+                io.driver.tcp_send(sock, bytes, token);
+                Proxying::Pending
+            }
+            Step::Recv => {
+                io.driver.tcp_recv(sock, Vec::with_capacity(4096), token);
+                Proxying::Pending
+            }
+            Step::Done { leftover } => {
+                self.handshake = None;
+                self.pipe.queue_to_quic(&leftover);
+                Proxying::Ready
+            }
+            Step::Failed(why) => {
+                self.handshake = None;
+                Proxying::Failed(why)
+            }
+        }
     }
 
     /// Answers the client with an error and closes the stream and the socket.

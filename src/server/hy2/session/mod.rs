@@ -38,6 +38,7 @@ use crate::limits::admission::UnauthPermit;
 use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
+use crate::proto::outbound::Handshake;
 use crate::server::route::{Outbound, Way};
 
 /// The reference server's dial timeout.
@@ -114,6 +115,9 @@ pub enum Action {
         addr: SocketAddr,
         /// How the socket is set up (the outbound's binding and fast open).
         egress: Egress,
+        /// For a proxy outbound: what to say to the proxy before the target's bytes flow
+        /// ([`Session::connect_done`] comes once it agreed, or with its refusal).
+        handshake: Option<Handshake>,
         first: Vec<u8>,
         ok: Vec<u8>,
         user: Option<Arc<User>>,
@@ -894,8 +898,14 @@ impl Session {
         };
         let direct = match outbound {
             Outbound::Direct(d) => d,
-            Outbound::Socks5(_) | Outbound::Http(_) => {
-                return self.fail_relay(relay, "proxy outbounds are not supported yet")
+            // The proxy is asked for the name (or the hijacked address): it resolves it.
+            Outbound::Proxy(proxy) => {
+                let host = hijack.map_or_else(|| r.host.name().to_owned(), |ip| ip.to_string());
+                let Some(handshake) = proxy.handshake(&host, r.port) else {
+                    return self.fail_relay(relay, "target name too long for SOCKS5");
+                };
+                let addr = proxy.addr;
+                return self.connect(relay, addr, Egress::default(), Some(handshake));
             }
         };
         let addrs = match (hijack, &r.answer) {
@@ -935,6 +945,17 @@ impl Session {
             return self.fail_relay(relay, &msg);
         };
         let egress = direct.egress(addr.ip(), !r.first.is_empty());
+        self.connect(relay, addr, egress, None);
+    }
+
+    /// Connects the relay to `addr` (the target, or a proxy that `handshake` asks for it).
+    fn connect(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        egress: Egress,
+        handshake: Option<Handshake>,
+    ) {
         let ok = self.ok_response();
         let Some(r) = self.relays.get_mut(&relay) else {
             return;
@@ -946,6 +967,7 @@ impl Session {
             stream: r.stream,
             addr,
             egress,
+            handshake,
             first: std::mem::take(&mut r.first),
             ok,
             user: r.user.clone(),
