@@ -49,14 +49,17 @@ pub(super) struct HeadReader {
 /// The headers `ReadRequest` looks at, as far as the head has been read.
 #[derive(Debug, Default)]
 struct Headers {
-    /// The first `Host:` value, and how many there were (more than one is refused).
+    /// The first `Host:` value.
     host: Option<Vec<u8>>,
+    /// How many `Host:` headers there were (more than one is refused).
     host_count: usize,
-    /// The first `Content-Length:` value, trimmed, and whether a later one differs from it.
+    /// The first `Content-Length:` value, trimmed.
     content_length: Option<Vec<u8>>,
+    /// Whether a later `Content-Length:` value differs from the first.
     content_length_differs: bool,
-    /// The first `Transfer-Encoding:` value and how many there were.
+    /// The first `Transfer-Encoding:` value.
     transfer_encoding: Option<Vec<u8>>,
+    /// How many `Transfer-Encoding:` headers there were (only one is accepted).
     transfer_encoding_count: usize,
     /// Whether a `Trailer:` header names Transfer-Encoding, Trailer or Content-Length.
     trailer_forbidden: bool,

@@ -55,9 +55,13 @@ pub enum Transport {
 /// The `sniff:` policy: which requests are sniffed and how long a TCP request may wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sniffer {
+    /// `sniff.timeout`; unset or zero means [`DEFAULT_TIMEOUT`].
     timeout: Option<Duration>,
+    /// `sniff.rewriteDomain`: requests for a domain are sniffed too.
     rewrite_domain: bool,
+    /// `sniff.tcpPorts`; `None` means every port.
     tcp_ports: Option<PortSet>,
+    /// `sniff.udpPorts`; `None` means every port.
     udp_ports: Option<PortSet>,
 }
 
@@ -166,9 +170,12 @@ enum State {
 ///
 /// The caller keeps all bytes it read (they are written to the target before relaying) and
 /// hands the whole buffer to [`TcpSniffer::sniff`] each time; the sniffer remembers how far it
-/// got, so feeding a stream in many small pieces costs no more than one large one.
+/// got, so feeding a stream in many small pieces costs no more than one large one. It decides
+/// by the time [`MAX_TCP_SNIFF_LEN`] bytes are buffered, so the caller never holds more than
+/// that plus one read.
 #[derive(Debug)]
 pub struct TcpSniffer {
+    /// Advances as the first bytes arrive; [`State::Done`] once answered.
     state: State,
 }
 
