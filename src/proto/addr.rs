@@ -52,8 +52,8 @@ pub fn split_host_port_bytes(addr: &[u8]) -> Result<(Host, u16), ProtoError> {
 }
 
 /// Go `net.SplitHostPort`, step for step: returns host, port and whether the host was
-/// bracketed.
-fn split_go(addr: &str) -> Result<(&str, &str, bool), AddressError> {
+/// bracketed. The port is not checked.
+pub(super) fn split_go(addr: &str) -> Result<(&str, &str, bool), AddressError> {
     // "The port starts after the last colon."
     let colon = addr.rfind(':').ok_or(AddressError::MissingPort)?;
     let (host, bracketed, after_open, after_close) = if addr.starts_with('[') {

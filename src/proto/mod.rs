@@ -17,12 +17,16 @@
 //!    [`TcpRequest`], the server answers with a [`TcpResponse`], then raw bytes both ways.
 //! 4. QUIC DATAGRAM frames carry one [`UdpMessage`] each; [`fragment`] splits outgoing
 //!    packets and a per-session [`Defragger`] joins incoming ones.
+//!
+//! With `sniff:` on, [`sniff`] reads the name a proxied stream or UDP session is really for
+//! from its first bytes (HTTP Host, TLS or QUIC SNI) before the request is routed.
 
 mod addr;
 mod defrag;
 pub mod h3;
 pub mod outbound;
 pub mod salamander;
+pub mod sniff;
 pub mod speedtest;
 pub mod tcp;
 pub mod udp;
