@@ -187,7 +187,10 @@ impl Handshake {
             return Step::Failed(format!("not a SOCKS5 reply (version {ver})"));
         }
         if rep != 0 {
-            return Step::Failed(format!("SOCKS5 request failed: {} ({rep})", reply_text(rep)));
+            return Step::Failed(format!(
+                "SOCKS5 request failed: {} ({rep})",
+                reply_text(rep)
+            ));
         }
         let addr_len = match atyp {
             1 => 4,
@@ -267,14 +270,22 @@ mod tests {
         // The reply arrives in two pieces, with the target's first bytes after it.
         assert_eq!(h.received(&[5, 0, 0, 1, 10]), Step::Recv);
         let done = h.received(&[0, 0, 1, 0x04, 0x38, b'h', b'i']);
-        assert_eq!(done, Step::Done { leftover: b"hi".to_vec() });
+        assert_eq!(
+            done,
+            Step::Done {
+                leftover: b"hi".to_vec()
+            }
+        );
     }
 
     #[test]
     fn socks5_ip_literals_go_as_addresses() {
         let mut v4 = Handshake::socks5("192.0.2.1", 80, None).expect("v4");
         v4.start();
-        assert_eq!(sent(v4.received(&[5, 0])), [5, 1, 0, 1, 192, 0, 2, 1, 0, 80]);
+        assert_eq!(
+            sent(v4.received(&[5, 0])),
+            [5, 1, 0, 1, 192, 0, 2, 1, 0, 80]
+        );
         let mut v6 = Handshake::socks5("::1", 80, None).expect("v6");
         v6.start();
         let req = sent(v6.received(&[5, 0]));
@@ -324,10 +335,15 @@ mod tests {
         assert!(req.starts_with("CONNECT [::1]:8080 HTTP/1.1\r\nHost: [::1]:8080\r\n"));
         assert!(req.contains("Proxy-Authorization: Basic dTpw\r\n"));
         assert!(req.ends_with("\r\n\r\n"));
-        assert_eq!(h.received(b"HTTP/1.1 200 Connection established\r\n"), Step::Recv);
+        assert_eq!(
+            h.received(b"HTTP/1.1 200 Connection established\r\n"),
+            Step::Recv
+        );
         assert_eq!(
             h.received(b"\r\nSSH-2.0"),
-            Step::Done { leftover: b"SSH-2.0".to_vec() }
+            Step::Done {
+                leftover: b"SSH-2.0".to_vec()
+            }
         );
         let mut h = Handshake::http("example.com", 443, None);
         h.start();
@@ -341,7 +357,10 @@ mod tests {
     fn garbage_and_endless_answers_fail_without_panicking() {
         let mut h = Handshake::http("a.b", 1, None);
         h.start();
-        assert!(matches!(h.received(b"\x00\x01\x02\r\n\r\n"), Step::Failed(_)));
+        assert!(matches!(
+            h.received(b"\x00\x01\x02\r\n\r\n"),
+            Step::Failed(_)
+        ));
         let mut h = Handshake::http("a.b", 1, None);
         h.start();
         let mut last = Step::Recv;

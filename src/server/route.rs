@@ -184,7 +184,10 @@ impl Router {
 }
 
 /// A proxy's address: an IP literal, or a name resolved now (at start-up and on reload).
-fn proxy_addr(name: &str, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<SocketAddr, String> {
+fn proxy_addr(
+    name: &str,
+    addr: impl ToSocketAddrs + std::fmt::Debug,
+) -> Result<SocketAddr, String> {
     let err = |why: String| format!("outbounds: {name}: proxy address {addr:?}: {why}");
     addr.to_socket_addrs()
         .map_err(|e| err(e.to_string()))?

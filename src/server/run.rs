@@ -22,6 +22,7 @@ use crate::engine::DriverConfig;
 use crate::limits::handshake::HandshakeLimits;
 use crate::limits::{Caps, Limits, PerUser};
 use crate::proto::h3::ALPN;
+use crate::proto::sniff::Sniffer;
 use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig, QuicSection, SocketGroup, Steering};
 
@@ -54,9 +55,6 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
              supported yet"
                 .into(),
         );
-    }
-    if cfg.sniff.is_some() {
-        tracing::warn!("sniff: not supported yet; ignored");
     }
     let auth = match &cfg.auth {
         Auth::Password(p) => Authenticator::Password(p.clone()),
@@ -103,6 +101,7 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
         auth,
         masquerade,
         router,
+        sniffer: cfg.sniff.as_ref().map(Sniffer::from_config),
         guard: OutboundGuard {
             allow_loopback: cfg.outbound_guard.allow_loopback,
             allow_link_local: cfg.outbound_guard.allow_link_local,

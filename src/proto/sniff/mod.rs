@@ -26,7 +26,7 @@ mod quic;
 mod tls;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::IpAddr;
 use std::time::Duration;

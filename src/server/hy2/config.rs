@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::limits::Limits;
 use crate::proto::h3;
+use crate::proto::sniff::Sniffer;
 use crate::server::guard::OutboundGuard;
 use crate::server::masquerade::{FileMasquerade, ProxyMasquerade};
 use crate::server::route::Router;
@@ -91,6 +92,8 @@ pub struct Hy2Config {
     pub guard: OutboundGuard,
     /// The ACL and the outbounds: where each request goes.
     pub router: Arc<Router>,
+    /// `sniff`: which requests have their first bytes read for a name; `None` when off.
+    pub sniffer: Option<Sniffer>,
     pub udp: bool,
     pub udp_idle_timeout: Duration,
     /// `bandwidth.up` in bytes/s (0: unlimited): caps the Brutal rate we send at.

@@ -59,6 +59,9 @@ enum Held {
 struct Conn {
     id: ConnId,
     held: HashMap<StreamId, Held>,
+    /// The part of an early reply (sniffing) that stream credit did not take yet: its
+    /// relay's pipe sends it first.
+    early: HashMap<StreamId, Vec<u8>>,
 }
 
 /// The engine tokens of this role: each maps to an [`engine::Token`] of its own kind, with
@@ -163,6 +166,7 @@ impl Hy2App {
             Conn {
                 id,
                 held: HashMap::new(),
+                early: HashMap::new(),
             },
         );
         self.handles.insert(id, ch);
@@ -208,11 +212,22 @@ impl Hy2App {
                     bytes,
                 } => {
                     if let Some(ch) = self.handle(conn) {
+                        let bytes = self.after_early(ch, stream, bytes);
                         self.write_out(io, ch, stream, bytes, 0);
+                    }
+                }
+                Action::Reply {
+                    conn,
+                    stream,
+                    bytes,
+                } => {
+                    if let Some(ch) = self.handle(conn) {
+                        self.reply_early(io, ch, stream, bytes);
                     }
                 }
                 Action::Reset { conn, stream, code } => {
                     if let Some(ch) = self.handle(conn) {
+                        self.after_early(ch, stream, Vec::new());
                         reset_stream(io, ch, stream, code);
                     }
                 }
@@ -260,6 +275,7 @@ impl Hy2App {
                             .connect_done(relay, Err("connection gone".into()));
                         continue;
                     };
+                    let ok = self.after_early(ch, stream, ok);
                     let mut r = Relay::new(ch, stream, first, ok, user, handshake);
                     let connecting = r.connect(io, addr, &egress, Token::Relay(relay).into());
                     self.relays.insert(relay, r);
@@ -464,6 +480,29 @@ impl Hy2App {
             None => {}
         }
         self.perform(io);
+    }
+
+    /// Writes what stream credit takes of `bytes` now, keeping the stream open; the rest
+    /// waits for the relay's pipe.
+    fn reply_early(&mut self, io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId, bytes: Vec<u8>) {
+        let Some(qc) = io.conn(ch) else { return };
+        let sent = qc.send_stream(id).write(&bytes).unwrap_or(0);
+        if sent < bytes.len() {
+            if let Some(c) = self.conns.get_mut(&ch) {
+                c.early.insert(id, bytes[sent..].to_vec());
+            }
+        }
+    }
+
+    /// `bytes`, behind what is left of the stream's early reply (which is then forgotten).
+    fn after_early(&mut self, ch: ConnectionHandle, id: StreamId, bytes: Vec<u8>) -> Vec<u8> {
+        match self.conns.get_mut(&ch).and_then(|c| c.early.remove(&id)) {
+            Some(mut early) => {
+                early.extend_from_slice(&bytes);
+                early
+            }
+            None => bytes,
+        }
     }
 
     /// Writes a response and closes both halves of the stream once all of it is sent; what

@@ -11,8 +11,8 @@ use std::time::Instant;
 use quinn_proto::{ConnectionHandle, StreamId};
 
 use crate::engine::{Completion, Egress, SockOp, Token};
-use crate::proto::outbound::{Handshake, Step};
 use crate::limits::User;
+use crate::proto::outbound::{Handshake, Step};
 use crate::worker::pipe::{Ends, Pipe};
 use crate::worker::Io;
 

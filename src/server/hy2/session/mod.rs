@@ -37,8 +37,9 @@ use crate::engine::Egress;
 use crate::limits::admission::UnauthPermit;
 use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
 use crate::proto::h3::{self, CcRx, RequestReader};
-use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::proto::outbound::Handshake;
+use crate::proto::sniff::{self, TcpSniff, TcpSniffer, Transport};
+use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::server::route::{Outbound, Way};
 
 /// The reference server's dial timeout.
@@ -74,6 +75,14 @@ pub enum Action {
     ControlStream(ConnId),
     /// Write `bytes` on the stream as credit allows, then finish it and stop reading it.
     Respond {
+        conn: ConnId,
+        stream: StreamId,
+        bytes: Vec<u8>,
+    },
+    /// Write `bytes` on the stream now and keep it open: a relay's TCPResponse sent before
+    /// its connect (while sniffing). What credit does not take goes before the relay's
+    /// bytes.
+    Reply {
         conn: ConnId,
         stream: StreamId,
         bytes: Vec<u8>,
@@ -271,8 +280,15 @@ struct Relay {
     decision: Option<Decision>,
     /// The resolver's answer, once it came.
     answer: Option<Result<Vec<SocketAddr>, String>>,
-    /// Payload that came with the request, until the connect takes it.
+    /// Payload that came with the request (and, while sniffing, every byte read since),
+    /// until the connect takes it.
     first: Vec<u8>,
+    /// Reading the first bytes for a name (`sniff`), until it is found, ruled out or the
+    /// time is up.
+    sniff: Option<TcpSniffer>,
+    /// The client was told "connected" before the connect (sniffing): a failure now only
+    /// closes the stream.
+    replied: bool,
     /// Released when the relay ends.
     _permit: StreamPermit,
     user: Option<Arc<User>>,
@@ -306,6 +322,8 @@ pub struct Session {
     /// Connect deadlines, earliest first. An entry whose relay connected or went away
     /// meanwhile is skipped when it comes up.
     connect_deadlines: BinaryHeap<Reverse<(Instant, RelayId)>>,
+    /// When each sniffing relay stops waiting for bytes.
+    sniff_deadlines: BinaryHeap<Reverse<(Instant, RelayId)>>,
     /// Auth deadlines, earliest first; an entry whose connection authenticated or left is
     /// skipped.
     auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -333,6 +351,7 @@ impl Session {
             parked: VecDeque::new(),
             withheld: BTreeSet::new(),
             connect_deadlines: BinaryHeap::new(),
+            sniff_deadlines: BinaryHeap::new(),
             auth_deadlines: BinaryHeap::new(),
             last_id: 0,
             draining: false,
@@ -481,12 +500,13 @@ impl Session {
     /// Whether the session wants the stream's bytes (through [`Self::stream_data`]). A
     /// parked request is not read: its bytes wait in the stream's window.
     pub fn reading(&self, conn: ConnId, stream: StreamId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| {
-            matches!(
-                c.streams.get(&stream),
-                Some(Stream::Start(_) | Stream::Request(_) | Stream::Http(_))
-            )
-        })
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| match c.streams.get(&stream) {
+                Some(Stream::Start(_) | Stream::Request(_) | Stream::Http(_)) => true,
+                Some(Stream::Relay(r)) => self.relays.get(r).is_some_and(|r| r.sniff.is_some()),
+                Some(Stream::Parked) | None => false,
+            })
     }
 
     /// Bytes of a stream the session reads (`fin`: the client finished it).
@@ -547,15 +567,28 @@ impl Session {
                         return self.reset(conn, stream, h3::error::H3_MESSAGE_ERROR)
                     }
                 },
-                Stream::Parked | Stream::Relay(_) => return self.keep(conn, stream, state),
+                Stream::Relay(relay) => {
+                    self.keep(conn, stream, state);
+                    return self.sniff_data(now, relay, &data, fin);
+                }
+                Stream::Parked => return self.keep(conn, stream, state),
             };
         }
     }
 
     /// The client reset a stream the session reads: it is forgotten.
     pub fn stream_reset(&mut self, conn: ConnId, stream: StreamId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if !matches!(c.streams.get(&stream), Some(Stream::Relay(_))) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match c.streams.get(&stream) {
+            // A relay's pipe sees the reset itself; one still sniffing has no pipe yet.
+            Some(&Stream::Relay(relay)) => {
+                if self.relays.get(&relay).is_some_and(|r| r.sniff.is_some()) {
+                    self.abort_relay(relay);
+                }
+            }
+            _ => {
                 c.streams.remove(&stream);
             }
         }
@@ -810,8 +843,6 @@ impl Session {
         let relay = RelayId(self.next_id());
         let user = self.conns.get(&conn).and_then(|c| c.limits.clone());
         self.counters.streams_relayed += 1;
-        self.connect_deadlines
-            .push(Reverse((now + CONNECT_TIMEOUT, relay)));
         self.keep(conn, stream, Stream::Relay(relay));
         let parsed = tcp::split_host_port(&target);
         let (host, port) = match &parsed {
@@ -819,6 +850,12 @@ impl Session {
             Ok((Host::Domain(name), port)) => (acl::Host::new(name), *port),
             Err(_) => (acl::Host::new(""), 0),
         };
+        let sniff_for = self
+            .cfg
+            .sniffer
+            .as_ref()
+            .filter(|s| parsed.is_ok() && s.wants(host.name(), Transport::Tcp, port))
+            .map(|s| s.timeout());
         self.relays.insert(
             relay,
             Relay {
@@ -831,22 +868,101 @@ impl Session {
                 decision: None,
                 answer: None,
                 first,
+                sniff: None,
+                replied: false,
                 _permit: permit,
                 user,
                 created: SystemTime::now(),
             },
         );
-        match parsed {
+        match sniff_for {
+            Some(timeout) => self.start_sniff(now, relay, timeout),
+            None => {
+                self.connect_deadlines
+                    .push(Reverse((now + CONNECT_TIMEOUT, relay)));
+                self.dispatch(relay);
+            }
+        }
+    }
+
+    /// Routes the relay by its target: an IP literal carries its own address, a name is
+    /// routed (and resolved when the rules or the outbound need it).
+    fn dispatch(&mut self, relay: RelayId) {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        match tcp::split_host_port(&r.target) {
             Ok((Host::Ip(ip), port)) => {
+                r.host = acl::Host::new(&ip.to_string());
                 self.set_answer(relay, Ok(vec![SocketAddr::new(ip, port)]));
                 self.route_relay(relay);
             }
-            Ok((Host::Domain(_), _)) => self.route_relay(relay),
+            Ok((Host::Domain(name), _)) => {
+                r.host = acl::Host::new(&name);
+                self.route_relay(relay);
+            }
             Err(e) => {
-                let msg = format!("bad address {:?}: {e}", self.relays[&relay].target);
+                let msg = format!("bad address {:?}: {e}", r.target);
                 self.fail_relay(relay, &msg)
             }
         }
+    }
+
+    /// Sniffing, as the reference does it: the client hears "connected" at once (so that
+    /// it sends its first bytes), and those bytes are read for a name for up to `timeout`.
+    fn start_sniff(&mut self, now: Instant, relay: RelayId, timeout: Duration) {
+        let ok = self.ok_response();
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        r.sniff = Some(TcpSniffer::new());
+        r.replied = true;
+        let (conn, stream) = (r.conn, r.stream);
+        self.actions.push_back(Action::Reply {
+            conn,
+            stream,
+            bytes: ok,
+        });
+        self.sniff_deadlines.push(Reverse((now + timeout, relay)));
+        // The bytes that came with the request may already name the target.
+        self.sniff_data(now, relay, &[], false);
+    }
+
+    /// Bytes of a sniffing relay's stream: kept for the target, and looked at for a name.
+    fn sniff_data(&mut self, now: Instant, relay: RelayId, data: &[u8], fin: bool) {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        let Some(sniffer) = r.sniff.as_mut() else {
+            return;
+        };
+        r.first.extend_from_slice(data);
+        let found = match sniffer.sniff(&r.first) {
+            TcpSniff::NeedMore if !fin => return,
+            TcpSniff::Found(name) => Some(name),
+            TcpSniff::NeedMore | TcpSniff::Nothing => None,
+        };
+        self.end_sniff(now, relay, found);
+    }
+
+    /// Sniffing is over (`found`: the name the first bytes carry): the relay goes on, to
+    /// that name on the requested port, or as asked.
+    fn end_sniff(&mut self, now: Instant, relay: RelayId, found: Option<String>) {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return;
+        };
+        if r.sniff.take().is_none() {
+            return;
+        }
+        if let Some(name) = found {
+            r.target = sniff::join_host_port(&name, r.port);
+            r.answer = None;
+            r.decision = None;
+            self.counters.sniffed += 1;
+        }
+        self.connect_deadlines
+            .push(Reverse((now + CONNECT_TIMEOUT, relay)));
+        self.dispatch(relay);
     }
 
     fn set_answer(&mut self, relay: RelayId, answer: Result<Vec<SocketAddr>, String>) {
@@ -855,7 +971,10 @@ impl Session {
             // resolver put there.
             let port = r.port;
             let answer = answer.map(|addrs| {
-                addrs.into_iter().map(|a| SocketAddr::new(a.ip(), port)).collect::<Vec<_>>()
+                addrs
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect::<Vec<_>>()
             });
             if let Ok(addrs) = &answer {
                 let v4 = addrs.iter().find_map(|a| match a.ip() {
@@ -956,7 +1075,12 @@ impl Session {
         egress: Egress,
         handshake: Option<Handshake>,
     ) {
-        let ok = self.ok_response();
+        let replied = self.relays.get(&relay).is_some_and(|r| r.replied);
+        let ok = if replied {
+            Vec::new()
+        } else {
+            self.ok_response()
+        };
         let Some(r) = self.relays.get_mut(&relay) else {
             return;
         };
@@ -1034,7 +1158,12 @@ impl Session {
         let Some(r) = self.relays.get_mut(&relay) else {
             return;
         };
-        let response = error_response(msg);
+        // A client already told "connected" only sees the stream end.
+        let response = if r.replied {
+            Vec::new()
+        } else {
+            error_response(msg)
+        };
         match r.phase {
             Phase::Closing => {}
             // No socket yet: the answer is an ordinary response.
@@ -1100,11 +1229,26 @@ impl Session {
         let auth = self.auth_deadlines.peek().map(|Reverse((at, _))| *at);
         let caps = self.caps_deadline(now);
         let udp = self.udp_deadline();
-        relays.into_iter().chain(auth).chain(caps).chain(udp).min()
+        let sniff = self.sniff_deadlines.peek().map(|Reverse((at, _))| *at);
+        relays
+            .into_iter()
+            .chain(auth)
+            .chain(caps)
+            .chain(udp)
+            .chain(sniff)
+            .min()
     }
 
     /// Connect timeouts, auth deadlines, another look at the caps, idle UDP sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, relay))) = self.sniff_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.sniff_deadlines.pop();
+            // Nothing named in time: the relay goes where it asked.
+            self.end_sniff(now, relay, None);
+        }
         while let Some(&Reverse((at, relay))) = self.connect_deadlines.peek() {
             if at > now {
                 break;

@@ -35,6 +35,7 @@ pub(crate) fn config(auth: Authenticator) -> Hy2Config {
         masquerade: Masquerade::NotFound,
         guard: OutboundGuard::default(),
         router: Arc::new(Router::default()),
+        sniffer: None,
         udp: true,
         udp_idle_timeout: Duration::from_secs(60),
         bandwidth_up: 0,
@@ -69,6 +70,8 @@ fn bidi(n: u64) -> StreamId {
 struct Adapter {
     /// Responses written, by stream.
     responses: HashMap<(ConnId, StreamId), Vec<u8>>,
+    /// Early replies (sniffing), by stream.
+    replies: HashMap<(ConnId, StreamId), Vec<u8>>,
     resets: Vec<(ConnId, StreamId, u64)>,
     closed: Vec<(ConnId, u32)>,
     control_streams: HashSet<ConnId>,
@@ -133,6 +136,14 @@ impl Harness {
                 } => {
                     let old = self.a.responses.insert((conn, stream), bytes);
                     assert!(old.is_none(), "two responses on {conn:?} {stream}");
+                }
+                Action::Reply {
+                    conn,
+                    stream,
+                    bytes,
+                } => {
+                    let old = self.a.replies.insert((conn, stream), bytes);
+                    assert!(old.is_none(), "two early replies on {conn:?} {stream}");
                 }
                 Action::Reset { conn, stream, code } => self.a.resets.push((conn, stream, code)),
                 Action::Close { conn, code, .. } => self.a.closed.push((conn, code)),
@@ -1334,4 +1345,125 @@ fn a_reload_routes_new_requests_by_the_new_rules() {
     h.s.reload(Arc::new(routed(&["reject(all)"], &[])));
     h.proxy(conn, bidi(2), TARGET, b"");
     assert_eq!(h.tcp_error(conn, bidi(2)), "rejected");
+}
+
+// ---- sniffing ----
+
+/// Password auth, these inline rules, and sniffing on every port with a 2 s timeout.
+fn sniffing(rules: &[&str]) -> Hy2Config {
+    let mut cfg = routed(rules, &[]);
+    cfg.sniffer = Some(crate::proto::sniff::Sniffer::new(
+        Some(Duration::from_secs(2)),
+        false,
+        None,
+        None,
+    ));
+    cfg
+}
+
+#[test]
+fn a_sniffed_name_replaces_an_ip_target_and_every_byte_read_reaches_the_target() {
+    let mut h = Harness::new(sniffing(&["reject(blocked.example)", "direct(all)"]));
+    let conn = h.client();
+    let head = b"GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n";
+    h.proxy(conn, bidi(1), "198.51.100.1:80", &head[..10]);
+    let ok =
+        h.a.replies
+            .get(&(conn, bidi(1)))
+            .expect("connected, told at once");
+    assert!(TcpResponse::parse(ok).unwrap().unwrap().0.is_ok());
+    assert!(
+        h.a.resolves.is_empty() && h.a.connects.is_empty(),
+        "waits for the head"
+    );
+
+    h.send(conn, bidi(1), &head[10..], false);
+    let (relay, host, port) = h.a.resolves[0].clone();
+    assert_eq!(
+        (host.as_str(), port),
+        ("web.example", 80),
+        "the request's port is kept"
+    );
+    h.s.resolved(relay, Ok(vec!["198.51.100.7:0".parse().unwrap()]));
+    h.step();
+    let (_, _, addr, first) = h.a.connects[0].clone();
+    assert_eq!(addr, "198.51.100.7:80".parse().unwrap());
+    assert_eq!(
+        first,
+        head.to_vec(),
+        "the sniffed bytes go to the target first"
+    );
+    assert_eq!(h.s.counters.sniffed, 1);
+
+    // The ACL sees the sniffed name. The client was already told "connected": the stream
+    // only ends.
+    h.proxy(
+        conn,
+        bidi(2),
+        "198.51.100.1:80",
+        b"GET / HTTP/1.1\r\nHost: blocked.example\r\n\r\n",
+    );
+    assert_eq!(h.s.counters.acl_rejected, 1);
+    assert_eq!(h.a.responses.get(&(conn, bidi(2))), Some(&Vec::new()));
+    assert_eq!((h.s.relay_count(), h.streams_held()), (1, 1));
+}
+
+#[test]
+fn without_a_name_in_time_the_request_goes_where_it_asked() {
+    let mut h = Harness::new(sniffing(&["direct(all)"]));
+    let conn = h.client();
+    h.proxy(conn, bidi(1), "198.51.100.1:443", b"\x16\x03");
+    assert!(h.a.connects.is_empty());
+    h.advance(Duration::from_millis(1999));
+    assert!(h.a.connects.is_empty());
+    h.advance(Duration::from_millis(1));
+    let (_, _, addr, first) = h.a.connects[0].clone();
+    assert_eq!(addr, "198.51.100.1:443".parse().unwrap());
+    assert_eq!(first, b"\x16\x03".to_vec());
+    assert_eq!(h.s.counters.sniffed, 0);
+
+    // A name is not sniffed without rewriteDomain: no early reply.
+    h.proxy(conn, bidi(2), "name.example:443", b"\x16\x03");
+    assert!(!h.a.replies.contains_key(&(conn, bidi(2))));
+    assert_eq!(
+        h.a.resolves.last().map(|r| r.1.as_str()),
+        Some("name.example")
+    );
+
+    // A reset while sniffing ends the relay and gives its permit back.
+    h.proxy(conn, bidi(3), "198.51.100.1:443", b"");
+    let held = h.streams_held();
+    h.s.stream_reset(conn, bidi(3));
+    h.step();
+    assert_eq!(h.streams_held(), held - 1);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.a.connects.len(), 1, "the reset relay never connects");
+}
+
+#[test]
+fn a_udp_session_goes_to_the_name_its_first_quic_initial_carries() {
+    use crate::proto::sniff::tests::{b64, S11_QUIC};
+    let mut h = Harness::new(sniffing(&["direct(all)"]));
+    let conn = h.client();
+    h.udp(conn, 3, "192.0.2.45:443", &b64(S11_QUIC), 1);
+    let (lookup, host, port) = h.a.udp_lookups[0].clone();
+    assert_eq!((host.as_str(), port), ("www.notion.so", 443));
+    h.s.udp_resolved(lookup, Ok(vec!["198.51.100.8:443".parse().unwrap()]));
+    h.step();
+    h.udp(conn, 3, "192.0.2.45:443", b"later", 1);
+    let sent: Vec<SocketAddr> = h.a.udp_sent.iter().map(|s| s.1).collect();
+    let to: SocketAddr = "198.51.100.8:443".parse().unwrap();
+    assert_eq!(
+        sent,
+        [to, to],
+        "every datagram of the session goes to the name"
+    );
+    assert_eq!(h.s.counters.sniffed, 1);
+
+    // Replies carry the address the client asked for.
+    let udp = h.a.udp_sent[0].0;
+    h.s.udp_received(h.now, udp, to, b"answer", Some(1200));
+    h.step();
+    let msg = UdpMessage::parse(Bytes::from(h.a.datagrams[0].1.clone())).unwrap();
+    assert_eq!(msg.addr, "192.0.2.45:443");
 }

@@ -22,6 +22,7 @@ use super::{Action, ConnId, Session};
 use crate::acl::{self, Decision, Protocol, Verdict};
 use crate::engine::Egress;
 use crate::limits::{SocketPermit, UdpRefused, User};
+use crate::proto::sniff::{self, Transport};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
 use crate::server::route::{Outbound, Way};
@@ -67,6 +68,13 @@ struct UdpSession {
     resolved: HashMap<String, Option<SocketAddr>>,
     /// Its socket was asked for (with the egress of the first destination sent to).
     opened: bool,
+    /// Its first datagram was looked at for a name (`sniff`).
+    inspected: bool,
+    /// Where all its datagrams go, sniffed from the first one (`name:port`).
+    sniffed: Option<String>,
+    /// Replies are labelled with this address (the one the client first asked for) once
+    /// sniffing redirected the session.
+    reply_as: Option<String>,
     next_packet_id: u16,
     /// Whose traffic counters the payloads go to.
     user: Option<Arc<User>>,
@@ -141,7 +149,12 @@ impl Session {
         if let Some(user) = &s.user {
             user.add_traffic(payload.len() as u64, 0);
         }
-        match s.resolved.get(&msg.addr) {
+        let target = self.udp_target(udp, msg.addr, &payload);
+        let u = &mut self.udp;
+        let Some(s) = u.sessions.get_mut(&udp) else {
+            return;
+        };
+        match s.resolved.get(&target) {
             Some(Some(addr)) => {
                 let addr = *addr;
                 self.actions
@@ -154,7 +167,7 @@ impl Session {
             }
             None => {}
         }
-        let (host, port) = match split_host_port(&msg.addr) {
+        let (host, port) = match split_host_port(&target) {
             Ok((Host::Ip(ip), port)) => (acl::Host::new(&ip.to_string()), port),
             Ok((Host::Domain(name), port)) => (acl::Host::new(&name), port),
             Err(_) => {
@@ -172,13 +185,12 @@ impl Session {
                     u.counters.dropped += 1;
                     return;
                 }
-                let in_flight = s.unresolved.iter().any(|(a, _)| *a == msg.addr);
-                s.unresolved.push_back((msg.addr.clone(), payload));
+                let in_flight = s.unresolved.iter().any(|(a, _)| *a == target);
+                s.unresolved.push_back((target.clone(), payload));
                 if !in_flight {
                     // A lookup of its own, answered for this destination only.
                     self.last_id += 1;
                     let lookup = LookupId(self.last_id);
-                    let target = msg.addr;
                     self.udp.lookups.insert(
                         lookup,
                         Lookup {
@@ -193,10 +205,42 @@ impl Session {
                 }
             }
             dest => {
-                let addr = self.remember(udp, msg.addr, dest);
+                let addr = self.remember(udp, target, dest);
                 self.udp_send(udp, addr, payload);
             }
         }
+    }
+
+    /// Where a datagram addressed to `addr` goes: as addressed, unless sniffing found a
+    /// name in the session's first datagram (a QUIC Initial's SNI): then every datagram of
+    /// the session goes to that name on the port first asked for, as in the reference.
+    fn udp_target(&mut self, udp: UdpId, addr: String, payload: &[u8]) -> String {
+        let Some(s) = self.udp.sessions.get_mut(&udp) else {
+            return addr;
+        };
+        if !s.inspected {
+            s.inspected = true;
+            let sniffed = match (&self.cfg.sniffer, split_host_port(&addr)) {
+                (Some(sniffer), Ok((host, port))) => {
+                    let name = match &host {
+                        Host::Ip(ip) => ip.to_string(),
+                        Host::Domain(name) => name.clone(),
+                    };
+                    sniffer
+                        .wants(&name, Transport::Udp, port)
+                        .then(|| sniff::quic_initial_sni(payload))
+                        .flatten()
+                        .map(|sni| sniff::join_host_port(&sni, port))
+                }
+                _ => None,
+            };
+            if let Some(to) = sniffed {
+                self.counters.sniffed += 1;
+                s.reply_as = Some(addr.clone());
+                s.sniffed = Some(to);
+            }
+        }
+        s.sniffed.clone().unwrap_or(addr)
     }
 
     /// Where datagrams to `host`:`port` go: `decision` if the rules already made it,
@@ -331,6 +375,9 @@ impl Session {
                 unresolved: VecDeque::new(),
                 resolved: HashMap::new(),
                 opened: false,
+                inspected: false,
+                sniffed: None,
+                reply_as: None,
                 next_packet_id: 1,
                 user,
                 closing: false,
@@ -437,7 +484,8 @@ impl Session {
         };
         s.next_packet_id = s.next_packet_id.wrapping_add(1).max(1);
         let max = max.min(MAX_UDP_MESSAGE);
-        let Ok(frags) = fragment(s.id, s.next_packet_id, &from.to_string(), payload, max) else {
+        let label = s.reply_as.clone().unwrap_or_else(|| from.to_string());
+        let Ok(frags) = fragment(s.id, s.next_packet_id, &label, payload, max) else {
             u.counters.dropped += 1;
             return;
         };
