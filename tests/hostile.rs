@@ -496,32 +496,6 @@ fn spawn_server(extra: &str) -> (support::Child, SocketAddr, support::TempDir) {
     (child, addr, dir)
 }
 
-/// The server's Prometheus page.
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// The value of `series` (with its labels), or the sum over every label set of a bare name.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .filter(|l| {
-            l.starts_with(series) && {
-                let rest = &l[series.len()..];
-                rest.starts_with(' ') || (!series.contains('{') && rest.starts_with('{'))
-            }
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");

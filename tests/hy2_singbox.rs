@@ -15,6 +15,10 @@ mod support;
 #[path = "hy2_singbox/probe.rs"]
 mod probe;
 
+// Routing by the ACL, its outbounds and sniffing (tests/hy2_singbox/acl.rs).
+#[path = "hy2_singbox/acl.rs"]
+mod acl;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -7,7 +7,8 @@
 //! `limits.maxUnvalidatedHandshakes`, so that the flood starts no more handshakes than that.
 
 use super::support;
-use super::{client_endpoint, metric, scrape, spawn_server};
+use super::{client_endpoint, spawn_server};
+use support::{metric, scrape};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,7 +8,7 @@
 //! server's figures come from its Prometheus endpoint.
 
 use super::support;
-use super::{metric, scrape};
+use support::{metric, scrape};
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -255,6 +255,8 @@ pub struct QuelayServer {
     dir: TempDir,
     /// RLIMIT_NOFILE the server runs with, if set.
     nofile: Option<u64>,
+    /// The hosts file its resolver answers from first (`QUELAY_TEST_HOSTS`), if set.
+    hosts: Option<PathBuf>,
 }
 
 impl QuelayServer {
@@ -273,9 +275,25 @@ impl QuelayServer {
         Self::start_on(addr, yaml_extra, nofile)
     }
 
+    /// `start`, with the server's resolver answering the names listed in `hosts` (a file in
+    /// /etc/hosts format, read again at every lookup) before asking the system.
+    pub fn start_with_hosts(yaml_extra: &str, hosts: &Path) -> QuelayServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_full(addr, yaml_extra, None, Some(hosts.to_owned()))
+    }
+
     /// `start_with_nofile`, listening on `addr`: a loopback address of either family, and a
     /// port that may be bound on the other family already (ready when `addr` itself is bound).
     pub fn start_on(addr: SocketAddr, yaml_extra: &str, nofile: Option<u64>) -> QuelayServer {
+        Self::start_full(addr, yaml_extra, nofile, None)
+    }
+
+    fn start_full(
+        addr: SocketAddr,
+        yaml_extra: &str,
+        nofile: Option<u64>,
+        hosts: Option<PathBuf>,
+    ) -> QuelayServer {
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
         let mut config = format!(
@@ -294,7 +312,7 @@ impl QuelayServer {
         }
         let path = dir.join("server.yaml");
         fs::write(&path, config).expect("write server.yaml");
-        let child = Self::spawn("quelay-server", &path, addr, &dir, nofile);
+        let child = Self::spawn("quelay-server", &path, addr, &dir, nofile, hosts.as_deref());
         QuelayServer {
             child,
             addr,
@@ -302,6 +320,7 @@ impl QuelayServer {
             runs: 1,
             dir,
             nofile,
+            hosts,
         }
     }
 
@@ -311,6 +330,7 @@ impl QuelayServer {
         addr: SocketAddr,
         dir: &Path,
         nofile: Option<u64>,
+        hosts: Option<&Path>,
     ) -> Child {
         let quelay = super::quelay_bin();
         let mut cmd = match nofile {
@@ -326,6 +346,9 @@ impl QuelayServer {
             .arg(config)
             .env("QUELAY_LOG", "info")
             .current_dir(dir);
+        if let Some(hosts) = hosts {
+            cmd.env(quelay::resolve::TEST_HOSTS_ENV, hosts);
+        }
         let mut child = Child::spawn(name, cmd, dir);
         child.wait_ready(&format!("UDP {addr} bound"), START_TIMEOUT, |_| {
             udp_bound_at(addr)
@@ -345,7 +368,14 @@ impl QuelayServer {
         self.child.kill();
         self.runs += 1;
         let name = format!("quelay-server.{}", self.runs);
-        self.child = Self::spawn(&name, &self.config, self.addr, &self.dir, self.nofile);
+        self.child = Self::spawn(
+            &name,
+            &self.config,
+            self.addr,
+            &self.dir,
+            self.nofile,
+            self.hosts.as_deref(),
+        );
     }
 
     /// The YAML `ServerOpts` stand for.
