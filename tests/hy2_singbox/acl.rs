@@ -19,8 +19,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use support::{
-    free_port, http_get, metric, scrape, socks5_connect, tempdir, HttpTarget, QuelayServer, SbOpts,
-    SingboxClient, TcpEcho, TempDir, PASSWORD,
+    free_port, http_get, metric, scrape, socks5_connect, tempdir, HttpTarget, Hy2Server,
+    QuelayServer, SbOpts, SingboxClient, TcpEcho, TempDir, PASSWORD,
 };
 
 /// How long a proxied exchange may take before the test calls it lost.
@@ -127,8 +127,17 @@ fn echo_exchange(client: &SingboxClient, host: &str, port: u16, send: &[u8]) -> 
     got
 }
 
-fn rejected(metrics: SocketAddr) -> f64 {
-    metric(&scrape(metrics), "quelay_acl_rejected_total")
+/// `quelay_acl_rejected_total` once it reaches `want` (workers publish their counters
+/// from their loops, a moment after the fact), or what it is after 5 s.
+fn rejected(metrics: SocketAddr, want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = metric(&scrape(metrics), "quelay_acl_rejected_total");
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `reject` ends the request with nothing relayed; a hijack sends it to the rule's address
@@ -179,7 +188,7 @@ fn acl_routes_each_request_by_its_rules_quelay() {
         "reject(blocked.test) relayed {} bytes",
         got.len()
     );
-    assert_eq!(rejected(metrics), 1.0, "one rejection counted");
+    assert_eq!(rejected(metrics, 1.0), 1.0, "one rejection counted");
 
     let mut s = socks5_connect(client.socks_addr(), "moved.test", web.addr().port())
         .expect("SOCKS5 CONNECT moved.test");
@@ -210,7 +219,7 @@ fn acl_routes_each_request_by_its_rules_quelay() {
         "reject(all) relayed {:?}",
         String::from_utf8_lossy(&other)
     );
-    assert_eq!(rejected(metrics), 2.0, "two rejections counted");
+    assert_eq!(rejected(metrics, 2.0), 2.0, "two rejections counted");
 }
 
 /// A TLS ClientHello record (TLS 1.3 offered) naming `sni`.
@@ -290,7 +299,7 @@ fn sniffing_routes_an_ip_request_by_the_name_it_carries_quelay() {
         "a hello for blocked.test relayed {} bytes",
         got.len()
     );
-    assert_eq!(rejected(metrics), 1.0, "one rejection counted");
+    assert_eq!(rejected(metrics, 1.0), 1.0, "one rejection counted");
 
     let got = exchange(
         &client,
@@ -303,7 +312,7 @@ fn sniffing_routes_an_ip_request_by_the_name_it_carries_quelay() {
         "an unnamed request relayed {} bytes",
         got.len()
     );
-    assert_eq!(rejected(metrics), 2.0, "two rejections counted");
+    assert_eq!(rejected(metrics, 2.0), 2.0, "two rejections counted");
 
     let mut s = socks5_connect(client.socks_addr(), "127.0.0.1", web.addr().port())
         .expect("SOCKS5 CONNECT 127.0.0.1");
