@@ -298,6 +298,7 @@ def wait_ready(p: subprocess.Popen, ready, what: str, err_path: str,
 
 
 QUELAY_MAX_STREAMS = [0]  # quic.maxIncomingStreams; 0 = quelay's default (1024)
+QUELAY_EXTRA_YAML = [""]  # appended to quelay's config (bench/acl.py: an `acl` section)
 
 
 def quelay_yaml(port: int, cert: Path, key: Path) -> str:
@@ -312,7 +313,7 @@ def quelay_yaml(port: int, cert: Path, key: Path) -> str:
             f"  maxStreamReceiveWindow: {STREAM_WINDOW}\n"
             f"  initConnReceiveWindow: {CONN_WINDOW}\n"
             f"  maxConnReceiveWindow: {CONN_WINDOW}\n"
-            "  maxIdleTimeout: 30s\n" + extra)
+            "  maxIdleTimeout: 30s\n" + extra + QUELAY_EXTRA_YAML[0])
 
 
 def singbox_server_json(port: int, cert: Path, key: Path) -> str:
