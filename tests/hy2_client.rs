@@ -11,6 +11,9 @@
 #[macro_use]
 mod support;
 
+#[path = "hy2_client/reresolve.rs"]
+mod reresolve;
+
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};

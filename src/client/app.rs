@@ -30,8 +30,9 @@ use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
 use super::stats::PoolStats;
 use super::token::{self, token, TokenKind};
 use super::udp::{Udp, UdpConns, UdpForward};
-use crate::engine::{Completion, Sock, SockOp};
+use crate::engine::{Completion, Sock, SockOp, Waker};
 use crate::proto::tcp;
+use crate::resolve::Resolver;
 use crate::worker::pipe::{After, Ends, Pipe, STREAM_ABORT};
 use crate::worker::{App, Io};
 
@@ -77,6 +78,30 @@ pub struct ClientShared {
     /// `fastOpen`: answer SOCKS5/HTTP CONNECT before the server confirmed the target.
     pub fast_open: bool,
     pub stats: Arc<PoolStats>,
+    /// Looks the server's name up for each connection (`None`: the server is an address).
+    pub resolver: Option<Arc<Resolver>>,
+}
+
+/// The server's addresses for a connection, as the resolver's thread hands them back.
+type Lookup = (ConnId, Result<Vec<SocketAddr>, String>);
+
+/// Lookups of the server's name in flight: the resolver's thread sends each answer here and
+/// wakes the worker, whose next tick hands it to the session.
+struct Lookups {
+    answers: crossbeam_channel::Receiver<Lookup>,
+    reply: crossbeam_channel::Sender<Lookup>,
+    waker: Waker,
+}
+
+impl Lookups {
+    fn new(waker: Waker) -> Self {
+        let (reply, answers) = crossbeam_channel::unbounded();
+        Lookups {
+            answers,
+            reply,
+            waker,
+        }
+    }
 }
 
 struct Listener {
@@ -178,6 +203,8 @@ pub struct ClientApp {
     session: Session,
     conns: Conns,
     udp: Udp,
+    /// Set up with the first lookup.
+    lookups: Option<Lookups>,
 }
 
 impl ClientApp {
@@ -206,6 +233,7 @@ impl ClientApp {
             by_stream: HashMap::new(),
             by_req: HashMap::new(),
             conns: Conns::default(),
+            lookups: None,
         }
     }
 
@@ -376,19 +404,17 @@ impl ClientApp {
     fn act(&mut self, io: &mut Io<'_>, action: Action) {
         let now = io.now;
         match action {
-            Action::Dial(conn) => {
-                let cfg = &self.shared.pool;
-                match io.connect(cfg.server, &cfg.server_name) {
-                    Ok(ch) => {
-                        self.conns.ch.insert(conn, ch);
-                        self.conns.id.insert(ch, conn);
-                    }
-                    Err(e) => {
-                        crate::warn_limited!("cannot connect to {}: {e}", cfg.server);
-                        self.session.connection_lost(now, conn, false, &e);
-                    }
+            Action::Resolve { conn, host, port } => self.resolve(io, conn, &host, port),
+            Action::Dial { conn, addr } => match io.connect(addr, &self.shared.pool.server_name) {
+                Ok(ch) => {
+                    self.conns.ch.insert(conn, ch);
+                    self.conns.id.insert(ch, conn);
                 }
-            }
+                Err(e) => {
+                    crate::warn_limited!("cannot connect to {addr}: {e}");
+                    self.session.connection_lost(now, conn, false, &e);
+                }
+            },
             Action::Authenticate {
                 conn,
                 control,
@@ -519,6 +545,38 @@ impl ClientApp {
                 }
             }
         }
+    }
+
+    /// Asks the resolver for the server's addresses; the answer comes back through
+    /// [`Lookups`] to [`Self::lookups_done`].
+    fn resolve(&mut self, io: &mut Io<'_>, conn: ConnId, host: &str, port: u16) {
+        let Some(resolver) = &self.shared.resolver else {
+            let why = "no resolver for a server given by name".to_string();
+            return self.session.resolved(io.now, conn, Err(why));
+        };
+        let lookups = self
+            .lookups
+            .get_or_insert_with(|| Lookups::new(io.driver.waker()));
+        let (reply, waker) = (lookups.reply.clone(), lookups.waker.clone());
+        let done = Box::new(move |addrs: crate::resolve::Addrs| {
+            let _ = reply.send((conn, addrs.map_err(|e| e.to_string())));
+            waker.wake();
+        });
+        if let Err(e) = resolver.lookup(host, port, done) {
+            self.session.resolved(io.now, conn, Err(e.to_string()));
+        }
+    }
+
+    /// Hands the session the lookups answered since the last tick.
+    fn lookups_done(&mut self, io: &mut Io<'_>) {
+        let Some(lookups) = &self.lookups else {
+            return;
+        };
+        let answers: Vec<Lookup> = lookups.answers.try_iter().collect();
+        for (conn, answer) in answers {
+            self.session.resolved(io.now, conn, answer);
+        }
+        self.perform(io);
     }
 
     /// Lets go of what the adapter holds for a connection that is gone.
@@ -856,6 +914,7 @@ impl App for ClientApp {
         if self.sockets.is_some() {
             self.start(io);
         }
+        self.lookups_done(io);
         self.expire(io);
     }
 

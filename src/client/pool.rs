@@ -17,11 +17,11 @@
 //! Failed attempts with no connection up back off (0.2 s doubling to 2 s); while no
 //! connection is up, requests wait and are refused after `pool.streamOpenTimeout`.
 
+use std::fmt::Debug;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::fmt::Debug;
 
 use quinn_proto::StreamId;
 
@@ -31,10 +31,11 @@ use crate::proto::h3::CcRx;
 use crate::worker::WorkerId;
 
 /// First delay after a failed attempt; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// An attempt not authenticated by then is abandoned.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// An attempt (its lookup, handshake and authentication) not authenticated by then is
+/// abandoned.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection beyond the first that carried no stream for this long is closed.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// A connection none of whose streams got an answer for this long after the first was
@@ -84,10 +85,27 @@ impl<H> PoolConn<H> {
     }
 }
 
+/// Where the server listens: an address, or a name looked up again for every connection
+/// (as the official client does, so that a server that moves is found on the next dial).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Ip(addr) => write!(f, "{addr}"),
+            ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// What the pool needs from the config.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
-    pub server: std::net::SocketAddr,
+    pub server: ServerAddr,
     pub server_name: String,
     pub auth: String,
     /// `bandwidth.up` / `bandwidth.down`, bytes per second (0: not set).
@@ -674,7 +692,7 @@ mod demand_tests {
 
     fn pool(max: usize, now: Instant) -> Pool<ConnectionHandle> {
         let cfg = PoolConfig {
-            server: "127.0.0.1:443".parse().expect("address"),
+            server: ServerAddr::Ip("127.0.0.1:443".parse().expect("address")),
             server_name: "x".into(),
             auth: String::new(),
             up: 0,

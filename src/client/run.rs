@@ -1,19 +1,21 @@
 //! `quelay client`: from a validated config to workers serving the local listeners.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::app::{ClientApp, ClientShared, Front, LocalSockets};
-use super::pool::PoolConfig;
+use super::pool::{PoolConfig, ServerAddr};
 use super::stats::PoolStats;
 use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
 use crate::limits::Cap;
 use crate::proto::h3::ALPN;
+use crate::proto::Host;
 use crate::quic::{self, Verify};
+use crate::resolve::Resolver;
 use crate::worker::{self, Group, GroupConfig, Listener, QuicSection};
 
 /// Backlog of each local TCP listener.
@@ -139,20 +141,25 @@ fn local_sockets(cfg: &ClientConfig, n: usize) -> Result<(Vec<LocalSockets>, Vec
     Ok((per_worker, listening))
 }
 
-/// Resolves `server` (once, at start-up).
-fn server_addr(cfg: &ClientConfig) -> Result<SocketAddr, String> {
-    let text = cfg.server.to_string();
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| format!("server: cannot resolve {text}: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("server: {text} has no address"))
+/// `server`: an address, or a name each connection looks up again.
+fn server_addr(cfg: &ClientConfig) -> ServerAddr {
+    let port = cfg.server.port;
+    match &cfg.server.host {
+        Host::Ip(ip) => ServerAddr::Ip(SocketAddr::new(*ip, port)),
+        Host::Domain(name) => ServerAddr::Name {
+            host: name.clone(),
+            port,
+        },
+    }
 }
 
 /// Starts the workers for `cfg`.
 pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
-    let server = server_addr(cfg)?;
+    let server = server_addr(cfg);
+    let looked_up = match &server {
+        ServerAddr::Ip(_) => "",
+        ServerAddr::Name { .. } => " (looked up for each connection)",
+    };
     let n = cfg
         .engine
         .workers
@@ -165,8 +172,18 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     let params = worker::quic_params(section, &cfg.congestion, &cfg.bandwidth, &cfg.obfs);
     let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
-    let specs = worker::client_specs(server, n, &client_config, driver.socket_buffer)
-        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    // A name may move to either family: its sockets reach both.
+    let (specs, resolver) = match &server {
+        ServerAddr::Ip(addr) => (
+            worker::client_specs(*addr, n, &client_config, driver.socket_buffer),
+            None,
+        ),
+        ServerAddr::Name { .. } => (
+            worker::client_specs_any_family(n, &client_config, driver.socket_buffer),
+            Some(Arc::new(Resolver::start(&config::Resolver::System)?)),
+        ),
+    };
+    let specs = specs.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let stats = Arc::new(PoolStats::new(n));
     let shared = Arc::new(ClientShared {
         pool: PoolConfig {
@@ -182,6 +199,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
         stream_open_timeout: cfg.pool.stream_open_timeout,
         fast_open: cfg.fast_open,
         stats: stats.clone(),
+        resolver,
     });
     // Each worker takes its own share of the listeners.
     sockets.reverse();
@@ -210,10 +228,9 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     })
     .map_err(|e| format!("cannot start workers: {e}"))?;
     tracing::info!(
-        "Hysteria2 client for {} ({}): {n} worker(s), {} driver, up to {} connection(s) each, \
-         {}",
+        "Hysteria2 client for {}{looked_up}: {n} worker(s), {} driver, up to {} connection(s) \
+         each, {}",
         cfg.server,
-        server,
         group.shared.io_kinds[0],
         cfg.pool.max_connections,
         listening.join(", ")

@@ -11,6 +11,10 @@
 //!   error, and its thread stays counted against the cap until the call returns.
 //! - `udp`, `tcp`, `tls`, `https`: hickory-resolver (with its cache) against the configured
 //!   server; A and AAAA are asked in parallel, IPv4 first in the result.
+//!
+//! When [`TEST_HOSTS_ENV`] names a file, the names it lists are answered from it first, read
+//! again on every lookup, so that a test can move a name while the process runs without
+//! touching the system's files.
 
 mod upstream;
 
@@ -61,6 +65,10 @@ pub const IN_FLIGHT: usize = 256;
 
 /// getaddrinfo threads for `system`: each one blocks for as long as the name's servers take.
 pub const SYSTEM_THREADS: usize = 32;
+
+/// Names a hosts-format file (`IP name...` per line, `#` comments) whose names are answered
+/// from it before the configured resolver. Read on every lookup; for tests only.
+pub const TEST_HOSTS_ENV: &str = "QUELAY_TEST_HOSTS";
 
 /// Counters of the resolver, read by `/metrics`.
 #[derive(Default, Debug)]
@@ -245,6 +253,13 @@ async fn serve(
             continue;
         }
         let name = host.to_ascii_lowercase();
+        if let Some(ips) = test_hosts(&name) {
+            done(Ok(ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect()));
+            continue;
+        }
         {
             let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(list) = w.get_mut(&name) {
@@ -355,6 +370,32 @@ async fn dns(
         Ok(Err(e)) => Err(Failure::Failed(e.to_string())),
         Err(_) => Err(Failure::TimedOut(deadline)),
     }
+}
+
+/// The addresses the [`TEST_HOSTS_ENV`] file gives `name`, when it is set and lists it.
+fn test_hosts(name: &str) -> Option<Vec<IpAddr>> {
+    let path = std::env::var_os(TEST_HOSTS_ENV)?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::debug!("{TEST_HOSTS_ENV}: {}: {e}", path.to_string_lossy());
+            return None;
+        }
+    };
+    let ips = hosts_entries(&text, name);
+    (!ips.is_empty()).then_some(ips)
+}
+
+/// The addresses a hosts-format text gives `name` (compared without case), in file order.
+/// Lines that do not start with an IP address are skipped.
+fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
+    let ips = text.lines().filter_map(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        let ip = words.next()?.parse::<IpAddr>().ok()?;
+        words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
+    });
+    dedup(ips.collect())
 }
 
 /// Drops repeated addresses, keeping the first of each.

@@ -226,3 +226,24 @@ fn system_keeps_getaddrinfo_semantics() {
     let got = wait(&ask(&r, "localhost", 9).unwrap()).unwrap();
     assert!(!got.is_empty() && got.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
 }
+
+#[test]
+fn a_test_hosts_file_answers_the_names_it_lists() {
+    let text = "# moved by the test\n\
+                127.0.0.1 one.test Other.Test\n\
+                ::1\tone.test   # comment\n\
+                not-an-ip one.test\n\
+                127.0.0.1 one.test\n\
+                192.0.2.1\n";
+    let one: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    assert_eq!(hosts_entries(text, "one.test"), one);
+    assert_eq!(
+        hosts_entries(text, "other.test"),
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+    );
+    assert!(
+        hosts_entries(text, "moved").is_empty(),
+        "comments name nothing"
+    );
+    assert!(hosts_entries(text, "absent.test").is_empty());
+}

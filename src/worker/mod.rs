@@ -293,17 +293,35 @@ pub fn client_specs(
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
+    (0..n).map(|_| client_spec(bind, config, buffer)).collect()
+}
+
+/// Specs for `n` client workers whose server may be at an address of either family (a
+/// name looked up for each connection): dual-stack `[::]` sockets, which reach IPv4
+/// addresses as IPv4-mapped ones; IPv4 sockets on a host without IPv6.
+pub fn client_specs_any_family(
+    n: usize,
+    config: &ClientConfig,
+    buffer: usize,
+) -> io::Result<Vec<WorkerSpec>> {
     (0..n)
         .map(|_| {
-            let (socket, _) = engine::bind_udp(bind, false, buffer)?;
-            Ok(WorkerSpec {
-                socket,
-                endpoint_config: Arc::new(crate::quic::client_endpoint_config()),
-                server_config: None,
-                client_config: Some(config.clone()),
+            client_spec(SocketAddr::from(([0u16; 8], 0)), config, buffer).or_else(|e| {
+                tracing::debug!("no dual-stack UDP socket ({e}): IPv4 only");
+                client_spec(SocketAddr::from(([0, 0, 0, 0], 0)), config, buffer)
             })
         })
         .collect()
+}
+
+fn client_spec(bind: SocketAddr, config: &ClientConfig, buffer: usize) -> io::Result<WorkerSpec> {
+    let (socket, _) = engine::bind_udp(bind, false, buffer)?;
+    Ok(WorkerSpec {
+        socket,
+        endpoint_config: Arc::new(crate::quic::client_endpoint_config()),
+        server_config: None,
+        client_config: Some(config.clone()),
+    })
 }
 
 /// Names the worker that panics at start (fault injection for tests only).

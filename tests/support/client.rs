@@ -55,6 +55,8 @@ pub struct ClientOpts {
     pub udp_forwarding: Vec<SocketAddr>,
     /// Appended verbatim at top level: `quic`, `pool`, `engine`...
     pub extra: String,
+    /// Environment variables of the client process (on top of the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClientOpts {
@@ -67,6 +69,7 @@ impl Default for ClientOpts {
             tcp_forwarding: Vec::new(),
             udp_forwarding: Vec::new(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -89,9 +92,16 @@ impl QuelayClient {
     /// Writes `client.yaml` for the Hysteria2 server at `server` (TLS name hy2.test, the
     /// certificate not verified) and starts `quelay client -c client.yaml`.
     pub fn start(server: SocketAddr, opts: &ClientOpts) -> QuelayClient {
+        Self::start_at(&server.to_string(), opts)
+    }
+
+    /// `start`, with `server` as the config's text: `host:port`, a name the client looks
+    /// up.
+    pub fn start_at(server: &str, opts: &ClientOpts) -> QuelayClient {
         let dir = tempdir();
         let mut y = format!(
-            "server: {server}\nauth: {}\ntls:\n  sni: {SNI}\n  insecure: true\n",
+            "server: {}\nauth: {}\ntls:\n  sni: {SNI}\n  insecure: true\n",
+            yaml_str(server),
             yaml_str(&opts.password)
         );
         if let Some(pw) = &opts.obfs {
@@ -141,6 +151,7 @@ impl QuelayClient {
         fs::write(&path, y).expect("write client.yaml");
         let mut cmd = Command::new(super::quelay_bin());
         cmd.arg("client").arg("-c").arg(&path);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         Self::launch(cmd, dir, socks, http, tcp_forwards, udp_forwards)
     }
 

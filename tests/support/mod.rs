@@ -359,6 +359,26 @@ pub fn udp_bound(port: u16) -> bool {
     })
 }
 
+/// Whether a UDP socket is bound to exactly `addr`, from /proc/net/udp{,6}: the kernel
+/// writes an address as its 32-bit words in host byte order, in hex.
+pub fn udp_bound_at(addr: SocketAddr) -> bool {
+    let (table, octets) = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ("/proc/net/udp", ip.octets().to_vec()),
+        std::net::IpAddr::V6(ip) => ("/proc/net/udp6", ip.octets().to_vec()),
+    };
+    let mut want: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    want.push_str(&format!(":{:04X}", addr.port()));
+    fs::read_to_string(table).is_ok_and(|text| {
+        text.lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .any(|local| local == want)
+    })
+}
+
 /// Whether a TCP socket (IPv4 or IPv6, any local address) listens on `port`, from
 /// /proc/net/tcp{,6} (state 0A is LISTEN). Unlike connecting to it, this leaves no trace at
 /// the listener: a forwarder would relay a probe connection to its target.

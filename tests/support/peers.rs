@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{free_port, tempdir, udp_bound, wait_tcp_port, write_cert, Child, TempDir, SNI};
+use super::{
+    free_port, tempdir, udp_bound, udp_bound_at, wait_tcp_port, write_cert, Child, TempDir, SNI,
+};
 
 /// The password every test server accepts.
 pub const PASSWORD: &str = "secret";
@@ -267,14 +269,21 @@ impl QuelayServer {
     /// `start`, with RLIMIT_NOFILE set to `nofile` (through util-linux's `prlimit`) when
     /// given: the server derives its outbound-socket budget from it.
     pub fn start_with_nofile(yaml_extra: &str, nofile: Option<u64>) -> QuelayServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_on(addr, yaml_extra, nofile)
+    }
+
+    /// `start_with_nofile`, listening on `addr`: a loopback address of either family, and a
+    /// port that may be bound on the other family already (ready when `addr` itself is bound).
+    pub fn start_on(addr: SocketAddr, yaml_extra: &str, nofile: Option<u64>) -> QuelayServer {
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = format!(
-            "listen: {addr}\n\
+            "listen: {}\n\
              tls:\n  cert: {}\n  key: {}\n\
              auth:\n  type: password\n  password: {}\n\
              outboundGuard:\n  allowLoopback: true\n",
+            yaml_str(&addr.to_string()),
             yaml_str(&cert.to_string_lossy()),
             yaml_str(&key.to_string_lossy()),
             yaml_str(PASSWORD),
@@ -318,11 +327,9 @@ impl QuelayServer {
             .env("QUELAY_LOG", "info")
             .current_dir(dir);
         let mut child = Child::spawn(name, cmd, dir);
-        child.wait_ready(
-            &format!("UDP port {} bound", addr.port()),
-            START_TIMEOUT,
-            |_| udp_bound(addr.port()),
-        );
+        child.wait_ready(&format!("UDP {addr} bound"), START_TIMEOUT, |_| {
+            udp_bound_at(addr)
+        });
         child
     }
 

@@ -3,7 +3,9 @@
 //!
 //! The worker's adapter hands it events, in about this order: a local request from a front
 //! ([`Session::request`]: its target, the bytes that go after the TCPRequest, the front's
-//! success reply), a connection's handshake done ([`Session::connected`]) and its auth
+//! success reply), the server's addresses for a connection about to be dialled when the
+//! server is given by name ([`Session::resolved`]), a connection's handshake done
+//! ([`Session::connected`]) and its auth
 //! request sent ([`Session::auth_sent`]), a stream opened or refused for lack of credit
 //! ([`Session::stream_opened`]), credit back ([`Session::credit`]), bytes the server sent on
 //! a stream the session reads ([`Session::stream_data`]: the auth answer, a TCPResponse), a
@@ -25,7 +27,7 @@ mod pair;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -37,7 +39,7 @@ use rand::SeedableRng;
 
 use super::auth::AuthExchange;
 use super::http_proxy;
-use super::pool::{AuthStep, Pool, PoolConfig};
+use super::pool::{AuthStep, Pool, PoolConfig, ServerAddr};
 use super::socks5::{self, ReplyCode};
 use super::stats::PoolStats;
 use crate::proto::h3;
@@ -136,9 +138,16 @@ impl Refusal {
 /// What the adapter does for the session, in the order queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Start a QUIC connection to the server. [`Session::connected`] follows, or
+    /// Look the server's name up for `conn`, off the worker's thread;
+    /// [`Session::resolved`] follows with the addresses or why there are none.
+    Resolve {
+        conn: ConnId,
+        host: String,
+        port: u16,
+    },
+    /// Start a QUIC connection to the server at `addr`. [`Session::connected`] follows, or
     /// [`Session::connection_lost`] (also when it cannot be started).
-    Dial(ConnId),
+    Dial { conn: ConnId, addr: SocketAddr },
     /// Open our HTTP/3 control stream with `control`, and a bidirectional stream with
     /// `request`, finished; [`Session::auth_sent`] names that stream.
     Authenticate {
@@ -248,6 +257,9 @@ pub struct Session {
     /// Datagrams wait for a connection (UDP is the adapter's): the pool counts it as a
     /// request.
     udp_waiting: bool,
+    /// Connections whose server lookup was asked for ([`Action::Resolve`]) and not answered;
+    /// a connection leaves when answered, closed or lost.
+    resolving: HashSet<ConnId>,
     last_id: u64,
     rng: StdRng,
     actions: VecDeque<Action>,
@@ -278,6 +290,7 @@ impl Session {
             deadlines: BinaryHeap::new(),
             by_stream: HashMap::new(),
             udp_waiting: false,
+            resolving: HashSet::new(),
             last_id: 0,
             rng,
             actions: VecDeque::new(),
@@ -405,7 +418,60 @@ impl Session {
                 dialed.push(conn);
                 Ok::<_, std::convert::Infallible>(conn)
             });
-        self.actions.extend(dialed.into_iter().map(Action::Dial));
+        for conn in dialed {
+            self.dial(conn);
+        }
+    }
+
+    /// Starts connection `conn`: dials the server's address, or first looks its name up.
+    fn dial(&mut self, conn: ConnId) {
+        let action = match &self.cfg.pool.server {
+            ServerAddr::Ip(addr) => Action::Dial { conn, addr: *addr },
+            ServerAddr::Name { host, port } => {
+                self.resolving.insert(conn);
+                Action::Resolve {
+                    conn,
+                    host: host.clone(),
+                    port: *port,
+                }
+            }
+        };
+        self.actions.push_back(action);
+    }
+
+    /// The answer to [`Action::Resolve`] for `conn`: the server's addresses, or why there
+    /// are none. The connection is dialled at the first IPv4 address, else the first (as
+    /// the official client picks); no address counts as a failed attempt, which the pool
+    /// retries after its backoff. An answer for a connection that no longer waits for one
+    /// is ignored.
+    pub fn resolved(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        answer: Result<Vec<SocketAddr>, String>,
+    ) {
+        if !self.resolving.remove(&conn) || !self.pool.conns.iter().any(|c| c.ch == conn) {
+            return;
+        }
+        let addrs = match answer {
+            Ok(addrs) => addrs,
+            Err(why) => return self.lookup_failed(now, conn, why),
+        };
+        let first_v4 = addrs.iter().find(|a| a.is_ipv4());
+        match first_v4.or(addrs.first()) {
+            Some(&addr) => {
+                tracing::debug!("{conn:?}: {} is at {addr}", self.cfg.pool.server);
+                self.actions.push_back(Action::Dial { conn, addr });
+            }
+            None => self.lookup_failed(now, conn, "no address".into()),
+        }
+    }
+
+    fn lookup_failed(&mut self, now: Instant, conn: ConnId, why: String) {
+        let server = &self.cfg.pool.server;
+        crate::warn_limited!("cannot resolve the server {server}: {why}");
+        let reason = format!("cannot resolve {server}: {why}");
+        self.connection_lost(now, conn, false, &reason);
     }
 
     /// The stream asked for `req` ([`Action::OpenStream`]): `None` when the connection had
@@ -692,6 +758,7 @@ impl Session {
         reason: &dyn std::fmt::Display,
     ) {
         tracing::debug!("{conn:?} closed: {reason}");
+        self.resolving.remove(&conn);
         if self.pool.unanswered(conn) {
             self.requeue(now, conn);
         }
@@ -793,6 +860,7 @@ impl Session {
     /// Closes the connections the pool let go of and ends what they carried.
     fn pool_closed(&mut self, now: Instant) {
         for conn in self.pool.take_closed() {
+            self.resolving.remove(&conn);
             self.release(now, conn);
             self.actions.push_back(Action::CloseConn(conn));
         }

@@ -189,7 +189,9 @@ impl Pair {
     fn client_action(&mut self, a: Action) {
         let now = self.now;
         match a {
-            Action::Dial(conn) => {
+            // The pair's server is an address.
+            Action::Resolve { .. } => {}
+            Action::Dial { conn, .. } => {
                 let remote = CLIENT_ADDR.parse().expect("address");
                 let s = self.server.connection(remote);
                 let limit = self.server.config().max_incoming_streams;

@@ -17,11 +17,12 @@ use crate::proto::h3::CcRx;
 use crate::proto::tcp::{TcpRequest, TcpResponse};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+const SERVER: &str = "192.0.2.1:443";
 
 pub(super) fn config(max_connections: usize) -> Config {
     Config {
         pool: PoolConfig {
-            server: "192.0.2.1:443".parse().expect("address"),
+            server: ServerAddr::Ip(SERVER.parse().expect("address")),
             server_name: "example.com".into(),
             auth: "secret".into(),
             up: 0,
@@ -68,6 +69,10 @@ fn tcp_response(ok: bool, msg: &str) -> Vec<u8> {
 #[derive(Default)]
 struct Adapter {
     dials: Vec<ConnId>,
+    /// Where each connection was dialled.
+    dialled_at: HashMap<ConnId, SocketAddr>,
+    /// Lookups asked for: the connection and the name.
+    resolves: Vec<(ConnId, String, u16)>,
     auth_streams: HashMap<ConnId, StreamId>,
     /// Concurrent streams the server grants each connection, and those open.
     grant: u64,
@@ -125,7 +130,12 @@ impl Harness {
     fn step(&mut self) {
         while let Some(action) = self.s.poll_action() {
             match action {
-                Action::Dial(c) => self.a.dials.push(c),
+                Action::Resolve { conn, host, port } => self.a.resolves.push((conn, host, port)),
+                Action::Dial { conn, addr } => {
+                    self.a.dials.push(conn);
+                    let old = self.a.dialled_at.insert(conn, addr);
+                    assert!(old.is_none(), "{conn:?} dialled twice");
+                }
                 Action::Authenticate { conn, request, .. } => {
                     assert!(!request.is_empty());
                     let id = self.next_stream(conn);
@@ -647,4 +657,124 @@ fn a_connection_the_server_never_answers_is_closed_and_its_requests_go_elsewhere
     h.s.credit(h.now, ca);
     h.step();
     assert_eq!(h.a.written[&b].0, ca);
+}
+
+/// A config whose server is given by name, with requests that wait long enough to see the
+/// pool retry.
+fn named(max_connections: usize) -> Config {
+    let mut cfg = config(max_connections);
+    cfg.pool.server = ServerAddr::Name {
+        host: "hy2.example".into(),
+        port: 8443,
+    };
+    cfg.stream_open_timeout = Duration::from_secs(60);
+    cfg
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+#[test]
+fn a_server_given_by_name_is_looked_up_before_each_dial() {
+    let mut h = Harness::new(named(4), 64);
+    let req = h.request(socks("example.com:80", b""));
+    assert_eq!(h.a.resolves.len(), 1);
+    let (conn, host, port) = h.a.resolves[0].clone();
+    assert_eq!((host.as_str(), port), ("hy2.example", 8443));
+    assert!(h.a.dials.is_empty(), "no dial before the answer");
+    let (v6, v4) = (addr("[2001:db8::1]:8443"), addr("192.0.2.9:8443"));
+    h.s.resolved(h.now, conn, Ok(vec![v6, v4]));
+    h.step();
+    assert_eq!(h.a.dials, vec![conn]);
+    assert_eq!(
+        h.a.dialled_at[&conn], v4,
+        "IPv4 first, as the official client"
+    );
+    h.ready(conn);
+    h.answer(req, &tcp_response(true, "ok"), false);
+    assert!(h.a.pumps.contains_key(&req));
+    // The connection goes: the next one looks the name up again and goes where it says now.
+    h.lose(conn);
+    h.request(socks("example.com:81", b""));
+    assert_eq!(h.a.resolves.len(), 2);
+    let next = h.a.resolves[1].0;
+    assert_ne!(next, conn);
+    h.s.resolved(h.now, next, Ok(vec![v6]));
+    h.step();
+    assert_eq!(h.a.dialled_at[&next], v6);
+}
+
+#[test]
+fn a_lookup_answer_for_a_connection_no_longer_waiting_is_ignored() {
+    let mut h = Harness::new(named(1), 64);
+    h.request(socks("example.com:80", b""));
+    let first = h.a.resolves[0].0;
+    // No answer within the setup timeout: the attempt is abandoned, another starts after
+    // the backoff.
+    h.advance(super::super::pool::SETUP_TIMEOUT);
+    assert_eq!(h.a.closed_conns, vec![first]);
+    h.advance(super::super::pool::MIN_BACKOFF);
+    assert_eq!(h.a.resolves.len(), 2);
+    let second = h.a.resolves[1].0;
+    // The first answer comes late; another names a connection never looked up.
+    h.s.resolved(h.now, first, Ok(vec![addr("192.0.2.10:8443")]));
+    h.s.resolved(h.now, ConnId(999), Ok(vec![addr("192.0.2.11:8443")]));
+    h.step();
+    assert!(h.a.dials.is_empty());
+    h.s.resolved(h.now, second, Ok(vec![addr("192.0.2.12:8443")]));
+    h.step();
+    assert_eq!(h.a.dials, vec![second]);
+    // A second answer for a connection already dialled changes nothing.
+    h.s.resolved(h.now, second, Ok(vec![addr("192.0.2.13:8443")]));
+    h.step();
+    assert_eq!(h.a.dials, vec![second]);
+    assert_eq!(h.a.dialled_at[&second], addr("192.0.2.12:8443"));
+}
+
+#[test]
+fn a_failed_lookup_is_a_failed_attempt_retried_after_the_backoff() {
+    use super::super::pool::MIN_BACKOFF;
+    let ms = Duration::from_millis(1);
+    let mut h = Harness::new(named(1), 64);
+    let req = h.request(socks("example.com:80", b""));
+    let c1 = h.a.resolves[0].0;
+    h.s.resolved(h.now, c1, Err("no such host".into()));
+    h.step();
+    assert!(h.a.dials.is_empty());
+    assert_eq!(h.a.resolves.len(), 1, "not again at once");
+    assert_eq!(h.s.waiting(), 1, "the request still waits");
+    assert_eq!(h.s.poll_timeout(h.now), Some(h.now + MIN_BACKOFF));
+    h.advance(MIN_BACKOFF - ms);
+    assert_eq!(h.a.resolves.len(), 1);
+    h.advance(ms);
+    assert_eq!(h.a.resolves.len(), 2);
+    // No address at all fails too, and the backoff doubles.
+    let c2 = h.a.resolves[1].0;
+    h.s.resolved(h.now, c2, Ok(Vec::new()));
+    h.step();
+    h.advance(2 * MIN_BACKOFF - ms);
+    assert_eq!(h.a.resolves.len(), 2);
+    h.advance(ms);
+    assert_eq!(h.a.resolves.len(), 3);
+    let c3 = h.a.resolves[2].0;
+    h.s.resolved(h.now, c3, Ok(vec![addr("192.0.2.9:8443")]));
+    h.step();
+    assert_eq!(h.a.dials, vec![c3]);
+    h.ready(c3);
+    assert_eq!(h.a.written[&req].0, c3, "the request goes out on it");
+    assert!(h.a.closed_local.is_empty());
+}
+
+#[test]
+fn a_server_given_by_address_is_dialled_without_a_lookup() {
+    let mut h = Harness::new(config(4), 64);
+    h.request(socks("example.com:80", b""));
+    assert!(h.a.resolves.is_empty());
+    let conn = h.a.dials[0];
+    assert_eq!(h.a.dialled_at[&conn], addr(SERVER));
+    // An answer nobody asked for dials nothing.
+    h.s.resolved(h.now, conn, Ok(vec![addr("192.0.2.9:8443")]));
+    h.step();
+    assert_eq!(h.a.dials, vec![conn]);
 }
