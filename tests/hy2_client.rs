@@ -11,6 +11,8 @@
 #[macro_use]
 mod support;
 
+#[path = "hy2_client/keepalive.rs"]
+mod keepalive;
 #[path = "hy2_client/reresolve.rs"]
 mod reresolve;
 

@@ -4,8 +4,11 @@
 //! A local TCP connection goes through: the front end's handshake (SOCKS5 or HTTP proxy;
 //! none for a forwarder), a request in the worker's client [`Session`] (which decides when
 //! it gets a stream, on which connection, and what the server's answer means), then a
-//! [`Pipe`]. The SOCKS5/HTTP success reply is only sent once the server connected to the
-//! target, so a refusal can still be reported as one.
+//! [`Pipe`]. A forwarded HTTP request on a connection the app keeps open gets an
+//! [`HttpRelay`] instead, for that request and its response; then the connection goes back
+//! to the HTTP proxy's handshake for its next request, on a new stream. The SOCKS5/HTTP
+//! success reply is only sent once the server connected to the target, so a refusal can
+//! still be reported as one.
 //!
 //! This is the session's adapter: it maps sockets, tokens and quinn handles to the
 //! session's ids, performs its actions, and hands it what the sockets and connections
@@ -21,7 +24,8 @@ use std::time::{Duration, Instant};
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 use slab::Slab;
 
-use super::http_proxy::{self, ProxyRequest, ProxyRequestReader};
+use super::http_proxy::{self, Exchange, ProxyRequest, ProxyRequestReader};
+use super::http_relay::{self, HttpRelay};
 use super::pool::{Pool, PoolConfig};
 use super::session::{
     Action, Config as SessionConfig, ConnId, FrontKind, LocalRequest, RequestId, Session,
@@ -120,6 +124,9 @@ enum Phase {
     Session,
     /// Bytes flow; `pipe.sock()` is unset until the handshake's last send completed.
     Relay(Pipe),
+    /// A forwarded HTTP request and its response on a connection the app keeps open;
+    /// `sock()` as for `Relay`. Then the connection reads the next request.
+    Exchange(Box<HttpRelay>),
     /// A SOCKS5 UDP association: the TCP connection is held until the app closes it.
     Udp {
         sock: usize,
@@ -150,6 +157,10 @@ struct Local {
     to_quic: Vec<u8>,
     /// Bytes for the app once the server connected (a SOCKS5 or HTTP success reply).
     ok_reply: Vec<u8>,
+    /// A forwarded HTTP request after which the connection stays open: frames its relay.
+    exchange: Option<Exchange>,
+    /// Bytes read after that request's end: the start of the next request.
+    next: Vec<u8>,
     /// Handshake bytes for the app not yet sent, and whether a send or receive of the
     /// handshake is in flight.
     out: Vec<u8>,
@@ -322,6 +333,8 @@ impl ClientApp {
             target,
             to_quic: Vec::new(),
             ok_reply: Vec::new(),
+            exchange: None,
+            next: Vec::new(),
             out: Vec::new(),
             sending: false,
             receiving: false,
@@ -484,11 +497,24 @@ impl ClientApp {
                 };
                 let l = &mut self.locals[key];
                 let to_quic = std::mem::take(&mut l.to_quic);
-                let mut pipe = Pipe::new(ch, stream, Ends::QuicFinCloses, to_local, to_quic);
-                if !l.sending {
-                    pipe.attach(l.sock);
-                }
-                l.phase = Phase::Relay(pipe);
+                l.phase = match l.exchange.take() {
+                    Some(x) => {
+                        let next = std::mem::take(&mut l.next);
+                        let mut relay = HttpRelay::new(ch, stream, x, &to_local, to_quic, next);
+                        if !l.sending {
+                            relay.attach(l.sock);
+                        }
+                        Phase::Exchange(Box::new(relay))
+                    }
+                    None => {
+                        let mut pipe =
+                            Pipe::new(ch, stream, Ends::QuicFinCloses, to_local, to_quic);
+                        if !l.sending {
+                            pipe.attach(l.sock);
+                        }
+                        Phase::Relay(pipe)
+                    }
+                };
                 self.pump(io, key);
             }
             Action::CloseLocal {
@@ -526,13 +552,23 @@ impl ClientApp {
                 };
                 let l = &mut self.locals[key];
                 let tok = token(TokenKind::Local, key, l.gen);
-                if let Phase::Relay(pipe) = &mut l.phase {
-                    if pipe.sock().is_none() {
-                        pipe.attach(l.sock);
+                let removed = match &mut l.phase {
+                    Phase::Relay(pipe) => {
+                        if pipe.sock().is_none() {
+                            pipe.attach(l.sock);
+                        }
+                        pipe.abort(io, tok) == After::Remove
                     }
-                    if pipe.abort(io, tok) == After::Remove {
-                        self.remove(io, key);
+                    Phase::Exchange(relay) => {
+                        if relay.sock().is_none() {
+                            relay.attach(l.sock);
+                        }
+                        relay.abort(io, tok) == http_relay::After::Remove
                     }
+                    _ => false,
+                };
+                if removed {
+                    self.remove(io, key);
                 }
             }
             Action::CloseConn(conn) => {
@@ -588,10 +624,44 @@ impl ClientApp {
     fn pump(&mut self, io: &mut Io<'_>, key: usize) {
         let l = &mut self.locals[key];
         let tok = token(TokenKind::Local, key, l.gen);
-        if let Phase::Relay(pipe) = &mut l.phase {
-            if pipe.pump(io, tok) == After::Remove {
-                self.remove(io, key);
+        let removed = match &mut l.phase {
+            Phase::Relay(pipe) => pipe.pump(io, tok) == After::Remove,
+            Phase::Exchange(relay) => {
+                let after = relay.pump(io, tok);
+                return self.exchange_progress(io, key, after);
             }
+            _ => false,
+        };
+        if removed {
+            self.remove(io, key);
+        }
+    }
+
+    /// Acts on what an exchange's relay said: the local goes, or reads its next request.
+    fn exchange_progress(&mut self, io: &mut Io<'_>, key: usize, after: http_relay::After) {
+        match after {
+            http_relay::After::Continue => {}
+            http_relay::After::Remove => self.remove(io, key),
+            http_relay::After::Next => self.next_request(io, key),
+        }
+    }
+
+    /// A forwarded request and its response are complete and the connection stays open:
+    /// the session lets go of the request, and the bytes after it start the next one.
+    fn next_request(&mut self, io: &mut Io<'_>, key: usize) {
+        let l = &mut self.locals[key];
+        let (Phase::Exchange(relay), Front::Http { auth, .. }) = (&mut l.phase, &l.front) else {
+            return;
+        };
+        let next = relay.take_next();
+        let reader = ProxyRequestReader::new(http_proxy::Limits::default(), auth.clone());
+        l.phase = Phase::Http(Box::new(reader));
+        l.target.clear();
+        self.release_request(io, key);
+        if next.is_empty() {
+            self.recv(io, key);
+        } else {
+            self.on_http_bytes(io, key, &next);
         }
     }
 
@@ -667,14 +737,19 @@ impl ClientApp {
             return self.remove(io, key);
         }
         let l = &mut self.locals[key];
-        // The pipe owns the socket's operations once attached.
-        if let Phase::Relay(pipe) = &mut l.phase {
-            if pipe.sock().is_some() {
+        // The pipe (or the exchange's relay) owns the socket's operations once attached.
+        match &mut l.phase {
+            Phase::Relay(pipe) if pipe.sock().is_some() => {
                 if pipe.on_completion(io, c, tok) == After::Remove {
                     self.remove(io, key);
                 }
                 return;
             }
+            Phase::Exchange(relay) if relay.sock().is_some() => {
+                let after = relay.on_completion(io, c, tok);
+                return self.exchange_progress(io, key, after);
+            }
+            _ => {}
         }
         match c.op {
             SockOp::Send => {
@@ -691,10 +766,12 @@ impl ClientApp {
                 }
                 flush(io, key, l);
                 if !l.sending {
-                    if let Phase::Relay(pipe) = &mut l.phase {
-                        pipe.attach(l.sock);
-                        return self.pump(io, key);
+                    match &mut l.phase {
+                        Phase::Relay(pipe) => pipe.attach(l.sock),
+                        Phase::Exchange(relay) => relay.attach(l.sock),
+                        _ => return self.progress_closing(io, key),
                     }
+                    return self.pump(io, key);
                 }
                 self.progress_closing(io, key);
             }
@@ -720,38 +797,58 @@ impl ClientApp {
                     }
                     _ if n == 0 => self.close(io, key),
                     Phase::Socks(_) => self.on_socks_bytes(io, key, data.to_vec()),
-                    Phase::Http(reader) => match reader.feed(data) {
-                        Ok(None) => self.recv(io, key),
-                        Ok(Some(req)) => {
-                            let leftover = reader.take_leftover();
-                            let (target, head, ok) = match req {
-                                ProxyRequest::Connect { target } => {
-                                    (target, Vec::new(), http_proxy::response_connected())
-                                }
-                                ProxyRequest::Forward { target, head } => {
-                                    (target, head, Vec::new())
-                                }
-                            };
-                            let l = &mut self.locals[key];
-                            l.target = target;
-                            l.to_quic = head;
-                            l.to_quic.extend_from_slice(&leftover);
-                            l.ok_reply = ok;
-                            self.enqueue(io, key);
-                        }
-                        Err(e) => {
-                            tracing::info!("{}: HTTP proxy request refused: {e}", l.peer);
-                            let reply = match &l.front {
-                                Front::Http { realm, .. } => e.response_in(realm),
-                                _ => e.response(),
-                            };
-                            self.close_with(io, key, &reply);
-                        }
-                    },
-                    Phase::Session | Phase::Relay(_) => {}
+                    Phase::Http(_) => self.on_http_bytes(io, key, data),
+                    Phase::Session | Phase::Relay(_) | Phase::Exchange(_) => {}
                 }
             }
             _ => {}
+        }
+    }
+
+    fn on_http_bytes(&mut self, io: &mut Io<'_>, key: usize, data: &[u8]) {
+        let l = &mut self.locals[key];
+        let Phase::Http(reader) = &mut l.phase else {
+            return;
+        };
+        match reader.feed(data) {
+            Ok(None) => self.recv(io, key),
+            Ok(Some(req)) => {
+                let mut leftover = reader.take_leftover();
+                let (target, head, ok, mut exchange) = match req {
+                    ProxyRequest::Connect { target } => {
+                        (target, Vec::new(), http_proxy::response_connected(), None)
+                    }
+                    ProxyRequest::Forward {
+                        target,
+                        head,
+                        exchange,
+                    } => (target, head, Vec::new(), exchange),
+                };
+                // Bytes after this request's body are the next request's.
+                let next = match &mut exchange {
+                    Some(x) => {
+                        let body = x.request_bytes(&leftover).min(leftover.len());
+                        leftover.split_off(body)
+                    }
+                    None => Vec::new(),
+                };
+                let l = &mut self.locals[key];
+                l.target = target;
+                l.to_quic = head;
+                l.to_quic.extend_from_slice(&leftover);
+                l.ok_reply = ok;
+                l.exchange = exchange;
+                l.next = next;
+                self.enqueue(io, key);
+            }
+            Err(e) => {
+                tracing::info!("{}: HTTP proxy request refused: {e}", l.peer);
+                let reply = match &l.front {
+                    Front::Http { realm, .. } => e.response_in(realm),
+                    _ => e.response(),
+                };
+                self.close_with(io, key, &reply);
+            }
         }
     }
 
@@ -1020,7 +1117,7 @@ impl ClientApp {
         };
         match self.locals.get(key) {
             Some(l) if l.gen == gen => {
-                if let Phase::Relay(_) = l.phase {
+                if let Phase::Relay(_) | Phase::Exchange(_) = l.phase {
                     self.pump(io, key);
                 }
             }

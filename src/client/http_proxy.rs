@@ -8,16 +8,22 @@
 //! 3. on [`ProxyRequest::Connect`] opens a relay stream to `target`, writes
 //!    [`response_connected`], sends [`leftover`](ProxyRequestReader::leftover) (a client may
 //!    start its TLS handshake before our 200) and relays bytes both ways;
-//! 4. on [`ProxyRequest::Forward`] opens a relay stream to `target`, sends `head` and then the
-//!    leftover (the request body, as the client framed it), and relays bytes both ways: the
-//!    origin's response goes back to the client untouched;
+//! 4. on [`ProxyRequest::Forward`] opens a relay stream to `target` and sends `head`, then:
+//!    - with an [`Exchange`] (the client keeps its connection open and the request's body
+//!      can be framed), the request's body from the leftover and later reads as far as
+//!      [`Exchange::request_bytes`] says, and the origin's response to the client through
+//!      [`Exchange::response_bytes`]; once [`Exchange::keep_alive`], the stream ends and the
+//!      bytes after the body start the next request, read by a new reader;
+//!    - without one, the leftover and every later byte, and the response untouched, until
+//!      either side ends; then closes;
 //! 5. when the relay refuses the target writes [`response_bad_gateway`], and when it has no
 //!    stream to give writes [`response_unavailable`], then closes.
 //!
-//! One client connection carries one request: a forwarded head asks the origin to close after
-//! its response (`Connection: close`), so a keep-alive client opens a new connection for its
-//! next request, which may be to another host. Relaying the response untouched keeps this
-//! module a parser of one head rather than of two HTTP streams.
+//! Each forwarded request goes to the origin on a stream of its own and asks it to close
+//! after its response (`Connection: close`): requests on one client connection may go to
+//! different hosts, and an origin's connection never outlives its response. The framing of
+//! bodies and responses is in `http_proxy/framing.rs`; a response it cannot frame closes the
+//! client's connection.
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -27,6 +33,10 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::proto::{split_host_port, AddressError, Host, ProtoError};
+
+mod framing;
+
+pub use framing::Exchange;
 
 /// Default for [`Limits::max_head`]: room for a browser's head with a pile of cookies (Apache
 /// refuses a single field above 8 KiB), while a thousand idle half-sent heads hold 16 MiB.
@@ -81,6 +91,11 @@ pub enum ProxyRequest {
         /// hop-by-hop and `Proxy-*` fields dropped, `Connection: close` (or `Upgrade` for a
         /// WebSocket handshake), ending with the blank line.
         head: Vec<u8>,
+        /// Set when the client's connection may carry another request after this one: it
+        /// asked to keep it open (HTTP/1.1 by default, HTTP/1.0 with `keep-alive`), it is no
+        /// WebSocket handshake, and the body's end can be told. It frames the body and the
+        /// response.
+        exchange: Option<Exchange>,
     },
 }
 
@@ -376,6 +391,7 @@ fn parse(
         ProxyRequest::Forward {
             target: dial_target(&with_port(authority))?,
             head: origin_head(method, authority, &path, version, req.headers),
+            exchange: exchange(method, version, req.headers),
         }
     };
     Ok(Some((request, len)))
@@ -507,6 +523,37 @@ fn tokens(fields: &[httparse::Header<'_>], name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the request is a WebSocket handshake: the one upgrade kept. WebSocket needs
+/// nothing else from the Connection list, and after a 101 the relay is the byte pipe it
+/// wants. "A server MUST ignore an Upgrade header field that is received in an HTTP/1.0
+/// request." (RFC 9110 §7.8)
+fn is_websocket(version: u8, fields: &[httparse::Header<'_>]) -> bool {
+    version == 1
+        && tokens(fields, "connection").iter().any(|t| t == "upgrade")
+        && tokens(fields, "upgrade")
+            .iter()
+            .any(|t| t.split('/').next() == Some("websocket"))
+}
+
+/// The exchange of a request after which the client's connection stays open, if it does:
+/// HTTP/1.1 unless it says `close`, HTTP/1.0 when it says `keep-alive` (RFC 9112 §9.3; old
+/// clients say it in `Proxy-Connection`), never a WebSocket handshake, and only when the
+/// body's end can be told.
+fn exchange(method: &str, version: u8, fields: &[httparse::Header<'_>]) -> Option<Exchange> {
+    let mut connection = tokens(fields, "connection");
+    connection.extend(tokens(fields, "proxy-connection"));
+    let close = connection.iter().any(|t| t == "close");
+    let keep = connection.iter().any(|t| t == "keep-alive");
+    let persistent = !close && (version == 1 || keep);
+    if !persistent || is_websocket(version, fields) {
+        return None;
+    }
+    Some(Exchange::new(
+        framing::request_body(fields)?,
+        method == "HEAD",
+    ))
+}
+
 /// The request re-written in origin-form for the origin server.
 fn origin_head(
     method: &str,
@@ -516,14 +563,7 @@ fn origin_head(
     fields: &[httparse::Header<'_>],
 ) -> Vec<u8> {
     let connection = tokens(fields, "connection");
-    // The one upgrade kept: WebSocket needs nothing else from the Connection list, and after
-    // a 101 the relay is the byte pipe it wants. "A server MUST ignore an Upgrade header field
-    // that is received in an HTTP/1.0 request." (RFC 9110 §7.8)
-    let websocket = version == 1
-        && connection.iter().any(|t| t == "upgrade")
-        && tokens(fields, "upgrade")
-            .iter()
-            .any(|t| t.split('/').next() == Some("websocket"));
+    let websocket = is_websocket(version, fields);
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(format!("{method} {path} HTTP/1.{version}\r\n").as_bytes());
     // "A proxy that forwards such a request MUST generate a new Host field value based on the
@@ -577,7 +617,7 @@ mod tests {
 
     fn forward(input: &[u8]) -> (String, String) {
         match read(input) {
-            Ok(Some(ProxyRequest::Forward { target, head })) => {
+            Ok(Some(ProxyRequest::Forward { target, head, .. })) => {
                 (target, String::from_utf8(head).unwrap())
             }
             other => panic!("{other:?}"),
@@ -633,6 +673,51 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_request_keeps_the_connection_only_when_asked_and_framed() {
+        let exchange = |input: &str| match read(input.as_bytes()) {
+            Ok(Some(ProxyRequest::Forward { exchange, .. })) => exchange,
+            other => panic!("{input}: {other:?}"),
+        };
+        let keeps = |input: &str| exchange(input).is_some();
+        assert!(keeps("GET http://a/ HTTP/1.1\r\n\r\n"));
+        assert!(keeps(
+            "GET http://a/ HTTP/1.1\r\nProxy-Connection: Keep-Alive\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "GET http://a/ HTTP/1.1\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "GET http://a/ HTTP/1.1\r\nProxy-Connection: close\r\n\r\n"
+        ));
+        assert!(!keeps("GET http://a/ HTTP/1.0\r\n\r\n"));
+        assert!(keeps(
+            "GET http://a/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "GET http://a/ HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        // The body's end must be certain.
+        assert!(!keeps(
+            "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "POST http://a/ HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n"
+        ));
+        // The body is read to its end and no further.
+        let mut x = exchange("POST http://a/ HTTP/1.1\r\nContent-Length: 4\r\n\r\n").unwrap();
+        assert!(!x.request_done());
+        assert_eq!(x.request_bytes(b"bodyGET http://a/"), 4);
+        assert!(x.request_done());
+        let x = exchange("GET http://a/ HTTP/1.1\r\n\r\n").unwrap();
+        assert!(x.request_done(), "no body");
+        // A HEAD's response has no body, whatever its length says.
+        let mut x = exchange("HEAD http://a/ HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        x.response_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &mut out);
+        assert!(x.keep_alive());
+    }
+
+    #[test]
     fn forward_paths_and_ports() {
         let t = |uri: &str| forward(format!("GET {uri} HTTP/1.1\r\n\r\n").as_bytes());
         let line = |head: String| head.lines().take(2).collect::<Vec<_>>().join("|");
@@ -669,7 +754,7 @@ mod tests {
                   Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello",
             )
             .unwrap();
-        let Some(ProxyRequest::Forward { target, head }) = req else {
+        let Some(ProxyRequest::Forward { target, head, .. }) = req else {
             panic!("{req:?}")
         };
         assert_eq!(target, "api.example:8080");

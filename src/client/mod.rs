@@ -4,6 +4,7 @@
 mod app;
 pub mod auth;
 pub mod http_proxy;
+mod http_relay;
 mod pool;
 pub mod run;
 pub mod session;
