@@ -40,18 +40,12 @@ fn metric_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The server's Prometheus page, checked to parse as Prometheus text.
 fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Every line parses as Prometheus text.
+    let body = support::scrape(addr);
     let lines = body.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
-    body.to_owned()
+    body
 }
 
 fn server_with(yaml: &str) -> (QuelayServer, SocketAddr) {
