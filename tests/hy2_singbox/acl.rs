@@ -80,6 +80,38 @@ impl Drop for WhoTarget {
     }
 }
 
+/// A protobuf field: `tag` with a length-delimited value.
+fn pb_bytes(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag << 3 | 2];
+    let mut len = value.len();
+    while len >= 0x80 {
+        out.push(len as u8 | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A v2ray geosite.dat with one list, `code`, of one domain (and its subdomains).
+fn geosite_dat(code: &str, domain: &str) -> Vec<u8> {
+    // Domain { type = 2 (RootDomain), value }
+    let mut d = vec![1 << 3, 2];
+    d.extend(pb_bytes(2, domain.as_bytes()));
+    let mut site = pb_bytes(1, code.as_bytes());
+    site.extend(pb_bytes(2, &d));
+    pb_bytes(1, &site)
+}
+
+/// A v2ray geoip.dat with one list, `code`, of one IPv4 network.
+fn geoip_dat(code: &str, net: [u8; 4], prefix: u8) -> Vec<u8> {
+    let mut cidr = pb_bytes(1, &net);
+    cidr.extend([2 << 3, prefix]);
+    let mut ip = pb_bytes(1, code.as_bytes());
+    ip.extend(pb_bytes(2, &cidr));
+    pb_bytes(1, &ip)
+}
+
 /// A hosts file (`IP name` per line) for the server's resolver.
 fn hosts_file(dir: &TempDir, lines: &[&str]) -> PathBuf {
     let path = dir.join("hosts");
@@ -142,7 +174,8 @@ fn rejected(metrics: SocketAddr, want: f64) -> f64 {
 
 /// `reject` ends the request with nothing relayed; a hijack sends it to the rule's address
 /// on the requested port; an outbound with `mode: 4` or `mode: 6` connects over that family
-/// to a name that has both; what no rule names falls to the last rule.
+/// to a name that has both; geosite and geoip rules match through small generated `.dat`
+/// files; what no rule names falls to the last rule.
 #[test]
 fn acl_routes_each_request_by_its_rules_quelay() {
     let web = HttpTarget::start();
@@ -157,6 +190,10 @@ fn acl_routes_each_request_by_its_rules_quelay() {
             "::1 dual6.test",
         ],
     );
+    let geosite = dir.join("geosite.dat");
+    fs::write(&geosite, geosite_dat("blocklist", "geo.test")).expect("write geosite.dat");
+    let geoip = dir.join("geoip.dat");
+    fs::write(&geoip, geoip_dat("second", [127, 0, 0, 2], 32)).expect("write geoip.dat");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut server = QuelayServer::start_with_hosts(
         &format!(
@@ -165,13 +202,19 @@ fn acl_routes_each_request_by_its_rules_quelay() {
              \x20 - {{name: v4, type: direct, direct: {{mode: 4}}}}\n\
              \x20 - {{name: v6, type: direct, direct: {{mode: 6}}}}\n\
              acl:\n\
+             \x20 geosite: {geosite}\n\
+             \x20 geoip: {geoip}\n\
              \x20 inline:\n\
              \x20   - reject(blocked.test)\n\
+             \x20   - reject(geosite:blocklist)\n\
              \x20   - direct(moved.test, tcp/{web_port}, 127.0.0.1)\n\
              \x20   - v4(dual4.test)\n\
              \x20   - v6(dual6.test)\n\
+             \x20   - direct(geoip:second)\n\
              \x20   - reject(all)\n",
             web_port = web.addr().port(),
+            geosite = geosite.display(),
+            geoip = geoip.display(),
         ),
         &hosts,
     );
@@ -213,13 +256,27 @@ fn acl_routes_each_request_by_its_rules_quelay() {
         "mode 6 connects over IPv6"
     );
 
+    let geo = exchange(&client, "sub.geo.test", who.port, b"who\n");
+    assert!(
+        geo.is_empty(),
+        "reject(geosite:blocklist) relayed {:?}",
+        String::from_utf8_lossy(&geo)
+    );
+    assert_eq!(rejected(metrics, 2.0), 2.0, "two rejections counted");
+    let second = exchange(&client, "127.0.0.2", who.port, b"who\n");
+    assert!(
+        String::from_utf8_lossy(&second).starts_with("::ffff:127."),
+        "direct(geoip:second) lets 127.0.0.2 through: {:?}",
+        String::from_utf8_lossy(&second)
+    );
+
     let other = exchange(&client, "127.0.0.1", who.port, b"who\n");
     assert!(
         other.is_empty(),
         "reject(all) relayed {:?}",
         String::from_utf8_lossy(&other)
     );
-    assert_eq!(rejected(metrics, 2.0), 2.0, "two rejections counted");
+    assert_eq!(rejected(metrics, 3.0), 3.0, "three rejections counted");
 }
 
 /// A TLS ClientHello record (TLS 1.3 offered) naming `sni`.
