@@ -76,19 +76,27 @@ pub fn root() -> &'static Path {
 
 /// The quelay binary the peers run: Cargo's `CARGO_BIN_EXE_quelay` in the relay's integration
 /// tests; elsewhere (quelay-bench's tests and the examples that reuse this harness, where Cargo
-/// does not set it) `$QUELAY_BIN` if set, else `target/release/quelay` under the workspace
-/// root, resolved at run time. Panics, saying how to build it, when that file is missing.
+/// does not set it) `$QUELAY_BIN` if set, else the `quelay` built beside the running test
+/// (`target/<profile>/quelay`, which `cargo test --workspace` builds), else
+/// `target/release/quelay` under the workspace root, resolved at run time. Panics, saying how
+/// to build it, when that file is missing.
 pub fn quelay_bin() -> PathBuf {
     if let Some(bin) = option_env!("CARGO_BIN_EXE_quelay") {
         return PathBuf::from(bin);
     }
+    // A test binary runs from target/<profile>/deps/.
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("quelay")))
+        .filter(|bin| bin.is_file());
     let bin = std::env::var_os("QUELAY_BIN")
         .map(PathBuf::from)
+        .or(beside)
         .unwrap_or_else(|| root().join("target/release/quelay"));
     assert!(
         bin.is_file(),
         "{} is missing: build the relay first (cargo build --release -p quelay --bin quelay; \
-         cargo test --release --workspace builds it), or set QUELAY_BIN",
+         cargo test --profile ci --workspace builds it), or set QUELAY_BIN",
         bin.display()
     );
     bin
