@@ -66,6 +66,10 @@ struct DoctorArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     json: bool,
+    /// A server config: also check what it needs from the host (the port-hopping redirect
+    /// of a `listen` range).
+    #[arg(short = 'c', long = "config")]
+    config: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.role {
         Role::Server(a) => serve(a),
         Role::Client(a) => run_client(a),
-        Role::Doctor(a) => return quelay::doctor::run(a.json),
+        Role::Doctor(a) => return quelay::doctor::run(a.json, a.config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

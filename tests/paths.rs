@@ -15,6 +15,9 @@
 //! path cell=rtt30ms_loss1pct_50mbit client=sing-box bytes=8388608 seconds=2.10 mbit_s=32.0 ...
 //! ```
 //!
+//! The `hopping_client_*` tests (`paths/hop.rs`) download through a client that hops ports
+//! every second across an nftables redirect in the server namespace.
+//!
 //! The `brutal40_*` tests run the same download with the sing-box client asking for Brutal
 //! (`up_mbps`/`down_mbps` = 40) through 30 ms and 1% or 5% random loss behind 50 Mbit/s.
 //!
@@ -24,6 +27,9 @@
 //! forwarder's own speed.
 
 mod support;
+
+#[path = "paths/hop.rs"]
+mod hop;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

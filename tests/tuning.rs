@@ -348,3 +348,31 @@ fn nic_dry_run_on_this_host() {
     );
     assert!(!out.contains("running: "), "{out}");
 }
+
+#[test]
+fn port_hopping_dry_run_prints_the_redirect_and_bad_input_fails() {
+    let o = script("port-hopping.sh", &["--dry-run", "20000-20100,30000,25-20", "443"]);
+    assert_ok(&o, "port-hopping.sh --dry-run");
+    let out = stdout(&o);
+    assert!(out.contains("table inet quelay_hop_443 {"), "{out}");
+    assert!(
+        out.contains("udp dport { 20000-20100, 30000, 20-25 } counter redirect to :443"),
+        "{out}"
+    );
+    assert!(out.contains("fib daddr type local udp dport"), "{out}");
+    let o = script("port-hopping.sh", &["--dry-run", "--iface", "eth0", "5000", "443"]);
+    assert_ok(&o, "port-hopping.sh --iface");
+    assert!(stdout(&o).contains("iifname \"eth0\" udp dport { 5000 }"), "{}", stdout(&o));
+    let o = script("port-hopping.sh", &["--dry-run", "--revert", "443"]);
+    assert_ok(&o, "port-hopping.sh --revert --dry-run");
+    assert!(stdout(&o).contains("nft delete table inet quelay_hop_443"));
+    for bad in [
+        &["--dry-run", "20000-", "443"][..],
+        &["--dry-run", "http", "443"],
+        &["--dry-run", "20000", "70000"],
+        &["--dry-run", "20000"],
+    ] {
+        let o = script("port-hopping.sh", bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stdout(&o));
+    }
+}

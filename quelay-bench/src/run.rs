@@ -96,6 +96,7 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
         obfs: None,
         windows: None,
         handshakes: None,
+        hop: None,
     };
     let start = Instant::now();
     let group = worker::spawn(specs, &cfg, |id| {

@@ -172,6 +172,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     let params = worker::quic_params(section, &cfg.congestion, &cfg.bandwidth, &cfg.obfs);
     let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
+    let socket_buffer = driver.socket_buffer;
     // A name may move to either family: its sockets reach both.
     let (specs, resolver) = match &server {
         ServerAddr::Ip(addr) => (
@@ -214,6 +215,26 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
             Arc::new(Cap::new(Some(crate::limits::default_window_budget()))),
         )),
         handshakes: None,
+        hop: cfg.hop.as_ref().map(|h| worker::HopPlan {
+            ports: h.ports.clone().into(),
+            min: h.min_interval,
+            max: h.max_interval,
+            buffer: socket_buffer,
+        }),
+    };
+    let hopping = match &cfg.hop {
+        Some(h) if h.min_interval == h.max_interval => format!(
+            ", hopping over {} port(s) every {:?}",
+            h.ports.len(),
+            h.min_interval
+        ),
+        Some(h) => format!(
+            ", hopping over {} port(s) every {:?} to {:?}",
+            h.ports.len(),
+            h.min_interval,
+            h.max_interval
+        ),
+        None => String::new(),
     };
     let group = worker::spawn(specs, &group_cfg, |id| {
         let mine = sockets
@@ -228,8 +249,8 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     })
     .map_err(|e| format!("cannot start workers: {e}"))?;
     tracing::info!(
-        "Hysteria2 client for {}{looked_up}: {n} worker(s), {} driver, up to {} connection(s) \
-         each, {}",
+        "Hysteria2 client for {}{looked_up}{hopping}: {n} worker(s), {} driver, up to {} \
+         connection(s) each, {}",
         cfg.server,
         group.shared.io_kinds[0],
         cfg.pool.max_connections,
@@ -253,8 +274,9 @@ pub fn wait(client: Client) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     client.group.stop();
+    let hops = client.group.totals().hops;
     let joined = client.group.join();
     // On stderr whatever the log level: scripts and tests read this line.
-    eprintln!("pool stats: {}", client.stats);
+    eprintln!("pool stats: {} hops={hops}", client.stats);
     joined.map_err(|e| e.to_string())
 }

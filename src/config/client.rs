@@ -44,8 +44,11 @@ pub const STREAM_OPEN_TIMEOUT_RANGE: (Duration, Duration) =
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
     /// `server`: where the Hysteria2 server listens (UDP). Host names are resolved when
-    /// connecting, not here.
+    /// connecting, not here. With port hopping, the port is the lowest of the set.
     pub server: HostPort,
+    /// Port hopping: `server` with a port list or range (`host:20000-50000`, or a share
+    /// URI's port part or `mport`), and `transport.udp`'s intervals.
+    pub hop: Option<PortHopping>,
     /// `auth`: the `hysteria-auth` value, a password or `user:pass`. May be empty.
     pub auth: String,
     /// `obfs`.
@@ -75,6 +78,25 @@ pub struct ClientConfig {
     pub pool: Pool,
     /// `engine` (quelay): workers and I/O driver.
     pub engine: Engine,
+}
+
+/// The reference's default hop interval.
+pub const DEFAULT_HOP_INTERVAL: Duration = Duration::from_secs(30);
+/// The reference's shortest hop interval.
+pub const MIN_HOP_INTERVAL: Duration = Duration::from_secs(5);
+/// Tests only: a shorter floor for the hop interval (a duration such as `1s`), so that a
+/// test sees many hops in a few seconds.
+pub const TEST_MIN_HOP_INTERVAL_ENV: &str = "QUELAY_TEST_MIN_HOP_INTERVAL";
+
+/// Port hopping: the server's ports and how often to move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortHopping {
+    /// Sorted, each once, never 0.
+    pub ports: Vec<u16>,
+    /// `transport.udp.hopInterval` (both the same), or `minHopInterval`/`maxHopInterval`:
+    /// each interval is drawn uniformly from `min..=max`.
+    pub min_interval: Duration,
+    pub max_interval: Duration,
 }
 
 impl ClientConfig {

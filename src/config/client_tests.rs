@@ -173,6 +173,7 @@ fn full_config() {
     let c = ok(FULL);
     let expected = ClientConfig {
         server: domain("hy2.example.com", 8443),
+        hop: None,
         auth: "alice:s3cret".into(),
         obfs: Obfs::Salamander {
             password: "cry_me_a_r1ver".into(),
@@ -270,12 +271,23 @@ fn server_forms() {
         "::1"
     );
 
-    for hop in ["example.com:1000-2000", "example.com:443,8443", "[::1]:1-2"] {
-        let e = fails(
-            &format!("server: \"{hop}\"\nauth: a\nsocks5: {{listen: \":1\"}}"),
-            "server",
-        );
-        assert!(e.reason.starts_with("port hopping is not supported"), "{e}");
+    // Port hopping: the lowest port is the address, the whole set hops (reference
+    // portunion vectors: sorted, merged, a reversed range swapped).
+    let hop = |s: &str| ok(&format!("server: \"{s}\"\nauth: a\nsocks5: {{listen: \":1\"}}"));
+    let c = hop("example.com:1000-1002");
+    assert_eq!(c.server.to_string(), "example.com:1000");
+    let h = c.hop.expect("hopping");
+    assert_eq!(h.ports, vec![1000, 1001, 1002]);
+    assert_eq!((h.min_interval, h.max_interval), (DEFAULT_HOP_INTERVAL, DEFAULT_HOP_INTERVAL));
+    let c = hop("[::1]:5678,1200-1202,9100-9098,1201");
+    assert_eq!(c.server, ip("::1", 1200));
+    assert_eq!(
+        c.hop.expect("hopping").ports,
+        vec![1200, 1201, 1202, 5678, 9098, 9099, 9100]
+    );
+    assert_eq!(hop("example.com:443").hop, None);
+    for bad in ["example.com:1234-", "example.com:1234-ggez", "example.com:233,", "h:1-2-3", "h:0-5"] {
+        fails(&format!("server: \"{bad}\"\nauth: a\nsocks5: {{listen: \":1\"}}"), "server");
     }
     for bad in [
         "example.com:0",
@@ -361,8 +373,14 @@ fn share_uri_in_server() {
     assert_eq!(c.auth, "filepw");
 
     let with_uri = |uri: &str| format!("server: \"{uri}\"\nsocks5: {{listen: \":1\"}}\n");
-    let e = fails(&with_uri("hysteria2://topsecret@h:1000-2000/"), "server");
-    assert!(e.reason.contains("port hopping is not supported"), "{e}");
+    let c = ok(&with_uri("hysteria2://topsecret@h:1000-1001,1005/"));
+    assert_eq!(c.server.to_string(), "h:1000");
+    assert_eq!(c.hop.expect("hopping").ports, vec![1000, 1001, 1005]);
+    // `mport` (v2rayN, mihomo share links) replaces the authority's port.
+    let c = ok(&with_uri("hysteria2://topsecret@h:443/?mport=3000-3002"));
+    assert_eq!(c.server.to_string(), "h:3000");
+    assert_eq!(c.hop.expect("hopping").ports, vec![3000, 3001, 3002]);
+    let e = fails(&with_uri("hysteria2://topsecret@h:1000-x/"), "server");
     assert!(!e.to_string().contains("topsecret"), "{e}");
     for (uri, part) in [
         ("hysteria2://topsecret@h/?insecure=maybe", "insecure"),
@@ -396,6 +414,7 @@ fn config_from_uri() {
     .unwrap();
     let expected = ClientConfig {
         server: domain("example.com", 8443),
+        hop: None,
         auth: "pass".into(),
         obfs: Obfs::Salamander {
             password: "xyz1".into(),
@@ -435,9 +454,11 @@ fn config_from_uri() {
     assert_eq!(c.server, ip("::1", 443));
     assert_eq!(c.auth, "");
 
-    let e = client_from_uri("hysteria2://secret@h:20000-50000/", Some(listen)).unwrap_err();
+    let c = client_from_uri("hysteria2://secret@h:20000-20002/", Some(listen)).unwrap();
+    assert_eq!(c.server.to_string(), "h:20000");
+    assert_eq!(c.hop.expect("hopping").ports, vec![20000, 20001, 20002]);
+    let e = client_from_uri("hysteria2://secret@h:20000-0/", Some(listen)).unwrap_err();
     assert_eq!((e.origin.as_str(), e.key()), ("share URI", Some("port")));
-    assert!(e.reason.starts_with("port hopping is not supported"), "{e}");
     assert!(!e.to_string().contains("secret"), "{e}");
     let e = client_from_uri("hysteria2://secret@h/", None).unwrap_err();
     assert_eq!(e.at, ErrorAt::File);
@@ -616,16 +637,7 @@ fn refused_and_required() {
             "transport.type",
             "unsupported",
         ),
-        (
-            "transport: {udp: {hopInterval: 30s}}",
-            "transport.udp.hopInterval",
-            "not supported",
-        ),
-        (
-            "transport: {udp: {minHopInterval: 5s}}",
-            "transport.udp.minHopInterval",
-            "not supported",
-        ),
+
         ("tun: {name: hytun}", "tun", "tun mode is not supported"),
         ("tun: {}", "tun", "not supported"),
         (
@@ -964,4 +976,30 @@ fn host_port_display() {
     };
     assert_eq!(v4.to_string(), "192.0.2.1:443");
     assert_eq!(domain("example.com", 8443).to_string(), "example.com:8443");
+}
+
+#[test]
+fn hop_intervals_as_the_reference() {
+    let with = |udp: &str| {
+        format!("server: \"h:1000-1010\"\nauth: a\nsocks5: {{listen: \":1\"}}\ntransport: {{udp: {udp}}}\n")
+    };
+    let hop = |udp: &str| ok(&with(udp)).hop.expect("hopping");
+    let secs = Duration::from_secs;
+    let h = hop("{}");
+    assert_eq!((h.min_interval, h.max_interval), (secs(30), secs(30)));
+    let h = hop("{hopInterval: 45s}");
+    assert_eq!((h.min_interval, h.max_interval), (secs(45), secs(45)));
+    let h = hop("{minHopInterval: 10s, maxHopInterval: 30s}");
+    assert_eq!((h.min_interval, h.max_interval), (secs(10), secs(30)));
+    for (udp, reason) in [
+        ("{minHopInterval: 10s}", "minHopInterval and maxHopInterval must both be set"),
+        ("{maxHopInterval: 10s}", "minHopInterval and maxHopInterval must both be set"),
+        ("{minHopInterval: 30s, maxHopInterval: 10s}", "must not be greater"),
+        ("{minHopInterval: 4s, maxHopInterval: 6s}", "at least 5 seconds"),
+        ("{hopInterval: 1s}", "at least 5 seconds"),
+        ("{hopInterval: 30s, minHopInterval: 10s}", "cannot be used together"),
+    ] {
+        let e = fails(&with(udp), "transport.udp");
+        assert!(e.reason.contains(reason), "{udp}: {e}");
+    }
 }

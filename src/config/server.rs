@@ -49,12 +49,24 @@ pub const DEFAULT_MASQUERADE_STATUS: u16 = 200;
 /// Official default `resolver.<type>.timeout` (also when set to 0).
 pub const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `listen` with a port list or range (port hopping).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenPorts {
+    /// The list as written (`20000-50000`), for the share URI.
+    pub text: String,
+    /// Every port of it, sorted, each once, never 0.
+    pub ports: Vec<u16>,
+}
+
 /// A whole server config (`quelay server -c FILE`), keys as in the official server.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// `listen`: the UDP address. `:PORT` becomes `[::]:PORT`, which the caller binds
-    /// dual-stack (IPV6_V6ONLY off), as Go does.
+    /// dual-stack (IPV6_V6ONLY off), as Go does. With port hopping, the lowest port.
     pub listen: SocketAddr,
+    /// Port hopping: `listen` with a port list or range (`:20000-50000`). The server binds
+    /// the lowest port; the others reach it through a redirect (`tuning/port-hopping.sh`).
+    pub listen_ports: Option<ListenPorts>,
     /// `tls`. `None` when the file has no `tls` section: the caller generates a self-signed
     /// certificate (the official server would refuse to start).
     pub tls: Option<Tls>,

@@ -131,6 +131,7 @@ fn full_config() {
     let c = ok(FULL);
     let expected = ServerConfig {
         listen: addr("0.0.0.0:8443"),
+        listen_ports: None,
         tls: Some(Tls {
             cert: "/etc/quelay/cert.pem".into(),
             key: "/etc/quelay/key.pem".into(),
@@ -361,12 +362,18 @@ fn listen_forms() {
     assert_eq!(listen(":8443"), addr("[::]:8443"));
     assert_eq!(listen("[::1]:8443"), addr("[::1]:8443"));
     assert_eq!(listen("192.0.2.7:443"), addr("192.0.2.7:443"));
-    let e = fails(&format!("{AUTH}listen: \":20000-50000\""), "listen");
-    assert!(
-        e.reason.contains("port hopping ranges are not supported"),
-        "{e}"
-    );
-    fails(&format!("{AUTH}listen: \"[::]:443,8443\""), "listen");
+    // Port hopping: the lowest port is bound, the others come through a redirect.
+    let c = ok(&format!("{AUTH}listen: \":20000-20002,20010\""));
+    assert_eq!(c.listen, addr("[::]:20000"));
+    let ports = c.listen_ports.expect("port hopping");
+    assert_eq!(ports.text, "20000-20002,20010");
+    assert_eq!(ports.ports, vec![20000, 20001, 20002, 20010]);
+    let c = ok(&format!("{AUTH}listen: \"127.0.0.1:9003-9001,9008\""));
+    assert_eq!(c.listen, addr("127.0.0.1:9001"));
+    assert_eq!(c.listen_ports.expect("hopping").ports, vec![9001, 9002, 9003, 9008]);
+    assert_eq!(ok(&format!("{AUTH}listen: \":443\"")).listen_ports, None);
+    fails(&format!("{AUTH}listen: \":9001-\""), "listen");
+    fails(&format!("{AUTH}listen: \":0-3\""), "listen");
     fails(&format!("{AUTH}listen: 443"), "listen");
     fails(&format!("{AUTH}listen: \"example.com:443\""), "listen");
     fails(

@@ -241,6 +241,16 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The ports of port hopping (`20000-50000`, `443,8443`: the reference's port union, in a
+/// client's `server` or a server's `listen`), sorted, each once; port 0 is refused.
+pub fn hop_ports(text: &str) -> Result<Vec<u16>, String> {
+    let ports = PortSet::parse(text)?.ports();
+    if ports.first() == Some(&0) {
+        return Err(format!("{text:?}: port 0 cannot be used"));
+    }
+    Ok(ports)
+}
+
 /// A set of ports, as in `sniff.tcpPorts`: `all`, or a comma-separated list of ports and
 /// ranges such as `80,443,8000-9000`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +270,14 @@ impl PortSet {
     /// The ranges, in the order given.
     pub fn ranges(&self) -> &[RangeInclusive<u16>] {
         &self.0
+    }
+
+    /// Every port of the set, sorted, each once.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.0.iter().flat_map(|r| r.clone()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Parse `all`, `*` or `80,443,1000-2000`.

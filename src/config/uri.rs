@@ -42,8 +42,11 @@ pub struct ShareUri {
     pub auth: Option<String>,
     /// Host name or IP address, without brackets.
     pub host: String,
-    /// Port; 443 when absent.
+    /// Port; 443 when absent; with port hopping, the lowest of `ports`.
     pub port: u16,
+    /// Port hopping: the port list or range the authority gives instead of one port
+    /// (`host:20000-50000`), or the `mport` parameter, which replaces it.
+    pub ports: Option<String>,
     /// `obfs` and `obfs-password`.
     pub obfs: Obfs,
     /// `sni`: TLS server name to send instead of `host`.
@@ -105,7 +108,7 @@ pub fn parse_share_uri(s: &str) -> Result<ShareUri, ConfigError> {
         None => None,
     }
     .filter(|a| !a.is_empty());
-    let (host, port) = split_host_port(hostport)?;
+    let (host, port, authority_ports) = split_host_port(hostport)?;
 
     let mut params: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -165,6 +168,10 @@ pub fn parse_share_uri(s: &str) -> Result<ShareUri, ConfigError> {
         v => Some(parse_pin(v).map_err(|e| err("pinSHA256", e))?),
     };
     let sni = Some(get("sni").to_owned()).filter(|s| !s.is_empty());
+    let (port, ports) = match get("mport") {
+        "" => (port, authority_ports),
+        list => (lowest_port("mport", list)?, Some(list.to_owned())),
+    };
     let name = match fragment {
         Some(f) => Some(decode(f, false).ok_or_else(|| err("name", "invalid percent-encoding"))?),
         None => None,
@@ -174,6 +181,7 @@ pub fn parse_share_uri(s: &str) -> Result<ShareUri, ConfigError> {
         auth,
         host,
         port,
+        ports,
         obfs,
         sni,
         insecure,
@@ -182,7 +190,17 @@ pub fn parse_share_uri(s: &str) -> Result<ShareUri, ConfigError> {
     })
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), ConfigError> {
+/// The lowest port of a hopping list, which must be valid and hold no port 0.
+fn lowest_port(key: &str, list: &str) -> Result<u16, ConfigError> {
+    let ports = super::units::hop_ports(list).map_err(|e| err(key, e))?;
+    ports
+        .first()
+        .copied()
+        .ok_or_else(|| err(key, format!("{list:?}: no port")))
+}
+
+/// Host, port and, for a port list or range, its text.
+fn split_host_port(hostport: &str) -> Result<(String, u16, Option<String>), ConfigError> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -222,20 +240,15 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), ConfigError> {
             format!("{host:?} is not a host name or IP address"),
         ));
     }
-    let port = match port {
-        None | Some("") => DEFAULT_LISTEN_PORT,
-        Some(p) if p.contains([',', '-']) => {
-            return Err(err(
-                "port",
-                format!("port hopping ({p:?}) is not supported"),
-            ))
-        }
+    let (port, ports) = match port {
+        None | Some("") => (DEFAULT_LISTEN_PORT, None),
+        Some(p) if p.contains([',', '-']) => (lowest_port("port", p)?, Some(p.to_owned())),
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => return Err(err("port", format!("{p:?} is not a port (1 to 65535)"))),
-            Ok(n) => n,
+            Ok(n) => (n, None),
         },
     };
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, ports))
 }
 
 /// Strict percent-decoding to UTF-8: `%` must be followed by two hex digits. In a query
@@ -287,7 +300,12 @@ impl fmt::Display for ShareUri {
                 None => write!(f, "{}@", utf8_percent_encode(auth, USERINFO))?,
             }
         }
-        write!(f, "{}/", self.server_addr())?;
+        match &self.ports {
+            // The official form: the port list in the authority.
+            Some(ports) if self.host.contains(':') => write!(f, "[{}]:{ports}/", self.host)?,
+            Some(ports) => write!(f, "{}:{ports}/", self.host)?,
+            None => write!(f, "{}/", self.server_addr())?,
+        }
         let mut query: Vec<(&str, String)> = Vec::new();
         if self.insecure {
             query.push(("insecure", "1".to_owned()));
@@ -345,11 +363,26 @@ mod tests {
     }
 
     #[test]
+    fn port_hopping() {
+        let u = parse_share_uri("hysteria2://a@example.com:20000-20010,30000/").unwrap();
+        assert_eq!(u.port, 20000);
+        assert_eq!(u.ports.as_deref(), Some("20000-20010,30000"));
+        assert_eq!(u.to_string(), "hysteria2://a@example.com:20000-20010,30000/");
+        let u = parse_share_uri("hy2://a@[2001:db8::1]:443/?mport=5000-5010").unwrap();
+        assert_eq!((u.port, u.ports.as_deref()), (5000, Some("5000-5010")));
+        assert_eq!(u.to_string(), "hysteria2://a@[2001:db8::1]:5000-5010/");
+        for bad in ["hy2://a@h:1-x/", "hy2://a@h/?mport=0", "hy2://a@h:5-/"] {
+            assert!(parse_share_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn round_trip() {
         let u = ShareUri {
             auth: Some("p@ss w/rd+%:x".into()),
             host: "example.com".into(),
             port: 8443,
+            ports: None,
             obfs: Obfs::Salamander {
                 password: "s3cret &=+?".into(),
             },
@@ -366,6 +399,7 @@ mod tests {
             auth: Some("pass".into()),
             host: "1.2.3.4".into(),
             port: 443,
+            ports: None,
             obfs: Obfs::Plain,
             sni: None,
             insecure: false,

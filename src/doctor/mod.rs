@@ -7,6 +7,7 @@
 //! takes over), is a warning.
 
 mod checks;
+pub mod hopping;
 pub mod host;
 pub mod sysctl;
 
@@ -79,10 +80,25 @@ pub fn findings() -> Vec<Finding> {
     checks::all()
 }
 
-/// Runs the checks, prints them (text, or JSON with `json`), and returns the exit code:
-/// failure when some check failed.
-pub fn run(json: bool) -> ExitCode {
-    let found = findings();
+/// Runs the checks (and those a server `config` adds), prints them (text, or JSON with
+/// `json`), and returns the exit code: failure when some check failed.
+pub fn run(json: bool, config: Option<&std::path::Path>) -> ExitCode {
+    let mut found = findings();
+    if let Some(path) = config {
+        match crate::config::load_server(path) {
+            Ok((cfg, _)) => {
+                if let Some(ports) = &cfg.listen_ports {
+                    found.push(hopping::check(cfg.listen.port(), ports));
+                }
+            }
+            Err(e) => found.push(Finding::not_ok(
+                "config",
+                Status::Fail,
+                e.to_string(),
+                format!("fix {}", path.display()),
+            )),
+        }
+    }
     if json {
         println!("{}", to_json(&found));
     } else {

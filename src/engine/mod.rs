@@ -436,6 +436,11 @@ pub trait Driver: Send {
     /// Closes a socket this driver handed out or adopted (TCP or UDP): first completes the
     /// operations pending on it with ECANCELED, then itself with `SockOp::Close`.
     fn sock_close(&mut self, sock: Sock, token: Token);
+    /// Port hopping: from now on `send` leaves from `socket` (a new local port, bound like
+    /// the first with [`bind_udp`], of the same family). The socket it replaces keeps
+    /// receiving, reported like the current one, until the next `rebind` closes it: at most
+    /// two are open, so replies already on their way to the old port still arrive.
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<()>;
 }
 
 /// Opens a driver on an already bound UDP socket.

@@ -1178,3 +1178,78 @@ fn tokens_keep_kind_and_id_apart() {
 fn token_kind_out_of_range_is_a_bug() {
     let _ = Token::new(Token::KINDS, 0);
 }
+
+/// Sends one datagram `tag` from the driver to `to`.
+fn send_one(d: &mut dyn Driver, to: SocketAddr, tag: u8) {
+    let mut buf = d.tx_buf();
+    buf.push(tag);
+    d.send(
+        TxMeta {
+            dest: to,
+            src_ip: None,
+            ecn: 0,
+            segment_size: None,
+        },
+        buf,
+    );
+    d.wait(Some(Duration::ZERO)).unwrap();
+}
+
+#[test]
+fn rebind_sends_from_the_new_port_and_receives_on_both() {
+    for kind in drivers() {
+        let mut d = open_driver(kind, &DriverConfig::default());
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let from = |tag: u8| {
+            let mut b = [0u8; 16];
+            let (n, src) = peer.recv_from(&mut b).unwrap();
+            assert_eq!(&b[..n], &[tag], "{kind}");
+            src
+        };
+        send_one(d.as_mut(), peer.local_addr().unwrap(), 1);
+        let first = from(1);
+        let bind = |_| sys::bind_udp("127.0.0.1:0".parse().unwrap(), false, 1 << 20).unwrap().0;
+        d.rebind(bind(())).unwrap();
+        send_one(d.as_mut(), peer.local_addr().unwrap(), 2);
+        let second = from(2);
+        assert_ne!(first.port(), second.port(), "{kind}: a new source port");
+        assert_eq!(d.local_addr(), second, "{kind}");
+        // Both ports receive.
+        peer.send_to(&[3], first).unwrap();
+        peer.send_to(&[4], second).unwrap();
+        let (got, _) = collect(d.as_mut(), 2);
+        let mut got: Vec<u8> = got.concat();
+        got.sort();
+        assert_eq!(got, vec![3, 4], "{kind}: the previous and the current socket");
+        // The next hop closes the first socket; the second still receives.
+        d.rebind(bind(())).unwrap();
+        send_one(d.as_mut(), peer.local_addr().unwrap(), 5);
+        let third = from(5);
+        assert!(third != first && third != second, "{kind}");
+        // The first port is closed (io_uring: once the cancelled receives let go of it):
+        // binding it again succeeds.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let again = loop {
+            let r = UdpSocket::bind(first);
+            if r.is_ok() || Instant::now() > deadline {
+                break r;
+            }
+            d.wait(Some(Duration::from_millis(10))).unwrap();
+            d.reap(16, &mut |_| {});
+        };
+        assert!(again.is_ok(), "{kind}: the first socket was closed ({again:?})");
+        drop(again);
+        peer.send_to(&[6], second).unwrap();
+        peer.send_to(&[7], third).unwrap();
+        let (got, _) = collect(d.as_mut(), 2);
+        let mut got: Vec<u8> = got.concat();
+        got.sort();
+        assert_eq!(got, vec![6, 7], "{kind}");
+        // A socket of the other family is refused.
+        if have_ipv6() {
+            let v6 = sys::bind_udp("[::1]:0".parse().unwrap(), false, 1 << 20).unwrap().0;
+            assert!(d.rebind(v6).is_err(), "{kind}");
+        }
+    }
+}

@@ -31,6 +31,14 @@ pub struct WorkerCounters {
     /// Stateless replies the endpoint sent to unknown datagrams (version negotiation,
     /// stateless resets, refusals).
     pub rx_responses: AtomicU64,
+    /// Stateless resets sent: short-header datagrams for no connection of this worker
+    /// (state lost, or a datagram steered to the wrong worker).
+    pub stateless_resets: AtomicU64,
+    /// Times a connection's peer address changed (a client's new port or address: NAT
+    /// rebinding, or port hopping), followed by the connection.
+    pub migrations: AtomicU64,
+    /// Port hops of a client worker: a new local port and a new server port.
+    pub hops: AtomicU64,
     /// Datagrams that reached this worker but belong to another, sent on to it.
     pub forwarded_out: AtomicU64,
     /// Datagrams other workers sent to this one.
@@ -110,6 +118,9 @@ macro_rules! fields {
             rx_malformed,
             rx_dropped,
             rx_responses,
+            stateless_resets,
+            migrations,
+            hops,
             forwarded_out,
             forwarded_in,
             forward_dropped,
@@ -161,6 +172,9 @@ pub struct Snapshot {
     pub rx_malformed: u64,
     pub rx_dropped: u64,
     pub rx_responses: u64,
+    pub stateless_resets: u64,
+    pub migrations: u64,
+    pub hops: u64,
     pub forwarded_out: u64,
     pub forwarded_in: u64,
     pub forward_dropped: u64,

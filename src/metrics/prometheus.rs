@@ -91,6 +91,24 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.rx_dropped,
     ),
     (
+        "quelay_stateless_resets_total",
+        "counter",
+        "Stateless resets sent (short-header datagrams for no connection of their worker).",
+        |s| s.stateless_resets,
+    ),
+    (
+        "quelay_migrations_total",
+        "counter",
+        "Peer address changes connections followed (NAT rebinding, port hopping).",
+        |s| s.migrations,
+    ),
+    (
+        "quelay_hops_total",
+        "counter",
+        "Port hops of the client: a new local port and a new server port.",
+        |s| s.hops,
+    ),
+    (
         "quelay_forwarded_out_total",
         "counter",
         "Datagrams handed to the worker that owns their connection.",

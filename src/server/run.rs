@@ -282,6 +282,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             hy2.limits.window_budget.clone(),
         )),
         handshakes: Some(handshake_limits(&cfg.limits, n)),
+        hop: None,
     };
     let (mut ops, links) = ops::channels(n, hy2.limits.clone());
     let group = worker::spawn(specs, &group_cfg, |id| {
@@ -323,6 +324,14 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         crate::metrics::traffic::serve(ts.listen, ts.secret.clone(), ops.clone())?;
         tracing::info!("traffic stats API on http://{}/", ts.listen);
     }
+    if let Some(ports) = &cfg.listen_ports {
+        // The other ports reach the bound one through a redirect the operator installs.
+        let found = crate::doctor::hopping::check(addr.port(), ports);
+        match found.fix {
+            None => tracing::info!("port hopping: {}", found.detail),
+            Some(fix) => tracing::warn!("port hopping: {}; run {fix}", found.detail),
+        }
+    }
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
         group,
@@ -349,7 +358,10 @@ impl Server {
         let mut new = load(path)?;
         let old = &self.cfg;
         let restart_only = [
-            (new.listen != old.listen, "listen"),
+            (
+                new.listen != old.listen || new.listen_ports != old.listen_ports,
+                "listen",
+            ),
             (new.obfs != old.obfs, "obfs"),
             (new.quic != old.quic, "quic"),
             (new.engine != old.engine, "engine"),
@@ -379,6 +391,7 @@ impl Server {
             }
         }
         new.listen = old.listen;
+        new.listen_ports = old.listen_ports.clone();
         new.obfs = old.obfs.clone();
         new.quic = old.quic.clone();
         new.engine = old.engine;
@@ -442,6 +455,7 @@ fn share_uri(cfg: &ServerConfig, addr: SocketAddr, pin: &str) -> String {
         auth: (!auth.is_empty()).then_some(auth),
         host,
         port: addr.port(),
+        ports: cfg.listen_ports.as_ref().map(|p| p.text.clone()),
         obfs: cfg.obfs.clone(),
         sni: None,
         insecure: true,

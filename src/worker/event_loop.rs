@@ -14,6 +14,7 @@ use quinn_proto::{
 };
 
 use super::app::{App, Io};
+use super::hop::Hop;
 use super::route::{route, Route};
 use super::table::{ConnTable, Entry};
 use super::{Forwarded, Shared, WorkerId};
@@ -66,6 +67,8 @@ pub(super) struct State<A: App> {
     /// Connections accepted whose handshake may still be in progress (pruned when the
     /// gate needs the count).
     pub handshaking: Vec<ConnectionHandle>,
+    /// Port hopping (clients whose server gives a port range).
+    pub hop: Option<Hop>,
 }
 
 impl<A: App> Worker<A> {
@@ -122,6 +125,10 @@ impl<A: App> Worker<A> {
                 }
             }
 
+            if let Some(hop) = &mut self.state.hop {
+                hop.poll(now, self.driver.as_mut(), &self.state.counters);
+            }
+
             // The app: TCP completions, then its own work.
             {
                 let st = &mut self.state;
@@ -150,7 +157,11 @@ impl<A: App> Worker<A> {
                     }
                     None => buf,
                 };
-                self.driver.send(tx_meta(&t), buf);
+                let mut meta = tx_meta(&t);
+                if let Some(hop) = &self.state.hop {
+                    hop.outgoing(&mut meta.dest);
+                }
+                self.driver.send(meta, buf);
             }
             let mut rounds = 0;
             while self.state.conns.has_dirty() && rounds < 4 {
@@ -171,8 +182,10 @@ impl<A: App> Worker<A> {
             } else {
                 let quic = self.state.conns.next_deadline();
                 let app = self.state.app.poll_timeout();
+                let hop = self.state.hop.as_ref().map(|h| h.next);
                 quic.into_iter()
                     .chain(app)
+                    .chain(hop)
                     .min()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             };
@@ -288,6 +301,9 @@ impl<A: App> Worker<A> {
                     }
                     buf.truncate(t.size);
                     let mut meta = tx_meta(&t);
+                    if let Some(hop) = &st.hop {
+                        hop.outgoing(&mut meta.dest);
+                    }
                     if let Some(o) = &st.obfs {
                         // Each segment gets its own salt: the batch's segments grow by 8.
                         let seg = t.segment_size.unwrap_or(t.size).max(1);
@@ -375,7 +391,7 @@ impl<A: App> State<A> {
     fn receive(
         &mut self,
         now: Instant,
-        peer: std::net::SocketAddr,
+        mut peer: std::net::SocketAddr,
         dst_ip: Option<std::net::IpAddr>,
         ecn: u8,
         mut seg: BytesMut,
@@ -386,6 +402,9 @@ impl<A: App> State<A> {
                 return;
             }
             seg.advance(SALT_LEN);
+        }
+        if let Some(hop) = &self.hop {
+            hop.incoming(&mut peer);
         }
         // Only a server group shares one port; each client worker owns its own socket and
         // its CIDs say nothing about workers.
@@ -445,13 +464,18 @@ impl<A: App> State<A> {
     ) {
         self.response_buf.clear();
         let ecn = EcnCodepoint::from_bits(ecn);
+        let short_header = data.first().is_some_and(|b| b & 0x80 == 0);
         match self
             .endpoint
             .handle(now, peer, dst_ip, ecn, data, &mut self.response_buf)
         {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(c) = self.conns.get_dirty(ch) {
+                    let was = c.remote_address();
                     c.handle_event(ev);
+                    if c.remote_address() != was {
+                        WorkerCounters::add(&self.counters.migrations, 1);
+                    }
                     // A migration to another IP builds a new controller.
                     if let Some(cc) = quic::take_last_built() {
                         self.conns.replace_cc(ch, cc);
@@ -515,6 +539,9 @@ impl<A: App> State<A> {
             }
             Some(DatagramEvent::Response(t)) => {
                 WorkerCounters::add(&self.counters.rx_responses, 1);
+                if short_header {
+                    WorkerCounters::add(&self.counters.stateless_resets, 1);
+                }
                 let buf = self.response_buf[..t.size].to_vec();
                 self.responses.push((t, buf));
             }

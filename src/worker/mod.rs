@@ -5,6 +5,7 @@
 
 pub mod app;
 mod event_loop;
+mod hop;
 pub mod pipe;
 pub mod route;
 pub mod sockets;
@@ -22,6 +23,7 @@ use crossbeam_channel::{bounded, Sender};
 use quinn_proto::{ClientConfig, Endpoint, EndpointConfig, ServerConfig};
 
 pub use app::{App, Io};
+pub use hop::HopPlan;
 pub use sockets::{bind_group, bind_listeners, Listener, SocketGroup, Steering};
 pub use table::ConnTable;
 pub use transport::{obfuscator, quic_params, window_policy, QuicSection};
@@ -91,6 +93,8 @@ pub struct GroupConfig {
     /// A server's admission of new handshakes, per worker (Retry under load, a rate);
     /// `None`: every handshake starts.
     pub handshakes: Option<HandshakeLimits>,
+    /// Client port hopping, when the server gives several ports.
+    pub hop: Option<HopPlan>,
 }
 
 /// A running group of workers.
@@ -179,6 +183,7 @@ where
         let obfs = cfg.obfs.clone();
         let windows = cfg.windows.clone();
         let handshakes = cfg.handshakes;
+        let hop = cfg.hop.clone();
         let h = std::thread::Builder::new()
             .name(format!("quelay-w{i}"))
             .spawn(move || {
@@ -224,6 +229,7 @@ where
                         window_scan: std::time::Instant::now(),
                         gate: handshakes.map(|l| HandshakeGate::new(l, std::time::Instant::now())),
                         handshaking: Vec::new(),
+                        hop: hop.and_then(|p| hop::Hop::new(p, std::time::Instant::now())),
                     },
                 };
                 // Fault injection for the panic policy's test (see `exit_on_panic`).

@@ -949,14 +949,26 @@ pub struct NsQuelayServer {
 
 impl NsQuelayServer {
     pub fn start(path: &NetPath, yaml_extra: &str) -> NsQuelayServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
+        Self::start_listen(path, &addr.to_string(), addr, yaml_extra)
+    }
+
+    /// With `listen: <listen>` (a port range for port hopping, say), bound at `addr`: the
+    /// address it is ready on and `addr()` reports.
+    pub fn start_listen(
+        path: &NetPath,
+        listen: &str,
+        addr: SocketAddr,
+        yaml_extra: &str,
+    ) -> NsQuelayServer {
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
-        let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
         let mut config = format!(
-            "listen: {addr}\n\
+            "listen: {}\n\
              tls:\n  cert: {}\n  key: {}\n\
              auth:\n  type: password\n  password: {}\n\
              outboundGuard:\n  allowLoopback: true\n",
+            yaml_str(listen),
             yaml_str(&cert.to_string_lossy()),
             yaml_str(&key.to_string_lossy()),
             yaml_str(PASSWORD),
@@ -1090,11 +1102,23 @@ impl NsProxyClient {
 
     /// `quelay client -c client.yaml` with `yaml_extra` appended at top level.
     pub fn quelay(path: &NetPath, server: SocketAddr, yaml_extra: &str) -> NsProxyClient {
+        Self::quelay_to(path, &server.to_string(), yaml_extra, &[])
+    }
+
+    /// `quelay client` with `server: <server>` (a port range for port hopping, say) and the
+    /// environment variables `env`.
+    pub fn quelay_to(
+        path: &NetPath,
+        server: &str,
+        yaml_extra: &str,
+        env: &[(&str, &str)],
+    ) -> NsProxyClient {
         let dir = tempdir();
         let socks = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Client)));
         let mut y = format!(
-            "server: {server}\nauth: {}\ntls:\n  sni: {SNI}\n  insecure: true\n\
+            "server: {}\nauth: {}\ntls:\n  sni: {SNI}\n  insecure: true\n\
              socks5:\n  listen: {socks}\n",
+            yaml_str(server),
             yaml_str(PASSWORD)
         );
         y.push_str(yaml_extra);
@@ -1109,6 +1133,7 @@ impl NsProxyClient {
             .arg(&file)
             .env("QUELAY_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .current_dir(dir.path());
         Self::launch(path, "quelay-client", cmd, socks, dir)
     }
@@ -1164,14 +1189,19 @@ pub struct NsSingboxServer {
 
 impl NsSingboxServer {
     pub fn start(path: &NetPath, opts: &ServerOpts) -> NsSingboxServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
+        Self::start_on(path, addr, opts)
+    }
+
+    /// Listening on `addr` in the server namespace (its veth address, say).
+    pub fn start_on(path: &NetPath, addr: SocketAddr, opts: &ServerOpts) -> NsSingboxServer {
         let bin = super::singbox();
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
-        let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
         let mut inbound = serde_json::json!({
             "type": "hysteria2",
             "tag": "hy2-in",
-            "listen": "127.0.0.1",
+            "listen": addr.ip().to_string(),
             "listen_port": addr.port(),
             "users": [{"name": "u", "password": PASSWORD}],
             "tls": {

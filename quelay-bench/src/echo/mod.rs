@@ -95,6 +95,7 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
         obfs: None,
         windows: None,
         handshakes: None,
+        hop: None,
     };
     let group = worker::spawn(specs, &cfg, |_| EchoApp::with_brutal_rate(opts.brutal_rate))?;
     tracing::info!(

@@ -220,6 +220,7 @@ pub fn run(o: &Hy2Options) -> Result<Report, String> {
         obfs,
         windows: None,
         handshakes: None,
+        hop: None,
     };
     let group = worker::spawn(specs, &cfg, |id| {
         let i = id.0 as usize;

@@ -27,7 +27,7 @@ pub(super) type W = Vec<Warning>;
 /// Build a server config from the parsed top-level value.
 pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     let mut top = Section::new(String::new(), root)?;
-    let listen = listen(&mut top, w)?;
+    let (listen, listen_ports) = listen(&mut top, w)?;
     let tls = tls(&mut top, w)?;
     unsupported_extras(&mut top, w)?;
     let obfs = obfs(&mut top, w)?;
@@ -101,6 +101,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     top.finish(w);
     Ok(ServerConfig {
         listen,
+        listen_ports,
         tls,
         obfs,
         quic,
@@ -124,30 +125,27 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     })
 }
 
-fn listen(top: &mut Section, w: &mut W) -> Result<SocketAddr, Fault> {
+/// `listen`: the address, and the whole port set when it gives several (port hopping).
+fn listen(top: &mut Section, w: &mut W) -> Result<(SocketAddr, Option<ListenPorts>), Fault> {
     let key = top.key("listen");
     let text = top.string("listen", w)?.unwrap_or_default();
     let text = text.trim();
     if text.is_empty() {
-        return Ok(SocketAddr::from((
-            std::net::Ipv6Addr::UNSPECIFIED,
-            DEFAULT_LISTEN_PORT,
-        )));
+        let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_LISTEN_PORT));
+        return Ok((any, None));
     }
     if text.to_ascii_lowercase().starts_with("realm://") {
         return Err(fault(key, "realm mode (realm://) is not supported"));
     }
-    if text
-        .rsplit(':')
-        .next()
-        .is_some_and(|port| port.contains(['-', ',']))
-    {
-        return Err(fault(
-            key,
-            format!("port hopping ranges are not supported ({text:?}); listen on a single port"),
-        ));
+    if let Some((host, list)) = text.rsplit_once(':').filter(|(_, p)| p.contains(['-', ','])) {
+        let ports = units::hop_ports(list).map_err(|e| fault(key.clone(), e))?;
+        let addr = units::parse_socket_addr(&format!("{host}:{}", ports[0]))
+            .map_err(|e| fault(key, e))?;
+        let text = list.to_owned();
+        return Ok((addr, Some(ListenPorts { text, ports })));
     }
-    units::parse_socket_addr(text).map_err(|e| fault(key, e))
+    let addr = units::parse_socket_addr(text).map_err(|e| fault(key, e))?;
+    Ok((addr, None))
 }
 
 /// An optional `host:port` key.

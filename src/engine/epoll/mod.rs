@@ -20,15 +20,21 @@ use super::{
 };
 use sock::Parked;
 
-/// epoll tokens for our two fixed descriptors; relay sockets use their fd.
+/// epoll tokens for our fixed descriptors; relay sockets use their fd.
 const TOKEN_UDP: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;
+/// The UDP socket a `rebind` replaced, still receiving.
+const TOKEN_UDP_PREVIOUS: u64 = u64::MAX - 2;
 /// Datagram batches read per `recvmmsg`.
 const RX_BATCH: usize = 8;
 
 pub struct EpollDriver {
     socket: UdpSocket,
+    /// The socket `rebind` replaced, still receiving until the next `rebind`, and whether
+    /// it may have data.
+    previous: Option<(UdpSocket, bool)>,
     v6: bool,
+    gro: bool,
     epfd: OwnedFd,
     waker: Waker,
     gso: bool,
@@ -76,7 +82,9 @@ impl EpollDriver {
         )?;
         Ok(EpollDriver {
             socket,
+            previous: None,
             v6,
+            gro: cfg.gro,
             epfd,
             waker,
             gso,
@@ -206,7 +214,9 @@ impl EpollDriver {
         }
     }
 
-    fn recv_batch(&mut self, max: usize, on: &mut dyn FnMut(Event)) -> usize {
+    /// One `recvmmsg` on `fd` (the current socket or the previous one). Returns the batches
+    /// delivered and whether the socket may hold more.
+    fn recv_batch(&mut self, fd: RawFd, max: usize, on: &mut dyn FnMut(Event)) -> (usize, bool) {
         let n = max.min(RX_BATCH);
         let mut iovs: Vec<libc::iovec> = self
             .rx_bufs
@@ -235,7 +245,7 @@ impl EpollDriver {
         // rx_cmsgs) or into `iovs`, all alive for the call.
         let rc = unsafe {
             libc::recvmmsg(
-                self.socket.as_raw_fd(),
+                fd,
                 msgs.as_mut_ptr(),
                 n as u32,
                 libc::MSG_DONTWAIT,
@@ -245,12 +255,12 @@ impl EpollDriver {
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::WouldBlock {
-                self.udp_readable = false;
+                return (0, false);
             } else if e.kind() != io::ErrorKind::Interrupted {
                 // ICMP errors surface here (ECONNREFUSED etc.); they are not ours to act on.
                 tracing::trace!("UDP receive error: {e}");
             }
-            return 0;
+            return (0, true);
         }
         let got = rc as usize;
         for (i, m) in msgs.iter().take(got).enumerate() {
@@ -272,10 +282,42 @@ impl EpollDriver {
             let rx = unsafe { self.rx_bufs[i].take(len) };
             on(Event::Udp { meta, rx });
         }
-        if got < n {
-            self.udp_readable = false;
+        (got, got == n)
+    }
+
+    fn rebind_udp(&mut self, socket: UdpSocket) -> io::Result<()> {
+        let local = socket.local_addr()?;
+        if local.is_ipv6() != self.v6 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("rebind to {local}: not the family of {}", self.local_addr_str()),
+            ));
         }
-        got
+        socket.set_nonblocking(true)?;
+        if self.gro {
+            sys::enable_gro(socket.as_raw_fd());
+        }
+        let ep = self.epfd.as_raw_fd();
+        epoll_ctl(ep, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_UDP)?;
+        if let Some((old, _)) = self.previous.take() {
+            let _ = epoll_ctl(ep, libc::EPOLL_CTL_DEL, old.as_raw_fd(), 0, 0);
+        }
+        let previous = std::mem::replace(&mut self.socket, socket);
+        // Its registration moves to the other token, reading only: queued sends leave from
+        // the new socket.
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_MOD,
+            previous.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_UDP_PREVIOUS,
+        )?;
+        self.previous = Some((previous, true));
+        self.udp_readable = true;
+        if !self.tx_queue.is_empty() {
+            self.flush();
+        }
+        Ok(())
     }
 }
 
@@ -337,7 +379,8 @@ impl super::Driver for EpollDriver {
             self.flush();
         }
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        let timeout = if self.udp_readable || !self.sock_done.is_empty() {
+        let previous_readable = self.previous.as_ref().is_some_and(|p| p.1);
+        let timeout = if self.udp_readable || previous_readable || !self.sock_done.is_empty() {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -406,6 +449,11 @@ impl super::Driver for EpollDriver {
                         self.flush();
                     }
                 }
+                TOKEN_UDP_PREVIOUS => {
+                    if let Some((_, readable)) = &mut self.previous {
+                        *readable = true;
+                    }
+                }
                 TOKEN_WAKE => {
                     self.waker.drain();
                     self.stats.wakeups += 1;
@@ -422,11 +470,25 @@ impl super::Driver for EpollDriver {
         }
         let mut delivered = 0;
         while self.udp_readable && delivered < max_udp {
-            let got = self.recv_batch(max_udp - delivered, on);
+            let (got, more) = self.recv_batch(self.socket.as_raw_fd(), max_udp - delivered, on);
+            self.udp_readable = more;
+            delivered += got;
             if got == 0 {
                 break;
             }
+        }
+        while delivered < max_udp {
+            let Some((fd, true)) = self.previous.as_ref().map(|(s, r)| (s.as_raw_fd(), *r)) else {
+                break;
+            };
+            let (got, more) = self.recv_batch(fd, max_udp - delivered, on);
+            if let Some(p) = &mut self.previous {
+                p.1 = more;
+            }
             delivered += got;
+            if got == 0 {
+                break;
+            }
         }
         delivered
     }
@@ -478,6 +540,10 @@ impl super::Driver for EpollDriver {
 
     fn sock_close(&mut self, sock: Sock, token: Token) {
         self.close(sock.fd(), token);
+    }
+
+    fn rebind(&mut self, socket: UdpSocket) -> io::Result<()> {
+        self.rebind_udp(socket)
     }
 }
 

@@ -111,8 +111,12 @@ pub struct UringDriver {
     /// the thread that enables the ring is the only one allowed to submit to it).
     enabled: bool,
     socket: UdpSocket,
+    /// The socket `rebind` replaced: it still receives until the next `rebind`.
+    previous: Option<UdpSocket>,
     local: SocketAddr,
     v6: bool,
+    gro: bool,
+    recv_depth: usize,
     waker: Waker,
     /// The kernel answered EAGAIN to a Read of the non-blocking eventfd (older kernels):
     /// wait with PollAdd and drain the counter instead.
@@ -199,8 +203,11 @@ impl UringDriver {
             ring,
             enabled,
             socket,
+            previous: None,
             local,
             v6: local.is_ipv6(),
+            gro: cfg.gro,
+            recv_depth: cfg.recv_depth.max(1),
             waker: Waker::new()?,
             wake_by_poll: false,
             gso,
@@ -219,8 +226,8 @@ impl UringDriver {
             cqes: Vec::new(),
             stats: EngineStats::default(),
         };
-        for _ in 0..cfg.recv_depth.max(1) {
-            let key = d.ops.insert(Op::UdpRecv(KBox::new(udp::RecvSlot::new())));
+        for _ in 0..d.recv_depth {
+            let key = d.ops.insert(Op::UdpRecv(KBox::new(udp::RecvSlot::new(fd))));
             d.arm_recv(key);
         }
         let key = d.ops.insert(Op::Wake(KBox::new(0)));
@@ -455,6 +462,10 @@ impl super::Driver for UringDriver {
 
     fn sock_close(&mut self, sock: Sock, token: Token) {
         self.close(sock.fd(), token);
+    }
+
+    fn rebind(&mut self, socket: UdpSocket) -> io::Result<()> {
+        self.rebind_udp(socket)
     }
 }
 

@@ -1,14 +1,15 @@
 //! UDP on the ring: posted RecvMsg slots with GRO buffers, SendMsg with GSO and ECN.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::addr_of_mut;
 
 use io_uring::{opcode, types};
 
 use super::super::sys::{self, CmsgBuf, RawAddr, RX_CMSG_SPACE, TX_CMSG_SPACE};
 use super::super::{Event, RxBuf, TxMeta, GRO_BUF_SIZE};
-use super::{KBox, Op, UringDriver};
+use super::{KBox, Op, UringDriver, IGNORE};
 
 fn zeroed_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
@@ -25,6 +26,11 @@ fn empty_iovec() -> libc::iovec {
 /// A posted receive: everything the kernel writes lives here, boxed (address stable) and
 /// owned by the slab entry while the RecvMsg is in flight.
 pub(super) struct RecvSlot {
+    /// The UDP socket this slot receives on: the current one, or the one a `rebind`
+    /// replaced (until the next `rebind` retires it).
+    pub(super) fd: RawFd,
+    /// The socket was retired: the slot is freed once the kernel hands it back.
+    pub(super) retired: bool,
     hdr: libc::msghdr,
     iov: libc::iovec,
     name: RawAddr,
@@ -33,8 +39,10 @@ pub(super) struct RecvSlot {
 }
 
 impl RecvSlot {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(fd: RawFd) -> Self {
         RecvSlot {
+            fd,
+            retired: false,
             hdr: zeroed_msghdr(),
             iov: empty_iovec(),
             name: RawAddr::zeroed(),
@@ -59,6 +67,7 @@ pub(super) struct SendSlot {
 
 impl UringDriver {
     /// (Re-)posts the receive of slot `key`.
+    /// A slot of a retired socket is freed instead.
     pub(super) fn arm_recv(&mut self, key: usize) {
         let Some(Op::UdpRecv(slot)) = self.ops.get_mut(key) else {
             return;
@@ -66,6 +75,14 @@ impl UringDriver {
         // SAFETY: the slot is not in flight (fresh, or its CQE was reaped and delivered);
         // the slab entry owns it and we are its only user until the SQE below is submitted.
         let s = unsafe { slot.get() };
+        if s.retired {
+            if let Op::UdpRecv(slot) = self.ops.remove(key) {
+                // SAFETY: as above, the kernel is done with the slot.
+                unsafe { slot.free() };
+            }
+            return;
+        }
+        let fd = s.fd;
         s.name = RawAddr::zeroed();
         let (base, len) = s.buf.room();
         s.iov = libc::iovec {
@@ -79,10 +96,65 @@ impl UringDriver {
         s.hdr.msg_iovlen = 1;
         s.hdr.msg_control = s.cmsg.0.as_mut_ptr().cast();
         s.hdr.msg_controllen = RX_CMSG_SPACE as _;
-        let e = opcode::RecvMsg::new(types::Fd(self.socket.as_raw_fd()), addr_of_mut!(s.hdr))
+        let e = opcode::RecvMsg::new(types::Fd(fd), addr_of_mut!(s.hdr))
             .build()
             .user_data(key as u64);
         self.push(e);
+    }
+
+    /// Posts `recv_depth` receives on `socket` and makes it the one sends leave from; the
+    /// socket it replaces keeps its receives, and the one before that is retired.
+    pub(super) fn rebind_udp(&mut self, socket: UdpSocket) -> io::Result<()> {
+        let local = socket.local_addr()?;
+        if local.is_ipv6() != self.v6 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("rebind to {local}: not the family of {}", self.local),
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        if self.gro {
+            sys::enable_gro(socket.as_raw_fd());
+        }
+        if let Some(old) = self.previous.take() {
+            let fd = old.as_raw_fd();
+            let keys: Vec<usize> = self
+                .ops
+                .iter_mut()
+                .filter_map(|(key, op)| match op {
+                    Op::UdpRecv(slot) => {
+                        let p = slot.ptr();
+                        // SAFETY: the slot is alive (owned by its slab entry); only these two
+                        // plain fields are read and written, through the raw pointer, and the
+                        // kernel never touches them (it uses the header, buffer and address).
+                        unsafe {
+                            (std::ptr::addr_of!((*p).fd).read() == fd).then(|| {
+                                addr_of_mut!((*p).retired).write(true);
+                                key
+                            })
+                        }
+                    }
+                    _ => None,
+                })
+                .collect();
+            for key in keys {
+                self.push(
+                    opcode::AsyncCancel::new(key as u64)
+                        .build()
+                        .user_data(IGNORE),
+                );
+            }
+            // The receives still in the kernel hold the socket until they are cancelled.
+            drop(old);
+        }
+        let fd = socket.as_raw_fd();
+        self.previous = Some(std::mem::replace(&mut self.socket, socket));
+        self.local = local;
+        for _ in 0..self.recv_depth {
+            let key = self.ops.insert(Op::UdpRecv(KBox::new(RecvSlot::new(fd))));
+            self.arm_recv(key);
+        }
+        Ok(())
     }
 
     /// Hands a completed receive (`res` bytes) to `on`. False when nothing was delivered.

@@ -11,6 +11,7 @@ use crate::config::client::{ClientTls, HostPort, DEFAULT_SERVER_PORT};
 use crate::config::error::{fault, ConfigError, ErrorAt, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::Obfs;
+use crate::config::units::hop_ports;
 use crate::config::uri::{parse_share_uri, ShareUri};
 use crate::proto::{split_host_port, AddressError, Host, ProtoError};
 
@@ -81,8 +82,12 @@ impl UriServer {
     }
 }
 
-/// `server`, required: the address, and the share URI when it is one.
-pub(super) fn server(top: &mut Section, w: &mut W) -> Result<(HostPort, Option<UriServer>), Fault> {
+/// `server`, required: the address, the ports to hop over when it gives several, and the
+/// share URI when it is one.
+pub(super) fn server(
+    top: &mut Section,
+    w: &mut W,
+) -> Result<(HostPort, Option<Vec<u16>>, Option<UriServer>), Fault> {
     let key = top.key("server");
     let text = top.string("server", w)?.unwrap_or_default();
     let text = text.trim();
@@ -96,10 +101,11 @@ pub(super) fn server(top: &mut Section, w: &mut W) -> Result<(HostPort, Option<U
         return Err(fault(key, "realm mode (realm://) is not supported"));
     }
     if !text.contains("://") {
-        return Ok((server_addr(text).map_err(|e| fault(key, e))?, None));
+        let (server, hop) = server_addr(text).map_err(|e| fault(key, e))?;
+        return Ok((server, hop, None));
     }
     // The URI is not repeated in errors: it usually holds the password.
-    let (server, share) = share_uri(text).map_err(|e| {
+    let (server, hop, share) = share_uri(text).map_err(|e| {
         let part = e.key().unwrap_or("syntax");
         fault(key, format!("share URI {part}: {}", e.reason))
     })?;
@@ -108,36 +114,29 @@ pub(super) fn server(top: &mut Section, w: &mut W) -> Result<(HostPort, Option<U
         sets_obfs: query_has(text, "obfs"),
         sets_insecure: query_has(text, "insecure"),
     };
-    Ok((server, Some(uri)))
+    Ok((server, hop, Some(uri)))
 }
 
-/// Parse a share URI into the server address and the rest, with quelay's extra checks.
-pub(super) fn share_uri(uri: &str) -> Result<(HostPort, ShareUri), ConfigError> {
+/// Parse a share URI into the server address, the ports to hop over (its port part or
+/// `mport`) and the rest, with quelay's extra checks.
+pub(super) fn share_uri(
+    uri: &str,
+) -> Result<(HostPort, Option<Vec<u16>>, ShareUri), ConfigError> {
     let err = |part: &str, reason: String| ConfigError {
         origin: URI_ORIGIN.to_owned(),
         at: ErrorAt::Key(part.to_owned()),
         reason,
     };
-    if let Some(port) = uri_port(uri).filter(|p| p.contains([',', '-'])) {
-        return Err(err("port", hopping(port)));
-    }
     let share = parse_share_uri(uri)?;
-    let server = server_addr(&share.server_addr()).map_err(|e| err("host", e))?;
+    let (server, _) = server_addr(&share.server_addr()).map_err(|e| err("host", e))?;
+    let hop = match &share.ports {
+        Some(ports) => Some(hop_ports(ports).map_err(|e| err("port", e))?),
+        None => None,
+    };
     if let Some(sni) = &share.sni {
         check_sni(sni).map_err(|e| err("sni", e))?;
     }
-    Ok((server, share))
-}
-
-/// The port text of a URI's authority, if it has one.
-fn uri_port(uri: &str) -> Option<&str> {
-    let rest = uri.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']')?.1.strip_prefix(':'),
-        None => host_port.rsplit_once(':').map(|(_, port)| port),
-    }
+    Ok((server, hop, share))
 }
 
 /// Whether the URI's query gives `name` a non-empty value first (Go's `Query().Get`).
@@ -153,33 +152,33 @@ fn query_has(uri: &str, name: &str) -> bool {
         .is_some_and(|(_, v)| !v.is_empty())
 }
 
-fn hopping(port: &str) -> String {
-    format!("port hopping is not supported ({port:?}); give a single port")
-}
-
 /// `server` as the official client reads it: `host:port`, or a host alone (port 443),
-/// including a bare IPv6 address. Port lists and ranges mean port hopping.
-fn server_addr(text: &str) -> Result<HostPort, String> {
+/// including a bare IPv6 address. Port lists and ranges mean port hopping: the address
+/// then carries the lowest port, and the whole set comes second.
+fn server_addr(text: &str) -> Result<(HostPort, Option<Vec<u16>>), String> {
     if let Some((host, port)) = text.rsplit_once(':') {
         let one_host = !host.contains(':') || (host.starts_with('[') && host.ends_with(']'));
         if one_host && port.contains([',', '-']) {
-            return Err(hopping(port));
+            let ports = hop_ports(port)?;
+            let server = host_port(text, split_host_port(&format!("{host}:{}", ports[0])))?;
+            return Ok((server, Some(ports)));
         }
     }
     let parsed = match split_host_port(text) {
         Err(ProtoError::BadAddress(AddressError::MissingPort | AddressError::TooManyColons)) => {
             // Go's parseServerAddrString: without a port, the whole text is the host.
             if let Ok(v6) = text.parse::<Ipv6Addr>() {
-                return Ok(HostPort {
+                let server = HostPort {
                     host: Host::Ip(IpAddr::V6(v6)),
                     port: DEFAULT_SERVER_PORT,
-                });
+                };
+                return Ok((server, None));
             }
             split_host_port(&format!("{text}:{DEFAULT_SERVER_PORT}"))
         }
         other => other,
     };
-    host_port(text, parsed)
+    Ok((host_port(text, parsed)?, None))
 }
 
 /// A dialable `host:port` from [`split_host_port`]'s result: port 0 is refused too.

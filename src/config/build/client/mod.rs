@@ -27,9 +27,14 @@ pub(crate) const NO_MODE: &str =
 /// Build a client config from the parsed top-level value.
 pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
     let mut top = Section::new(String::new(), root)?;
-    let (server, uri) = addr::server(&mut top, w)?;
+    let (server, hop_ports, uri) = addr::server(&mut top, w)?;
     let file_auth = top.string("auth", w)?;
-    transport(&mut top, w)?;
+    let (min_interval, max_interval) = transport(&mut top, w)?;
+    let hop = hop_ports.map(|ports| PortHopping {
+        ports,
+        min_interval,
+        max_interval,
+    });
     let uri_obfs = uri.as_ref().and_then(UriServer::obfs);
     let obfs = match uri_obfs {
         // The URI's obfs replaces the whole section, so the section is not checked.
@@ -74,6 +79,7 @@ pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
     }
     Ok(ClientConfig {
         server,
+        hop,
         auth,
         obfs,
         tls,
@@ -96,12 +102,17 @@ pub(crate) fn from_uri(
     uri: &str,
     socks5_listen: Option<SocketAddr>,
 ) -> Result<ClientConfig, ConfigError> {
-    let (server, share) = addr::share_uri(uri)?;
+    let (server, hop_ports, share) = addr::share_uri(uri)?;
     let Some(listen) = socks5_listen else {
         return Err(ConfigError::file(URI_ORIGIN, NO_MODE));
     };
     Ok(ClientConfig {
         server,
+        hop: hop_ports.map(|ports| PortHopping {
+            ports,
+            min_interval: DEFAULT_HOP_INTERVAL,
+            max_interval: DEFAULT_HOP_INTERVAL,
+        }),
         auth: share.auth.unwrap_or_default(),
         obfs: share.obfs,
         tls: ClientTls {
@@ -147,7 +158,8 @@ pub(super) fn refuse(s: &mut Section, name: &str, reason: &str) -> Result<(), Fa
     Ok(())
 }
 
-fn transport(top: &mut Section, w: &mut W) -> Result<(), Fault> {
+/// `transport`: the hop interval as (min, max), the reference's default when unset.
+fn transport(top: &mut Section, w: &mut W) -> Result<(Duration, Duration), Fault> {
     let mut s = top.section("transport")?;
     let kind = lower(s.string("type", w)?);
     if !matches!(kind.as_str(), "" | "udp") {
@@ -157,12 +169,49 @@ fn transport(top: &mut Section, w: &mut W) -> Result<(), Fault> {
         ));
     }
     let mut udp = s.section("udp")?;
-    for name in ["hopInterval", "minHopInterval", "maxHopInterval"] {
-        refuse(&mut udp, name, "port hopping is not supported")?;
+    let key = udp.key("");
+    let key = key.trim_end_matches('.').to_owned();
+    let fixed = udp.duration("hopInterval")?;
+    let min = udp.duration("minHopInterval")?;
+    let max = udp.duration("maxHopInterval")?;
+    let (min, max) = match (fixed, min, max) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(fault(
+                key,
+                "hopInterval cannot be used together with minHopInterval or maxHopInterval",
+            ))
+        }
+        (Some((d, _)), None, None) => (d, d),
+        (None, Some((min, _)), Some((max, _))) => (min, max),
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            return Err(fault(
+                key,
+                "minHopInterval and maxHopInterval must both be set",
+            ))
+        }
+        (None, None, None) => (DEFAULT_HOP_INTERVAL, DEFAULT_HOP_INTERVAL),
+    };
+    if min > max {
+        return Err(fault(
+            key,
+            "min hop interval must not be greater than max hop interval",
+        ));
+    }
+    if min < min_hop_interval() {
+        return Err(fault(key, "hop interval must be at least 5 seconds"));
     }
     udp.finish(w);
     s.finish(w);
-    Ok(())
+    Ok((min, max))
+}
+
+/// The shortest hop interval: the reference's 5 s, or a test's floor
+/// ([`TEST_MIN_HOP_INTERVAL_ENV`]).
+fn min_hop_interval() -> Duration {
+    std::env::var(TEST_MIN_HOP_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| units::parse_duration(&v).ok())
+        .map_or(MIN_HOP_INTERVAL, |floor| floor.min(MIN_HOP_INTERVAL))
 }
 
 fn tls(top: &mut Section, w: &mut W) -> Result<ClientTls, Fault> {

@@ -1,0 +1,154 @@
+//! Port hopping across a real redirect: the server namespace gets the nftables table of
+//! `tuning/port-hopping.sh`, which sends UDP to any of `HOP_PORTS` ports to the one the
+//! server binds; `quelay client` in the client namespace is given the whole range and hops
+//! every second (the test-only floor, `QUELAY_TEST_MIN_HOP_INTERVAL`) while it downloads
+//! `HOP_DOWNLOAD` bytes through a 400 Mbit/s path, so the download spans several hops. The
+//! download must arrive intact (SHA-256) without a stall, and the client must have hopped.
+//!
+//! Against quelay's server (with two workers, on each I/O driver) its metrics must also show
+//! that every hop was followed (`quelay_migrations_total`), that the datagrams of each new
+//! port reached the connection's own worker through CID steering (nothing forwarded between
+//! workers), and that no stateless reset was sent.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{
+    self, metric, pattern_sha256, scrape, HttpTarget, NetPath, NsProxyClient, NsQuelayServer,
+    NsSingboxServer, PathSide, PathSpec, PoolStats, ServerOpts, MIB,
+};
+use crate::{download, serial};
+
+/// Ports clients hop over: the bound one and 99 more.
+const HOP_PORTS: u16 = 100;
+const HOP_DOWNLOAD: usize = 256 * MIB;
+/// The bottleneck: 256 MiB take about 5.5 s at 400 Mbit/s.
+const HOP_RATE_MBIT: f64 = 400.0;
+
+/// A range of `HOP_PORTS` ports free in the server namespace, as (first, last): the
+/// namespace is the test's own, and its other sockets take ephemeral ports (above 32767).
+fn port_range() -> (u16, u16) {
+    let base = 20_000 + (std::process::id() % 10_000) as u16;
+    (base, base + HOP_PORTS - 1)
+}
+
+/// Installs the redirect of `first..=last` to `first` in the server namespace with the
+/// script operators run.
+fn redirect(path: &NetPath, first: u16, last: u16) {
+    let script = support::root().join("tuning/port-hopping.sh");
+    let out = Command::new("ip")
+        .args(["netns", "exec", path.ns(PathSide::Server)])
+        .arg(&script)
+        .arg(format!("{first}-{last}"))
+        .arg(first.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "tuning/port-hopping.sh failed (port hopping needs nftables: apt-get install \
+         nftables): {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The client's hop count from its exit line.
+fn stop_client(client: &mut NsProxyClient) -> u64 {
+    client
+        .child()
+        .stop_with(libc::SIGTERM, Duration::from_secs(10));
+    PoolStats::parse(&client.child().stderr()).get("hops")
+}
+
+/// Downloads through a hopping client dialling `server` (`ip:first-last`), checking the
+/// bytes, and returns the client's hop count.
+fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> u64 {
+    let env = [("QUELAY_TEST_MIN_HOP_INTERVAL", "1s")];
+    let yaml = format!("transport:\n  udp:\n    hopInterval: 1s\nengine:\n  io: {io}\n");
+    let mut client = NsProxyClient::quelay_to(path, server, &yaml, &env);
+    let (socks, port) = (client.socks_addr(), target.addr().port());
+    let got = path.in_ns(PathSide::Client, || download(socks, port, HOP_DOWNLOAD));
+    let got = got.unwrap_or_else(|e| {
+        client.child().assert_running();
+        panic!(
+            "download through the hopping client ({io}): {e}\nclient:\n{}",
+            client.stderr_tail(30)
+        )
+    });
+    assert_eq!(got.bytes, HOP_DOWNLOAD);
+    assert_eq!(got.sha256, pattern_sha256(HOP_DOWNLOAD), "SHA-256 ({io})");
+    let hops = stop_client(&mut client);
+    eprintln!(
+        "hop io={io} server={server} seconds={:.2} mbit_s={:.0} hops={hops}",
+        got.transfer.as_secs_f64(),
+        got.bytes as f64 * 8.0 / 1e6 / got.transfer.as_secs_f64()
+    );
+    assert!(
+        hops >= 3,
+        "the client hopped {hops} times in a {:.1?} download at one hop a second",
+        got.transfer
+    );
+    hops
+}
+
+fn hop_against_quelay(io: &str) {
+    NetPath::check_available();
+    let _serial = serial();
+    let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
+    let (first, last) = port_range();
+    redirect(&path, first, last);
+    let target = path.in_ns(PathSide::Server, HttpTarget::start);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
+    let ip = path.ip(PathSide::Server);
+    let mut server = NsQuelayServer::start_listen(
+        &path,
+        &format!("0.0.0.0:{first}-{last}"),
+        SocketAddr::from((ip, first)),
+        &format!("engine:\n  workers: 2\n  io: {io}\nmetrics:\n  listen: {metrics}\n"),
+    );
+    let hops = hop_download(&path, &target, &format!("{ip}:{first}-{last}"), io);
+    let page = path.in_ns(PathSide::Server, || scrape(metrics));
+    server.child().assert_running();
+    let m = |series: &str| metric(&page, series) as u64;
+    let migrations = m("quelay_migrations_total");
+    assert!(
+        migrations >= hops.saturating_sub(1),
+        "the server followed {migrations} address changes for {hops} hops"
+    );
+    assert_eq!(
+        m("quelay_forwarded_out_total"),
+        0,
+        "datagrams of a new port reached another worker (CID steering)"
+    );
+    assert_eq!(m("quelay_stateless_resets_total"), 0, "stateless resets sent");
+    assert!(
+        server.child().stderr().contains("port hopping: UDP to ports"),
+        "the server reports the redirect it found"
+    );
+}
+
+#[test]
+fn hopping_client_downloads_intact_from_quelay_uring() {
+    hop_against_quelay("uring");
+}
+
+#[test]
+fn hopping_client_downloads_intact_from_quelay_epoll() {
+    hop_against_quelay("epoll");
+}
+
+#[test]
+fn hopping_client_downloads_intact_from_singbox() {
+    NetPath::check_available();
+    let _serial = serial();
+    let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
+    let (first, last) = port_range();
+    redirect(&path, first, last);
+    let target = path.in_ns(PathSide::Server, HttpTarget::start);
+    let ip = path.ip(PathSide::Server);
+    let mut server =
+        NsSingboxServer::start_on(&path, SocketAddr::from((ip, first)), &ServerOpts::default());
+    hop_download(&path, &target, &format!("{ip}:{first}-{last}"), "uring");
+    server.child().assert_running();
+}
