@@ -100,8 +100,11 @@ fn config_check_finds_the_port_hopping_redirect() {
     let dir = std::env::temp_dir().join(format!("quelay-doctor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     let cfg = dir.join("server.yaml");
-    std::fs::write(&cfg, "listen: \":20000-20010,20020\"\nauth: {type: password, password: p}\n")
-        .expect("write server.yaml");
+    std::fs::write(
+        &cfg,
+        "listen: \":20000-20010,20020\"\nauth: {type: password, password: p}\n",
+    )
+    .expect("write server.yaml");
     let in_ns = |prog: &str, args: &[&str]| {
         Command::new("ip")
             .args(["netns", "exec", &ns, prog])
@@ -127,7 +130,10 @@ fn config_check_finds_the_port_hopping_redirect() {
     let before = finding();
     assert_eq!(before["status"], "warn", "{before}");
     assert!(
-        before["fix"].as_str().unwrap_or("").contains("tuning/port-hopping.sh 20000-20010,20020 20000"),
+        before["fix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tuning/port-hopping.sh 20000-20010,20020 20000"),
         "{before}"
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/port-hopping.sh");

@@ -351,7 +351,10 @@ fn nic_dry_run_on_this_host() {
 
 #[test]
 fn port_hopping_dry_run_prints_the_redirect_and_bad_input_fails() {
-    let o = script("port-hopping.sh", &["--dry-run", "20000-20100,30000,25-20", "443"]);
+    let o = script(
+        "port-hopping.sh",
+        &["--dry-run", "20000-20100,30000,25-20", "443"],
+    );
     assert_ok(&o, "port-hopping.sh --dry-run");
     let out = stdout(&o);
     assert!(out.contains("table inet quelay_hop_443 {"), "{out}");
@@ -360,9 +363,16 @@ fn port_hopping_dry_run_prints_the_redirect_and_bad_input_fails() {
         "{out}"
     );
     assert!(out.contains("fib daddr type local udp dport"), "{out}");
-    let o = script("port-hopping.sh", &["--dry-run", "--iface", "eth0", "5000", "443"]);
+    let o = script(
+        "port-hopping.sh",
+        &["--dry-run", "--iface", "eth0", "5000", "443"],
+    );
     assert_ok(&o, "port-hopping.sh --iface");
-    assert!(stdout(&o).contains("iifname \"eth0\" udp dport { 5000 }"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("iifname \"eth0\" udp dport { 5000 }"),
+        "{}",
+        stdout(&o)
+    );
     let o = script("port-hopping.sh", &["--dry-run", "--revert", "443"]);
     assert_ok(&o, "port-hopping.sh --revert --dry-run");
     assert!(stdout(&o).contains("nft delete table inet quelay_hop_443"));

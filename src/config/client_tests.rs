@@ -273,12 +273,19 @@ fn server_forms() {
 
     // Port hopping: the lowest port is the address, the whole set hops (reference
     // portunion vectors: sorted, merged, a reversed range swapped).
-    let hop = |s: &str| ok(&format!("server: \"{s}\"\nauth: a\nsocks5: {{listen: \":1\"}}"));
+    let hop = |s: &str| {
+        ok(&format!(
+            "server: \"{s}\"\nauth: a\nsocks5: {{listen: \":1\"}}"
+        ))
+    };
     let c = hop("example.com:1000-1002");
     assert_eq!(c.server.to_string(), "example.com:1000");
     let h = c.hop.expect("hopping");
     assert_eq!(h.ports, vec![1000, 1001, 1002]);
-    assert_eq!((h.min_interval, h.max_interval), (DEFAULT_HOP_INTERVAL, DEFAULT_HOP_INTERVAL));
+    assert_eq!(
+        (h.min_interval, h.max_interval),
+        (DEFAULT_HOP_INTERVAL, DEFAULT_HOP_INTERVAL)
+    );
     let c = hop("[::1]:5678,1200-1202,9100-9098,1201");
     assert_eq!(c.server, ip("::1", 1200));
     assert_eq!(
@@ -286,8 +293,17 @@ fn server_forms() {
         vec![1200, 1201, 1202, 5678, 9098, 9099, 9100]
     );
     assert_eq!(hop("example.com:443").hop, None);
-    for bad in ["example.com:1234-", "example.com:1234-ggez", "example.com:233,", "h:1-2-3", "h:0-5"] {
-        fails(&format!("server: \"{bad}\"\nauth: a\nsocks5: {{listen: \":1\"}}"), "server");
+    for bad in [
+        "example.com:1234-",
+        "example.com:1234-ggez",
+        "example.com:233,",
+        "h:1-2-3",
+        "h:0-5",
+    ] {
+        fails(
+            &format!("server: \"{bad}\"\nauth: a\nsocks5: {{listen: \":1\"}}"),
+            "server",
+        );
     }
     for bad in [
         "example.com:0",
@@ -637,7 +653,6 @@ fn refused_and_required() {
             "transport.type",
             "unsupported",
         ),
-
         ("tun: {name: hytun}", "tun", "tun mode is not supported"),
         ("tun: {}", "tun", "not supported"),
         (
@@ -992,12 +1007,27 @@ fn hop_intervals_as_the_reference() {
     let h = hop("{minHopInterval: 10s, maxHopInterval: 30s}");
     assert_eq!((h.min_interval, h.max_interval), (secs(10), secs(30)));
     for (udp, reason) in [
-        ("{minHopInterval: 10s}", "minHopInterval and maxHopInterval must both be set"),
-        ("{maxHopInterval: 10s}", "minHopInterval and maxHopInterval must both be set"),
-        ("{minHopInterval: 30s, maxHopInterval: 10s}", "must not be greater"),
-        ("{minHopInterval: 4s, maxHopInterval: 6s}", "at least 5 seconds"),
+        (
+            "{minHopInterval: 10s}",
+            "minHopInterval and maxHopInterval must both be set",
+        ),
+        (
+            "{maxHopInterval: 10s}",
+            "minHopInterval and maxHopInterval must both be set",
+        ),
+        (
+            "{minHopInterval: 30s, maxHopInterval: 10s}",
+            "must not be greater",
+        ),
+        (
+            "{minHopInterval: 4s, maxHopInterval: 6s}",
+            "at least 5 seconds",
+        ),
         ("{hopInterval: 1s}", "at least 5 seconds"),
-        ("{hopInterval: 30s, minHopInterval: 10s}", "cannot be used together"),
+        (
+            "{hopInterval: 30s, minHopInterval: 10s}",
+            "cannot be used together",
+        ),
     ] {
         let e = fails(&with(udp), "transport.udp");
         assert!(e.reason.contains(reason), "{udp}: {e}");

@@ -370,7 +370,10 @@ fn listen_forms() {
     assert_eq!(ports.ports, vec![20000, 20001, 20002, 20010]);
     let c = ok(&format!("{AUTH}listen: \"127.0.0.1:9003-9001,9008\""));
     assert_eq!(c.listen, addr("127.0.0.1:9001"));
-    assert_eq!(c.listen_ports.expect("hopping").ports, vec![9001, 9002, 9003, 9008]);
+    assert_eq!(
+        c.listen_ports.expect("hopping").ports,
+        vec![9001, 9002, 9003, 9008]
+    );
     assert_eq!(ok(&format!("{AUTH}listen: \":443\"")).listen_ports, None);
     fails(&format!("{AUTH}listen: \":9001-\""), "listen");
     fails(&format!("{AUTH}listen: \":0-3\""), "listen");

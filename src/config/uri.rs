@@ -367,7 +367,10 @@ mod tests {
         let u = parse_share_uri("hysteria2://a@example.com:20000-20010,30000/").unwrap();
         assert_eq!(u.port, 20000);
         assert_eq!(u.ports.as_deref(), Some("20000-20010,30000"));
-        assert_eq!(u.to_string(), "hysteria2://a@example.com:20000-20010,30000/");
+        assert_eq!(
+            u.to_string(),
+            "hysteria2://a@example.com:20000-20010,30000/"
+        );
         let u = parse_share_uri("hy2://a@[2001:db8::1]:443/?mport=5000-5010").unwrap();
         assert_eq!((u.port, u.ports.as_deref()), (5000, Some("5000-5010")));
         assert_eq!(u.to_string(), "hysteria2://a@[2001:db8::1]:5000-5010/");
@@ -462,8 +465,9 @@ mod tests {
         let key = |s: &str| parse_share_uri(s).unwrap_err().key().map(str::to_owned);
         assert_eq!(key("https://a@h"), Some("scheme".into()));
         assert_eq!(key("hysteria2+realm://t@r/realm"), Some("scheme".into()));
-        assert_eq!(key("hysteria2://a@h:1000-2000"), Some("port".into()));
-        assert_eq!(key("hysteria2://a@h:443,8443"), Some("port".into()));
+        assert_eq!(key("hysteria2://a@h:1000-"), Some("port".into()));
+        assert_eq!(key("hysteria2://a@h:443,x"), Some("port".into()));
+        assert_eq!(key("hysteria2://a@h/?mport=1-2-3"), Some("mport".into()));
         assert_eq!(key("hysteria2://a@h:0"), Some("port".into()));
         assert_eq!(key("hysteria2://a@h:99999"), Some("port".into()));
         assert_eq!(key("hysteria2://a@"), Some("host".into()));
@@ -483,7 +487,7 @@ mod tests {
             key("hysteria2://a@h/?obfs=salamander&obfs-password=ab"),
             Some("obfs-password".into())
         );
-        let e = parse_share_uri("hysteria2://topsecret@h:1-2").unwrap_err();
+        let e = parse_share_uri("hysteria2://topsecret@h:1-x").unwrap_err();
         assert!(!e.to_string().contains("topsecret"), "{e}");
         assert!(e.to_string().starts_with("share URI: port: "), "{e}");
     }

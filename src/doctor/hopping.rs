@@ -26,7 +26,10 @@ pub fn check(port: u16, ports: &ListenPorts) -> Finding {
             return Finding::not_ok(
                 CHECK,
                 Status::Warn,
-                format!("cannot run nft ({e}): the redirect of ports {} is unknown", ports.text),
+                format!(
+                    "cannot run nft ({e}): the redirect of ports {} is unknown",
+                    ports.text
+                ),
                 format!("apt-get install nftables; {fix}"),
             )
         }
@@ -125,9 +128,13 @@ mod tests {
 
     #[test]
     fn reads_the_sets_nft_prints() {
-        assert_eq!(redirected_ports(LISTING, 443), vec![20000..=20010, 30000..=30000]);
+        assert_eq!(
+            redirected_ports(LISTING, 443),
+            vec![20000..=20010, 30000..=30000]
+        );
         assert!(redirected_ports(LISTING, 8443).is_empty());
-        let single = "chain prerouting {\n iifname \"eth0\" udp dport 5000-5002 counter redirect to :443\n}";
+        let single =
+            "chain prerouting {\n iifname \"eth0\" udp dport 5000-5002 counter redirect to :443\n}";
         assert_eq!(redirected_ports(single, 443), vec![5000..=5002]);
     }
 }

@@ -1209,7 +1209,11 @@ fn rebind_sends_from_the_new_port_and_receives_on_both() {
         };
         send_one(d.as_mut(), peer.local_addr().unwrap(), 1);
         let first = from(1);
-        let bind = |_| sys::bind_udp("127.0.0.1:0".parse().unwrap(), false, 1 << 20).unwrap().0;
+        let bind = |_| {
+            sys::bind_udp("127.0.0.1:0".parse().unwrap(), false, 1 << 20)
+                .unwrap()
+                .0
+        };
         d.rebind(bind(())).unwrap();
         send_one(d.as_mut(), peer.local_addr().unwrap(), 2);
         let second = from(2);
@@ -1221,7 +1225,11 @@ fn rebind_sends_from_the_new_port_and_receives_on_both() {
         let (got, _) = collect(d.as_mut(), 2);
         let mut got: Vec<u8> = got.concat();
         got.sort();
-        assert_eq!(got, vec![3, 4], "{kind}: the previous and the current socket");
+        assert_eq!(
+            got,
+            vec![3, 4],
+            "{kind}: the previous and the current socket"
+        );
         // The next hop closes the first socket; the second still receives.
         d.rebind(bind(())).unwrap();
         send_one(d.as_mut(), peer.local_addr().unwrap(), 5);
@@ -1238,7 +1246,10 @@ fn rebind_sends_from_the_new_port_and_receives_on_both() {
             d.wait(Some(Duration::from_millis(10))).unwrap();
             d.reap(16, &mut |_| {});
         };
-        assert!(again.is_ok(), "{kind}: the first socket was closed ({again:?})");
+        assert!(
+            again.is_ok(),
+            "{kind}: the first socket was closed ({again:?})"
+        );
         drop(again);
         peer.send_to(&[6], second).unwrap();
         peer.send_to(&[7], third).unwrap();
@@ -1248,7 +1259,9 @@ fn rebind_sends_from_the_new_port_and_receives_on_both() {
         assert_eq!(got, vec![6, 7], "{kind}");
         // A socket of the other family is refused.
         if have_ipv6() {
-            let v6 = sys::bind_udp("[::1]:0".parse().unwrap(), false, 1 << 20).unwrap().0;
+            let v6 = sys::bind_udp("[::1]:0".parse().unwrap(), false, 1 << 20)
+                .unwrap()
+                .0;
             assert!(d.rebind(v6).is_err(), "{kind}");
         }
     }

@@ -137,10 +137,13 @@ fn listen(top: &mut Section, w: &mut W) -> Result<(SocketAddr, Option<ListenPort
     if text.to_ascii_lowercase().starts_with("realm://") {
         return Err(fault(key, "realm mode (realm://) is not supported"));
     }
-    if let Some((host, list)) = text.rsplit_once(':').filter(|(_, p)| p.contains(['-', ','])) {
+    if let Some((host, list)) = text
+        .rsplit_once(':')
+        .filter(|(_, p)| p.contains(['-', ',']))
+    {
         let ports = units::hop_ports(list).map_err(|e| fault(key.clone(), e))?;
-        let addr = units::parse_socket_addr(&format!("{host}:{}", ports[0]))
-            .map_err(|e| fault(key, e))?;
+        let addr =
+            units::parse_socket_addr(&format!("{host}:{}", ports[0])).map_err(|e| fault(key, e))?;
         let text = list.to_owned();
         return Ok((addr, Some(ListenPorts { text, ports })));
     }

@@ -290,7 +290,10 @@ impl EpollDriver {
         if local.is_ipv6() != self.v6 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("rebind to {local}: not the family of {}", self.local_addr_str()),
+                format!(
+                    "rebind to {local}: not the family of {}",
+                    self.local_addr_str()
+                ),
             ));
         }
         socket.set_nonblocking(true)?;
@@ -298,7 +301,13 @@ impl EpollDriver {
             sys::enable_gro(socket.as_raw_fd());
         }
         let ep = self.epfd.as_raw_fd();
-        epoll_ctl(ep, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_UDP)?;
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_UDP,
+        )?;
         if let Some((old, _)) = self.previous.take() {
             let _ = epoll_ctl(ep, libc::EPOLL_CTL_DEL, old.as_raw_fd(), 0, 0);
         }

@@ -82,12 +82,17 @@ impl UriServer {
     }
 }
 
-/// `server`, required: the address, the ports to hop over when it gives several, and the
-/// share URI when it is one.
-pub(super) fn server(
-    top: &mut Section,
-    w: &mut W,
-) -> Result<(HostPort, Option<Vec<u16>>, Option<UriServer>), Fault> {
+/// What `server` gives.
+pub(super) struct Server {
+    pub addr: HostPort,
+    /// The ports to hop over, when it gives several.
+    pub hop: Option<Vec<u16>>,
+    /// The share URI, when it is one.
+    pub uri: Option<UriServer>,
+}
+
+/// `server`, required.
+pub(super) fn server(top: &mut Section, w: &mut W) -> Result<Server, Fault> {
     let key = top.key("server");
     let text = top.string("server", w)?.unwrap_or_default();
     let text = text.trim();
@@ -101,8 +106,12 @@ pub(super) fn server(
         return Err(fault(key, "realm mode (realm://) is not supported"));
     }
     if !text.contains("://") {
-        let (server, hop) = server_addr(text).map_err(|e| fault(key, e))?;
-        return Ok((server, hop, None));
+        let (addr, hop) = server_addr(text).map_err(|e| fault(key, e))?;
+        return Ok(Server {
+            addr,
+            hop,
+            uri: None,
+        });
     }
     // The URI is not repeated in errors: it usually holds the password.
     let (server, hop, share) = share_uri(text).map_err(|e| {
@@ -114,14 +123,16 @@ pub(super) fn server(
         sets_obfs: query_has(text, "obfs"),
         sets_insecure: query_has(text, "insecure"),
     };
-    Ok((server, hop, Some(uri)))
+    Ok(Server {
+        addr: server,
+        hop,
+        uri: Some(uri),
+    })
 }
 
 /// Parse a share URI into the server address, the ports to hop over (its port part or
 /// `mport`) and the rest, with quelay's extra checks.
-pub(super) fn share_uri(
-    uri: &str,
-) -> Result<(HostPort, Option<Vec<u16>>, ShareUri), ConfigError> {
+pub(super) fn share_uri(uri: &str) -> Result<(HostPort, Option<Vec<u16>>, ShareUri), ConfigError> {
     let err = |part: &str, reason: String| ConfigError {
         origin: URI_ORIGIN.to_owned(),
         at: ErrorAt::Key(part.to_owned()),

@@ -27,7 +27,11 @@ pub(crate) const NO_MODE: &str =
 /// Build a client config from the parsed top-level value.
 pub(crate) fn client(root: &Value, w: &mut W) -> Result<ClientConfig, Fault> {
     let mut top = Section::new(String::new(), root)?;
-    let (server, hop_ports, uri) = addr::server(&mut top, w)?;
+    let addr::Server {
+        addr: server,
+        hop: hop_ports,
+        uri,
+    } = addr::server(&mut top, w)?;
     let file_auth = top.string("auth", w)?;
     let (min_interval, max_interval) = transport(&mut top, w)?;
     let hop = hop_ports.map(|ports| PortHopping {
