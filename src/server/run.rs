@@ -152,6 +152,16 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
     }
 }
 
+/// `tls.sniGuard` as the certificate lookup enforces it. A generated certificate (no `tls`
+/// section) names only `localhost`, which clients cannot be expected to send: no check.
+fn sni_guard(cfg: &ServerConfig) -> quic::SniGuard {
+    match cfg.tls.as_ref().map(|t| t.sni_guard) {
+        None | Some(config::SniGuard::Disable) => quic::SniGuard::Disable,
+        Some(config::SniGuard::DnsSan) => quic::SniGuard::DnsSan,
+        Some(config::SniGuard::Strict) => quic::SniGuard::Strict,
+    }
+}
+
 /// Loads `tls.cert` and `tls.key`. Errors name the key at fault.
 fn load_cert(tls: &config::Tls) -> Result<CertKey, (&'static str, String)> {
     quic::load_pem(&tls.cert, &tls.key).map_err(|e| {
@@ -238,7 +248,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         ),
     };
     let pin = quic::pin_sha256(&ck.chain[0]);
-    let cert = quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+    let cert = quic::CertSwap::new(&ck, sni_guard(cfg)).map_err(|e| format!("tls: {e}"))?;
     let crypto = quic::server_crypto_swappable(cert.clone(), &[ALPN]).map_err(|e| e.to_string())?;
     // Official clients since 2.8.2 omit max_datagram_frame_size; assume 1200 like the
     // reference server so UDP replies reach them.
@@ -372,6 +382,22 @@ impl Server {
                 new.tls.is_some() != old.tls.is_some(),
                 "tls (added or removed)",
             ),
+            (
+                new.tls.as_ref().map(|t| t.sni_guard) != old.tls.as_ref().map(|t| t.sni_guard),
+                "tls.sniGuard",
+            ),
+            (
+                (
+                    new.masquerade.listen_http,
+                    new.masquerade.listen_https,
+                    new.masquerade.force_https,
+                ) != (
+                    old.masquerade.listen_http,
+                    old.masquerade.listen_https,
+                    old.masquerade.force_https,
+                ),
+                "masquerade.listenHTTP/listenHTTPS/forceHTTPS",
+            ),
         ];
         for (changed, key) in restart_only {
             if changed {
@@ -392,6 +418,12 @@ impl Server {
         if new.tls.is_some() != old.tls.is_some() {
             new.tls = old.tls.clone();
         }
+        if let (Some(new_tls), Some(old_tls)) = (&mut new.tls, &old.tls) {
+            new_tls.sni_guard = old_tls.sni_guard;
+        }
+        new.masquerade.listen_http = old.masquerade.listen_http;
+        new.masquerade.listen_https = old.masquerade.listen_https;
+        new.masquerade.force_https = old.masquerade.force_https;
         let limits = self.ops.limits.clone();
         let hy2 = Arc::new(hy2_config(&new, Some(limits.clone()))?);
         // The certificate: loaded and checked before anything is applied.
@@ -400,7 +432,8 @@ impl Server {
             let files = read_pair(&tls.cert, &tls.key);
             if files.is_none() || files != self.cert_files {
                 let ck = load_cert_at(tls)?;
-                quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+                quic::CertSwap::new(&ck, quic::SniGuard::Disable)
+                    .map_err(|e| format!("tls: {e}"))?;
                 cert = Some((ck, files));
             }
         }
