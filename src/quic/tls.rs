@@ -617,7 +617,11 @@ impl CertSwap {
 fn served(ck: &CertKey) -> Result<Arc<Served>, TlsError> {
     let key =
         rustls::sign::CertifiedKey::from_der(ck.chain.clone(), ck.key.clone_key(), &provider())?;
-    let names = LeafNames::new(ck.chain.first().ok_or(rustls::Error::NoCertificatesPresented)?);
+    let names = LeafNames::new(
+        ck.chain
+            .first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?,
+    );
     Ok(Arc::new(Served {
         key: Arc::new(key),
         names,
@@ -629,7 +633,11 @@ impl rustls::server::ResolvesServerCert for CertSwap {
         &self,
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let served = self.served.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let served = self
+            .served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if self.guard.admits(hello.server_name(), &served.names) {
             Some(served.key.clone())
         } else {

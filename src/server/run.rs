@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
-use super::masquerade::{FileMasquerade, ProxyMasquerade};
+use super::masquerade::{tcp, FileMasquerade, ProxyMasquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
 use super::route::Router;
@@ -43,19 +43,13 @@ pub struct Server {
     cert: Option<Arc<quic::CertSwap>>,
     /// Contents of `tls.cert` and `tls.key` when last loaded.
     cert_files: Option<(Vec<u8>, Vec<u8>)>,
+    /// The masquerade the TCP listeners serve (`masquerade.listenHTTPS`), replaced on reload.
+    masquerade_tcp: Option<tcp::Current>,
 }
 
 /// Turns the config into what the workers run. Errors name the config key. `limits`: the
 /// running server's counters (a reload keeps them; the caps are applied by the caller).
 fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Config, String> {
-    // Sections that would change who may reach what must not be ignored silently.
-    if cfg.masquerade.listen_http.is_some() || cfg.masquerade.listen_https.is_some() {
-        return Err(
-            "masquerade.listenHTTP/listenHTTPS: the TCP side of the masquerade is not \
-             supported yet"
-                .into(),
-        );
-    }
     let auth = match &cfg.auth {
         Auth::Password(p) => Authenticator::Password(p.clone()),
         Auth::UserPass(users) => Authenticator::UserPass(
@@ -280,6 +274,29 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
     let (addr, steering) = (sockets.addr, sockets.steering);
     let specs = sockets.specs(&server_config);
+    let masquerade_tcp = match cfg.masquerade.listen_https {
+        Some(https) => {
+            let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
+                .map_err(|e| format!("masquerade.listenHTTPS: {e}"))?;
+            let current: tcp::Current = Arc::new(std::sync::RwLock::new(hy2.masquerade.clone()));
+            let listeners = tcp::Listeners {
+                https,
+                http: cfg.masquerade.listen_http,
+                force_https: cfg.masquerade.force_https,
+                quic_port: addr.port(),
+            };
+            tcp::serve(&listeners, tls, current.clone())?;
+            tracing::info!(
+                "masquerade over TCP: HTTPS on {https}{}",
+                cfg.masquerade
+                    .listen_http
+                    .map(|h| format!(", HTTP on {h}"))
+                    .unwrap_or_default()
+            );
+            Some(current)
+        }
+        None => None,
+    };
     let offload = Arc::new(Offload::new(&cfg.resolver)?);
     tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {
@@ -342,6 +359,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         cfg: cfg.clone(),
         cert: (!generated).then_some(cert),
         cert_files,
+        masquerade_tcp,
     })
 }
 
@@ -443,6 +461,9 @@ impl Server {
             tracing::info!("reload: new certificate for new connections");
         }
         limits.set_caps(caps(&new));
+        if let Some(current) = &self.masquerade_tcp {
+            *current.write().unwrap_or_else(|e| e.into_inner()) = hy2.masquerade.clone();
+        }
         self.ops.broadcast(|| Command::Reload(hy2.clone()));
         let removed = self.cfg.auth.removed_users(&new.auth);
         if !removed.is_empty() {
