@@ -9,7 +9,6 @@ use super::support;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quelay::proto::h3::{self, HuffmanPolicy};
