@@ -115,7 +115,7 @@ fn client_endpoint() -> quinn::Endpoint {
 }
 
 async fn connect(ep: &quinn::Endpoint, server: SocketAddr) -> quinn::Connection {
-    ep.connect(server, "localhost")
+    ep.connect(server, support::SNI)
         .expect("connect starts")
         .await
         .expect("QUIC handshake")

@@ -19,6 +19,10 @@ mod probe;
 #[path = "hy2_singbox/acl.rs"]
 mod acl;
 
+// The masquerade over TCP and tls.sniGuard (tests/hy2_singbox/masquerade_tcp.rs).
+#[path = "hy2_singbox/masquerade_tcp.rs"]
+mod masquerade_tcp;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -75,12 +75,18 @@ fn bench(server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
 /// [`bench`] with another password.
 fn bench_as(auth: &str, server: SocketAddr, target: SocketAddr, args: &[&str]) -> Outcome {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelay-bench"));
-    cmd.args(["hy2", "--server", &server.to_string()])
-        .args(["--auth", auth, "--target", &target.to_string(), "--json"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "hy2",
+        "--server",
+        &server.to_string(),
+        "--sni",
+        support::SNI,
+    ])
+    .args(["--auth", auth, "--target", &target.to_string(), "--json"])
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().expect("start quelay-bench hy2");
     loop {

@@ -5,9 +5,14 @@
 //!
 //! What an endpoint answers comes from a [`Handler`]: plain synchronous code that sees a
 //! whole request (head and body, the body read under a size bound and a deadline).
+//!
+//! The bounded accept loop, the connection lifetime and the body reader also serve the
+//! masquerade's TCP listeners (`server::masquerade::tcp`).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 /// Most connections one listener serves at once. Past it the accept loop stops accepting:
@@ -42,9 +47,9 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(5);
 /// reading its response, for hyper has no write timeout of its own.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time a connection past its lifetime has to finish its request before it is dropped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bound on the bytes hyper buffers per connection (request heads included).
-const MAX_BUF: usize = 64 * 1024;
+pub(crate) const MAX_BUF: usize = 64 * 1024;
 /// Threads for the handlers that may block ([`Handler::blocks`]).
 const BLOCKING_THREADS: usize = 4;
 
@@ -117,7 +122,9 @@ pub fn serve(
     Ok(())
 }
 
-fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket for `listen`, with the backlog where connections past the cap wait.
+/// Call inside a runtime.
+pub(crate) fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if listen.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -128,15 +135,21 @@ fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts while fewer than [`MAX_CONNECTIONS`] are served, each connection a task.
-async fn accept<H: Handler>(listener: TcpListener, handler: Arc<H>, key: String) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts while fewer than `max` connections are served, each connection a task running
+/// `serve` (see [`MAX_CONNECTIONS`] for why the loop stops accepting rather than refusing).
+/// `key` names the listener in warnings.
+pub(crate) async fn accept_bounded<F, Fut>(listener: TcpListener, max: usize, key: String, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of fds, say: wait instead of spinning.
                 crate::warn_limited!("{key}: accept failed: {e}");
@@ -144,27 +157,45 @@ async fn accept<H: Handler>(listener: TcpListener, handler: Arc<H>, key: String)
                 continue;
             }
         };
-        let handler = handler.clone();
+        let conn = serve(stream, peer);
         tokio::spawn(async move {
             let _slot = slot;
+            conn.await;
+        });
+    }
+}
+
+/// Drives a hyper connection for at most `lifetime`; then `shutdown` asks it to finish the
+/// request in progress, which gets [`SHUTDOWN_GRACE`] before the connection is dropped.
+pub(crate) async fn with_lifetime<C: Future>(
+    mut conn: Pin<&mut C>,
+    lifetime: Duration,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) {
+    if tokio::time::timeout(lifetime, conn.as_mut()).await.is_err() {
+        shutdown(conn.as_mut());
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+    }
+}
+
+/// Accepts while fewer than [`MAX_CONNECTIONS`] are served, each connection a task.
+async fn accept<H: Handler>(listener: TcpListener, handler: Arc<H>, key: String) {
+    accept_bounded(listener, MAX_CONNECTIONS, key, move |stream, _| {
+        let handler = handler.clone();
+        async move {
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(answer(handler, req).await) }
             });
-            let mut conn = std::pin::pin!(http1::Builder::new()
+            let conn = std::pin::pin!(http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_BUF)
                 .serve_connection(TokioIo::new(stream), service));
-            if tokio::time::timeout(CONNECTION_LIFETIME, conn.as_mut())
-                .await
-                .is_err()
-            {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-            }
-        });
-    }
+            with_lifetime(conn, CONNECTION_LIFETIME, |c| c.graceful_shutdown()).await;
+        }
+    })
+    .await
 }
 
 async fn answer<H: Handler>(
@@ -197,7 +228,7 @@ async fn answer<H: Handler>(
 }
 
 /// The whole body, at most `max` bytes, within [`BODY_DEADLINE`]; or the refusal to send.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, Response> {
+pub(crate) async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, Response> {
     let too_large = || Response::new(413, TEXT, format!("request body larger than {max} bytes\n"));
     if body.size_hint().lower() > max as u64 {
         return Err(too_large());

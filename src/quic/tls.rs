@@ -16,6 +16,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::sni::{LeafNames, SniGuard};
+
 /// A certificate chain (leaf first) and its private key.
 #[derive(Debug)]
 pub struct CertKey {
@@ -578,35 +580,73 @@ mod tests {
 }
 
 /// The server's certificate, replaceable while the server runs (a SIGHUP reload): read
-/// once per handshake, so live connections keep the certificate they were made with.
+/// once per handshake, so live connections keep the certificate they were made with. The
+/// lookup is also where `tls.sniGuard` refuses a ClientHello (no certificate: the handshake
+/// fails), for QUIC and for the masquerade's HTTPS listener alike.
 #[derive(Debug)]
-pub struct CertSwap(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+pub struct CertSwap {
+    /// The certificate handshakes get now, with the names the guard checks against.
+    served: std::sync::RwLock<Arc<Served>>,
+    /// Which SNIs may have it.
+    guard: SniGuard,
+}
+
+/// A certificate ready for handshakes.
+#[derive(Debug)]
+struct Served {
+    key: Arc<rustls::sign::CertifiedKey>,
+    names: LeafNames,
+}
 
 impl CertSwap {
-    pub fn new(ck: &CertKey) -> Result<Arc<Self>, TlsError> {
-        Ok(Arc::new(CertSwap(std::sync::RwLock::new(certified(ck)?))))
+    pub fn new(ck: &CertKey, guard: SniGuard) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(CertSwap {
+            served: std::sync::RwLock::new(served(ck)?),
+            guard,
+        }))
     }
 
     /// Uses `ck` for handshakes from now on (an error leaves the current one in place).
     pub fn set(&self, ck: &CertKey) -> Result<(), TlsError> {
-        let new = certified(ck)?;
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        let new = served(ck)?;
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(())
     }
 }
 
-fn certified(ck: &CertKey) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-    let c =
+fn served(ck: &CertKey) -> Result<Arc<Served>, TlsError> {
+    let key =
         rustls::sign::CertifiedKey::from_der(ck.chain.clone(), ck.key.clone_key(), &provider())?;
-    Ok(Arc::new(c))
+    let names = LeafNames::new(
+        ck.chain
+            .first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?,
+    );
+    Ok(Arc::new(Served {
+        key: Arc::new(key),
+        names,
+    }))
 }
 
 impl rustls::server::ResolvesServerCert for CertSwap {
     fn resolve(
         &self,
-        _hello: rustls::server::ClientHello<'_>,
+        hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        let served = self
+            .served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.guard.admits(hello.server_name(), &served.names) {
+            Some(served.key.clone())
+        } else {
+            tracing::debug!(
+                "TLS: SNI {:?} refused by tls.sniGuard",
+                hello.server_name().unwrap_or("")
+            );
+            None
+        }
     }
 }
 
@@ -622,4 +662,20 @@ pub fn server_crypto_swappable(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.max_early_data_size = 0;
     Ok(Arc::new(QuicServerConfig::try_from(config)?))
+}
+
+/// The TLS configuration of the masquerade's HTTPS listener (TCP): the QUIC server's
+/// certificate and SNI guard through `cert`, TLS 1.2 and 1.3 as Go's server defaults to,
+/// and `alpn` (h2, http/1.1).
+pub fn tcp_server_tls(
+    cert: Arc<CertSwap>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }

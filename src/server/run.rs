@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
-use super::masquerade::{FileMasquerade, ProxyMasquerade};
+use super::masquerade::{tcp, FileMasquerade, ProxyMasquerade};
 use super::offload::Offload;
 use super::ops::{self, Command, Ops};
 use super::route::Router;
@@ -43,19 +43,13 @@ pub struct Server {
     cert: Option<Arc<quic::CertSwap>>,
     /// Contents of `tls.cert` and `tls.key` when last loaded.
     cert_files: Option<(Vec<u8>, Vec<u8>)>,
+    /// The masquerade the TCP listeners serve (`masquerade.listenHTTPS`), replaced on reload.
+    masquerade_tcp: Option<tcp::Current>,
 }
 
 /// Turns the config into what the workers run. Errors name the config key. `limits`: the
 /// running server's counters (a reload keeps them; the caps are applied by the caller).
 fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Config, String> {
-    // Sections that would change who may reach what must not be ignored silently.
-    if cfg.masquerade.listen_http.is_some() || cfg.masquerade.listen_https.is_some() {
-        return Err(
-            "masquerade.listenHTTP/listenHTTPS: the TCP side of the masquerade is not \
-             supported yet"
-                .into(),
-        );
-    }
     let auth = match &cfg.auth {
         Auth::Password(p) => Authenticator::Password(p.clone()),
         Auth::UserPass(users) => Authenticator::UserPass(
@@ -152,6 +146,16 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
     }
 }
 
+/// `tls.sniGuard` as the certificate lookup enforces it. A generated certificate (no `tls`
+/// section) names only `localhost`, which clients cannot be expected to send: no check.
+fn sni_guard(cfg: &ServerConfig) -> quic::SniGuard {
+    match cfg.tls.as_ref().map(|t| t.sni_guard) {
+        None | Some(config::SniGuard::Disable) => quic::SniGuard::Disable,
+        Some(config::SniGuard::DnsSan) => quic::SniGuard::DnsSan,
+        Some(config::SniGuard::Strict) => quic::SniGuard::Strict,
+    }
+}
+
 /// Loads `tls.cert` and `tls.key`. Errors name the key at fault.
 fn load_cert(tls: &config::Tls) -> Result<CertKey, (&'static str, String)> {
     quic::load_pem(&tls.cert, &tls.key).map_err(|e| {
@@ -238,7 +242,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         ),
     };
     let pin = quic::pin_sha256(&ck.chain[0]);
-    let cert = quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+    let cert = quic::CertSwap::new(&ck, sni_guard(cfg)).map_err(|e| format!("tls: {e}"))?;
     let crypto = quic::server_crypto_swappable(cert.clone(), &[ALPN]).map_err(|e| e.to_string())?;
     // Official clients since 2.8.2 omit max_datagram_frame_size; assume 1200 like the
     // reference server so UDP replies reach them.
@@ -270,6 +274,29 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
     let (addr, steering) = (sockets.addr, sockets.steering);
     let specs = sockets.specs(&server_config);
+    let masquerade_tcp = match cfg.masquerade.listen_https {
+        Some(https) => {
+            let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
+                .map_err(|e| format!("masquerade.listenHTTPS: {e}"))?;
+            let current: tcp::Current = Arc::new(std::sync::RwLock::new(hy2.masquerade.clone()));
+            let listeners = tcp::Listeners {
+                https,
+                http: cfg.masquerade.listen_http,
+                force_https: cfg.masquerade.force_https,
+                quic_port: addr.port(),
+            };
+            tcp::serve(&listeners, tls, current.clone())?;
+            tracing::info!(
+                "masquerade over TCP: HTTPS on {https}{}",
+                cfg.masquerade
+                    .listen_http
+                    .map(|h| format!(", HTTP on {h}"))
+                    .unwrap_or_default()
+            );
+            Some(current)
+        }
+        None => None,
+    };
     let offload = Arc::new(Offload::new(&cfg.resolver)?);
     tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {
@@ -341,6 +368,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         cfg: cfg.clone(),
         cert: (!generated).then_some(cert),
         cert_files,
+        masquerade_tcp,
     })
 }
 
@@ -384,6 +412,22 @@ impl Server {
                 new.tls.is_some() != old.tls.is_some(),
                 "tls (added or removed)",
             ),
+            (
+                new.tls.as_ref().map(|t| t.sni_guard) != old.tls.as_ref().map(|t| t.sni_guard),
+                "tls.sniGuard",
+            ),
+            (
+                (
+                    new.masquerade.listen_http,
+                    new.masquerade.listen_https,
+                    new.masquerade.force_https,
+                ) != (
+                    old.masquerade.listen_http,
+                    old.masquerade.listen_https,
+                    old.masquerade.force_https,
+                ),
+                "masquerade.listenHTTP/listenHTTPS/forceHTTPS",
+            ),
         ];
         for (changed, key) in restart_only {
             if changed {
@@ -405,6 +449,12 @@ impl Server {
         if new.tls.is_some() != old.tls.is_some() {
             new.tls = old.tls.clone();
         }
+        if let (Some(new_tls), Some(old_tls)) = (&mut new.tls, &old.tls) {
+            new_tls.sni_guard = old_tls.sni_guard;
+        }
+        new.masquerade.listen_http = old.masquerade.listen_http;
+        new.masquerade.listen_https = old.masquerade.listen_https;
+        new.masquerade.force_https = old.masquerade.force_https;
         let limits = self.ops.limits.clone();
         let hy2 = Arc::new(hy2_config(&new, Some(limits.clone()))?);
         // The certificate: loaded and checked before anything is applied.
@@ -413,7 +463,8 @@ impl Server {
             let files = read_pair(&tls.cert, &tls.key);
             if files.is_none() || files != self.cert_files {
                 let ck = load_cert_at(tls)?;
-                quic::CertSwap::new(&ck).map_err(|e| format!("tls: {e}"))?;
+                quic::CertSwap::new(&ck, quic::SniGuard::Disable)
+                    .map_err(|e| format!("tls: {e}"))?;
                 cert = Some((ck, files));
             }
         }
@@ -423,6 +474,9 @@ impl Server {
             tracing::info!("reload: new certificate for new connections");
         }
         limits.set_caps(caps(&new));
+        if let Some(current) = &self.masquerade_tcp {
+            *current.write().unwrap_or_else(|e| e.into_inner()) = hy2.masquerade.clone();
+        }
         self.ops.broadcast(|| Command::Reload(hy2.clone()));
         let removed = self.cfg.auth.removed_users(&new.auth);
         if !removed.is_empty() {

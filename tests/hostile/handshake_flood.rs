@@ -54,7 +54,7 @@ fn flood(server: SocketAddr, stop: &AtomicBool) -> u64 {
         }
         let now = Instant::now();
         let (_, mut conn) = ep
-            .connect(now, config.clone(), server, "localhost")
+            .connect(now, config.clone(), server, support::SNI)
             .expect("a client connection starts");
         buf.clear();
         if let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
@@ -72,7 +72,7 @@ fn flood(server: SocketAddr, stop: &AtomicBool) -> u64 {
 /// Connects and logs in with the password; the auth response's status.
 async fn login(ep: &quinn::Endpoint, server: SocketAddr) -> (quinn::Connection, u16) {
     let conn = ep
-        .connect(server, "localhost")
+        .connect(server, support::SNI)
         .expect("connect starts")
         .await
         .expect("QUIC handshake");

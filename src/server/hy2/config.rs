@@ -11,7 +11,6 @@ use crate::limits::Limits;
 use crate::proto::h3;
 use crate::proto::sniff::Sniffer;
 use crate::server::guard::OutboundGuard;
-use crate::server::masquerade::{FileMasquerade, ProxyMasquerade};
 use crate::server::route::Router;
 
 /// Who may use the relay.
@@ -41,45 +40,15 @@ impl Authenticator {
     }
 }
 
-/// What unauthenticated visitors see.
-#[derive(Clone, Debug)]
-pub enum Masquerade {
-    /// Go's `http.NotFound`.
-    NotFound,
-    String {
-        status: u16,
-        headers: Vec<(String, String)>,
-        content: String,
-    },
-    /// A static file server (`masquerade.type: file`).
-    File(Arc<FileMasquerade>),
-    /// A reverse proxy (`masquerade.type: proxy`).
-    Proxy(Arc<ProxyMasquerade>),
-}
+pub use crate::server::masquerade::Masquerade;
 
 impl Masquerade {
-    /// The answer for the kinds that need no I/O.
+    /// The HTTP/3 answer for the kinds that need no I/O.
     pub(in crate::server::hy2) fn response(&self) -> Vec<u8> {
-        match self {
-            // With a `date`, as quic-go's server adds to every response.
-            Masquerade::NotFound => h3::not_found_response(Some(&h3::http_date(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            ))),
-            Masquerade::String {
-                status,
-                headers,
-                content,
-            } => {
-                let hs: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                h3::response(*status, &hs, content.as_bytes())
-            }
+        match self.canned() {
+            Some(reply) => reply.to_h3(),
             // Answered off the data path; never reached.
-            Masquerade::File(_) | Masquerade::Proxy(_) => h3::response(500, &[], b""),
+            None => h3::response(500, &[], b""),
         }
     }
 }

@@ -7,8 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::{now_http_date, percent_escape};
-use crate::proto::h3::{http_date, not_found_response, response, FrameHeader, Request};
+use super::{not_found_response, now_http_date, percent_escape, response, Reply};
+use crate::proto::h3::{http_date, Request};
 
 /// Most bytes the file masquerade puts in one response. Whole files above this get a 500
 /// (Go would stream them; we answer from one buffer); range requests within it still work.
@@ -66,6 +66,11 @@ impl FileMasquerade {
 
     /// Answers one request with a complete HTTP/3 response (HEADERS, then DATA if any).
     pub fn respond(&self, req: &Request) -> Vec<u8> {
+        self.answer(req).to_h3()
+    }
+
+    /// Answers one request, whatever the transport.
+    pub fn answer(&self, req: &Request) -> Reply {
         let date = now_http_date();
         let head = req.method == "HEAD";
         if req.method != "GET" && !head {
@@ -73,7 +78,7 @@ impl FileMasquerade {
             return text_response(405, &allow, "Method Not Allowed\n", false, &date);
         }
         let Some(mut url_path) = req.url_path() else {
-            let not_found = not_found_response(Some(&date));
+            let not_found = not_found_response(&date);
             return if head {
                 headers_only(not_found)
             } else {
@@ -114,8 +119,8 @@ impl FileMasquerade {
         });
         match result {
             Ok(bytes) => bytes,
-            Err(FileError::NotFound) if head => headers_only(not_found_response(Some(&date))),
-            Err(FileError::NotFound) => not_found_response(Some(&date)),
+            Err(FileError::NotFound) if head => headers_only(not_found_response(&date)),
+            Err(FileError::NotFound) => not_found_response(&date),
             Err(FileError::Forbidden) => text_response(403, &[], "403 Forbidden\n", head, &date),
             Err(FileError::Internal) => {
                 text_response(500, &[], "500 Internal Server Error\n", head, &date)
@@ -166,7 +171,7 @@ fn serve_file(
     req: &Request,
     head: bool,
     date: &str,
-) -> Result<Vec<u8>, FileError> {
+) -> Result<Reply, FileError> {
     let size = meta.len();
     let mtime = unix_mtime(meta);
     let last_modified = mtime.map(http_date);
@@ -254,7 +259,7 @@ fn dir_listing(
     req: &Request,
     head: bool,
     date: &str,
-) -> Result<Vec<u8>, FileError> {
+) -> Result<Reply, FileError> {
     let mtime = unix_mtime(meta);
     let last_modified = mtime.map(http_date);
     if not_modified(req, mtime) {
@@ -311,7 +316,7 @@ fn not_modified(req: &Request, mtime: Option<u64>) -> bool {
 }
 
 /// Go's `writeNotModified`: no content headers, `last-modified` kept (there is no ETag).
-fn not_modified_response(last_modified: Option<&str>, date: &str) -> Vec<u8> {
+fn not_modified_response(last_modified: Option<&str>, date: &str) -> Reply {
     let mut headers = Vec::with_capacity(2);
     if let Some(lm) = last_modified {
         headers.push(("last-modified", lm));
@@ -320,22 +325,20 @@ fn not_modified_response(last_modified: Option<&str>, date: &str) -> Vec<u8> {
     response(304, &headers, b"")
 }
 
-/// The HEADERS frame of an encoded response without its DATA: Go writes no body for HEAD
-/// but keeps the `content-length` the body would have had.
-fn headers_only(mut bytes: Vec<u8>) -> Vec<u8> {
-    if let Ok(Some((header, used))) = FrameHeader::parse(&bytes) {
-        let end = usize::try_from(header.len)
-            .ok()
-            .and_then(|len| len.checked_add(used));
-        if let Some(end) = end {
-            bytes.truncate(end);
-        }
+/// A response without its body: Go writes no body for HEAD but keeps the
+/// `content-length` the body would have had.
+fn headers_only(mut reply: Reply) -> Reply {
+    if reply.header("content-length").is_none() {
+        reply
+            .headers
+            .push(("content-length".into(), reply.body.len().to_string()));
     }
-    bytes
+    reply.body.clear();
+    reply
 }
 
 /// Go's `localRedirect`: 301 to a relative location, the query kept.
-fn redirect(location: &str, query: &str, date: &str) -> Vec<u8> {
+fn redirect(location: &str, query: &str, date: &str) -> Reply {
     // The location comes from a decoded path and an on-disk name: escape control
     // characters (a `%0a` in a name), which no field value may hold.
     let mut location = percent_escape(location, |b| !b.is_ascii_control());
@@ -348,13 +351,7 @@ fn redirect(location: &str, query: &str, date: &str) -> Vec<u8> {
 
 /// Go's `http.Error`: a plain-text body after `extra` fields; HEAD gets the length but
 /// not the body.
-fn text_response(
-    status: u16,
-    extra: &[(&str, &str)],
-    body: &str,
-    head: bool,
-    date: &str,
-) -> Vec<u8> {
+fn text_response(status: u16, extra: &[(&str, &str)], body: &str, head: bool, date: &str) -> Reply {
     let length = body.len().to_string();
     let mut headers = extra.to_vec();
     headers.extend([
@@ -749,7 +746,7 @@ mod tests {
         let date = now_http_date();
         let bytes = files.respond(&request("GET", "/nope", &[]));
         if now_http_date() == date {
-            assert_eq!(bytes, not_found_response(Some(&date)));
+            assert_eq!(bytes, crate::proto::h3::not_found_response(Some(&date)));
         }
         // No root at all.
         let gone = FileMasquerade::new(tmp.0.join("does-not-exist"));

@@ -9,8 +9,8 @@ use ureq::http;
 use ureq::tls::TlsConfig;
 use ureq::Agent;
 
-use super::{now_http_date, percent_escape};
-use crate::proto::h3::{response, Request};
+use super::{now_http_date, percent_escape, response, Reply};
+use crate::proto::h3::Request;
 
 /// The whole upstream exchange of the proxy masquerade, connect to last body byte.
 pub const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,6 +129,11 @@ impl ProxyMasquerade {
     /// Relays one request upstream and returns the complete HTTP/3 response. `body` is the
     /// request's body, `client` the QUIC peer's address (for `X-Forwarded-For`).
     pub fn respond(&self, req: &Request, body: &[u8], client: SocketAddr) -> Vec<u8> {
+        self.answer(req, body, client).to_h3()
+    }
+
+    /// [`Self::respond`], whatever the transport.
+    pub fn answer(&self, req: &Request, body: &[u8], client: SocketAddr) -> Reply {
         let date = now_http_date();
         match self.forward(req, body, client, &date) {
             Ok(bytes) => bytes,
@@ -149,7 +154,7 @@ impl ProxyMasquerade {
         body: &[u8],
         client: SocketAddr,
         date: &str,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Reply, String> {
         let method = http::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| format!("bad method {:?}", req.method))?;
         if method == http::Method::CONNECT {
@@ -282,7 +287,12 @@ impl ProxyMasquerade {
                 &client.ip().to_canonical().to_string(),
             );
             append(&mut headers, "x-forwarded-host", &req.authority);
-            append(&mut headers, "x-forwarded-proto", "https");
+            let proto = if req.scheme == "http" {
+                "http"
+            } else {
+                "https"
+            };
+            append(&mut headers, "x-forwarded-proto", proto);
         }
         headers
     }
