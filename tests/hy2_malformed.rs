@@ -467,6 +467,7 @@ fn run_client(server: SocketAddr, steps: Vec<Vec<StreamSpec>>) -> Report {
         endpoint_config: Arc::new(quic::client_endpoint_config()),
         server_config: None,
         client_config: Some(client_config),
+        layout: Default::default(),
     };
     let report = Arc::new(Mutex::new(Report::default()));
     let group = {

@@ -109,6 +109,20 @@ pub struct ServerConfig {
     pub engine: Engine,
     /// `metrics` (quelay); `None` when `metrics.listen` is not set.
     pub metrics: Option<Metrics>,
+    /// `cluster` (quelay): this server is one node of several behind one address.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster`: one node of several behind a balancer that routes by connection ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// `cluster.nodeId` (0 to 255): the node byte of the server ID in every connection ID.
+    pub node_id: u8,
+    /// `cluster.configId` (0 to 6, default 0): QUIC-LB's config rotation bits.
+    pub config_id: u8,
+    /// `cluster.keyFile`: the secret every node shares (at least 32 bytes), read at start:
+    /// the stateless-reset and token keys derive from it.
+    pub key_file: PathBuf,
 }
 
 /// `tls`: certificate files and client checks.

@@ -132,6 +132,7 @@ fn full_config() {
     let expected = ServerConfig {
         listen: addr("0.0.0.0:8443"),
         listen_ports: None,
+        cluster: None,
         tls: Some(Tls {
             cert: "/etc/quelay/cert.pem".into(),
             key: "/etc/quelay/key.pem".into(),

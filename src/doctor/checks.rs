@@ -282,7 +282,7 @@ fn steering() -> Finding {
     let n = worker::default_workers().clamp(2, worker::MAX_WORKERS);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let result = worker::bind_group(addr, n, STEERING_TEST_BUFFER)
-        .and_then(|(socks, _)| engine::steer_group(&socks));
+        .and_then(|(socks, _)| engine::steer_group(&socks, engine::WORKER_OFFSET));
     match result {
         Ok(()) => Finding::ok(
             "CID steering",

@@ -46,10 +46,15 @@ const PROBE_NONCE_LEN: usize = 8;
 /// How long [`self_test`] waits for all probes; loopback delivers in microseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The steering program for a group of `workers` sockets.
+/// Where a short header's UDP payload carries the worker byte on a lone server: the first
+/// DCID byte, after the flags.
+pub const WORKER_OFFSET: u32 = 1;
+
+/// The steering program for a group of `workers` sockets whose short headers carry the
+/// worker at payload offset `offset` (1, or 3 for a cluster node's QUIC-LB CIDs).
 ///
 /// Jump offsets count instructions after the jump itself.
-fn steering_program(workers: u32) -> [libc::sock_filter; 8] {
+fn steering_program(workers: u32, offset: u32) -> [libc::sock_filter; 8] {
     const fn stmt(code: u32, k: u32) -> libc::sock_filter {
         libc::sock_filter {
             code: code as u16,
@@ -71,14 +76,15 @@ fn steering_program(workers: u32) -> [libc::sock_filter; 8] {
     [
         // 0: A = payload length
         stmt(BPF_LD | BPF_W | BPF_LEN, 0),
-        // 1: fewer than 2 bytes → 7 (a load past the end would return socket 0)
-        jump(BPF_JMP | BPF_JGE | BPF_K, 2, 0, 5),
+        // 1: too short to hold the worker byte → 7 (a load past the end would return
+        // socket 0)
+        jump(BPF_JMP | BPF_JGE | BPF_K, offset + 1, 0, 5),
         // 2: A = first byte
         stmt(BPF_LD | BPF_B | BPF_ABS, 0),
         // 3: long header → 7
         jump(BPF_JMP | BPF_JSET | BPF_K, LONG_HEADER_BIT, 3, 0),
-        // 4: A = first DCID byte of a short header
-        stmt(BPF_LD | BPF_B | BPF_ABS, 1),
+        // 4: A = the worker byte of a short header's DCID
+        stmt(BPF_LD | BPF_B | BPF_ABS, offset),
         // 5: not one of our workers → 7
         jump(BPF_JMP | BPF_JGE | BPF_K, workers, 1, 0),
         // 6: steer to socket A
@@ -92,14 +98,20 @@ fn steering_program(workers: u32) -> [libc::sock_filter; 8] {
 ///
 /// `workers` is the number of sockets that own CIDs, in bind order (1..=256). Attach after
 /// every member of the group is bound; the program then applies to the whole group.
+#[cfg(test)]
 pub fn attach_cid_steering(fd: RawFd, workers: usize) -> io::Result<()> {
+    attach_cid_steering_at(fd, workers, WORKER_OFFSET)
+}
+
+/// [`attach_cid_steering`] for CIDs whose worker byte is at payload offset `offset`.
+fn attach_cid_steering_at(fd: RawFd, workers: usize, offset: u32) -> io::Result<()> {
     if workers == 0 || workers > MAX_WORKERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("CID steering needs 1..={MAX_WORKERS} workers, got {workers}"),
         ));
     }
-    let mut program = steering_program(workers as u32);
+    let mut program = steering_program(workers as u32, offset);
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
@@ -126,13 +138,13 @@ pub fn attach_cid_steering(fd: RawFd, workers: usize) -> io::Result<()> {
 }
 
 /// Attaches CID steering to a bound reuseport group (`sockets` in bind order, each one
-/// worker) and self-tests it.
-pub fn steer_group(sockets: &[UdpSocket]) -> io::Result<()> {
+/// worker) whose short headers carry the worker at payload `offset`, and self-tests it.
+pub fn steer_group(sockets: &[UdpSocket], offset: u32) -> io::Result<()> {
     let first = sockets.first().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "CID steering needs a socket")
     })?;
-    attach_cid_steering(first.as_raw_fd(), sockets.len())?;
-    self_test(&sockets.iter().collect::<Vec<_>>())
+    attach_cid_steering_at(first.as_raw_fd(), sockets.len(), offset)?;
+    self_test_at(&sockets.iter().collect::<Vec<_>>(), offset)
 }
 
 /// Checks that the kernel steers a short-header packet whose DCID starts with byte `i` to
@@ -145,7 +157,13 @@ pub fn steer_group(sockets: &[UdpSocket]) -> io::Result<()> {
 ///
 /// Datagrams that are not this run's probes are read and discarded: run it before serving, or
 /// accept that a restart under live traffic drops a few packets, which clients retransmit.
+#[cfg(test)]
 pub fn self_test(sockets: &[&UdpSocket]) -> io::Result<()> {
+    self_test_at(sockets, WORKER_OFFSET)
+}
+
+/// [`self_test`] with the worker byte at payload `offset`.
+fn self_test_at(sockets: &[&UdpSocket], offset: u32) -> io::Result<()> {
     if sockets.is_empty() || sockets.len() > MAX_WORKERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -173,7 +191,7 @@ pub fn self_test(sockets: &[&UdpSocket]) -> io::Result<()> {
     let result = sockets
         .iter()
         .try_for_each(|s| s.set_nonblocking(true))
-        .and_then(|()| run_probes(sockets, probe_target(group)));
+        .and_then(|()| run_probes(sockets, probe_target(group), offset as usize));
     for (sock, &nonblocking) in sockets.iter().zip(&was_nonblocking) {
         // Restore even after a failed test; the first error is the one worth reporting.
         let restored = sock.set_nonblocking(nonblocking);
@@ -195,7 +213,7 @@ fn probe_target(group: SocketAddr) -> SocketAddr {
 }
 
 /// Sends one probe per socket index and checks where each arrives.
-fn run_probes(sockets: &[&UdpSocket], target: SocketAddr) -> io::Result<()> {
+fn run_probes(sockets: &[&UdpSocket], target: SocketAddr, offset: usize) -> io::Result<()> {
     let unspecified: IpAddr = match target {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -203,7 +221,7 @@ fn run_probes(sockets: &[&UdpSocket], target: SocketAddr) -> io::Result<()> {
     let sender = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
     let nonce: [u8; PROBE_NONCE_LEN] = rand::random();
     for i in 0..sockets.len() {
-        sender.send_to(&probe(i as u8, &nonce), target)?;
+        sender.send_to(&probe(i as u8, &nonce, offset), target)?;
     }
 
     // landed[i] = index of the socket probe i arrived on.
@@ -223,7 +241,7 @@ fn run_probes(sockets: &[&UdpSocket], target: SocketAddr) -> io::Result<()> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
                 };
-                let Some(index) = probe_index(&buf[..len], &nonce) else {
+                let Some(index) = probe_index(&buf[..len], &nonce, offset) else {
                     continue;
                 };
                 if let Some(slot @ None) = landed.get_mut(index) {
@@ -254,23 +272,25 @@ fn run_probes(sockets: &[&UdpSocket], target: SocketAddr) -> io::Result<()> {
     }
 }
 
-/// A short-header probe whose DCID starts with `index`.
-fn probe(index: u8, nonce: &[u8; PROBE_NONCE_LEN]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(2 + PROBE_MAGIC.len() + PROBE_NONCE_LEN);
-    p.extend_from_slice(&[0x40, index]);
+/// A short-header probe with `index` at payload `offset` (the bytes between are zero).
+fn probe(index: u8, nonce: &[u8; PROBE_NONCE_LEN], offset: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(offset + 1 + PROBE_MAGIC.len() + PROBE_NONCE_LEN);
+    p.push(0x40);
+    p.resize(offset, 0);
+    p.push(index);
     p.extend_from_slice(PROBE_MAGIC);
     p.extend_from_slice(nonce);
     p
 }
 
 /// The index of a probe of this run, or `None` for any other datagram.
-fn probe_index(datagram: &[u8], nonce: &[u8; PROBE_NONCE_LEN]) -> Option<usize> {
-    match datagram {
-        [0x40, index, rest @ ..] if rest.strip_prefix(PROBE_MAGIC) == Some(&nonce[..]) => {
-            Some(usize::from(*index))
-        }
-        _ => None,
+fn probe_index(datagram: &[u8], nonce: &[u8; PROBE_NONCE_LEN], offset: usize) -> Option<usize> {
+    if datagram.first() != Some(&0x40) {
+        return None;
     }
+    let index = *datagram.get(offset)?;
+    let rest = datagram.get(offset + 1..)?;
+    (rest.strip_prefix(PROBE_MAGIC) == Some(&nonce[..])).then_some(usize::from(index))
 }
 
 /// Waits up to `timeout` for any socket to become readable; `false` on timeout.
@@ -417,7 +437,7 @@ mod tests {
 
     #[test]
     fn program_shape() {
-        let p = steering_program(4);
+        let p = steering_program(4, WORKER_OFFSET);
         // Every jump lands inside the program, and it ends in a return.
         for (i, insn) in p.iter().enumerate() {
             if u32::from(insn.code) & 0x07 == libc::BPF_JMP {
@@ -444,15 +464,18 @@ mod tests {
     #[test]
     fn steer_group_attaches_and_tests() {
         assert_eq!(
-            steer_group(&[]).unwrap_err().kind(),
+            steer_group(&[], WORKER_OFFSET).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
         let socks = group(V4, 3).unwrap();
-        steer_group(&socks).unwrap();
+        steer_group(&socks, WORKER_OFFSET).unwrap();
+        // A cluster node's CIDs: the worker byte after the QUIC-LB octet and the node.
+        let socks = group(V4, 3).unwrap();
+        steer_group(&socks, 3).unwrap();
         // Bound out of order: the group's self-test catches it.
         let socks = group(V4, 2).unwrap();
         let swapped = [socks[1].try_clone().unwrap(), socks[0].try_clone().unwrap()];
-        assert!(steer_group(&swapped).is_err());
+        assert!(steer_group(&swapped, WORKER_OFFSET).is_err());
     }
 
     #[test]
@@ -500,7 +523,7 @@ mod tests {
         let target = socks[0].local_addr().unwrap();
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
         stranger.send_to(&[0x40, 1, 2, 3], target).unwrap();
-        let stale = probe(0, &[0; PROBE_NONCE_LEN]);
+        let stale = probe(0, &[0; PROBE_NONCE_LEN], WORKER_OFFSET as usize);
         stranger.send_to(&stale, target).unwrap();
         self_test(&refs(&socks)).unwrap();
     }

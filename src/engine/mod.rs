@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-pub use bpf::steer_group;
+pub use bpf::{steer_group, WORKER_OFFSET};
 pub use sys::{bind_udp, cpu_seconds_self, BufferReport, Waker};
 
 /// Largest UDP payload a GRO receive can coalesce (64 KiB minus headers).

@@ -34,6 +34,8 @@ pub struct WorkerCounters {
     /// Stateless resets sent: short-header datagrams for no connection of this worker
     /// (state lost, or a datagram steered to the wrong worker).
     pub stateless_resets: AtomicU64,
+    /// Short-header datagrams for another node of the cluster, dropped unanswered.
+    pub other_node: AtomicU64,
     /// Times a connection's peer address changed (a client's new port or address: NAT
     /// rebinding, or port hopping), followed by the connection.
     pub migrations: AtomicU64,
@@ -119,6 +121,7 @@ macro_rules! fields {
             rx_dropped,
             rx_responses,
             stateless_resets,
+            other_node,
             migrations,
             hops,
             forwarded_out,
@@ -173,6 +176,7 @@ pub struct Snapshot {
     pub rx_dropped: u64,
     pub rx_responses: u64,
     pub stateless_resets: u64,
+    pub other_node: u64,
     pub migrations: u64,
     pub hops: u64,
     pub forwarded_out: u64,

@@ -97,6 +97,12 @@ const WORKER_SERIES: &[Series] = &[
         |s| s.stateless_resets,
     ),
     (
+        "quelay_other_node_dropped_total",
+        "counter",
+        "Short-header datagrams for another node of the cluster, dropped without a reset.",
+        |s| s.other_node,
+    ),
+    (
         "quelay_migrations_total",
         "counter",
         "Peer address changes connections followed (NAT rebinding, port hopping).",

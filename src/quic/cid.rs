@@ -26,7 +26,55 @@ const LONG_HEADER_FORM: u8 = 0x80;
 /// First-byte fixed bit; always set because we never advertise `grease_quic_bit`.
 const FIXED_BIT: u8 = 0x40;
 
-/// Issues CIDs whose first byte is this worker's index.
+/// A node of a cluster (`cluster` in the server config): its CIDs follow QUIC-LB's plaintext
+/// format (draft-ietf-quic-load-balancers), so a balancer that reads the server ID routes
+/// every packet of a connection to its node, whatever the client's address.
+///
+/// ```text
+/// byte 0       1      2        3..8
+///      CR|len  node   worker   nonce (40 random bits)
+/// ```
+/// CR is the config rotation (3 bits, 0..=6; 7 means unroutable), `len` the CID length
+/// less one (self-encoded length); the server ID is the node, then the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterId {
+    pub config_rotation: u8,
+    pub node: u8,
+}
+
+/// Where a server's CIDs carry their worker: byte 0 on a lone server, byte 2 (after the
+/// QUIC-LB first octet and the node) in a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CidLayout {
+    pub cluster: Option<ClusterId>,
+}
+
+impl CidLayout {
+    /// The index of the worker byte within the CID.
+    pub const fn worker_byte(&self) -> usize {
+        if self.cluster.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// The QUIC-LB first octet of this node's CIDs.
+    const fn first_octet(c: ClusterId) -> u8 {
+        (c.config_rotation << 5) | (CID_LEN as u8 - 1)
+    }
+
+    /// Whether `dcid` (at least [`CID_LEN`] bytes) names another node of the cluster: its
+    /// packets are that node's, and must be dropped without a stateless reset.
+    pub fn other_node(&self, dcid: &[u8]) -> bool {
+        match self.cluster {
+            Some(c) => dcid.get(1).is_some_and(|&n| n != c.node),
+            None => false,
+        }
+    }
+}
+
+/// Issues CIDs whose worker byte is this worker's index ([`CidLayout`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ShardedCidGenerator {
     /// Index of the worker that owns every CID issued here; fixed at construction.
@@ -36,6 +84,7 @@ pub struct ShardedCidGenerator {
     /// Lifetime after which quinn-proto retires an issued CID; `None` keeps CIDs for the
     /// connection's life.
     lifetime: Option<Duration>,
+    layout: CidLayout,
 }
 
 impl ShardedCidGenerator {
@@ -52,7 +101,14 @@ impl ShardedCidGenerator {
             worker,
             workers,
             lifetime: None,
+            layout: CidLayout::default(),
         }
+    }
+
+    /// CIDs in `layout` (a cluster node's).
+    pub fn with_layout(mut self, layout: CidLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Retire issued CIDs after `lifetime`.
@@ -75,13 +131,29 @@ impl ShardedCidGenerator {
 impl ConnectionIdGenerator for ShardedCidGenerator {
     fn generate_cid(&mut self) -> ConnectionId {
         let mut bytes = [0u8; CID_LEN];
-        bytes[0] = self.worker;
-        rand::thread_rng().fill_bytes(&mut bytes[1..]);
+        match self.layout.cluster {
+            None => {
+                bytes[0] = self.worker;
+                rand::thread_rng().fill_bytes(&mut bytes[1..]);
+            }
+            Some(c) => {
+                bytes[0] = CidLayout::first_octet(c);
+                bytes[1] = c.node;
+                bytes[2] = self.worker;
+                rand::thread_rng().fill_bytes(&mut bytes[3..]);
+            }
+        }
         ConnectionId::new(&bytes)
     }
 
     fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
-        if cid.len() == CID_LEN && cid[0] == self.worker {
+        let ours = cid.len() == CID_LEN
+            && cid[self.layout.worker_byte()] == self.worker
+            && match self.layout.cluster {
+                None => true,
+                Some(c) => cid[0] == CidLayout::first_octet(c) && cid[1] == c.node,
+            };
+        if ours {
             Ok(())
         } else {
             Err(InvalidCid)
@@ -151,6 +223,40 @@ mod tests {
         assert_eq!(g.cid_lifetime(), None);
         let g = g.with_lifetime(Duration::from_secs(60));
         assert_eq!(g.cid_lifetime(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn cluster_cids_follow_quic_lb_and_name_node_and_worker() {
+        let layout = CidLayout {
+            cluster: Some(ClusterId {
+                config_rotation: 1,
+                node: 7,
+            }),
+        };
+        let mut g = ShardedCidGenerator::new(2, 4).with_layout(layout);
+        let other = ShardedCidGenerator::new(2, 4).with_layout(CidLayout {
+            cluster: Some(ClusterId {
+                config_rotation: 1,
+                node: 8,
+            }),
+        });
+        let lone = ShardedCidGenerator::new(2, 4);
+        for _ in 0..100 {
+            let cid = g.generate_cid();
+            assert_eq!(cid.len(), CID_LEN);
+            // CR 001, self-encoded length 7; server ID node 7, worker 2.
+            assert_eq!(&cid[..3], &[0b001_00111, 7, 2]);
+            assert!(g.validate(&cid).is_ok());
+            assert!(other.validate(&cid).is_err(), "another node's");
+            assert!(lone.validate(&cid).is_err());
+            assert!(!layout.other_node(&cid));
+            let mut foreign = cid.to_vec();
+            foreign[1] = 8;
+            assert!(layout.other_node(&foreign));
+        }
+        assert_eq!(layout.worker_byte(), 2);
+        assert_eq!(CidLayout::default().worker_byte(), 0);
+        assert!(!CidLayout::default().other_node(&[0; 8]));
     }
 
     #[test]

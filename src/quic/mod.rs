@@ -25,6 +25,6 @@ pub use tls::{
     server_crypto_swappable, tcp_server_tls, warm_up_rng, CertKey, CertSwap, TlsError, Verify,
 };
 pub use transport::{
-    client_config, client_endpoint_config, endpoint_config, server_config, transport_config,
-    Congestion, QuicParams,
+    client_config, client_endpoint_config, cluster_keys, endpoint_config, server_config,
+    transport_config, Congestion, QuicParams, MIN_CLUSTER_SECRET,
 };

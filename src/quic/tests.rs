@@ -144,7 +144,12 @@ impl Pair {
     ) -> Self {
         let p = QuicParams::default();
         let server = Endpoint::new(
-            Arc::new(endpoint_config(&[0x5a; 64], SERVER_WORKER, WORKERS)),
+            Arc::new(endpoint_config(
+                &[0x5a; 64],
+                SERVER_WORKER,
+                WORKERS,
+                Default::default(),
+            )),
             Some(server_config(server_crypto, &p, None)),
             true,
             None,
@@ -487,4 +492,81 @@ fn assumed_datagram_limit_after_mtu_discovery() {
         conn.datagrams().max_size(),
         Some(usize::from(ASSUMED_PEER_DATAGRAM_PAYLOAD))
     );
+}
+
+/// A cluster: every node derives its token key from the shared secret, so a client that
+/// one node answered with a Retry is validated by another node, and only by a node of the
+/// same cluster.
+#[test]
+fn a_retry_token_from_one_node_is_accepted_by_another() {
+    use super::cid::{CidLayout, ClusterId};
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let crypto = server_crypto(&server_cert(), &[b"h3"]).unwrap();
+    let p = QuicParams::default();
+    let node = |n: u8, secret: &[u8]| {
+        let (reset, token) = cluster_keys(secret);
+        let layout = CidLayout {
+            cluster: Some(ClusterId {
+                config_rotation: 0,
+                node: n,
+            }),
+        };
+        Endpoint::new(
+            Arc::new(endpoint_config(&reset, 0, 1, layout)),
+            Some(server_config(crypto.clone(), &p, Some(&token))),
+            true,
+            None,
+        )
+    };
+    let (mut a, mut b) = (node(1, secret), node(2, secret));
+    let mut stranger = node(3, b"another cluster's secret, 32+ bytes");
+    let server: SocketAddr = (Ipv4Addr::new(10, 0, 0, 1), 443).into();
+    let from: SocketAddr = (Ipv4Addr::new(10, 0, 0, 2), 40000).into();
+    let now = Instant::now();
+    let config = client(Verify::Insecure, b"h3");
+    let mut peer = Endpoint::new(Arc::new(client_endpoint_config()), None, true, None);
+    let (_, mut conn) = peer.connect(now, config, server, "localhost").unwrap();
+    let mut buf = Vec::new();
+    let t = conn
+        .poll_transmit(now, 1, &mut buf)
+        .expect("client Initial");
+    let initial = BytesMut::from(&buf[..t.size]);
+
+    let mut resp = Vec::new();
+    let Some(DatagramEvent::NewConnection(incoming)) =
+        a.handle(now, from, None, None, initial, &mut resp)
+    else {
+        panic!("node 1 did not see a new connection");
+    };
+    assert!(!incoming.remote_address_validated());
+    resp.clear();
+    let t = a.retry(incoming, &mut resp).expect("a Retry");
+    let retry = BytesMut::from(&resp[..t.size]);
+    let mut scratch = Vec::new();
+    match peer.handle(now, server, None, None, retry, &mut scratch) {
+        Some(DatagramEvent::ConnectionEvent(_, ev)) => conn.handle_event(ev),
+        _ => panic!("the client did not take the Retry"),
+    }
+    buf.clear();
+    let t = conn
+        .poll_transmit(now, 1, &mut buf)
+        .expect("Initial with the token");
+    let with_token = BytesMut::from(&buf[..t.size]);
+
+    resp.clear();
+    match b.handle(now, from, None, None, with_token.clone(), &mut resp) {
+        Some(DatagramEvent::NewConnection(i)) => {
+            assert!(
+                i.remote_address_validated(),
+                "node 2 validates node 1's token"
+            )
+        }
+        _ => panic!("node 2 did not take the Initial with node 1's token"),
+    }
+    resp.clear();
+    let validated = matches!(
+        stranger.handle(now, from, None, None, with_token, &mut resp),
+        Some(DatagramEvent::NewConnection(i)) if i.remote_address_validated()
+    );
+    assert!(!validated, "a node of another cluster refuses the token");
 }

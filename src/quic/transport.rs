@@ -15,7 +15,7 @@ use quinn_proto::{
 use rand::RngCore;
 
 use super::bbr::BbrConfig;
-use super::cid::ShardedCidGenerator;
+use super::cid::{CidLayout, ShardedCidGenerator};
 use super::congestion::AdaptiveConfig;
 
 /// Hysteria2 `quic.initStreamReceiveWindow`: 8 MiB lets one stream fill ~670 Mbit/s at 100 ms.
@@ -194,18 +194,55 @@ pub fn client_config(crypto: Arc<QuicClientConfig>, p: &QuicParams) -> ClientCon
 ///
 /// All workers must pass the same `reset_key`, so a stateless reset token issued by one worker
 /// is the one any other worker would send for that CID.
-pub fn endpoint_config(reset_key: &[u8; 64], worker: u8, workers: u8) -> EndpointConfig {
+/// In a cluster every node passes the same `reset_key` too (derived from the cluster key),
+/// and `layout` names the node in each CID.
+pub fn endpoint_config(
+    reset_key: &[u8; 64],
+    worker: u8,
+    workers: u8,
+    layout: CidLayout,
+) -> EndpointConfig {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
     let mut config = EndpointConfig::new(Arc::new(key));
     config
         .cid_generator(move || -> Box<dyn ConnectionIdGenerator> {
-            Box::new(ShardedCidGenerator::new(worker, workers))
+            Box::new(ShardedCidGenerator::new(worker, workers).with_layout(layout))
         })
         .supported_versions(vec![1])
         // Not advertising grease_quic_bit keeps the fixed bit set in every packet peers send us,
         // which the CID routers (kernel BPF and `cid::short_header_dcid`) rely on.
         .grease_quic_bit(false);
     config
+}
+
+/// Shortest cluster secret accepted: 256 bits.
+pub const MIN_CLUSTER_SECRET: usize = 32;
+
+/// The keys every node of a cluster derives from the secret they share: the stateless-reset
+/// key (so the token a node gives for its CID is the one any node would compute) and the
+/// address-validation token key (so a Retry or NEW_TOKEN token of one node is accepted by
+/// another). HKDF-SHA256 with labels of their own; the secret itself is never used as a key.
+pub fn cluster_keys(secret: &[u8]) -> ([u8; 64], [u8; 64]) {
+    struct Len;
+    impl aws_lc_rs::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            64
+        }
+    }
+    let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"quelay cluster v1")
+        .extract(secret);
+    let derive = |label: &[u8]| {
+        let mut out = [0u8; 64];
+        // 64 bytes are far below HKDF-SHA256's limit of 8160: neither step can fail.
+        if let Ok(okm) = prk.expand(&[label], Len) {
+            let _ = okm.fill(&mut out);
+        }
+        out
+    };
+    (
+        derive(b"stateless reset"),
+        derive(b"address validation token"),
+    )
 }
 
 /// The endpoint configuration of a client: random 8-byte CIDs, random reset key.
@@ -263,7 +300,7 @@ mod tests {
 
     #[test]
     fn endpoint_config_uses_v1_only() {
-        let config = endpoint_config(&[7; 64], 1, 2);
+        let config = endpoint_config(&[7; 64], 1, 2, CidLayout::default());
         let dbg = format!("{config:?}");
         assert!(dbg.contains("supported_versions: [1]"), "{dbg}");
         assert!(dbg.contains("grease_quic_bit: false"), "{dbg}");

@@ -23,6 +23,7 @@ use crate::limits::handshake::HandshakeLimits;
 use crate::limits::{Caps, Limits, PerUser};
 use crate::proto::h3::ALPN;
 use crate::proto::sniff::Sniffer;
+use crate::quic::cid::{CidLayout, ClusterId};
 use crate::quic::{self, AssumePeerDatagrams, CertKey, TlsError, ASSUMED_PEER_DATAGRAM_PAYLOAD};
 use crate::worker::{self, Group, GroupConfig, QuicSection, SocketGroup, Steering};
 
@@ -255,7 +256,8 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         udp: !cfg.disable_udp,
     };
     let params = worker::quic_params(section, &cfg.congestion, &cfg.bandwidth, &cfg.obfs);
-    let server_config = quic::server_config(crypto, &params, None);
+    let cluster = cfg.cluster.as_ref().map(cluster_keys).transpose()?;
+    let server_config = quic::server_config(crypto, &params, cluster.as_ref().map(|c| &c.2));
 
     let n = cfg
         .engine
@@ -270,10 +272,18 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     } else {
         Steering::Hash
     };
-    let sockets = SocketGroup::bind(cfg.listen, n, driver.socket_buffer, steering)
+    let layout = cluster.as_ref().map(|c| c.0).unwrap_or_default();
+    let sockets = SocketGroup::bind(cfg.listen, n, driver.socket_buffer, steering, layout)
         .map_err(|e| format!("listen: cannot bind {}: {e}", cfg.listen))?;
     let (addr, steering) = (sockets.addr, sockets.steering);
-    let specs = sockets.specs(&server_config);
+    let specs = sockets.specs(&server_config, cluster.map(|c| (c.0, c.1)));
+    if let Some(c) = &cfg.cluster {
+        tracing::info!(
+            "cluster node {} (config {}): connection IDs carry the node for the balancer",
+            c.node_id,
+            c.config_id
+        );
+    }
     let masquerade_tcp = match cfg.masquerade.listen_https {
         Some(https) => {
             let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
@@ -370,6 +380,29 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         cert_files,
         masquerade_tcp,
     })
+}
+
+/// A cluster node's CID layout, stateless-reset key and token key, from `cluster.keyFile`.
+fn cluster_keys(c: &config::Cluster) -> Result<(CidLayout, [u8; 64], [u8; 64]), String> {
+    let path = c.key_file.display();
+    let text = std::fs::read(&c.key_file).map_err(|e| format!("cluster.keyFile: {path}: {e}"))?;
+    let secret = text.trim_ascii();
+    if secret.len() < quic::MIN_CLUSTER_SECRET {
+        return Err(format!(
+            "cluster.keyFile: {path}: {} bytes of secret, at least {} needed (for example \
+             `openssl rand -hex 32`)",
+            secret.len(),
+            quic::MIN_CLUSTER_SECRET
+        ));
+    }
+    let (reset, token) = quic::cluster_keys(secret);
+    let layout = CidLayout {
+        cluster: Some(ClusterId {
+            config_rotation: c.config_id,
+            node: c.node_id,
+        }),
+    };
+    Ok((layout, reset, token))
 }
 
 /// The bytes of a certificate and key file (to notice a change on reload).

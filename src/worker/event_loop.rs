@@ -47,6 +47,8 @@ pub(super) struct State<A: App> {
     pub endpoint: Endpoint,
     pub server_config: Option<Arc<ServerConfig>>,
     pub client_config: Option<ClientConfig>,
+    /// Where our CIDs carry the worker and node.
+    pub layout: crate::quic::cid::CidLayout,
     pub conns: ConnTable,
     pub app: A,
     pub shared: Arc<Shared>,
@@ -409,12 +411,13 @@ impl<A: App> State<A> {
         // Only a server group shares one port; each client worker owns its own socket and
         // its CIDs say nothing about workers.
         let to = if self.server_config.is_some() {
-            route(&seg, self.workers)
+            route(&seg, self.workers, &self.layout)
         } else {
             Route::Local
         };
         match to {
             Route::Malformed => WorkerCounters::add(&self.counters.rx_malformed, 1),
+            Route::OtherNode => WorkerCounters::add(&self.counters.other_node, 1),
             Route::Worker(w) if w != self.id.0 as usize => {
                 let f = Forwarded {
                     peer,

@@ -75,6 +75,8 @@ pub struct WorkerSpec {
     pub endpoint_config: Arc<EndpointConfig>,
     pub server_config: Option<Arc<ServerConfig>>,
     pub client_config: Option<ClientConfig>,
+    /// Where this server's CIDs carry the worker (and, in a cluster, the node).
+    pub layout: crate::quic::cid::CidLayout,
 }
 
 /// Options common to a group.
@@ -217,6 +219,7 @@ where
                         endpoint,
                         server_config: spec.server_config,
                         client_config: spec.client_config,
+                        layout: spec.layout,
                         conns: ConnTable::new(windows),
                         app,
                         shared,
@@ -327,6 +330,7 @@ fn client_spec(bind: SocketAddr, config: &ClientConfig, buffer: usize) -> io::Re
         endpoint_config: Arc::new(crate::quic::client_endpoint_config()),
         server_config: None,
         client_config: Some(config.clone()),
+        layout: Default::default(),
     })
 }
 

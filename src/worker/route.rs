@@ -1,11 +1,12 @@
-//! Which worker owns a datagram, from the first byte of its destination connection ID.
+//! Which worker owns a datagram, from the worker byte of its destination connection ID.
 //!
-//! Our server CIDs carry the issuing worker in byte 0 (`quic::cid`). A client's first
+//! Our server CIDs carry the issuing worker in byte 0, or byte 2 in a cluster (`quic::cid`,
+//! `CidLayout`), where byte 1 names the node. A client's first
 //! Initial carries a DCID the client chose at random; routing it by its byte 0 too is
 //! consistent (every copy of it goes to the same worker, which then issues its own CIDs),
 //! so one rule serves both header forms.
 
-use crate::quic::cid::CID_LEN;
+use crate::quic::cid::{CidLayout, CID_LEN};
 
 /// Where a datagram goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,10 +17,12 @@ pub enum Route {
     Local,
     /// Too short to be QUIC: drop and count.
     Malformed,
+    /// A short header for another node of the cluster: drop, never reset.
+    OtherNode,
 }
 
 /// Routes one datagram (already de-obfuscated) among `workers` workers.
-pub fn route(packet: &[u8], workers: usize) -> Route {
+pub fn route(packet: &[u8], workers: usize, layout: &CidLayout) -> Route {
     let Some(&first) = packet.first() else {
         return Route::Malformed;
     };
@@ -27,6 +30,7 @@ pub fn route(packet: &[u8], workers: usize) -> Route {
         // Short header: flags, then our fixed-length DCID. The fixed bit (0x40) is not
         // checked: peers may grease it (RFC 9287).
         match packet.get(1..1 + CID_LEN) {
+            Some(d) if layout.other_node(d) => return Route::OtherNode,
             Some(d) => d,
             None => return Route::Malformed,
         }
@@ -42,7 +46,7 @@ pub fn route(packet: &[u8], workers: usize) -> Route {
             None => return Route::Malformed,
         }
     };
-    let w = dcid[0] as usize;
+    let w = dcid[layout.worker_byte()] as usize;
     if w < workers {
         Route::Worker(w)
     } else {
@@ -54,24 +58,43 @@ pub fn route(packet: &[u8], workers: usize) -> Route {
 mod tests {
     use super::*;
 
+    const LONE: CidLayout = CidLayout { cluster: None };
+
     #[test]
     fn short_header_routes_by_first_dcid_byte() {
         let mut p = vec![0x40, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa];
-        assert_eq!(route(&p, 2), Route::Worker(1));
+        assert_eq!(route(&p, 2, &LONE), Route::Worker(1));
         p[1] = 7;
-        assert_eq!(route(&p, 2), Route::Local);
-        assert_eq!(route(&p[..5], 2), Route::Malformed);
-        assert_eq!(route(&[], 2), Route::Malformed);
+        assert_eq!(route(&p, 2, &LONE), Route::Local);
+        assert_eq!(route(&p[..5], 2, &LONE), Route::Malformed);
+        assert_eq!(route(&[], 2, &LONE), Route::Malformed);
     }
 
     #[test]
     fn long_header_routes_only_our_cid_length() {
         let mut p = vec![0xc0, 0, 0, 0, 1, 8, 0, 9, 9, 9, 9, 9, 9, 9, 0];
-        assert_eq!(route(&p, 2), Route::Worker(0));
+        assert_eq!(route(&p, 2, &LONE), Route::Worker(0));
         p[5] = 4;
-        assert_eq!(route(&p, 2), Route::Local);
+        assert_eq!(route(&p, 2, &LONE), Route::Local);
         p[5] = 200;
-        assert_eq!(route(&p, 2), Route::Malformed);
-        assert_eq!(route(&p[..4], 2), Route::Malformed);
+        assert_eq!(route(&p, 2, &LONE), Route::Malformed);
+        assert_eq!(route(&p[..4], 2, &LONE), Route::Malformed);
+    }
+
+    #[test]
+    fn a_cluster_node_routes_by_byte_two_and_drops_other_nodes() {
+        let node3 = CidLayout {
+            cluster: Some(crate::quic::cid::ClusterId {
+                config_rotation: 0,
+                node: 3,
+            }),
+        };
+        let mut p = vec![0x40, 0x07, 3, 1, 9, 9, 9, 9, 9, 0xaa];
+        assert_eq!(route(&p, 2, &node3), Route::Worker(1));
+        p[2] = 4;
+        assert_eq!(route(&p, 2, &node3), Route::OtherNode);
+        // A client's Initial: its random DCID routes consistently by the same byte.
+        let init = vec![0xc0, 0, 0, 0, 1, 8, 0x55, 0x66, 1, 9, 9, 9, 9, 9, 0];
+        assert_eq!(route(&init, 2, &node3), Route::Worker(1));
     }
 }

@@ -11,6 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::WorkerSpec;
 use crate::engine::{self, BufferReport};
+use crate::quic::cid::CidLayout;
 
 /// How datagrams reach the worker that owns their connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +40,13 @@ impl SocketGroup {
     /// for `buffer` bytes of socket buffers, and attaches `steering` when there is more than
     /// one worker. A steering program the kernel refuses is logged and leaves
     /// [`Steering::Hash`]; the buffers granted are logged too.
+    /// `layout`: where the CIDs carry the worker (for the steering program).
     pub fn bind(
         addr: SocketAddr,
         n: usize,
         buffer: usize,
         steering: Steering,
+        layout: CidLayout,
     ) -> io::Result<SocketGroup> {
         let (sockets, buffers) = bind_group(addr, n, buffer)?;
         let addr = sockets
@@ -51,7 +54,7 @@ impl SocketGroup {
             .ok_or_else(|| io::Error::other("no sockets"))?
             .local_addr()?;
         log_buffers(&buffers, buffer);
-        let bpf = n > 1 && steering == Steering::Bpf && attach_steering(&sockets);
+        let bpf = n > 1 && steering == Steering::Bpf && attach_steering(&sockets, layout);
         Ok(SocketGroup {
             sockets,
             addr,
@@ -60,9 +63,14 @@ impl SocketGroup {
         })
     }
 
-    /// One worker spec per socket, all serving `server_config`.
-    pub fn specs(self, server_config: &Arc<quinn_proto::ServerConfig>) -> Vec<WorkerSpec> {
-        worker_specs(self.sockets, server_config)
+    /// One worker spec per socket, all serving `server_config`; `cluster`: the node's CID
+    /// layout and the cluster's stateless-reset key (`None`: a lone server, a random key).
+    pub fn specs(
+        self,
+        server_config: &Arc<quinn_proto::ServerConfig>,
+        cluster: Option<(CidLayout, [u8; 64])>,
+    ) -> Vec<WorkerSpec> {
+        worker_specs(self.sockets, server_config, cluster)
     }
 }
 
@@ -102,30 +110,38 @@ fn bind_each<T>(
 }
 
 /// One worker spec per socket of the group: all share the server config and one stateless
-/// reset key; each issues CIDs that name it.
+/// reset key (the cluster's, or a random one); each issues CIDs that name it.
 pub fn worker_specs(
     socks: Vec<UdpSocket>,
     server_config: &Arc<quinn_proto::ServerConfig>,
+    cluster: Option<(CidLayout, [u8; 64])>,
 ) -> Vec<WorkerSpec> {
     let n = socks.len();
-    let mut reset_key = [0u8; 64];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
+    let (layout, reset_key) = cluster.unwrap_or_else(|| {
+        let mut key = [0u8; 64];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+        (CidLayout::default(), key)
+    });
     socks
         .into_iter()
         .enumerate()
         .map(|(i, socket)| WorkerSpec {
             socket,
-            endpoint_config: Arc::new(crate::quic::endpoint_config(&reset_key, i as u8, n as u8)),
+            endpoint_config: Arc::new(crate::quic::endpoint_config(
+                &reset_key, i as u8, n as u8, layout,
+            )),
             server_config: Some(server_config.clone()),
             client_config: None,
+            layout,
         })
         .collect()
 }
 
 /// Attaches kernel CID steering to the group and self-tests it; false (logged) when the
 /// kernel refuses, leaving routing to the user-space forwarder.
-pub fn attach_steering(socks: &[UdpSocket]) -> bool {
-    match engine::steer_group(socks) {
+pub fn attach_steering(socks: &[UdpSocket], layout: CidLayout) -> bool {
+    // The worker byte's offset in a short header's UDP payload: after the first byte.
+    match engine::steer_group(socks, 1 + layout.worker_byte() as u32) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("CID steering unavailable ({e}); relying on user-space forwarding");

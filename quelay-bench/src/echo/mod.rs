@@ -80,14 +80,15 @@ pub fn start(opts: &EchoOptions) -> io::Result<EchoServer> {
     let (socks, report) = worker::bind_group(opts.listen, n, opts.driver.socket_buffer)?;
     let addr = socks[0].local_addr()?;
     log_buffers(&report, opts.driver.socket_buffer);
-    let bpf_steering = n > 1 && opts.steering == Steering::Bpf && attach_steering(&socks);
+    let bpf_steering =
+        n > 1 && opts.steering == Steering::Bpf && attach_steering(&socks, Default::default());
 
     let ck = quic::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(io::Error::other)?;
     let pin_sha256 = quic::pin_sha256(&ck.chain[0]);
     let crypto = quic::server_crypto(&ck, &[ALPN]).map_err(io::Error::other)?;
     let server_config = quic::server_config(crypto, &opts.quic, None);
-    let specs = worker_specs(socks, &server_config);
+    let specs = worker_specs(socks, &server_config, None);
     let cfg = GroupConfig {
         io: opts.io,
         driver: opts.driver.clone(),

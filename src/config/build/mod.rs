@@ -98,10 +98,12 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         s.finish(w);
         listen.map(|listen| Metrics { listen })
     };
+    let cluster = cluster(&mut top, w)?;
     top.finish(w);
     Ok(ServerConfig {
         listen,
         listen_ports,
+        cluster,
         tls,
         obfs,
         quic,
@@ -123,6 +125,44 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         engine,
         metrics,
     })
+}
+
+/// `cluster`: `nodeId` and `keyFile` together, or neither.
+fn cluster(top: &mut Section, w: &mut W) -> Result<Option<Cluster>, Fault> {
+    let mut s = top.section("cluster")?;
+    let node = s.u64("nodeId")?;
+    let config = s.u64("configId")?;
+    let key_file = s.nonempty_string("keyFile", w)?;
+    let (node_key, config_key, file_key) = (s.key("nodeId"), s.key("configId"), s.key("keyFile"));
+    s.finish(w);
+    let (node, key_file) = match (node, key_file) {
+        (None, None) if config.is_none() => return Ok(None),
+        (Some(n), Some(f)) => (n, f),
+        (None, _) => return Err(fault(node_key, "required in a cluster (0 to 255)")),
+        (_, None) => {
+            return Err(fault(
+                file_key,
+                "required in a cluster: a file with the secret every node shares",
+            ))
+        }
+    };
+    let node_id = u8::try_from(node)
+        .map_err(|_| fault(node_key, format!("{node} is not a node ID (0 to 255)")))?;
+    let config_id = match config {
+        None => 0,
+        Some(c @ 0..=6) => c as u8,
+        Some(c) => {
+            return Err(fault(
+                config_key,
+                format!("{c} is not a config ID (0 to 6)"),
+            ))
+        }
+    };
+    Ok(Some(Cluster {
+        node_id,
+        config_id,
+        key_file: PathBuf::from(key_file),
+    }))
 }
 
 /// `listen`: the address, and the whole port set when it gives several (port hopping).

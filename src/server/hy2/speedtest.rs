@@ -748,7 +748,7 @@ mod tests {
             let p = params();
             let ck = self_signed(&["localhost".to_string()]).unwrap();
             let server = Endpoint::new(
-                Arc::new(endpoint_config(&[7; 64], 0, 1)),
+                Arc::new(endpoint_config(&[7; 64], 0, 1, Default::default())),
                 Some(server_config(
                     server_crypto(&ck, &[ALPN]).unwrap(),
                     &p,
