@@ -15,6 +15,9 @@
 //! path cell=rtt30ms_loss1pct_50mbit client=sing-box bytes=8388608 seconds=2.10 mbit_s=32.0 ...
 //! ```
 //!
+//! The `cluster` tests (`paths/cluster.rs`) run three nodes behind an nftables balancer with
+//! 30 clients that change their source port every second.
+//!
 //! The `hopping_client_*` tests (`paths/hop.rs`) download through a client that hops ports
 //! every second across an nftables redirect in the server namespace.
 //!
@@ -28,6 +31,8 @@
 
 mod support;
 
+#[path = "paths/cluster.rs"]
+mod cluster;
 #[path = "paths/hop.rs"]
 mod hop;
 

@@ -1083,6 +1083,11 @@ impl NsProxyClient {
         if let Some(pw) = &opts.obfs {
             outbound["obfs"] = serde_json::json!({"type": "salamander", "password": pw});
         }
+        if let Some(every) = &opts.rebind_every {
+            let port = server.port();
+            outbound["server_ports"] = serde_json::json!([format!("{port}:{port}")]);
+            outbound["hop_interval"] = every.as_str().into();
+        }
         let config = serde_json::json!({
             "log": {"level": opts.log_level, "timestamp": true},
             "inbounds": [{

@@ -52,6 +52,9 @@ pub struct SbOpts {
     pub sni: String,
     /// sing-box log level: trace, debug, info, warn, error.
     pub log_level: String,
+    /// Port hopping over the server's one port (`server_ports` of that port alone) at this
+    /// `hop_interval`: a new local port each time, as NAT rebinding does to a client.
+    pub rebind_every: Option<String>,
 }
 
 impl Default for SbOpts {
@@ -61,6 +64,7 @@ impl Default for SbOpts {
             obfs: None,
             sni: SNI.to_owned(),
             log_level: "info".to_owned(),
+            rebind_every: None,
         }
     }
 }
