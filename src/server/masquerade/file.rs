@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::{not_found_response, now_http_date, percent_escape, response, Reply};
+use super::{html_escape, not_found_response, now_http_date, percent_escape, response, Reply};
 use crate::proto::h3::{http_date, Request};
 
 /// Most bytes the file masquerade puts in one response. Whole files above this get a 500
@@ -489,22 +489,6 @@ fn href(name: &str) -> String {
     } else {
         escaped
     }
-}
-
-/// Go's `htmlReplacer`.
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------

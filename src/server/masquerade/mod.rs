@@ -159,6 +159,23 @@ fn percent_escape(s: &str, keep: impl Fn(u8) -> bool) -> String {
     out
 }
 
+/// Go's `html.EscapeString` (also its `htmlReplacer`): for the directory listing and the
+/// redirect page.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&#34;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Building requests and reading responses as a client would, for the tests of both
 /// masquerades.
 #[cfg(test)]

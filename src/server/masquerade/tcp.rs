@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Masquerade, Reply};
+use super::{html_escape, Masquerade, Reply};
 use crate::metrics::http::{self as admin, accept_bounded, read_body, with_lifetime};
 use crate::proto::h3;
 
@@ -363,22 +363,6 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
         );
     }
     resp
-}
-
-/// Go's `html.EscapeString`.
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
