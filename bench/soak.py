@@ -15,14 +15,17 @@ The churn, all on loopback, through `quelay client` processes (SOCKS5) and the b
 - kicks of bob through the traffic-stats API, and SIGHUP reloads (a user added, then
   removed) every 30 s.
 
-Every 5 s it samples the server's VmRSS, its fd count and, from `/metrics`, the stream,
-socket and UDP-session permits held. After the warm-up the run is cut into windows (5
-minutes by default); each series' mean in every window must stay within ±5% of its mean in
-the first window (for permits, ±5% or ±1 permit, whichever is more: a permit is whole). A
-leak shows as a trend across windows; the churn's own ups and downs (a kick closes bob's UDP
-sessions at once) average out within one. When the churn stops, every permit must be back
-at zero. The verdict and the samples go to bench/results/soak-<time>.json; exit status 1
-when a series drifts, a permit stays held, or the server dies.
+Every 5 s it samples the server's VmRSS, its fd count and, from `/metrics`, the stream and
+socket permits held and the UDP sessions open. After the warm-up the run is cut into
+windows (5 minutes by default), and each series' mean in every window must stay within ±5%
+of its mean in the first window (permits: ±5% or ±1, whichever is more; a permit is whole).
+The UDP sessions are a sawtooth by design (each lives until `udpIdleTimeout`, and a kick of
+bob ends them all at once), and each holds an fd and a socket permit, so the series compared
+are RSS, the fds beyond those of live sessions, the stream permits, and the socket permits
+beyond those of live sessions: a leak raises them from window to window. When the churn
+stops, every permit must be back at zero. The verdict and the samples go to
+bench/results/soak-<time>.json (`--judge FILE` prints the verdict of a saved run again);
+exit status 1 when a series drifts, a permit stays held, or the server dies.
 """
 
 from __future__ import annotations
@@ -166,15 +169,69 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+# What each window mean is compared on, and the slack beside ±5%. The UDP sessions are a
+# sawtooth by design (each lives until udpIdleTimeout, and a kick of bob ends them all), and
+# each holds a socket permit and an fd: so the fds and socket permits they do not explain
+# are what a leak would raise.
+SERIES = {
+    "rss_kib": (lambda s: s["rss_kib"], 0),
+    "fds_beyond_sessions": (lambda s: s["fds"] - s["sockets_held"], 0),
+    "streams_held": (lambda s: s["streams_held"], 1),
+    "socket_permits_beyond_sessions": (lambda s: s["sockets_held"] - s["udp_sessions_open"], 1),
+}
+
+
+def judge(samples: list[dict], warmup: float, window: float) -> tuple[dict, bool]:
+    """Cuts the samples after `warmup` minutes into `window`-minute windows (a last window
+    with fewer than half the samples of a full one is left out) and compares each series'
+    window means with the first window's."""
+    windows: list[list[dict]] = []
+    for s in samples:
+        if s["t"] < warmup * 60:
+            continue
+        i = int((s["t"] - warmup * 60) // (window * 60))
+        while len(windows) <= i:
+            windows.append([])
+        windows[i].append(s)
+    windows = [w for w in windows if w]
+    if len(windows) > 1 and len(windows[-1]) < len(windows[0]) / 2:
+        windows.pop()
+    verdict: dict = {"windows": [len(w) for w in windows]}
+    ok = len(windows) >= 2
+    for name, (value, slack) in SERIES.items():
+        means = [statistics.fmean(value(s) for s in w) for w in windows]
+        if not means:
+            continue
+        base = means[0]
+        worst = max(abs(m - base) for m in means)
+        within = worst <= max(0.05 * base, slack)
+        verdict[name] = {"window_means": [round(m, 1) for m in means],
+                         "worst_pct": round(100 * worst / base, 2) if base else None,
+                         "within": within}
+        ok &= within
+    for k in ("fds", "sockets_held", "udp_sessions_open"):
+        verdict[f"{k}_window_means"] = [round(statistics.fmean(s[k] for s in w), 1)
+                                       for w in windows]
+    return verdict, ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0, help="minutes before the baseline")
     ap.add_argument("--window", type=float, default=5.0, help="minutes per compared window")
+    ap.add_argument("--judge", metavar="REPORT",
+                    help="only print the verdict on the samples of an earlier report")
     ap.add_argument("--quelay-bin", help="use this quelay binary; no cargo build")
     ap.add_argument("--threads", type=int, default=8, help="download threads")
     a = ap.parse_args()
+    if a.judge:
+        report = json.loads(Path(a.judge).read_text())
+        verdict, ok = judge(report["samples"], report["warmup_minutes"], a.window)
+        verdict["after_churn"] = report["verdict"].get("after_churn")
+        print(json.dumps({"verdict": verdict, "ok": ok}, indent=1))
+        return 0 if ok else 1
     try:
         quelay, bench = c.build_quelay(a.quelay_bin, [["target", "--help"]])
     except c.SetupError as e:
@@ -322,30 +379,8 @@ def main() -> int:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
 
-    windows: list[list[dict]] = []
-    for s in samples:
-        if s["t"] < a.warmup * 60:
-            continue
-        i = int((s["t"] - a.warmup * 60) // (a.window * 60))
-        while len(windows) <= i:
-            windows.append([])
-        windows[i].append(s)
-    windows = [w for w in windows if w]
-    verdict = {}
-    ok = dead is None and len(windows) >= 2
-    for k, slack in (("rss_kib", 0), ("fds", 0), ("streams_held", 1), ("sockets_held", 1),
-                     ("udp_sessions_open", 1)):
-        means = [statistics.fmean(s[k] for s in w) for w in windows]
-        if not means:
-            continue
-        base = means[0]
-        allowed = max(0.05 * base, slack)
-        worst = max(abs(m - base) for m in means)
-        within = worst <= allowed
-        verdict[k] = {"window_means": [round(m, 1) for m in means],
-                      "worst_pct": round(100 * worst / base, 2) if base else None,
-                      "within": within}
-        ok &= within
+    verdict, ok = judge(samples, a.warmup, a.window)
+    ok &= dead is None
     if quiet is not None:
         verdict["after_churn"] = quiet
         ok &= quiet["streams_held"] == 0 and quiet["sockets_held"] == 0

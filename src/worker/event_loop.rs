@@ -159,11 +159,7 @@ impl<A: App> Worker<A> {
                     }
                     None => buf,
                 };
-                let mut meta = tx_meta(&t);
-                if let Some(hop) = &self.state.hop {
-                    hop.outgoing(&mut meta.dest);
-                }
-                self.driver.send(meta, buf);
+                self.driver.send(tx_meta(&t, self.state.hop.as_ref()), buf);
             }
             let mut rounds = 0;
             while self.state.conns.has_dirty() && rounds < 4 {
@@ -302,10 +298,7 @@ impl<A: App> Worker<A> {
                         pacer.on_sent(t.size);
                     }
                     buf.truncate(t.size);
-                    let mut meta = tx_meta(&t);
-                    if let Some(hop) = &st.hop {
-                        hop.outgoing(&mut meta.dest);
-                    }
+                    let mut meta = tx_meta(&t, st.hop.as_ref());
                     if let Some(o) = &st.obfs {
                         // Each segment gets its own salt: the batch's segments grow by 8.
                         let seg = t.segment_size.unwrap_or(t.size).max(1);
@@ -379,9 +372,14 @@ fn obfuscate(o: &Salamander, buf: &[u8], seg: usize, out: &mut Vec<u8>) {
     }
 }
 
-fn tx_meta(t: &Transmit) -> TxMeta {
+/// How to send `t`; with port hopping, to the server's current port.
+fn tx_meta(t: &Transmit, hop: Option<&Hop>) -> TxMeta {
+    let mut dest = t.destination;
+    if let Some(hop) = hop {
+        hop.outgoing(&mut dest);
+    }
     TxMeta {
-        dest: t.destination,
+        dest,
         src_ip: t.src_ip,
         ecn: t.ecn.map_or(0, |e| e as u8),
         segment_size: t.segment_size,
