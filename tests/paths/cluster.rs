@@ -32,6 +32,9 @@ const PER_CLIENT: usize = 8 * MIB;
 const RATE_MBIT: f64 = 150.0;
 /// The service port clients dial.
 const SERVICE_PORT: u16 = 443;
+/// The longest a transfer may go without a byte: a client on a node that does not own its
+/// connection waits longer than this for its next port change.
+const STALL: Duration = Duration::from_secs(4);
 
 fn node_ip(k: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, k)
@@ -173,20 +176,27 @@ fn cluster_transfers(by_cid: bool) -> Outcome {
         .collect();
     let port = target.addr().port();
     let socks: Vec<SocketAddr> = clients.iter().map(NsProxyClient::socks_addr).collect();
-    let failed: Vec<String> = path.in_ns(PathSide::Client, || {
+    // Each client connects first, one after another (a 1 KiB request), so that 30 QUIC
+    // handshakes do not queue behind each other on 2 cores; then all download at once.
+    let mut failed: Vec<String> = path.in_ns(PathSide::Client, || {
+        socks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &socks)| {
+                let d = socks_download(socks, port, 1024, STALL, Duration::from_secs(30));
+                d.error.map(|e| format!("client {i}, first request: {e}"))
+            })
+            .collect()
+    });
+    failed.extend(path.in_ns(PathSide::Client, || {
         thread::scope(|s| {
             let handles: Vec<_> = socks
                 .iter()
                 .enumerate()
                 .map(|(i, &socks)| {
                     s.spawn(move || {
-                        let d = socks_download(
-                            socks,
-                            port,
-                            PER_CLIENT,
-                            Duration::from_secs(4),
-                            Duration::from_secs(90),
-                        );
+                        let d =
+                            socks_download(socks, port, PER_CLIENT, STALL, Duration::from_secs(90));
                         let kind = if i % 2 == 0 { "quelay" } else { "sing-box" };
                         match d.error {
                             Some(e) => Some(format!("client {i} ({kind}): {e}")),
@@ -201,9 +211,20 @@ fn cluster_transfers(by_cid: bool) -> Outcome {
             handles
                 .into_iter()
                 .filter_map(|h| h.join().expect("download thread"))
-                .collect()
+                .collect::<Vec<String>>()
         })
-    });
+    }));
+    // What a failed client said about it.
+    for f in &mut failed {
+        let i: usize = f
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.trim_end_matches(',').parse().ok())
+            .unwrap_or(0);
+        if let Some(c) = clients.get(i) {
+            f.push_str(&format!("\n    its log: {}", c.stderr_tail(5)));
+        }
+    }
     let pages: Vec<String> = metrics
         .iter()
         .map(|&m| path.in_ns(PathSide::Server, || scrape(m)))
