@@ -18,14 +18,13 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn_proto::{
-    ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt, WriteError,
-};
+use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt, WriteError};
 use rand::{RngCore, SeedableRng};
 
 use quelay::engine::{self, DriverConfig};
 use quelay::proto::h3::{self, error as h3e, HuffmanPolicy, ResponseReader};
 use quelay::proto::tcp::{TcpRequest, TcpResponse};
+use quelay::quic::stream::{self, ReadEnd};
 use quelay::quic::{self, QuicParams, Verify};
 use quelay::server::run::Server;
 use quelay::worker::{self, App, GroupConfig, Io, WorkerSpec};
@@ -259,23 +258,10 @@ impl Client {
         };
         let Some(conn) = io.conn(ch) else { return };
         let r = &mut self.recs[i];
-        let mut recv = conn.recv_stream(id);
-        if let Ok(mut chunks) = recv.read(true) {
-            loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(c)) => r.received.extend_from_slice(&c.bytes),
-                    Ok(None) => {
-                        r.fin = true;
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(code)) => {
-                        r.reset = Some(code.into_inner());
-                        break;
-                    }
-                }
-            }
-            let _ = chunks.finalize();
+        match stream::read_into(conn, id, &mut r.received, usize::MAX).end {
+            ReadEnd::Fin => r.fin = true,
+            ReadEnd::Reset(code) => r.reset = Some(code.into_inner()),
+            ReadEnd::Blocked | ReadEnd::Paused | ReadEnd::Closed => {}
         }
         // A valid proxy stream is done once its echo is back: close both halves.
         if let Until::Echo(n) = self.untils[i] {
@@ -446,11 +432,7 @@ impl App for Client {
 
 fn drain(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
     if let Some(conn) = io.conn(ch) {
-        let mut recv = conn.recv_stream(id);
-        if let Ok(mut chunks) = recv.read(true) {
-            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-            let _ = chunks.finalize();
-        };
+        stream::discard(conn, id);
     }
 }
 

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn_proto::{
-    ConnectionHandle, Dir, Event, FinishError, ReadError, StreamEvent, StreamId, VarInt, WriteError,
+    ConnectionHandle, Dir, Event, FinishError, StreamEvent, StreamId, VarInt, WriteError,
 };
 
 use super::{header, pattern, Mode, CHUNK, HEADER_LEN};
+use quelay::quic::stream::{self, ReadEnd};
 use quelay::worker::{App, Io};
 
 /// What one worker of the load client does.
@@ -183,44 +184,31 @@ impl LoadApp {
         }
         // Read and check what arrived.
         if failure.is_none() {
-            let mut recv = conn.recv_stream(id);
-            match recv.read(true) {
-                Ok(mut chunks) => {
-                    loop {
-                        match chunks.next(CHUNK) {
-                            Ok(Some(chunk)) => {
-                                let data = &chunk.bytes[..];
-                                if mode == Mode::Upload {
-                                    st.count.extend_from_slice(data);
-                                    continue;
-                                }
-                                if data != pattern(st.received, data.len()) {
-                                    failure = Some(format!(
-                                        "content mismatch at byte {} of stream {id}",
-                                        st.received
-                                    ));
-                                    break;
-                                }
-                                st.received += data.len() as u64;
-                                self.stats
-                                    .bytes_received
-                                    .fetch_add(data.len() as u64, Relaxed);
-                            }
-                            Ok(None) => {
-                                fin_in = true;
-                                break;
-                            }
-                            Err(ReadError::Blocked) => break,
-                            Err(ReadError::Reset(code)) => {
-                                failure = Some(format!("stream {id} reset by server ({code})"));
-                                break;
-                            }
-                        }
-                    }
-                    let _ = chunks.finalize();
+            let stats = &self.stats;
+            let r = stream::read(conn, id, CHUNK, |data| {
+                if mode == Mode::Upload {
+                    st.count.extend_from_slice(&data);
+                    return CHUNK;
                 }
-                Err(e) => failure = Some(format!("read: {e}")),
-            };
+                if data[..] != pattern(st.received, data.len())[..] {
+                    failure = Some(format!(
+                        "content mismatch at byte {} of stream {id}",
+                        st.received
+                    ));
+                    return 0;
+                }
+                st.received += data.len() as u64;
+                stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
+                CHUNK
+            });
+            match r.end {
+                ReadEnd::Fin => fin_in = true,
+                ReadEnd::Reset(code) => {
+                    failure = Some(format!("stream {id} reset by server ({code})"))
+                }
+                ReadEnd::Closed => failure = Some("read: the stream is closed".into()),
+                ReadEnd::Blocked | ReadEnd::Paused => {}
+            }
         }
         if st.received > received_before {
             self.stats.received(now);

@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
+use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt};
 use slab::Slab;
 
 use super::http_proxy::{self, Exchange, ProxyRequest, ProxyRequestReader};
@@ -36,6 +36,7 @@ use super::token::{self, token, TokenKind};
 use super::udp::{Udp, UdpConns, UdpForward};
 use crate::engine::{Completion, Sock, SockOp, Waker};
 use crate::proto::tcp;
+use crate::quic::stream::{self, ReadEnd};
 use crate::resolve::Resolver;
 use crate::worker::pipe::{After, Ends, Pipe, STREAM_ABORT};
 use crate::worker::{App, Io};
@@ -957,33 +958,25 @@ impl ClientApp {
         let Some(qc) = io.conn(ch) else {
             return;
         };
-        let mut reset = false;
+        let session = &mut self.session;
         let mut read = 0;
-        match qc.recv_stream(id).read(true) {
-            Ok(mut chunks) => {
-                while self.session.reading(conn, id) && read <= MAX_SESSION_READ {
-                    match chunks.next(tcp::MAX_TCP_RESPONSE_LEN) {
-                        Ok(Some(c)) => {
-                            read += c.bytes.len();
-                            self.session.stream_data(now, conn, id, &c.bytes, false);
-                        }
-                        Ok(None) => {
-                            self.session.stream_data(now, conn, id, &[], true);
-                            break;
-                        }
-                        Err(ReadError::Blocked) => break,
-                        Err(ReadError::Reset(_)) => {
-                            reset = true;
-                            break;
-                        }
-                    }
-                }
-                let _ = chunks.finalize();
+        let want = |session: &mut Session, read: usize| {
+            if session.reading(conn, id) && read <= MAX_SESSION_READ {
+                tcp::MAX_TCP_RESPONSE_LEN
+            } else {
+                0
             }
-            Err(_) => reset = true,
-        }
-        if reset {
-            self.session.stream_reset(now, conn, id);
+        };
+        let first = want(session, 0);
+        let r = stream::read(qc, id, first, |bytes| {
+            read += bytes.len();
+            session.stream_data(now, conn, id, &bytes, false);
+            want(session, read)
+        });
+        match r.end {
+            ReadEnd::Fin => session.stream_data(now, conn, id, &[], true),
+            ReadEnd::Reset(_) | ReadEnd::Closed => session.stream_reset(now, conn, id),
+            ReadEnd::Blocked | ReadEnd::Paused => {}
         }
     }
 }
@@ -1131,9 +1124,6 @@ impl ClientApp {
 /// Reads and discards a unidirectional stream of the server's (HTTP/3 control, QPACK).
 fn drain(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
     if let Some(qc) = io.conn(ch) {
-        if let Ok(mut chunks) = qc.recv_stream(id).read(true) {
-            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-            let _ = chunks.finalize();
-        }
+        stream::discard(qc, id);
     }
 }

@@ -5,6 +5,7 @@
 use quinn_proto::{Connection, Dir, StreamId};
 
 use crate::proto::h3::{self, AuthOk, ResponseReader};
+use crate::quic::stream::{self, ReadEnd};
 
 /// Largest auth response read (the server's padding is at most 2 KiB).
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -66,23 +67,9 @@ impl AuthExchange {
     /// Reads what the stream has: `None` while the answer is incomplete.
     pub fn read(&mut self, qc: &mut Connection) -> Option<Result<AuthOk, AuthError>> {
         let mut data = Vec::new();
-        let mut fin = false;
-        if let Ok(mut chunks) = qc.recv_stream(self.id).read(true) {
-            loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(c)) => data.extend_from_slice(&c.bytes),
-                    Ok(None) => {
-                        fin = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-                if data.len() > MAX_RESPONSE {
-                    break;
-                }
-            }
-            let _ = chunks.finalize();
-        }
+        // One byte past the limit is enough to tell that the answer is too long.
+        let r = stream::read_into(qc, self.id, &mut data, MAX_RESPONSE + 1);
+        let fin = r.end == ReadEnd::Fin;
         self.push(&data, fin)
     }
 

@@ -10,10 +10,11 @@
 //! to its end and no further, so a pipelined next request stays with the app's connection.
 
 use bytes::Bytes;
-use quinn_proto::{ConnectionHandle, ReadError, StreamId, VarInt, WriteError};
+use quinn_proto::{ConnectionHandle, StreamId, VarInt, WriteError};
 
 use super::http_proxy::Exchange;
 use crate::engine::{Completion, Sock, SockOp, Token};
+use crate::quic::stream::{self, ReadEnd};
 use crate::worker::pipe::{finish_or_reset, STREAM_ABORT};
 use crate::worker::Io;
 
@@ -207,34 +208,24 @@ impl HttpRelay {
         }
         // The response from the stream, while the app keeps up.
         if !self.exchange.response_done() && self.to_app.len() < MAX_TO_APP {
-            let mut reset = false;
-            let mut read = 0;
-            match conn.recv_stream(self.id).read(true) {
-                Ok(mut chunks) => {
-                    while self.to_app.len() < MAX_TO_APP && !self.exchange.response_done() {
-                        match chunks.next(MAX_TO_APP - self.to_app.len()) {
-                            Ok(Some(chunk)) => {
-                                read += chunk.bytes.len() as u64;
-                                self.exchange.response_bytes(&chunk.bytes, &mut self.to_app);
-                            }
-                            Ok(None) => {
-                                self.exchange.response_ended(&mut self.to_app);
-                                break;
-                            }
-                            Err(ReadError::Blocked) => break,
-                            Err(ReadError::Reset(_)) => {
-                                reset = true;
-                                break;
-                            }
-                        }
-                    }
-                    let _ = chunks.finalize();
+            let (exchange, to_app) = (&mut self.exchange, &mut self.to_app);
+            let room = |exchange: &Exchange, to_app: &Vec<u8>| {
+                if exchange.response_done() {
+                    0
+                } else {
+                    MAX_TO_APP.saturating_sub(to_app.len())
                 }
-                Err(_) => self.exchange.response_ended(&mut self.to_app),
-            }
-            io.consumed(self.ch, read);
-            if reset {
-                return self.abort(io, token);
+            };
+            let first = room(exchange, to_app);
+            let r = stream::read(conn, self.id, first, |bytes| {
+                exchange.response_bytes(&bytes, to_app);
+                room(exchange, to_app)
+            });
+            io.consumed(self.ch, r.bytes);
+            match r.end {
+                ReadEnd::Reset(_) => return self.abort(io, token),
+                ReadEnd::Fin | ReadEnd::Closed => self.exchange.response_ended(&mut self.to_app),
+                ReadEnd::Blocked | ReadEnd::Paused => {}
             }
         }
         if self.sending == 0 && !self.to_app.is_empty() {

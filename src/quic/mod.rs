@@ -8,6 +8,7 @@ pub mod cid;
 pub mod compat;
 pub mod congestion;
 pub mod sni;
+pub mod stream;
 pub mod tls;
 pub mod transport;
 

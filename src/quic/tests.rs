@@ -570,3 +570,65 @@ fn a_retry_token_from_one_node_is_accepted_by_another() {
     );
     assert!(!validated, "a node of another cluster refuses the token");
 }
+
+/// `stream::read` hands over a stream's bytes in order, pauses when the sink wants no more,
+/// reports FIN only once every byte is read and `Closed` after that, and a reset with its
+/// code.
+#[test]
+fn stream_read_pauses_and_reports_fin_and_reset() {
+    use quinn_proto::{Dir, VarInt};
+    use stream::ReadEnd;
+
+    let ck = server_cert();
+    let mut pair = Pair::new(server_crypto(&ck, &[ALPN]).unwrap());
+    pair.connect(client(Verify::Insecure, ALPN));
+    pair.handshake();
+    let c = pair.client.conns.values_mut().next().unwrap();
+    let (a, b) = (
+        c.streams().open(Dir::Bi).unwrap(),
+        c.streams().open(Dir::Bi).unwrap(),
+    );
+    c.send_stream(a).write(b"hello world").unwrap();
+    c.send_stream(a).finish().unwrap();
+    c.send_stream(b).write(b"x").unwrap();
+    // Every datagram delivered, without moving the clock (an idle connection's next timer
+    // is its idle timeout).
+    let settle = |pair: &mut Pair| {
+        let (c, s) = (pair.client.addr, pair.server.addr);
+        while pair.client.drive(pair.now, s, &mut pair.server.inbound)
+            | pair.server.drive(pair.now, c, &mut pair.client.inbound)
+        {}
+    };
+    settle(&mut pair);
+
+    let s = pair.server.conns.values_mut().next().unwrap();
+    assert_eq!(s.streams().accept(Dir::Bi), Some(a));
+    assert_eq!(s.streams().accept(Dir::Bi), Some(b));
+    let mut got = Vec::new();
+    let r = stream::read(s, a, 5, |bytes| {
+        got.extend_from_slice(&bytes);
+        0
+    });
+    assert_eq!(
+        (r.bytes, r.end, &got[..]),
+        (5, ReadEnd::Paused, &b"hello"[..])
+    );
+    let r = stream::read_into(s, a, &mut got, usize::MAX);
+    assert_eq!(
+        (r.bytes, r.end, &got[..]),
+        (6, ReadEnd::Fin, &b"hello world"[..])
+    );
+    assert_eq!(
+        stream::read_into(s, a, &mut got, usize::MAX).end,
+        ReadEnd::Closed
+    );
+    let r = stream::read_into(s, b, &mut Vec::new(), usize::MAX);
+    assert_eq!((r.bytes, r.end), (1, ReadEnd::Blocked));
+
+    let c = pair.client.conns.values_mut().next().unwrap();
+    c.send_stream(b).reset(VarInt::from_u32(7)).unwrap();
+    settle(&mut pair);
+    let s = pair.server.conns.values_mut().next().unwrap();
+    let r = stream::read_into(s, b, &mut Vec::new(), usize::MAX);
+    assert_eq!(r.end, ReadEnd::Reset(VarInt::from_u32(7)));
+}

@@ -13,12 +13,11 @@
 //! comes back to the peer.
 
 use bytes::Bytes;
-use quinn_proto::{
-    Connection, ConnectionHandle, FinishError, ReadError, StreamId, VarInt, WriteError,
-};
+use quinn_proto::{Connection, ConnectionHandle, FinishError, StreamId, VarInt, WriteError};
 
 use super::Io;
 use crate::engine::{Completion, Sock, SockOp, Token};
+use crate::quic::stream::{self, ReadEnd};
 
 /// Bytes read from the QUIC stream that may wait for the TCP side.
 const MAX_TO_TCP: usize = 256 * 1024;
@@ -314,35 +313,13 @@ impl Pipe {
         }
         // QUIC → TCP: read while there is room.
         if !self.quic_fin && self.to_tcp.len() < MAX_TO_TCP {
-            let mut reset = false;
-            let mut read = 0;
-            match conn.recv_stream(self.id).read(true) {
-                Ok(mut chunks) => {
-                    while self.to_tcp.len() < MAX_TO_TCP {
-                        match chunks.next(MAX_TO_TCP - self.to_tcp.len()) {
-                            Ok(Some(chunk)) => {
-                                self.from_quic += chunk.bytes.len() as u64;
-                                read += chunk.bytes.len() as u64;
-                                self.to_tcp.extend_from_slice(&chunk.bytes);
-                            }
-                            Ok(None) => {
-                                self.quic_fin = true;
-                                break;
-                            }
-                            Err(ReadError::Blocked) => break,
-                            Err(ReadError::Reset(_)) => {
-                                reset = true;
-                                break;
-                            }
-                        }
-                    }
-                    let _ = chunks.finalize();
-                }
-                Err(_) => self.quic_fin = true,
-            }
-            io.consumed(self.ch, read);
-            if reset {
-                return self.abort(io, token);
+            let r = stream::read_into(conn, self.id, &mut self.to_tcp, MAX_TO_TCP);
+            self.from_quic += r.bytes;
+            io.consumed(self.ch, r.bytes);
+            match r.end {
+                ReadEnd::Reset(_) => return self.abort(io, token),
+                ReadEnd::Fin | ReadEnd::Closed => self.quic_fin = true,
+                ReadEnd::Blocked | ReadEnd::Paused => {}
             }
         }
         if !self.to_tcp_inflight && !self.to_tcp.is_empty() {

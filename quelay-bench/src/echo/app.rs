@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use quinn_proto::{
-    ConnectionHandle, Dir, Event, FinishError, ReadError, StreamEvent, StreamId, VarInt, WriteError,
+    ConnectionHandle, Dir, Event, FinishError, StreamEvent, StreamId, VarInt, WriteError,
 };
 
 use crate::{pattern, Mode, CHUNK, HEADER_LEN};
+use quelay::quic::stream::{self, ReadEnd};
 use quelay::worker::{App, Io};
 
 /// Echo bytes held per stream before reading pauses.
@@ -107,60 +108,42 @@ impl EchoApp {
             if st.fin_in || st.pending.len() >= MAX_PENDING {
                 break;
             }
-            // Read one chunk.
-            let mut recv = conn.recv_stream(id);
-            let mut chunks = match recv.read(true) {
-                Ok(c) => c,
-                Err(_) => {
-                    abort = true;
-                    break;
-                }
-            };
-            let mut progressed = false;
-            loop {
-                match chunks.next(CHUNK) {
-                    Ok(Some(chunk)) => {
-                        progressed = true;
-                        let mut data = &chunk.bytes[..];
-                        if st.mode.is_none() {
-                            let take = (HEADER_LEN - st.header.len()).min(data.len());
-                            st.header.extend_from_slice(&data[..take]);
-                            data = &data[take..];
-                            if st.header.len() == HEADER_LEN {
-                                let Some(mode) = Mode::from_byte(st.header[0]) else {
-                                    abort = true;
-                                    break;
-                                };
-                                st.mode = Some(mode);
-                                let n = u64::from_be_bytes(st.header[1..9].try_into().unwrap());
-                                if mode == Mode::Download {
-                                    st.remaining = n;
-                                }
-                            }
+            // Read what fits.
+            let r = stream::read(conn, id, CHUNK, |data| {
+                let mut data = &data[..];
+                if st.mode.is_none() {
+                    let take = (HEADER_LEN - st.header.len()).min(data.len());
+                    st.header.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if st.header.len() == HEADER_LEN {
+                        let Some(mode) = Mode::from_byte(st.header[0]) else {
+                            abort = true;
+                            return 0;
+                        };
+                        st.mode = Some(mode);
+                        let n = u64::from_be_bytes(st.header[1..9].try_into().unwrap());
+                        if mode == Mode::Download {
+                            st.remaining = n;
                         }
-                        match st.mode {
-                            Some(Mode::Echo) => st.pending.extend_from_slice(data),
-                            Some(Mode::Upload) => st.received += data.len() as u64,
-                            _ => {}
-                        }
-                        if st.pending.len() >= MAX_PENDING {
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        st.fin_in = true;
-                        progressed = true;
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(_)) => {
-                        abort = true;
-                        break;
                     }
                 }
+                match st.mode {
+                    Some(Mode::Echo) => st.pending.extend_from_slice(data),
+                    Some(Mode::Upload) => st.received += data.len() as u64,
+                    _ => {}
+                }
+                if st.pending.len() >= MAX_PENDING {
+                    0
+                } else {
+                    CHUNK
+                }
+            });
+            match r.end {
+                ReadEnd::Fin => st.fin_in = true,
+                ReadEnd::Reset(_) | ReadEnd::Closed => abort = true,
+                ReadEnd::Blocked | ReadEnd::Paused => {}
             }
-            let _ = chunks.finalize();
-            if abort || !progressed {
+            if abort || (r.bytes == 0 && r.end != ReadEnd::Fin) {
                 break;
             }
         }

@@ -19,6 +19,7 @@ use super::udp::Session;
 use super::Scenario;
 use quelay::client::{AuthError, AuthExchange};
 use quelay::proto::h3::CcRx;
+use quelay::quic::stream;
 use quelay::worker::{App, Io};
 
 /// H3_REQUEST_CANCELLED: how we reset a stream we give up on.
@@ -517,9 +518,6 @@ impl App for Hy2App {
 /// Reads and discards a unidirectional stream of the server's (HTTP/3 control, QPACK).
 fn drain(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
     if let Some(qc) = io.conn(ch) {
-        if let Ok(mut chunks) = qc.recv_stream(id).read(true) {
-            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-            let _ = chunks.finalize();
-        }
+        stream::discard(qc, id);
     }
 }

@@ -11,12 +11,13 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use quinn_proto::{Connection, FinishError, ReadError, StreamId, WriteError};
+use quinn_proto::{Connection, FinishError, StreamId, WriteError};
 
 use super::stats::Stats;
 use crate::target::{self, MODE_DOWNLOAD, MODE_REQUEST, MODE_UPLOAD};
 use crate::{pattern, CHUNK};
 use quelay::proto::tcp::{self, TcpRequest, TcpResponse, MAX_TCP_RESPONSE_LEN, REQUEST_PADDING};
+use quelay::quic::stream::{self, ReadEnd};
 
 /// What the stream asks of the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,34 +189,25 @@ impl Flow {
         if self.fin_received {
             return Ok(());
         }
-        let mut recv = conn.recv_stream(id);
-        let mut chunks = match recv.read(true) {
-            Ok(c) => c,
-            Err(e) => return Err(format!("read: {e}")),
-        };
         let mut result = Ok(());
-        loop {
-            match chunks.next(CHUNK) {
-                Ok(Some(chunk)) => {
-                    if let Err(e) = self.take(&chunk.bytes, &stats.bytes_received) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    self.fin_received = true;
-                    break;
-                }
-                Err(ReadError::Blocked) => break,
-                Err(ReadError::Reset(code)) => {
-                    result = Err(format!("the server reset the stream (code {code})"));
-                    break;
-                }
+        let r = stream::read(conn, id, CHUNK, |bytes| {
+            result = self.take(&bytes, &stats.bytes_received);
+            if result.is_ok() {
+                CHUNK
+            } else {
+                0
             }
+        });
+        result?;
+        match r.end {
+            ReadEnd::Fin => self.fin_received = true,
+            ReadEnd::Reset(code) => {
+                return Err(format!("the server reset the stream (code {code})"))
+            }
+            ReadEnd::Closed => return Err("read: the stream is closed".into()),
+            ReadEnd::Blocked | ReadEnd::Paused => {}
         }
-        // Returns stream and connection credit to the server.
-        let _ = chunks.finalize();
-        result
+        Ok(())
     }
 
     /// Takes bytes the server sent: the TCPResponse first, then the target's answer.

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
+use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt};
 
 use self::relay::{After, Proxying, Relay};
 use self::session::{
@@ -37,6 +37,7 @@ use crate::engine::{self, Completion, SockOp};
 use crate::metrics::traffic::StreamInfo;
 use crate::metrics::WorkerCounters;
 use crate::proto::h3;
+use crate::quic::stream::{self, ReadEnd};
 use crate::worker::{App, Io};
 
 pub use self::config::{Authenticator, Hy2Config, Masquerade};
@@ -787,38 +788,15 @@ impl Hy2App {
 fn read_some(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) -> Option<(Vec<u8>, bool)> {
     let qc = io.conn(ch)?;
     let mut data = Vec::new();
-    let mut fin = false;
-    let mut recv = qc.recv_stream(id);
-    let mut chunks = recv.read(true).ok()?;
-    loop {
-        match chunks.next(MAX_REQUEST_BYTES) {
-            Ok(Some(c)) => {
-                data.extend_from_slice(&c.bytes);
-                if data.len() >= MAX_REQUEST_BYTES {
-                    break;
-                }
-            }
-            Ok(None) => {
-                fin = true;
-                break;
-            }
-            Err(ReadError::Blocked) => break,
-            Err(ReadError::Reset(_)) => {
-                let _ = chunks.finalize();
-                return None;
-            }
-        }
+    match stream::read_into(qc, id, &mut data, MAX_REQUEST_BYTES).end {
+        ReadEnd::Reset(_) | ReadEnd::Closed => None,
+        ReadEnd::Fin => Some((data, true)),
+        ReadEnd::Blocked | ReadEnd::Paused => Some((data, false)),
     }
-    let _ = chunks.finalize();
-    Some((data, fin))
 }
 
 fn drain_uni(io: &mut Io<'_>, ch: ConnectionHandle, id: StreamId) {
     if let Some(qc) = io.conn(ch) {
-        let mut recv = qc.recv_stream(id);
-        if let Ok(mut chunks) = recv.read(true) {
-            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-            let _ = chunks.finalize();
-        };
+        stream::discard(qc, id);
     }
 }

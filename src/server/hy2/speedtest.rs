@@ -26,9 +26,10 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use quinn_proto::{Connection, Dir, FinishError, ReadError, StreamId, VarInt, WriteError};
+use quinn_proto::{Connection, Dir, FinishError, StreamId, VarInt, WriteError};
 
 use crate::proto::speedtest::{Request, Response, UploadSummary, CHUNK_SIZE, REQUEST_LEN};
+use crate::quic::stream::{self, ReadEnd};
 use crate::worker::pipe::STREAM_ABORT;
 
 pub use crate::proto::speedtest::is_speedtest_addr;
@@ -261,35 +262,25 @@ impl SpeedTest {
         if self.peer_fin {
             return Ok(());
         }
-        let mut recv = conn.recv_stream(id);
-        let Ok(mut chunks) = recv.read(true) else {
-            // Nothing left to read on this side.
-            self.peer_fin = true;
-            return Ok(());
-        };
-        let mut result = Ok(());
-        loop {
-            match chunks.next(READ_CHUNK) {
-                Ok(Some(c)) => {
-                    if self.feed(&c.bytes, now).is_err() {
-                        result = Err(());
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    self.peer_fin = true;
-                    break;
-                }
-                Err(ReadError::Blocked) => break,
-                Err(ReadError::Reset(_)) => {
-                    result = Err(());
-                    break;
-                }
+        let mut bad = false;
+        let r = stream::read(conn, id, READ_CHUNK, |bytes| {
+            bad = self.feed(&bytes, now).is_err();
+            if bad {
+                0
+            } else {
+                READ_CHUNK
             }
+        });
+        match r.end {
+            _ if bad => Err(()),
+            ReadEnd::Reset(_) => Err(()),
+            // Closed: nothing left to read on this side.
+            ReadEnd::Fin | ReadEnd::Closed => {
+                self.peer_fin = true;
+                Ok(())
+            }
+            ReadEnd::Blocked | ReadEnd::Paused => Ok(()),
         }
-        // Hands the read bytes' credit back to the client.
-        let _ = chunks.finalize();
-        result
     }
 
     /// Sends `out`, then download data. `Err` when the stream can no longer be written.
@@ -518,12 +509,7 @@ mod tests {
     /// What the server's stream loop does before handing over: read what is there.
     fn read_available(conn: &mut Connection, id: StreamId) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut recv = conn.recv_stream(id);
-        let mut chunks = recv.read(true).unwrap();
-        while let Ok(Some(c)) = chunks.next(usize::MAX) {
-            out.extend_from_slice(&c.bytes);
-        }
-        let _ = chunks.finalize();
+        stream::read_into(conn, id, &mut out, usize::MAX);
         out
     }
 
@@ -642,28 +628,17 @@ mod tests {
                 return moved;
             }
             // Read.
-            let mut recv = conn.recv_stream(self.id);
-            let Ok(mut chunks) = recv.read(true) else {
-                return moved;
-            };
-            loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(c)) => {
-                        moved = true;
-                        self.on_bytes(&c.bytes);
-                    }
-                    Ok(None) => {
-                        self.fin = true;
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(code)) => {
-                        self.reset = Some(code);
-                        break;
-                    }
-                }
+            let r = stream::read(conn, self.id, usize::MAX, |bytes| {
+                moved = true;
+                self.on_bytes(&bytes);
+                usize::MAX
+            });
+            match r.end {
+                ReadEnd::Fin => self.fin = true,
+                ReadEnd::Reset(code) => self.reset = Some(code),
+                ReadEnd::Closed => return moved,
+                ReadEnd::Blocked | ReadEnd::Paused => {}
             }
-            let _ = chunks.finalize();
             if self.abort_after.is_some_and(|n| self.downloaded >= n) {
                 // A user giving up: quic-go's CancelRead and CancelWrite.
                 let code = VarInt::from_u32(0x77);
