@@ -348,3 +348,43 @@ against_both! {
 against_both! {
     wrong_password_quelay, wrong_password_singbox => wrong_password::<Server>()
 }
+
+/// An HTTP/3 answer: status, header fields in the order they came, and the whole body.
+pub struct H3Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Sends one HTTP/3 request with `fields` (pseudo-headers first) on `conn`, as a browser
+/// would: the client's control stream (SETTINGS), then the request on a new stream. The
+/// answer is read to its end within 10 s.
+pub async fn h3_request(conn: &quinn::Connection, fields: &[(&str, &str)]) -> H3Answer {
+    use quelay::proto::h3::{self, HuffmanPolicy};
+
+    let mut control = conn.open_uni().await.expect("open the control stream");
+    control
+        .write_all(&h3::client_control_stream())
+        .await
+        .expect("write SETTINGS");
+    let (mut send, mut recv) = conn.open_bi().await.expect("open a request stream");
+    send.write_all(&h3::headers_frame(fields, HuffmanPolicy::Always))
+        .await
+        .expect("write the request");
+    send.finish().expect("finish the request");
+    let bytes = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("a response within 10 s")
+        .expect("read the response");
+    let mut reader = h3::ResponseReader::new();
+    let resp = reader
+        .push(&bytes)
+        .expect("an HTTP/3 response")
+        .expect("a whole response");
+    reader.finish().expect("a complete body");
+    H3Answer {
+        status: resp.status,
+        headers: resp.headers,
+        body: reader.body().to_vec(),
+    }
+}

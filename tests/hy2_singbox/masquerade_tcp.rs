@@ -11,7 +11,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quelay::proto::h3::{self, HuffmanPolicy};
 use quelay::quic::{self, QuicParams, Verify};
 
 use support::{
@@ -144,40 +143,22 @@ fn h3_get(server: SocketAddr, sni: &str, path: &str) -> Result<Seen, String> {
         .await
         .map_err(|_| "no handshake within 10 s".to_string())?
         .map_err(|e| format!("QUIC handshake: {e}"))?;
-        let mut control = conn.open_uni().await.expect("open the control stream");
-        control
-            .write_all(&h3::client_control_stream())
-            .await
-            .expect("write SETTINGS");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open a request stream");
-        let req = h3::headers_frame(
+        let answer = super::h3_request(
+            &conn,
             &[
                 (":method", "GET"),
                 (":scheme", "https"),
                 (":authority", SNI),
                 (":path", path),
             ],
-            HuffmanPolicy::Always,
-        );
-        send.write_all(&req).await.expect("write the request");
-        send.finish().expect("finish the request");
-        let bytes = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
-            .await
-            .expect("a response within 10 s")
-            .expect("read the response");
-        let mut reader = h3::ResponseReader::new();
-        let resp = reader
-            .push(&bytes)
-            .expect("an HTTP/3 response")
-            .expect("a whole response");
-        reader.finish().expect("a complete body");
-        let body = reader.body().to_vec();
+        )
+        .await;
         conn.close(0u32.into(), b"");
         ep.wait_idle().await;
         Ok(Seen {
-            status: resp.status,
-            headers: resp.headers,
-            body,
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
         })
     })
 }

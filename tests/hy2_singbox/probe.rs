@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quelay::proto::h3::{self, HuffmanPolicy};
 use quelay::quic::{self, QuicParams, Verify};
 use quinn_proto::crypto::{
     self, ExportKeyingMaterialError, HeaderKey, KeyPair, Keys, PacketKey, Session,
@@ -236,15 +235,9 @@ fn probe(server: SocketAddr) -> Seen {
         .expect("QUIC handshake");
         let params = seen.lock().unwrap().clone().expect("transport parameters");
 
-        // The client's control stream (SETTINGS), as an HTTP/3 client sends it.
-        let mut control = conn.open_uni().await.expect("open the control stream");
-        control
-            .write_all(&h3::client_control_stream())
-            .await
-            .expect("write SETTINGS");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open a request stream");
         let authority = server.to_string();
-        let req = h3::headers_frame(
+        let answer = super::h3_request(
+            &conn,
             &[
                 (":method", "GET"),
                 (":scheme", "https"),
@@ -252,25 +245,14 @@ fn probe(server: SocketAddr) -> Seen {
                 (":path", "/"),
                 ("user-agent", "Mozilla/5.0"),
             ],
-            HuffmanPolicy::Always,
-        );
-        send.write_all(&req).await.expect("write the request");
-        send.finish().expect("finish the request");
-        let bytes = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
-            .await
-            .expect("a response within 10 s")
-            .expect("read the response");
-        let mut reader = h3::ResponseReader::new();
-        let resp = reader
-            .push(&bytes)
-            .expect("an HTTP/3 response")
-            .expect("a whole response");
+        )
+        .await;
         conn.close(0u32.into(), b"");
         ep.wait_idle().await;
         Seen {
             params: decode(&params),
-            status: resp.status,
-            headers: resp.headers,
+            status: answer.status,
+            headers: answer.headers,
         }
     })
 }

@@ -14,14 +14,13 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use crate::serial;
 use crate::support::{
-    metric, pattern_sha256, scrape, socks_download, tempdir, HttpTarget, NetPath, NsProxyClient,
-    NsQuelayServer, PathSide, PathSpec, SbOpts, MIB,
+    metric, pattern_sha256, run_tool, scrape, socks_download, tempdir, HttpTarget, NetPath,
+    NsProxyClient, NsQuelayServer, PathSide, PathSpec, SbOpts, MIB,
 };
 
 const NODES: u8 = 3;
@@ -69,30 +68,10 @@ fn balancer(service: Ipv4Addr, ports: &[u16], by_cid: bool) -> String {
     )
 }
 
-fn run(args: &[&str], input: Option<&str>) {
-    use std::io::Write;
-    let mut cmd = Command::new(args[0]);
-    cmd.args(&args[1..]).stdin(std::process::Stdio::piped());
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} (iproute2, nftables): {e}", args[0]));
-    if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `args`, failing the test with the tool's message when it fails.
+fn run(args: &[&str]) {
+    run_tool(args[0], &args[1..])
+        .unwrap_or_else(|e| panic!("{e} (the cluster test needs iproute2 and nftables)"));
 }
 
 struct Outcome {
@@ -122,19 +101,16 @@ fn cluster_transfers(by_cid: bool) -> Outcome {
     let mut metrics = Vec::new();
     let mut nodes = Vec::new();
     for k in 1..=NODES {
-        run(
-            &[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/32", node_ip(k)),
-                "dev",
-                "lo",
-            ],
-            None,
-        );
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/32", node_ip(k)),
+            "dev",
+            "lo",
+        ]);
         let port = path.free_port(PathSide::Server);
         let m = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
         let addr = SocketAddr::from((node_ip(k), port));
@@ -152,10 +128,10 @@ fn cluster_transfers(by_cid: bool) -> Outcome {
         ports.push(port);
         metrics.push(m);
     }
-    run(
-        &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
-        Some(&balancer(service, &ports, by_cid)),
-    );
+    let rules = dir.join("balancer.nft");
+    fs::write(&rules, balancer(service, &ports, by_cid)).expect("write the balancer's rules");
+    let rules = rules.to_str().expect("a UTF-8 path");
+    run(&["ip", "netns", "exec", &ns, "nft", "-f", rules]);
 
     let server = format!("{service}:{SERVICE_PORT}");
     let rebinding = format!("{server}-{SERVICE_PORT}");

@@ -10,8 +10,9 @@
 //! port reached the connection's own worker through CID steering (nothing forwarded between
 //! workers), and that no stateless reset was sent.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::support::{
@@ -93,22 +94,59 @@ fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> 
     (hops, got.transfer)
 }
 
+/// A path with the redirect installed and a target in the server namespace: what every
+/// hopping test starts from. Holds the tests' serial lock.
+struct HopPath {
+    path: NetPath,
+    target: HttpTarget,
+    /// The server's address in its namespace.
+    ip: Ipv4Addr,
+    first: u16,
+    last: u16,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl HopPath {
+    fn new() -> HopPath {
+        NetPath::check_available();
+        let serial = serial();
+        let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
+        let (first, last) = port_range();
+        redirect(&path, first, last);
+        let target = path.in_ns(PathSide::Server, HttpTarget::start);
+        let ip = path.ip(PathSide::Server);
+        HopPath {
+            path,
+            target,
+            ip,
+            first,
+            last,
+            _serial: serial,
+        }
+    }
+
+    /// What a hopping client dials: the server's address with the whole port range.
+    fn dial(&self) -> String {
+        format!("{}:{}-{}", self.ip, self.first, self.last)
+    }
+
+    /// Downloads through a hopping client on `io`; see [`hop_download`].
+    fn download(&self, io: &str) -> (u64, Duration) {
+        hop_download(&self.path, &self.target, &self.dial(), io)
+    }
+}
+
 fn hop_against_quelay(io: &str) {
-    NetPath::check_available();
-    let _serial = serial();
-    let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
-    let (first, last) = port_range();
-    redirect(&path, first, last);
-    let target = path.in_ns(PathSide::Server, HttpTarget::start);
+    let hop = HopPath::new();
+    let path = &hop.path;
     let metrics = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
-    let ip = path.ip(PathSide::Server);
     let mut server = NsQuelayServer::start_listen(
-        &path,
-        &format!("0.0.0.0:{first}-{last}"),
-        SocketAddr::from((ip, first)),
+        path,
+        &format!("0.0.0.0:{}-{}", hop.first, hop.last),
+        SocketAddr::from((hop.ip, hop.first)),
         &format!("engine:\n  workers: 2\n  io: {io}\nmetrics:\n  listen: {metrics}\n"),
     );
-    let (hops, took) = hop_download(&path, &target, &format!("{ip}:{first}-{last}"), io);
+    let (hops, took) = hop.download(io);
     let page = path.in_ns(PathSide::Server, || scrape(metrics));
     server.child().assert_running();
     let m = |series: &str| metric(&page, series) as u64;
@@ -152,15 +190,12 @@ fn hopping_client_downloads_intact_from_quelay_epoll() {
 
 #[test]
 fn hopping_client_downloads_intact_from_singbox() {
-    NetPath::check_available();
-    let _serial = serial();
-    let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
-    let (first, last) = port_range();
-    redirect(&path, first, last);
-    let target = path.in_ns(PathSide::Server, HttpTarget::start);
-    let ip = path.ip(PathSide::Server);
-    let mut server =
-        NsSingboxServer::start_on(&path, SocketAddr::from((ip, first)), &ServerOpts::default());
-    hop_download(&path, &target, &format!("{ip}:{first}-{last}"), "uring");
+    let hop = HopPath::new();
+    let mut server = NsSingboxServer::start_on(
+        &hop.path,
+        SocketAddr::from((hop.ip, hop.first)),
+        &ServerOpts::default(),
+    );
+    hop.download("uring");
     server.child().assert_running();
 }
