@@ -7,6 +7,7 @@
 #[deny(unsafe_code)]
 pub mod acl;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod engine;

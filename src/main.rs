@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 use quelay::client;
+use quelay::cluster;
 use quelay::server;
 
 #[global_allocator]
@@ -28,6 +29,8 @@ enum Role {
     Client(ClientArgs),
     /// Check this host for what quelay needs; print each finding and its fix.
     Doctor(DoctorArgs),
+    /// Ask every node of a cluster: merged traffic and online users, or a kick.
+    Cluster(ClusterArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +75,33 @@ struct DoctorArgs {
     config: Option<std::path::PathBuf>,
 }
 
+#[derive(Args)]
+struct ClusterArgs {
+    /// The cluster's node list: each node's traffic-stats API and secret.
+    #[arg(short = 'c', long = "config")]
+    config: std::path::PathBuf,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every node's /traffic and /online, summed per user, and each node's state.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Reset each node's counters after reading them (the API's `?clear=1`).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Close these users' connections on every node (clients may reconnect).
+    Kick {
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     quelay::worker::init_logging();
     let cli = Cli::parse();
@@ -80,6 +110,13 @@ fn main() -> ExitCode {
         Role::Server(a) => serve(a),
         Role::Client(a) => run_client(a),
         Role::Doctor(a) => return quelay::doctor::run(a.json, a.config.as_deref()),
+        Role::Cluster(a) => {
+            let command = match a.command {
+                ClusterCommand::Stats { json, clear } => cluster::Command::Stats { json, clear },
+                ClusterCommand::Kick { users } => cluster::Command::Kick { users },
+            };
+            return cluster::run(&a.config, command);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -363,6 +363,132 @@ fn kick_closes_the_users_connections() {
     server.child.assert_running();
 }
 
+/// Runs `quelay cluster -c FILE ARGS`: (exit code, stdout, stderr).
+fn quelay_cluster(file: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quelay"))
+        .arg("cluster")
+        .arg("-c")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run quelay cluster");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two nodes and a third that does not answer: `quelay cluster stats` sums the nodes'
+/// `/traffic` and `/online` per user, shows each node's own figures, and names the silent
+/// node (exit 1) without hiding the others; a wrong secret is named as such. `quelay
+/// cluster kick` closes the user's connections on every node and no one else's.
+#[test]
+fn cluster_stats_merge_the_nodes_and_a_kick_reaches_every_node() {
+    let users = [("alice", "pw-a"), ("bob", "pw-b")];
+    let mut nodes = [OpsServer::start(&users, &[]), OpsServer::start(&users, &[])];
+    let echo = TcpEcho::start();
+    let alice: Vec<QuelayClient> = nodes.iter().map(|n| client(n, "alice:pw-a")).collect();
+    let bob = client(&nodes[1], "bob:pw-b");
+    let mut alice_streams: Vec<TcpStream> = alice
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut s = echo_stream(c, &echo).expect("alice's stream");
+            roundtrip(&mut s, 10_000 * (i + 1)).expect("alice echo");
+            s
+        })
+        .collect();
+    let mut bob_stream = echo_stream(&bob, &echo).expect("bob's stream");
+    roundtrip(&mut bob_stream, 5_000).expect("bob echo");
+
+    let dir = tempdir();
+    let node_lines: String = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("  - {{name: n{i}, api: \"{}\"}}\n", n.api))
+        .collect();
+    let file = dir.join("cluster.yaml");
+    fs::write(&file, format!("nodes:\n{node_lines}secret: {SECRET}\n")).expect("write");
+    let (code, out, err) = quelay_cluster(&file, &["stats", "--json"]);
+    assert_eq!(code, 0, "stats: {out}{err}");
+    let merged: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let own: Vec<(Value, Value)> = nodes
+        .iter()
+        .map(|n| (n.get_json("/traffic"), n.get_json("/online")))
+        .collect();
+    for user in ["alice", "bob"] {
+        let sum = own.iter().fold((0, 0), |acc, (t, _)| {
+            let (tx, rx) = user_counts(t, user);
+            (acc.0 + tx, acc.1 + rx)
+        });
+        assert_eq!(
+            user_counts(&merged["traffic"], user),
+            sum,
+            "{user}: {merged}"
+        );
+    }
+    assert!(
+        user_counts(&merged["traffic"], "alice").0 >= 30_000,
+        "{merged}"
+    );
+    assert_eq!(
+        (&merged["online"]["alice"], &merged["online"]["bob"]),
+        (&Value::from(2), &Value::from(1)),
+        "{merged}"
+    );
+    for (i, (t, o)) in own.iter().enumerate() {
+        assert_eq!(&merged["nodes"][format!("n{i}")]["traffic"], t, "{merged}");
+        assert_eq!(&merged["nodes"][format!("n{i}")]["online"], o, "{merged}");
+    }
+
+    // A node that does not answer, and one with the wrong secret: both named, exit 1, and
+    // the answering node's figures still shown.
+    let silent = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let partial = dir.join("partial.yaml");
+    fs::write(
+        &partial,
+        format!(
+            "nodes:\n  - {{name: n1, api: \"{}\"}}\n  - {{name: silent, api: \"{silent}\"}}\n  \
+             - {{name: wrong, api: \"{}\", secret: nope}}\nsecret: {SECRET}\ntimeout: 2s\n",
+            nodes[1].api, nodes[0].api
+        ),
+    )
+    .expect("write");
+    let (code, out, err) = quelay_cluster(&partial, &["stats"]);
+    assert_eq!(code, 1, "stats with a silent node: {out}{err}");
+    assert!(err.contains("not every node answered"), "{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {out}"))
+            .to_owned()
+    };
+    assert!(line("silent").contains("no answer"), "{out}");
+    assert!(line("wrong").contains("401"), "{out}");
+    assert!(line("n1").contains("ok"), "{out}");
+    assert_eq!(
+        line("bob").split_whitespace().last(),
+        Some("1"),
+        "bob's connection on n1: {out}"
+    );
+
+    // The kick reaches both nodes: alice's streams on each fail, bob's goes on.
+    let (code, out, err) = quelay_cluster(&file, &["kick", "alice"]);
+    assert_eq!(code, 0, "kick: {out}{err}");
+    assert!(
+        out.contains("n0: kicked") && out.contains("n1: kicked"),
+        "{out}"
+    );
+    for n in &mut nodes {
+        n.wait_log("kicking");
+    }
+    for (i, s) in alice_streams.iter_mut().enumerate() {
+        assert!(stream_fails(s), "alice's stream on node {i} still works");
+    }
+    roundtrip(&mut bob_stream, 5_000).expect("bob's stream after alice's kick");
+}
+
 #[test]
 fn sighup_reloads_passwords_and_keeps_live_connections() {
     let mut server = OpsServer::start(&[("alice", "old-pw")], &[]);

@@ -13,6 +13,7 @@
 
 mod build;
 mod client;
+mod cluster;
 mod error;
 mod reader;
 mod server;
@@ -32,6 +33,7 @@ use std::path::Path;
 use serde_norway::Value;
 
 pub use client::*;
+pub use cluster::{ClusterFile, ClusterNode, DEFAULT_NODE_TIMEOUT};
 pub use error::{ConfigError, ErrorAt, Warning};
 pub use server::*;
 pub use units::{parse_bandwidth, parse_duration, parse_go_bool, parse_pin};
@@ -53,10 +55,19 @@ pub fn load_server(path: &Path) -> Result<(ServerConfig, Vec<Warning>), ConfigEr
 
 /// Validate a server config held in memory; `origin` names it in errors (a file name).
 pub fn parse_server(text: &str, origin: &str) -> Result<(ServerConfig, Vec<Warning>), ConfigError> {
-    let root = yaml_tree(text, origin)?;
-    let mut warnings = Vec::new();
-    let config = build::server(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
-    Ok((config, warnings))
+    parse_with(text, origin, build::server)
+}
+
+/// Read and validate the node list of `quelay cluster`. Errors and warnings name the file.
+pub fn load_cluster(path: &Path) -> Result<(ClusterFile, Vec<Warning>), ConfigError> {
+    let origin = path.display().to_string();
+    let text = read_text(path, &origin)?;
+    parse_cluster(&text, &origin)
+}
+
+/// Validate a `quelay cluster` node list held in memory; `origin` names it in errors.
+pub fn parse_cluster(text: &str, origin: &str) -> Result<(ClusterFile, Vec<Warning>), ConfigError> {
+    parse_with(text, origin, cluster::cluster_file)
 }
 
 /// Read and validate a client config file. Errors and warnings name the file as given.
@@ -68,10 +79,7 @@ pub fn load_client(path: &Path) -> Result<(ClientConfig, Vec<Warning>), ConfigEr
 
 /// Validate a client config held in memory; `origin` names it in errors (a file name).
 pub fn parse_client(text: &str, origin: &str) -> Result<(ClientConfig, Vec<Warning>), ConfigError> {
-    let root = yaml_tree(text, origin)?;
-    let mut warnings = Vec::new();
-    let config = build::client(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
-    Ok((config, warnings))
+    parse_with(text, origin, build::client)
 }
 
 /// `quelay client hysteria2://... --socks5 ADDR`: a client config from a share URI, with a
@@ -83,6 +91,18 @@ pub fn client_from_uri(
     socks5_listen: Option<SocketAddr>,
 ) -> Result<ClientConfig, ConfigError> {
     build::client_from_uri(uri, socks5_listen)
+}
+
+/// Parses `text` and builds its config with `build`, naming `origin` in errors.
+fn parse_with<T>(
+    text: &str,
+    origin: &str,
+    build: impl FnOnce(&Value, &mut Vec<Warning>) -> Result<T, error::Fault>,
+) -> Result<(T, Vec<Warning>), ConfigError> {
+    let root = yaml_tree(text, origin)?;
+    let mut warnings = Vec::new();
+    let config = build(&root, &mut warnings).map_err(|f| f.in_file(origin))?;
+    Ok((config, warnings))
 }
 
 /// The YAML tree of a config text, with tags stripped and merge keys applied.
