@@ -1,5 +1,5 @@
-//! Server and client configuration files: any text parses or gives a config error, never a
-//! panic.
+//! Server, client and cluster configuration files, and the traffic-stats answers `quelay
+//! cluster` reads from nodes: any text parses or gives an error, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,4 +10,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = quelay::config::parse_server(text, "fuzz.yaml");
     let _ = quelay::config::parse_client(text, "fuzz.yaml");
+    let _ = quelay::config::parse_cluster(text, "fuzz.yaml");
+    let _ = quelay::cluster::parse_traffic(data);
+    let _ = quelay::cluster::parse_online(data);
 });
