@@ -1,9 +1,10 @@
 //! `quelay cluster`: one view of a cluster's traffic, and a kick that reaches every node.
 //!
 //! Nodes do not talk to each other (see `quic::cid` for how a balancer keeps each
-//! connection on one node). This command asks each node's traffic-stats API in turn, the
-//! reference's `GET /traffic`, `GET /online` and `POST /kick`, from the operator's machine,
-//! with the node list of a [`ClusterFile`]. All nodes are asked at once, each request bounded
+//! connection on one node). This command asks each node's traffic-stats API (the
+//! reference's `GET /traffic`, `GET /online` and `POST /kick`, served by
+//! [`crate::metrics::traffic`]) from the operator's machine, with the node list of a
+//! [`ClusterFile`]. All nodes are asked at once, each request bounded
 //! by the file's `timeout`; a node that does not answer is reported, never waited for longer,
 //! and the others' figures are still shown.
 //!
@@ -19,6 +20,7 @@ use serde_json::{json, Map, Value};
 use ureq::Agent;
 
 use crate::config::{self, ClusterFile, ClusterNode};
+use crate::metrics::traffic;
 
 /// Largest answer read from a node (a JSON object per user; a big user list is far below).
 const MAX_ANSWER: u64 = 64 << 20;
@@ -189,10 +191,7 @@ pub fn run(path: &Path, command: Command) -> ExitCode {
 }
 
 fn traffic_json(t: &Traffic) -> Value {
-    t.iter()
-        .map(|(u, &(tx, rx))| (u.clone(), json!({"tx": tx, "rx": rx})))
-        .collect::<Map<String, Value>>()
-        .into()
+    traffic::traffic_json(t.iter().map(|(u, &(tx, rx))| (u.clone(), tx, rx)))
 }
 
 /// The JSON object keyed by user that `endpoint` answers.

@@ -47,6 +47,15 @@ pub trait Backend: Send + Sync + 'static {
     fn dump_streams(&self) -> Vec<StreamInfo>;
 }
 
+/// `/traffic`'s answer, as the reference writes it: `{user: {"tx": n, "rx": n}}`.
+pub fn traffic_json(users: impl IntoIterator<Item = (String, u64, u64)>) -> Value {
+    let out: Map<String, Value> = users
+        .into_iter()
+        .map(|(user, tx, rx)| (user, json!({"tx": tx, "rx": rx})))
+        .collect();
+    Value::Object(out)
+}
+
 /// Serves the API on `listen` from a thread of its own ([`super::http`]). With a non-empty
 /// `secret`, every request must carry `Authorization: <secret>` (exact match, as the
 /// reference server; compared in constant time).
@@ -95,11 +104,7 @@ impl<B: Backend> Handler for Api<B> {
             (&Method::GET, "/") => Response::new(200, HTML, INDEX),
             (&Method::GET, "/traffic") => {
                 let clear = query_bool(query, "clear");
-                let mut out = Map::new();
-                for (user, tx, rx) in backend.traffic(clear) {
-                    out.insert(user, json!({"tx": tx, "rx": rx}));
-                }
-                Response::new(200, JSON, Value::Object(out).to_string())
+                Response::new(200, JSON, traffic_json(backend.traffic(clear)).to_string())
             }
             (&Method::GET, "/online") => {
                 let out: BTreeMap<String, u64> = backend.online().into_iter().collect();
