@@ -7,6 +7,7 @@
 //! - A second auth request changes nothing about the connection.
 //! - Unauthenticated connections: memory by what they send, closed at the auth deadline,
 //!   capped per source.
+//! - Masquerade responses cost a chunk each while their clients do not read them.
 //!
 //! The clients are plain quinn connections that speak the Hysteria2 wire format by hand, so
 //! that they can do what no well-behaved client does (leave mid-auth, skip auth).
@@ -18,6 +19,8 @@ mod support;
 // More hostile clients, each a file of its own under tests/hostile/.
 #[path = "hostile/handshake_flood.rs"]
 mod handshake_flood;
+#[path = "hostile/masquerade_stream.rs"]
+mod masquerade_stream;
 #[path = "hostile/udp_sessions.rs"]
 mod udp_sessions;
 

@@ -1,13 +1,15 @@
-//! The client side of the proxy outbounds' handshakes, sans-IO: SOCKS5 CONNECT (RFC 1928,
-//! with RFC 1929 username/password) and HTTP CONNECT, as the reference server speaks them
-//! to an upstream proxy before a relay's bytes flow.
+//! The client side of the proxy outbounds' handshakes, sans-IO: SOCKS5 CONNECT and UDP
+//! ASSOCIATE (RFC 1928, with RFC 1929 username/password) and HTTP CONNECT, as the reference
+//! server speaks them to an upstream proxy before a relay's bytes flow; and the SOCKS5 UDP
+//! request header ([`socks5_udp_wrap`], [`socks5_udp_unwrap`]) of an association's
+//! datagrams.
 //!
 //! The owner connects to the proxy, sends what [`Handshake::start`] returns, then feeds
 //! every byte it reads to [`Handshake::received`] until that says [`Step::Done`] (the bytes
 //! after the proxy's answer belong to the target) or [`Step::Failed`] (the reference's
 //! error text). Nothing here panics on what a proxy sends.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use base64::Engine as _;
 
@@ -50,6 +52,9 @@ pub struct Handshake {
     auth: Option<(String, String)>,
     /// SOCKS5: the CONNECT request, sent once a method is agreed. HTTP: the request.
     request: Vec<u8>,
+    /// SOCKS5: the reply's BND.ADDR and BND.PORT, once it came as an IP address (for UDP
+    /// ASSOCIATE: where the association's datagrams go).
+    bound: Option<SocketAddr>,
 }
 
 impl Handshake {
@@ -57,30 +62,30 @@ impl Handshake {
     /// a domain for the proxy to resolve. `None` when the name is too long for SOCKS5.
     pub fn socks5(host: &str, port: u16, auth: Option<(String, String)>) -> Option<Handshake> {
         let mut request = vec![5, 1, 0];
-        match host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                request.push(1);
-                request.extend(ip.octets());
-            }
-            Ok(IpAddr::V6(ip)) => {
-                request.push(4);
-                request.extend(ip.octets());
-            }
-            Err(_) => {
-                let len = u8::try_from(host.len()).ok().filter(|&l| l > 0)?;
-                request.push(3);
-                request.push(len);
-                request.extend(host.as_bytes());
-            }
-        }
-        request.extend(port.to_be_bytes());
+        push_socks5_addr(&mut request, host, port)?;
+        Some(Self::socks5_request(request, auth))
+    }
+
+    /// SOCKS5 UDP ASSOCIATE with DST `0.0.0.0:0`, as the reference asks; once
+    /// [`Step::Done`], [`Self::bound`] is the relay to send the datagrams to.
+    pub fn socks5_udp(auth: Option<(String, String)>) -> Handshake {
+        Self::socks5_request(vec![5, 3, 0, 1, 0, 0, 0, 0, 0, 0], auth)
+    }
+
+    fn socks5_request(request: Vec<u8>, auth: Option<(String, String)>) -> Handshake {
         let auth = auth.filter(|(u, p)| !u.is_empty() && !p.is_empty());
-        Some(Handshake {
+        Handshake {
             state: State::Method,
             buf: Vec::new(),
             auth,
             request,
-        })
+            bound: None,
+        }
+    }
+
+    /// The SOCKS5 reply's bound address, if the handshake is done and it was an IP address.
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound
     }
 
     /// HTTP CONNECT to `host`:`port`, with Basic proxy credentials when given.
@@ -103,6 +108,7 @@ impl Handshake {
             buf: Vec::new(),
             auth: None,
             request: request.into_bytes(),
+            bound: None,
         }
     }
 
@@ -205,6 +211,7 @@ impl Handshake {
         if self.buf.len() < len {
             return Step::Recv;
         }
+        self.bound = parse_socks5_addr(&self.buf[3..len]).map(|(addr, _)| addr);
         self.state = State::Over;
         let leftover = self.buf.split_off(len);
         self.buf = Vec::new();
@@ -231,6 +238,69 @@ impl Handshake {
             Err(e) => Step::Failed(format!("HTTP proxy answer: {e}")),
         }
     }
+}
+
+/// Appends ATYP, DST.ADDR and DST.PORT for `host`:`port`: an IP literal as an address,
+/// anything else as a domain. `None` when the name is empty or too long for SOCKS5.
+fn push_socks5_addr(out: &mut Vec<u8>, host: &str, port: u16) -> Option<()> {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            out.push(1);
+            out.extend(ip.octets());
+        }
+        Ok(IpAddr::V6(ip)) => {
+            out.push(4);
+            out.extend(ip.octets());
+        }
+        Err(_) => {
+            let len = u8::try_from(host.len()).ok().filter(|&l| l > 0)?;
+            out.push(3);
+            out.push(len);
+            out.extend(host.as_bytes());
+        }
+    }
+    out.extend(port.to_be_bytes());
+    Some(())
+}
+
+/// ATYP, an IP address and a port at the start of `buf`, and the bytes they took. `None`
+/// for a domain, an unknown type or too few bytes.
+fn parse_socks5_addr(buf: &[u8]) -> Option<(SocketAddr, usize)> {
+    let (ip, len) = match *buf.first()? {
+        1 => {
+            let o: [u8; 4] = buf.get(1..5)?.try_into().ok()?;
+            (IpAddr::V4(Ipv4Addr::from(o)), 5)
+        }
+        4 => {
+            let o: [u8; 16] = buf.get(1..17)?.try_into().ok()?;
+            (IpAddr::V6(Ipv6Addr::from(o)), 17)
+        }
+        _ => return None,
+    };
+    let port = buf.get(len..len + 2)?;
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    Some((SocketAddr::new(ip, port), len + 2))
+}
+
+/// A datagram for a SOCKS5 association: `00 00 | FRAG 00 | ATYP DST.ADDR DST.PORT`, then
+/// `payload`; the address encoded as for CONNECT. `None` when the name does not fit.
+pub fn socks5_udp_wrap(host: &str, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(3 + 1 + 16 + 2 + payload.len());
+    out.extend([0, 0, 0]);
+    push_socks5_addr(&mut out, host, port)?;
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
+/// The source and payload of a datagram from a SOCKS5 association. `None` (to be dropped)
+/// for a fragment, a domain source or a malformed header: fragments are not reassembled,
+/// as in the reference.
+pub fn socks5_udp_unwrap(datagram: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let [0, 0, 0, ref rest @ ..] = datagram[..] else {
+        return None;
+    };
+    let (from, used) = parse_socks5_addr(rest)?;
+    Some((from, &rest[used..]))
 }
 
 /// RFC 1928's text for a reply code, as the reference prints it.
@@ -326,6 +396,49 @@ mod tests {
             Step::Failed("SOCKS5 request failed: Connection refused (5)".into())
         );
         assert!(Handshake::socks5(&"x".repeat(256), 1, None).is_none());
+    }
+
+    #[test]
+    fn socks5_udp_associate_learns_the_relay_address() {
+        let mut h = Handshake::socks5_udp(None);
+        assert_eq!(sent(h.start()), [5, 1, 0]);
+        assert_eq!(sent(h.received(&[5, 0])), [5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            h.received(&[5, 0, 0, 1, 127, 0, 0, 1, 0x1f, 0x90]),
+            Step::Done { leftover: vec![] }
+        );
+        assert_eq!(h.bound(), Some("127.0.0.1:8080".parse().unwrap()));
+        let mut h = Handshake::socks5_udp(None);
+        h.start();
+        h.received(&[5, 0]);
+        assert_eq!(
+            h.received(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]),
+            Step::Failed("SOCKS5 request failed: Command not supported (7)".into())
+        );
+        assert_eq!(h.bound(), None);
+    }
+
+    #[test]
+    fn socks5_udp_datagrams_carry_their_address() {
+        let wrapped = socks5_udp_wrap("example.com", 53, b"q").unwrap();
+        assert_eq!(wrapped[..5], [0, 0, 0, 3, 11]);
+        assert_eq!(&wrapped[5..16], b"example.com");
+        assert_eq!(wrapped[16..], [0, 53, b'q']);
+        let v6 = socks5_udp_wrap("::1", 53, b"q").unwrap();
+        assert_eq!((v6[3], v6.len()), (4, 3 + 1 + 16 + 2 + 1));
+        let reply = socks5_udp_wrap("192.0.2.7", 5353, b"answer").unwrap();
+        assert_eq!(
+            socks5_udp_unwrap(&reply),
+            Some(("192.0.2.7:5353".parse().unwrap(), &b"answer"[..]))
+        );
+        // A fragment, a domain source, a short header: dropped.
+        let mut frag = reply.clone();
+        frag[2] = 1;
+        assert_eq!(socks5_udp_unwrap(&frag), None);
+        assert_eq!(socks5_udp_unwrap(&wrapped), None);
+        assert_eq!(socks5_udp_unwrap(&reply[..6]), None);
+        assert_eq!(socks5_udp_unwrap(&[]), None);
+        assert!(socks5_udp_wrap(&"x".repeat(256), 1, b"").is_none());
     }
 
     #[test]

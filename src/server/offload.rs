@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::config;
 use crate::engine::{Token, Waker};
 use crate::resolve::Resolver;
+use crate::server::masquerade::Tail;
 
 /// What a job produced.
 pub enum Outcome {
@@ -26,8 +27,10 @@ pub enum Outcome {
     Resolved(io::Result<Vec<SocketAddr>>),
     /// An authentication backend's verdict: the user ID, none (refused), or why it failed.
     Auth(Result<Option<String>, String>),
-    /// A finished HTTP/3 response (masquerade).
-    Response(Vec<u8>),
+    /// A masquerade response: its HTTP/3 bytes, and the rest of its body if it is streamed.
+    Response(Vec<u8>, Option<Tail>),
+    /// The next chunk of a streamed body (`None` at its end), and the body to read on.
+    Chunk(Tail, io::Result<Option<Vec<u8>>>),
 }
 
 /// A job's outcome, tagged with the caller's token.
@@ -393,7 +396,7 @@ mod tests {
             extra_refused
         );
         // The other rooms answer.
-        let work: Work = Box::new(|| Outcome::Response(b"page".to_vec()));
+        let work: Work = Box::new(|| Outcome::Response(b"page".to_vec(), None));
         c.run(Class::Masquerade, Token::new(1, 7), work).unwrap();
         c.lookup("127.0.0.1", 80, Token::new(2, 8)).unwrap();
         let answers = collect(&c, 2);
@@ -405,7 +408,7 @@ mod tests {
         assert_eq!(tokens, [(1, 7), (2, 8)]);
         for a in answers {
             match (a.token.id(), a.outcome) {
-                (7, Outcome::Response(r)) => assert_eq!(r, b"page"),
+                (7, Outcome::Response(r, None)) => assert_eq!(r, b"page"),
                 (8, Outcome::Resolved(Ok(addrs))) => {
                     assert_eq!(addrs, vec!["127.0.0.1:80".parse::<SocketAddr>().unwrap()])
                 }

@@ -486,3 +486,132 @@ fn proxy_outbounds_carry_requests_through_real_proxies_quelay() {
         seen(&bad)
     );
 }
+
+impl RealProxy {
+    /// Dante (danted), without authentication, relaying UDP (UDP ASSOCIATE) and TCP from
+    /// `external`.
+    fn dante(external: &str) -> RealProxy {
+        Self::need("danted", "dante-server");
+        let dir = tempdir();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let conf = dir.join("danted.conf");
+        fs::write(
+            &conf,
+            format!(
+                "logoutput: stderr\n\
+                 internal: 127.0.0.1 port = {port}\n\
+                 external: {external}\n\
+                 clientmethod: none\n\
+                 socksmethod: none\n\
+                 user.privileged: root\n\
+                 user.unprivileged: nobody\n\
+                 client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
+                 socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 \
+                 command: connect udpassociate udpreply }}\n",
+                port = addr.port(),
+            ),
+        )
+        .expect("write danted.conf");
+        let mut cmd = std::process::Command::new("danted");
+        cmd.arg("-f").arg(&conf).arg("-N").arg("1");
+        Self::spawn("danted", cmd, addr, dir)
+    }
+}
+
+/// A UDP target on 127.0.0.1 that answers each datagram with the address it came from and
+/// the datagram itself.
+struct UdpWho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpWho {
+    fn start() -> UdpWho {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP target");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let addr = sock.local_addr().expect("local address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let mut answer = format!("{} ", from.ip()).into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&answer, from);
+                }
+            }
+        });
+        UdpWho {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpWho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP session that rules send to a SOCKS5 outbound leaves through a UDP ASSOCIATE with
+/// Dante: the target sees the datagrams arrive from Dante's external address, and its
+/// answers come back to the client labelled with the target's address. A session routed
+/// `direct` reaches the same target from loopback itself.
+#[test]
+fn udp_routed_to_a_socks5_outbound_goes_through_its_association_quelay() {
+    let (proxied, direct) = (UdpWho::start(), UdpWho::start());
+    let mut dante = RealProxy::dante("127.0.0.5");
+    let mut server = QuelayServer::start(&format!(
+        "outbounds:\n\
+         \x20 - {{name: sox, type: socks5, socks5: {{addr: \"{socks}\"}}}}\n\
+         acl:\n\
+         \x20 inline:\n\
+         \x20   - sox(all, udp/{port})\n\
+         \x20   - direct(all)\n",
+        socks = dante.addr,
+        port = proxied.addr.port(),
+    ));
+    let mut client = SingboxClient::start(server.addr(), PASSWORD, &SbOpts::default());
+    // One UDP session per target: each leaves the way its first destination is routed.
+    let ask = |target: SocketAddr| {
+        let udp = support::Socks5Udp::associate(client.socks_addr()).expect("UDP ASSOCIATE");
+        (0..3)
+            .map(|i| {
+                let payload = format!("datagram {i}");
+                udp.send_to(target, payload.as_bytes()).expect("send");
+                match udp.recv_from(EXCHANGE) {
+                    Ok((from, answer)) => (from, String::from_utf8_lossy(&answer).into_owned()),
+                    Err(e) => (target, format!("no answer: {e}")),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let via_dante = ask(proxied.addr);
+    let straight = ask(direct.addr);
+    if via_dante
+        .iter()
+        .chain(&straight)
+        .any(|(_, a)| a.starts_with("no answer"))
+    {
+        dante.child.assert_running();
+        client.child().assert_running();
+        server.child().assert_running();
+    }
+    for (answers, target, source) in [
+        (&via_dante, proxied.addr, "127.0.0.5"),
+        (&straight, direct.addr, "127.0.0.1"),
+    ] {
+        for (i, (from, answer)) in answers.iter().enumerate() {
+            assert_eq!(*from, target, "the answer is labelled with the target");
+            assert_eq!(answer, &format!("{source} datagram {i}"));
+        }
+    }
+}

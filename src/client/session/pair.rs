@@ -295,6 +295,7 @@ impl Pair {
                 conn,
                 stream,
                 bytes,
+                ..
             } => {
                 if let Some(&c) = self.back.get(&conn) {
                     if self.client.reading(c, stream) {

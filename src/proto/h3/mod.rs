@@ -55,7 +55,8 @@ pub use message::Limits;
 pub use qpack::HuffmanPolicy;
 pub use request::{url_path, Request, RequestReader};
 pub use response::{
-    http_date, not_found_response, response, Response, ResponseReader, NOT_FOUND_BODY,
+    http_date, not_found_response, response, response_head, Response, ResponseReader,
+    NOT_FOUND_BODY,
 };
 
 /// Huffman coding of header strings (RFC 7541 Appendix B), for tests and fuzzing.

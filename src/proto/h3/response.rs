@@ -31,12 +31,22 @@ impl Response {
 /// every literal Huffman-coded; then one DATA frame if `body` is not empty. The caller
 /// sends FIN after it.
 pub fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = response_head(status, headers, Some(body.len() as u64));
+    if !body.is_empty() {
+        out.extend(data_frame(body));
+    }
+    out
+}
+
+/// The HEADERS frame of [`response`]; `content-length: length` is added if `headers` has
+/// none and `length` is known (a streamed body of unknown length goes without, as Go's).
+pub fn response_head(status: u16, headers: &[(&str, &str)], length: Option<u64>) -> Vec<u8> {
     let status = status.to_string();
     let names: Vec<String> = headers
         .iter()
         .map(|(n, _)| n.to_ascii_lowercase())
         .collect();
-    let content_length = body.len().to_string();
+    let content_length = length.map(|n| n.to_string());
     let mut fields: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 2);
     fields.push((":status", &status));
     fields.extend(
@@ -45,14 +55,12 @@ pub fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
             .zip(headers)
             .map(|(n, (_, v))| (n.as_str(), *v)),
     );
-    if !names.iter().any(|n| n == "content-length") {
-        fields.push(("content-length", &content_length));
+    if let Some(len) = &content_length {
+        if !names.iter().any(|n| n == "content-length") {
+            fields.push(("content-length", len));
+        }
     }
-    let mut out = headers_frame(&fields, HuffmanPolicy::Always);
-    if !body.is_empty() {
-        out.extend(data_frame(body));
-    }
-    out
+    headers_frame(&fields, HuffmanPolicy::Always)
 }
 
 /// Go's `http.NotFound` through quic-go, the default masquerade: 404, `content-type:

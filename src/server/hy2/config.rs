@@ -46,7 +46,7 @@ impl Masquerade {
     /// The HTTP/3 answer for the kinds that need no I/O.
     pub(in crate::server::hy2) fn response(&self) -> Vec<u8> {
         match self.canned() {
-            Some(reply) => reply.to_h3(),
+            Some(reply) => reply.into_h3().0,
             // Answered off the data path; never reached.
             None => h3::response(500, &[], b""),
         }

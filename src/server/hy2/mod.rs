@@ -9,6 +9,9 @@
 //!
 //! The adapter holds what the session must not: quinn handles, the relays' pipes and
 //! sockets, responses waiting for stream credit, the speed test's streams, UDP sessions.
+//! A streamed masquerade body is read a chunk at a time off the data path, the next chunk
+//! only once stream credit took the last; at most [`MAX_STREAMED_BODIES`] are under way
+//! per worker, so they cost at most that many chunks of memory.
 //! It reads a stream for the session only while the session asks for its bytes, and it
 //! performs the session's actions in the order they were queued.
 
@@ -31,6 +34,7 @@ use self::session::{
 use self::speedtest::SpeedTest;
 use self::udp::{Done, UdpSockets};
 use super::auth::http_auth;
+use super::masquerade::Tail;
 use super::offload::{Class, Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
 use crate::engine::{self, Completion, SockOp};
@@ -46,14 +50,39 @@ pub use self::session::{error_response, CONNECT_TIMEOUT};
 /// The reference server's timeout for its HTTP authentication backend.
 const HTTP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streamed masquerade responses under way on one worker; past it a new one is answered
+/// 503. Each holds at most one chunk ([`super::masquerade::CHUNK`]) here.
+pub const MAX_STREAMED_BODIES: usize = 256;
+
 /// A stream the adapter holds for good or until it is done.
 enum Held {
     /// Joined to a relay's pipe.
     Relay(RelayId),
-    /// A response (and the offset sent so far) waiting for stream credit.
-    Writing(Vec<u8>, usize),
+    /// A response waiting for stream credit.
+    Writing(Outgoing),
+    /// A streamed response whose next chunk is being read off the data path.
+    Fetching(BodyId),
     /// The built-in speed test (`speedTest: true`).
     SpeedTest(Box<SpeedTest>),
+}
+
+/// A response on its way out: `buf` sent up to `off`, then, for a streamed one, its tail.
+struct Outgoing {
+    buf: Vec<u8>,
+    off: usize,
+    tail: Option<(BodyId, Tail)>,
+}
+
+/// A streamed response, never reused: a chunk read for one that is gone is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BodyId(u64);
+
+/// Where a streamed response goes.
+#[derive(Clone, Copy)]
+struct BodyDest {
+    ch: ConnectionHandle,
+    conn: ConnId,
+    stream: StreamId,
 }
 
 /// A connection as the adapter knows it.
@@ -78,6 +107,8 @@ enum Token {
     Udp(UdpId),
     /// A lookup for a destination of a UDP session.
     UdpLookup(LookupId),
+    /// The next chunk of a streamed response.
+    Body(BodyId),
 }
 
 /// Kinds of [`engine::Token`] this role uses (a relay's id is never 0: id 0 is the orphan).
@@ -85,6 +116,7 @@ const KIND_RELAY: u8 = 0;
 const KIND_JOB: u8 = 1;
 const KIND_UDP: u8 = 2;
 const KIND_UDP_LOOKUP: u8 = 3;
+const KIND_BODY: u8 = 4;
 
 impl From<Token> for engine::Token {
     fn from(t: Token) -> engine::Token {
@@ -94,6 +126,7 @@ impl From<Token> for engine::Token {
             Token::Job(j) => (KIND_JOB, j.0),
             Token::Udp(u) => (KIND_UDP, u.0),
             Token::UdpLookup(l) => (KIND_UDP_LOOKUP, l.0),
+            Token::Body(b) => (KIND_BODY, b.0),
         };
         engine::Token::new(kind, id)
     }
@@ -109,6 +142,7 @@ impl From<engine::Token> for Token {
             KIND_JOB => Token::Job(JobId(id)),
             KIND_UDP => Token::Udp(UdpId(id)),
             KIND_UDP_LOOKUP => Token::UdpLookup(LookupId(id)),
+            KIND_BODY => Token::Body(BodyId(id)),
             _ => Token::Orphan,
         }
     }
@@ -122,6 +156,9 @@ pub struct Hy2App {
     handles: HashMap<ConnId, ConnectionHandle>,
     relays: HashMap<RelayId, Relay>,
     udp: UdpSockets,
+    /// Streamed responses under way.
+    bodies: HashMap<BodyId, BodyDest>,
+    next_body: u64,
     /// Commands from outside (kick, dump, reload) and the drain state; `None` when run
     /// without them (tests).
     link: Option<Link>,
@@ -137,6 +174,8 @@ impl Hy2App {
             handles: HashMap::new(),
             relays: HashMap::new(),
             udp: UdpSockets::default(),
+            bodies: HashMap::new(),
+            next_body: 0,
             link: None,
         }
     }
@@ -211,10 +250,12 @@ impl Hy2App {
                     conn,
                     stream,
                     bytes,
+                    tail,
                 } => {
                     if let Some(ch) = self.handle(conn) {
-                        let bytes = self.after_early(ch, stream, bytes);
-                        self.write_out(io, ch, stream, bytes, 0);
+                        let (bytes, tail) = self.streamed(ch, conn, stream, bytes, tail);
+                        let buf = self.after_early(ch, stream, bytes);
+                        self.write_out(io, ch, stream, Outgoing { buf, off: 0, tail });
                     }
                 }
                 Action::Reply {
@@ -318,13 +359,13 @@ impl Hy2App {
                         self.drive_speedtest(io, ch, stream, Box::new(SpeedTest::new(ok, first)));
                     }
                 }
-                Action::UdpOpen { udp, egress } => {
-                    if let Err(e) = self.udp.open(io, udp, &egress) {
+                Action::UdpOpen { udp, via } => {
+                    if let Err(e) = self.udp.open(io, udp, &via) {
                         tracing::debug!("{e}");
                         self.session.udp_open_failed(udp);
                     }
                 }
-                Action::UdpSend { udp, addr, payload } => self.udp.send(io, udp, addr, payload),
+                Action::UdpSend { udp, to, payload } => self.udp.send(io, udp, to, payload),
                 Action::UdpResolve { lookup, host, port } => {
                     let token = Token::UdpLookup(lookup).into();
                     if let Err(e) = self.offload_client(io).lookup(&host, port, token) {
@@ -365,20 +406,18 @@ impl Hy2App {
                 (Class::Auth, Box::new(run))
             }
             Work::Masquerade { req, remote } => match &cfg.masquerade {
-                Masquerade::File(f) => {
-                    let f = f.clone();
-                    let run = move || Outcome::Response(f.respond(&req));
-                    (Class::Masquerade, Box::new(run))
-                }
-                Masquerade::Proxy(p) => {
-                    let p = p.clone();
-                    let run = move || Outcome::Response(p.respond(&req, &[], remote));
+                Masquerade::File(_) | Masquerade::Proxy(_) => {
+                    let m = cfg.masquerade.clone();
+                    let run = move || {
+                        let (bytes, tail) = m.answer(&req, &[], remote).into_h3();
+                        Outcome::Response(bytes, tail)
+                    };
                     (Class::Masquerade, Box::new(run))
                 }
                 // The config changed meanwhile: answer with what it says now.
                 m => {
                     let response = m.response();
-                    return self.session.answer(job, response);
+                    return self.session.answer(job, response, None);
                 }
             },
         };
@@ -408,6 +447,7 @@ impl Hy2App {
     fn forget(&mut self, conn: ConnId) -> Option<ConnectionHandle> {
         let ch = self.handles.remove(&conn)?;
         self.conns.remove(&ch);
+        self.bodies.retain(|_, dest| dest.conn != conn);
         Some(ch)
     }
 
@@ -472,7 +512,9 @@ impl Hy2App {
                 c.held.insert(id, Held::Relay(relay));
                 self.pump_relay(io, relay);
             }
-            Some(Held::Writing(buf, off)) => self.write_out(io, ch, id, buf, off),
+            Some(Held::Writing(out)) => self.write_out(io, ch, id, out),
+            // Credit waits until the chunk is read.
+            Some(Held::Fetching(body)) => self.hold(ch, id, Held::Fetching(body)),
             Some(Held::SpeedTest(st)) => self.drive_speedtest(io, ch, id, st),
             None if self.session.reading(conn, id) => match read_some(io, ch, id) {
                 Some((data, fin)) => self.session.stream_data(io.now, conn, id, &data, fin),
@@ -506,28 +548,139 @@ impl Hy2App {
         }
     }
 
-    /// Writes a response and closes both halves of the stream once all of it is sent; what
-    /// the stream cannot take yet waits for `Writable`.
+    /// A response about to be written: a streamed one gets its [`BodyId`], or a 503 in its
+    /// place when [`MAX_STREAMED_BODIES`] are under way.
+    fn streamed(
+        &mut self,
+        ch: ConnectionHandle,
+        conn: ConnId,
+        stream: StreamId,
+        bytes: Vec<u8>,
+        tail: Option<Tail>,
+    ) -> (Vec<u8>, Option<(BodyId, Tail)>) {
+        let Some(tail) = tail else {
+            return (bytes, None);
+        };
+        if self.bodies.len() >= MAX_STREAMED_BODIES {
+            crate::warn_limited!(
+                "masquerade: {MAX_STREAMED_BODIES} streamed responses under way, answering 503"
+            );
+            return (h3::response(503, &[], b""), None);
+        }
+        self.next_body += 1;
+        let body = BodyId(self.next_body);
+        self.bodies.insert(body, BodyDest { ch, conn, stream });
+        (bytes, Some((body, tail)))
+    }
+
+    /// Writes a response, then its tail's chunks as they are read, and closes both halves
+    /// of the stream once all of it is sent; what the stream cannot take yet waits for
+    /// `Writable`.
     fn write_out(
         &mut self,
         io: &mut Io<'_>,
         ch: ConnectionHandle,
         id: StreamId,
-        buf: Vec<u8>,
-        mut off: usize,
+        mut out: Outgoing,
     ) {
-        let Some(qc) = io.conn(ch) else { return };
-        while off < buf.len() {
-            match qc.send_stream(id).write(&buf[off..]) {
-                Ok(n) => off += n,
+        let Some(qc) = io.conn(ch) else {
+            return self.end_body(out.tail.map(|(body, _)| body));
+        };
+        while out.off < out.buf.len() {
+            match qc.send_stream(id).write(&out.buf[out.off..]) {
+                Ok(n) => out.off += n,
                 Err(quinn_proto::WriteError::Blocked) => {
-                    return self.hold(ch, id, Held::Writing(buf, off));
+                    return self.hold(ch, id, Held::Writing(out));
                 }
-                Err(_) => return,
+                // Stopped by the peer, or the stream is gone.
+                Err(_) => return self.end_body(out.tail.map(|(body, _)| body)),
             }
+        }
+        if let Some((body, tail)) = out.tail {
+            return self.fetch(io, ch, id, body, tail);
         }
         crate::worker::pipe::finish_or_reset(qc, id);
         let _ = qc.recv_stream(id).stop(VarInt::from_u32(0));
+    }
+
+    /// Reads the next chunk of a streamed response off the data path; a saturated room
+    /// resets the stream.
+    fn fetch(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: ConnectionHandle,
+        id: StreamId,
+        body: BodyId,
+        mut tail: Tail,
+    ) {
+        let read = move || {
+            let chunk = tail.next_chunk();
+            Outcome::Chunk(tail, chunk)
+        };
+        let token = Token::Body(body).into();
+        match self
+            .offload_client(io)
+            .run(Class::Masquerade, token, Box::new(read))
+        {
+            Ok(()) => self.hold(ch, id, Held::Fetching(body)),
+            Err(_) => {
+                self.end_body(Some(body));
+                reset_stream(io, ch, id, h3::error::H3_EXCESSIVE_LOAD);
+            }
+        }
+    }
+
+    /// A chunk of a streamed response was read (`None`: its end). One for a response that
+    /// is gone (its connection closed, its stream stopped) is dropped, and its source with it.
+    fn on_chunk(
+        &mut self,
+        io: &mut Io<'_>,
+        body: BodyId,
+        tail: Tail,
+        chunk: std::io::Result<Option<Vec<u8>>>,
+    ) {
+        let Some(&BodyDest { ch, conn, stream }) = self.bodies.get(&body) else {
+            return;
+        };
+        let waiting = self
+            .conns
+            .get_mut(&ch)
+            .filter(|c| c.id == conn)
+            .is_some_and(|c| {
+                matches!(c.held.get(&stream), Some(Held::Fetching(b)) if *b == body)
+                    && c.held.remove(&stream).is_some()
+            });
+        if !waiting {
+            return self.end_body(Some(body));
+        }
+        let out = match chunk {
+            Ok(Some(chunk)) => Outgoing {
+                buf: h3::data_frame(&chunk),
+                off: 0,
+                tail: Some((body, tail)),
+            },
+            Ok(None) => {
+                self.end_body(Some(body));
+                Outgoing {
+                    buf: Vec::new(),
+                    off: 0,
+                    tail: None,
+                }
+            }
+            Err(e) => {
+                crate::warn_limited!("masquerade: a streamed body failed: {e}");
+                self.end_body(Some(body));
+                return reset_stream(io, ch, stream, h3::error::H3_INTERNAL_ERROR);
+            }
+        };
+        self.write_out(io, ch, stream, out);
+    }
+
+    /// A streamed response is over (sent, failed or abandoned): its place is free.
+    fn end_body(&mut self, body: Option<BodyId>) {
+        if let Some(body) = body {
+            self.bodies.remove(&body);
+        }
     }
 
     fn drive_speedtest(
@@ -574,7 +727,7 @@ impl Hy2App {
     }
 
     /// The outcomes of work done off the data path: DNS answers, auth verdicts, responses.
-    fn answers(&mut self) {
+    fn answers(&mut self, io: &mut Io<'_>) {
         let answers: Vec<_> = match &self.offload {
             Some(off) => off.answers().collect(),
             None => return,
@@ -588,7 +741,10 @@ impl Hy2App {
                     self.session.resolved(relay, result)
                 }
                 (Token::Job(job), Outcome::Auth(verdict)) => self.session.verdict(job, verdict),
-                (Token::Job(job), Outcome::Response(r)) => self.session.answer(job, r),
+                (Token::Job(job), Outcome::Response(r, tail)) => self.session.answer(job, r, tail),
+                (Token::Body(body), Outcome::Chunk(tail, chunk)) => {
+                    self.on_chunk(io, body, tail, chunk)
+                }
                 _ => {}
             }
         }
@@ -632,7 +788,7 @@ impl App for Hy2App {
         self.commands(io);
         let draining = self.link.as_ref().is_some_and(|l| l.control.draining());
         self.session.set_draining(draining);
-        self.answers();
+        self.answers(io);
         let now = io.now;
         self.session.handle_timeout(now);
         self.perform(io);
@@ -695,6 +851,15 @@ impl App for Hy2App {
                     }
                     // The speed test notices STOP_SENDING itself (no Writable follows it).
                     Some(Held::SpeedTest(_)) => self.on_bidi(io, ch, id),
+                    // A response nobody reads any more: let go of it (and its body's place).
+                    Some(Held::Writing(_) | Held::Fetching(_)) => {
+                        let body = match self.conns.get_mut(&ch).and_then(|c| c.held.remove(&id)) {
+                            Some(Held::Writing(out)) => out.tail.map(|(body, _)| body),
+                            Some(Held::Fetching(body)) => Some(body),
+                            _ => None,
+                        };
+                        self.end_body(body);
+                    }
                     _ => {}
                 }
             }
@@ -726,7 +891,7 @@ impl App for Hy2App {
         let relay = match Token::from(c.token) {
             Token::Udp(udp) => return self.on_udp(io, udp, c),
             Token::Relay(relay) => relay,
-            Token::Orphan | Token::Job(_) | Token::UdpLookup(_) => return,
+            Token::Orphan | Token::Job(_) | Token::UdpLookup(_) | Token::Body(_) => return,
         };
         let Some(r) = self.relays.get_mut(&relay) else {
             // The relay is gone (its connect timed out, or the client left): a connect that
@@ -764,7 +929,7 @@ impl App for Hy2App {
 impl Hy2App {
     /// A UDP session's socket operation completed.
     fn on_udp(&mut self, io: &mut Io<'_>, udp: UdpId, c: Completion) {
-        let done = self.udp.on_completion(udp, c);
+        let done = self.udp.on_completion(io, udp, c);
         self.udp.pump(io, udp);
         match done {
             Some(Done::Sent) => self.session.udp_sent(io.now, udp),
@@ -778,6 +943,10 @@ impl Hy2App {
                 self.session.udp_received(io.now, udp, from, &payload, max);
             }
             Some(Done::Closed) => self.session.udp_closed(udp),
+            Some(Done::Failed(why)) => {
+                crate::warn_limited!("UDP session: {why}");
+                self.session.udp_failed(udp);
+            }
             None => {}
         }
         self.perform(io);

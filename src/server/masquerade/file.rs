@@ -1,5 +1,5 @@
 //! The `file` masquerade (protocol notes §7): a static file server like Go's
-//! `http.FileServer`, answering from one buffer per response.
+//! `http.FileServer`, streaming files of any size one chunk at a time.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -7,12 +7,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::{html_escape, not_found_response, now_http_date, percent_escape, response, Reply};
+use super::{
+    html_escape, not_found_response, now_http_date, percent_escape, response, Reply, Tail,
+};
 use crate::proto::h3::{http_date, Request};
 
-/// Most bytes the file masquerade puts in one response. Whole files above this get a 500
-/// (Go would stream them; we answer from one buffer); range requests within it still work.
-pub const MAX_FILE_BODY: u64 = 16 * 1024 * 1024;
 /// Directory listings stop after this many entries, so a huge directory costs bounded memory.
 const MAX_DIR_ENTRIES: usize = 10_000;
 
@@ -29,8 +28,9 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 ///
 /// Unlike Go: other methods get 405 with `allow: GET, HEAD` (Go serves the file to any
 /// method); nothing outside `dir` is served, not even through a symlink (404); special
-/// files (FIFOs, devices) are 404; a multi-range request gets the whole file; a whole file
-/// larger than [`MAX_FILE_BODY`] is a 500; only IMF-fixdate is understood in dates.
+/// files (FIFOs, devices) are 404; a multi-range request gets the whole file; only
+/// IMF-fixdate is understood in dates; a file that shrinks while it is sent has its stream
+/// reset (Go sends a short body).
 #[derive(Clone, Debug)]
 pub struct FileMasquerade {
     /// The served root, as configured; canonicalised on every request, so it may appear or
@@ -65,8 +65,9 @@ impl FileMasquerade {
     }
 
     /// Answers one request with a complete HTTP/3 response (HEADERS, then DATA if any).
+    #[cfg(test)]
     pub fn respond(&self, req: &Request) -> Vec<u8> {
-        self.answer(req).to_h3()
+        self.answer(req).into_h3_whole()
     }
 
     /// Answers one request, whatever the transport.
@@ -204,18 +205,15 @@ fn serve_file(
         Some((start, len)) => (206, start, len),
         None => (200, 0, size),
     };
-    if len > MAX_FILE_BODY && !head {
-        return Err(FileError::Internal);
-    }
     let content_type = match content_type_by_name(Path::new(name)) {
         Some(known) => known,
         // Go sniffs the first 512 bytes of the file, whatever the range.
         None => sniff(&read_span(path, 0, size.min(512))?),
     };
-    let body = if head {
-        Vec::new()
+    let (body, tail) = if head {
+        (Vec::new(), None)
     } else {
-        read_span(path, start, len)?
+        open_span(path, start, len)?.start()?
     };
     let content_range = format!("bytes {start}-{}/{size}", (start + len).saturating_sub(1));
     let length = len.to_string();
@@ -229,12 +227,15 @@ fn serve_file(
     }
     headers.push(("date", date));
     headers.push(("content-length", &length));
-    Ok(response(status, &headers, if head { b"" } else { &body }))
+    let mut reply = response(status, &headers, b"");
+    (reply.body, reply.tail) = (body, tail);
+    Ok(reply)
 }
 
-/// Reads `len` bytes at `start` from a regular file, refusing a symlink swapped in since the
-/// path was checked and never blocking on a FIFO.
-fn read_span(path: &Path, start: u64, len: u64) -> Result<Vec<u8>, FileError> {
+/// The `len` bytes at `start` of a regular file, to be read as they are sent. It refuses a
+/// symlink swapped in since the path was checked and never blocks on a FIFO; the file
+/// shrinking meanwhile makes a read fail rather than the body end short.
+fn open_span(path: &Path, start: u64, len: u64) -> Result<Tail, FileError> {
     let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -243,12 +244,13 @@ fn read_span(path: &Path, start: u64, len: u64) -> Result<Vec<u8>, FileError> {
         return Err(FileError::NotFound);
     }
     file.seek(SeekFrom::Start(start))?;
-    let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(len).read_to_end(&mut body)?;
-    // The file shrank since its size was read: the promised length would be a lie.
-    if body.len() as u64 != len {
-        return Err(FileError::Internal);
-    }
+    Ok(Tail::new(file.take(len), Some(len)))
+}
+
+/// The `len` bytes at `start` of a regular file, in hand (for sniffing its type).
+fn read_span(path: &Path, start: u64, len: u64) -> Result<Vec<u8>, FileError> {
+    let mut body = Vec::new();
+    open_span(path, start, len)?.read_to_end(&mut body)?;
     Ok(body)
 }
 
@@ -855,22 +857,54 @@ mod tests {
     }
 
     #[test]
-    fn file_too_large_for_one_response() {
+    fn a_large_file_is_streamed_a_chunk_at_a_time() {
         let (tmp, files) = site("large");
-        let big = fs::File::create(tmp.0.join("root/big.bin")).unwrap();
+        let path = tmp.0.join("root/big.bin");
+        let size = 16 * 1024 * 1024 + 1;
         // Sparse: no 16 MiB written.
-        big.set_len(MAX_FILE_BODY + 1).unwrap();
-        let (resp, _) = get(&files, "/big.bin");
-        assert_eq!(resp.status, 500);
+        fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let reply = files.answer(&request("GET", "/big.bin", &[]));
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("content-length"),
+            Some(size.to_string().as_str())
+        );
+        assert_eq!(reply.body.len(), super::super::CHUNK, "one chunk in hand");
+        let mut tail = reply.tail.expect("the rest follows as it is sent");
+        let mut sent = reply.body.len() as u64;
+        while let Some(chunk) = tail.next_chunk().unwrap() {
+            assert!(chunk.len() <= super::super::CHUNK);
+            sent += chunk.len() as u64;
+        }
+        assert_eq!(sent, size);
+
         let resp = parse_head(&files.respond(&request("HEAD", "/big.bin", &[])));
         assert_eq!(resp.status, 200);
         assert_eq!(
             resp.header("content-length"),
-            Some((MAX_FILE_BODY + 1).to_string().as_str())
+            Some(size.to_string().as_str())
         );
-        let tail = request("GET", "/big.bin", &[("range", "bytes=-4")]);
-        let (resp, body) = parse(&files.respond(&tail));
+        let last = request("GET", "/big.bin", &[("range", "bytes=-4")]);
+        let (resp, body) = parse(&files.respond(&last));
         assert_eq!((resp.status, body.as_slice()), (206, &[0u8; 4][..]));
+
+        // The file shrinks while it is sent: the body fails instead of ending short.
+        let reply = files.answer(&request("GET", "/big.bin", &[]));
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1024 * 1024)
+            .unwrap();
+        let mut tail = reply.tail.unwrap();
+        let err = loop {
+            match tail.next_chunk() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("a shrunk file ended as if whole"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

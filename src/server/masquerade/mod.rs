@@ -5,8 +5,13 @@
 //! The `file` and `proxy` kinds run off the data path (on the masquerade room's threads,
 //! `server::offload`, for HTTP/3; on the TCP listeners' blocking pool), so they may block:
 //! on the network up to their timeout, on the disk as long as it takes. Neither panics on
-//! what the network, the disk or the config hands it; every failure becomes an HTTP error
-//! response, as the Go server would answer.
+//! what the network, the disk or the config hands it; every failure before the response's
+//! head becomes an HTTP error response, as the Go server would answer, and one after it
+//! cuts the body short (the stream is reset).
+//!
+//! Their bodies are streamed: a [`Reply`] carries at most one [`CHUNK`] of body, and the
+//! rest is a [`Tail`] read a chunk at a time, off the data path, as the receiver takes
+//! them. A response of any size costs one chunk of memory while it is sent.
 
 pub mod file;
 pub mod proxy;
@@ -15,6 +20,7 @@ pub mod tcp;
 pub use file::FileMasquerade;
 pub use proxy::ProxyMasquerade;
 
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,6 +57,7 @@ impl Masquerade {
                 status: *status,
                 headers: headers.clone(),
                 body: content.clone().into_bytes(),
+                tail: None,
             }),
             Masquerade::File(_) | Masquerade::Proxy(_) => None,
         }
@@ -74,16 +81,103 @@ impl Masquerade {
     }
 }
 
-/// A whole response, before it is framed for a transport.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Most body bytes a streamed response holds at once: what [`Tail::next_chunk`] reads.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A response, before it is framed for a transport.
+#[derive(Debug, Default)]
 pub struct Reply {
     /// The status code.
     pub status: u16,
     /// Fields in order. A `content-length` here wins over the body's length (HEAD answers
-    /// carry the length of a body they do not send).
+    /// carry the length of a body they do not send, streamed ones the length of the whole).
     pub headers: Vec<(String, String)>,
-    /// The body; empty for HEAD.
+    /// The body, or its first chunk when a [`Tail`] follows; empty for HEAD.
     pub body: Vec<u8>,
+    /// The rest of the body, read as the receiver takes it.
+    pub tail: Option<Tail>,
+}
+
+/// The part of a response body not read yet: a file or an upstream's body, read one
+/// [`CHUNK`] at a time. Dropping it closes the source.
+pub struct Tail {
+    source: Box<dyn Read + Send>,
+    /// Bytes still promised by the response's `content-length`, if it has one: the source
+    /// ending short of them is an error, not the end.
+    left: Option<u64>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail").field("left", &self.left).finish()
+    }
+}
+
+impl Tail {
+    /// `source` read to its end, or to exactly `len` bytes if given.
+    pub fn new(source: impl Read + Send + 'static, len: Option<u64>) -> Tail {
+        Tail {
+            source: Box::new(source),
+            left: len,
+        }
+    }
+
+    /// The first chunk in hand, and the rest if there is any. A body of unknown length is
+    /// read until a chunk is full or it ends, so that a short one goes whole and with its
+    /// length, as Go's response writer buffers it.
+    pub fn start(mut self) -> io::Result<(Vec<u8>, Option<Tail>)> {
+        let mut first = Vec::new();
+        while first.len() < CHUNK {
+            match self.next_chunk()? {
+                Some(chunk) => first.extend_from_slice(&chunk),
+                None => return Ok((first, None)),
+            }
+            if self.left.is_some() {
+                break;
+            }
+        }
+        let rest = (self.left != Some(0)).then_some(self);
+        Ok((first, rest))
+    }
+
+    /// The rest of the body in hand; [`Self::next_chunk`] until the end.
+    pub fn read_to_end(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        while let Some(chunk) = self.next_chunk()? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    /// The next bytes (one read of at most [`CHUNK`]), `None` at the end. It may block.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let want = match self.left {
+            Some(0) => return Ok(None),
+            Some(left) => usize::try_from(left).unwrap_or(CHUNK).min(CHUNK),
+            None => CHUNK,
+        };
+        let mut buf = vec![0; want];
+        let n = loop {
+            match self.source.read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return match self.left {
+                Some(left) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes short of its length"),
+                )),
+                None => Ok(None),
+            };
+        }
+        buf.truncate(n);
+        if let Some(left) = &mut self.left {
+            *left -= n as u64;
+        }
+        Ok(Some(buf))
+    }
 }
 
 impl Reply {
@@ -95,15 +189,33 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The complete HTTP/3 response: HEADERS (with a `content-length` if none is set), then
-    /// DATA if there is a body.
-    pub fn to_h3(&self) -> Vec<u8> {
+    /// The HTTP/3 bytes to send first: HEADERS (with a `content-length` if none is set and
+    /// no tail follows), then DATA if there is a body in hand; and the tail, whose chunks
+    /// go as DATA frames after them.
+    pub fn into_h3(self) -> (Vec<u8>, Option<Tail>) {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        h3::response(self.status, &headers, &self.body)
+        let length = self.tail.is_none().then_some(self.body.len() as u64);
+        let mut bytes = h3::response_head(self.status, &headers, length);
+        if !self.body.is_empty() {
+            bytes.extend(h3::data_frame(&self.body));
+        }
+        (bytes, self.tail)
+    }
+
+    /// The whole HTTP/3 response, the tail read to its end (or to where it fails).
+    #[cfg(test)]
+    pub fn into_h3_whole(self) -> Vec<u8> {
+        let (mut bytes, tail) = self.into_h3();
+        if let Some(mut tail) = tail {
+            while let Ok(Some(chunk)) = tail.next_chunk() {
+                bytes.extend(h3::data_frame(&chunk));
+            }
+        }
+        bytes
     }
 }
 
@@ -116,6 +228,7 @@ fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Reply {
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect(),
         body: body.to_vec(),
+        tail: None,
     }
 }
 

@@ -9,13 +9,15 @@ use ureq::http;
 use ureq::tls::TlsConfig;
 use ureq::Agent;
 
-use super::{now_http_date, percent_escape, response, Reply};
+use super::{now_http_date, percent_escape, response, Reply, Tail};
 use crate::proto::h3::Request;
 
-/// The whole upstream exchange of the proxy masquerade, connect to last body byte.
+/// The upstream exchange of the proxy masquerade up to the response's head, and the longest
+/// the upstream may go silent while its body is read.
 pub const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most upstream body bytes the proxy masquerade relays; a larger body is a 502.
-pub const MAX_PROXY_BODY: u64 = 16 * 1024 * 1024;
+/// The longest an upstream body is relayed, slow receivers included (as the TCP listeners'
+/// connection lifetime); past it the body is cut short.
+pub const PROXY_BODY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Hop-by-hop fields Go's `httputil.ReverseProxy` drops in both directions, plus every
 /// `proxy-*` field.
@@ -34,9 +36,10 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// go upstream over HTTP/1.1, minus hop-by-hop fields, fields named in `connection`,
 /// client-sent `forwarded`/`x-forwarded-*` (Go strips them in `Rewrite` mode) and
 /// `expect`; split `cookie` fields are joined with "; " as quic-go does. No redirects are
-/// followed. The upstream's status, fields (minus hop-by-hop) and body come back; any
-/// upstream failure, a body over [`MAX_PROXY_BODY`], or the whole exchange taking longer
-/// than [`PROXY_TIMEOUT`] is a 502 with no body, as in Go. `HTTP_PROXY` is not honoured.
+/// followed. The upstream's status, fields (minus hop-by-hop) and body come back, the body
+/// streamed as it arrives; any upstream failure before the response's head, or the head
+/// taking longer than [`PROXY_TIMEOUT`], is a 502 with no body, as in Go; a failure during
+/// the body cuts it short. `HTTP_PROXY` is not honoured.
 /// Plain CONNECT is a 502: there is no tunnel to relay.
 pub struct ProxyMasquerade {
     /// The upstream URL as configured.
@@ -104,7 +107,13 @@ impl ProxyMasquerade {
             .max_redirects(0)
             .proxy(None)
             .allow_non_standard_methods(true)
-            .timeout_global(Some(PROXY_TIMEOUT))
+            .timeout_resolve(Some(PROXY_TIMEOUT))
+            .timeout_connect(Some(PROXY_TIMEOUT))
+            .timeout_send_request(Some(PROXY_TIMEOUT))
+            .timeout_send_body(Some(PROXY_TIMEOUT))
+            .timeout_recv_response(Some(PROXY_TIMEOUT))
+            .timeout_per_read(Some(PROXY_TIMEOUT))
+            .timeout_recv_body(Some(PROXY_BODY_TIMEOUT))
             // Go's ReverseProxy sends no User-Agent the client did not send; ureq adds
             // none of its own fields either.
             .user_agent(AutoHeaderValue::None)
@@ -126,17 +135,19 @@ impl ProxyMasquerade {
         })
     }
 
-    /// Relays one request upstream and returns the complete HTTP/3 response. `body` is the
-    /// request's body, `client` the QUIC peer's address (for `X-Forwarded-For`).
+    /// [`Self::answer`] as a complete HTTP/3 response.
+    #[cfg(test)]
     pub fn respond(&self, req: &Request, body: &[u8], client: SocketAddr) -> Vec<u8> {
-        self.answer(req, body, client).to_h3()
+        self.answer(req, body, client).into_h3_whole()
     }
 
-    /// [`Self::respond`], whatever the transport.
+    /// Relays one request upstream and returns the response, its body to be read as it is
+    /// sent. `body` is the request's body, `client` the peer's address (for
+    /// `X-Forwarded-For`).
     pub fn answer(&self, req: &Request, body: &[u8], client: SocketAddr) -> Reply {
         let date = now_http_date();
         match self.forward(req, body, client, &date) {
-            Ok(bytes) => bytes,
+            Ok(reply) => reply,
             Err(reason) => {
                 // Go logs this at error level. The authority only: the URL may hold a password.
                 crate::warn_limited!(
@@ -179,27 +190,34 @@ impl ProxyMasquerade {
         } else {
             self.agent.run(http::Request::from_parts(parts, ()))
         };
-        let mut upstream = result.map_err(|e| e.to_string())?;
+        let upstream = result.map_err(|e| e.to_string())?;
         let status = upstream.status().as_u16();
         if !(200..=999).contains(&status) {
             return Err(format!("upstream answered status {status}"));
         }
-        let fields = response_fields(upstream.headers(), head || status == 304, date);
-        let body = if head {
-            Vec::new()
+        // A chunked body has no length to promise; any other keeps the upstream's.
+        let chunked = upstream
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING);
+        let fields = response_fields(upstream.headers(), !chunked, date);
+        let length = fields
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok());
+        let (body, tail) = if head || status == 304 {
+            (Vec::new(), None)
         } else {
-            upstream
-                .body_mut()
-                .with_config()
-                .limit(MAX_PROXY_BODY)
-                .read_to_vec()
+            Tail::new(upstream.into_body().into_reader(), length)
+                .start()
                 .map_err(|e| format!("upstream body: {e}"))?
         };
         let fields: Vec<(&str, &str)> = fields
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        Ok(response(status, &fields, &body))
+        let mut reply = response(status, &fields, b"");
+        (reply.body, reply.tail) = (body, tail);
+        Ok(reply)
     }
 
     /// `SetURL`: the upstream's scheme and host, its path joined with the request's by one
@@ -299,9 +317,8 @@ impl ProxyMasquerade {
 }
 
 /// The upstream's fields to send back: hop-by-hop ones and those named in `connection`
-/// dropped, `content-length` kept only where
-/// there is no body to measure (HEAD, 304) and a `date` added if the upstream sent none,
-/// as quic-go would.
+/// dropped, a well-formed `content-length` kept if `keep_content_length` (the body is not
+/// chunked), and a `date` added if the upstream sent none, as quic-go would.
 fn response_fields(
     headers: &http::HeaderMap,
     keep_content_length: bool,

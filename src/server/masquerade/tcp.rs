@@ -5,17 +5,19 @@
 //! ma=2592000` (replacing any the handler set), which points browsers at the QUIC side.
 //!
 //! One thread with a current-thread runtime serves both listeners, off the data path; the
-//! `file` and `proxy` kinds answer on its blocking pool. Connections are bounded like the
+//! `file` and `proxy` kinds answer on its blocking pool, which also reads their streamed
+//! bodies a chunk at a time as the client takes them. Connections are bounded like the
 //! admin endpoints' (`metrics::http`): a cap per listener, a TLS handshake deadline, a
 //! header deadline that also closes idle HTTP/1.1 connections, and a lifetime.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Channel, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderName, HeaderValue, ALT_SVC, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
@@ -25,10 +27,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{html_escape, Masquerade, Reply};
+use super::{html_escape, Masquerade, Reply, Tail};
 use crate::metrics::http::{self as admin, accept_bounded, read_body, with_lifetime};
 use crate::proto::h3;
 
@@ -49,11 +51,19 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const H2_MAX_STREAMS: u32 = 32;
 /// Largest request body read and passed to the masquerade (the proxy sends it upstream).
 pub const MAX_REQUEST_BODY: usize = 1 << 20;
-/// Threads for the `file` and `proxy` answers, and how many may be queued or running.
+/// Threads for the `file` and `proxy` answers, and how many may be queued, running or
+/// streaming their bodies.
 const BLOCKING_THREADS: usize = 8;
 const MAX_BLOCKING_ANSWERS: usize = 256;
 /// `ma` of the `Alt-Svc` field, as the reference sends it (30 days).
 const ALT_SVC_MAX_AGE: u32 = 2_592_000;
+
+/// A response body: whole, or streamed from a [`Tail`].
+type Body = Either<Full<Bytes>, Channel<Bytes, io::Error>>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
 
 /// The masquerade a reload may replace while the listeners run.
 pub type Current = Arc<RwLock<Masquerade>>;
@@ -208,7 +218,7 @@ impl Site {
         req: Request<Incoming>,
         peer: SocketAddr,
         scheme: &str,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let (head, body) = req.into_parts();
         let is_head = head.method == Method::HEAD;
         let body = match read_body(body, MAX_REQUEST_BODY).await {
@@ -218,8 +228,9 @@ impl Site {
                     status: refusal.status,
                     headers: vec![("content-type".into(), refusal.content_type.into())],
                     body: refusal.body.into_bytes(),
+                    tail: None,
                 };
-                return self.finish(reply, is_head);
+                return self.finish(reply, is_head, None);
             }
         };
         let req = to_h3_request(&head, scheme);
@@ -228,22 +239,27 @@ impl Site {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let reply = if masquerade.blocks() {
-            let Ok(_permit) = self.blocking.clone().try_acquire_owned() else {
-                return self.finish(unavailable(), is_head);
-            };
-            tokio::task::spawn_blocking(move || masquerade.answer(&req, &body, peer))
-                .await
-                .unwrap_or_else(|_| unavailable())
-        } else {
-            masquerade.answer(&req, &body, peer)
+        if !masquerade.blocks() {
+            return self.finish(masquerade.answer(&req, &body, peer), is_head, None);
+        }
+        let Ok(permit) = self.blocking.clone().try_acquire_owned() else {
+            return self.finish(unavailable(), is_head, None);
         };
-        self.finish(reply, is_head)
+        let reply = tokio::task::spawn_blocking(move || masquerade.answer(&req, &body, peer))
+            .await
+            .unwrap_or_else(|_| unavailable());
+        self.finish(reply, is_head, Some(permit))
     }
 
-    /// `reply` as hyper sends it, with `Alt-Svc` in place of any the handler set.
-    fn finish(&self, reply: Reply, is_head: bool) -> Response<Full<Bytes>> {
-        let mut resp = to_hyper(reply, is_head);
+    /// `reply` as hyper sends it, with `Alt-Svc` in place of any the handler set; a
+    /// streamed body keeps `permit` until it is sent.
+    fn finish(
+        &self,
+        reply: Reply,
+        is_head: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Response<Body> {
+        let mut resp = to_hyper(reply, is_head, permit);
         resp.headers_mut().insert(ALT_SVC, self.alt_svc.clone());
         resp
     }
@@ -255,6 +271,7 @@ fn unavailable() -> Reply {
         status: 503,
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
         body: b"503 Service Unavailable\n".to_vec(),
+        tail: None,
     }
 }
 
@@ -298,9 +315,14 @@ fn to_h3_request(head: &hyper::http::request::Parts, scheme: &str) -> h3::Reques
 }
 
 /// A [`Reply`] as a hyper response. Fields hyper cannot carry are dropped; a
-/// `content-length` is kept only for HEAD (hyper measures the body otherwise).
-fn to_hyper(reply: Reply, is_head: bool) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+/// `content-length` is kept for HEAD and streamed bodies (hyper measures a whole one).
+fn to_hyper(reply: Reply, is_head: bool, permit: Option<OwnedSemaphorePermit>) -> Response<Body> {
+    let measured = reply.tail.is_none() && !is_head;
+    let body = match reply.tail {
+        None => full(reply.body),
+        Some(tail) => Either::Right(stream(reply.body, tail, permit)),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = resp.headers_mut();
@@ -311,7 +333,7 @@ fn to_hyper(reply: Reply, is_head: bool) -> Response<Full<Bytes>> {
         ) else {
             continue;
         };
-        if name == CONTENT_LENGTH && !is_head {
+        if name == CONTENT_LENGTH && measured {
             continue;
         }
         headers.append(name, value);
@@ -319,10 +341,48 @@ fn to_hyper(reply: Reply, is_head: bool) -> Response<Full<Bytes>> {
     resp
 }
 
+/// `first`, then the tail read on the blocking pool a chunk at a time, each once the client
+/// took the one before. A failed read aborts the body, so that the client sees it cut
+/// rather than short and complete; a client that goes away ends the reading. `permit` is
+/// held until then.
+fn stream(
+    first: Vec<u8>,
+    mut tail: Tail,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Channel<Bytes, io::Error> {
+    let (mut tx, body) = Channel::new(1);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if !first.is_empty() && tx.send_data(Bytes::from(first)).await.is_err() {
+            return;
+        }
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                let chunk = tail.next_chunk();
+                (tail, chunk)
+            });
+            let Ok((rest, chunk)) = read.await else {
+                return tx.abort(io::Error::other("the body's reader failed"));
+            };
+            tail = rest;
+            match chunk {
+                Ok(Some(chunk)) => {
+                    if tx.send_data(Bytes::from(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return tx.abort(e),
+            }
+        }
+    });
+    body
+}
+
 /// `forceHTTPS`: `301` to `https://<Host as received>[:<HTTPS port>]<request URI>`, the port
 /// inserted when it is not 443 (even after a Host that carries a port, as the reference
 /// does). Go's `http.Redirect` body for GET and HEAD; no `Alt-Svc`.
-fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
+fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
     let host = req
         .headers()
         .get(HOST)
@@ -340,7 +400,7 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let location = format!("https://{host}{port}{target}");
     let Ok(value) = HeaderValue::from_str(&location) else {
-        let mut bad = Response::new(Full::new(Bytes::from_static(b"400 Bad Request\n")));
+        let mut bad = Response::new(full(Bytes::from_static(b"400 Bad Request\n")));
         *bad.status_mut() = StatusCode::BAD_REQUEST;
         return bad;
     };
@@ -353,7 +413,7 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
     } else {
         String::new()
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
     resp.headers_mut().insert(LOCATION, value);
     if get_or_head {
@@ -376,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_reply_keeps_its_fields_and_drops_what_hyper_cannot_send() {
-        let reply = Reply {
+        let reply = || Reply {
             status: 418,
             headers: vec![
                 ("x-site".into(), "teapot".into()),
@@ -385,13 +445,43 @@ mod tests {
                 ("content-length".into(), "99".into()),
             ],
             body: b"short".to_vec(),
+            tail: None,
         };
-        let resp = to_hyper(reply.clone(), false);
+        let resp = to_hyper(reply(), false, None);
         assert_eq!(resp.status(), 418);
         assert_eq!(resp.headers()["x-site"], "teapot");
         assert_eq!(resp.headers().len(), 1, "{:?}", resp.headers());
-        let head = to_hyper(reply, true);
+        let head = to_hyper(reply(), true, None);
         assert_eq!(head.headers()["content-length"], "99");
+    }
+
+    #[test]
+    fn a_streamed_body_arrives_whole_with_its_length_or_is_cut() {
+        use http_body_util::BodyExt;
+
+        let whole: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let streamed = |promised: usize| Reply {
+            status: 200,
+            headers: vec![("content-length".into(), promised.to_string())],
+            body: whole[..1000].to_vec(),
+            tail: Some(Tail::new(
+                std::io::Cursor::new(whole[1000..].to_vec()),
+                Some((promised - 1000) as u64),
+            )),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = to_hyper(streamed(whole.len()), false, None);
+            assert_eq!(resp.headers()["content-length"], "300000");
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(got == whole, "the body arrives whole and in order");
+
+            // The source ends short of the promised length: the body fails.
+            let resp = to_hyper(streamed(whole.len() + 1), false, None);
+            assert!(resp.into_body().collect().await.is_err());
+        });
     }
 
     #[test]

@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use self::caps::Parked;
-pub use self::udp::{LookupId, UdpCounters, UdpId};
+pub use self::udp::{LookupId, UdpCounters, UdpId, UdpTo, UdpVia};
 use super::speedtest::is_speedtest_addr;
 use super::{Authenticator, Hy2Config, Masquerade};
 use crate::acl::{self, Decision, Protocol, Verdict};
@@ -40,6 +40,7 @@ use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::outbound::Handshake;
 use crate::proto::sniff::{self, TcpSniff, TcpSniffer, Transport};
 use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
+use crate::server::masquerade::Tail;
 use crate::server::route::{Outbound, Way};
 
 /// The reference server's dial timeout.
@@ -73,11 +74,13 @@ pub struct JobId(pub u64);
 pub enum Action {
     /// Open our HTTP/3 control stream with SETTINGS, as any HTTP/3 server does.
     ControlStream(ConnId),
-    /// Write `bytes` on the stream as credit allows, then finish it and stop reading it.
+    /// Write `bytes` on the stream as credit allows, then the tail's chunks as DATA frames
+    /// if there is one, then finish the stream and stop reading it.
     Respond {
         conn: ConnId,
         stream: StreamId,
         bytes: Vec<u8>,
+        tail: Option<Tail>,
     },
     /// Write `bytes` on the stream now and keep it open: a relay's TCPResponse sent before
     /// its connect (while sniffing). What credit does not take goes before the relay's
@@ -146,13 +149,13 @@ pub enum Action {
         ok: Vec<u8>,
         first: Vec<u8>,
     },
-    /// Open the UDP session's socket, set up as `egress` says (before its first send);
-    /// [`Session::udp_open_failed`] if it cannot be.
-    UdpOpen { udp: UdpId, egress: Egress },
-    /// Send `payload` to `addr` from the session's socket (the adapter bounds what waits).
+    /// Open the UDP session's socket, set up as `via` says (before its first send);
+    /// [`Session::udp_open_failed`] if it cannot be, [`Session::udp_failed`] if it breaks.
+    UdpOpen { udp: UdpId, via: UdpVia },
+    /// Send `payload` to `to` from the session's socket (the adapter bounds what waits).
     UdpSend {
         udp: UdpId,
-        addr: SocketAddr,
+        to: UdpTo,
         payload: Vec<u8>,
     },
     /// Look a destination of a UDP session up; [`Session::udp_resolved`] brings the answer.
@@ -614,10 +617,21 @@ impl Session {
     }
 
     fn respond(&mut self, conn: ConnId, stream: StreamId, bytes: Vec<u8>) {
+        self.respond_streamed(conn, stream, bytes, None);
+    }
+
+    fn respond_streamed(
+        &mut self,
+        conn: ConnId,
+        stream: StreamId,
+        bytes: Vec<u8>,
+        tail: Option<Tail>,
+    ) {
         self.actions.push_back(Action::Respond {
             conn,
             stream,
             bytes,
+            tail,
         });
     }
 
@@ -772,8 +786,9 @@ impl Session {
         }
     }
 
-    /// A masquerade response prepared off the data path.
-    pub fn answer(&mut self, job: JobId, response: Vec<u8>) {
+    /// A masquerade response prepared off the data path: its first bytes, and the rest of
+    /// its body if it is streamed.
+    pub fn answer(&mut self, job: JobId, response: Vec<u8>, tail: Option<Tail>) {
         let Some(j) = self.jobs.remove(&job) else {
             return;
         };
@@ -782,7 +797,7 @@ impl Session {
             return;
         }
         if matches!(j.kind, JobKind::Response) {
-            self.respond(j.conn, j.stream, response);
+            self.respond_streamed(j.conn, j.stream, response, tail);
         }
     }
 

@@ -94,8 +94,12 @@ struct Adapter {
     /// How each UDP socket and each relay's socket was set up.
     udp_egress: HashMap<UdpId, Egress>,
     connect_egress: HashMap<RelayId, Egress>,
+    /// How each UDP session with a SOCKS5 association leaves: the proxy.
+    udp_proxy: HashMap<UdpId, SocketAddr>,
     /// Datagrams sent from session sockets: session, destination, payload.
     udp_sent: Vec<(UdpId, SocketAddr, Vec<u8>)>,
+    /// Datagrams sent through SOCKS5 associations: session, host, port, payload.
+    udp_proxied: Vec<(UdpId, String, u16, Vec<u8>)>,
     udp_lookups: Vec<(LookupId, String, u16)>,
     /// DATAGRAMs sent to clients.
     datagrams: Vec<(ConnId, Vec<u8>)>,
@@ -133,6 +137,7 @@ impl Harness {
                     conn,
                     stream,
                     bytes,
+                    ..
                 } => {
                     let old = self.a.responses.insert((conn, stream), bytes);
                     assert!(old.is_none(), "two responses on {conn:?} {stream}");
@@ -192,13 +197,25 @@ impl Harness {
                     self.s.relay_closed(relay);
                 }
                 Action::SpeedTest { conn, stream, .. } => self.a.speed_tests.push((conn, stream)),
-                Action::UdpOpen { udp, egress } => {
+                Action::UdpOpen { udp, via } => {
                     assert!(self.a.udp_socks.insert(udp));
-                    self.a.udp_egress.insert(udp, egress);
+                    match via {
+                        UdpVia::Direct(egress) => {
+                            self.a.udp_egress.insert(udp, egress);
+                        }
+                        UdpVia::Socks5 { proxy, .. } => {
+                            self.a.udp_proxy.insert(udp, proxy);
+                        }
+                    }
                 }
-                Action::UdpSend { udp, addr, payload } => {
+                Action::UdpSend { udp, to, payload } => {
                     assert!(self.a.udp_socks.contains(&udp), "send on a closed socket");
-                    self.a.udp_sent.push((udp, addr, payload));
+                    match to {
+                        UdpTo::Addr(addr) => self.a.udp_sent.push((udp, addr, payload)),
+                        UdpTo::Proxied(host, port) => {
+                            self.a.udp_proxied.push((udp, host, port, payload))
+                        }
+                    }
                 }
                 Action::UdpResolve { lookup, host, port } => {
                     self.a.udp_lookups.push((lookup, host, port))
@@ -1322,6 +1339,72 @@ fn udp_destinations_follow_the_acl() {
     h.s.udp_resolved(lookup, Ok(vec!["198.51.100.20:0".parse().unwrap()]));
     h.step();
     assert_eq!(h.a.udp_sent[2].1, "198.51.100.20:53".parse().unwrap());
+}
+
+#[test]
+fn udp_routed_to_socks5_goes_through_an_association_and_http_carries_none() {
+    let outbound = |name: &str, kind| config::Outbound {
+        name: name.into(),
+        kind,
+    };
+    let outbounds = [
+        outbound(
+            "sox",
+            config::OutboundKind::Socks5(config::Socks5Outbound {
+                addr: "192.0.2.50:1080".into(),
+                auth: None,
+            }),
+        ),
+        outbound(
+            "web",
+            config::OutboundKind::Http(config::HttpOutbound {
+                host: "192.0.2.51".into(),
+                port: 8080,
+                tls: false,
+                insecure: false,
+                auth: None,
+            }),
+        ),
+    ];
+    let rules = [
+        "sox(*.tunnel.example)",
+        "web(*.web.example)",
+        "sox(198.51.100.7)",
+        "direct(all)",
+    ];
+    let mut h = Harness::new(routed(&rules, &outbounds));
+    let conn = h.client();
+    // The first destination picks the association; the proxy gets the name, unresolved.
+    h.udp(conn, 1, "dns.tunnel.example:53", b"a", 1);
+    h.udp(conn, 1, "198.51.100.7:123", b"b", 1);
+    assert!(h.a.udp_lookups.is_empty(), "the proxy resolves the name");
+    let udp = h.a.udp_proxied[0].0;
+    assert_eq!(h.a.udp_proxy[&udp], "192.0.2.50:1080".parse().unwrap());
+    let proxied: Vec<(String, u16, Vec<u8>)> =
+        h.a.udp_proxied
+            .iter()
+            .map(|(_, host, port, p)| (host.clone(), *port, p.clone()))
+            .collect();
+    assert_eq!(
+        proxied,
+        [
+            ("dns.tunnel.example".into(), 53, b"a".to_vec()),
+            ("198.51.100.7".into(), 123, b"b".to_vec())
+        ]
+    );
+    // A destination routed direct cannot leave through the association: dropped.
+    h.udp(conn, 1, TARGET, b"c", 1);
+    assert!(h.a.udp_sent.is_empty());
+    assert_eq!(h.s.udp_counters().refused, 1);
+    // The association broke: the session closes.
+    h.s.udp_failed(udp);
+    h.step();
+    assert_eq!(h.a.udp_closing, [udp]);
+
+    // An HTTP proxy carries no UDP.
+    h.udp(conn, 2, "x.web.example:53", b"d", 1);
+    assert!(h.a.udp_proxied.len() == 2 && h.a.udp_sent.is_empty());
+    assert_eq!(h.s.udp_counters().refused, 2);
 }
 
 #[test]

@@ -10,6 +10,12 @@
 //! Each lookup of a destination has its own id, answered for that destination of that
 //! session only. The adapter owns the sockets ([`Action::UdpOpen`], [`Action::UdpSend`],
 //! [`Action::UdpClose`]).
+//!
+//! A session leaves the way its first destination's outbound says ([`UdpVia`]): a socket of
+//! its own (`direct`), or a SOCKS5 UDP association (`socks5`), one per session as in the
+//! reference, which is handed the destination's name to resolve. A later destination routed
+//! to another way than the session's is dropped and counted, never sent the wrong way. An
+//! `http` outbound carries no UDP (the reference's "UDP not supported by HTTP proxy").
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +31,7 @@ use crate::limits::{SocketPermit, UdpRefused, User};
 use crate::proto::sniff::{self, Transport};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
-use crate::server::route::{Outbound, Way};
+use crate::server::route::{Outbound, ProxyKind, Way};
 
 /// Datagrams of one session waiting for DNS answers.
 const MAX_UNRESOLVED: usize = 64;
@@ -35,6 +41,40 @@ const MAX_RESOLVED: usize = 256;
 /// A UDP session, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UdpId(pub u64);
+
+/// Where one datagram of a session is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UdpTo {
+    /// Straight to this address, from the session's socket.
+    Addr(SocketAddr),
+    /// Through the session's SOCKS5 association, to this host (a name the proxy resolves,
+    /// or an IP literal) and port.
+    Proxied(String, u16),
+}
+
+/// How a session's datagrams leave, set by its first destination's outbound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UdpVia {
+    /// A UDP socket set up as the `direct` outbound says.
+    Direct(Egress),
+    /// A UDP ASSOCIATE with this SOCKS5 proxy (and its username and password).
+    Socks5 {
+        proxy: SocketAddr,
+        auth: Option<(String, String)>,
+    },
+}
+
+impl UdpVia {
+    /// Whether a destination routed `other`'s way may use a session opened this way: any
+    /// `direct` with any (the socket is the first one's, as ever), a proxy only with itself.
+    fn carries(&self, other: &UdpVia) -> bool {
+        match (self, other) {
+            (UdpVia::Direct(_), UdpVia::Direct(_)) => true,
+            (UdpVia::Socks5 { proxy: a, .. }, UdpVia::Socks5 { proxy: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
 
 /// A DNS lookup for one destination of one UDP session, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,11 +103,11 @@ struct UdpSession {
     /// Datagrams waiting for a DNS answer: host:port, payload. A destination has one lookup
     /// in flight exactly while it has datagrams here.
     unresolved: VecDeque<(String, Vec<u8>)>,
-    /// Routed destinations (bounded): the address to send to, or `None` when the ACL or
-    /// the outbound guard refused it.
-    resolved: HashMap<String, Option<SocketAddr>>,
-    /// Its socket was asked for (with the egress of the first destination sent to).
-    opened: bool,
+    /// Routed destinations (bounded): where to send, or `None` when the ACL, the outbound
+    /// guard or the session's way refused it.
+    resolved: HashMap<String, Option<UdpTo>>,
+    /// How it leaves, once its socket was asked for (the first destination's way).
+    via: Option<UdpVia>,
     /// Its first datagram was looked at for a name (`sniff`).
     inspected: bool,
     /// Where all its datagrams go, sniffed from the first one (`name:port`).
@@ -94,7 +134,7 @@ struct Lookup {
 
 /// Where one destination's datagrams go.
 enum Dest {
-    Send(SocketAddr, Egress),
+    Send(UdpTo, UdpVia),
     /// Refused (ACL `reject`, the outbound guard, no usable address): dropped.
     Refused,
     /// Its addresses are needed first.
@@ -155,10 +195,9 @@ impl Session {
             return;
         };
         match s.resolved.get(&target) {
-            Some(Some(addr)) => {
-                let addr = *addr;
-                self.actions
-                    .push_back(Action::UdpSend { udp, addr, payload });
+            Some(Some(to)) => {
+                let to = to.clone();
+                self.actions.push_back(Action::UdpSend { udp, to, payload });
                 return;
             }
             Some(None) => {
@@ -276,12 +315,21 @@ impl Session {
             }
             Way::Out { outbound, hijack } => (outbound, hijack),
         };
-        let Outbound::Direct(direct) = outbound else {
-            crate::warn_limited!(
-                "UDP to {}: proxy outbounds do not carry UDP yet",
-                host.name()
-            );
-            return Dest::Refused;
+        let direct = match outbound {
+            Outbound::Direct(direct) => direct,
+            // The proxy is handed the name (or the hijacked address): it resolves it.
+            Outbound::Proxy(proxy) if proxy.kind == ProxyKind::Socks5 => {
+                let host = hijack.map_or_else(|| host.name().to_owned(), |ip| ip.to_string());
+                let via = UdpVia::Socks5 {
+                    proxy: proxy.addr,
+                    auth: proxy.auth.clone(),
+                };
+                return Dest::Send(UdpTo::Proxied(host, port), via);
+            }
+            Outbound::Proxy(_) => {
+                crate::warn_limited!("UDP to {}: UDP not supported by HTTP proxy", host.name());
+                return Dest::Refused;
+            }
         };
         let hijacked;
         let addrs = match (hijack, answer) {
@@ -298,42 +346,51 @@ impl Session {
                 .find(|a| self.cfg.guard.check(a.ip()).is_ok())
         });
         match allowed {
-            Some(addr) => Dest::Send(addr, direct.udp_egress()),
+            Some(addr) => Dest::Send(UdpTo::Addr(addr), UdpVia::Direct(direct.udp_egress())),
             None => Dest::Refused,
         }
     }
 
-    /// Caches where `target` goes (bounded) and returns the address, `None` if refused.
-    fn remember(&mut self, udp: UdpId, target: String, dest: Dest) -> Option<(SocketAddr, Egress)> {
+    /// Caches where `target` goes (bounded) and returns it, `None` if refused: by the
+    /// rules, or because the session already leaves another way.
+    fn remember(&mut self, udp: UdpId, target: String, dest: Dest) -> Option<(UdpTo, UdpVia)> {
+        let s = self.udp.sessions.get_mut(&udp)?;
         let out = match dest {
-            Dest::Send(addr, egress) => Some((addr, egress)),
+            Dest::Send(to, via) if s.via.as_ref().is_none_or(|v| v.carries(&via)) => {
+                Some((to, via))
+            }
+            Dest::Send(..) => {
+                crate::warn_limited!(
+                    "UDP to {target}: routed to another outbound than the session's first \
+                     destination; dropped"
+                );
+                None
+            }
             Dest::Refused | Dest::Lookup(_) => None,
         };
-        if let Some(s) = self.udp.sessions.get_mut(&udp) {
-            if s.resolved.len() < MAX_RESOLVED {
-                s.resolved.insert(target, out.as_ref().map(|(a, _)| *a));
-            }
+        if s.resolved.len() < MAX_RESOLVED {
+            s.resolved
+                .insert(target, out.as_ref().map(|(to, _)| to.clone()));
         }
         out
     }
 
-    /// Sends `payload` from the session's socket, which is opened, with the egress of the
-    /// first destination, before the first send. A refused destination drops it.
-    fn udp_send(&mut self, udp: UdpId, to: Option<(SocketAddr, Egress)>, payload: Vec<u8>) {
+    /// Sends `payload` from the session's socket, which is opened, the first destination's
+    /// way, before the first send. A refused destination drops it.
+    fn udp_send(&mut self, udp: UdpId, to: Option<(UdpTo, UdpVia)>, payload: Vec<u8>) {
         let u = &mut self.udp;
         let Some(s) = u.sessions.get_mut(&udp) else {
             return;
         };
-        let Some((addr, egress)) = to else {
+        let Some((to, via)) = to else {
             u.counters.refused += 1;
             return;
         };
-        if !s.opened {
-            s.opened = true;
-            self.actions.push_back(Action::UdpOpen { udp, egress });
+        if s.via.is_none() {
+            s.via = Some(via.clone());
+            self.actions.push_back(Action::UdpOpen { udp, via });
         }
-        self.actions
-            .push_back(Action::UdpSend { udp, addr, payload });
+        self.actions.push_back(Action::UdpSend { udp, to, payload });
     }
 
     fn open_udp(
@@ -374,7 +431,7 @@ impl Session {
                 defrag: Defragger::default(),
                 unresolved: VecDeque::new(),
                 resolved: HashMap::new(),
-                opened: false,
+                via: None,
                 inspected: false,
                 sniffed: None,
                 reply_as: None,
@@ -389,6 +446,15 @@ impl Session {
         let at = now + self.cfg.udp_idle_timeout;
         u.next_expiry = Some(u.next_expiry.map_or(at, |n| n.min(at)));
         Some(udp)
+    }
+
+    /// The session's way out broke (its SOCKS5 association failed or its proxy closed the
+    /// control connection): the session closes, as the reference ends it.
+    pub fn udp_failed(&mut self, udp: UdpId) {
+        if self.udp.sessions.contains_key(&udp) {
+            self.udp.counters.dropped += 1;
+            self.close_udp(udp);
+        }
     }
 
     /// The adapter could not open the session's socket: the session goes, its datagrams
@@ -516,7 +582,7 @@ impl Session {
             s.closing = true;
             s.unresolved.clear();
             u.by_id.remove(&(s.conn, s.id));
-            if s.opened {
+            if s.via.is_some() {
                 self.actions.push_back(Action::UdpClose(udp));
             } else {
                 // No socket was ever opened: nothing to wait for.
