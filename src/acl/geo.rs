@@ -131,6 +131,15 @@ pub trait GeoLoader {
     fn geoip(&mut self) -> Result<Vec<u8>, String>;
     /// The bytes of geosite.dat, or why they are unavailable.
     fn geosite(&mut self) -> Result<Vec<u8>, String>;
+    /// geoip.dat decoded. A loader that already decoded it (to check a download) returns
+    /// that rather than have it decoded twice.
+    fn geoip_db(&mut self) -> Result<GeoIpDb, String> {
+        decode_geoip(&self.geoip()?).map_err(|e| format!("geoip: {e}"))
+    }
+    /// geosite.dat decoded; see [`GeoLoader::geoip_db`].
+    fn geosite_db(&mut self) -> Result<GeoSiteDb, String> {
+        decode_geosite(&self.geosite()?).map_err(|e| format!("geosite: {e}"))
+    }
 }
 
 /// The databases read from files (`acl.geoip`, `acl.geosite`).
@@ -194,16 +203,14 @@ impl<'a> GeoCache<'a> {
 
     pub(crate) fn geoip(&mut self) -> Result<&GeoIpDb, String> {
         if self.geoip.is_none() {
-            let bytes = self.loader.geoip()?;
-            self.geoip = Some(decode_geoip(&bytes).map_err(|e| format!("geoip: {e}"))?);
+            self.geoip = Some(self.loader.geoip_db()?);
         }
         Ok(self.geoip.get_or_insert_with(GeoIpDb::default))
     }
 
     pub(crate) fn geosite(&mut self) -> Result<&GeoSiteDb, String> {
         if self.geosite.is_none() {
-            let bytes = self.loader.geosite()?;
-            self.geosite = Some(decode_geosite(&bytes).map_err(|e| format!("geosite: {e}"))?);
+            self.geosite = Some(self.loader.geosite_db()?);
         }
         Ok(self.geosite.get_or_insert_with(GeoSiteDb::default))
     }

@@ -1,6 +1,7 @@
 //! ACL: the reference's routing rules (`acl.inline`, `acl.file`), compiled once into
-//! indices, matched first-rule-wins per request. Sans-IO: the only I/O is reading the rule
-//! file and the geo databases whose paths the caller gives.
+//! indices, matched first-rule-wins per request. Sans-IO apart from compiling: that reads
+//! the rule file, and the geo databases through the caller's [`GeoLoader`] ([`GeoDownload`]
+//! fetches them over HTTP(S) when due, see `download`).
 //!
 //! A rule is `outbound(address[, proto/port[, hijack IP]])`; see `parse` for the grammar.
 //! Compiling ([`Acl::from_inline`], [`Acl::from_file`], [`Acl::compile`]) resolves outbound
@@ -35,6 +36,7 @@
 
 mod compile;
 mod domain;
+pub mod download;
 pub mod geo;
 mod iptrie;
 pub mod parse;
@@ -48,6 +50,7 @@ use std::path::Path;
 
 use compile::{route_table, Builder};
 use domain::DomainIndex;
+pub use download::{GeoDownload, GeoSource};
 use geo::GeoCache;
 pub use geo::{GeoBytes, GeoFiles, GeoLoader};
 use iptrie::IpTrie;

@@ -353,8 +353,14 @@ pub struct Acl {
     pub geoip: Option<PathBuf>,
     /// `acl.geosite`: GeoSite database path; `None` = download when a rule needs it.
     pub geosite: Option<PathBuf>,
-    /// `acl.geoUpdateInterval` (default one week).
+    /// `acl.geoUpdateInterval`: a downloaded geo file older than this is fetched again
+    /// (default, and for 0, one week).
     pub geo_update_interval: Duration,
+    /// `acl.geoipURL` (quelay): where geoip.dat is downloaded from when `geoip` is unset;
+    /// `None` = the reference's jsDelivr URL.
+    pub geoip_url: Option<String>,
+    /// `acl.geositeURL` (quelay): as `geoip_url`, for geosite.dat.
+    pub geosite_url: Option<String>,
 }
 
 /// Where ACL rules come from.

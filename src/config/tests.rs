@@ -180,6 +180,8 @@ fn full_config() {
             geoip: Some("/var/lib/quelay/geoip.mmdb".into()),
             geosite: Some("/var/lib/quelay/geosite.dat".into()),
             geo_update_interval: Duration::from_secs(72 * 3600),
+            geoip_url: None,
+            geosite_url: None,
         }),
         outbounds: vec![Outbound {
             name: "out".into(),
@@ -289,6 +291,32 @@ fn selected_types() {
             .acl
             .map(|a| a.geo_update_interval),
         Some(DEFAULT_GEO_UPDATE_INTERVAL)
+    );
+    // 0 means the default, as in the reference.
+    assert_eq!(
+        with("acl: {file: rules.acl, geoUpdateInterval: 0s}")
+            .acl
+            .map(|a| a.geo_update_interval),
+        Some(DEFAULT_GEO_UPDATE_INTERVAL)
+    );
+    let acl = with(
+        "acl: {file: rules.acl, geoipURL: \"http://mirror.example/geoip.dat\", \
+         geositeurl: \"HTTPS://mirror.example:8443/g/geosite.dat?v=1\"}",
+    )
+    .acl
+    .unwrap();
+    assert_eq!(
+        (acl.geoip_url.as_deref(), acl.geosite_url.as_deref()),
+        (
+            Some("http://mirror.example/geoip.dat"),
+            Some("HTTPS://mirror.example:8443/g/geosite.dat?v=1")
+        )
+    );
+    assert_eq!(
+        with("acl: {file: rules.acl, geoipURL: \"\"}")
+            .acl
+            .map(|a| (a.geoip_url, a.geosite_url)),
+        Some((None, None))
     );
     assert_eq!(with("obfs: {type: plain}").obfs, Obfs::Plain);
     assert_eq!(
@@ -593,6 +621,8 @@ fn refused_and_required() {
         ("resolver: {type: tcp, tcp: {addr: \"dns:x\"}}", "resolver.tcp.addr", "bad port"),
         ("resolver: {type: udp, udp: {addr: \"a b:53\"}}", "resolver.udp.addr", "not a host:port"),
         ("acl: {file: a.acl, inline: [\"direct(all)\"]}", "acl", "both"),
+        ("acl: {file: a.acl, geoipURL: \"ftp://mirror.example/geoip.dat\"}", "acl.geoipURL", "not an http:// or https:// URL"),
+        ("acl: {file: a.acl, geositeURL: \"https:///geosite.dat\"}", "acl.geositeURL", "with a host"),
         ("outbounds: [{type: direct}]", "outbounds[0].name", "required"),
         ("outbounds: [{name: s, type: wireguard}]", "outbounds[0].type", "unsupported outbound type"),
         ("outbounds: [{name: a, type: direct}, {name: b, type: socks5}]\nacl: {inline: [\"b(all)\"]}", "outbounds[1].socks5.addr", "empty socks5 address"),
@@ -856,6 +886,19 @@ fn other_warnings() {
 
     let (_, w) = parse("auth: {type: userpass, userpass: {\"a:b\": c}}").unwrap();
     assert_eq!(w[0].key, "auth.userpass.a:b");
+
+    // A download URL next to a configured path is never used.
+    let (c, w) = parse(&format!(
+        "{AUTH}acl: {{file: a.acl, geosite: g.dat, geositeURL: \"https://mirror.example/g\"}}"
+    ))
+    .unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "acl.geositeURL");
+    assert!(w[0].message.starts_with("unused"), "{w:?}");
+    assert_eq!(
+        c.acl.and_then(|a| a.geosite_url).as_deref(),
+        Some("https://mirror.example/g")
+    );
 }
 
 #[test]

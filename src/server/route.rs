@@ -6,13 +6,14 @@
 //! every address a direct outbound would connect to, hijacked or not, so no rule can open
 //! loopback or link-local unless the guard allows it.
 //!
-//! Sans-IO: compiling reads the rule file and the geo databases, matching does nothing but
-//! look up.
+//! Sans-IO: compiling reads the rule file and the geo databases (downloading those when
+//! due), matching does nothing but look up.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use crate::acl::{self, Acl, Decision, GeoFiles, Protocol, Route, Verdict};
+use crate::acl::download::{GEOIP_FILE, GEOIP_URL, GEOSITE_FILE, GEOSITE_URL};
+use crate::acl::{self, Acl, Decision, GeoDownload, GeoSource, Protocol, Route, Verdict};
 use crate::config::{self, DirectMode, OutboundBind, OutboundKind};
 use crate::engine::Egress;
 use crate::proto::outbound::Handshake;
@@ -80,8 +81,9 @@ pub enum Way<'a> {
 }
 
 impl Router {
-    /// Compiles `acl` (if any) against `outbounds`. Errors name the file (or `acl.inline`),
-    /// the rule's line and the reason; warnings are logged.
+    /// Compiles `acl` (if any) against `outbounds`, first downloading the geo files its
+    /// rules need if they are due (this blocks; see `acl::download`). Errors name the file
+    /// (or `acl.inline`), the rule's line and the reason; warnings are logged.
     pub fn new(
         acl: Option<&config::Acl>,
         outbounds: &[config::Outbound],
@@ -90,9 +92,23 @@ impl Router {
         let acl = match acl {
             None => None,
             Some(a) => {
-                let mut geo = GeoFiles {
-                    geoip: a.geoip.clone(),
-                    geosite: a.geosite.clone(),
+                // Unset paths mean geoip.dat / geosite.dat in the working directory, as in
+                // the reference; fetched only if a rule needs them.
+                let cwd = std::env::current_dir().unwrap_or_default();
+                let mut geo = GeoDownload {
+                    geoip: GeoSource::new(
+                        a.geoip.as_deref(),
+                        &cwd,
+                        GEOIP_FILE,
+                        a.geoip_url.as_deref().unwrap_or(GEOIP_URL),
+                    ),
+                    geosite: GeoSource::new(
+                        a.geosite.as_deref(),
+                        &cwd,
+                        GEOSITE_FILE,
+                        a.geosite_url.as_deref().unwrap_or(GEOSITE_URL),
+                    ),
+                    interval: a.geo_update_interval,
                 };
                 let compiled = match &a.rules {
                     config::AclRules::File(path) => Acl::from_file(path, &names, &mut geo),

@@ -136,6 +136,12 @@ impl Pipe {
         self.sock = Some(sock);
     }
 
+    /// Forgets the socket before anything moved on it (a connect that failed, closed by the
+    /// caller), so that another can be attached.
+    pub fn detach(&mut self) {
+        self.sock = None;
+    }
+
     /// Queues `bytes` from the TCP side behind what waits for the stream (a proxy's early
     /// bytes from the target).
     pub fn queue_to_quic(&mut self, bytes: &[u8]) {

@@ -188,6 +188,8 @@ fn acl_routes_each_request_by_its_rules_quelay() {
             "::1 dual4.test",
             "127.0.0.1 dual6.test",
             "::1 dual6.test",
+            "::1 fallback.test",
+            "127.0.0.1 fallback.test",
         ],
     );
     let geosite = dir.join("geosite.dat");
@@ -201,6 +203,7 @@ fn acl_routes_each_request_by_its_rules_quelay() {
              outbounds:\n\
              \x20 - {{name: v4, type: direct, direct: {{mode: 4}}}}\n\
              \x20 - {{name: v6, type: direct, direct: {{mode: 6}}}}\n\
+             \x20 - {{name: p64, type: direct, direct: {{mode: 64}}}}\n\
              acl:\n\
              \x20 geosite: {geosite}\n\
              \x20 geoip: {geoip}\n\
@@ -210,6 +213,7 @@ fn acl_routes_each_request_by_its_rules_quelay() {
              \x20   - direct(moved.test, tcp/{web_port}, 127.0.0.1)\n\
              \x20   - v4(dual4.test)\n\
              \x20   - v6(dual6.test)\n\
+             \x20   - p64(fallback.test)\n\
              \x20   - direct(geoip:second)\n\
              \x20   - reject(all)\n",
             web_port = web.addr().port(),
@@ -254,6 +258,15 @@ fn acl_routes_each_request_by_its_rules_quelay() {
         String::from_utf8_lossy(&v6).trim(),
         "::1",
         "mode 6 connects over IPv6"
+    );
+
+    // Mode 64 tries ::1 first, where nothing listens on the IPv4-only echo's port, then
+    // falls back to 127.0.0.1.
+    let echo = TcpEcho::start();
+    let back = echo_exchange(&client, "fallback.test", echo.addr().port(), b"ping\n");
+    assert_eq!(
+        back, b"ping\n",
+        "mode 64 falls back to IPv4 when IPv6 refuses"
     );
 
     let geo = exchange(&client, "sub.geo.test", who.port, b"who\n");

@@ -155,9 +155,40 @@ pub(super) fn acl(top: &mut Section, w: &mut W) -> Result<Option<Acl>, Fault> {
     let inline = s.string_list("inline", w)?;
     let geoip = s.nonempty_string("geoip", w)?.map(PathBuf::from);
     let geosite = s.nonempty_string("geosite", w)?.map(PathBuf::from);
+    // 0 is the default too, as in the reference.
     let geo_update_interval = s
         .duration("geoUpdateInterval")?
-        .map_or(DEFAULT_GEO_UPDATE_INTERVAL, |(d, _)| d);
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_GEO_UPDATE_INTERVAL);
+    // quelay's: where geoip.dat / geosite.dat are downloaded from when their path is unset.
+    let mut urls = [None, None];
+    for (url, (name, path)) in urls
+        .iter_mut()
+        .zip([("geoipURL", &geoip), ("geositeURL", &geosite)])
+    {
+        let key = s.key(name);
+        *url = s.nonempty_string(name, w)?;
+        let Some(u) = url.as_deref() else { continue };
+        let lower = u.to_ascii_lowercase();
+        let host = lower
+            .strip_prefix("http://")
+            .or_else(|| lower.strip_prefix("https://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if host.is_none_or(str::is_empty) {
+            return Err(fault(
+                key,
+                format!("{u:?} is not an http:// or https:// URL with a host"),
+            ));
+        }
+        if path.is_some() {
+            w.push(Warning::new(
+                key,
+                "unused: the file's path is set, so it is never downloaded",
+            ));
+        }
+    }
+    let [geoip_url, geosite_url] = urls;
     let path = s.path().to_owned();
     s.finish(w);
     let rules = match (file, inline.is_empty()) {
@@ -171,6 +202,8 @@ pub(super) fn acl(top: &mut Section, w: &mut W) -> Result<Option<Acl>, Fault> {
         geoip,
         geosite,
         geo_update_interval,
+        geoip_url,
+        geosite_url,
     }))
 }
 

@@ -307,6 +307,7 @@ impl Hy2App {
                     stream,
                     addr,
                     egress,
+                    fallback,
                     handshake,
                     first,
                     ok,
@@ -318,7 +319,7 @@ impl Hy2App {
                         continue;
                     };
                     let ok = self.after_early(ch, stream, ok);
-                    let mut r = Relay::new(ch, stream, first, ok, user, handshake);
+                    let mut r = Relay::new(ch, stream, first, ok, user, handshake, fallback);
                     let connecting = r.connect(io, addr, &egress, Token::Relay(relay).into());
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
@@ -905,7 +906,11 @@ impl App for Hy2App {
         let proxying = if c.op == SockOp::Connect {
             match c.result {
                 Ok(_) => r.connected(io, token),
-                Err(e) => Proxying::Failed(e.to_string()),
+                Err(e) => match r.connect_next(io, token) {
+                    Some(Ok(())) => Proxying::Pending,
+                    Some(Err(why)) => Proxying::Failed(why),
+                    None => Proxying::Failed(e.to_string()),
+                },
             }
         } else if r.handshaking(&c) {
             r.on_handshake(io, c, token)

@@ -4,6 +4,7 @@
 //! Whether and when it connects, fails or is aborted is the session's decision
 //! (`session::Phase`).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,8 @@ pub struct Relay {
     started: bool,
     /// A proxy outbound's handshake, until the proxy agreed.
     handshake: Option<Handshake>,
+    /// Addresses still to try if the connect fails, each with its set-up.
+    fallback: VecDeque<(SocketAddr, Egress)>,
     pipe: Pipe,
 }
 
@@ -50,7 +53,8 @@ pub enum Proxying {
 
 impl Relay {
     /// `ok` is the TCPResponse sent once the target is connected; `first` holds payload
-    /// bytes that arrived with the request; `handshake`, what a proxy outbound is told first.
+    /// bytes that arrived with the request; `handshake`, what a proxy outbound is told first;
+    /// `fallback`, the addresses to try in turn if the connect fails.
     pub fn new(
         ch: ConnectionHandle,
         id: StreamId,
@@ -58,6 +62,7 @@ impl Relay {
         ok: Vec<u8>,
         user: Option<Arc<User>>,
         handshake: Option<Handshake>,
+        fallback: Vec<(SocketAddr, Egress)>,
     ) -> Self {
         Relay {
             ch,
@@ -68,6 +73,7 @@ impl Relay {
             first_len: first.len() as u64,
             started: false,
             handshake,
+            fallback: fallback.into(),
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
@@ -110,6 +116,24 @@ impl Relay {
         // closes it, which also cancels a connect still pending.
         self.pipe.attach(sock);
         Ok(())
+    }
+
+    /// The connect failed: the next fallback address is tried on a fresh socket (the failed
+    /// one closed, nobody waits for it). `None` when none is left; an address whose connect
+    /// cannot even start is skipped.
+    pub fn connect_next(&mut self, io: &mut Io<'_>, token: Token) -> Option<Result<(), String>> {
+        let mut last = None;
+        while let Some((addr, egress)) = self.fallback.pop_front() {
+            if let Some(failed) = self.pipe.sock() {
+                io.driver.sock_close(failed, super::Token::Orphan.into());
+                self.pipe.detach();
+            }
+            match self.connect(io, addr, &egress, token) {
+                Ok(()) => return Some(Ok(())),
+                Err(why) => last = Some(Err(why)),
+            }
+        }
+        last
     }
 
     /// The socket connected: a proxy outbound's handshake begins, anything else is ready.

@@ -118,7 +118,8 @@ pub enum Action {
         port: u16,
     },
     /// Connect the relay's socket to `addr` and join it to the stream; once connected, send
-    /// `ok` (the TCPResponse) and `first` (payload that came with the request).
+    /// `ok` (the TCPResponse) and `first` (payload that came with the request). If the
+    /// connect fails, the `fallback` addresses are tried in turn on fresh sockets.
     /// [`Session::connect_done`] brings the outcome, [`Session::relay_closed`] the end.
     Connect {
         relay: RelayId,
@@ -127,6 +128,9 @@ pub enum Action {
         addr: SocketAddr,
         /// How the socket is set up (the outbound's binding and fast open).
         egress: Egress,
+        /// The other addresses the outbound's mode and the outbound guard allow, in order,
+        /// each with its own set-up.
+        fallback: Vec<(SocketAddr, Egress)>,
         /// For a proxy outbound: what to say to the proxy before the target's bytes flow
         /// ([`Session::connect_done`] comes once it agreed, or with its refusal).
         handshake: Option<Handshake>,
@@ -1039,7 +1043,7 @@ impl Session {
                     return self.fail_relay(relay, "target name too long for SOCKS5");
                 };
                 let addr = proxy.addr;
-                return self.connect(relay, addr, Egress::default(), Some(handshake));
+                return self.connect(relay, addr, Egress::default(), Vec::new(), Some(handshake));
             }
         };
         let addrs = match (hijack, &r.answer) {
@@ -1063,23 +1067,29 @@ impl Session {
             }
         };
         let mut refusal = None;
-        let allowed = candidates
+        let allowed: Vec<SocketAddr> = candidates
             .into_iter()
-            .find(|a| match self.cfg.guard.check(a.ip()) {
+            .filter(|a| match self.cfg.guard.check(a.ip()) {
                 Ok(()) => true,
                 Err(why) => {
                     refusal.get_or_insert(why);
                     false
                 }
-            });
-        let Some(addr) = allowed else {
+            })
+            .collect();
+        let Some(&addr) = allowed.first() else {
             let why = refusal.map_or_else(String::new, |why| why.to_string());
             let msg = format!("refused {}: {why}", r.target);
             self.counters.refused += 1;
             return self.fail_relay(relay, &msg);
         };
-        let egress = direct.egress(addr.ip(), !r.first.is_empty());
-        self.connect(relay, addr, egress, None);
+        let payload = !r.first.is_empty();
+        let egress = direct.egress(addr.ip(), payload);
+        let fallback = allowed[1..]
+            .iter()
+            .map(|a| (*a, direct.egress(a.ip(), payload)))
+            .collect();
+        self.connect(relay, addr, egress, fallback, None);
     }
 
     /// Connects the relay to `addr` (the target, or a proxy that `handshake` asks for it).
@@ -1088,6 +1098,7 @@ impl Session {
         relay: RelayId,
         addr: SocketAddr,
         egress: Egress,
+        fallback: Vec<(SocketAddr, Egress)>,
         handshake: Option<Handshake>,
     ) {
         let replied = self.relays.get(&relay).is_some_and(|r| r.replied);
@@ -1106,6 +1117,7 @@ impl Session {
             stream: r.stream,
             addr,
             egress,
+            fallback,
             handshake,
             first: std::mem::take(&mut r.first),
             ok,

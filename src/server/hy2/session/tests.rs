@@ -94,6 +94,8 @@ struct Adapter {
     /// How each UDP socket and each relay's socket was set up.
     udp_egress: HashMap<UdpId, Egress>,
     connect_egress: HashMap<RelayId, Egress>,
+    /// The addresses each relay tries if its connect fails.
+    connect_fallback: HashMap<RelayId, Vec<SocketAddr>>,
     /// How each UDP session with a SOCKS5 association leaves: the proxy.
     udp_proxy: HashMap<UdpId, SocketAddr>,
     /// Datagrams sent from session sockets: session, destination, payload.
@@ -167,10 +169,13 @@ impl Harness {
                     addr,
                     first,
                     egress,
+                    fallback,
                     ..
                 } => {
                     assert!(self.a.pipes.insert(relay), "{relay:?} connected twice");
                     self.a.connect_egress.insert(relay, egress);
+                    let fallback = fallback.into_iter().map(|(a, _)| a).collect();
+                    self.a.connect_fallback.insert(relay, fallback);
                     self.a.connects.push((relay, stream, addr, first));
                 }
                 Action::Start(relay) => {
@@ -1100,6 +1105,8 @@ fn routed(rules: &[&str], outbounds: &[config::Outbound]) -> Hy2Config {
         geoip: None,
         geosite: None,
         geo_update_interval: Duration::from_secs(3600),
+        geoip_url: None,
+        geosite_url: None,
     };
     let mut cfg = password();
     cfg.router = Arc::new(Router::new(Some(&acl), outbounds).unwrap());
@@ -1220,6 +1227,10 @@ fn the_direct_mode_picks_the_family() {
         connected_to(&h, bidi(2)),
         "[2001:db8::1]:443".parse().unwrap()
     );
+    // A preferred family falls back to the other if its connect fails; an only one does not.
+    let fallback = |s| h.a.connect_fallback[&h.relay_of(bidi(s))].clone();
+    assert_eq!(fallback(2), ["192.0.2.1:443".parse().unwrap()]);
+    assert!(fallback(0).is_empty() && fallback(1).is_empty());
     // IPv6 only, and the name has no IPv6 address.
     h.proxy(conn, bidi(3), "six.example:443", b"");
     let (relay, ..) = h.a.resolves[3].clone();
