@@ -45,11 +45,11 @@ use crate::server::route::{Outbound, Way};
 
 /// The reference server's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// RFC 9114 §8.1's codes, as the QUIC close codes the session uses (they fit 32 bits).
+pub const H3_NO_ERROR: u32 = h3::error::H3_NO_ERROR as u32;
+pub const H3_EXCESSIVE_LOAD: u32 = h3::error::H3_EXCESSIVE_LOAD as u32;
 /// QUIC error code of a kicked connection (H3_EXCESSIVE_LOAD, as the reference server).
-pub const KICK_ERROR: u32 = 0x107;
-/// RFC 9114 §8.1.
-pub const H3_NO_ERROR: u32 = 0x100;
-pub const H3_EXCESSIVE_LOAD: u32 = 0x107;
+pub const KICK_ERROR: u32 = H3_EXCESSIVE_LOAD;
 /// Application error code of relay streams we abort.
 pub const STREAM_ABORT: u64 = crate::worker::pipe::STREAM_ABORT as u64;
 
