@@ -948,6 +948,7 @@ impl Hy2App {
                 self.session.udp_received(io.now, udp, from, &payload, max);
             }
             Some(Done::Closed) => self.session.udp_closed(udp),
+            Some(Done::Ready) => self.session.udp_ready(udp),
             Some(Done::Failed(why)) => {
                 crate::warn_limited!("UDP session: {why}");
                 self.session.udp_failed(udp);

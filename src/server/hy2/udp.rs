@@ -52,6 +52,8 @@ pub enum Done {
         payload: Vec<u8>,
     },
     Closed,
+    /// The session's SOCKS5 association is up.
+    Ready,
     /// The session's way out broke: the reason (a SOCKS5 association refused, or ended).
     Failed(String),
 }
@@ -272,6 +274,7 @@ impl UdpSockets {
                 io.driver
                     .tcp_recv(a.ctrl, Vec::with_capacity(CTRL_BUF), token);
                 self.pump(io, udp);
+                return Some(Done::Ready);
             }
             Step::Failed(why) => return Some(Done::Failed(why)),
         }

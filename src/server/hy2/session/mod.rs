@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use self::caps::Parked;
-pub use self::udp::{LookupId, UdpCounters, UdpId, UdpTo, UdpVia};
+pub use self::udp::{LookupId, UdpCounters, UdpId, UdpTo, UdpVia, ASSOCIATE_TIMEOUT};
 use super::speedtest::is_speedtest_addr;
 use super::{Authenticator, Hy2Config, Masquerade};
 use crate::acl::{self, Decision, Protocol, Verdict};

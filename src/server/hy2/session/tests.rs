@@ -1412,9 +1412,20 @@ fn udp_routed_to_socks5_goes_through_an_association_and_http_carries_none() {
     h.step();
     assert_eq!(h.a.udp_closing, [udp]);
 
+    // An association that is up stays past the deadline; one that is not, fails at it.
+    h.udp(conn, 3, "a.tunnel.example:53", b"e", 1);
+    h.udp(conn, 4, "b.tunnel.example:53", b"f", 1);
+    let (up, stuck) = (h.a.udp_proxied[2].0, h.a.udp_proxied[3].0);
+    h.s.udp_ready(up);
+    h.advance(ASSOCIATE_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(h.a.udp_closing, [udp]);
+    h.advance(Duration::from_millis(1));
+    h.step();
+    assert_eq!(h.a.udp_closing, [udp, stuck]);
+
     // An HTTP proxy carries no UDP.
     h.udp(conn, 2, "x.web.example:53", b"d", 1);
-    assert!(h.a.udp_proxied.len() == 2 && h.a.udp_sent.is_empty());
+    assert!(h.a.udp_proxied.len() == 4 && h.a.udp_sent.is_empty());
     assert_eq!(h.s.udp_counters().refused, 2);
 }
 

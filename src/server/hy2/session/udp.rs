@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -37,6 +37,9 @@ use crate::server::route::{Outbound, ProxyKind, Way};
 const MAX_UNRESOLVED: usize = 64;
 /// Destinations a session remembers the address of.
 const MAX_RESOLVED: usize = 256;
+/// Time a SOCKS5 proxy has to set up an association, as the reference's dial and request
+/// deadlines give it.
+pub const ASSOCIATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A UDP session, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,6 +111,8 @@ struct UdpSession {
     resolved: HashMap<String, Option<UdpTo>>,
     /// How it leaves, once its socket was asked for (the first destination's way).
     via: Option<UdpVia>,
+    /// A SOCKS5 association not up yet fails at this time.
+    associate_by: Option<Instant>,
     /// Its first datagram was looked at for a name (`sniff`).
     inspected: bool,
     /// Where all its datagrams go, sniffed from the first one (`name:port`).
@@ -387,6 +392,12 @@ impl Session {
             return;
         };
         if s.via.is_none() {
+            if matches!(via, UdpVia::Socks5 { .. }) {
+                // Opened on the datagram that arrived last (or the lookup it waited for).
+                let by = s.last_active + ASSOCIATE_TIMEOUT;
+                s.associate_by = Some(by);
+                u.next_expiry = Some(u.next_expiry.map_or(by, |n| n.min(by)));
+            }
             s.via = Some(via.clone());
             self.actions.push_back(Action::UdpOpen { udp, via });
         }
@@ -432,6 +443,7 @@ impl Session {
                 unresolved: VecDeque::new(),
                 resolved: HashMap::new(),
                 via: None,
+                associate_by: None,
                 inspected: false,
                 sniffed: None,
                 reply_as: None,
@@ -446,6 +458,13 @@ impl Session {
         let at = now + self.cfg.udp_idle_timeout;
         u.next_expiry = Some(u.next_expiry.map_or(at, |n| n.min(at)));
         Some(udp)
+    }
+
+    /// The session's SOCKS5 association is up: its deadline no longer applies.
+    pub fn udp_ready(&mut self, udp: UdpId) {
+        if let Some(s) = self.udp.sessions.get_mut(&udp) {
+            s.associate_by = None;
+        }
     }
 
     /// The session's way out broke (its SOCKS5 association failed or its proxy closed the
@@ -606,8 +625,9 @@ impl Session {
         }
     }
 
-    /// Closes sessions idle for `udpIdleTimeout`. Scans the table only once the earliest
-    /// possible expiry has come.
+    /// Closes sessions idle for `udpIdleTimeout`, and those whose SOCKS5 association is not
+    /// up [`ASSOCIATE_TIMEOUT`] after it was asked for. Scans the table only once the
+    /// earliest possible expiry has come.
     pub(super) fn expire_udp(&mut self, now: Instant) {
         if self.udp.next_expiry.is_none_or(|t| t > now) {
             return;
@@ -615,11 +635,15 @@ impl Session {
         let timeout = self.cfg.udp_idle_timeout;
         let mut idle = Vec::new();
         let mut next = None::<Instant>;
+        let mut stuck = Vec::new();
         for (id, s) in self.udp.sessions.iter().filter(|(_, s)| !s.closing) {
             let at = s.last_active + timeout;
-            if at <= now {
+            if s.associate_by.is_some_and(|by| by <= now) {
+                stuck.push(*id);
+            } else if at <= now {
                 idle.push(*id);
             } else {
+                let at = s.associate_by.map_or(at, |by| by.min(at));
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -627,6 +651,13 @@ impl Session {
         idle.sort();
         for udp in idle {
             self.close_udp(udp);
+        }
+        stuck.sort();
+        for udp in stuck {
+            crate::warn_limited!(
+                "UDP session: the SOCKS5 association was not set up within {ASSOCIATE_TIMEOUT:?}"
+            );
+            self.udp_failed(udp);
         }
     }
 
