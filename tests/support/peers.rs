@@ -48,8 +48,11 @@ pub struct SbOpts {
     pub up_down_mbps: Option<u32>,
     /// Salamander obfuscation password.
     pub obfs: Option<String>,
-    /// TLS server name (the certificate is not verified either way).
+    /// TLS server name.
     pub sni: String,
+    /// A PEM root to verify the server's certificate against (for `sni`); `None` does not
+    /// verify it.
+    pub ca: Option<std::path::PathBuf>,
     /// sing-box log level: trace, debug, info, warn, error.
     pub log_level: String,
     /// Port hopping over the server's one port (`server_ports` of that port alone) at this
@@ -63,6 +66,7 @@ impl Default for SbOpts {
             up_down_mbps: None,
             obfs: None,
             sni: SNI.to_owned(),
+            ca: None,
             log_level: "info".to_owned(),
             rebind_every: None,
         }
@@ -90,10 +94,17 @@ impl SingboxClient {
             format!(r#""server": {}"#, json_str(&server.ip().to_string())),
             format!(r#""server_port": {}"#, server.port()),
             format!(r#""password": {}"#, json_str(password)),
-            format!(
-                r#""tls": {{"enabled": true, "server_name": {}, "insecure": true, "alpn": ["h3"]}}"#,
-                json_str(&opts.sni)
-            ),
+            match &opts.ca {
+                None => format!(
+                    r#""tls": {{"enabled": true, "server_name": {}, "insecure": true, "alpn": ["h3"]}}"#,
+                    json_str(&opts.sni)
+                ),
+                Some(ca) => format!(
+                    r#""tls": {{"enabled": true, "server_name": {}, "certificate_path": {}, "alpn": ["h3"]}}"#,
+                    json_str(&opts.sni),
+                    json_str(&ca.display().to_string())
+                ),
+            },
         ];
         if let Some(mbps) = opts.up_down_mbps {
             out.push(format!(r#""up_mbps": {mbps}, "down_mbps": {mbps}"#));
