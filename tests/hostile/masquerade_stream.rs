@@ -1,6 +1,7 @@
 //! Masquerade responses are streamed with a bound: 128 requests for a 16 MiB file whose
 //! clients read nothing cost the server a chunk each, not the file each; read later, they
-//! arrive whole; and a file larger than any one buffer is served too.
+//! arrive whole; and a file larger than any one buffer is served too. The proxy masquerade
+//! passes HTTP/3 request bodies upstream and streams what the upstream answers.
 //!
 //! The clients are plain quinn connections with 64 KiB stream windows that speak HTTP/3 by
 //! hand, and never authenticate: what a prober or a browser would be.
@@ -38,16 +39,37 @@ fn endpoint() -> quinn::Endpoint {
 
 /// Sends `GET path` on a new stream and returns its receive half, unread.
 async fn get(conn: &quinn::Connection, path: &str) -> quinn::RecvStream {
-    let fields = [
-        (":method", "GET"),
+    request(conn, "GET", path, b"").await
+}
+
+/// Sends `method path` with `body` (in two DATA frames) on a new stream and returns its
+/// receive half, unread.
+async fn request(
+    conn: &quinn::Connection,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> quinn::RecvStream {
+    let length = body.len().to_string();
+    let mut fields = vec![
+        (":method", method),
         (":scheme", "https"),
         (":authority", support::SNI),
         (":path", path),
     ];
+    if !body.is_empty() {
+        fields.push(("content-length", &length));
+    }
     let (mut send, recv) = conn.open_bi().await.expect("open a request stream");
     send.write_all(&h3::headers_frame(&fields, HuffmanPolicy::Always))
         .await
         .expect("write the request");
+    let (a, b) = body.split_at(body.len() / 2);
+    for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+        send.write_all(&h3::data_frame(part))
+            .await
+            .expect("write the body");
+    }
     send.finish().expect("finish the request");
     recv
 }
@@ -143,4 +165,83 @@ fn masquerade_responses_are_streamed_with_a_bound() {
         big.1 == pattern(BIG),
         "the 48 MiB file arrives whole and in order"
     );
+}
+
+/// An upstream on 127.0.0.1 that answers each request with its method, its body's length
+/// and the body, then `extra` bytes of pattern, in one HTTP/1.1 response, then closes.
+fn upstream(extra: usize) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let method = line.split(' ').next().unwrap_or("").to_owned();
+                let mut length = 0usize;
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let mut answer = format!("{method} {length} ").into_bytes();
+                answer.extend_from_slice(&body);
+                answer.extend(pattern(extra));
+                let mut conn = reader.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = conn.write_all(&answer);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_proxy_masquerade_relays_request_bodies_and_streams_answers() {
+    const EXTRA: usize = 3 << 20;
+    let up = upstream(EXTRA);
+    let (mut server, addr, _dir) = spawn_server(&format!(
+        "masquerade: {{type: proxy, proxy: {{url: \"http://{up}/\"}}}}\n"
+    ));
+    let rt = runtime();
+    let ep = rt.block_on(async { endpoint() });
+    let form = b"name=quelay&note=a body over HTTP/3".to_vec();
+    let (post, get) = rt.block_on(async {
+        let conn = ep
+            .connect(addr, support::SNI)
+            .expect("connect starts")
+            .await
+            .expect("QUIC handshake");
+        let post = read_response(request(&conn, "POST", "/form", &form).await, 4 << 20).await;
+        let get = read_response(get(&conn, "/page").await, 4 << 20).await;
+        conn.close(0u32.into(), b"done");
+        (post, get)
+    });
+    rt.block_on(async { ep.wait_idle().await });
+    server.assert_running();
+    let mut want = format!("POST {} ", form.len()).into_bytes();
+    want.extend_from_slice(&form);
+    want.extend(pattern(EXTRA));
+    assert_eq!(post.0, 200);
+    assert!(
+        post.1 == want,
+        "the upstream saw the body, and its 3 MiB answer came back whole"
+    );
+    let mut want = b"GET 0 ".to_vec();
+    want.extend(pattern(EXTRA));
+    assert_eq!(get.0, 200);
+    assert!(get.1 == want, "a GET goes without a body");
 }

@@ -58,6 +58,8 @@ pub struct MessageReader<M> {
     body_len: u64,
     /// The body, if `M` keeps it.
     body: Vec<u8>,
+    /// Whether DATA is kept (responses always; requests when asked for).
+    keep_body: bool,
     /// The first error, returned again on every later call.
     failed: Option<H3Error>,
     /// What is read.
@@ -85,9 +87,16 @@ impl<M: Message> MessageReader<M> {
             content_length: None,
             body_len: 0,
             body: Vec::new(),
+            keep_body: M::KEEPS_BODY,
             failed: None,
             kind: PhantomData,
         }
+    }
+
+    /// Keeps the body (up to [`Limits::max_body`]) for [`Self::body`], as a response's is.
+    pub fn keeping_body(mut self) -> Self {
+        self.keep_body = true;
+        self
     }
 
     /// Feeds the next bytes of the stream. Returns the message once, when its HEADERS frame
@@ -105,6 +114,7 @@ impl<M: Message> MessageReader<M> {
             content_length,
             body_len,
             body,
+            keep_body,
             ..
         } = self;
         let result = framer.push(data, &mut |frame| match (frame, *phase) {
@@ -135,7 +145,7 @@ impl<M: Message> MessageReader<M> {
                 if *body_len > limits.max_body {
                     return Err(H3Error::BodyTooLarge);
                 }
-                if M::KEEPS_BODY {
+                if *keep_body {
                     body.extend_from_slice(chunk);
                 }
                 Ok(())
@@ -185,7 +195,8 @@ impl<M: Message> MessageReader<M> {
         self.body_len
     }
 
-    /// The body received so far: empty for a message that does not keep it (a request).
+    /// The body received so far: empty for a message that does not keep it (a request not
+    /// read [`Self::keeping_body`]).
     pub fn body(&self) -> &[u8] {
         &self.body
     }

@@ -406,11 +406,11 @@ impl Hy2App {
                 };
                 (Class::Auth, Box::new(run))
             }
-            Work::Masquerade { req, remote } => match &cfg.masquerade {
+            Work::Masquerade { req, body, remote } => match &cfg.masquerade {
                 Masquerade::File(_) | Masquerade::Proxy(_) => {
                     let m = cfg.masquerade.clone();
                     let run = move || {
-                        let (bytes, tail) = m.answer(&req, &[], remote).into_h3();
+                        let (bytes, tail) = m.answer(&req, &body, remote).into_h3();
                         Outcome::Response(bytes, tail)
                     };
                     (Class::Masquerade, Box::new(run))

@@ -21,6 +21,8 @@ mod udp;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +45,21 @@ use crate::proto::tcp::{self, Host, StreamStart, TcpRequest};
 use crate::server::masquerade::Tail;
 use crate::server::route::{Outbound, Way};
 
+/// The largest request body passed to the proxy masquerade, as over the TCP listeners.
+pub const MAX_PROXY_BODY: usize = crate::server::masquerade::tcp::MAX_REQUEST_BODY;
+/// Request bodies a worker reads at once for the proxy masquerade (each up to
+/// [`MAX_PROXY_BODY`]); past it a request with a body is answered 503.
+pub const MAX_BODIES_READING: usize = 64;
+
+/// One of the places counted by [`MAX_BODIES_READING`], given back when dropped (the body
+/// read, the stream reset, the connection gone).
+struct BodySlot(Arc<AtomicUsize>);
+
+impl Drop for BodySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
 /// The reference server's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// RFC 9114 §8.1's codes, as the QUIC close codes the session uses (they fit 32 bits).
@@ -183,9 +200,10 @@ pub enum Work {
         cc_rx: u64,
         remote: SocketAddr,
     },
-    /// The file or proxy masquerade's answer to `req`.
+    /// The file or proxy masquerade's answer to `req` (with its body, for the proxy).
     Masquerade {
         req: h3::Request,
+        body: Vec<u8>,
         remote: SocketAddr,
     },
 }
@@ -252,6 +270,9 @@ enum Stream {
     Request(Vec<u8>),
     /// An HTTP/3 request.
     Http(RequestReader),
+    /// A request for the proxy masquerade whose body is still arriving, holding one of the
+    /// worker's [`MAX_BODIES_READING`] places.
+    Body(RequestReader, Box<h3::Request>, BodySlot),
     /// A proxy request waiting for a stream permit (see `caps`): not read meanwhile.
     Parked,
     /// Handed to a relay.
@@ -329,6 +350,8 @@ pub struct Session {
     /// Connect deadlines, earliest first. An entry whose relay connected or went away
     /// meanwhile is skipped when it comes up.
     connect_deadlines: BinaryHeap<Reverse<(Instant, RelayId)>>,
+    /// Request bodies being read (see [`BodySlot`]).
+    bodies_reading: Arc<AtomicUsize>,
     /// When each sniffing relay stops waiting for bytes.
     sniff_deadlines: BinaryHeap<Reverse<(Instant, RelayId)>>,
     /// Auth deadlines, earliest first; an entry whose connection authenticated or left is
@@ -358,6 +381,7 @@ impl Session {
             parked: VecDeque::new(),
             withheld: BTreeSet::new(),
             connect_deadlines: BinaryHeap::new(),
+            bodies_reading: Arc::default(),
             sniff_deadlines: BinaryHeap::new(),
             auth_deadlines: BinaryHeap::new(),
             last_id: 0,
@@ -510,7 +534,9 @@ impl Session {
         self.conns
             .get(&conn)
             .is_some_and(|c| match c.streams.get(&stream) {
-                Some(Stream::Start(_) | Stream::Request(_) | Stream::Http(_)) => true,
+                Some(
+                    Stream::Start(_) | Stream::Request(_) | Stream::Http(_) | Stream::Body(..),
+                ) => true,
                 Some(Stream::Relay(r)) => self.relays.get(r).is_some_and(|r| r.sniff.is_some()),
                 Some(Stream::Parked) | None => false,
             })
@@ -546,7 +572,7 @@ impl Session {
                         StreamStart::Proxy if authed => Stream::Request(buf),
                         _ => {
                             data = buf;
-                            Stream::Http(RequestReader::new())
+                            Stream::Http(self.request_reader())
                         }
                     }
                 }
@@ -568,12 +594,41 @@ impl Session {
                     }
                 }
                 Stream::Http(mut reader) => match reader.push(&std::mem::take(&mut data)) {
+                    Ok(Some(req)) if self.wants_body(&req) => match self.body_slot() {
+                        Some(slot) => Stream::Body(reader, Box::new(req), slot),
+                        None => {
+                            crate::warn_limited!(
+                                "masquerade: {MAX_BODIES_READING} request bodies being read, \
+                                 answering 503"
+                            );
+                            return self.respond(conn, stream, h3::response(503, &[], b""));
+                        }
+                    },
                     Ok(Some(req)) => return self.http_request(conn, stream, &req),
                     Ok(None) if !fin => return self.keep(conn, stream, Stream::Http(reader)),
+                    Err(h3::H3Error::BodyTooLarge) => return self.body_too_large(conn, stream),
                     Ok(None) | Err(_) => {
                         return self.reset(conn, stream, h3::error::H3_MESSAGE_ERROR)
                     }
                 },
+                Stream::Body(mut reader, req, slot) => {
+                    let pushed = reader.push(&std::mem::take(&mut data));
+                    let done = match pushed {
+                        Ok(_) if !fin => {
+                            return self.keep(conn, stream, Stream::Body(reader, req, slot))
+                        }
+                        Ok(_) => reader.finish(),
+                        Err(e) => Err(e),
+                    };
+                    return match done {
+                        Ok(()) => {
+                            let body = reader.body().to_vec();
+                            self.masquerade_with_body(conn, stream, &req, body)
+                        }
+                        Err(h3::H3Error::BodyTooLarge) => self.body_too_large(conn, stream),
+                        Err(_) => self.reset(conn, stream, h3::error::H3_MESSAGE_ERROR),
+                    };
+                }
                 Stream::Relay(relay) => {
                     self.keep(conn, stream, state);
                     return self.sniff_data(now, relay, &data, fin);
@@ -726,9 +781,68 @@ impl Session {
         self.respond(conn, stream, ok);
     }
 
+    /// The reader of a new HTTP/3 request: with the proxy masquerade, one that keeps a body
+    /// of up to [`MAX_PROXY_BODY`] to pass upstream.
+    fn request_reader(&self) -> RequestReader {
+        match self.cfg.masquerade {
+            Masquerade::Proxy(_) => RequestReader::with_limits(h3::Limits {
+                max_body: MAX_PROXY_BODY as u64,
+                ..h3::Limits::default()
+            })
+            .keeping_body(),
+            _ => RequestReader::new(),
+        }
+    }
+
+    /// Whether `req` goes to the proxy masquerade with a body still to read first: not a
+    /// login, and a body is announced (`content-length` above 0) or may follow (no length,
+    /// a method that carries one). A GET or HEAD without a length is answered at once.
+    fn wants_body(&self, req: &h3::Request) -> bool {
+        if !matches!(self.cfg.masquerade, Masquerade::Proxy(_)) || h3::auth_request(req).is_some() {
+            return false;
+        }
+        match req.header("content-length").map(str::parse::<u64>) {
+            Some(Ok(len)) => len > 0,
+            Some(Err(_)) => false,
+            None => !matches!(
+                req.method.as_str(),
+                "GET" | "HEAD" | "OPTIONS" | "DELETE" | "TRACE"
+            ),
+        }
+    }
+
+    /// A place to read a request body in, if the worker has one free.
+    fn body_slot(&self) -> Option<BodySlot> {
+        let held = &self.bodies_reading;
+        held.fetch_update(Relaxed, Relaxed, |n| {
+            (n < MAX_BODIES_READING).then_some(n + 1)
+        })
+        .ok()?;
+        Some(BodySlot(held.clone()))
+    }
+
+    /// A request body over [`MAX_PROXY_BODY`]: 413, as the TCP listeners answer it.
+    fn body_too_large(&mut self, conn: ConnId, stream: StreamId) {
+        let text = format!("request body larger than {MAX_PROXY_BODY} bytes\n");
+        let headers = [("content-type", "text/plain; charset=utf-8")];
+        let bytes = h3::response(413, &headers, text.as_bytes());
+        self.respond(conn, stream, bytes);
+    }
+
     /// The masquerade's answer: at once for 404 and string, off the data path for file and
     /// proxy.
     fn masquerade(&mut self, conn: ConnId, stream: StreamId, req: &h3::Request) {
+        self.masquerade_with_body(conn, stream, req, Vec::new());
+    }
+
+    /// [`Self::masquerade`] for a request with a body (the proxy sends it upstream).
+    fn masquerade_with_body(
+        &mut self,
+        conn: ConnId,
+        stream: StreamId,
+        req: &h3::Request,
+        body: Vec<u8>,
+    ) {
         let Some(remote) = self.conns.get(&conn).map(|c| c.remote) else {
             return;
         };
@@ -736,6 +850,7 @@ impl Session {
             Masquerade::File(_) | Masquerade::Proxy(_) => {
                 let work = Work::Masquerade {
                     req: req.clone(),
+                    body,
                     remote,
                 };
                 self.offload(conn, stream, JobKind::Response, work);

@@ -802,6 +802,60 @@ fn the_masquerade_answers_other_requests_in_place_or_off_the_data_path() {
     assert!(h.a.jobs.is_empty());
 }
 
+#[test]
+fn the_proxy_masquerade_gets_the_request_body() {
+    use crate::server::masquerade::ProxyMasquerade;
+    let mut cfg = password();
+    let proxy = ProxyMasquerade::new("http://127.0.0.1:1/", false, false, false).unwrap();
+    cfg.masquerade = Masquerade::Proxy(Arc::new(proxy));
+    let mut h = Harness::new(cfg);
+    let conn = h.connect_from(CLIENT);
+    let head = |method: &str, length: Option<&str>| {
+        let mut fields = vec![
+            (":method", method),
+            (":scheme", "https"),
+            (":authority", "example.com"),
+            (":path", "/form"),
+        ];
+        if let Some(l) = length {
+            fields.push(("content-length", l));
+        }
+        h3::headers_frame(&fields, h3::HuffmanPolicy::Never)
+    };
+    let body_of = |h: &Harness, i: usize| match &h.a.jobs[i].1 {
+        Work::Masquerade { body, .. } => body.clone(),
+        other => panic!("not a masquerade job: {other:?}"),
+    };
+
+    // A POST's body arrives in pieces; the job waits for all of it (FIN).
+    h.send(conn, bidi(0), &head("POST", Some("11")), false);
+    h.send(conn, bidi(0), &h3::data_frame(b"hello "), false);
+    assert!(h.a.jobs.is_empty(), "answered before the body");
+    h.send(conn, bidi(0), &h3::data_frame(b"world"), true);
+    assert_eq!(body_of(&h, 0), b"hello world");
+    // A GET without a length goes at once, with no body.
+    h.send(conn, bidi(1), &head("GET", None), false);
+    assert_eq!(body_of(&h, 1), b"");
+    // A body over the limit is refused 413.
+    h.send(conn, bidi(2), &head("PUT", None), false);
+    let big = vec![b'x'; MAX_PROXY_BODY + 1];
+    h.send(conn, bidi(2), &h3::data_frame(&big), true);
+    assert_eq!(h.status(conn, bidi(2)), 413);
+
+    // At most MAX_BODIES_READING bodies are read at once; a reset gives its place back.
+    for i in 0..MAX_BODIES_READING as u64 {
+        h.send(conn, bidi(10 + i), &head("POST", Some("5")), false);
+    }
+    let over = bidi(10 + MAX_BODIES_READING as u64);
+    h.send(conn, over, &head("POST", Some("5")), false);
+    assert_eq!(h.status(conn, over), 503);
+    h.s.stream_reset(conn, bidi(10));
+    let again = bidi(11 + MAX_BODIES_READING as u64);
+    h.send(conn, again, &head("POST", Some("5")), false);
+    h.send(conn, again, &h3::data_frame(b"again"), true);
+    assert_eq!(body_of(&h, h.a.jobs.len() - 1), b"again");
+}
+
 // ---- UDP sessions ----
 
 #[test]
