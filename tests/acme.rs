@@ -211,10 +211,11 @@ impl Pebble {
         .with_no_client_auth();
         let body = https_get(self.management, "127.0.0.1", Arc::new(tls), "/roots/0")
             .expect("Pebble's root from its management interface");
-        rustls_pemfile::certs(&mut body.as_bytes())
+        let root = rustls_pemfile::certs(&mut body.as_bytes())
             .next()
             .expect("a PEM root")
-            .expect("a readable root")
+            .expect("a readable root");
+        root
     }
 }
 
@@ -313,8 +314,8 @@ fn start_quelay(name: &str, dir: &Path, config: &Path, pebble: &Pebble, udp: Soc
         .env_remove("SSL_CERT_DIR")
         .current_dir(dir);
     let mut child = Child::spawn(name, cmd, dir);
-    child.wait_ready("certificate obtained and UDP bound", ISSUE_TIMEOUT, |_| {
-        udp_bound_at(udp)
+    child.wait_ready("certificate obtained and UDP bound", ISSUE_TIMEOUT, |c| {
+        udp_bound_at(udp) && c.stderr().contains("Hysteria2 server on")
     });
     child
 }

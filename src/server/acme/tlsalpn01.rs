@@ -69,12 +69,12 @@ fn challenge_cert(domain: &str, digest: &[u8]) -> Result<CertifiedKey, Box<dyn s
         .push(rcgen::CustomExtension::new_acme_identifier(digest));
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let cert = params.self_signed(&key)?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    Ok(CertifiedKey::from_der(
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        &provider,
-    )?)
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with WebPKI, which
+    // refuses the critical acmeIdentifier extension it does not know.
+    let signer = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signer))
 }
 
 /// A running responder; dropping it stops accepting.
