@@ -149,13 +149,15 @@ struct Pebble {
 }
 
 impl Pebble {
-    fn start(bin: &Path, dir: &Path) -> Pebble {
+    /// `validity`: the lifetime of the certificates it issues, in seconds (`None`: Pebble's
+    /// default of five years).
+    fn start(bin: &Path, dir: &Path, validity: Option<u64>) -> Pebble {
         let dns = Dns::start();
         let (ca, cert, key) = pebble_tls(dir);
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (http_port, tls_port) = (free_port(), free_port());
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -167,6 +169,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false,
             }
         });
+        if let Some(secs) = validity {
+            config["pebble"]["certificateValidityPeriod"] = secs.into();
+        }
         let config_path = dir.join("pebble.json");
         fs::write(&config_path, config.to_string()).unwrap();
         let mut cmd = Command::new(bin);
@@ -326,7 +331,7 @@ fn issued_and_served(challenge: &str) {
         return;
     };
     let dir = tempdir();
-    let pebble = Pebble::start(&bin, &dir);
+    let pebble = Pebble::start(&bin, &dir, None);
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = dir.join("server.yaml");
@@ -399,7 +404,7 @@ fn acme_failure_names_domain_challenge_and_answer() {
         return;
     };
     let dir = tempdir();
-    let pebble = Pebble::start(&bin, &dir);
+    let pebble = Pebble::start(&bin, &dir, None);
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // The responder listens where Pebble does not look.
@@ -436,4 +441,41 @@ fn acme_failure_names_domain_challenge_and_answer() {
         tail(&err, 20)
     );
     drop(pebble);
+}
+
+/// A short-lived certificate is renewed while the server runs, and the new one is served
+/// to new handshakes without a restart.
+#[test]
+fn acme_renewal_swaps_the_certificate() {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    // Renewal is due with a third of the lifetime left: 10 s after issuance.
+    let pebble = Pebble::start(&bin, &dir, Some(15));
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("server.yaml");
+    fs::write(&config, quelay_config(&pebble, &dir, udp, https, "http")).unwrap();
+    let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
+    let root = pebble.root();
+    let first = served_leaf(https, root.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        quelay.assert_running();
+        let now = served_leaf(https, root.clone()).unwrap_or_else(|e| {
+            panic!("handshake failed: {e}\n{}", tail(&quelay.stderr(), 30))
+        });
+        if now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal within 40 s:\n{}",
+            tail(&quelay.stderr(), 30)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(quelay.stderr().contains("renewed certificate in use"));
 }
