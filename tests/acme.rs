@@ -134,7 +134,8 @@ fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// A running Pebble and the DNS responder it asks.
 struct Pebble {
-    child: Child,
+    /// Killed on drop.
+    _child: Child,
     _dns: Dns,
     /// `https://127.0.0.1:<port>/dir`.
     directory: String,
@@ -188,7 +189,7 @@ impl Pebble {
             TcpStream::connect(listen).is_ok() && TcpStream::connect(management).is_ok()
         });
         Pebble {
-            child,
+            _child: child,
             _dns: dns,
             directory: format!("https://{listen}/dir"),
             management,
@@ -464,9 +465,8 @@ fn acme_renewal_swaps_the_certificate() {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         quelay.assert_running();
-        let now = served_leaf(https, root.clone()).unwrap_or_else(|e| {
-            panic!("handshake failed: {e}\n{}", tail(&quelay.stderr(), 30))
-        });
+        let now = served_leaf(https, root.clone())
+            .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", tail(&quelay.stderr(), 30)));
         if now != first {
             break;
         }
