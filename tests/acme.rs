@@ -445,7 +445,8 @@ fn acme_failure_names_domain_challenge_and_answer() {
 }
 
 /// A short-lived certificate is renewed while the server runs, and the new one is served
-/// to new handshakes without a restart.
+/// to new handshakes without a restart. The masquerade's HTTP listener holds the HTTP-01
+/// port once the server runs, so renewals are answered there.
 #[test]
 fn acme_renewal_swaps_the_certificate() {
     let Some(bin) = pebble_bin() else {
@@ -458,7 +459,9 @@ fn acme_renewal_swaps_the_certificate() {
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = dir.join("server.yaml");
-    fs::write(&config, quelay_config(&pebble, &dir, udp, https, "http")).unwrap();
+    let text = quelay_config(&pebble, &dir, udp, https, "http")
+        + &format!("  listenHTTP: \"127.0.0.1:{}\"\n", pebble.http_port);
+    fs::write(&config, text).unwrap();
     let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
     let root = pebble.root();
     let first = served_leaf(https, root.clone()).unwrap();
@@ -477,5 +480,15 @@ fn acme_renewal_swaps_the_certificate() {
         );
         thread::sleep(Duration::from_millis(250));
     }
-    assert!(quelay.stderr().contains("renewed certificate in use"));
+    let err = quelay.stderr();
+    assert!(
+        err.contains("renewed certificate in use"),
+        "{}",
+        tail(&err, 30)
+    );
+    assert!(
+        err.contains("answering http-01 on masquerade.listenHTTP"),
+        "{}",
+        tail(&err, 30)
+    );
 }

@@ -257,9 +257,6 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     };
     let pin = quic::pin_sha256(&ck.chain[0]);
     let cert = quic::CertSwap::new(&ck, sni_guard(cfg)).map_err(|e| format!("tls: {e}"))?;
-    if let Some((client, validity)) = acme {
-        client.spawn_renewal(cert.clone(), validity)?;
-    }
     let crypto = quic::server_crypto_swappable(cert.clone(), &[ALPN]).map_err(|e| e.to_string())?;
     // Official clients since 2.8.2 omit max_datagram_frame_size; assume 1200 like the
     // reference server so UDP replies reach them.
@@ -305,11 +302,21 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
                 .map_err(|e| format!("masquerade.listenHTTPS: {e}"))?;
             let current: tcp::Current = Arc::new(std::sync::RwLock::new(hy2.masquerade.clone()));
+            // An ACME HTTP-01 port the HTTP listener takes is answered there, for renewals.
+            let acme_http01 = match (&mut acme, cfg.masquerade.listen_http) {
+                (Some((client, _)), Some(http)) if client.http01_port() == Some(http.port()) => {
+                    let answers = super::acme::http01::Answers::default();
+                    client.share_http01(answers.clone());
+                    Some(answers)
+                }
+                _ => None,
+            };
             let listeners = tcp::Listeners {
                 https,
                 http: cfg.masquerade.listen_http,
                 force_https: cfg.masquerade.force_https,
                 quic_port: addr.port(),
+                acme_http01,
             };
             tcp::serve(&listeners, tls, current.clone())?;
             tracing::info!(
@@ -323,6 +330,9 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         }
         None => None,
     };
+    if let Some((client, validity)) = acme {
+        client.spawn_renewal(cert.clone(), validity)?;
+    }
     let offload = Arc::new(Offload::new(&cfg.resolver)?);
     tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {

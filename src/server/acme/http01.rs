@@ -37,6 +37,11 @@ impl Answers {
         );
     }
 
+    /// Forgets every answer (an order is over).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// The answer to a request for `path` with the `Host` header `host`.
     pub fn answer(&self, host: Option<&str>, path: &str) -> Option<String> {
         let token = path.strip_prefix(PREFIX)?;
@@ -46,6 +51,25 @@ impl Answers {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(domain, token.to_owned()))
             .cloned()
+    }
+}
+
+impl Answers {
+    /// The answer to `req` when it asks for a challenge token being validated (the
+    /// masquerade's HTTP listener asks this first, so that it can share port 80).
+    pub fn respond<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host());
+        let text = self.answer(host, req.uri().path())?;
+        let mut rsp = Response::new(Full::new(Bytes::from(text)));
+        rsp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        Some(rsp)
     }
 }
 
@@ -67,6 +91,14 @@ pub struct Responder {
     pub addr: SocketAddr,
 }
 
+impl Responder {
+    /// Stops accepting and waits until the listening socket is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for Responder {
     fn drop(&mut self) {
         self.task.abort();
@@ -85,21 +117,11 @@ pub fn start(listen: SocketAddr, answers: Answers) -> std::io::Result<Responder>
             let answers = answers.clone();
             async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let host = req
-                        .headers()
-                        .get(hyper::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .or_else(|| req.uri().host());
-                    let found = answers.answer(host, req.uri().path());
-                    let rsp = match found {
-                        Some(text) => Response::builder()
-                            .header(hyper::header::CONTENT_TYPE, "text/plain")
-                            .body(Full::new(Bytes::from(text))),
-                        None => Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::new())),
-                    };
-                    let rsp = rsp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                    let rsp = answers.respond(&req).unwrap_or_else(|| {
+                        let mut rsp = Response::new(Full::new(Bytes::new()));
+                        *rsp.status_mut() = StatusCode::NOT_FOUND;
+                        rsp
+                    });
                     async move { Ok::<_, Infallible>(rsp) }
                 });
                 let conn = std::pin::pin!(http1::Builder::new()

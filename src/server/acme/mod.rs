@@ -10,7 +10,7 @@
 //! ([`client`]).
 
 mod client;
-mod http01;
+pub mod http01;
 mod store;
 mod tlsalpn01;
 
@@ -45,6 +45,18 @@ pub struct Acme {
     store: Store,
     rt: tokio::runtime::Runtime,
     http: client::UreqClient,
+    /// Where HTTP-01 answers go when another listener (`masquerade.listenHTTP`) holds the
+    /// port; `None`: a responder of our own is bound for each order.
+    shared_http: Option<http01::Answers>,
+}
+
+/// Clears the HTTP-01 answers of an order when it ends, however it ends.
+struct Forget(http01::Answers);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// A certificate and when it stops being valid.
@@ -67,6 +79,7 @@ impl Acme {
             cfg: cfg.clone(),
             rt,
             http: client::UreqClient::new().map_err(|e| format!("acme.ca: {e}"))?,
+            shared_http: None,
         })
     }
 
@@ -94,6 +107,17 @@ impl Acme {
                 _ => Err(e),
             },
         }
+    }
+
+    /// The HTTP-01 port the CA connects to, if HTTP-01 is offered.
+    pub fn http01_port(&self) -> Option<u16> {
+        self.cfg.http_port
+    }
+
+    /// From now on, HTTP-01 is answered by whoever serves `answers` on the port (the
+    /// masquerade's HTTP listener), not by a responder of our own.
+    pub fn share_http01(&mut self, answers: http01::Answers) {
+        self.shared_http = Some(answers);
     }
 
     /// Renews in the background, from a thread named `acme`, for the life of the process:
@@ -257,8 +281,59 @@ impl Acme {
         Ok(ExternalAccountKey::new(kid, &key))
     }
 
-    /// Orders, validates and stores a new certificate.
+    /// Orders, validates and stores a new certificate, with the challenge listeners up
+    /// meanwhile.
     async fn issue(&self) -> Result<Issued, String> {
+        // The listeners first, so that the CA finds them when told to look.
+        let answers = self.shared_http.clone().unwrap_or_default();
+        let _forget = Forget(answers.clone());
+        let certs = tlsalpn01::Certs::default();
+        let host = self
+            .cfg
+            .listen_host
+            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let http = match self.cfg.http_port {
+            Some(port) if self.shared_http.is_some() => {
+                tracing::info!("acme: answering http-01 on masquerade.listenHTTP (port {port})");
+                None
+            }
+            Some(port) => {
+                let r =
+                    http01::start(SocketAddr::new(host, port), answers.clone()).map_err(|e| {
+                        format!("acme.http.altPort: http-01 cannot listen on port {port}: {e}")
+                    })?;
+                tracing::info!("acme: answering http-01 on {}", r.addr);
+                Some(r)
+            }
+            None => None,
+        };
+        let tls = match self.cfg.tls_port {
+            Some(port) => {
+                let r = tlsalpn01::start(SocketAddr::new(host, port), certs.clone())
+                    .map_err(|e| format!("acme.tls.altPort: tls-alpn-01: {e}"))?;
+                tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
+                Some(r)
+            }
+            None => None,
+        };
+
+        let issued = self.issue_order(&answers, &certs).await;
+        // Closed before the port is wanted again (by the masquerade's listener, say).
+        if let Some(r) = http {
+            r.stop().await;
+        }
+        if let Some(r) = tls {
+            r.stop().await;
+        }
+        issued
+    }
+
+    /// [`Self::issue`] once the listeners are up.
+    async fn issue_order(
+        &self,
+        answers: &http01::Answers,
+        certs: &tlsalpn01::Certs,
+    ) -> Result<Issued, String> {
         let ca = self.cfg.ca.directory();
         let names = self.cfg.domains.join(", ");
         tracing::info!("acme: ordering a certificate for {names} from {ca}");
@@ -288,34 +363,6 @@ impl Acme {
                     "acme.domains: {names}: {ca} refused the order: {e}"
                 ))
             }
-        };
-
-        // The listeners first, so that the CA finds them when told to look.
-        let answers = http01::Answers::default();
-        let certs = tlsalpn01::Certs::default();
-        let host = self
-            .cfg
-            .listen_host
-            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        let _http = match self.cfg.http_port {
-            Some(port) => {
-                let r =
-                    http01::start(SocketAddr::new(host, port), answers.clone()).map_err(|e| {
-                        format!("acme.http.altPort: http-01 cannot listen on port {port}: {e}")
-                    })?;
-                tracing::info!("acme: answering http-01 on {}", r.addr);
-                Some(r)
-            }
-            None => None,
-        };
-        let _tls = match self.cfg.tls_port {
-            Some(port) => {
-                let r = tlsalpn01::start(SocketAddr::new(host, port), certs.clone())
-                    .map_err(|e| format!("acme.tls.altPort: tls-alpn-01: {e}"))?;
-                tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
-                Some(r)
-            }
-            None => None,
         };
 
         let mut pending: Vec<(String, &'static str)> = Vec::new();

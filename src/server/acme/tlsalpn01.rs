@@ -83,6 +83,14 @@ pub struct Responder {
     pub addr: SocketAddr,
 }
 
+impl Responder {
+    /// Stops accepting and waits until the listening socket is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for Responder {
     fn drop(&mut self) {
         self.task.abort();
