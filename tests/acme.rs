@@ -1,9 +1,9 @@
 //! `acme` against a real ACME CA: Debian's Pebble (`apt-get install pebble`), all on
 //! loopback. Pebble resolves the test domain through a tiny DNS responder of the test's own
 //! (every A query answered 127.0.0.1), validates the challenge on the port quelay's
-//! `altPort` names, and signs; the test then completes a TLS handshake with quelay's
-//! masquerade HTTPS listener, which serves the QUIC certificate, and verifies the chain to
-//! Pebble's root.
+//! `altPort` names, and signs; the test then completes a QUIC handshake with quelay and a
+//! TLS handshake with its masquerade HTTPS listener, and verifies both chains to Pebble's
+//! root.
 //!
 //! When the `pebble` binary is missing, each test says so and passes without running.
 
@@ -284,6 +284,42 @@ fn served_leaf(
         .ok_or_else(|| "no certificate".to_owned())
 }
 
+/// The leaf quelay serves as `DOMAIN` over QUIC on `server`, verified up to `root`.
+fn quic_leaf(
+    server: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+    use quelay::quic::{self, QuicParams, Verify};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).map_err(|e| e.to_string())?;
+    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| e.to_string())?;
+        ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
+        let connecting = ep.connect(server, DOMAIN).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let leaf = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().cloned())
+            .ok_or_else(|| "no certificate".to_owned());
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+        leaf
+    })
+}
+
 /// quelay's config with `acme` for `challenge` (`http` or `tls`).
 fn quelay_config(
     pebble: &Pebble,
@@ -348,6 +384,13 @@ fn issued_and_served(challenge: &str) {
     });
     let err = quelay.stderr();
     assert!(err.contains("issued by"), "{}", tail(&err, 30));
+    let over_quic = quic_leaf(udp, root.clone()).unwrap_or_else(|e| {
+        panic!(
+            "QUIC: quelay's certificate does not verify to Pebble's root: {e}\n{}",
+            tail(&quelay.stderr(), 30)
+        )
+    });
+    assert_eq!(over_quic, leaf, "QUIC and TCP serve the same certificate");
 
     // Stored owner-only, and used again at the next start without a new order.
     let stored: Vec<PathBuf> = walk(&dir.join("acme"));
