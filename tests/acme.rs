@@ -535,3 +535,38 @@ fn acme_renewal_swaps_the_certificate() {
         tail(&err, 30)
     );
 }
+
+/// Without `type` both challenges are offered; a taken TLS-ALPN-01 port leaves HTTP-01 to
+/// do the work (the masquerade's HTTPS listener on 443 would take it so).
+#[test]
+fn acme_legacy_keys_fall_back_to_the_free_challenge() {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    let pebble = Pebble::start(&bin, &dir, None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = quelay_config(&pebble, &dir, udp, https, "http").replace(
+        &format!("type: http\n  http: {{altPort: {}}}", pebble.http_port),
+        &format!(
+            "altHTTPPort: {}\n  altTLSALPNPort: {taken_port}",
+            pebble.http_port
+        ),
+    );
+    assert!(config.contains("altTLSALPNPort"), "{config}");
+    let path = dir.join("server.yaml");
+    fs::write(&path, config).unwrap();
+    let quelay = start_quelay("quelay", &dir, &path, &pebble, udp);
+    let err = quelay.stderr();
+    assert!(
+        err.contains("tls-alpn-01") && err.contains("trying the other challenge"),
+        "{}",
+        tail(&err, 30)
+    );
+    served_leaf(https, pebble.root()).unwrap();
+    drop(taken);
+}

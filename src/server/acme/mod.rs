@@ -50,6 +50,13 @@ pub struct Acme {
     shared_http: Option<http01::Answers>,
 }
 
+/// The challenges whose listeners are up for an order.
+#[derive(Clone, Copy, Debug)]
+struct Offered {
+    http01: bool,
+    tls_alpn01: bool,
+}
+
 /// Clears the HTTP-01 answers of an order when it ends, however it ends.
 struct Forget(http01::Answers);
 
@@ -292,32 +299,46 @@ impl Acme {
             .cfg
             .listen_host
             .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        let http = match self.cfg.http_port {
-            Some(port) if self.shared_http.is_some() => {
+        // A challenge whose port is taken is left out while the other can still be used.
+        let (mut http, mut tls, mut shared) = (None, None, false);
+        let mut failures = Vec::new();
+        if let Some(port) = self.cfg.http_port {
+            if self.shared_http.is_some() {
                 tracing::info!("acme: answering http-01 on masquerade.listenHTTP (port {port})");
-                None
+                shared = true;
+            } else {
+                match http01::start(SocketAddr::new(host, port), answers.clone()) {
+                    Ok(r) => {
+                        tracing::info!("acme: answering http-01 on {}", r.addr);
+                        http = Some(r);
+                    }
+                    Err(e) => failures.push(format!(
+                        "acme.http.altPort: http-01 cannot listen on port {port}: {e}"
+                    )),
+                }
             }
-            Some(port) => {
-                let r =
-                    http01::start(SocketAddr::new(host, port), answers.clone()).map_err(|e| {
-                        format!("acme.http.altPort: http-01 cannot listen on port {port}: {e}")
-                    })?;
-                tracing::info!("acme: answering http-01 on {}", r.addr);
-                Some(r)
+        }
+        if let Some(port) = self.cfg.tls_port {
+            match tlsalpn01::start(SocketAddr::new(host, port), certs.clone()) {
+                Ok(r) => {
+                    tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
+                    tls = Some(r);
+                }
+                Err(e) => failures.push(format!("acme.tls.altPort: tls-alpn-01: {e}")),
             }
-            None => None,
+        }
+        let offered = Offered {
+            http01: http.is_some() || shared,
+            tls_alpn01: tls.is_some(),
         };
-        let tls = match self.cfg.tls_port {
-            Some(port) => {
-                let r = tlsalpn01::start(SocketAddr::new(host, port), certs.clone())
-                    .map_err(|e| format!("acme.tls.altPort: tls-alpn-01: {e}"))?;
-                tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
-                Some(r)
-            }
-            None => None,
-        };
+        if !offered.http01 && !offered.tls_alpn01 {
+            return Err(failures.join("; "));
+        }
+        for f in failures {
+            tracing::warn!("{f}; trying the other challenge");
+        }
 
-        let issued = self.issue_order(&answers, &certs).await;
+        let issued = self.issue_order(&answers, &certs, offered).await;
         // Closed before the port is wanted again (by the masquerade's listener, say).
         if let Some(r) = http {
             r.stop().await;
@@ -333,6 +354,7 @@ impl Acme {
         &self,
         answers: &http01::Answers,
         certs: &tlsalpn01::Certs,
+        offered: Offered,
     ) -> Result<Issued, String> {
         let ca = self.cfg.ca.directory();
         let names = self.cfg.domains.join(", ");
@@ -379,14 +401,14 @@ impl Acme {
                     ))
                 }
             }
-            let (kind, name) = if self.cfg.http_port.is_some()
+            let (kind, name) = if offered.http01
                 && authz
                     .challenges
                     .iter()
                     .any(|c| c.r#type == ChallengeType::Http01)
             {
                 (ChallengeType::Http01, "http-01")
-            } else if self.cfg.tls_port.is_some()
+            } else if offered.tls_alpn01
                 && authz
                     .challenges
                     .iter()
