@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// `tls`. `None` when the file has no `tls` section: the caller generates a self-signed
     /// certificate (the official server would refuse to start).
     pub tls: Option<Tls>,
+    /// `acme`: certificates obtained and renewed from an ACME CA. Never set together with
+    /// `tls`.
+    pub acme: Option<Acme>,
     /// `obfs`.
     pub obfs: Obfs,
     /// `quic`.
@@ -137,6 +140,61 @@ pub struct Tls {
     pub sni_guard: SniGuard,
     /// `tls.clientCA`: require client certificates signed by this PEM CA (mTLS).
     pub client_ca: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory (`acme.ca: letsencrypt`, the default).
+pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// ZeroSSL's directory (`acme.ca: zerossl`).
+pub const ZEROSSL_DIRECTORY: &str = "https://acme.zerossl.com/v2/DV90";
+/// Where ZeroSSL hands out the External Account Binding of an email address.
+pub const ZEROSSL_EAB_URL: &str = "https://api.zerossl.com/acme/eab-credentials-email";
+/// The HTTP-01 port the CA connects to when `acme.http.altPort` is 0 or absent.
+pub const DEFAULT_ACME_HTTP_PORT: u16 = 80;
+/// The TLS-ALPN-01 port the CA connects to when `acme.tls.altPort` is 0 or absent.
+pub const DEFAULT_ACME_TLS_PORT: u16 = 443;
+
+/// `acme`: one certificate for `domains`, from an ACME CA, kept in `dir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acme {
+    /// `acme.domains`: the names of the certificate, lowercase, at least one.
+    pub domains: Vec<String>,
+    /// `acme.email`: the account's contact ("" for none; ZeroSSL needs one).
+    pub email: String,
+    /// `acme.ca`: which CA.
+    pub ca: AcmeCa,
+    /// `acme.dir`: storage for the account and certificate. `None`: `$HYSTERIA_ACME_DIR`,
+    /// else `./acme`, resolved when the server starts.
+    pub dir: Option<PathBuf>,
+    /// `acme.listenHost`: where the challenge listeners bind (`None`: every interface).
+    pub listen_host: Option<std::net::IpAddr>,
+    /// The HTTP-01 listener's port (`acme.http.altPort`, legacy `altHTTPPort`); `None`
+    /// when HTTP-01 is not offered.
+    pub http_port: Option<u16>,
+    /// The TLS-ALPN-01 listener's TCP port (`acme.tls.altPort`, legacy `altTLSALPNPort`);
+    /// `None` when TLS-ALPN-01 is not offered.
+    pub tls_port: Option<u16>,
+}
+
+/// `acme.ca`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcmeCa {
+    /// `letsencrypt`, `le` or empty.
+    LetsEncrypt,
+    /// `zerossl` or `zero`: External Account Binding fetched for `acme.email` first.
+    ZeroSsl,
+    /// An `https://` directory URL (Pebble, step-ca, a private CA).
+    Directory(String),
+}
+
+impl AcmeCa {
+    /// The directory URL.
+    pub fn directory(&self) -> &str {
+        match self {
+            AcmeCa::LetsEncrypt => LETSENCRYPT_DIRECTORY,
+            AcmeCa::ZeroSsl => ZEROSSL_DIRECTORY,
+            AcmeCa::Directory(url) => url,
+        }
+    }
 }
 
 /// `tls.sniGuard`: whether a client's SNI must match the certificate.

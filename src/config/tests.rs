@@ -139,6 +139,7 @@ fn full_config() {
             sni_guard: SniGuard::Strict,
             client_ca: Some("/etc/quelay/ca.pem".into()),
         }),
+        acme: None,
         obfs: Obfs::Salamander {
             password: "cry_me_a_r1ver".into(),
         },
@@ -604,7 +605,17 @@ fn refused_and_required() {
         ("auth: {type: http, http: {url: ftp://x}}", "auth.http.url", "http"),
         ("auth: {type: command, command: /bin/auth}", "auth.type", "command authentication is not supported"),
         ("auth: {type: ldap}", "auth.type", "unsupported"),
-        ("acme: {domains: [a.example], email: a@a.example}", "acme", "acme is not supported; use tls.cert/tls.key"),
+        ("acme: {email: a@a.example}", "acme.domains", "empty domains"),
+        ("acme: {domains: [\"bad name\"]}", "acme.domains[0]", "not a DNS name"),
+        ("acme: {domains: [\"*.a.example\"]}", "acme.domains[0]", "wildcard"),
+        ("acme: {domains: [a.example], ca: buypass}", "acme.ca", "unsupported CA"),
+        ("acme: {domains: [a.example], ca: zerossl}", "acme.email", "required"),
+        ("acme: {domains: [a.example], type: dns}", "acme.type", "not supported"),
+        ("acme: {domains: [a.example], type: carrier-pigeon}", "acme.type", "unsupported ACME type"),
+        ("acme: {domains: [a.example], type: http, http: {altPort: 70000}}", "acme.http.altPort", "not a port"),
+        ("acme: {domains: [a.example], listenHost: \"127.0.0.1:80\"}", "acme.listenHost", "not an IP"),
+        ("acme: {domains: [a.example], disableHTTP: true, disableTLSALPN: true}", "acme.disableHTTP", "both"),
+        ("acme: {domains: [a.example]}\ntls: {cert: c, key: k}", "acme", "cannot set both"),
         ("tls: {cert: c.pem}", "tls.key", "required"),
         ("tls: {key: k.pem}", "tls.cert", "required"),
         ("tls: {cert: c, key: k, sniGuard: maybe}", "tls.sniGuard", "unsupported"),
@@ -1129,4 +1140,45 @@ fn resolver_keys() {
     .unwrap();
     let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
     assert_eq!(keys, ["resolver.udp.sni", "resolver.https.adress"], "{w:?}");
+}
+
+#[test]
+fn acme_section() {
+    let acme = |text: &str| ok(&format!("{AUTH}{text}\n")).acme.unwrap();
+    let a = acme("acme: {domains: [A.Example., b.example, a.example], email: me@a.example}");
+    assert_eq!(
+        a,
+        Acme {
+            domains: vec!["a.example".into(), "b.example".into()],
+            email: "me@a.example".into(),
+            ca: AcmeCa::LetsEncrypt,
+            dir: None,
+            listen_host: None,
+            http_port: Some(80),
+            tls_port: Some(443),
+        }
+    );
+    assert_eq!(a.ca.directory(), LETSENCRYPT_DIRECTORY);
+    let a = acme(
+        "acme: {domains: [a.example], ca: \"https://127.0.0.1:14000/dir\", type: http, \
+         http: {altPort: 5002}, tls: {altPort: 5001}, dir: /var/lib/acme, listenHost: \"::1\"}",
+    );
+    assert_eq!(
+        a.ca,
+        AcmeCa::Directory("https://127.0.0.1:14000/dir".into())
+    );
+    assert_eq!(a.ca.directory(), "https://127.0.0.1:14000/dir");
+    assert_eq!((a.http_port, a.tls_port), (Some(5002), None));
+    assert_eq!(a.dir, Some(PathBuf::from("/var/lib/acme")));
+    assert_eq!(a.listen_host, Some("::1".parse().unwrap()));
+    let a = acme("acme: {domains: [a.example], type: TLS, tls: {altPort: 8443}}");
+    assert_eq!((a.http_port, a.tls_port), (None, Some(8443)));
+    // The legacy keys count only without `type`.
+    let a = acme("acme: {domains: [a.example], altHTTPPort: 8080, disableTLSALPN: true}");
+    assert_eq!((a.http_port, a.tls_port), (Some(8080), None));
+    let a = acme("acme: {domains: [a.example], type: http, altHTTPPort: 8080}");
+    assert_eq!((a.http_port, a.tls_port), (Some(80), None));
+    let a = acme("acme: {domains: [a.example], ca: zero, email: me@a.example}");
+    assert_eq!(a.ca, AcmeCa::ZeroSsl);
+    assert_eq!(ok(AUTH).acme, None);
 }

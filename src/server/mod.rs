@@ -1,5 +1,6 @@
 //! The server role: the Hysteria2 server.
 
+pub mod acme;
 pub mod auth;
 #[cfg(test)]
 mod fake_upstream;

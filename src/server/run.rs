@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::acme::Acme;
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::masquerade::{tcp, FileMasquerade, ProxyMasquerade};
@@ -40,7 +41,8 @@ pub struct Server {
     pub ops: Arc<Ops>,
     /// The config running now (what a reload compares against).
     cfg: ServerConfig,
-    /// The certificate new handshakes get (`None`: generated, never reloaded).
+    /// The certificate new handshakes get (`None`: generated, never reloaded). With `acme`
+    /// the renewal thread holds it too.
     cert: Option<Arc<quic::CertSwap>>,
     /// Contents of `tls.cert` and `tls.key` when last loaded.
     cert_files: Option<(Vec<u8>, Vec<u8>)>,
@@ -149,7 +151,11 @@ pub fn caps(cfg: &ServerConfig) -> Caps {
 
 /// `tls.sniGuard` as the certificate lookup enforces it. A generated certificate (no `tls`
 /// section) names only `localhost`, which clients cannot be expected to send: no check.
+/// An ACME certificate is served, as certmagic serves it, to the names it was issued for.
 fn sni_guard(cfg: &ServerConfig) -> quic::SniGuard {
+    if cfg.tls.is_none() && cfg.acme.is_some() {
+        return quic::SniGuard::DnsSan;
+    }
     match cfg.tls.as_ref().map(|t| t.sni_guard) {
         None | Some(config::SniGuard::Disable) => quic::SniGuard::Disable,
         Some(config::SniGuard::DnsSan) => quic::SniGuard::DnsSan,
@@ -234,9 +240,16 @@ fn handshake_limits(limits: &config::Limits, workers: usize) -> HandshakeLimits 
 pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let hy2 = Arc::new(hy2_config(cfg, None)?);
     let obfs = worker::obfuscator(&cfg.obfs)?;
-    let (ck, generated, cert_files) = match &cfg.tls {
-        Some(tls) => (load_cert_at(tls)?, false, read_pair(&tls.cert, &tls.key)),
-        None => (
+    let mut acme = None;
+    let (ck, generated, cert_files) = match (&cfg.tls, &cfg.acme) {
+        (Some(tls), _) => (load_cert_at(tls)?, false, read_pair(&tls.cert, &tls.key)),
+        (None, Some(a)) => {
+            let client = Acme::new(a)?;
+            let (ck, validity) = client.obtain()?;
+            acme = Some((client, validity));
+            (ck, false, None)
+        }
+        (None, None) => (
             quic::self_signed(&["localhost".to_string()]).map_err(|e| e.to_string())?,
             true,
             None,
@@ -289,11 +302,21 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
             let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
                 .map_err(|e| format!("masquerade.listenHTTPS: {e}"))?;
             let current: tcp::Current = Arc::new(std::sync::RwLock::new(hy2.masquerade.clone()));
+            // An ACME HTTP-01 port the HTTP listener takes is answered there, for renewals.
+            let acme_http01 = match (&mut acme, cfg.masquerade.listen_http) {
+                (Some((client, _)), Some(http)) if client.http01_port() == Some(http.port()) => {
+                    let answers = super::acme::http01::Answers::default();
+                    client.share_http01(answers.clone());
+                    Some(answers)
+                }
+                _ => None,
+            };
             let listeners = tcp::Listeners {
                 https,
                 http: cfg.masquerade.listen_http,
                 force_https: cfg.masquerade.force_https,
                 quic_port: addr.port(),
+                acme_http01,
             };
             tcp::serve(&listeners, tls, current.clone())?;
             tracing::info!(
@@ -307,6 +330,9 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         }
         None => None,
     };
+    if let Some((client, validity)) = acme {
+        client.spawn_renewal(cert.clone(), validity)?;
+    }
     let offload = Arc::new(Offload::new(&cfg.resolver)?);
     tracing::info!("resolver: {}", offload.resolver().kind());
     let group_cfg = GroupConfig {
@@ -445,6 +471,7 @@ impl Server {
                 new.tls.is_some() != old.tls.is_some(),
                 "tls (added or removed)",
             ),
+            (new.acme != old.acme, "acme"),
             (
                 new.tls.as_ref().map(|t| t.sni_guard) != old.tls.as_ref().map(|t| t.sni_guard),
                 "tls.sniGuard",
@@ -482,6 +509,7 @@ impl Server {
         if new.tls.is_some() != old.tls.is_some() {
             new.tls = old.tls.clone();
         }
+        new.acme = old.acme.clone();
         if let (Some(new_tls), Some(old_tls)) = (&mut new.tls, &old.tls) {
             new_tls.sni_guard = old_tls.sni_guard;
         }

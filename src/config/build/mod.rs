@@ -8,7 +8,7 @@ mod client;
 mod egress;
 mod transport;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
     let mut top = Section::new(String::new(), root)?;
     let (listen, listen_ports) = listen(&mut top, w)?;
     let tls = tls(&mut top, w)?;
+    let acme = acme(&mut top, w)?;
+    if tls.is_some() && acme.is_some() {
+        return Err(fault(top.key("acme"), "cannot set both tls and acme"));
+    }
     unsupported_extras(&mut top, w)?;
     let obfs = obfs(&mut top, w)?;
     let quic = quic(&mut top, End::Server, w)?.server();
@@ -105,6 +109,7 @@ pub(crate) fn server(root: &Value, w: &mut W) -> Result<ServerConfig, Fault> {
         listen_ports,
         cluster,
         tls,
+        acme,
         obfs,
         quic,
         congestion,
@@ -203,13 +208,6 @@ pub(super) fn address(s: &mut Section, name: &str, w: &mut W) -> Result<Option<S
 }
 
 fn tls(top: &mut Section, w: &mut W) -> Result<Option<Tls>, Fault> {
-    if top.has("acme") {
-        return Err(fault(
-            top.key("acme"),
-            "acme is not supported; use tls.cert/tls.key",
-        ));
-    }
-    top.skip(&["acme"]);
     if !top.has("tls") {
         top.skip(&["tls"]);
         return Ok(None);
@@ -241,6 +239,163 @@ fn tls(top: &mut Section, w: &mut W) -> Result<Option<Tls>, Fault> {
         sni_guard,
         client_ca,
     }))
+}
+
+/// `acme`: `None` when the section is absent or empty.
+fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
+    if !top.has("acme") {
+        top.skip(&["acme"]);
+        return Ok(None);
+    }
+    let mut s = top.section("acme")?;
+    let domains_key = s.key("domains");
+    let mut domains = Vec::new();
+    for (i, d) in s.string_list("domains", w)?.into_iter().enumerate() {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        let dns = d.strip_prefix("*.").unwrap_or(&d);
+        if !is_dns_name(dns) || dns.parse::<IpAddr>().is_ok() {
+            return Err(fault(
+                format!("{domains_key}[{i}]"),
+                format!("{d:?} is not a DNS name"),
+            ));
+        }
+        if d.starts_with("*.") {
+            return Err(fault(
+                format!("{domains_key}[{i}]"),
+                format!("{d:?}: a wildcard needs the DNS-01 challenge, which quelay lacks"),
+            ));
+        }
+        if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    if domains.is_empty() {
+        return Err(fault(domains_key, "empty domains"));
+    }
+    let email = s.string("email", w)?.unwrap_or_default().trim().to_owned();
+    let ca_key = s.key("ca");
+    let ca_text = s.string("ca", w)?.unwrap_or_default();
+    let ca = match ca_text.trim().to_lowercase().as_str() {
+        "" | "letsencrypt" | "le" => AcmeCa::LetsEncrypt,
+        "zerossl" | "zero" => AcmeCa::ZeroSsl,
+        lower if lower.starts_with("https://") => AcmeCa::Directory(ca_text.trim().to_owned()),
+        _ => {
+            return Err(fault(
+                ca_key,
+                format!(
+                    "unsupported CA {:?} (use letsencrypt, zerossl or an https:// directory URL)",
+                    ca_text.trim()
+                ),
+            ))
+        }
+    };
+    if ca == AcmeCa::ZeroSsl && email.is_empty() {
+        return Err(fault(
+            s.key("email"),
+            "required for ZeroSSL (its account binding is issued per email)",
+        ));
+    }
+    let dir = s.nonempty_string("dir", w)?.map(PathBuf::from);
+    let host_key = s.key("listenHost");
+    let listen_host =
+        match s.nonempty_string("listenHost", w)? {
+            None => None,
+            Some(h) => {
+                let h = h.trim();
+                let bare = h
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(h);
+                Some(bare.parse::<IpAddr>().map_err(|_| {
+                    fault(host_key, format!("{h:?} is not an IP address (no port)"))
+                })?)
+            }
+        };
+    let type_key = s.key("type");
+    let kind = lower(s.string("type", w)?);
+    let port = |s: &mut Section, name: &str, default: u16| -> Result<u16, Fault> {
+        match s.u64(name)? {
+            None | Some(0) => Ok(default),
+            Some(p) => u16::try_from(p)
+                .map_err(|_| fault(s.key(name), format!("{p} is not a port (1 to 65535)"))),
+        }
+    };
+    let legacy = [
+        "disableHTTP",
+        "disableTLSALPN",
+        "altHTTPPort",
+        "altTLSALPNPort",
+    ];
+    let (http_port, tls_port) = match kind.as_str() {
+        "" => {
+            let http = (!s.bool("disableHTTP")?)
+                .then(|| port(&mut s, "altHTTPPort", DEFAULT_ACME_HTTP_PORT))
+                .transpose()?;
+            let tls = (!s.bool("disableTLSALPN")?)
+                .then(|| port(&mut s, "altTLSALPNPort", DEFAULT_ACME_TLS_PORT))
+                .transpose()?;
+            s.skip(&legacy);
+            s.skip(&["http", "tls", "dns"]);
+            if http.is_none() && tls.is_none() {
+                return Err(fault(
+                    s.key("disableHTTP"),
+                    "both challenges disabled: nothing can prove the domain",
+                ));
+            }
+            (http, tls)
+        }
+        "http" => {
+            let mut sub = s.section("http")?;
+            let p = port(&mut sub, "altPort", DEFAULT_ACME_HTTP_PORT)?;
+            sub.finish(w);
+            s.skip(&legacy);
+            s.skip(&["tls", "dns"]);
+            (Some(p), None)
+        }
+        "tls" => {
+            let mut sub = s.section("tls")?;
+            let p = port(&mut sub, "altPort", DEFAULT_ACME_TLS_PORT)?;
+            sub.finish(w);
+            s.skip(&legacy);
+            s.skip(&["http", "dns"]);
+            (None, Some(p))
+        }
+        "dns" => {
+            return Err(fault(
+                type_key,
+                "the DNS-01 challenge is not supported (use http or tls)",
+            ))
+        }
+        other => {
+            return Err(fault(
+                type_key,
+                format!("unsupported ACME type {other:?} (use http or tls)"),
+            ))
+        }
+    };
+    s.finish(w);
+    Ok(Some(Acme {
+        domains,
+        email,
+        ca,
+        dir,
+        listen_host,
+        http_port,
+        tls_port,
+    }))
+}
+
+/// Letters, digits and inner hyphens in dot-separated labels of 1 to 63, 253 in all.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Official sections for features quelay does not have: refuse them when they would change

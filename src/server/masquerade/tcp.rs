@@ -79,6 +79,9 @@ pub struct Listeners {
     pub force_https: bool,
     /// The UDP port of the QUIC listener, advertised in `Alt-Svc`.
     pub quic_port: u16,
+    /// ACME HTTP-01 answers the HTTP listener gives before anything else, when ACME's
+    /// HTTP-01 port is this listener's.
+    pub acme_http01: Option<crate::server::acme::http01::Answers>,
 }
 
 /// Binds the listeners (errors name their config key) and serves them from a thread of
@@ -119,6 +122,7 @@ pub fn serve(
     });
     let acceptor = TlsAcceptor::from(tls);
     let redirect_port = listeners.force_https.then_some(listeners.https.port());
+    let acme = listeners.acme_http01.clone();
     std::thread::Builder::new()
         .name("quelay-masq-tcp".into())
         .spawn(move || {
@@ -129,7 +133,9 @@ pub fn serve(
                         http,
                         MAX_CONNECTIONS,
                         "masquerade.listenHTTP".into(),
-                        move |stream, peer| serve_http(stream, peer, site.clone(), redirect_port),
+                        move |stream, peer| {
+                            serve_http(stream, peer, site.clone(), redirect_port, acme.clone())
+                        },
                     ));
                 }
                 accept_bounded(
@@ -192,13 +198,16 @@ async fn serve_http(
     peer: SocketAddr,
     site: Arc<Site>,
     redirect_port: Option<u16>,
+    acme: Option<crate::server::acme::http01::Answers>,
 ) {
     let service = service_fn(move |req| {
         let site = site.clone();
+        let challenge = acme.as_ref().and_then(|a| a.respond(&req));
         async move {
-            let resp = match redirect_port {
-                Some(port) => redirect(&req, port),
-                None => site.answer(req, peer, "http").await,
+            let resp = match (challenge, redirect_port) {
+                (Some(answer), _) => answer.map(Either::Left),
+                (None, Some(port)) => redirect(&req, port),
+                (None, None) => site.answer(req, peer, "http").await,
             };
             Ok::<_, Infallible>(resp)
         }
@@ -502,6 +511,7 @@ mod tests {
             http: None,
             force_https: false,
             quic_port: 443,
+            acme_http01: None,
         };
         let err = serve(&https, tls.clone(), current.clone()).expect_err("taken");
         assert!(

@@ -1,0 +1,572 @@
+//! `acme` against a real ACME CA: Debian's Pebble (`apt-get install pebble`), all on
+//! loopback. Pebble resolves the test domain through a tiny DNS responder of the test's own
+//! (every A query answered 127.0.0.1), validates the challenge on the port quelay's
+//! `altPort` names, and signs; the test then completes a QUIC handshake with quelay and a
+//! TLS handshake with its masquerade HTTPS listener, and verifies both chains to Pebble's
+//! root.
+//!
+//! When the `pebble` binary is missing, each test says so and passes without running.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The name the certificates are issued for; only the test's DNS responder knows it.
+const DOMAIN: &str = "acme.quelay.test";
+/// How long quelay gets to register, order, be validated and be issued a certificate.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn pebble_bin() -> Option<PathBuf> {
+    ["/usr/bin/pebble", "/usr/local/bin/pebble"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Answers every DNS query on 127.0.0.1 with A 127.0.0.1 (and no AAAA), until dropped.
+struct Dns {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Dns {
+    fn start() -> Dns {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the DNS responder");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(answer) = dns_answer(&buf[..n]) {
+                    let _ = socket.send_to(&answer, peer);
+                }
+            }
+        });
+        Dns {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to one query: its question echoed, and A 127.0.0.1 when it asks for A.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let mut end = 12;
+    loop {
+        let len = usize::from(*query.get(end)?);
+        end += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let question = query.get(12..end + 4)?;
+    let qtype = u16::from_be_bytes([query[end], query[end + 1]]);
+    let is_a = qtype == 1;
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&query[..2]);
+    out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if is_a {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(out)
+}
+
+/// A CA for Pebble's own HTTPS (what SSL_CERT_FILE points quelay at) and Pebble's serving
+/// certificate for 127.0.0.1 signed by it: `(ca.pem, cert.pem, key.pem)`.
+fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "quelay test CA for Pebble");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("pebble.pem"),
+        dir.join("pebble.key"),
+    );
+    fs::write(&paths.0, ca.pem()).unwrap();
+    fs::write(&paths.1, cert.pem()).unwrap();
+    fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A running Pebble and the DNS responder it asks.
+struct Pebble {
+    /// Killed on drop.
+    _child: Child,
+    _dns: Dns,
+    /// `https://127.0.0.1:<port>/dir`.
+    directory: String,
+    /// The management interface, where the roots are.
+    management: SocketAddr,
+    /// The port Pebble's HTTP-01 validation connects to.
+    http_port: u16,
+    /// The port Pebble's TLS-ALPN-01 validation connects to.
+    tls_port: u16,
+    /// The CA of Pebble's own HTTPS.
+    ca: PathBuf,
+}
+
+impl Pebble {
+    /// `validity`: the lifetime of the certificates it issues, in seconds (`None`: Pebble's
+    /// default of five years).
+    fn start(bin: &Path, dir: &Path, validity: Option<u64>) -> Pebble {
+        let dns = Dns::start();
+        let (ca, cert, key) = pebble_tls(dir);
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (http_port, tls_port) = (free_port(), free_port());
+        let mut config = serde_json::json!({
+            "pebble": {
+                "listenAddress": listen.to_string(),
+                "managementListenAddress": management.to_string(),
+                "certificate": cert,
+                "privateKey": key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }
+        });
+        if let Some(secs) = validity {
+            config["pebble"]["certificateValidityPeriod"] = secs.into();
+        }
+        let config_path = dir.join("pebble.json");
+        fs::write(&config_path, config.to_string()).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg("-config")
+            .arg(&config_path)
+            .arg("-dnsserver")
+            .arg(dns.addr.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .current_dir(dir);
+        let mut child = Child::spawn("pebble", cmd, dir);
+        child.wait_ready("ACME directory listening", Duration::from_secs(20), |_| {
+            TcpStream::connect(listen).is_ok() && TcpStream::connect(management).is_ok()
+        });
+        Pebble {
+            _child: child,
+            _dns: dns,
+            directory: format!("https://{listen}/dir"),
+            management,
+            http_port,
+            tls_port,
+            ca,
+        }
+    }
+
+    /// Pebble's issuing root (it makes a new one at every start).
+    fn root(&self) -> rustls::pki_types::CertificateDer<'static> {
+        let pem = fs::read(&self.ca).unwrap();
+        let ca = rustls_pemfile::certs(&mut &pem[..])
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let body = https_get(self.management, "127.0.0.1", Arc::new(tls), "/roots/0")
+            .expect("Pebble's root from its management interface");
+        let root = rustls_pemfile::certs(&mut body.as_bytes())
+            .next()
+            .expect("a PEM root")
+            .expect("a readable root");
+        root
+    }
+}
+
+/// A TLS handshake with `addr` as `sni` under `tls`, then `GET path`; the body.
+fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<String, String> {
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(tls, name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Go servers close without close_notify.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// The leaf quelay serves as `DOMAIN` on its HTTPS listener, verified up to `root`.
+fn served_leaf(
+    https: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(https).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .ok_or_else(|| "no certificate".to_owned())
+}
+
+/// The leaf quelay serves as `DOMAIN` over QUIC on `server`, verified up to `root`.
+fn quic_leaf(
+    server: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+    use quelay::quic::{self, QuicParams, Verify};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).map_err(|e| e.to_string())?;
+    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| e.to_string())?;
+        ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
+        let connecting = ep.connect(server, DOMAIN).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let leaf = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().cloned())
+            .ok_or_else(|| "no certificate".to_owned());
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+        leaf
+    })
+}
+
+/// quelay's config with `acme` for `challenge` (`http` or `tls`).
+fn quelay_config(
+    pebble: &Pebble,
+    dir: &Path,
+    udp: SocketAddr,
+    https: SocketAddr,
+    challenge: &str,
+) -> String {
+    let port = match challenge {
+        "http" => pebble.http_port,
+        _ => pebble.tls_port,
+    };
+    format!(
+        "listen: \"{udp}\"\n\
+         auth: {{type: password, password: pw}}\n\
+         acme:\n  domains: [{DOMAIN}]\n  email: test@quelay.test\n  ca: \"{}\"\n  \
+         type: {challenge}\n  {challenge}: {{altPort: {port}}}\n  dir: \"{}\"\n  \
+         listenHost: 127.0.0.1\n\
+         masquerade:\n  listenHTTPS: \"{https}\"\n",
+        pebble.directory,
+        dir.join("acme").display(),
+    )
+}
+
+/// Starts `quelay server -c config` trusting Pebble's HTTPS; ready once its UDP socket is
+/// bound, which is after the certificate is there.
+fn start_quelay(name: &str, dir: &Path, config: &Path, pebble: &Pebble, udp: SocketAddr) -> Child {
+    let mut cmd = Command::new(quelay_bin());
+    cmd.arg("server")
+        .arg("-c")
+        .arg(config)
+        .env("QUELAY_LOG", "info")
+        .env("SSL_CERT_FILE", &pebble.ca)
+        .env_remove("SSL_CERT_DIR")
+        .current_dir(dir);
+    let mut child = Child::spawn(name, cmd, dir);
+    child.wait_ready("certificate obtained and UDP bound", ISSUE_TIMEOUT, |c| {
+        udp_bound_at(udp) && c.stderr().contains("Hysteria2 server on")
+    });
+    child
+}
+
+fn issued_and_served(challenge: &str) {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    let pebble = Pebble::start(&bin, &dir, None);
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("server.yaml");
+    fs::write(&config, quelay_config(&pebble, &dir, udp, https, challenge)).unwrap();
+    let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
+    assert!(wait_tcp_port(https, Duration::from_secs(10)));
+    let root = pebble.root();
+    let leaf = served_leaf(https, root.clone()).unwrap_or_else(|e| {
+        panic!(
+            "quelay's certificate does not verify to Pebble's root: {e}\n{}",
+            tail(&quelay.stderr(), 30)
+        )
+    });
+    let err = quelay.stderr();
+    assert!(err.contains("issued by"), "{}", tail(&err, 30));
+    let over_quic = quic_leaf(udp, root.clone()).unwrap_or_else(|e| {
+        panic!(
+            "QUIC: quelay's certificate does not verify to Pebble's root: {e}\n{}",
+            tail(&quelay.stderr(), 30)
+        )
+    });
+    assert_eq!(over_quic, leaf, "QUIC and TCP serve the same certificate");
+
+    // Stored owner-only, and used again at the next start without a new order.
+    let stored: Vec<PathBuf> = walk(&dir.join("acme"));
+    assert!(stored.iter().any(|p| p.ends_with("cert.pem")), "{stored:?}");
+    assert!(
+        stored.iter().any(|p| p.ends_with("account.json")),
+        "{stored:?}"
+    );
+    for p in &stored {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{}", p.display());
+    }
+    quelay.kill();
+    let mut again = start_quelay("quelay-again", &dir, &config, &pebble, udp);
+    let err = again.stderr();
+    assert!(err.contains("loaded from"), "{}", tail(&err, 30));
+    let leaf_again = served_leaf(https, root).unwrap();
+    assert_eq!(leaf, leaf_again, "the stored certificate is served again");
+    again.assert_running();
+    drop(again);
+    drop(pebble);
+}
+
+/// Every file and directory under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn acme_http01_with_pebble() {
+    issued_and_served("http");
+}
+
+#[test]
+fn acme_tlsalpn01_with_pebble() {
+    issued_and_served("tls");
+}
+
+/// A challenge the CA cannot reach: start-up fails, naming the domain, the challenge and
+/// the CA's answer.
+#[test]
+fn acme_failure_names_domain_challenge_and_answer() {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    let pebble = Pebble::start(&bin, &dir, None);
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The responder listens where Pebble does not look.
+    let config = quelay_config(&pebble, &dir, udp, https, "http").replace(
+        &format!("altPort: {}", pebble.http_port),
+        &format!("altPort: {}", free_port()),
+    );
+    let path = dir.join("server.yaml");
+    fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(quelay_bin());
+    cmd.arg("server")
+        .arg("-c")
+        .arg(&path)
+        .env("QUELAY_LOG", "info")
+        .env("SSL_CERT_FILE", &pebble.ca)
+        .current_dir(&*dir);
+    let mut quelay = Child::spawn("quelay", cmd, &dir);
+    let deadline = Instant::now() + ISSUE_TIMEOUT;
+    while quelay.is_running() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !quelay.is_running(),
+        "quelay still running with no certificate"
+    );
+    let err = quelay.stderr();
+    let want = format!(
+        "acme.domains: {DOMAIN}: http-01 challenge failed; {} answered:",
+        pebble.directory
+    );
+    assert!(
+        err.contains(&want),
+        "wanted {want:?} in:\n{}",
+        tail(&err, 20)
+    );
+    drop(pebble);
+}
+
+/// A short-lived certificate is renewed while the server runs, and the new one is served
+/// to new handshakes without a restart. The masquerade's HTTP listener holds the HTTP-01
+/// port once the server runs, so renewals are answered there.
+#[test]
+fn acme_renewal_swaps_the_certificate() {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    // Renewal is due with a third of the lifetime left: 10 s after issuance.
+    let pebble = Pebble::start(&bin, &dir, Some(15));
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("server.yaml");
+    let text = quelay_config(&pebble, &dir, udp, https, "http")
+        + &format!("  listenHTTP: \"127.0.0.1:{}\"\n", pebble.http_port);
+    fs::write(&config, text).unwrap();
+    let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
+    let root = pebble.root();
+    let first = served_leaf(https, root.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        quelay.assert_running();
+        let now = served_leaf(https, root.clone())
+            .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", tail(&quelay.stderr(), 30)));
+        if now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal within 40 s:\n{}",
+            tail(&quelay.stderr(), 30)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    let err = quelay.stderr();
+    assert!(
+        err.contains("renewed certificate in use"),
+        "{}",
+        tail(&err, 30)
+    );
+    assert!(
+        err.contains("answering http-01 on masquerade.listenHTTP"),
+        "{}",
+        tail(&err, 30)
+    );
+}
+
+/// Without `type` both challenges are offered; a taken TLS-ALPN-01 port leaves HTTP-01 to
+/// do the work (the masquerade's HTTPS listener on 443 would take it so).
+#[test]
+fn acme_legacy_keys_fall_back_to_the_free_challenge() {
+    let Some(bin) = pebble_bin() else {
+        eprintln!("pebble is not installed (apt-get install pebble): skipped");
+        return;
+    };
+    let dir = tempdir();
+    let pebble = Pebble::start(&bin, &dir, None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = quelay_config(&pebble, &dir, udp, https, "http").replace(
+        &format!("type: http\n  http: {{altPort: {}}}", pebble.http_port),
+        &format!(
+            "altHTTPPort: {}\n  altTLSALPNPort: {taken_port}",
+            pebble.http_port
+        ),
+    );
+    assert!(config.contains("altTLSALPNPort"), "{config}");
+    let path = dir.join("server.yaml");
+    fs::write(&path, config).unwrap();
+    let quelay = start_quelay("quelay", &dir, &path, &pebble, udp);
+    let err = quelay.stderr();
+    assert!(
+        err.contains("tls-alpn-01") && err.contains("trying the other challenge"),
+        "{}",
+        tail(&err, 30)
+    );
+    served_leaf(https, pebble.root()).unwrap();
+    drop(taken);
+}
