@@ -5,7 +5,8 @@
 //! TLS handshake with its masquerade HTTPS listener, and verifies both chains to Pebble's
 //! root.
 //!
-//! When the `pebble` binary is missing, each test says so and passes without running.
+//! Each test fails with the installer's command when the `pebble` binary is missing
+//! (`.ci/run` installs it).
 
 mod support;
 
@@ -26,11 +27,13 @@ const DOMAIN: &str = "acme.quelay.test";
 /// How long quelay gets to register, order, be validated and be issued a certificate.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn pebble_bin() -> Option<PathBuf> {
+/// The `pebble` binary; the test fails with how to install it when it is missing.
+fn pebble_bin() -> PathBuf {
     ["/usr/bin/pebble", "/usr/local/bin/pebble"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+        .expect("pebble is not installed: `apt-get install pebble` (.ci/run installs it)")
 }
 
 /// Answers every DNS query on 127.0.0.1 with A 127.0.0.1 (and no AAAA), until dropped.
@@ -223,6 +226,40 @@ impl Pebble {
             .expect("a readable root");
         root
     }
+
+    /// [`Self::root`] in a PEM file under `dir`, for sing-box.
+    fn root_pem(&self, dir: &Path) -> PathBuf {
+        use base64::Engine as _;
+        let der = self.root();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        let path = dir.join("pebble-root.pem");
+        fs::write(&path, pem).expect("write Pebble's root");
+        path
+    }
+}
+
+/// Whether a sing-box client that verifies the server against `ca` (as `DOMAIN`) relays
+/// through quelay at `server` to a loopback echo.
+fn singbox_relays(server: SocketAddr, ca: &Path) -> bool {
+    let opts = SbOpts {
+        sni: DOMAIN.to_owned(),
+        ca: Some(ca.to_owned()),
+        ..SbOpts::default()
+    };
+    let client = SingboxClient::start(server, "pw", &opts);
+    let echo = TcpEcho::start();
+    let Ok(mut s) = socks5_connect(client.socks_addr(), "127.0.0.1", echo.addr().port()) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut got).is_ok() && &got == b"ping"
 }
 
 /// A TLS handshake with `addr` as `sni` under `tls`, then `GET path`; the body.
@@ -320,6 +357,69 @@ fn quic_leaf(
     })
 }
 
+/// A QUIC connection to quelay at `server` as `DOMAIN`, verified up to `root` and kept
+/// open, with the runtime that drives it and the leaf it was shown.
+fn held_quic(
+    server: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+) -> (
+    tokio::runtime::Runtime,
+    quinn::Connection,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    use quelay::quic::{self, QuicParams, Verify};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let conn = rt.block_on(async {
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
+        ep.connect(server, DOMAIN)
+            .unwrap()
+            .await
+            .expect("QUIC handshake")
+    });
+    let leaf = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().cloned())
+        .expect("the server's certificate");
+    (rt, conn, leaf)
+}
+
+/// The status of an HTTP/3 `GET /` on `conn` (the masquerade answers it).
+async fn h3_status(conn: &quinn::Connection) -> Result<u16, String> {
+    use quelay::proto::h3::{self, HuffmanPolicy};
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", DOMAIN),
+        (":path", "/"),
+    ];
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&h3::headers_frame(&fields, HuffmanPolicy::Always))
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let bytes = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16))
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let resp = h3::ResponseReader::new()
+        .push(&bytes)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no response head".to_owned())?;
+    Ok(resp.status)
+}
+
 /// quelay's config with `acme` for `challenge` (`http` or `tls`).
 fn quelay_config(
     pebble: &Pebble,
@@ -338,6 +438,7 @@ fn quelay_config(
          acme:\n  domains: [{DOMAIN}]\n  email: test@quelay.test\n  ca: \"{}\"\n  \
          type: {challenge}\n  {challenge}: {{altPort: {port}}}\n  dir: \"{}\"\n  \
          listenHost: 127.0.0.1\n\
+         outboundGuard: {{allowLoopback: true}}\n\
          masquerade:\n  listenHTTPS: \"{https}\"\n",
         pebble.directory,
         dir.join("acme").display(),
@@ -363,10 +464,7 @@ fn start_quelay(name: &str, dir: &Path, config: &Path, pebble: &Pebble, udp: Soc
 }
 
 fn issued_and_served(challenge: &str) {
-    let Some(bin) = pebble_bin() else {
-        eprintln!("pebble is not installed (apt-get install pebble): skipped");
-        return;
-    };
+    let bin = pebble_bin();
     let dir = tempdir();
     let pebble = Pebble::start(&bin, &dir, None);
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -391,6 +489,17 @@ fn issued_and_served(challenge: &str) {
         )
     });
     assert_eq!(over_quic, leaf, "QUIC and TCP serve the same certificate");
+    // The clients people run verify it too: sing-box with Pebble's root relays, and with
+    // another root (the CA of Pebble's own HTTPS) it does not.
+    assert!(
+        singbox_relays(udp, &pebble.root_pem(&dir)),
+        "sing-box verifying against Pebble's root does not relay\n{}",
+        tail(&quelay.stderr(), 30)
+    );
+    assert!(
+        !singbox_relays(udp, &pebble.ca),
+        "sing-box relays with a root that did not sign the certificate"
+    );
 
     // Stored owner-only, and used again at the next start without a new order.
     let stored: Vec<PathBuf> = walk(&dir.join("acme"));
@@ -443,10 +552,7 @@ fn acme_tlsalpn01_with_pebble() {
 /// the CA's answer.
 #[test]
 fn acme_failure_names_domain_challenge_and_answer() {
-    let Some(bin) = pebble_bin() else {
-        eprintln!("pebble is not installed (apt-get install pebble): skipped");
-        return;
-    };
+    let bin = pebble_bin();
     let dir = tempdir();
     let pebble = Pebble::start(&bin, &dir, None);
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -492,10 +598,7 @@ fn acme_failure_names_domain_challenge_and_answer() {
 /// port once the server runs, so renewals are answered there.
 #[test]
 fn acme_renewal_swaps_the_certificate() {
-    let Some(bin) = pebble_bin() else {
-        eprintln!("pebble is not installed (apt-get install pebble): skipped");
-        return;
-    };
+    let bin = pebble_bin();
     let dir = tempdir();
     // Renewal is due with a third of the lifetime left: 10 s after issuance.
     let pebble = Pebble::start(&bin, &dir, Some(15));
@@ -508,6 +611,9 @@ fn acme_renewal_swaps_the_certificate() {
     let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
     let root = pebble.root();
     let first = served_leaf(https, root.clone()).unwrap();
+    // A connection opened before the renewal, kept through it.
+    let (rt, held, held_leaf) = held_quic(udp, root.clone());
+    assert_eq!(held_leaf, first);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         quelay.assert_running();
@@ -523,6 +629,20 @@ fn acme_renewal_swaps_the_certificate() {
         );
         thread::sleep(Duration::from_millis(250));
     }
+    // The connection from before still works on its certificate; a new one gets the new.
+    assert_eq!(
+        rt.block_on(h3_status(&held)),
+        Ok(404),
+        "the held connection answers"
+    );
+    let renewed = served_leaf(https, root.clone()).unwrap();
+    assert_eq!(
+        quic_leaf(udp, root).unwrap(),
+        renewed,
+        "a new QUIC connection"
+    );
+    assert_ne!(renewed, first);
+    held.close(0u32.into(), b"");
     let err = quelay.stderr();
     assert!(
         err.contains("renewed certificate in use"),
@@ -540,10 +660,7 @@ fn acme_renewal_swaps_the_certificate() {
 /// do the work (the masquerade's HTTPS listener on 443 would take it so).
 #[test]
 fn acme_legacy_keys_fall_back_to_the_free_challenge() {
-    let Some(bin) = pebble_bin() else {
-        eprintln!("pebble is not installed (apt-get install pebble): skipped");
-        return;
-    };
+    let bin = pebble_bin();
     let dir = tempdir();
     let pebble = Pebble::start(&bin, &dir, None);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
