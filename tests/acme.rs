@@ -326,64 +326,45 @@ fn quic_leaf(
     server: SocketAddr,
     root: rustls::pki_types::CertificateDer<'static>,
 ) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
-    use quelay::quic::{self, QuicParams, Verify};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).map_err(|e| e.to_string())?;
-    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .map_err(|e| e.to_string())?;
-        ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
-        let connecting = ep.connect(server, DOMAIN).map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .map_err(|_| "QUIC handshake timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let leaf = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|chain| chain.first().cloned())
-            .ok_or_else(|| "no certificate".to_owned());
-        conn.close(0u32.into(), b"");
-        ep.wait_idle().await;
-        leaf
-    })
+    let (rt, conn, leaf) = held_quic(server, root)?;
+    conn.close(0u32.into(), b"");
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    Ok(leaf)
 }
 
 /// A QUIC connection to quelay at `server` as `DOMAIN`, verified up to `root` and kept
 /// open, with the runtime that drives it and the leaf it was shown.
+#[allow(clippy::type_complexity)]
 fn held_quic(
     server: SocketAddr,
     root: rustls::pki_types::CertificateDer<'static>,
-) -> (
-    tokio::runtime::Runtime,
-    quinn::Connection,
-    rustls::pki_types::CertificateDer<'static>,
-) {
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        quinn::Connection,
+        rustls::pki_types::CertificateDer<'static>,
+    ),
+    String,
+> {
     use quelay::quic::{self, QuicParams, Verify};
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).unwrap();
-    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).unwrap();
+    roots.add(root).map_err(|e| e.to_string())?;
+    let crypto = quic::client_crypto(Verify::Roots(roots), &[b"h3"]).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let conn = rt.block_on(async {
-        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| e.to_string())?;
         ep.set_default_client_config(quic::client_config(crypto, &QuicParams::default()));
-        ep.connect(server, DOMAIN)
-            .unwrap()
+        let connecting = ep.connect(server, DOMAIN).map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
-            .expect("QUIC handshake")
-    });
+            .map_err(|_| "QUIC handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    })?;
     let leaf = conn
         .peer_identity()
         .and_then(|id| {
@@ -391,8 +372,8 @@ fn held_quic(
                 .ok()
         })
         .and_then(|chain| chain.first().cloned())
-        .expect("the server's certificate");
-    (rt, conn, leaf)
+        .ok_or_else(|| "no certificate".to_owned())?;
+    Ok((rt, conn, leaf))
 }
 
 /// The status of an HTTP/3 `GET /` on `conn` (the masquerade answers it).
@@ -612,7 +593,7 @@ fn acme_renewal_swaps_the_certificate() {
     let root = pebble.root();
     let first = served_leaf(https, root.clone()).unwrap();
     // A connection opened before the renewal, kept through it.
-    let (rt, held, held_leaf) = held_quic(udp, root.clone());
+    let (rt, held, held_leaf) = held_quic(udp, root.clone()).expect("a QUIC connection");
     assert_eq!(held_leaf, first);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {

@@ -178,6 +178,24 @@ pub(crate) async fn with_lifetime<C: Future>(
     }
 }
 
+/// Serves one HTTP/1.1 connection with these endpoints' bounds: [`HEADER_TIMEOUT`] for
+/// each request head (which also closes an idle connection), a [`MAX_BUF`] read buffer,
+/// and `lifetime` in all.
+pub(crate) async fn serve_http1<S, B>(stream: TcpStream, service: S, lifetime: Duration)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = std::pin::pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .serve_connection(TokioIo::new(stream), service));
+    with_lifetime(conn, lifetime, |c| c.graceful_shutdown()).await;
+}
+
 /// Accepts while fewer than [`MAX_CONNECTIONS`] are served, each connection a task.
 async fn accept<H: Handler>(listener: TcpListener, handler: Arc<H>, key: String) {
     accept_bounded(listener, MAX_CONNECTIONS, key, move |stream, _| {
@@ -187,12 +205,7 @@ async fn accept<H: Handler>(listener: TcpListener, handler: Arc<H>, key: String)
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(answer(handler, req).await) }
             });
-            let conn = std::pin::pin!(http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_BUF)
-                .serve_connection(TokioIo::new(stream), service));
-            with_lifetime(conn, CONNECTION_LIFETIME, |c| c.graceful_shutdown()).await;
+            serve_http1(stream, service, CONNECTION_LIFETIME).await;
         }
     })
     .await

@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::metrics::http::{accept_bounded, bind, with_lifetime, HEADER_TIMEOUT, MAX_BUF};
+use super::Responder;
+use crate::metrics::http::{accept_bounded, bind, serve_http1};
 
 /// Most validation connections served at once: a CA makes a few, from a few places.
 const MAX_CONNECTIONS: usize = 64;
@@ -85,26 +84,6 @@ fn host_name(host: &str) -> &str {
     name.trim_end_matches('.')
 }
 
-/// A running responder; dropping it stops accepting.
-pub struct Responder {
-    task: tokio::task::JoinHandle<()>,
-    pub addr: SocketAddr,
-}
-
-impl Responder {
-    /// Stops accepting and waits until the listening socket is closed.
-    pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Starts answering on `listen`. Call inside the runtime.
 pub fn start(listen: SocketAddr, answers: Answers) -> std::io::Result<Responder> {
     let listener = bind(listen)?;
@@ -124,12 +103,7 @@ pub fn start(listen: SocketAddr, answers: Answers) -> std::io::Result<Responder>
                     });
                     async move { Ok::<_, Infallible>(rsp) }
                 });
-                let conn = std::pin::pin!(http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_BUF)
-                    .serve_connection(TokioIo::new(stream), service));
-                with_lifetime(conn, CONNECTION_LIFETIME, |c| c.graceful_shutdown()).await;
+                serve_http1(stream, service, CONNECTION_LIFETIME).await;
             }
         },
     ));

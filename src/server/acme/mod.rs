@@ -50,6 +50,27 @@ pub struct Acme {
     shared_http: Option<http01::Answers>,
 }
 
+/// A challenge listener's accepting task (HTTP-01 or TLS-ALPN-01); dropping it stops
+/// accepting.
+pub struct Responder {
+    task: tokio::task::JoinHandle<()>,
+    pub addr: SocketAddr,
+}
+
+impl Responder {
+    /// Stops accepting and waits until the listening socket is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The challenges whose listeners are up for an order.
 #[derive(Clone, Copy, Debug)]
 struct Offered {

@@ -13,6 +13,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::Responder;
 use crate::metrics::http::{accept_bounded, bind};
 
 /// The ALPN protocol of the challenge.
@@ -75,26 +76,6 @@ fn challenge_cert(domain: &str, digest: &[u8]) -> Result<CertifiedKey, Box<dyn s
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signer))
-}
-
-/// A running responder; dropping it stops accepting.
-pub struct Responder {
-    task: tokio::task::JoinHandle<()>,
-    pub addr: SocketAddr,
-}
-
-impl Responder {
-    /// Stops accepting and waits until the listening socket is closed.
-    pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Starts answering on `listen`. Call inside the runtime.

@@ -212,12 +212,7 @@ async fn serve_http(
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = std::pin::pin!(hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(admin::MAX_BUF)
-        .serve_connection(TokioIo::new(stream), service));
-    with_lifetime(conn, CONNECTION_LIFETIME, |c| c.graceful_shutdown()).await;
+    admin::serve_http1(stream, service, CONNECTION_LIFETIME).await;
 }
 
 impl Site {
