@@ -498,7 +498,8 @@ fn served_leaf_as(
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
     let mut tcp = TcpStream::connect(https).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -628,7 +629,13 @@ fn start_quelay(name: &str, dir: &Path, config: &Path, pebble: &Pebble, udp: Soc
         .env_remove("SSL_CERT_DIR")
         .current_dir(dir);
     // The DNS provider's HTTP client would honour a proxy; everything here is loopback.
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
         cmd.env_remove(var);
     }
     let mut child = Child::spawn(name, cmd, dir);

@@ -1226,7 +1226,11 @@ fn acme_dns_providers() {
         DnsProvider::Cloudflare { api_token: s("t") }
     );
     assert_eq!(
-        dns("duckdns", "duckdns_api_token: t, duckdns_override_domain: x.duckdns.org").provider,
+        dns(
+            "duckdns",
+            "duckdns_api_token: t, duckdns_override_domain: x.duckdns.org"
+        )
+        .provider,
         DnsProvider::DuckDns {
             api_token: s("t"),
             override_domain: Some("x.duckdns.org".into())
@@ -1275,7 +1279,11 @@ fn acme_dns_providers() {
     assert_eq!(d.provider, DnsProvider::Vultr { api_token: s("t") });
     assert_eq!(d.zone.as_deref(), Some("a.example"));
     assert_eq!(
-        dns("pdns", "pdns_api_url: \"http://127.0.0.1:8081\", pdns_api_key: k").provider,
+        dns(
+            "pdns",
+            "pdns_api_url: \"http://127.0.0.1:8081\", pdns_api_key: k"
+        )
+        .provider,
         DnsProvider::Pdns {
             api_url: "http://127.0.0.1:8081".into(),
             api_key: s("k"),
