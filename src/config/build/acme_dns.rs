@@ -205,13 +205,12 @@ impl Config {
     }
 
     fn required(&mut self, name: &str) -> Result<String, Fault> {
-        self.optional(name)
-            .ok_or_else(|| {
-                fault(
-                    self.key(name),
-                    format!("required for the {} DNS provider", self.provider),
-                )
-            })
+        self.optional(name).ok_or_else(|| {
+            fault(
+                self.key(name),
+                format!("required for the {} DNS provider", self.provider),
+            )
+        })
     }
 
     fn secret(&mut self, name: &str) -> Result<Secret, Fault> {
@@ -265,10 +264,7 @@ mod tests {
     #[test]
     fn acme_dns_rfc2136_server_forms() {
         assert_eq!(dns_server("127.0.0.1").unwrap(), "udp://127.0.0.1:53");
-        assert_eq!(
-            dns_server("tcp://[::1]:5353").unwrap(),
-            "tcp://[::1]:5353"
-        );
+        assert_eq!(dns_server("tcp://[::1]:5353").unwrap(), "tcp://[::1]:5353");
         assert_eq!(dns_server("UDP://::1").unwrap(), "udp://[::1]:53");
         assert!(dns_server("ns1.example:53").is_err());
         assert!(dns_server("tls://127.0.0.1").is_err());

@@ -39,7 +39,10 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// The name of the challenge record of `domain` (a wildcard's is its base name's).
 pub fn record_name(domain: &str) -> String {
     let base = domain.strip_prefix("*.").unwrap_or(domain);
-    format!("{LABEL}.{}", base.trim_end_matches('.').to_ascii_lowercase())
+    format!(
+        "{LABEL}.{}",
+        base.trim_end_matches('.').to_ascii_lowercase()
+    )
 }
 
 /// The zone `name` is in: the first of `name` and its parents (down to two labels) for
@@ -152,7 +155,10 @@ impl Order {
         let record = record_name(domain);
         let (name, zone) = match &self.duckdns_name {
             // DuckDNS has one zone and no use for it; the name is all it reads.
-            Some(over) => (over.clone().unwrap_or_else(|| record.clone()), String::new()),
+            Some(over) => (
+                over.clone().unwrap_or_else(|| record.clone()),
+                String::new(),
+            ),
             None => {
                 let zone = match &self.zone {
                     Some(z) => z.clone(),
@@ -163,7 +169,11 @@ impl Order {
                 (record.clone(), zone)
             }
         };
-        let origin = if zone.is_empty() { name.as_str() } else { &zone };
+        let origin = if zone.is_empty() {
+            name.as_str()
+        } else {
+            &zone
+        };
         let txt = vec![DnsRecord::TXT(value.to_owned())];
         let written = if self.duckdns_name.is_some() {
             self.updater
@@ -224,7 +234,13 @@ impl Order {
             let origin = if w.zone.is_empty() { &w.name } else { &w.zone };
             let removed = if self.duckdns_name.is_some() {
                 self.updater
-                    .set_rrset(w.name.as_str(), DnsRecordType::TXT, RECORD_TTL, vec![], origin)
+                    .set_rrset(
+                        w.name.as_str(),
+                        DnsRecordType::TXT,
+                        RECORD_TTL,
+                        vec![],
+                        origin,
+                    )
                     .await
             } else {
                 self.updater
@@ -339,7 +355,9 @@ async fn public_ip() -> Result<String, String> {
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r)
-    .map_err(|e| format!("namecheap_client_ip not set, and {PUBLIC_IP_URL} did not tell it: {e}"))?;
+    .map_err(|e| {
+        format!("namecheap_client_ip not set, and {PUBLIC_IP_URL} did not tell it: {e}")
+    })?;
     let ip = got.trim();
     ip.parse::<IpAddr>()
         .map(|ip| ip.to_string())
@@ -377,7 +395,10 @@ async fn has_soa(resolver: &TokioResolver, name: String) -> Result<bool, String>
     match resolver.lookup(fq.as_str(), RecordType::SOA).await {
         Ok(found) => Ok(found.answers().iter().any(|r| {
             r.record_type() == RecordType::SOA
-                && r.name.to_ascii().trim_end_matches('.').eq_ignore_ascii_case(&name)
+                && r.name
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(&name)
         })),
         Err(e) if e.is_no_records_found() => Ok(false),
         Err(e) => Err(e.to_string()),
@@ -412,10 +433,16 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn walk(name: &str, zones: &[&str], broken: Option<&str>) -> (Result<String, String>, Vec<String>) {
+    fn walk(
+        name: &str,
+        zones: &[&str],
+        broken: Option<&str>,
+    ) -> (Result<String, String>, Vec<String>) {
         let zones: HashSet<String> = zones.iter().map(|z| z.to_string()).collect();
         let asked = std::cell::RefCell::new(Vec::new());
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let found = rt.block_on(find_zone(name, |n| {
             asked.borrow_mut().push(n.clone());
             let answer = if Some(n.as_str()) == broken {
@@ -430,14 +457,26 @@ mod tests {
 
     #[test]
     fn acme_dns01_zone_walk() {
-        let (zone, asked) = walk("_acme-challenge.www.a.example.", &["a.example", "example"], None);
+        let (zone, asked) = walk(
+            "_acme-challenge.www.a.example.",
+            &["a.example", "example"],
+            None,
+        );
         assert_eq!(zone.as_deref(), Ok("a.example"));
         assert_eq!(
             asked,
-            ["_acme-challenge.www.a.example", "www.a.example", "a.example"]
+            [
+                "_acme-challenge.www.a.example",
+                "www.a.example",
+                "a.example"
+            ]
         );
         // A delegated challenge name is its own zone.
-        let (zone, asked) = walk("_acme-challenge.A.example", &["_acme-challenge.a.example"], None);
+        let (zone, asked) = walk(
+            "_acme-challenge.A.example",
+            &["_acme-challenge.a.example"],
+            None,
+        );
         assert_eq!(zone.as_deref(), Ok("_acme-challenge.a.example"));
         assert_eq!(asked.len(), 1);
         // Top-level domains are never asked, and nothing found names the key to set.
@@ -445,16 +484,26 @@ mod tests {
         assert!(zone.unwrap_err().contains("acme.dns.config.zone"));
         assert_eq!(asked, ["_acme-challenge.a.example", "a.example"]);
         // A failed lookup stops the walk, naming the name.
-        let (zone, _) = walk("_acme-challenge.a.example", &["a.example"], Some("_acme-challenge.a.example"));
+        let (zone, _) = walk(
+            "_acme-challenge.a.example",
+            &["a.example"],
+            Some("_acme-challenge.a.example"),
+        );
         let e = zone.unwrap_err();
-        assert!(e.contains("_acme-challenge.a.example") && e.contains("SERVFAIL"), "{e}");
+        assert!(
+            e.contains("_acme-challenge.a.example") && e.contains("SERVFAIL"),
+            "{e}"
+        );
     }
 
     #[test]
     fn acme_dns01_record_names() {
         assert_eq!(record_name("a.example"), "_acme-challenge.a.example");
         assert_eq!(record_name("*.a.example"), "_acme-challenge.a.example");
-        assert_eq!(record_name("WWW.A.Example."), "_acme-challenge.www.a.example");
+        assert_eq!(
+            record_name("WWW.A.Example."),
+            "_acme-challenge.www.a.example"
+        );
     }
 
     #[test]

@@ -326,7 +326,12 @@ impl Acme {
         if let Some(solver) = &self.dns {
             let records = solver.order().await?;
             let issued = self
-                .issue_order(&Default::default(), &Default::default(), NONE, Some(&records))
+                .issue_order(
+                    &Default::default(),
+                    &Default::default(),
+                    NONE,
+                    Some(&records),
+                )
                 .await;
             records.clean_up().await;
             return issued;
@@ -475,7 +480,9 @@ impl Acme {
             let key_auth = challenge.key_authorization();
             match (name, dns) {
                 ("http-01", _) => answers.insert(&domain, &challenge.token, key_auth.as_str()),
-                ("dns-01", Some(records)) => records.present(&domain, &key_auth.dns_value()).await?,
+                ("dns-01", Some(records)) => {
+                    records.present(&domain, &key_auth.dns_value()).await?
+                }
                 _ => certs.insert(&domain, key_auth.digest().as_ref())?,
             }
             challenge.set_ready().await.map_err(|e| {
