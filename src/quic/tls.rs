@@ -665,10 +665,11 @@ pub fn server_crypto_swappable(
 }
 
 /// The TLS configuration of the masquerade's HTTPS listener (TCP): the QUIC server's
-/// certificate and SNI guard through `cert`, TLS 1.2 and 1.3 as Go's server defaults to,
-/// and `alpn` (h2, http/1.1).
+/// certificate and SNI guard through `cert` (a [`CertSwap`], or one beside ACME's
+/// TLS-ALPN-01 certificates), TLS 1.2 and 1.3 as Go's server defaults to, and `alpn` (h2,
+/// http/1.1).
 pub fn tcp_server_tls(
-    cert: Arc<CertSwap>,
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{html_escape, Masquerade, Reply, Tail};
 use crate::metrics::http::{self as admin, accept_bounded, read_body, with_lifetime};
 use crate::proto::h3;
+use crate::server::acme::tlsalpn01::ACME_TLS_ALPN;
 
 /// Most connections each listener serves at once (past it they wait in the backlog).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -172,6 +173,10 @@ async fn serve_https(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor,
         // A refused SNI, a scanner, a client that never finished: nothing to answer.
         Ok(Err(_)) | Err(_) => return,
     };
+    // An ACME TLS-ALPN-01 validation is done once the handshake is.
+    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        return;
+    }
     let service = service_fn(move |req| {
         let site = site.clone();
         async move { Ok::<_, Infallible>(site.answer(req, peer, "https").await) }
