@@ -776,19 +776,29 @@ fn acme_failure_names_domain_challenge_and_answer() {
 }
 
 /// A short-lived certificate is renewed while the server runs, and the new one is served
-/// to new handshakes without a restart. The masquerade's HTTP listener holds the HTTP-01
-/// port once the server runs, so renewals are answered there.
-#[test]
-fn acme_renewal_swaps_the_certificate() {
+/// to new handshakes without a restart. The masquerade's TCP listeners hold the challenge
+/// port once the server runs (`listenHTTP` for HTTP-01, `listenHTTPS` for TLS-ALPN-01), so
+/// renewals are answered there.
+fn renewal_swaps_the_certificate(challenge: &str) {
     let bin = pebble_bin();
     let dir = tempdir();
     // Renewal is due with a third of the lifetime left: 10 s after issuance.
     let pebble = Pebble::start(&bin, &dir, Some(15));
     let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = dir.join("server.yaml");
-    let text = quelay_config(&pebble, &dir, udp, https, "http")
-        + &format!("  listenHTTP: \"127.0.0.1:{}\"\n", pebble.http_port);
+    let (https, text, listener) = match challenge {
+        "http" => {
+            let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let text = quelay_config(&pebble, &dir, udp, https, "http")
+                + &format!("  listenHTTP: \"127.0.0.1:{}\"\n", pebble.http_port);
+            (https, text, "http-01 on masquerade.listenHTTP")
+        }
+        _ => {
+            let https = SocketAddr::from(([127, 0, 0, 1], pebble.tls_port));
+            let text = quelay_config(&pebble, &dir, udp, https, "tls");
+            (https, text, "tls-alpn-01 on masquerade.listenHTTPS")
+        }
+    };
     fs::write(&config, text).unwrap();
     let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
     let root = pebble.root();
@@ -832,10 +842,22 @@ fn acme_renewal_swaps_the_certificate() {
         tail(&err, 30)
     );
     assert!(
-        err.contains("answering http-01 on masquerade.listenHTTP"),
+        err.contains(&format!("answering {listener}")),
         "{}",
         tail(&err, 30)
     );
+}
+
+#[test]
+fn acme_renewal_swaps_the_certificate() {
+    renewal_swaps_the_certificate("http");
+}
+
+/// The same with TLS-ALPN-01 answered by the masquerade's HTTPS listener, which serves the
+/// site to every other handshake meanwhile.
+#[test]
+fn acme_tlsalpn01_renewal_on_the_masquerade_https_listener() {
+    renewal_swaps_the_certificate("tls");
 }
 
 /// Without `type` both challenges are offered; a taken TLS-ALPN-01 port leaves HTTP-01 to

@@ -192,7 +192,8 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_BUF)
-        .serve_connection(TokioIo::new(stream), service));
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades());
     with_lifetime(conn, lifetime, |c| c.graceful_shutdown()).await;
 }
 

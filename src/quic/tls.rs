@@ -301,6 +301,35 @@ pub(crate) fn leaf_verifier(
     })
 }
 
+/// TLS over TCP to a server of the operator's choosing (a DNS upstream, the proxy
+/// masquerade's upstream): the system's CA certificates, or with `insecure` no certificate
+/// check (the handshake signature is still verified).
+pub(crate) fn tcp_client_tls(insecure: bool) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    if insecure {
+        let verifier = leaf_verifier(None, &provider);
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(
+            "no CA certificates found on this system to verify the server (install them, or \
+             set insecure: true)"
+                .into(),
+        );
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// Skips chain and name checks (optionally requiring a leaf pin) but still verifies the
 /// handshake signature, so a man in the middle without the leaf's key fails.
 #[derive(Debug)]
@@ -665,10 +694,11 @@ pub fn server_crypto_swappable(
 }
 
 /// The TLS configuration of the masquerade's HTTPS listener (TCP): the QUIC server's
-/// certificate and SNI guard through `cert`, TLS 1.2 and 1.3 as Go's server defaults to,
-/// and `alpn` (h2, http/1.1).
+/// certificate and SNI guard through `cert` (a [`CertSwap`], or one beside ACME's
+/// TLS-ALPN-01 certificates), TLS 1.2 and 1.3 as Go's server defaults to, and `alpn` (h2,
+/// http/1.1).
 pub fn tcp_server_tls(
-    cert: Arc<CertSwap>,
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -192,30 +192,7 @@ fn server_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
 /// TLS for `tls` and `https`: the system's CA certificates, or no certificate check with
 /// `insecure` (the handshake signature is still verified).
 fn tls_config(up: &DnsUpstream) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    if up.insecure {
-        // Any certificate, but the peer must still sign the handshake with its key.
-        let verifier = crate::quic::tls::leaf_verifier(None, &provider);
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(
-            "no CA certificates found on this system to verify the server (install them, or \
-             set insecure: true)"
-                .into(),
-        );
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    crate::quic::tls::tcp_client_tls(up.insecure)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::acme::Acme;
+use super::acme::{tlsalpn01, Acme};
 use super::guard::OutboundGuard;
 use super::hy2::{Authenticator, Hy2App, Hy2Config, Masquerade};
 use super::masquerade::{tcp, FileMasquerade, ProxyMasquerade};
@@ -299,7 +299,24 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     }
     let masquerade_tcp = match cfg.masquerade.listen_https {
         Some(https) => {
-            let tls = quic::tcp_server_tls(cert.clone(), &[b"h2", b"http/1.1"])
+            // An ACME TLS-ALPN-01 port the HTTPS listener takes is answered there too.
+            let (resolver, alpn): (Arc<dyn rustls::server::ResolvesServerCert>, Vec<&[u8]>) =
+                match &mut acme {
+                    Some((client, _)) if client.tls_alpn01_port() == Some(https.port()) => {
+                        let challenges = tlsalpn01::Certs::default();
+                        client.share_tls_alpn01(challenges.clone());
+                        let both = tlsalpn01::OrSite {
+                            challenges,
+                            site: cert.clone(),
+                        };
+                        (
+                            Arc::new(both),
+                            vec![b"h2", b"http/1.1", tlsalpn01::ACME_TLS_ALPN],
+                        )
+                    }
+                    _ => (cert.clone(), vec![b"h2", b"http/1.1"]),
+                };
+            let tls = quic::tcp_server_tls(resolver, &alpn)
                 .map_err(|e| format!("masquerade.listenHTTPS: {e}"))?;
             let current: tcp::Current = Arc::new(std::sync::RwLock::new(hy2.masquerade.clone()));
             // An ACME HTTP-01 port the HTTP listener takes is answered there, for renewals.

@@ -315,3 +315,247 @@ fn a_thousand_idle_tls_connections_do_not_stop_a_relayed_download() {
     drop(client);
     support::stop_in_process(server);
 }
+
+/// An upstream site with a WebSocket endpoint: a request asking for `websocket` gets a
+/// `101` and then its bytes echoed; one asking for `mismatch` gets a `101` for websocket;
+/// any other gets a `426`. It keeps every request head it reads.
+struct WsUpstream {
+    addr: SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WsUpstream {
+    /// The `Sec-WebSocket-Accept` it sends (RFC 6455's example).
+    const ACCEPT: &'static str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    fn start() -> WsUpstream {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    seen.lock().unwrap().push(head.clone());
+                    let answer = if head.contains("\r\nupgrade: websocket\r\n") {
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                            Self::ACCEPT
+                        )
+                    } else if head.contains("\r\nupgrade: mismatch\r\n") {
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\n\r\n"
+                            .to_owned()
+                    } else {
+                        "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 5\r\n\
+                         X-Why: websocket only\r\n\r\nnope\n"
+                            .to_owned()
+                    };
+                    if s.write_all(answer.as_bytes()).is_err() || !answer.contains(" 101 ") {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream { addr, heads }
+    }
+}
+
+/// An in-process server whose masquerade proxies `upstream`, with both TCP listeners.
+fn start_proxy(upstream: SocketAddr) -> (quelay::server::run::Server, SocketAddr, SocketAddr) {
+    let dir = support::tempdir();
+    let (cert, key) = support::write_cert(&dir);
+    let https = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         tls: {{cert: {cert:?}, key: {key:?}}}\n\
+         auth: {{type: password, password: {PASSWORD:?}}}\n\
+         engine: {{workers: 1}}\n\
+         masquerade:\n\
+         \x20 type: proxy\n\
+         \x20 proxy: {{url: \"http://{upstream}/app\"}}\n\
+         \x20 listenHTTPS: {https}\n\
+         \x20 listenHTTP: {http}\n",
+    );
+    let server = support::start_in_process(&yaml);
+    for addr in [https, http] {
+        assert!(
+            support::wait_tcp_port(addr, Duration::from_secs(10)),
+            "the TCP listener {addr} did not come up"
+        );
+    }
+    // The certificate stays readable after the directory goes: it is loaded by now.
+    drop(dir);
+    (server, https, http)
+}
+
+/// Sends an upgrade request for `kind` on `s` and reads the answer's head.
+fn ask_upgrade<S: std::io::Read + Write>(s: &mut S, kind: &str) -> Seen {
+    let request = format!(
+        "GET /chat?room=1 HTTP/1.1\r\nHost: {SNI}\r\nUpgrade: {kind}\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .expect("send the upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read the answer's head");
+        assert_ne!(n, 0, "closed before the answer's head: {head:?}");
+        head.push(byte[0]);
+    }
+    parse_curl(&head)
+}
+
+/// Bytes sent through a switched connection come back, in order, whole.
+fn echoes<S: std::io::Read + Write>(s: &mut S) {
+    let data: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    s.write_all(&data).expect("write through the tunnel");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).expect("read the echo");
+    assert!(back == data, "the echo differs from what was sent");
+}
+
+/// A WebSocket handshake through the proxy masquerade switches protocols on both TCP
+/// listeners and then carries bytes both ways, as Go's ReverseProxy does; an upstream that
+/// refuses is relayed as it answered, and one that switches to another protocol is a 502.
+#[test]
+fn a_websocket_upgrade_passes_through_the_proxy_masquerade() {
+    let upstream = WsUpstream::start();
+    let (server, https, http) = start_proxy(upstream.addr);
+    let alt_svc = format!("h3=\":{}\"; ma=2592000", server.addr.port());
+
+    // Plain HTTP/1.1.
+    let mut plain = TcpStream::connect(http).expect("connect to listenHTTP");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let switched = ask_upgrade(&mut plain, "websocket");
+    assert_eq!(switched.status, 101, "{switched:?}");
+    assert_eq!(switched.header("upgrade"), Some("websocket"));
+    assert_eq!(
+        switched.header("sec-websocket-accept"),
+        Some(WsUpstream::ACCEPT)
+    );
+    assert_eq!(switched.header("alt-svc"), Some(alt_svc.as_str()));
+    echoes(&mut plain);
+
+    // HTTPS, HTTP/1.1 by ALPN.
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls::pki_types::ServerName::try_from(SNI).unwrap(),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(https).expect("connect to listenHTTPS");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let switched = ask_upgrade(&mut tls, "websocket");
+    assert_eq!(switched.status, 101, "{switched:?}");
+    assert_eq!(switched.header("upgrade"), Some("websocket"));
+    echoes(&mut tls);
+
+    // What went upstream: the joined path, the upgrade fields put back, the key kept.
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    for head in &heads {
+        assert!(
+            head.starts_with("get /app/chat?room=1 http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n"),
+            "{head}"
+        );
+    }
+
+    // An upstream that does not switch: its answer as it is.
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let refused = ask_upgrade(&mut s, "h2c");
+    assert_eq!(refused.status, 426, "{refused:?}");
+    assert_eq!(refused.header("x-why"), Some("websocket only"));
+    // One that switches to what was not asked for: 502.
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(ask_upgrade(&mut s, "mismatch").status, 502);
+
+    // The tunnels stay up while the masquerade answers others.
+    echoes(&mut plain);
+    support::stop_in_process(server);
+}
+
+/// Accepts any server certificate (the test's own self-signed one).
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -6,14 +6,14 @@
 //! start-up blocks on it until a certificate is there (loaded from `acme.dir` or issued),
 //! then a thread named `acme` keeps it for renewals. The challenge listeners (HTTP-01 on
 //! TCP 80, TLS-ALPN-01 on TCP 443, or the `altPort`s) are up only while an order is being
-//! validated. The protocol itself is instant-acme's; its HTTP requests go through ureq
+//! validated; when the masquerade's TCP listeners hold those ports, they answer instead. The protocol itself is instant-acme's; its HTTP requests go through ureq
 //! ([`client`]).
 
 mod client;
 pub mod dns01;
 pub mod http01;
 mod store;
-mod tlsalpn01;
+pub mod tlsalpn01;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,6 +49,8 @@ pub struct Acme {
     /// Where HTTP-01 answers go when another listener (`masquerade.listenHTTP`) holds the
     /// port; `None`: a responder of our own is bound for each order.
     shared_http: Option<http01::Answers>,
+    /// The same for TLS-ALPN-01 (`masquerade.listenHTTPS`).
+    shared_tls: Option<tlsalpn01::Certs>,
     /// DNS-01 (`acme.type: dns`), which replaces the challenge listeners.
     dns: Option<dns01::Solver>,
 }
@@ -87,12 +89,13 @@ const NONE: Offered = Offered {
     tls_alpn01: false,
 };
 
-/// Clears the HTTP-01 answers of an order when it ends, however it ends.
-struct Forget(http01::Answers);
+/// Clears the challenge answers of an order when it ends, however it ends.
+struct Forget(http01::Answers, tlsalpn01::Certs);
 
 impl Drop for Forget {
     fn drop(&mut self) {
         self.0.clear();
+        self.1.clear();
     }
 }
 
@@ -118,6 +121,7 @@ impl Acme {
             rt,
             http: client::UreqClient::new().map_err(|e| format!("acme.ca: {e}"))?,
             shared_http: None,
+            shared_tls: None,
             dns: cfg.dns.as_ref().map(|d| dns01::Solver::new(d, resolver)),
         })
     }
@@ -157,6 +161,17 @@ impl Acme {
     /// masquerade's HTTP listener), not by a responder of our own.
     pub fn share_http01(&mut self, answers: http01::Answers) {
         self.shared_http = Some(answers);
+    }
+
+    /// The TLS-ALPN-01 port the CA connects to, if TLS-ALPN-01 is offered.
+    pub fn tls_alpn01_port(&self) -> Option<u16> {
+        self.cfg.tls_port
+    }
+
+    /// From now on, TLS-ALPN-01 is answered by whoever serves `certs` on the port (the
+    /// masquerade's HTTPS listener, through [`tlsalpn01::OrSite`]).
+    pub fn share_tls_alpn01(&mut self, certs: tlsalpn01::Certs) {
+        self.shared_tls = Some(certs);
     }
 
     /// Renews in the background, from a thread named `acme`, for the life of the process:
@@ -338,19 +353,20 @@ impl Acme {
         }
         // The listeners first, so that the CA finds them when told to look.
         let answers = self.shared_http.clone().unwrap_or_default();
-        let _forget = Forget(answers.clone());
-        let certs = tlsalpn01::Certs::default();
+        let certs = self.shared_tls.clone().unwrap_or_default();
+        let _forget = Forget(answers.clone(), certs.clone());
         let host = self
             .cfg
             .listen_host
             .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         // A challenge whose port is taken is left out while the other can still be used.
-        let (mut http, mut tls, mut shared) = (None, None, false);
+        let (mut http, mut tls) = (None, None);
+        let (mut shared_http, mut shared_tls) = (false, false);
         let mut failures = Vec::new();
         if let Some(port) = self.cfg.http_port {
             if self.shared_http.is_some() {
                 tracing::info!("acme: answering http-01 on masquerade.listenHTTP (port {port})");
-                shared = true;
+                shared_http = true;
             } else {
                 match http01::start(SocketAddr::new(host, port), answers.clone()) {
                     Ok(r) => {
@@ -364,17 +380,24 @@ impl Acme {
             }
         }
         if let Some(port) = self.cfg.tls_port {
-            match tlsalpn01::start(SocketAddr::new(host, port), certs.clone()) {
-                Ok(r) => {
-                    tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
-                    tls = Some(r);
+            if self.shared_tls.is_some() {
+                tracing::info!(
+                    "acme: answering tls-alpn-01 on masquerade.listenHTTPS (port {port})"
+                );
+                shared_tls = true;
+            } else {
+                match tlsalpn01::start(SocketAddr::new(host, port), certs.clone()) {
+                    Ok(r) => {
+                        tracing::info!("acme: answering tls-alpn-01 on {}", r.addr);
+                        tls = Some(r);
+                    }
+                    Err(e) => failures.push(format!("acme.tls.altPort: tls-alpn-01: {e}")),
                 }
-                Err(e) => failures.push(format!("acme.tls.altPort: tls-alpn-01: {e}")),
             }
         }
         let offered = Offered {
-            http01: http.is_some() || shared,
-            tls_alpn01: tls.is_some(),
+            http01: http.is_some() || shared_http,
+            tls_alpn01: tls.is_some() || shared_tls,
         };
         if !offered.http01 && !offered.tls_alpn01 {
             return Err(failures.join("; "));

@@ -3,6 +3,10 @@
 //! validated. A ClientHello that offers `acme-tls/1` and names a domain being validated gets
 //! a self-signed certificate for that domain carrying the `acmeIdentifier` extension (the
 //! SHA-256 of the key authorization); the connection is closed once the handshake is done.
+//!
+//! When `masquerade.listenHTTPS` holds that port, its listener answers instead: its
+//! certificates are an [`OrSite`], which hands the challenge certificate to a ClientHello
+//! offering `acme-tls/1` and the site's to any other.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,25 +43,53 @@ impl Certs {
             .insert(domain.to_ascii_lowercase(), Arc::new(cert));
         Ok(())
     }
+
+    /// Forgets every challenge certificate (the order ended).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Whether a ClientHello offers the challenge's ALPN protocol.
+fn offers_acme(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
 }
 
 impl ResolvesServerCert for Certs {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let offers_acme = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if !offers_acme(&hello) {
+            return None;
+        }
         let name = hello
             .server_name()?
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        if !offers_acme {
-            return None;
-        }
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&name)
             .cloned()
+    }
+}
+
+/// The certificates of a listener that answers TLS-ALPN-01 beside its own site.
+#[derive(Debug)]
+pub struct OrSite {
+    /// Served to a ClientHello offering `acme-tls/1`.
+    pub challenges: Certs,
+    /// Served to every other.
+    pub site: Arc<dyn ResolvesServerCert>,
+}
+
+impl ResolvesServerCert for OrSite {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if offers_acme(&hello) {
+            self.challenges.resolve(hello)
+        } else {
+            self.site.resolve(hello)
+        }
     }
 }
 

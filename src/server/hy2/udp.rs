@@ -70,13 +70,11 @@ impl UdpSockets {
     /// Opens the session's socket: bound to the egress's address, else IPv6 dual-stack,
     /// else IPv4; for a SOCKS5 association, also the connect to the proxy.
     pub fn open(&mut self, io: &mut Io<'_>, udp: UdpId, via: &UdpVia) -> Result<(), String> {
-        let direct;
+        // A SOCKS5 association's socket talks to the proxy: no egress of its own.
+        let default = Egress::default();
         let egress = match via {
             UdpVia::Direct(egress) => egress,
-            UdpVia::Socks5 { .. } => {
-                direct = Egress::default();
-                &direct
-            }
+            UdpVia::Socks5 { .. } => &default,
         };
         let device = egress.device.as_deref();
         let any6: SocketAddr = "[::]:0".parse().expect("literal");

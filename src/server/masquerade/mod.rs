@@ -16,6 +16,7 @@
 pub mod file;
 pub mod proxy;
 pub mod tcp;
+mod tunnel;
 
 pub use file::FileMasquerade;
 pub use proxy::ProxyMasquerade;

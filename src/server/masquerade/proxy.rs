@@ -220,6 +220,37 @@ impl ProxyMasquerade {
         Ok(reply)
     }
 
+    /// An upgrade request's head (WebSocket, say) as it goes upstream: the request
+    /// [`Self::answer`] would send, with `Connection: Upgrade` and `Upgrade: <kind>` put
+    /// back as Go's ReverseProxy does, and the target in origin form.
+    pub fn upgrade_head(
+        &self,
+        req: &Request,
+        client: SocketAddr,
+        kind: &str,
+    ) -> Result<http::Request<()>, String> {
+        let method = http::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| format!("bad method {:?}", req.method))?;
+        let uri = self.upstream_uri(&req.path)?;
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = self.request_headers(req, client);
+        append(&mut headers, "connection", "Upgrade");
+        append(&mut headers, "upgrade", kind);
+        let mut request = http::Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = target
+            .parse()
+            .map_err(|e| format!("upstream request target {target:?}: {e}"))?;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    /// Where the upstream is: whether it speaks TLS, its `host[:port]`, and whether its
+    /// certificate goes unchecked (`insecure`).
+    pub fn upstream(&self) -> (bool, &str, bool) {
+        (self.scheme == "https", &self.authority, self.insecure)
+    }
+
     /// `SetURL`: the upstream's scheme and host, its path joined with the request's by one
     /// slash, its query then the request's joined by `&`.
     fn upstream_uri(&self, target: &str) -> Result<http::Uri, String> {
@@ -319,7 +350,7 @@ impl ProxyMasquerade {
 /// The upstream's fields to send back: hop-by-hop ones and those named in `connection`
 /// dropped, a well-formed `content-length` kept if `keep_content_length` (the body is not
 /// chunked), and a `date` added if the upstream sent none, as quic-go would.
-fn response_fields(
+pub(super) fn response_fields(
     headers: &http::HeaderMap,
     keep_content_length: bool,
     date: &str,

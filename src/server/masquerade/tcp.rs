@@ -30,9 +30,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::tunnel::{requested, Opened, Tunnels};
 use super::{html_escape, Masquerade, Reply, Tail};
 use crate::metrics::http::{self as admin, accept_bounded, read_body, with_lifetime};
 use crate::proto::h3;
+use crate::server::acme::tlsalpn01::ACME_TLS_ALPN;
 
 /// Most connections each listener serves at once (past it they wait in the backlog).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -119,6 +121,7 @@ pub fn serve(
         masquerade,
         alt_svc: alt_svc(listeners.quic_port),
         blocking: Arc::new(Semaphore::new(MAX_BLOCKING_ANSWERS)),
+        tunnels: Tunnels::default(),
     });
     let acceptor = TlsAcceptor::from(tls);
     let redirect_port = listeners.force_https.then_some(listeners.https.port());
@@ -164,6 +167,8 @@ struct Site {
     alt_svc: HeaderValue,
     /// Bounds the `file` and `proxy` answers waiting for or running on the blocking pool.
     blocking: Arc<Semaphore>,
+    /// Connection upgrades through the `proxy` kind.
+    tunnels: Tunnels,
 }
 
 async fn serve_https(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, site: Arc<Site>) {
@@ -172,6 +177,10 @@ async fn serve_https(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor,
         // A refused SNI, a scanner, a client that never finished: nothing to answer.
         Ok(Err(_)) | Err(_) => return,
     };
+    // An ACME TLS-ALPN-01 validation is done once the handshake is.
+    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        return;
+    }
     let service = service_fn(move |req| {
         let site = site.clone();
         async move { Ok::<_, Infallible>(site.answer(req, peer, "https").await) }
@@ -189,7 +198,7 @@ async fn serve_https(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor,
         .max_header_list_size(admin::MAX_BUF as u32)
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
+    let conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
     with_lifetime(conn, CONNECTION_LIFETIME, |c| c.graceful_shutdown()).await;
 }
 
@@ -223,8 +232,27 @@ impl Site {
         peer: SocketAddr,
         scheme: &str,
     ) -> Response<Body> {
-        let (head, body) = req.into_parts();
-        let is_head = head.method == Method::HEAD;
+        let is_head = req.method() == Method::HEAD;
+        let h3_req = to_h3_request(&req, scheme);
+        let masquerade = self
+            .masquerade
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Masquerade::Proxy(proxy), Some(kind)) = (&masquerade, requested(req.headers())) {
+            let kind = kind.to_vec();
+            return match self.tunnels.open(proxy, req, &h3_req, &kind, peer).await {
+                Opened::Switched(fields) => {
+                    let mut resp = Response::new(full(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    *resp.headers_mut() = fields;
+                    resp.headers_mut().insert(ALT_SVC, self.alt_svc.clone());
+                    resp
+                }
+                Opened::Answered(reply) => self.finish(reply, is_head, None),
+            };
+        }
+        let body = req.into_body();
         let body = match read_body(body, MAX_REQUEST_BODY).await {
             Ok(body) => body,
             Err(refusal) => {
@@ -237,12 +265,7 @@ impl Site {
                 return self.finish(reply, is_head, None);
             }
         };
-        let req = to_h3_request(&head, scheme);
-        let masquerade = self
-            .masquerade
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let req = h3_req;
         if !masquerade.blocks() {
             return self.finish(masquerade.answer(&req, &body, peer), is_head, None);
         }
@@ -282,23 +305,23 @@ fn unavailable() -> Reply {
 /// The request as the masquerade reads it: `:authority` from the URI (HTTP/2, or an
 /// absolute-form HTTP/1.1 target) or else `Host`, as Go's `r.Host`; `host` itself is not a
 /// field there.
-fn to_h3_request(head: &hyper::http::request::Parts, scheme: &str) -> h3::Request {
+fn to_h3_request<B>(head: &Request<B>, scheme: &str) -> h3::Request {
     let authority = head
-        .uri
+        .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| {
-            head.headers
+            head.headers()
                 .get(HOST)
                 .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
         })
         .unwrap_or_default();
     let path = head
-        .uri
+        .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let headers = head
-        .headers
+        .headers()
         .iter()
         .filter(|(name, _)| *name != HOST)
         .map(|(name, value)| {
@@ -309,7 +332,7 @@ fn to_h3_request(head: &hyper::http::request::Parts, scheme: &str) -> h3::Reques
         })
         .collect();
     h3::Request {
-        method: head.method.as_str().to_owned(),
+        method: head.method().as_str().to_owned(),
         scheme: scheme.to_owned(),
         authority,
         path,
