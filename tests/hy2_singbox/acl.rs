@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use support::{
     free_port, http_get, metric, scrape, socks5_connect, tempdir, HttpTarget, Hy2Server,
-    QuelayServer, SbOpts, SingboxClient, TcpEcho, TempDir, PASSWORD,
+    QuelayServer, SbOpts, SingboxClient, TcpEcho, TempDir, UdpService, PASSWORD,
 };
 
 /// How long a proxied exchange may take before the test calls it lost.
@@ -533,45 +533,12 @@ impl RealProxy {
 
 /// A UDP target on 127.0.0.1 that answers each datagram with the address it came from and
 /// the datagram itself.
-struct UdpWho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpWho {
-    fn start() -> UdpWho {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP target");
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("read timeout");
-        let addr = sock.local_addr().expect("local address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stopping.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let mut answer = format!("{} ", from.ip()).into_bytes();
-                    answer.extend_from_slice(&buf[..n]);
-                    let _ = sock.send_to(&answer, from);
-                }
-            }
-        });
-        UdpWho {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpWho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn udp_who() -> UdpService {
+    UdpService::start("udp-who", "127.0.0.1:0", |d, from| {
+        let mut answer = format!("{} ", from.ip()).into_bytes();
+        answer.extend_from_slice(d);
+        Some(answer)
+    })
 }
 
 /// A UDP session that rules send to a SOCKS5 outbound leaves through a UDP ASSOCIATE with
@@ -580,7 +547,7 @@ impl Drop for UdpWho {
 /// `direct` reaches the same target from loopback itself.
 #[test]
 fn udp_routed_to_a_socks5_outbound_goes_through_its_association_quelay() {
-    let (proxied, direct) = (UdpWho::start(), UdpWho::start());
+    let (proxied, direct) = (udp_who(), udp_who());
     let mut dante = RealProxy::dante("127.0.0.5");
     let mut server = QuelayServer::start(&format!(
         "outbounds:\n\
@@ -590,7 +557,7 @@ fn udp_routed_to_a_socks5_outbound_goes_through_its_association_quelay() {
          \x20   - sox(all, udp/{port})\n\
          \x20   - direct(all)\n",
         socks = dante.addr,
-        port = proxied.addr.port(),
+        port = proxied.addr().port(),
     ));
     let mut client = SingboxClient::start(server.addr(), PASSWORD, &SbOpts::default());
     // One UDP session per target: each leaves the way its first destination is routed.
@@ -607,8 +574,8 @@ fn udp_routed_to_a_socks5_outbound_goes_through_its_association_quelay() {
             })
             .collect::<Vec<_>>()
     };
-    let via_dante = ask(proxied.addr);
-    let straight = ask(direct.addr);
+    let via_dante = ask(proxied.addr());
+    let straight = ask(direct.addr());
     if via_dante
         .iter()
         .chain(&straight)
@@ -619,8 +586,8 @@ fn udp_routed_to_a_socks5_outbound_goes_through_its_association_quelay() {
         server.child().assert_running();
     }
     for (answers, target, source) in [
-        (&via_dante, proxied.addr, "127.0.0.5"),
-        (&straight, direct.addr, "127.0.0.1"),
+        (&via_dante, proxied.addr(), "127.0.0.5"),
+        (&straight, direct.addr(), "127.0.0.1"),
     ] {
         for (i, (from, answer)) in answers.iter().enumerate() {
             assert_eq!(*from, target, "the answer is labelled with the target");

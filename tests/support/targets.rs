@@ -299,18 +299,22 @@ impl TcpEcho {
     }
 }
 
-/// Echoes every datagram to its sender, from one thread.
-pub struct UdpEcho {
+/// A UDP target on `bind`: one thread that answers each datagram with what `answer` makes
+/// of it (nothing for `None`), until dropped.
+pub struct UdpService {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    /// Datagrams received (and echoed).
+    /// Datagrams received.
     datagrams: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl UdpEcho {
-    pub fn start() -> UdpEcho {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+impl UdpService {
+    pub fn start<A>(name: &str, bind: &str, answer: A) -> UdpService
+    where
+        A: Fn(&[u8], SocketAddr) -> Option<Vec<u8>> + Send + 'static,
+    {
+        let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("{name}: bind {bind}: {e}"));
         // The poll interval for the stop flag.
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");
@@ -320,20 +324,22 @@ impl UdpEcho {
         let thread = {
             let (stop, datagrams) = (stop.clone(), datagrams.clone());
             thread::Builder::new()
-                .name("udp-echo".into())
+                .name(name.to_owned())
                 .spawn(move || {
                     let until = Instant::now() + MAX_LIFETIME;
                     let mut buf = vec![0; 65536];
                     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                         if let Ok((n, from)) = sock.recv_from(&mut buf) {
                             datagrams.fetch_add(1, Ordering::SeqCst);
-                            let _ = sock.send_to(&buf[..n], from);
+                            if let Some(reply) = answer(&buf[..n], from) {
+                                let _ = sock.send_to(&reply, from);
+                            }
                         }
                     }
                 })
-                .expect("spawn the UDP echo thread")
+                .unwrap_or_else(|e| panic!("spawn the {name} thread: {e}"))
         };
-        UdpEcho {
+        UdpService {
             addr,
             stop,
             datagrams,
@@ -345,17 +351,38 @@ impl UdpEcho {
         self.addr
     }
 
+    /// Datagrams received so far.
     pub fn datagrams(&self) -> usize {
         self.datagrams.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for UdpEcho {
+impl Drop for UdpService {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Echoes every datagram to its sender, from one thread.
+pub struct UdpEcho(UdpService);
+
+impl UdpEcho {
+    pub fn start() -> UdpEcho {
+        UdpEcho(UdpService::start("udp-echo", "127.0.0.1:0", |d, _| {
+            Some(d.to_vec())
+        }))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+
+    /// Datagrams received (and echoed).
+    pub fn datagrams(&self) -> usize {
+        self.0.datagrams()
     }
 }
 
