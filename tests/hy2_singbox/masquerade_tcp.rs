@@ -366,16 +366,8 @@ impl WsUpstream {
                     if s.write_all(answer.as_bytes()).is_err() || !answer.contains(" 101 ") {
                         return;
                     }
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if s.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
+                    if let Ok(mut from) = s.try_clone() {
+                        let _ = std::io::copy(&mut from, &mut s);
                     }
                 });
             }

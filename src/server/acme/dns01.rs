@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dns_update::{DnsRecord, DnsRecordType, DnsUpdater, TsigAlgorithm};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
+use quelay_acme_dns::{Provider, Txt};
 
 use crate::config::{self, AcmeDns, DnsProvider};
 
@@ -136,7 +136,7 @@ struct Written {
 
 /// The records of one order; [`Order::clean_up`] removes them.
 pub struct Order {
-    updater: DnsUpdater,
+    updater: Txt,
     resolver: TokioResolver,
     provider: &'static str,
     /// DuckDNS: the name it writes, when not the challenge's own (`duckdns_override_domain`);
@@ -174,15 +174,10 @@ impl Order {
         } else {
             &zone
         };
-        let txt = vec![DnsRecord::TXT(value.to_owned())];
         let written = if self.duckdns_name.is_some() {
-            self.updater
-                .set_rrset(name.as_str(), DnsRecordType::TXT, RECORD_TTL, txt, origin)
-                .await
+            self.updater.set(&name, &[value], RECORD_TTL, origin).await
         } else {
-            self.updater
-                .add_to_rrset(name.as_str(), DnsRecordType::TXT, RECORD_TTL, txt, origin)
-                .await
+            self.updater.add(&name, value, RECORD_TTL, origin).await
         };
         // Recorded before the answer is known: a write that failed late may still have landed.
         self.lock().push(Written {
@@ -230,22 +225,11 @@ impl Order {
     pub async fn clean_up(self) {
         let written = std::mem::take(&mut *self.lock());
         for w in written {
-            let txt = vec![DnsRecord::TXT(w.value.clone())];
             let origin = if w.zone.is_empty() { &w.name } else { &w.zone };
             let removed = if self.duckdns_name.is_some() {
-                self.updater
-                    .set_rrset(
-                        w.name.as_str(),
-                        DnsRecordType::TXT,
-                        RECORD_TTL,
-                        vec![],
-                        origin,
-                    )
-                    .await
+                self.updater.set(&w.name, &[], RECORD_TTL, origin).await
             } else {
-                self.updater
-                    .remove_from_rrset(w.name.as_str(), DnsRecordType::TXT, txt, origin)
-                    .await
+                self.updater.remove(&w.name, &w.value, origin).await
             };
             match removed {
                 Ok(()) => tracing::info!(
@@ -288,37 +272,60 @@ impl Drop for Order {
 }
 
 /// The provider's client for `p`.
-async fn updater(p: &DnsProvider) -> Result<DnsUpdater, String> {
-    let t = Some(PROVIDER_TIMEOUT);
-    let made = match p {
-        DnsProvider::Cloudflare { api_token } => DnsUpdater::new_cloudflare(&api_token.0, t),
-        DnsProvider::DuckDns { api_token, .. } => DnsUpdater::new_duckdns(&api_token.0, t),
-        DnsProvider::Gandi { api_token } => DnsUpdater::new_gandiv5(&api_token.0, t),
+async fn updater(p: &DnsProvider) -> Result<Txt, String> {
+    let namecheap_ip;
+    let rfc2136_key;
+    let provider = match p {
+        DnsProvider::Cloudflare { api_token } => Provider::Cloudflare {
+            api_token: &api_token.0,
+        },
+        DnsProvider::DuckDns { api_token, .. } => Provider::DuckDns {
+            api_token: &api_token.0,
+        },
+        DnsProvider::Gandi { api_token } => Provider::Gandi {
+            api_token: &api_token.0,
+        },
         DnsProvider::GoDaddy {
             api_key,
             api_secret,
-        } => DnsUpdater::new_godaddy(&api_key.0, &api_secret.0, t),
+        } => Provider::GoDaddy {
+            api_key: &api_key.0,
+            api_secret: &api_secret.0,
+        },
         DnsProvider::Namecheap {
             api_key,
             api_user,
             client_ip,
         } => {
-            let ip = match client_ip {
+            namecheap_ip = match client_ip {
                 Some(ip) => ip.to_string(),
                 None => public_ip().await?,
             };
-            DnsUpdater::new_namecheap(api_user, &api_key.0, ip, None::<&str>, t)
+            Provider::Namecheap {
+                api_user,
+                api_key: &api_key.0,
+                client_ip: &namecheap_ip,
+            }
         }
         DnsProvider::Porkbun {
             api_key,
             secret_key,
-        } => DnsUpdater::new_porkbun(&api_key.0, &secret_key.0, t),
-        DnsProvider::Vultr { api_token } => DnsUpdater::new_vultr(&api_token.0, t),
+        } => Provider::Porkbun {
+            api_key: &api_key.0,
+            secret_key: &secret_key.0,
+        },
+        DnsProvider::Vultr { api_token } => Provider::Vultr {
+            api_token: &api_token.0,
+        },
         DnsProvider::Pdns {
             api_url,
             api_key,
             server_id,
-        } => DnsUpdater::new_pdns(&api_key.0, Some(api_url), server_id.as_ref(), t),
+        } => Provider::Pdns {
+            api_url,
+            api_key: &api_key.0,
+            server_id: server_id.as_deref(),
+        },
         DnsProvider::Rfc2136 {
             server,
             key_name,
@@ -326,16 +333,18 @@ async fn updater(p: &DnsProvider) -> Result<DnsUpdater, String> {
             algorithm,
         } => {
             use base64::Engine as _;
-            let key = base64::engine::general_purpose::STANDARD
+            rfc2136_key = base64::engine::general_purpose::STANDARD
                 .decode(&key.0)
                 .map_err(|e| format!("rfc2136_tsig_key: {e}"))?;
-            let algorithm: TsigAlgorithm = algorithm
-                .parse()
-                .map_err(|()| format!("rfc2136_tsig_algorithm: unsupported {algorithm:?}"))?;
-            DnsUpdater::new_rfc2136_tsig(server.as_str(), key_name, key, algorithm)
+            Provider::Rfc2136 {
+                server,
+                key_name,
+                key: rfc2136_key,
+                algorithm,
+            }
         }
     };
-    made.map_err(|e| e.to_string())
+    Txt::new(provider, PROVIDER_TIMEOUT)
 }
 
 /// This host's public IP address as ipify sees it (Namecheap allows API calls by IP).
