@@ -18,8 +18,6 @@
 
 mod upstream;
 
-pub(crate) use upstream::dns_resolver;
-
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
