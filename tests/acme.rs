@@ -5,18 +5,22 @@
 //! TLS handshake with its masquerade HTTPS listener, and verifies both chains to Pebble's
 //! root.
 //!
+//! For DNS-01 the responder also serves the test zone's SOA and the TXT records a small fake
+//! PowerDNS API (quelay's `pdns` provider) was given, and quelay's `resolver` asks it too.
+//!
 //! Each test fails with the installer's command when the `pebble` binary is missing
 //! (`.ci/run` installs it).
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,10 @@ use support::*;
 
 /// The name the certificates are issued for; only the test's DNS responder knows it.
 const DOMAIN: &str = "acme.quelay.test";
+/// The zone `DOMAIN` is in: the only name the test's DNS responder has an SOA for.
+const ZONE: &str = "quelay.test";
+/// The fake PowerDNS API's key.
+const PDNS_KEY: &str = "pdns-test-key";
 /// How long quelay gets to register, order, be validated and be issued a certificate.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -36,9 +44,14 @@ fn pebble_bin() -> PathBuf {
         .expect("pebble is not installed: `apt-get install pebble` (.ci/run installs it)")
 }
 
-/// Answers every DNS query on 127.0.0.1 with A 127.0.0.1 (and no AAAA), until dropped.
+/// TXT records by lowercase name without the final dot, as PowerDNS content (quoted).
+type TxtStore = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+/// Answers every DNS query on 127.0.0.1 with A 127.0.0.1 (and no AAAA), TXT from `txt`,
+/// and SOA for `ZONE`, until dropped.
 struct Dns {
     addr: SocketAddr,
+    txt: TxtStore,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -52,19 +65,22 @@ impl Dns {
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let txt = TxtStore::default();
+        let records = txt.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !flag.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(answer) = dns_answer(&buf[..n]) {
+                if let Some(answer) = dns_answer(&buf[..n], &records) {
                     let _ = socket.send_to(&answer, peer);
                 }
             }
         });
         Dns {
             addr,
+            txt,
             stop,
             thread: Some(thread),
         }
@@ -80,30 +96,194 @@ impl Drop for Dns {
     }
 }
 
-/// The answer to one query: its question echoed, and A 127.0.0.1 when it asks for A.
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+/// The answer to one query: its question echoed, and A 127.0.0.1 when it asks for A, the
+/// stored values when it asks for TXT, an SOA when it asks for `ZONE`'s.
+fn dns_answer(query: &[u8], txt: &TxtStore) -> Option<Vec<u8>> {
     if query.len() < 12 || query[4..6] != [0, 1] {
         return None;
     }
     let mut end = 12;
+    let mut labels = Vec::new();
     loop {
         let len = usize::from(*query.get(end)?);
-        end += 1 + len;
         if len == 0 {
+            end += 1;
             break;
         }
+        labels.push(String::from_utf8_lossy(query.get(end + 1..end + 1 + len)?).to_lowercase());
+        end += 1 + len;
     }
+    let name = labels.join(".");
     let question = query.get(12..end + 4)?;
     let qtype = u16::from_be_bytes([query[end], query[end + 1]]);
-    let is_a = qtype == 1;
+    let answers: Vec<(u16, Vec<u8>)> = match qtype {
+        1 => vec![(1, vec![127, 0, 0, 1])],
+        16 => txt
+            .lock()
+            .unwrap()
+            .get(&name)
+            .into_iter()
+            .flatten()
+            .map(|content| {
+                let value = content.trim_matches('"').as_bytes();
+                let mut rdata = vec![value.len() as u8];
+                rdata.extend_from_slice(value);
+                (16, rdata)
+            })
+            .collect(),
+        6 if name == ZONE => {
+            let mut rdata = dns_name(&format!("ns.{ZONE}"));
+            rdata.extend(dns_name(&format!("hostmaster.{ZONE}")));
+            for n in [1u32, 3600, 600, 86400, 0] {
+                rdata.extend_from_slice(&n.to_be_bytes());
+            }
+            vec![(6, rdata)]
+        }
+        _ => Vec::new(),
+    };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&query[..2]);
-    out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    out.extend_from_slice(&[0x81, 0x80, 0, 1]);
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(question);
-    if is_a {
-        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    for (rtype, rdata) in answers {
+        // The question's name, class IN, TTL 0 (nothing cached), the data.
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&rtype.to_be_bytes());
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&rdata);
     }
     Some(out)
+}
+
+/// `name` in DNS wire form, uncompressed.
+fn dns_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// A fake PowerDNS Authoritative API (the part dns-update uses) for `ZONE`, storing TXT
+/// rrsets where the DNS responder serves them; serves until the test ends.
+struct FakePdns {
+    url: String,
+    /// Each change as `REPLACE name` or `DELETE name`, in order.
+    changes: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakePdns {
+    fn start(txt: TxtStore) -> FakePdns {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake PowerDNS API");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let log = changes.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = pdns_serve(stream, &txt, &log);
+            }
+        });
+        FakePdns { url, changes }
+    }
+}
+
+/// One request on `stream`, answered, and the connection closed.
+fn pdns_serve(
+    mut stream: TcpStream,
+    txt: &TxtStore,
+    changes: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let (method, target) = (
+        words.next().unwrap_or("").to_owned(),
+        words.next().unwrap_or("").to_owned(),
+    );
+    let (mut length, mut key) = (0usize, String::new());
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "x-api-key" => key = value.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let path = target.split('?').next().unwrap_or("");
+    let zone_path = format!("/api/v1/servers/localhost/zones/{ZONE}.");
+    let (status, answer) = if key != PDNS_KEY {
+        ("401 Unauthorized", String::new())
+    } else if path != zone_path {
+        ("404 Not Found", String::new())
+    } else if method == "GET" {
+        let rrsets: Vec<serde_json::Value> = txt
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, contents)| {
+                serde_json::json!({
+                    "name": format!("{name}."),
+                    "type": "TXT",
+                    "ttl": 60,
+                    "records": contents
+                        .iter()
+                        .map(|c| serde_json::json!({"content": c, "disabled": false}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let zone = serde_json::json!({"name": format!("{ZONE}."), "rrsets": rrsets});
+        ("200 OK", zone.to_string())
+    } else if method == "PATCH" {
+        let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        for rrset in patch["rrsets"].as_array().into_iter().flatten() {
+            let name = rrset["name"]
+                .as_str()
+                .unwrap_or("")
+                .trim_end_matches('.')
+                .to_lowercase();
+            let change = rrset["changetype"].as_str().unwrap_or("").to_owned();
+            let mut store = txt.lock().unwrap();
+            if change == "DELETE" {
+                store.remove(&name);
+            } else {
+                let contents = rrset["records"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["content"].as_str().map(str::to_owned))
+                    .collect();
+                store.insert(name.clone(), contents);
+            }
+            changes.lock().unwrap().push(format!("{change} {name}"));
+        }
+        ("204 No Content", String::new())
+    } else {
+        ("405 Method Not Allowed", String::new())
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{answer}",
+        answer.len()
+    )?;
+    stream.flush()
 }
 
 /// A CA for Pebble's own HTTPS (what SSL_CERT_FILE points quelay at) and Pebble's serving
@@ -139,7 +319,8 @@ fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 struct Pebble {
     /// Killed on drop.
     _child: Child,
-    _dns: Dns,
+    /// The DNS responder Pebble asks.
+    dns: Dns,
     /// `https://127.0.0.1:<port>/dir`.
     directory: String,
     /// The management interface, where the roots are.
@@ -193,7 +374,7 @@ impl Pebble {
         });
         Pebble {
             _child: child,
-            _dns: dns,
+            dns,
             directory: format!("https://{listen}/dir"),
             management,
             http_port,
@@ -299,6 +480,15 @@ fn served_leaf(
     https: SocketAddr,
     root: rustls::pki_types::CertificateDer<'static>,
 ) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+    served_leaf_as(https, root, DOMAIN)
+}
+
+/// The leaf quelay serves as `sni` on its HTTPS listener, verified up to `root` for `sni`.
+fn served_leaf_as(
+    https: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+    sni: &str,
+) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root).map_err(|e| e.to_string())?;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -308,7 +498,8 @@ fn served_leaf(
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(DOMAIN).map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
     let mut tcp = TcpStream::connect(https).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -437,6 +628,16 @@ fn start_quelay(name: &str, dir: &Path, config: &Path, pebble: &Pebble, udp: Soc
         .env("SSL_CERT_FILE", &pebble.ca)
         .env_remove("SSL_CERT_DIR")
         .current_dir(dir);
+    // The DNS provider's HTTP client would honour a proxy; everything here is loopback.
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
     let mut child = Child::spawn(name, cmd, dir);
     child.wait_ready("certificate obtained and UDP bound", ISSUE_TIMEOUT, |c| {
         udp_bound_at(udp) && c.stderr().contains("Hysteria2 server on")
@@ -689,4 +890,72 @@ fn acme_legacy_keys_fall_back_to_the_free_challenge() {
     );
     served_leaf(https, pebble.root()).unwrap();
     drop(taken);
+}
+
+/// DNS-01 through quelay's `pdns` provider: the fake PowerDNS API gets the TXT records, the
+/// responder serves them to Pebble and to quelay's `resolver`, which also finds the zone by
+/// its SOA; the certificate covers a wildcard, and the records are gone afterwards.
+#[test]
+fn acme_dns01_with_pebble() {
+    let bin = pebble_bin();
+    let dir = tempdir();
+    let pebble = Pebble::start(&bin, &dir, None);
+    let api = FakePdns::start(pebble.dns.txt.clone());
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("server.yaml");
+    let text = format!(
+        "listen: \"{udp}\"\n\
+         auth: {{type: password, password: pw}}\n\
+         acme:\n  domains: [{DOMAIN}, \"*.{DOMAIN}\"]\n  email: test@quelay.test\n  ca: \"{}\"\n  \
+         type: dns\n  dns:\n    name: pdns\n    config:\n      pdns_api_url: \"{}\"\n      \
+         pdns_api_key: {PDNS_KEY}\n  dir: \"{}\"\n\
+         resolver: {{type: udp, udp: {{addr: \"{}\"}}}}\n\
+         outboundGuard: {{allowLoopback: true}}\n\
+         masquerade:\n  listenHTTPS: \"{https}\"\n",
+        pebble.directory,
+        api.url,
+        dir.join("acme").display(),
+        pebble.dns.addr,
+    );
+    fs::write(&config, text).unwrap();
+    assert!(!dir.join("acme").exists(), "no certificate to start with");
+    let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
+    assert!(wait_tcp_port(https, Duration::from_secs(10)));
+    let root = pebble.root();
+    let leaf = served_leaf(https, root.clone()).unwrap_or_else(|e| {
+        panic!(
+            "quelay's certificate does not verify to Pebble's root: {e}\n{}",
+            tail(&quelay.stderr(), 30)
+        )
+    });
+    let wild = served_leaf_as(https, root.clone(), &format!("any.{DOMAIN}"))
+        .expect("the wildcard name verifies too");
+    assert_eq!(wild, leaf);
+    assert_eq!(quic_leaf(udp, root).unwrap(), leaf, "QUIC serves it too");
+    let err = quelay.stderr();
+    assert!(err.contains("issued by"), "{}", tail(&err, 30));
+    assert!(err.contains("dns-01"), "{}", tail(&err, 30));
+
+    // Both values went into the one record name, and the records were removed before the
+    // server started (the order's end comes first).
+    let record = format!("_acme-challenge.{DOMAIN}");
+    let changes = api.changes.lock().unwrap().clone();
+    assert!(
+        changes.contains(&format!("REPLACE {record}")),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes.last(),
+        Some(&format!("DELETE {record}")),
+        "{changes:?}\n{}",
+        tail(&err, 30)
+    );
+    assert!(
+        pebble.dns.txt.lock().unwrap().is_empty(),
+        "TXT records left: {:?}",
+        pebble.dns.txt.lock().unwrap()
+    );
+    assert!(err.contains("removed"), "{}", tail(&err, 30));
+    quelay.assert_running();
 }

@@ -173,6 +173,98 @@ pub struct Acme {
     /// The TLS-ALPN-01 listener's TCP port (`acme.tls.altPort`, legacy `altTLSALPNPort`);
     /// `None` when TLS-ALPN-01 is not offered.
     pub tls_port: Option<u16>,
+    /// `acme.dns` (`acme.type: dns`): DNS-01 through a DNS provider's API; `None` when
+    /// DNS-01 is not offered. The only challenge that proves wildcard names.
+    pub dns: Option<AcmeDns>,
+}
+
+/// `acme.dns`: where DNS-01's TXT records are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeDns {
+    /// `acme.dns.name` and the provider's keys of `acme.dns.config`.
+    pub provider: DnsProvider,
+    /// `acme.dns.config.zone` (quelay): the zone the records go in, lowercase without the
+    /// final dot; `None`: found by asking for SOA records up the name.
+    pub zone: Option<String>,
+}
+
+/// A credential from the config; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The production endpoint of Namecheap's XML API, the only one quelay's DNS client talks to.
+pub const NAMECHEAP_API_ENDPOINT: &str = "https://api.namecheap.com/xml.response";
+/// `rfc2136_tsig_algorithm` when absent.
+pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
+
+/// `acme.dns.name`, with the keys of `acme.dns.config` it uses (named as there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsProvider {
+    /// `cloudflare`: `cloudflare_api_token`.
+    Cloudflare { api_token: Secret },
+    /// `duckdns`: `duckdns_api_token`, `duckdns_override_domain` (the DuckDNS name the
+    /// `_acme-challenge` records are CNAMEs to).
+    DuckDns {
+        api_token: Secret,
+        override_domain: Option<String>,
+    },
+    /// `gandi` (LiveDNS v5): `gandi_api_token`, a personal access token.
+    Gandi { api_token: Secret },
+    /// `godaddy`: `godaddy_api_token`, `KEY:SECRET` as libdns takes it.
+    GoDaddy { api_key: Secret, api_secret: Secret },
+    /// `namecheap`: `namecheap_api_key`, `namecheap_api_user`, `namecheap_client_ip`
+    /// (`None`: this host's public IPv4, asked of ipify at each order), and
+    /// `namecheap_api_endpoint` (only [`NAMECHEAP_API_ENDPOINT`]).
+    Namecheap {
+        api_key: Secret,
+        api_user: String,
+        client_ip: Option<std::net::IpAddr>,
+    },
+    /// `porkbun`: `porkbun_api_key`, `porkbun_api_secret_key`.
+    Porkbun { api_key: Secret, secret_key: Secret },
+    /// `vultr`: `vultr_api_token`.
+    Vultr { api_token: Secret },
+    /// `pdns` (quelay): the PowerDNS Authoritative HTTP API: `pdns_api_url` (e.g.
+    /// `http://127.0.0.1:8081`), `pdns_api_key`, `pdns_server_id` (default `localhost`).
+    Pdns {
+        api_url: String,
+        api_key: Secret,
+        server_id: Option<String>,
+    },
+    /// `rfc2136` (quelay): dynamic updates (RFC 2136) signed with TSIG: `rfc2136_server`
+    /// (`[udp://|tcp://]IP[:PORT]`), `rfc2136_tsig_key_name`, `rfc2136_tsig_key` (base64),
+    /// `rfc2136_tsig_algorithm` (default [`DEFAULT_TSIG_ALGORITHM`]).
+    Rfc2136 {
+        /// `udp://IP:PORT` or `tcp://IP:PORT`.
+        server: String,
+        key_name: String,
+        key: Secret,
+        /// Lowercase, e.g. `hmac-sha256`.
+        algorithm: String,
+    },
+}
+
+impl DnsProvider {
+    /// The name `acme.dns.name` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DnsProvider::Cloudflare { .. } => "cloudflare",
+            DnsProvider::DuckDns { .. } => "duckdns",
+            DnsProvider::Gandi { .. } => "gandi",
+            DnsProvider::GoDaddy { .. } => "godaddy",
+            DnsProvider::Namecheap { .. } => "namecheap",
+            DnsProvider::Porkbun { .. } => "porkbun",
+            DnsProvider::Vultr { .. } => "vultr",
+            DnsProvider::Pdns { .. } => "pdns",
+            DnsProvider::Rfc2136 { .. } => "rfc2136",
+        }
+    }
 }
 
 /// `acme.ca`.

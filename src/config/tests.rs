@@ -610,7 +610,30 @@ fn refused_and_required() {
         ("acme: {domains: [\"*.a.example\"]}", "acme.domains[0]", "wildcard"),
         ("acme: {domains: [a.example], ca: buypass}", "acme.ca", "unsupported CA"),
         ("acme: {domains: [a.example], ca: zerossl}", "acme.email", "required"),
-        ("acme: {domains: [a.example], type: dns}", "acme.type", "not supported"),
+        ("acme: {domains: [a.example], type: dns}", "acme.dns.name", "empty DNS provider name"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: cloudflare}}", "acme.dns.config", "empty DNS provider config"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: cloudflare, config: {}}}", "acme.dns.config", "empty DNS provider config"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: NameDotCom, config: {namedotcom_token: x}}}", "acme.dns.name", "namedotcom is no longer supported"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: njalla, config: {njalla_api_token: x}}}", "acme.dns.name", "njalla is not supported by quelay's DNS client"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: route66, config: {a: b}}}", "acme.dns.name", "unsupported DNS provider"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: cloudflare, config: {cloudflare_token: x}}}", "acme.dns.config.cloudflare_api_token", "required for the cloudflare DNS provider"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: duckdns, config: {duckdns_override_domain: x.duckdns.org}}}", "acme.dns.config.duckdns_api_token", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: gandi, config: {gandi_api_token: \"\"}}}", "acme.dns.config.gandi_api_token", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: godaddy, config: {godaddy_api_token: nocolon}}}", "acme.dns.config.godaddy_api_token", "KEY:SECRET"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: namecheap, config: {namecheap_api_key: k}}}", "acme.dns.config.namecheap_api_user", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: namecheap, config: {namecheap_api_key: k, namecheap_api_user: u, namecheap_client_ip: here}}}", "acme.dns.config.namecheap_client_ip", "not an IP"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: namecheap, config: {namecheap_api_key: k, namecheap_api_user: u, namecheap_api_endpoint: \"https://api.sandbox.namecheap.com/xml.response\"}}}", "acme.dns.config.namecheap_api_endpoint", "talks only to"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: porkbun, config: {porkbun_api_key: k}}}", "acme.dns.config.porkbun_api_secret_key", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: vultr, config: {vultr_token: k}}}", "acme.dns.config.vultr_api_token", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: pdns, config: {pdns_api_key: k}}}", "acme.dns.config.pdns_api_url", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: pdns, config: {pdns_api_key: k, pdns_api_url: \"127.0.0.1:8081\"}}}", "acme.dns.config.pdns_api_url", "not an http://"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: rfc2136, config: {rfc2136_server: ns1.a.example, rfc2136_tsig_key_name: k, rfc2136_tsig_key: c2VjcmV0}}}", "acme.dns.config.rfc2136_server", "not an IP"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: rfc2136, config: {rfc2136_server: 127.0.0.1, rfc2136_tsig_key: c2VjcmV0}}}", "acme.dns.config.rfc2136_tsig_key_name", "required"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: rfc2136, config: {rfc2136_server: 127.0.0.1, rfc2136_tsig_key_name: k, rfc2136_tsig_key: \"not base64!\"}}}", "acme.dns.config.rfc2136_tsig_key", "base64"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: rfc2136, config: {rfc2136_server: 127.0.0.1, rfc2136_tsig_key_name: k, rfc2136_tsig_key: c2VjcmV0, rfc2136_tsig_algorithm: hmac-md5}}}", "acme.dns.config.rfc2136_tsig_algorithm", "unsupported TSIG algorithm"),
+        ("acme: {domains: [a.example], type: dns, dns: {name: vultr, config: {vultr_api_token: k, zone: \"a b\"}}}", "acme.dns.config.zone", "not a DNS name"),
+        ("acme: {domains: [\"*.a.example\"], type: http}", "acme.domains[0]", "needs the DNS-01 challenge"),
+        ("acme: {domains: [a.example, \"*.a.example\"], type: tls}", "acme.domains[1]", "wildcard"),
         ("acme: {domains: [a.example], type: carrier-pigeon}", "acme.type", "unsupported ACME type"),
         ("acme: {domains: [a.example], type: http, http: {altPort: 70000}}", "acme.http.altPort", "not a port"),
         ("acme: {domains: [a.example], listenHost: \"127.0.0.1:80\"}", "acme.listenHost", "not an IP"),
@@ -1156,6 +1179,7 @@ fn acme_section() {
             listen_host: None,
             http_port: Some(80),
             tls_port: Some(443),
+            dns: None,
         }
     );
     assert_eq!(a.ca.directory(), LETSENCRYPT_DIRECTORY);
@@ -1181,4 +1205,133 @@ fn acme_section() {
     let a = acme("acme: {domains: [a.example], ca: zero, email: me@a.example}");
     assert_eq!(a.ca, AcmeCa::ZeroSsl);
     assert_eq!(ok(AUTH).acme, None);
+}
+
+#[test]
+fn acme_dns_providers() {
+    let dns = |name: &str, config: &str| {
+        let a = ok(&format!(
+            "{AUTH}acme: {{domains: [a.example, \"*.A.example\"], type: DNS, \
+             dns: {{name: {name}, config: {{{config}}}}}}}\n"
+        ))
+        .acme
+        .unwrap();
+        assert_eq!(a.domains, ["a.example", "*.a.example"]);
+        assert_eq!((a.http_port, a.tls_port), (None, None));
+        a.dns.unwrap()
+    };
+    let s = |v: &str| Secret(v.to_owned());
+    assert_eq!(
+        dns("CloudFlare", "cloudflare_api_token: t").provider,
+        DnsProvider::Cloudflare { api_token: s("t") }
+    );
+    assert_eq!(
+        dns(
+            "duckdns",
+            "duckdns_api_token: t, duckdns_override_domain: x.duckdns.org"
+        )
+        .provider,
+        DnsProvider::DuckDns {
+            api_token: s("t"),
+            override_domain: Some("x.duckdns.org".into())
+        }
+    );
+    assert_eq!(
+        dns("gandi", "gandi_api_token: t").provider,
+        DnsProvider::Gandi { api_token: s("t") }
+    );
+    assert_eq!(
+        dns("godaddy", "godaddy_api_token: \"key:sec:ret\"").provider,
+        DnsProvider::GoDaddy {
+            api_key: s("key"),
+            api_secret: s("sec:ret")
+        }
+    );
+    assert_eq!(
+        dns("namecheap", "namecheap_api_key: k, namecheap_api_user: u").provider,
+        DnsProvider::Namecheap {
+            api_key: s("k"),
+            api_user: "u".into(),
+            client_ip: None
+        }
+    );
+    assert_eq!(
+        dns(
+            "namecheap",
+            "namecheap_api_key: k, namecheap_api_user: u, namecheap_client_ip: 192.0.2.1, \
+             namecheap_api_endpoint: \"https://api.namecheap.com/xml.response\""
+        )
+        .provider,
+        DnsProvider::Namecheap {
+            api_key: s("k"),
+            api_user: "u".into(),
+            client_ip: Some("192.0.2.1".parse().unwrap())
+        }
+    );
+    assert_eq!(
+        dns("porkbun", "porkbun_api_key: k, porkbun_api_secret_key: sk").provider,
+        DnsProvider::Porkbun {
+            api_key: s("k"),
+            secret_key: s("sk")
+        }
+    );
+    let d = dns("vultr", "VULTR_API_TOKEN: t, zone: A.Example.");
+    assert_eq!(d.provider, DnsProvider::Vultr { api_token: s("t") });
+    assert_eq!(d.zone.as_deref(), Some("a.example"));
+    assert_eq!(
+        dns(
+            "pdns",
+            "pdns_api_url: \"http://127.0.0.1:8081\", pdns_api_key: k"
+        )
+        .provider,
+        DnsProvider::Pdns {
+            api_url: "http://127.0.0.1:8081".into(),
+            api_key: s("k"),
+            server_id: None
+        }
+    );
+    assert_eq!(
+        dns(
+            "rfc2136",
+            "rfc2136_server: \"tcp://[::1]:5353\", rfc2136_tsig_key_name: acme., \
+             rfc2136_tsig_key: c2VjcmV0, rfc2136_tsig_algorithm: HMAC-SHA512"
+        )
+        .provider,
+        DnsProvider::Rfc2136 {
+            server: "tcp://[::1]:5353".into(),
+            key_name: "acme.".into(),
+            key: s("c2VjcmV0"),
+            algorithm: "hmac-sha512".into()
+        }
+    );
+    let d = dns(
+        "rfc2136",
+        "rfc2136_server: 127.0.0.1, rfc2136_tsig_key_name: k, rfc2136_tsig_key: c2VjcmV0",
+    );
+    assert!(matches!(
+        d.provider,
+        DnsProvider::Rfc2136 { ref server, ref algorithm, .. }
+            if server == "udp://127.0.0.1:53" && algorithm == "hmac-sha256"
+    ));
+    assert_eq!(d.zone, None);
+    // Secrets stay out of debug output.
+    assert!(!format!("{:?}", dns("vultr", "vultr_api_token: hunter2")).contains("hunter2"));
+
+    // A key the provider does not read is warned about, with its full key.
+    let (_, w) = parse(&format!(
+        "{AUTH}acme: {{domains: [a.example], type: dns, \
+         dns: {{name: vultr, config: {{vultr_api_token: t, cloudflare_api_token: u}}}}}}\n"
+    ))
+    .unwrap();
+    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["acme.dns.config.cloudflare_api_token"], "{w:?}");
+    // Errors name the file.
+    let e = fails(
+        &format!("{AUTH}acme: {{domains: [a.example], type: dns, dns: {{name: gandi, config: {{x: y}}}}}}\n"),
+        "acme.dns.config.gandi_api_token",
+    );
+    assert_eq!(
+        e.to_string(),
+        "server.yaml: acme.dns.config.gandi_api_token: required for the gandi DNS provider"
+    );
 }

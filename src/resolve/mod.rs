@@ -18,6 +18,8 @@
 
 mod upstream;
 
+pub(crate) use upstream::dns_resolver;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

@@ -113,6 +113,17 @@ impl Plan {
     }
 }
 
+/// A hickory resolver asking the server `cfg` names, for lookups other than addresses (ACME
+/// DNS-01's SOA and TXT queries); `None` for `system`. Call inside a tokio runtime.
+pub(crate) fn dns_resolver(
+    cfg: &config::Resolver,
+) -> Result<Option<hickory_resolver::TokioResolver>, String> {
+    match Plan::new(cfg)?.build(1)? {
+        Backend::System => Ok(None),
+        Backend::Dns { resolver, .. } => Ok(Some(*resolver)),
+    }
+}
+
 /// How long one lookup may take in all: every try of its queries, with a little slack.
 pub(super) fn deadline(timeout: Duration) -> Duration {
     timeout * TRIES as u32 + Duration::from_millis(250)

@@ -244,7 +244,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let (ck, generated, cert_files) = match (&cfg.tls, &cfg.acme) {
         (Some(tls), _) => (load_cert_at(tls)?, false, read_pair(&tls.cert, &tls.key)),
         (None, Some(a)) => {
-            let client = Acme::new(a)?;
+            let client = Acme::new(a, &cfg.resolver)?;
             let (ck, validity) = client.obtain()?;
             acme = Some((client, validity));
             (ck, false, None)

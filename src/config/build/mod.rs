@@ -4,6 +4,7 @@
 //! builds a [`ClientConfig`](super::ClientConfig) from the sections both sides share and its own.
 
 mod access;
+mod acme_dns;
 mod client;
 mod egress;
 mod transport;
@@ -250,6 +251,8 @@ fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
     let mut s = top.section("acme")?;
     let domains_key = s.key("domains");
     let mut domains = Vec::new();
+    // The first wildcard's key: only DNS-01 can prove one, so it is refused unless `type: dns`.
+    let mut wildcard = None;
     for (i, d) in s.string_list("domains", w)?.into_iter().enumerate() {
         let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
         let dns = d.strip_prefix("*.").unwrap_or(&d);
@@ -259,11 +262,8 @@ fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
                 format!("{d:?} is not a DNS name"),
             ));
         }
-        if d.starts_with("*.") {
-            return Err(fault(
-                format!("{domains_key}[{i}]"),
-                format!("{d:?}: a wildcard needs the DNS-01 challenge, which quelay lacks"),
-            ));
+        if d.starts_with("*.") && wildcard.is_none() {
+            wildcard = Some((format!("{domains_key}[{i}]"), d.clone()));
         }
         if !domains.contains(&d) {
             domains.push(d);
@@ -326,6 +326,13 @@ fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
         "altHTTPPort",
         "altTLSALPNPort",
     ];
+    if let Some((key, d)) = wildcard.filter(|_| kind != "dns") {
+        return Err(fault(
+            key,
+            format!("{d:?}: a wildcard needs the DNS-01 challenge (acme.type: dns)"),
+        ));
+    }
+    let mut dns = None;
     let (http_port, tls_port) = match kind.as_str() {
         "" => {
             let http = (!s.bool("disableHTTP")?)
@@ -361,15 +368,15 @@ fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
             (None, Some(p))
         }
         "dns" => {
-            return Err(fault(
-                type_key,
-                "the DNS-01 challenge is not supported (use http or tls)",
-            ))
+            dns = Some(acme_dns::dns(&mut s, w)?);
+            s.skip(&legacy);
+            s.skip(&["http", "tls"]);
+            (None, None)
         }
         other => {
             return Err(fault(
                 type_key,
-                format!("unsupported ACME type {other:?} (use http or tls)"),
+                format!("unsupported ACME type {other:?} (use http, tls or dns)"),
             ))
         }
     };
@@ -382,6 +389,7 @@ fn acme(top: &mut Section, w: &mut W) -> Result<Option<Acme>, Fault> {
         listen_host,
         http_port,
         tls_port,
+        dns,
     }))
 }
 

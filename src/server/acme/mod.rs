@@ -10,6 +10,7 @@
 //! ([`client`]).
 
 mod client;
+pub mod dns01;
 pub mod http01;
 mod store;
 pub mod tlsalpn01;
@@ -50,6 +51,8 @@ pub struct Acme {
     shared_http: Option<http01::Answers>,
     /// The same for TLS-ALPN-01 (`masquerade.listenHTTPS`).
     shared_tls: Option<tlsalpn01::Certs>,
+    /// DNS-01 (`acme.type: dns`), which replaces the challenge listeners.
+    dns: Option<dns01::Solver>,
 }
 
 /// A challenge listener's accepting task (HTTP-01 or TLS-ALPN-01); dropping it stops
@@ -80,6 +83,12 @@ struct Offered {
     tls_alpn01: bool,
 }
 
+/// No listener: DNS-01 needs none.
+const NONE: Offered = Offered {
+    http01: false,
+    tls_alpn01: false,
+};
+
 /// Clears the challenge answers of an order when it ends, however it ends.
 struct Forget(http01::Answers, tlsalpn01::Certs);
 
@@ -97,8 +106,9 @@ struct Issued {
 }
 
 impl Acme {
-    /// Prepares the runtime and the HTTP client; nothing is contacted yet.
-    pub fn new(cfg: &config::Acme) -> Result<Acme, String> {
+    /// Prepares the runtime and the HTTP client; nothing is contacted yet. `resolver`: where
+    /// DNS-01's lookups go.
+    pub fn new(cfg: &config::Acme, resolver: &config::Resolver) -> Result<Acme, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_blocking_threads(2)
@@ -112,6 +122,7 @@ impl Acme {
             http: client::UreqClient::new().map_err(|e| format!("acme.ca: {e}"))?,
             shared_http: None,
             shared_tls: None,
+            dns: cfg.dns.as_ref().map(|d| dns01::Solver::new(d, resolver)),
         })
     }
 
@@ -327,6 +338,19 @@ impl Acme {
     /// Orders, validates and stores a new certificate, with the challenge listeners up
     /// meanwhile.
     async fn issue(&self) -> Result<Issued, String> {
+        if let Some(solver) = &self.dns {
+            let records = solver.order().await?;
+            let issued = self
+                .issue_order(
+                    &Default::default(),
+                    &Default::default(),
+                    NONE,
+                    Some(&records),
+                )
+                .await;
+            records.clean_up().await;
+            return issued;
+        }
         // The listeners first, so that the CA finds them when told to look.
         let answers = self.shared_http.clone().unwrap_or_default();
         let certs = self.shared_tls.clone().unwrap_or_default();
@@ -382,7 +406,7 @@ impl Acme {
             tracing::warn!("{f}; trying the other challenge");
         }
 
-        let issued = self.issue_order(&answers, &certs, offered).await;
+        let issued = self.issue_order(&answers, &certs, offered, None).await;
         // Closed before the port is wanted again (by the masquerade's listener, say).
         if let Some(r) = http {
             r.stop().await;
@@ -393,12 +417,14 @@ impl Acme {
         issued
     }
 
-    /// [`Self::issue`] once the listeners are up.
+    /// [`Self::issue`] once the listeners are up (or, for DNS-01, with `dns` to write the
+    /// records).
     async fn issue_order(
         &self,
         answers: &http01::Answers,
         certs: &tlsalpn01::Certs,
         offered: Offered,
+        dns: Option<&dns01::Order>,
     ) -> Result<Issued, String> {
         let ca = self.cfg.ca.directory();
         let names = self.cfg.domains.join(", ");
@@ -459,6 +485,13 @@ impl Acme {
                     .any(|c| c.r#type == ChallengeType::TlsAlpn01)
             {
                 (ChallengeType::TlsAlpn01, "tls-alpn-01")
+            } else if dns.is_some()
+                && authz
+                    .challenges
+                    .iter()
+                    .any(|c| c.r#type == ChallengeType::Dns01)
+            {
+                (ChallengeType::Dns01, "dns-01")
             } else {
                 return Err(format!(
                     "acme.domains: {domain}: {ca} offers none of the configured challenges"
@@ -468,8 +501,11 @@ impl Acme {
                 continue;
             };
             let key_auth = challenge.key_authorization();
-            match name {
-                "http-01" => answers.insert(&domain, &challenge.token, key_auth.as_str()),
+            match (name, dns) {
+                ("http-01", _) => answers.insert(&domain, &challenge.token, key_auth.as_str()),
+                ("dns-01", Some(records)) => {
+                    records.present(&domain, &key_auth.dns_value()).await?
+                }
                 _ => certs.insert(&domain, key_auth.digest().as_ref())?,
             }
             challenge.set_ready().await.map_err(|e| {

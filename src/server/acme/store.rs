@@ -225,13 +225,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Whether the leaf is valid for every one of `domains`.
+/// The label a wildcard domain is checked with: one no explicit name of ours carries.
+const WILDCARD_PROBE: &str = "quelay-wildcard-probe";
+
+/// Whether the leaf is valid for every one of `domains` (`*.a.example` among them).
 pub fn covers(leaf: &CertificateDer<'_>, domains: &[String]) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
         return false;
     };
     domains.iter().all(|d| {
-        DnsName::try_from(d.as_str()).is_ok_and(|name| {
+        // A wildcard is covered when a name only it would match is (webpki takes no `*`).
+        let probe = d
+            .strip_prefix("*.")
+            .map(|base| format!("{WILDCARD_PROBE}.{base}"));
+        DnsName::try_from(probe.as_deref().unwrap_or(d)).is_ok_and(|name| {
             cert.verify_is_valid_for_subject_name(&ServerName::DnsName(name))
                 .is_ok()
         })
@@ -265,6 +272,15 @@ mod tests {
             cert.der(),
             &["a.example".into(), "b.example".into()]
         ));
+        assert!(!covers(cert.der(), &["*.a.example".into()]));
+        let params =
+            rcgen::CertificateParams::new(vec!["a.example".into(), "*.a.example".into()]).unwrap();
+        let wild = params.self_signed(&key).unwrap();
+        assert!(covers(
+            wild.der(),
+            &["a.example".into(), "*.a.example".into()]
+        ));
+        assert!(!covers(wild.der(), &["*.b.example".into()]));
     }
 
     #[test]
