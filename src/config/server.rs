@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::units::PortSet;
+pub use crate::proto::PortSet;
 
 /// Official default listen port: HTTP/3's.
 pub const DEFAULT_LISTEN_PORT: u16 = 443;

@@ -3,8 +3,9 @@
 //! port unions. Each parser returns a reason without the key; the caller adds the key.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use crate::proto::PortSet;
 
 /// Parse a Go duration: a sequence of decimal numbers, each with an optional fraction and a
 /// unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `30s`, `1m30s`, `1.5h`, `500ms`.
@@ -251,65 +252,6 @@ pub fn hop_ports(text: &str) -> Result<Vec<u16>, String> {
     Ok(ports)
 }
 
-/// A set of ports, as in `sniff.tcpPorts`: `all`, or a comma-separated list of ports and
-/// ranges such as `80,443,8000-9000`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortSet(Vec<RangeInclusive<u16>>);
-
-impl PortSet {
-    /// Every port.
-    pub fn all() -> Self {
-        Self(vec![0..=u16::MAX])
-    }
-
-    /// Whether `port` is in the set.
-    pub fn contains(&self, port: u16) -> bool {
-        self.0.iter().any(|r| r.contains(&port))
-    }
-
-    /// The ranges, in the order given.
-    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
-        &self.0
-    }
-
-    /// Every port of the set, sorted, each once.
-    pub fn ports(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self.0.iter().flat_map(|r| r.clone()).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
-    }
-
-    /// Parse `all`, `*` or `80,443,1000-2000`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let s = text.trim();
-        if s.eq_ignore_ascii_case("all") || s == "*" {
-            return Ok(Self::all());
-        }
-        let bad = |part: &str| {
-            format!(
-                "invalid port {part:?} in {text:?} (expected e.g. \"80,443,8000-9000\" or \"all\")"
-            )
-        };
-        let mut ranges = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let port = |p: &str| p.trim().parse::<u16>().map_err(|_| bad(part));
-            let range = match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (port(a)?, port(b)?);
-                    a.min(b)..=a.max(b)
-                }
-                None => {
-                    let p = port(part)?;
-                    p..=p
-                }
-            };
-            ranges.push(range);
-        }
-        Ok(Self(ranges))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,22 +391,6 @@ mod tests {
             "1.2.3.4:",
         ] {
             assert!(parse_socket_addr(bad).is_err(), "{bad:?} should fail");
-        }
-    }
-
-    #[test]
-    fn port_sets() {
-        let s = PortSet::parse("80, 443,8000-9000,20-10").unwrap();
-        for p in [80, 443, 8000, 8500, 9000, 10, 15, 20] {
-            assert!(s.contains(p), "{p}");
-        }
-        for p in [0, 81, 7999, 9001, 21] {
-            assert!(!s.contains(p), "{p}");
-        }
-        assert!(PortSet::parse("all").unwrap().contains(65535));
-        assert!(PortSet::parse("*").unwrap().contains(0));
-        for bad in ["", "80,", "a", "1-", "70000"] {
-            assert!(PortSet::parse(bad).is_err(), "{bad:?} should fail");
         }
     }
 }

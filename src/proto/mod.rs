@@ -32,6 +32,7 @@ pub mod tcp;
 pub mod udp;
 pub mod varint;
 
+pub use addr::PortSet;
 pub use salamander::Salamander;
 pub use tcp::{split_host_port, Host, StreamStart, TcpRequest, TcpResponse};
 pub use udp::{fragment, Defragger, UdpMessage};

@@ -98,7 +98,7 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
         auth,
         masquerade,
         router,
-        sniffer: cfg.sniff.as_ref().map(Sniffer::from_config),
+        sniffer: cfg.sniff.as_ref().map(sniffer),
         guard: OutboundGuard {
             allow_loopback: cfg.outbound_guard.allow_loopback,
             allow_link_local: cfg.outbound_guard.allow_link_local,
@@ -126,6 +126,16 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
 
 /// A per-user socket cap as configured. With `auth.type: password` every client is the one
 /// user `user`, so there is no other user to protect: no default cap (a value set is kept).
+/// The sniffer a `sniff:` section describes.
+fn sniffer(c: &config::Sniff) -> Sniffer {
+    Sniffer::new(
+        c.timeout,
+        c.rewrite_domain,
+        c.tcp_ports.clone(),
+        c.udp_ports.clone(),
+    )
+}
+
 fn per_user(cfg: &ServerConfig, v: Option<u64>) -> PerUser {
     match (&cfg.auth, v) {
         (Auth::Password(_), None) => PerUser::Unlimited,
@@ -672,6 +682,21 @@ mod tests {
     use super::*;
 
     const AUTH: &str = "auth: {type: password, password: pw}\n";
+
+    #[test]
+    fn sniff_section_builds_its_sniffer() {
+        use crate::proto::sniff::Transport;
+        let s = sniffer(&config::Sniff {
+            timeout: Some(Duration::from_secs(2)),
+            rewrite_domain: true,
+            tcp_ports: Some(crate::proto::PortSet::parse("80,443").unwrap()),
+            udp_ports: None,
+        });
+        assert_eq!(s.timeout(), Duration::from_secs(2));
+        assert!(s.wants("example.com", Transport::Tcp, 443));
+        assert!(!s.wants("example.com", Transport::Tcp, 8080));
+        assert!(s.wants("example.com", Transport::Udp, 8080));
+    }
 
     fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
         let path = dir.join(name);

@@ -8,8 +8,7 @@ use super::{lower, W};
 use crate::config::error::{fault, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::*;
-use crate::config::units::PortSet;
-use crate::proto::split_host_port;
+use crate::proto::{split_host_port, PortSet};
 
 pub(super) fn resolver(top: &mut Section, w: &mut W) -> Result<Resolver, Fault> {
     let mut s = top.section("resolver")?;

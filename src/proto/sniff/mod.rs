@@ -31,7 +31,7 @@ pub(crate) mod tests;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::{PortSet, Sniff};
+use super::PortSet;
 
 pub use quic::{quic_initial_sni, MAX_CRYPTO_LEN};
 
@@ -79,16 +79,6 @@ impl Sniffer {
             tcp_ports,
             udp_ports,
         }
-    }
-
-    /// The sniffer a parsed `sniff:` section describes.
-    pub fn from_config(config: &Sniff) -> Self {
-        Self::new(
-            config.timeout,
-            config.rewrite_domain,
-            config.tcp_ports.clone(),
-            config.udp_ports.clone(),
-        )
     }
 
     /// How long a TCP request waits for its first bytes before it goes ahead unchanged:

@@ -84,21 +84,6 @@ fn internal_hosts_are_never_sniffed() {
     assert!(!sniffer(true, None, None).wants("@SpeedTest", Transport::Tcp, 0));
 }
 
-#[test]
-fn config_section_builds_the_same_sniffer() {
-    let config = crate::config::Sniff {
-        timeout: Some(Duration::from_secs(2)),
-        rewrite_domain: true,
-        tcp_ports: Some(PortSet::parse("80,443").unwrap()),
-        udp_ports: None,
-    };
-    let s = Sniffer::from_config(&config);
-    assert_eq!(s.timeout(), Duration::from_secs(2));
-    assert!(s.wants("example.com", Transport::Tcp, 443));
-    assert!(!s.wants("example.com", Transport::Tcp, 8080));
-    assert!(s.wants("example.com", Transport::Udp, 8080));
-}
-
 // --- TCP (S5–S10) ---
 
 #[test]
