@@ -26,14 +26,15 @@ use slab::Slab;
 
 use super::http_proxy::{self, Exchange, ProxyRequest, ProxyRequestReader};
 use super::http_relay::{self, HttpRelay};
-use super::pool::{Pool, PoolConfig};
+use super::pool::PoolConfig;
+use super::session::udp::{UdpForward, UdpSessions};
 use super::session::{
     Action, Config as SessionConfig, ConnId, FrontKind, LocalRequest, RequestId, Session,
 };
 use super::socks5::{self, Command, ReplyCode, Socks5Server, Step};
 use super::stats::PoolStats;
 use super::token::{self, token, TokenKind};
-use super::udp::{Udp, UdpConns, UdpForward};
+use super::udp::Udp;
 use crate::engine::{Completion, Sock, SockOp, Waker};
 use crate::proto::tcp;
 use crate::quic::stream::{self, ReadEnd};
@@ -178,27 +179,6 @@ struct Conns {
     id: HashMap<ConnectionHandle, ConnId>,
 }
 
-/// The session's UDP-capable connections, as quinn handles for the UDP sessions.
-struct UdpView<'a> {
-    pool: &'a Pool<ConnId>,
-    conns: &'a Conns,
-}
-
-impl UdpConns for UdpView<'_> {
-    fn ready(&self, ch: ConnectionHandle) -> bool {
-        self.conns
-            .id
-            .get(&ch)
-            .is_some_and(|id| self.pool.conns.iter().any(|c| c.ch == *id && c.is_ready()))
-    }
-
-    fn pick_udp(&self) -> Option<ConnectionHandle> {
-        self.pool
-            .pick_udp()
-            .and_then(|id| self.conns.ch.get(&id).copied())
-    }
-}
-
 pub struct ClientApp {
     shared: Arc<ClientShared>,
     sockets: Option<LocalSockets>,
@@ -234,7 +214,7 @@ impl ClientApp {
                 crate::worker::WorkerId(worker as u8),
                 now,
             ),
-            udp: Udp::new(shared.stats.clone(), worker),
+            udp: Udp::new(UdpSessions::new(shared.stats.clone(), worker)),
             shared,
             sockets: Some(sockets),
             listeners: Vec::new(),
@@ -578,7 +558,7 @@ impl ClientApp {
                     if let Some(qc) = io.conn(ch) {
                         qc.close(now, 0u32.into(), b""[..].into());
                     }
-                    self.conn_gone(ch);
+                    self.conn_gone(conn, ch);
                 }
             }
         }
@@ -617,9 +597,9 @@ impl ClientApp {
     }
 
     /// Lets go of what the adapter holds for a connection that is gone.
-    fn conn_gone(&mut self, ch: ConnectionHandle) {
+    fn conn_gone(&mut self, conn: ConnId, ch: ConnectionHandle) {
         self.by_stream.retain(|(c, _), _| *c != ch);
-        self.udp.connection_lost(ch);
+        self.udp.sessions.connection_lost(conn);
     }
 
     fn pump(&mut self, io: &mut Io<'_>, key: usize) {
@@ -934,13 +914,11 @@ impl ClientApp {
             self.accept_retry = None;
             self.post_accepts(io);
         }
-        let wants = self.udp.wants_connection();
+        let wants = self.udp.sessions.wants_connection();
         self.session.set_udp_waiting(io.now, wants);
-        self.udp.expire(io);
-        let (udp, conns) = (&self.udp, &self.conns);
-        self.session.handle_timeout(io.now, |conn| {
-            conns.ch.get(&conn).is_some_and(|&ch| udp.uses(ch))
-        });
+        self.udp.sessions.expire(io.now);
+        let udp = &self.udp.sessions;
+        self.session.handle_timeout(io.now, |conn| udp.uses(conn));
         self.perform(io);
     }
 
@@ -1014,7 +992,7 @@ impl App for ClientApp {
             timer,
             self.accept_retry,
             self.session.poll_timeout(Instant::now()),
-            self.udp.next_deadline(),
+            self.udp.sessions.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1037,7 +1015,7 @@ impl App for ClientApp {
                 self.perform(io);
                 self.conns.ch.remove(&conn);
                 self.conns.id.remove(&ch);
-                self.conn_gone(ch);
+                self.conn_gone(conn, ch);
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
                 self.session.credit(io.now, conn)
@@ -1061,18 +1039,20 @@ impl App for ClientApp {
                 if self.session.reading(conn, id) {
                     self.read_for_session(io, conn, ch, id);
                     self.perform(io);
-                    let view = UdpView {
-                        pool: self.session.pool(),
-                        conns: &self.conns,
-                    };
-                    self.udp.flush_pending(io, &view);
+                    let chs = &self.conns.ch;
+                    self.udp
+                        .flush_pending(io, self.session.pool(), |c| chs.get(&c).copied());
                     return;
                 }
                 self.on_stream(io, ch, id);
             }
             Event::Stream(StreamEvent::Writable { id })
             | Event::Stream(StreamEvent::Stopped { id, .. }) => self.on_stream(io, ch, id),
-            Event::DatagramReceived => self.udp.on_datagrams(io, ch),
+            Event::DatagramReceived => {
+                let chs = &self.conns.ch;
+                self.udp
+                    .on_datagrams(io, conn, ch, |c| chs.get(&c).copied());
+            }
             _ => {}
         }
         self.perform(io);
@@ -1083,12 +1063,10 @@ impl App for ClientApp {
             (TokenKind::Listener, key, _) => self.on_accept(io, key, c),
             (TokenKind::Local, key, gen) => self.on_local(io, key, gen, c),
             (TokenKind::Udp, ..) => {
-                let view = UdpView {
-                    pool: self.session.pool(),
-                    conns: &self.conns,
-                };
-                self.udp.on_completion(io, c, &view);
-                if self.udp.wants_connection() {
+                let chs = &self.conns.ch;
+                self.udp
+                    .on_completion(io, c, self.session.pool(), |c| chs.get(&c).copied());
+                if self.udp.sessions.wants_connection() {
                     self.session.set_udp_waiting(io.now, true);
                     self.perform(io);
                 }

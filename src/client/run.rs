@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::app::{ClientApp, ClientShared, Front, LocalSockets};
 use super::pool::{PoolConfig, ServerAddr};
+use super::session::udp::UdpForward;
 use super::stats::PoolStats;
-use super::udp::UdpForward;
 use crate::config::{self, ClientConfig, ProxyAuth};
 use crate::engine::DriverConfig;
 use crate::limits::Cap;

@@ -19,12 +19,14 @@
 //! It holds ids that are never reused ([`ConnId`], [`RequestId`]) and never a socket or a
 //! quinn handle, so an answer that comes back after what it was for has gone finds nothing
 //! to land on. Its only clock is the `now` it is given: `tests.rs` runs it in virtual time.
-//! UDP sessions are not here yet: `client/udp.rs` keeps them.
+//! The UDP sessions (SOCKS5 associations, UDP forwarders) are a core of their own, [`udp`],
+//! on the same connection ids.
 
 #[cfg(test)]
 mod pair;
 #[cfg(test)]
 mod tests;
+pub mod udp;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
