@@ -124,8 +124,6 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
     })
 }
 
-/// A per-user socket cap as configured. With `auth.type: password` every client is the one
-/// user `user`, so there is no other user to protect: no default cap (a value set is kept).
 /// The sniffer a `sniff:` section describes.
 fn sniffer(c: &config::Sniff) -> Sniffer {
     Sniffer::new(
@@ -136,6 +134,8 @@ fn sniffer(c: &config::Sniff) -> Sniffer {
     )
 }
 
+/// A per-user socket cap as configured. With `auth.type: password` every client is the one
+/// user `user`, so there is no other user to protect: no default cap (a value set is kept).
 fn per_user(cfg: &ServerConfig, v: Option<u64>) -> PerUser {
     match (&cfg.auth, v) {
         (Auth::Password(_), None) => PerUser::Unlimited,

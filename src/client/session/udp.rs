@@ -225,9 +225,9 @@ impl UdpSessions {
     }
 
     fn new_session(&mut self, session: Session) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.sessions.insert(self.next_id, session);
-        self.next_id
+        let id = fresh_id(&mut self.next_id);
+        self.sessions.insert(id, session);
+        id
     }
 
     /// A datagram from the app at `peer` on `sock`.
@@ -266,8 +266,7 @@ impl UdpSessions {
                     Some(&id) => id,
                     None => {
                         let expiry = now + fwd.timeout;
-                        self.next_id = self.next_id.wrapping_add(1);
-                        let id = self.next_id;
+                        let id = fresh_id(&mut self.next_id);
                         by_src.insert(peer, id);
                         self.sessions
                             .insert(id, Session::new(sock, Some(peer), now));
@@ -410,6 +409,12 @@ impl UdpSessions {
         }
         self.next_expiry = next;
     }
+}
+
+/// The next session id (`new_session` cannot be called while a socket is borrowed).
+fn fresh_id(next: &mut u32) -> u32 {
+    *next = next.wrapping_add(1);
+    *next
 }
 
 fn drop_one(stats: &PoolStats) {
