@@ -483,6 +483,22 @@ fn served_leaf(
     served_leaf_as(https, root, DOMAIN)
 }
 
+/// Waits for quelay's HTTPS listener and returns the leaf it serves as `DOMAIN`, which must
+/// verify up to Pebble's `root`; fails with quelay's log otherwise.
+fn issued_leaf(
+    quelay: &Child,
+    https: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+) -> rustls::pki_types::CertificateDer<'static> {
+    assert!(wait_tcp_port(https, Duration::from_secs(10)));
+    served_leaf(https, root.clone()).unwrap_or_else(|e| {
+        panic!(
+            "quelay's certificate does not verify to Pebble's root: {e}\n{}",
+            tail(&quelay.stderr(), 30)
+        )
+    })
+}
+
 /// The leaf quelay serves as `sni` on its HTTPS listener, verified up to `root` for `sni`.
 fn served_leaf_as(
     https: SocketAddr,
@@ -654,14 +670,8 @@ fn issued_and_served(challenge: &str) {
     let config = dir.join("server.yaml");
     fs::write(&config, quelay_config(&pebble, &dir, udp, https, challenge)).unwrap();
     let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
-    assert!(wait_tcp_port(https, Duration::from_secs(10)));
     let root = pebble.root();
-    let leaf = served_leaf(https, root.clone()).unwrap_or_else(|e| {
-        panic!(
-            "quelay's certificate does not verify to Pebble's root: {e}\n{}",
-            tail(&quelay.stderr(), 30)
-        )
-    });
+    let leaf = issued_leaf(&quelay, https, &root);
     let err = quelay.stderr();
     assert!(err.contains("issued by"), "{}", tail(&err, 30));
     let over_quic = quic_leaf(udp, root.clone()).unwrap_or_else(|e| {
@@ -921,14 +931,8 @@ fn acme_dns01_with_pebble() {
     fs::write(&config, text).unwrap();
     assert!(!dir.join("acme").exists(), "no certificate to start with");
     let mut quelay = start_quelay("quelay", &dir, &config, &pebble, udp);
-    assert!(wait_tcp_port(https, Duration::from_secs(10)));
     let root = pebble.root();
-    let leaf = served_leaf(https, root.clone()).unwrap_or_else(|e| {
-        panic!(
-            "quelay's certificate does not verify to Pebble's root: {e}\n{}",
-            tail(&quelay.stderr(), 30)
-        )
-    });
+    let leaf = issued_leaf(&quelay, https, &root);
     let wild = served_leaf_as(https, root.clone(), &format!("any.{DOMAIN}"))
         .expect("the wildcard name verifies too");
     assert_eq!(wild, leaf);
