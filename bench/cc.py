@@ -61,6 +61,15 @@ cpu group /sys/fs/cgroup/cpu/quelay-cc-bench with cpu.cfs_quota_us = P * 1000 pe
 100 ms period, i.e. P % of one CPU shared by all clients: a slow client, whose ACKs come
 late, which is where congestion controllers differ.
 
+`--two-hosts` runs the server in a network namespace of its own on CPU 0, and cc.py, the
+clients, the loads and the target in another on CPU 1, joined by a veth pair whose receive
+queues are steered (RPS) to their own side's CPU (class TwoHosts). On loopback a receiver's
+kernel work (GSO segmentation, socket enqueue, wake-up) runs inside the sender's system
+call and is charged to the sender; here each side pays its own, as two machines would. The
+table gains the server CPU's whole busy time per GiB ("server core", /proc/stat), which
+also counts receive work done while the server slept. Wire counts are then taken in the
+clients' namespace: s2c on the input hook, c2s on the output hook.
+
 Per sample: payload bytes, seconds (the slowest load's own timing), goodput, skbs,
 datagrams and bytes both ways, datagrams per MiB and wire bytes per payload byte in the
 data direction (download: server -> client; upload: client -> server), receiver drops,
@@ -99,7 +108,7 @@ os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # nor from the load processes
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare as cmp  # noqa: E402
 from compare import (  # noqa: E402
-    GIB, MIB, HOST, LIVE, Ctx, Proc, SetupError, kill, kill_all, log, med, parse_size,
+    GIB, MIB, LIVE, Ctx, Proc, SetupError, kill, kill_all, log, med, parse_size,
     proc_cpu, tail, human_bytes,
 )
 
@@ -181,8 +190,11 @@ class Nft:
     with a counter per element: the histogram of skb lengths, from which the datagrams
     inside GSO batches are inferred (see `datagrams`)."""
 
-    def __init__(self, nft: str):
+    def __init__(self, nft: str, split: bool = False):
         self.nft = nft
+        # --two-hosts: cc.py runs in the clients' namespace, where the server's packets
+        # arrive from the veth (input hook) and the clients' leave (output hook).
+        self.split = split
 
     def delete(self) -> None:
         r = subprocess.run([self.nft, "list", "tables"], capture_output=True, text=True,
@@ -194,15 +206,15 @@ class Nft:
         self.delete()
         sets = "".join(f"  set {d}_len {{ typeof meta length; size 65535; flags dynamic; "
                        "counter; }\n" for d in DIRS)
+        s2c = f"    udp sport {port} counter name \"s2c\" update @s2c_len {{ meta length }}\n"
+        c2s = f"    udp dport {port} counter name \"c2s\" update @c2s_len {{ meta length }}\n"
+        chains = (("  chain in {\n    type filter hook input priority 0; policy accept;\n"
+                   + s2c + "  }\n" if self.split else "")
+                  + "  chain out {\n    type filter hook output priority 0; policy accept;\n"
+                  + ("" if self.split else s2c) + c2s + "  }\n")
         rules = (f"table inet {NFT_TABLE} {{\n"
                  "  counter s2c { }\n"
-                 "  counter c2s { }\n" + sets +
-                 "  chain out {\n"
-                 "    type filter hook output priority 0; policy accept;\n"
-                 f"    udp sport {port} counter name \"s2c\" update @s2c_len {{ meta length }}\n"
-                 f"    udp dport {port} counter name \"c2s\" update @c2s_len {{ meta length }}\n"
-                 "  }\n"
-                 "}\n")
+                 "  counter c2s { }\n" + sets + chains + "}\n")
         run([self.nft, "-f", "-"], input=rules)
 
     def read(self) -> dict[str, dict]:
@@ -257,12 +269,14 @@ def hist_delta(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
     return {k: n - a.get(k, 0) for k, n in b.items() if n - a.get(k, 0) > 0}
 
 
-def udp_socket_drops(port: int | None = None, inodes: set[str] | None = None) -> int:
-    """Sum of the `drops` column of /proc/net/udp{,6} (datagrams the kernel dropped at that
-    socket: full receive buffer) over the sockets bound to `port` or with these inodes."""
+def udp_socket_drops(port: int | None = None, inodes: set[str] | None = None,
+                     net: str = "/proc/net") -> int:
+    """Sum of the `drops` column of NET/udp{,6} (datagrams the kernel dropped at that
+    socket: full receive buffer) over the sockets bound to `port` or with these inodes.
+    NET is /proc/PID/net for a process in another network namespace."""
     total = 0
     want = None if port is None else f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in (f"{net}/udp", f"{net}/udp6"):
         try:
             with open(table) as fh:
                 next(fh)
@@ -345,6 +359,109 @@ class Cgroup:
 
 
 # ---------------------------------------------------------------------------------------------
+# --two-hosts: the server's side and the clients' side as two machines of one CPU each
+
+
+class TwoHosts:
+    """Two network namespaces joined by a veth pair, one for the server and one for
+    everything else (cc.py itself, the sing-box clients, the loads, the bench target):
+
+        clients' ns quelay-cc-c  10.214.0.1 vc ==== veth ==== vs 10.214.0.2  quelay-cc-s
+        CPU 1: cc.py, clients, loads, target              server (taskset -c 0): CPU 0
+        RPS on vc -> CPU 1                                RPS on vs -> CPU 0
+
+    On loopback, the kernel delivers a datagram to its receiving socket on the sender's
+    CPU, within the sender's system call, so a server is charged for its clients' receive
+    path (GSO segmentation, socket enqueue, wake-ups) and its clients for its own. Here
+    each veth's receive queue is steered (RPS, /sys/class/net/*/queues/rx-0/rps_cpus) to
+    its own side's CPU, and each side runs on that CPU only: a server is charged for what
+    its host would spend behind a NIC, and its clients' receive work stays with them.
+    `server_core_secs` adds CPU 0's whole busy time (/proc/stat: user, nice, system, irq,
+    softirq), which also holds receive work that ran while the server slept.
+
+    Nothing is routed anywhere else: each namespace has its loopback and the veth only,
+    no default route. The outer cc.py creates both, runs itself in the clients' namespace
+    (QUELAY_CC_SIDE=clients in its environment) and deletes both at exit."""
+
+    NS = {"clients": "quelay-cc-c", "server": "quelay-cc-s"}
+    IP = {"clients": "10.214.0.1", "server": "10.214.0.2"}
+    DEV = {"clients": "vc", "server": "vs"}
+    CPU = {"clients": 1, "server": 0}
+    ENV = "QUELAY_CC_SIDE"
+
+    @staticmethod
+    def inside() -> bool:
+        return os.environ.get(TwoHosts.ENV) == "clients"
+
+    @staticmethod
+    def server_cmd(cmd: list) -> list:
+        """`cmd` in the server's namespace on the server's CPU (`ip netns exec` and
+        `taskset` both exec, so the pid is the server's)."""
+        return ["ip", "netns", "exec", TwoHosts.NS["server"], "taskset", "-c",
+                str(TwoHosts.CPU["server"]), *cmd]
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def setup(self) -> None:
+        if (os.cpu_count() or 1) < 2:
+            raise SetupError("--two-hosts needs 2 CPUs (one per side)")
+        if not shutil.which("ip") or not shutil.which("taskset"):
+            raise SetupError("--two-hosts needs `ip` (iproute2) and `taskset` (util-linux)")
+        self.remove()  # stale namespaces of an interrupted run
+        for side, ns in self.NS.items():
+            run(["ip", "netns", "add", ns])
+            self.made.append(ns)
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        c, sv = self.NS["clients"], self.NS["server"]
+        run(["ip", "-n", c, "link", "add", self.DEV["clients"], "type", "veth", "peer", "name",
+             self.DEV["server"], "netns", sv])
+        for side, ns in self.NS.items():
+            dev = self.DEV[side]
+            run(["ip", "-n", ns, "addr", "add", f"{self.IP[side]}/30", "dev", dev])
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+            mask = f"{1 << self.CPU[side]:x}"
+            run(["ip", "netns", "exec", ns, "sh", "-c",
+                 f"echo {mask} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"])
+
+    def run_inside(self, argv: list[str]) -> int:
+        """This script again, with the same arguments, in the clients' namespace on the
+        clients' CPU; its exit code."""
+        env = dict(os.environ, **{self.ENV: "clients"})
+        cmd = ["ip", "netns", "exec", self.NS["clients"], "taskset", "-c",
+               str(self.CPU["clients"]), sys.executable, __file__, *argv]
+        try:
+            return subprocess.run(cmd, env=env).returncode
+        except KeyboardInterrupt:
+            return 130
+
+    def remove(self) -> None:
+        for ns in self.NS.values():
+            if not Path(f"/run/netns/{ns}").exists():
+                continue
+            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in r.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
+
+
+def cpu_busy_secs(cpu: int) -> float:
+    """CPU `cpu`'s busy time from /proc/stat: user + nice + system + irq + softirq (+ steal
+    is left out: another tenant's)."""
+    with open("/proc/stat") as fh:
+        for line in fh:
+            c = line.split()
+            if c[0] == f"cpu{cpu}":
+                user, nice, system, _idle, _iowait, irq, softirq = map(int, c[1:8])
+                return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"/proc/stat has no line for cpu{cpu}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Servers, clients, loads
 
 
@@ -382,7 +499,7 @@ def shoes_yaml(port: int, cert: Path, key: Path) -> str:
     j = json.dumps
     return ("- global_limits:\n"
             + "".join(f"    {k}: {v}\n" for k, v in SHOES_LIMITS.items())
-            + f"- address: {j(f'{HOST}:{port}')}\n"
+            + f"- address: {j(f'{cmp.SERVER_HOST[0]}:{port}')}\n"
             "  transport: quic\n"
             "  quic_settings:\n"
             f"    cert: {j(str(cert))}\n"
@@ -443,10 +560,13 @@ def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
         cfg = dir_ / "server.json"
         cmd, env = [ctx.singbox, "run", "-c", cfg], {}
     cfg.write_text(server_config(spec, port, ctx.cert, ctx.key))
+    split = TwoHosts.inside()
     with open(dir_ / "server.out", "wb") as out, open(err_path, "wb") as err:
-        p = cmp.spawn(cmd, out, err, env, cwd=dir_)
-    cmp.wait_ready(p, lambda: cmp.udp_bound(port), f"{spec} server", err_path)
-    return Proc(spec, p, f"{HOST}:{port}", port, err_path)
+        p = cmp.spawn(TwoHosts.server_cmd(cmd) if split else cmd, out, err, env, cwd=dir_)
+    # /proc/PID/net: the server's own namespace, which is not this one with --two-hosts.
+    cmp.wait_ready(p, lambda: any(cmp.port_in(f"/proc/{p.pid}/net/{t}", port)
+                                  for t in ("udp", "udp6")), f"{spec} server", err_path)
+    return Proc(spec, p, f"{cmp.SERVER_HOST[0]}:{port}", port, err_path)
 
 
 def start_client(server_port: int, ctx: Ctx, dir_: Path, cg: Cgroup) -> Proc:
@@ -503,7 +623,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         cmds = [load_cmd(direction, c, target, a.bytes, ltimeout, a.connections, barrier)
                 for c in clients]
         if direction == "up":
-            wait_target_idle(target.port)
+            wait_target_idle(cmp.HOST, target.port)
         s["load_cmd"] = " ".join(["python3", *map(str, cmds[0][1:])])
         outs = [str(dir_ / f"load-{i}.out") for i in range(a.connections)]
         errs = [str(dir_ / f"load-{i}.err") for i in range(a.connections)]
@@ -511,6 +631,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         cg0 = cg.stat()
         snmp0 = cmp.eng.udp_counters()
         cpu0 = proc_cpu(server.p.pid)
+        core0 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
         cl0 = [proc_cpu(c.p.pid) for c in clients]
         t0 = time.perf_counter()
         loads = []
@@ -526,6 +647,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
                 deadline = min(deadline, time.monotonic() + 5)
         wall = time.perf_counter() - t0
         cpu1 = cpu_or_none(server)
+        core1 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
         cl1 = [cpu_or_none(c) for c in clients]
         c1 = nft.read()
         cg1 = cg.stat()
@@ -533,7 +655,8 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
             s["client_cgroup_delta"] = {k: v - cg0.get(k, 0) for k, v in cg1.items()}
         snmp1 = cmp.eng.udp_counters()
         # Receive-buffer drops per socket (the sockets are fresh for this sample).
-        s["server_socket_drops"] = udp_socket_drops(port=server.port)
+        s["server_socket_drops"] = udp_socket_drops(port=server.port,
+                                                    net=f"/proc/{server.p.pid}/net")
         s["client_socket_drops"] = udp_socket_drops(
             inodes=set().union(*(socket_inodes(c.p.pid) for c in clients)))
         reps = [cmp.parse_json_out(o) for o in outs]
@@ -547,6 +670,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         s.update(
             wall_secs=wall,
             server_cpu_secs=None if cpu1 is None else cpu1 - cpu0,
+            server_core_secs=None if core1 is None else core1 - core0,
             client_cpu_secs=(None if any(x is None for x in cl1)
                              else sum(x1 - x0 for x0, x1 in zip(cl0, cl1))),
             netns_udp_delta={k: snmp1[k] - snmp0.get(k, 0) for k in snmp1
@@ -622,8 +746,9 @@ def derive(s: dict, reps: list[dict]) -> None:
     s["check_datagrams"] = {"inferred_both_ways": F["datagrams"] + R["datagrams"],
                             "netns_InDatagrams_plus_RcvbufErrors":
                                 u.get("InDatagrams", 0) + u.get("RcvbufErrors", 0)}
-    cpu, ccpu = s["server_cpu_secs"], s["client_cpu_secs"]
+    cpu, ccpu, core = s["server_cpu_secs"], s["client_cpu_secs"], s["server_core_secs"]
     s["server_cpu_per_gib"] = None if cpu is None else cpu / (nbytes / GIB)
+    s["server_core_per_gib"] = None if core is None else core / (nbytes / GIB)
     s["client_cpu_per_gib"] = None if ccpu is None else ccpu / (nbytes / GIB)
     if not F["datagrams"]:
         raise RuntimeError("nftables counted no datagram in the data direction")
@@ -633,7 +758,8 @@ def derive(s: dict, reps: list[dict]) -> None:
 # Summary
 
 KEYS = ("gbps", "dgrams_per_mib", "rev_dgrams_per_mib", "wire_per_byte", "dgrams_per_skb",
-        "receiver_drops_per_mib", "server_cpu_per_gib", "client_cpu_per_gib")
+        "receiver_drops_per_mib", "server_cpu_per_gib", "server_core_per_gib",
+        "client_cpu_per_gib")
 
 
 def baseline_spec(specs: list[str], impl: str) -> str | None:
@@ -673,6 +799,10 @@ def summarize(specs: list[str], dirs: list[str], samples: list[dict]) -> list[di
             r1 = paired_ratios(spec, d, ok, samples, base, ("gbps", "dgrams_per_mib"))
             row["ratio_gbps"] = r1["gbps"]
             row["ratio_dgrams_per_mib"] = r1["dgrams_per_mib"]
+            r1c = paired_ratios(spec, d, ok, samples, base,
+                                ("server_cpu_per_gib", "server_core_per_gib"))
+            row["ratio_server_cpu_per_gib"] = r1c["server_cpu_per_gib"]
+            row["ratio_server_core_per_gib"] = r1c["server_core_per_gib"]
             r2 = paired_ratios(spec, d, ok, samples, second, ("gbps", "server_cpu_per_gib"))
             row[f"ratio_gbps_{SECOND}"] = r2["gbps"]
             row[f"ratio_server_cpu_per_gib_{SECOND}"] = r2["server_cpu_per_gib"]
@@ -688,12 +818,15 @@ def ratio(x):
     return "–" if x is None else f"{x:.2f}×"
 
 
-def table(rows: list[dict], second: bool = False) -> str:
-    """The Markdown table; `second`: with the two ratio columns to shoes (when it ran)."""
+def table(rows: list[dict], second: bool = False, core: bool = False) -> str:
+    """The Markdown table; `second`: with the two ratio columns to shoes (when it ran);
+    `core`: with the server CPU's busy time (--two-hosts) and its ratio."""
     cols = ["server", "dir", "ok", "goodput Gbit/s", "datagrams/MiB", "reverse datagrams/MiB",
             "wire B/payload B", "datagrams per skb (GSO)", "receiver drops/MiB",
             "server CPU-s/GiB", "client CPU-s/GiB", f"goodput ÷ {BASELINE}",
-            f"datagrams/MiB ÷ {BASELINE}"]
+            f"datagrams/MiB ÷ {BASELINE}", f"server CPU-s/GiB ÷ {BASELINE}"]
+    if core:
+        cols += ["server core CPU-s/GiB", f"server core ÷ {BASELINE}"]
     if second:
         cols += [f"goodput ÷ {SECOND}", f"server CPU-s/GiB ÷ {SECOND}"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -709,7 +842,10 @@ def table(rows: list[dict], second: bool = False) -> str:
             f"{f(r['wire_per_byte'], 3)} | {f(r['dgrams_per_skb'], 1)} | "
             f"{f(r['receiver_drops_per_mib'], 1)} | "
             f"{f(r['server_cpu_per_gib'])} | {f(r['client_cpu_per_gib'])} | "
-            f"{ratio(r['ratio_gbps'])} | {ratio(r['ratio_dgrams_per_mib'])} |"
+            f"{ratio(r['ratio_gbps'])} | {ratio(r['ratio_dgrams_per_mib'])} | "
+            f"{ratio(r['ratio_server_cpu_per_gib'])} |"
+            + (f" {f(r['server_core_per_gib'])} | {ratio(r['ratio_server_core_per_gib'])} |"
+               if core else "")
             + (f" {ratio(r.get(f'ratio_gbps_{SECOND}'))} | "
                f"{ratio(r.get(f'ratio_server_cpu_per_gib_{SECOND}'))} |" if second else ""))
     errs = [(r["server"], r["direction"], e) for r in rows for e in r["errors"]]
@@ -722,27 +858,28 @@ def table(rows: list[dict], second: bool = False) -> str:
 # Upload load (compare.py's _socksload only downloads)
 
 
-def target_rx(port: int) -> tuple[int, int]:
+def target_rx(host: str, port: int) -> tuple[int, int]:
     """(established connections, sum of tcpi_bytes_received) of the target's TCP sockets
-    (local port `port`), from `ss -tin`: the kernel's count of bytes that reached them."""
-    r = subprocess.run(["ss", "-tinH", "state", "established", "src", HOST,
+    (local address host:port), from `ss -tin`: the kernel's count of bytes that reached
+    them."""
+    r = subprocess.run(["ss", "-tinH", "state", "established", "src", host,
                         f"( sport = :{port} )"], capture_output=True, text=True, timeout=10)
     if r.returncode != 0:
         raise RuntimeError(f"ss exit {r.returncode}: {r.stderr.strip()[:200]}")
     conns = got = 0
     for tok in r.stdout.split():
-        if tok.startswith(f"{HOST}:{port}"):
+        if tok.startswith(f"{host}:{port}"):
             conns += 1
         elif tok.startswith("bytes_received:"):
             got += int(tok.split(":", 1)[1])
     return conns, got
 
 
-def wait_target_idle(port: int, timeout: float = 10.0) -> None:
+def wait_target_idle(host: str, port: int, timeout: float = 10.0) -> None:
     """Upload completion sums over all the target's connections: none may be left over."""
     deadline = time.monotonic() + timeout
     while True:
-        conns, _ = target_rx(port)
+        conns, _ = target_rx(host, port)
         if not conns:
             return
         if time.monotonic() > deadline:
@@ -782,7 +919,7 @@ def cmd_upload(a) -> int:
                 s.settimeout(max(0.5, deadline - time.monotonic()))
                 sent += s.send(buf[:min(len(buf), a.bytes - sent)])
             while True:
-                _, got = target_rx(int(ph))
+                _, got = target_rx(th, int(ph))
                 if got >= expect:
                     break
                 if time.monotonic() > deadline:
@@ -851,6 +988,10 @@ def main() -> int:
     ap.add_argument("--cpu-quota", type=int, default=0, metavar="PERCENT",
                     help="cgroup v1 CPU quota of all sing-box clients together, %% of one "
                          "CPU (default 0: unlimited)")
+    ap.add_argument("--two-hosts", action="store_true",
+                    help="server and clients in two network namespaces joined by a veth, on "
+                         "a CPU each, with each side's receive work on its own CPU (see "
+                         "TwoHosts); default: everything on loopback")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per sample's load (default 300)")
     ap.add_argument("--out", default=str(REPO / "bench/results"), help="output directory")
@@ -865,6 +1006,24 @@ def main() -> int:
     if not 0 <= a.cpu_quota <= 100 * os.cpu_count():
         ap.error("--cpu-quota: 0 .. 100 × CPUs")
     dirs = ["down", "up"] if a.direction == "both" else [a.direction]
+    if a.two_hosts and not TwoHosts.inside():
+        if os.geteuid() != 0:
+            log("cc.py: setup failed: --two-hosts needs root (network namespaces)")
+            return 2
+        hosts = TwoHosts()
+        atexit.register(hosts.remove)
+        try:
+            hosts.setup()
+        except SetupError as e:
+            log(f"cc.py: setup failed: {e}")
+            return 2
+        log(f"two hosts: server in {TwoHosts.NS['server']} ({TwoHosts.IP['server']}, CPU "
+            f"{TwoHosts.CPU['server']}), clients in {TwoHosts.NS['clients']} "
+            f"({TwoHosts.IP['clients']}, CPU {TwoHosts.CPU['clients']})")
+        return hosts.run_inside(sys.argv[1:])
+    if TwoHosts.inside():
+        cmp.HOST = TwoHosts.IP["clients"]  # the target and the clients' SOCKS inbounds
+        cmp.SERVER_HOST[0] = TwoHosts.IP["server"]
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -880,7 +1039,7 @@ def main() -> int:
     try:
         if os.geteuid() != 0:
             raise SetupError("needs root (nftables counters, cgroups)")
-        nft = Nft(ensure_nft())
+        nft = Nft(ensure_nft(), split=TwoHosts.inside())
         CLEANUP.append(nft.delete)
         nft.delete()  # a stale table from an interrupted run
         CLEANUP.append(cg.remove)
@@ -917,6 +1076,8 @@ def main() -> int:
     ctx.bench = tmp / "quelay-bench"
     shutil.copy2(bench, ctx.bench)
     mach = cmp.machine()
+    if TwoHosts.inside():  # this process is confined to the clients' CPU
+        mach["nproc"] = os.cpu_count()
     log(f"machine: {mach['nproc']} cores, kernel {mach['kernel']}, load "
         f"{' '.join(mach['loadavg_start'])}; {vers}")
     samples: list[dict] = []
@@ -966,7 +1127,7 @@ def main() -> int:
         cg.remove()
     rows = summarize(specs, dirs, samples)
     second = baseline_spec(specs, SECOND)
-    tbl = table(rows, second is not None)
+    tbl = table(rows, second is not None, core=TwoHosts.inside())
     mach["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     cmdline = ("python3 bench/cc.py " + " ".join(sys.argv[1:])).strip()
     data = {
@@ -986,8 +1147,8 @@ def main() -> int:
     }
     m = mach
     md = "\n".join([
-        f"# Hysteria2 congestion control with the sing-box client, loopback, "
-        f"{data['started']}",
+        f"# Hysteria2 congestion control with the sing-box client, "
+        f"{'two hosts (veth)' if TwoHosts.inside() else 'loopback'}, {data['started']}",
         "",
         f"- command: `{cmdline}`",
         f"- machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}, load "
@@ -1006,7 +1167,14 @@ def main() -> int:
         f"- wire counts: {data['counting']}; data direction = server → client for down, "
         "client → server for up; \"reverse\" = the other direction (mostly ACKs); receiver "
         "drops = the `drops` of /proc/net/udp at the receiving sockets (full receive "
-        "buffer); CPU = /proc utime+stime over the load.",
+        "buffer); CPU = /proc utime+stime over the load"
+        + ("; two hosts: server in its own network namespace on CPU 0, clients, loads and "
+           "target in another on CPU 1, joined by a veth whose receive queues are steered "
+           "(RPS) to their own side's CPU, so each side pays its own receive path; server "
+           "core = CPU 0's busy time (/proc/stat), wire counts on the clients' side (s2c on "
+           "the input hook, c2s on output)." if TwoHosts.inside() else
+           "; loopback: a receiver's kernel work runs in the sender's system call and is "
+           "charged to the sender (--two-hosts separates them)."),
         "",
         tbl,
         "",

@@ -299,12 +299,13 @@ def wait_ready(p: subprocess.Popen, ready, what: str, err_path: str,
 
 QUELAY_MAX_STREAMS = [0]  # quic.maxIncomingStreams; 0 = quelay's default (1024)
 QUELAY_EXTRA_YAML = [""]  # appended to quelay's config (bench/acl.py: an `acl` section)
+SERVER_HOST = [HOST]  # where servers listen and clients dial (bench/cc.py --two-hosts: a veth)
 
 
 def quelay_yaml(port: int, cert: Path, key: Path) -> str:
     extra = (f"  maxIncomingStreams: {QUELAY_MAX_STREAMS[0]}\n" if QUELAY_MAX_STREAMS[0]
              else "")
-    return (f"listen: {HOST}:{port}\n"
+    return (f"listen: {SERVER_HOST[0]}:{port}\n"
             f"tls:\n  cert: {json.dumps(str(cert))}\n  key: {json.dumps(str(key))}\n"
             f"auth:\n  type: password\n  password: {json.dumps(PASSWORD)}\n"
             "outboundGuard:\n  allowLoopback: true\n"
@@ -320,7 +321,7 @@ def singbox_server_json(port: int, cert: Path, key: Path) -> str:
     return json.dumps({
         "log": {"level": "warn"},
         "inbounds": [{
-            "type": "hysteria2", "tag": "hy2-in", "listen": HOST, "listen_port": port,
+            "type": "hysteria2", "tag": "hy2-in", "listen": SERVER_HOST[0], "listen_port": port,
             "users": [{"name": "u", "password": PASSWORD}],
             "tls": {"enabled": True, "alpn": ["h3"],
                     "certificate_path": str(cert), "key_path": str(key)},
@@ -335,7 +336,8 @@ def singbox_client_json(socks_port: int, server_port: int) -> str:
         "inbounds": [{"type": "mixed", "tag": "mixed-in", "listen": HOST,
                       "listen_port": socks_port}],
         "outbounds": [{
-            "type": "hysteria2", "tag": "hy2-out", "server": HOST, "server_port": server_port,
+            "type": "hysteria2", "tag": "hy2-out", "server": SERVER_HOST[0],
+            "server_port": server_port,
             "password": PASSWORD,
             "tls": {"enabled": True, "server_name": SNI, "insecure": True, "alpn": ["h3"]},
         }],
