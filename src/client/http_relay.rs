@@ -10,12 +10,14 @@
 //! to its end and no further, so a pipelined next request stays with the app's connection.
 
 use bytes::Bytes;
-use quinn_proto::{ConnectionHandle, StreamId, VarInt, WriteError};
+use quinn_proto::{ConnectionHandle, StreamId, VarInt};
 
 use super::http_proxy::Exchange;
 use crate::engine::{Completion, Sock, SockOp, Token};
 use crate::quic::stream::{self, ReadEnd};
-use crate::worker::pipe::{finish_or_reset, STREAM_ABORT};
+use crate::worker::pipe::{
+    self, finish_or_reset, requeue_unsent, write_to_stream, Joint, STREAM_ABORT,
+};
 use crate::worker::Io;
 
 /// Response bytes that may wait for the app's socket before the stream is read again.
@@ -35,12 +37,20 @@ pub enum After {
     Next,
 }
 
+impl From<pipe::After> for After {
+    fn from(a: pipe::After) -> After {
+        match a {
+            pipe::After::Continue => After::Continue,
+            pipe::After::Remove => After::Remove,
+        }
+    }
+}
+
 pub struct HttpRelay {
-    pub ch: ConnectionHandle,
-    pub id: StreamId,
+    /// The stream and the app's socket; the socket is set once the handshake's sends are
+    /// done, and nothing moves before.
+    j: Joint,
     exchange: Exchange,
-    /// Set once the handshake's sends are done; nothing moves before.
-    sock: Option<Sock>,
     /// Response bytes for the app not yet handed to the socket.
     to_app: Vec<u8>,
     /// Bytes of the send in flight (0: none).
@@ -54,13 +64,6 @@ pub struct HttpRelay {
     app_eof: bool,
     /// Our half of the stream is finished or reset.
     finished: bool,
-    /// A close of the socket was asked for.
-    closing: bool,
-    /// The relay is over (closed, or handed back with `Next`).
-    done: bool,
-    /// What was last reported to the connection's window and the worker's gauges.
-    reported_stall: bool,
-    reported_buffered: u64,
 }
 
 impl HttpRelay {
@@ -78,10 +81,8 @@ impl HttpRelay {
         let mut to_app = Vec::new();
         exchange.response_bytes(from_stream, &mut to_app);
         HttpRelay {
-            ch,
-            id,
+            j: Joint::new(ch, id),
             exchange,
-            sock: None,
             to_app,
             sending: 0,
             to_stream: Bytes::from(to_stream),
@@ -89,20 +90,16 @@ impl HttpRelay {
             next,
             app_eof: false,
             finished: false,
-            closing: false,
-            done: false,
-            reported_stall: false,
-            reported_buffered: 0,
         }
     }
 
     /// The app's socket is free for the relay: call [`HttpRelay::pump`] next.
     pub fn attach(&mut self, sock: Sock) {
-        self.sock = Some(sock);
+        self.j.attach(sock);
     }
 
     pub fn sock(&self) -> Option<Sock> {
-        self.sock
+        self.j.sock()
     }
 
     /// The bytes read from the app after this request (after [`After::Next`]).
@@ -112,28 +109,8 @@ impl HttpRelay {
 
     /// Aborts both directions of the stream and closes the socket.
     pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        if let Some(conn) = io.conn(self.ch) {
-            let code = VarInt::from_u32(STREAM_ABORT);
-            let _ = conn.send_stream(self.id).reset(code);
-            let _ = conn.recv_stream(self.id).stop(code);
-        }
         self.finished = true;
-        self.close_sock(io, token)
-    }
-
-    /// Closes the socket: `Continue` until its Close completes, `Remove` if there is none.
-    fn close_sock(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        self.done = true;
-        self.report(io);
-        match (self.sock, self.closing) {
-            (Some(sock), false) => {
-                self.closing = true;
-                io.driver.sock_close(sock, token);
-                After::Continue
-            }
-            (Some(_), true) => After::Continue,
-            (None, _) => After::Remove,
-        }
+        self.j.abort(io, token).into()
     }
 
     /// A Send, Recv or Close of the app's socket completed.
@@ -141,16 +118,10 @@ impl HttpRelay {
         match c.op {
             SockOp::Send => {
                 self.sending = 0;
-                let mut buf = c.buf;
                 match c.result {
-                    Ok(n) if n < buf.len() => {
-                        // The rest goes first next time.
-                        buf.drain(..n);
-                        buf.extend_from_slice(&self.to_app);
-                        self.to_app = buf;
-                    }
+                    Ok(n) if n < c.buf.len() => requeue_unsent(c.buf, n, &mut self.to_app),
                     Ok(_) => {}
-                    Err(_) if self.done => return After::Continue,
+                    Err(_) if self.j.is_done() => return After::Continue,
                     Err(_) => return self.abort(io, token),
                 }
             }
@@ -164,7 +135,7 @@ impl HttpRelay {
                         self.to_stream = Bytes::copy_from_slice(&got[..body]);
                         self.next.extend_from_slice(&got[body..]);
                     }
-                    Err(_) if self.done => return After::Continue,
+                    Err(_) if self.j.is_done() => return After::Continue,
                     Err(_) => return self.abort(io, token),
                 }
             }
@@ -178,33 +149,29 @@ impl HttpRelay {
     /// the response is out.
     pub fn pump(&mut self, io: &mut Io<'_>, token: Token) -> After {
         let after = self.pump_inner(io, token);
-        self.report(io);
+        // The stream stops being read while the app is slow.
+        let stall = !self.exchange.response_done() && self.to_app.len() >= MAX_TO_APP;
+        let held = self.to_app.len() + self.sending + self.to_stream.len();
+        self.j.report(io, stall, held as u64);
         after
     }
 
     fn pump_inner(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        let (Some(sock), false) = (self.sock, self.done) else {
+        let Some(sock) = self.j.live_sock() else {
             return After::Continue;
         };
-        let Some(conn) = io.conn(self.ch) else {
+        let (ch, id) = (self.j.ch, self.j.id);
+        let Some(conn) = io.conn(ch) else {
             return self.abort(io, token);
         };
         // The request to the stream.
-        while !self.to_stream.is_empty() && !self.finished {
-            match conn
-                .send_stream(self.id)
-                .write_chunks(std::slice::from_mut(&mut self.to_stream))
-            {
-                Ok(w) if w.bytes == 0 => break,
-                Ok(_) => {}
-                Err(WriteError::Blocked) => break,
-                Err(_) => return self.abort(io, token),
-            }
+        if !self.finished && write_to_stream(conn, id, &mut self.to_stream).is_err() {
+            return self.abort(io, token);
         }
         if self.app_eof && self.to_stream.is_empty() && !self.finished {
             // The app is done sending: the origin gets the end of the request.
             self.finished = true;
-            finish_or_reset(conn, self.id);
+            finish_or_reset(conn, id);
         }
         // The response from the stream, while the app keeps up.
         if !self.exchange.response_done() && self.to_app.len() < MAX_TO_APP {
@@ -217,11 +184,11 @@ impl HttpRelay {
                 }
             };
             let first = room(exchange, to_app);
-            let r = stream::read(conn, self.id, first, |bytes| {
+            let r = stream::read(conn, id, first, |bytes| {
                 exchange.response_bytes(&bytes, to_app);
                 room(exchange, to_app)
             });
-            io.consumed(self.ch, r.bytes);
+            io.consumed(ch, r.bytes);
             match r.end {
                 ReadEnd::Reset(_) => return self.abort(io, token),
                 ReadEnd::Fin | ReadEnd::Closed => self.exchange.response_ended(&mut self.to_app),
@@ -248,16 +215,15 @@ impl HttpRelay {
     /// The response is out: the stream ends, then the connection carries the next request
     /// or closes.
     fn end(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        if let Some(conn) = io.conn(self.ch) {
-            let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
+        if let Some(conn) = io.conn(self.j.ch) {
+            let id = self.j.id;
+            let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
             if !self.finished {
                 if self.exchange.request_done() && self.to_stream.is_empty() {
-                    finish_or_reset(conn, self.id);
+                    finish_or_reset(conn, id);
                 } else {
                     // A FIN would tell the origin the body is complete.
-                    let _ = conn
-                        .send_stream(self.id)
-                        .reset(VarInt::from_u32(STREAM_ABORT));
+                    let _ = conn.send_stream(id).reset(VarInt::from_u32(STREAM_ABORT));
                 }
             }
         }
@@ -268,30 +234,9 @@ impl HttpRelay {
                 // in flight must land here: wait for it.
                 return After::Continue;
             }
-            self.done = true;
+            self.j.set_done();
             return After::Next;
         }
-        self.close_sock(io, token)
-    }
-
-    /// Tells the connection's window whether this stream stopped reading (the app is slow),
-    /// and the worker how many bytes the relay holds. A finished relay holds none.
-    fn report(&mut self, io: &mut Io<'_>) {
-        let (stall, buffered) = if self.done {
-            (false, 0)
-        } else {
-            (
-                !self.exchange.response_done() && self.to_app.len() >= MAX_TO_APP,
-                (self.to_app.len() + self.sending + self.to_stream.len()) as u64,
-            )
-        };
-        if stall != self.reported_stall {
-            self.reported_stall = stall;
-            io.stalled(self.ch, stall);
-        }
-        if buffered != self.reported_buffered {
-            io.counters.buffered(self.reported_buffered, buffered);
-            self.reported_buffered = buffered;
-        }
+        self.j.close_sock(io, token).into()
     }
 }

@@ -57,12 +57,139 @@ pub enum After {
     Remove,
 }
 
-pub struct Pipe {
+/// What every stream joined to a socket shares, however its bytes are framed ([`Pipe`], the
+/// client's one-request `HttpRelay`): the socket and its close, the abort of both directions,
+/// and what is reported to the connection's window and the worker's gauges.
+pub struct Joint {
     pub ch: ConnectionHandle,
     pub id: StreamId,
-    ends: Ends,
-    /// Set once the TCP socket is connected (or accepted); nothing moves before.
+    /// Set once the socket may carry the relay's bytes; nothing moves before.
     sock: Option<Sock>,
+    /// A close of the socket has been requested.
+    closing: bool,
+    /// The relay is over: both sides closed or closing (or, for an HTTP exchange, handed back).
+    done: bool,
+    /// What was last reported: the stream stopped reading, and the bytes the relay holds.
+    reported_stall: bool,
+    reported_buffered: u64,
+}
+
+impl Joint {
+    pub fn new(ch: ConnectionHandle, id: StreamId) -> Self {
+        Joint {
+            ch,
+            id,
+            sock: None,
+            closing: false,
+            done: false,
+            reported_stall: false,
+            reported_buffered: 0,
+        }
+    }
+
+    pub fn attach(&mut self, sock: Sock) {
+        self.sock = Some(sock);
+    }
+
+    pub fn detach(&mut self) {
+        self.sock = None;
+    }
+
+    pub fn sock(&self) -> Option<Sock> {
+        self.sock
+    }
+
+    /// The socket, unless the relay is over: what a pump may move bytes on.
+    pub fn live_sock(&self) -> Option<Sock> {
+        self.sock.filter(|_| !self.done)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn set_done(&mut self) {
+        self.done = true;
+    }
+
+    /// Aborts both directions of the stream (reset + STOP_SENDING) and closes the socket.
+    pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
+        if let Some(conn) = io.conn(self.ch) {
+            let code = VarInt::from_u32(STREAM_ABORT);
+            let _ = conn.send_stream(self.id).reset(code);
+            let _ = conn.recv_stream(self.id).stop(code);
+        }
+        self.close_sock(io, token)
+    }
+
+    /// Ends the relay and closes the socket: `Continue` until its Close completes, `Remove`
+    /// if there is none.
+    pub fn close_sock(&mut self, io: &mut Io<'_>, token: Token) -> After {
+        self.done = true;
+        self.report(io, false, 0);
+        match (self.sock, self.closing) {
+            (Some(sock), false) => {
+                self.closing = true;
+                io.driver.sock_close(sock, token);
+                After::Continue
+            }
+            (Some(_), true) => After::Continue,
+            (None, _) => After::Remove,
+        }
+    }
+
+    /// Tells the connection's window whether this stream stopped reading (`stall`: the bytes
+    /// for the socket are at their cap), and the worker how many bytes the relay holds. A
+    /// relay that is over holds none.
+    pub fn report(&mut self, io: &mut Io<'_>, stall: bool, buffered: u64) {
+        let (stall, buffered) = if self.done {
+            (false, 0)
+        } else {
+            (stall, buffered)
+        };
+        if stall != self.reported_stall {
+            self.reported_stall = stall;
+            io.stalled(self.ch, stall);
+        }
+        if buffered != self.reported_buffered {
+            io.counters.buffered(self.reported_buffered, buffered);
+            self.reported_buffered = buffered;
+        }
+    }
+}
+
+/// Writes `bytes` into stream `id` as far as its credit allows; quinn takes the buffer
+/// itself, or what is left of it. `Err`: the stream cannot take data any more (stopped,
+/// closed).
+pub fn write_to_stream(
+    conn: &mut Connection,
+    id: StreamId,
+    bytes: &mut Bytes,
+) -> Result<(), WriteError> {
+    while !bytes.is_empty() {
+        match conn
+            .send_stream(id)
+            .write_chunks(std::slice::from_mut(bytes))
+        {
+            Ok(w) if w.bytes == 0 => break,
+            Ok(_) => {}
+            Err(WriteError::Blocked) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A socket send of `buf` took its first `sent` bytes: the rest goes before `queued`.
+pub fn requeue_unsent(mut buf: Vec<u8>, sent: usize, queued: &mut Vec<u8>) {
+    buf.drain(..sent.min(buf.len()));
+    buf.extend_from_slice(queued);
+    *queued = buf;
+}
+
+pub struct Pipe {
+    j: Joint,
+    ends: Ends,
     /// QUIC → TCP bytes not yet handed to the socket.
     to_tcp: Vec<u8>,
     to_tcp_inflight: bool,
@@ -81,19 +208,11 @@ pub struct Pipe {
     quic_finished: bool,
     /// Size of the next TCP receive.
     tcp_chunk: usize,
-    /// A close of the socket has been requested.
-    closing: bool,
-    /// Both sides are closed or closing.
-    done: bool,
     /// Payload bytes QUIC → TCP and TCP → QUIC (traffic accounting).
     pub from_quic: u64,
     pub from_tcp: u64,
     /// Bytes of the TCP send in flight.
     to_tcp_inflight_len: usize,
-    /// What this pipe last reported to the connection's window and the worker's gauges:
-    /// its QUIC → TCP buffer is full (reading stopped), and the bytes it buffers.
-    reported_stall: bool,
-    reported_buffered: u64,
 }
 
 impl Pipe {
@@ -107,10 +226,8 @@ impl Pipe {
         to_quic: Vec<u8>,
     ) -> Self {
         Pipe {
-            ch,
-            id,
+            j: Joint::new(ch, id),
             ends,
-            sock: None,
             to_tcp,
             to_tcp_inflight: false,
             to_tcp_spare: Vec::new(),
@@ -121,25 +238,21 @@ impl Pipe {
             tcp_eof: false,
             quic_finished: false,
             tcp_chunk: TCP_CHUNK_MIN,
-            closing: false,
-            done: false,
             from_quic: 0,
             from_tcp: 0,
             to_tcp_inflight_len: 0,
-            reported_stall: false,
-            reported_buffered: 0,
         }
     }
 
     /// The TCP socket is ready: bytes may flow. Call [`Pipe::pump`] next.
     pub fn attach(&mut self, sock: Sock) {
-        self.sock = Some(sock);
+        self.j.attach(sock);
     }
 
     /// Forgets the socket before anything moved on it (a connect that failed, closed by the
     /// caller), so that another can be attached.
     pub fn detach(&mut self) {
-        self.sock = None;
+        self.j.detach();
     }
 
     /// Queues `bytes` from the TCP side behind what waits for the stream (a proxy's early
@@ -154,52 +267,27 @@ impl Pipe {
     }
 
     pub fn sock(&self) -> Option<Sock> {
-        self.sock
+        self.j.sock()
     }
 
     /// Whether both sides are closed (or closing).
     pub fn is_done(&self) -> bool {
-        self.done
+        self.j.is_done()
     }
 
     /// Answers the stream with `response`, finishes it and closes the socket, if any.
     pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: Token) -> After {
-        if let Some(conn) = io.conn(self.ch) {
-            let _ = conn.send_stream(self.id).write(response);
-            finish_or_reset(conn, self.id);
-            let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
+        if let Some(conn) = io.conn(self.j.ch) {
+            let _ = conn.send_stream(self.j.id).write(response);
+            finish_or_reset(conn, self.j.id);
+            let _ = conn.recv_stream(self.j.id).stop(VarInt::from_u32(0));
         }
-        self.done = true;
-        self.close_sock(io, token)
+        self.j.close_sock(io, token)
     }
 
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
     pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        if let Some(conn) = io.conn(self.ch) {
-            let _ = conn
-                .send_stream(self.id)
-                .reset(VarInt::from_u32(STREAM_ABORT));
-            let _ = conn
-                .recv_stream(self.id)
-                .stop(VarInt::from_u32(STREAM_ABORT));
-        }
-        self.done = true;
-        self.close_sock(io, token)
-    }
-
-    /// Closes the socket: `Continue` until its Close completes, `Remove` if there is none.
-    pub fn close_sock(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        self.done = true;
-        self.report(io);
-        match (self.sock, self.closing) {
-            (Some(sock), false) => {
-                self.closing = true;
-                io.driver.sock_close(sock, token);
-                After::Continue
-            }
-            (Some(_), true) => After::Continue,
-            (None, _) => After::Remove,
-        }
+        self.j.abort(io, token)
     }
 
     /// A Send, Recv or Close of this pipe's socket completed.
@@ -210,12 +298,7 @@ impl Pipe {
                 self.to_tcp_inflight_len = 0;
                 let mut buf = c.buf;
                 match c.result {
-                    Ok(n) if n < buf.len() => {
-                        // Partial write: the rest goes first next time.
-                        buf.drain(..n);
-                        buf.extend_from_slice(&self.to_tcp);
-                        self.to_tcp = buf;
-                    }
+                    Ok(n) if n < buf.len() => requeue_unsent(buf, n, &mut self.to_tcp),
                     Ok(_) => {
                         buf.clear();
                         if self.to_tcp.is_empty() {
@@ -226,7 +309,7 @@ impl Pipe {
                             self.to_tcp_spare = buf;
                         }
                     }
-                    Err(_) if self.done => return After::Continue,
+                    Err(_) if self.j.is_done() => return After::Continue,
                     Err(_) => return self.abort(io, token),
                 }
                 self.pump(io, token)
@@ -249,7 +332,7 @@ impl Pipe {
                             Bytes::copy_from_slice(&c.buf)
                         };
                     }
-                    Err(_) if self.done => return After::Continue,
+                    Err(_) if self.j.is_done() => return After::Continue,
                     Err(_) => return self.abort(io, token),
                 }
                 self.pump(io, token)
@@ -262,66 +345,38 @@ impl Pipe {
     /// Moves bytes both ways as far as buffers and credit allow.
     pub fn pump(&mut self, io: &mut Io<'_>, token: Token) -> After {
         let after = self.pump_inner(io, token);
-        self.report(io);
+        let stall = !self.quic_fin && self.to_tcp.len() >= MAX_TO_TCP;
+        let held = self.to_tcp.len() + self.to_tcp_inflight_len + self.to_quic.len();
+        self.j.report(io, stall, held as u64);
         after
     }
 
-    /// Tells the connection's window whether this stream stopped reading (its buffer toward
-    /// TCP is full), and the worker how many bytes the pipe holds. A closed pipe holds none.
-    fn report(&mut self, io: &mut Io<'_>) {
-        let (stall, buffered) = if self.done {
-            (false, 0)
-        } else {
-            (
-                !self.quic_fin && self.to_tcp.len() >= MAX_TO_TCP,
-                (self.to_tcp.len() + self.to_tcp_inflight_len + self.to_quic.len()) as u64,
-            )
-        };
-        if stall != self.reported_stall {
-            self.reported_stall = stall;
-            io.stalled(self.ch, stall);
-        }
-        if buffered != self.reported_buffered {
-            io.counters.buffered(self.reported_buffered, buffered);
-            self.reported_buffered = buffered;
-        }
-    }
-
     fn pump_inner(&mut self, io: &mut Io<'_>, token: Token) -> After {
-        let (Some(sock), false) = (self.sock, self.done) else {
+        let Some(sock) = self.j.live_sock() else {
             return After::Continue;
         };
-        let Some(conn) = io.conn(self.ch) else {
+        let (ch, id) = (self.j.ch, self.j.id);
+        let Some(conn) = io.conn(ch) else {
             return self.abort(io, token);
         };
-        // TCP → QUIC: flush what we hold (quinn takes the buffer itself, or what is left
-        // of it).
-        while !self.to_quic.is_empty() {
-            match conn
-                .send_stream(self.id)
-                .write_chunks(std::slice::from_mut(&mut self.to_quic))
-            {
-                Ok(w) if w.bytes == 0 => break,
-                Ok(_) => {}
-                Err(WriteError::Blocked) => break,
-                Err(_) => return self.abort(io, token),
-            }
+        // TCP → QUIC: flush what we hold.
+        if write_to_stream(conn, id, &mut self.to_quic).is_err() {
+            return self.abort(io, token);
         }
         let to_quic_flushed = self.to_quic.is_empty();
         if to_quic_flushed && self.tcp_eof && !self.quic_finished {
             self.quic_finished = true;
-            finish_or_reset(conn, self.id);
+            finish_or_reset(conn, id);
             if self.ends == Ends::TcpEofCloses {
-                let _ = conn.recv_stream(self.id).stop(VarInt::from_u32(0));
-                self.done = true;
-                return self.close_sock(io, token);
+                let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
+                return self.j.close_sock(io, token);
             }
         }
         // QUIC → TCP: read while there is room.
         if !self.quic_fin && self.to_tcp.len() < MAX_TO_TCP {
-            let r = stream::read_into(conn, self.id, &mut self.to_tcp, MAX_TO_TCP);
+            let r = stream::read_into(conn, id, &mut self.to_tcp, MAX_TO_TCP);
             self.from_quic += r.bytes;
-            io.consumed(self.ch, r.bytes);
+            io.consumed(ch, r.bytes);
             match r.end {
                 ReadEnd::Reset(_) => return self.abort(io, token),
                 ReadEnd::Fin | ReadEnd::Closed => self.quic_fin = true,
@@ -340,11 +395,10 @@ impl Pipe {
             match self.ends {
                 Ends::QuicFinCloses => {
                     // The target is done and the app has every byte: close both sides.
-                    if let Some(conn) = io.conn(self.ch) {
-                        finish_or_reset(conn, self.id);
+                    if let Some(conn) = io.conn(ch) {
+                        finish_or_reset(conn, id);
                     }
-                    self.done = true;
-                    return self.close_sock(io, token);
+                    return self.j.close_sock(io, token);
                 }
                 Ends::TcpEofCloses if !self.tcp_write_closed => {
                     self.tcp_write_closed = true;
