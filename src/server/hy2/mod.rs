@@ -508,15 +508,16 @@ impl Hy2App {
             return;
         };
         let conn = c.id;
-        match c.held.remove(&id) {
-            Some(Held::Relay(relay)) => {
-                c.held.insert(id, Held::Relay(relay));
-                self.pump_relay(io, relay);
-            }
-            Some(Held::Writing(out)) => self.write_out(io, ch, id, out),
-            // Credit waits until the chunk is read.
-            Some(Held::Fetching(body)) => self.hold(ch, id, Held::Fetching(body)),
-            Some(Held::SpeedTest(st)) => self.drive_speedtest(io, ch, id, st),
+        match c.held.get(&id) {
+            // A relay's stream (the bulk of events) stays held: a look-up, nothing more.
+            Some(&Held::Relay(relay)) => self.pump_relay(io, relay),
+            Some(_) => match c.held.remove(&id) {
+                Some(Held::Writing(out)) => self.write_out(io, ch, id, out),
+                // Credit waits until the chunk is read.
+                Some(Held::Fetching(body)) => self.hold(ch, id, Held::Fetching(body)),
+                Some(Held::SpeedTest(st)) => self.drive_speedtest(io, ch, id, st),
+                Some(Held::Relay(_)) | None => {}
+            },
             None if self.session.reading(conn, id) => match read_some(io, ch, id) {
                 Some((data, fin)) => self.session.stream_data(io.now, conn, id, &data, fin),
                 None => self.session.stream_reset(conn, id),
