@@ -70,6 +70,10 @@ table gains the server CPU's whole busy time per GiB ("server core", /proc/stat)
 also counts receive work done while the server slept. Wire counts are then taken in the
 clients' namespace: s2c on the input hook, c2s on the output hook.
 
+A quelay server also serves /metrics (`metrics.listen`, a free port of its own), read just
+before and just after the load: its worker loops, blocking waits, and UDP datagrams and
+batches both ways (ENGINE_COUNTERS), shown per MiB in a second table.
+
 Per sample: payload bytes, seconds (the slowest load's own timing), goodput, skbs,
 datagrams and bytes both ways, datagrams per MiB and wire bytes per payload byte in the
 data direction (download: server -> client; upload: client -> server), receiver drops,
@@ -101,6 +105,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ from importing compare.py
@@ -512,14 +517,46 @@ def shoes_yaml(port: int, cert: Path, key: Path) -> str:
             "  rules: allow-all-direct\n")
 
 
-def server_config(spec: str, port: int, cert: Path, key: Path) -> str:
+def server_config(spec: str, port: int, cert: Path, key: Path,
+                  metrics: str | None = None) -> str:
+    """`metrics`: where a quelay server serves /metrics (its engine counters are read
+    before and after each load)."""
     impl, cc = parse_spec(spec)
     if impl == "singbox":
         return cmp.singbox_server_json(port, cert, key)
     if impl == "shoes":
         return shoes_yaml(port, cert, key)
     y = cmp.quelay_yaml(port, cert, key)
-    return y + (f"congestion:\n  type: {cc}\n" if cc else "")
+    return (y + (f"congestion:\n  type: {cc}\n" if cc else "")
+            + (f"metrics:\n  listen: {metrics}\n" if metrics else ""))
+
+
+# quelay's engine counters (/metrics, summed over workers), read around each load: loop
+# iterations, those that blocked, UDP datagrams and batches both ways.
+ENGINE_COUNTERS = ("quelay_loops_total", "quelay_waits_total", "quelay_rx_datagrams_total",
+                   "quelay_rx_gro_batches_total", "quelay_tx_datagrams_total",
+                   "quelay_tx_gso_batches_total")
+
+
+def scrape(addr: str, timeout: float = 5.0) -> dict[str, float]:
+    """ENGINE_COUNTERS from http://ADDR/metrics, each summed over its label sets. Retries
+    for up to `timeout` (the listener starts with the server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as r:
+                text = r.read().decode()
+            break
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"/metrics at {addr}: {e}") from None
+            time.sleep(0.05)
+    out = {k: 0.0 for k in ENGINE_COUNTERS}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def install_shoes() -> Path:
@@ -549,6 +586,7 @@ def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
     """compare.start_server, with the spec's config (compare's knows two fixed configs)."""
     impl, _ = parse_spec(spec)
     port = cmp.free_port()
+    metrics = f"{cmp.SERVER_HOST[0]}:{cmp.free_port()}" if impl == "quelay" else None
     err_path = str(dir_ / "server.err")
     if impl == "quelay":
         cfg = dir_ / "server.yaml"
@@ -559,14 +597,16 @@ def start_server(spec: str, ctx: Ctx, dir_: Path) -> Proc:
     else:
         cfg = dir_ / "server.json"
         cmd, env = [ctx.singbox, "run", "-c", cfg], {}
-    cfg.write_text(server_config(spec, port, ctx.cert, ctx.key))
+    cfg.write_text(server_config(spec, port, ctx.cert, ctx.key, metrics))
     split = TwoHosts.inside()
     with open(dir_ / "server.out", "wb") as out, open(err_path, "wb") as err:
         p = cmp.spawn(TwoHosts.server_cmd(cmd) if split else cmd, out, err, env, cwd=dir_)
     # /proc/PID/net: the server's own namespace, which is not this one with --two-hosts.
     cmp.wait_ready(p, lambda: any(cmp.port_in(f"/proc/{p.pid}/net/{t}", port)
                                   for t in ("udp", "udp6")), f"{spec} server", err_path)
-    return Proc(spec, p, f"{cmp.SERVER_HOST[0]}:{port}", port, err_path)
+    pr = Proc(spec, p, f"{cmp.SERVER_HOST[0]}:{port}", port, err_path)
+    pr.metrics = metrics  # type: ignore[attr-defined]
+    return pr
 
 
 def start_client(server_port: int, ctx: Ctx, dir_: Path, cg: Cgroup) -> Proc:
@@ -630,6 +670,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         c0 = nft.read()
         cg0 = cg.stat()
         snmp0 = cmp.eng.udp_counters()
+        eng0 = scrape(server.metrics) if server.metrics else None
         cpu0 = proc_cpu(server.p.pid)
         core0 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
         cl0 = [proc_cpu(c.p.pid) for c in clients]
@@ -647,6 +688,9 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
                 deadline = min(deadline, time.monotonic() + 5)
         wall = time.perf_counter() - t0
         cpu1 = cpu_or_none(server)
+        eng1 = scrape(server.metrics) if server.metrics else None
+        if eng0 is not None and eng1 is not None:
+            s["engine_delta"] = {k: eng1[k] - eng0[k] for k in ENGINE_COUNTERS}
         core1 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
         cl1 = [cpu_or_none(c) for c in clients]
         c1 = nft.read()
@@ -750,6 +794,15 @@ def derive(s: dict, reps: list[dict]) -> None:
     s["server_cpu_per_gib"] = None if cpu is None else cpu / (nbytes / GIB)
     s["server_core_per_gib"] = None if core is None else core / (nbytes / GIB)
     s["client_cpu_per_gib"] = None if ccpu is None else ccpu / (nbytes / GIB)
+    e = s.get("engine_delta")
+    if e:  # quelay's own counters, per MiB of payload
+        s["loops_per_mib"] = e["quelay_loops_total"] / mib
+        s["waits_per_mib"] = e["quelay_waits_total"] / mib
+        # The data direction's datagrams per batch: per GSO send (down), per GRO receive (up).
+        dg, b = ((e["quelay_tx_datagrams_total"], e["quelay_tx_gso_batches_total"])
+                 if fwd == "s2c" else
+                 (e["quelay_rx_datagrams_total"], e["quelay_rx_gro_batches_total"]))
+        s["data_per_batch"] = dg / b if b else None
     if not F["datagrams"]:
         raise RuntimeError("nftables counted no datagram in the data direction")
 
@@ -759,7 +812,7 @@ def derive(s: dict, reps: list[dict]) -> None:
 
 KEYS = ("gbps", "dgrams_per_mib", "rev_dgrams_per_mib", "wire_per_byte", "dgrams_per_skb",
         "receiver_drops_per_mib", "server_cpu_per_gib", "server_core_per_gib",
-        "client_cpu_per_gib")
+        "client_cpu_per_gib", "loops_per_mib", "waits_per_mib", "data_per_batch")
 
 
 def baseline_spec(specs: list[str], impl: str) -> str | None:
@@ -848,6 +901,13 @@ def table(rows: list[dict], second: bool = False, core: bool = False) -> str:
                if core else "")
             + (f" {ratio(r.get(f'ratio_gbps_{SECOND}'))} | "
                f"{ratio(r.get(f'ratio_server_cpu_per_gib_{SECOND}'))} |" if second else ""))
+    eng = [r for r in rows if r["ok"] and r.get("loops_per_mib") is not None]
+    if eng:
+        out += ["", "quelay's engine counters (/metrics, summed over workers; medians):", "",
+                "| server | dir | loops/MiB | waits/MiB | data datagrams per batch (down: "
+                "per GSO send; up: per GRO receive) |", "|---|---|---|---|---|"]
+        out += [f"| {r['server']} | {r['direction']} | {f(r['loops_per_mib'], 1)} | "
+                f"{f(r['waits_per_mib'], 1)} | {f(r['data_per_batch'], 1)} |" for r in eng]
     errs = [(r["server"], r["direction"], e) for r in rows for e in r["errors"]]
     if errs:
         out += ["", "Failed samples:"] + [f"- {s} {d}: {e}" for s, d, e in errs]
