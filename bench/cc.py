@@ -86,7 +86,8 @@ sing-box with scripts/get-singbox.sh (as compare.py), shoes (only when a `shoes`
 given) with scripts/get-shoes.sh (needs cargo and crates.io). Uses target/release/quelay
 and target/release/quelay-bench (the bench target) unless --quelay-bin / --quelay-bench-bin
 (both copied at start, so that a concurrent cargo build cannot swap them mid-run).
-Only 127.0.0.1. Python 3.11 standard library only (plus nft and ss); imports
+Only 127.0.0.1 (or, with --two-hosts, the two namespaces). Python 3.11 standard library
+only (plus nft, and ip and taskset for --two-hosts); imports
 bench/compare.py.
 """
 
@@ -454,16 +455,17 @@ class TwoHosts:
         self.made.clear()
 
 
-def cpu_busy_secs(cpu: int) -> float:
-    """CPU `cpu`'s busy time from /proc/stat: user + nice + system + irq + softirq (+ steal
-    is left out: another tenant's)."""
+def cpu_busy_secs(cpu: int | None = None) -> float:
+    """CPU `cpu`'s busy time (all CPUs' with None) from /proc/stat: user + nice + system +
+    irq + softirq (steal is left out: another tenant's)."""
+    want = "cpu" if cpu is None else f"cpu{cpu}"
     with open("/proc/stat") as fh:
         for line in fh:
             c = line.split()
-            if c[0] == f"cpu{cpu}":
+            if c[0] == want:
                 user, nice, system, _idle, _iowait, irq, softirq = map(int, c[1:8])
                 return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-    raise RuntimeError(f"/proc/stat has no line for cpu{cpu}")
+    raise RuntimeError(f"/proc/stat has no line {want}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +537,8 @@ def server_config(spec: str, port: int, cert: Path, key: Path,
 # iterations, those that blocked, UDP datagrams and batches both ways.
 ENGINE_COUNTERS = ("quelay_loops_total", "quelay_waits_total", "quelay_rx_datagrams_total",
                    "quelay_rx_gro_batches_total", "quelay_tx_datagrams_total",
-                   "quelay_tx_gso_batches_total")
+                   "quelay_tx_gso_batches_total", "quelay_forwarded_in_total",
+                   "quelay_data_blocked_received_total", "quelay_receive_window_doublings_total")
 
 
 def scrape(addr: str, timeout: float = 5.0) -> dict[str, float]:
@@ -673,6 +676,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         eng0 = scrape(server.metrics) if server.metrics else None
         cpu0 = proc_cpu(server.p.pid)
         core0 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
+        all0 = cpu_busy_secs()
         cl0 = [proc_cpu(c.p.pid) for c in clients]
         t0 = time.perf_counter()
         loads = []
@@ -692,6 +696,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
         if eng0 is not None and eng1 is not None:
             s["engine_delta"] = {k: eng1[k] - eng0[k] for k in ENGINE_COUNTERS}
         core1 = cpu_busy_secs(TwoHosts.CPU["server"]) if TwoHosts.inside() else None
+        all1 = cpu_busy_secs()
         cl1 = [cpu_or_none(c) for c in clients]
         c1 = nft.read()
         cg1 = cg.stat()
@@ -715,6 +720,7 @@ def run_sample(spec: str, direction: str, rnd: int, a, ctx: Ctx, nft: Nft, cg: C
             wall_secs=wall,
             server_cpu_secs=None if cpu1 is None else cpu1 - cpu0,
             server_core_secs=None if core1 is None else core1 - core0,
+            machine_busy_secs=all1 - all0,
             client_cpu_secs=(None if any(x is None for x in cl1)
                              else sum(x1 - x0 for x0, x1 in zip(cl0, cl1))),
             netns_udp_delta={k: snmp1[k] - snmp0.get(k, 0) for k in snmp1
@@ -918,20 +924,55 @@ def table(rows: list[dict], second: bool = False, core: bool = False) -> str:
 # Upload load (compare.py's _socksload only downloads)
 
 
+SOCK_DIAG_BY_FAMILY = 20
+NETLINK_SOCK_DIAG = 4
+INET_DIAG_INFO = 2
+TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info
+
+
 def target_rx(host: str, port: int) -> tuple[int, int]:
     """(established connections, sum of tcpi_bytes_received) of the target's TCP sockets
-    (local address host:port), from `ss -tin`: the kernel's count of bytes that reached
-    them."""
-    r = subprocess.run(["ss", "-tinH", "state", "established", "src", host,
-                        f"( sport = :{port} )"], capture_output=True, text=True, timeout=10)
-    if r.returncode != 0:
-        raise RuntimeError(f"ss exit {r.returncode}: {r.stderr.strip()[:200]}")
+    (local address host:port, IPv4): the kernel's count of bytes that reached them. Asked
+    of the kernel over netlink (sock_diag, as `ss -tin` does) without a process per poll:
+    the upload loads poll this every 5 ms, and forking `ss` that often took a CPU-bound
+    machine's time from the servers under test."""
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1),
+                      0, 1 << 1)  # states: TCP_ESTABLISHED
+    req += struct.pack("!HH", port, 0) + socket.inet_aton(host) + bytes(12) + bytes(16)
+    req += struct.pack("=IQ", 0, 0xFFFFFFFFFFFFFFFF)  # any interface, no cookie
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 0x301, 1, 0) + req
     conns = got = 0
-    for tok in r.stdout.split():
-        if tok.startswith(f"{host}:{port}"):
-            conns += 1
-        elif tok.startswith("bytes_received:"):
-            got += int(tok.split(":", 1)[1])
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(5)
+        nl.send(msg)
+        done = False
+        while not done:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                ln, typ = struct.unpack_from("=IH", data, off)
+                if ln < 16:
+                    raise RuntimeError("sock_diag: malformed netlink message")
+                if typ == 3:  # NLMSG_DONE
+                    done = True
+                    break
+                if typ == 2:  # NLMSG_ERROR
+                    err = struct.unpack_from("=i", data, off + 16)[0]
+                    raise RuntimeError(f"sock_diag: error {err}")
+                body = data[off + 16:off + ln]
+                sport = struct.unpack_from("!H", body, 4)[0]
+                src = socket.inet_ntoa(body[8:12])
+                if sport == port and src == host:
+                    conns += 1
+                    a = 72  # struct inet_diag_msg, then its attributes
+                    while a + 4 <= len(body):
+                        alen, atyp = struct.unpack_from("=HH", body, a)
+                        if alen < 4:
+                            break
+                        if atyp == INET_DIAG_INFO and alen >= 4 + TCPI_BYTES_RECEIVED + 8:
+                            got += struct.unpack_from("=Q", body, a + 4 + TCPI_BYTES_RECEIVED)[0]
+                        a += (alen + 3) & ~3
+                off += (ln + 3) & ~3
     return conns, got
 
 
@@ -951,17 +992,20 @@ def wait_target_idle(host: str, port: int, timeout: float = 10.0) -> None:
 def cmd_upload(a) -> int:
     """One TCP connection (through SOCKS5 if --socks) to the bench target: header 'u' + u64
     BE length, then the bytes. Done when the target's sockets have received --expect-total
-    bytes (TCP_INFO bytes_received via `ss`, polled every 5 ms once everything is written):
-    the target only answers at EOF, and sing-box's SOCKS inbound does not pass a half-close
-    on (it closes the whole connection at once, so the answer never comes back).
-    Concurrent loads sum over all the target's connections, so none may close before every
-    one has seen the total (--barrier): a closed socket leaves `ss`, and its bytes with it."""
+    bytes (TCP_INFO bytes_received, `target_rx`, polled every 5 ms once everything is
+    written): the target only answers at EOF, and sing-box's SOCKS inbound does not pass a
+    half-close on (it closes the whole connection at once, so the answer never comes back).
+    Concurrent loads (--barrier) sum over all the target's connections: the first one done
+    writing polls for all of them and publishes the moment the total arrived (CLOCK_MONOTONIC,
+    file `total` in the barrier directory); the others wait for that file, keeping their
+    connections open, since a closed socket leaves the kernel's list and its bytes with it.
+    One poller, not one per load: polling costs CPU that the servers under test need."""
     th, ph = a.target.rsplit(":", 1)
     expect = a.expect_total or a.bytes + HEADER
     errors: list[str] = []
     sent = got = 0
     secs = None
-    t0 = time.perf_counter()  # as compare.py's _socksload: from before the connect
+    t0 = time.monotonic()  # as compare.py's _socksload: from before the connect
     try:
         with socket.socket() as s:
             s.settimeout(a.timeout)
@@ -978,28 +1022,43 @@ def cmd_upload(a) -> int:
             while sent < a.bytes:
                 s.settimeout(max(0.5, deadline - time.monotonic()))
                 sent += s.send(buf[:min(len(buf), a.bytes - sent)])
-            while True:
-                _, got = target_rx(th, int(ph))
-                if got >= expect:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out: the target received {got} of {expect} "
-                                       "bytes")
-                time.sleep(0.005)
-            secs = time.perf_counter() - t0
+            total = Path(a.barrier, "total") if a.barrier else None
+            poller = total is None
+            if total is not None:
+                try:
+                    os.close(os.open(Path(a.barrier, "poller"), os.O_CREAT | os.O_EXCL))
+                    poller = True
+                except FileExistsError:
+                    pass
+            if poller:
+                while True:
+                    _, got = target_rx(th, int(ph))
+                    if got >= expect:
+                        t_done = time.monotonic()
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"timed out: the target received {got} of "
+                                           f"{expect} bytes")
+                    time.sleep(0.005)
+                if total is not None:
+                    tmp = Path(a.barrier, f"total.{os.getpid()}")
+                    tmp.write_text(f"{t_done} {got}")
+                    tmp.rename(total)
+            else:
+                while not total.exists():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("timed out waiting for the polling load")
+                    time.sleep(0.005)
+                when, count = total.read_text().split()
+                t_done, got = float(when), int(count)
+            secs = t_done - t0
             if got != expect:
                 errors.append(f"the target's connections received {got} bytes, expected "
                               f"{expect} (another connection to the target?)")
-            if a.barrier:  # keep this connection open until every load has seen the total
-                Path(a.barrier, f"done-{os.getpid()}").touch()
-                while len(os.listdir(a.barrier)) < a.parties:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("timed out waiting for the other loads")
-                    time.sleep(0.005)
     except Exception as e:
         errors.append(f"connection 0: {type(e).__name__}: {e} (sent {sent})")
     if secs is None:
-        secs = time.perf_counter() - t0
+        secs = time.monotonic() - t0
     done = a.bytes if got >= expect else 0
     print(json.dumps({"scenario": "socks-upload", "connections": 1, "bytes": done,
                       "sent": sent, "target_bytes_received": got, "secs": secs,
@@ -1104,9 +1163,6 @@ def main() -> int:
         nft.delete()  # a stale table from an interrupted run
         CLEANUP.append(cg.remove)
         cg.setup()
-        if "up" in dirs and not shutil.which("ss"):
-            raise SetupError("the upload load needs `ss` (iproute2) to see what the target "
-                             "received")
         singbox = cmp.install_singbox()
         if any(parse_spec(s)[0] == "shoes" and "@" not in s for s in specs):
             BINS["shoes"] = install_shoes()
