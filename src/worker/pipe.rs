@@ -1,5 +1,8 @@
 //! A QUIC stream joined to a TCP socket: the byte pump under both roles' proxied TCP
 //! connections (the server's side faces the target, the client's side the local app).
+//! What any stream joined to a socket needs, whatever frames its bytes (the socket's
+//! close, the abort of both directions, the reports to the window and the gauges), is the
+//! [`Joint`], which the client's one-request HTTP relay uses too.
 //!
 //! Backpressure couples the two sides: the QUIC stream is read only while the bytes read
 //! from it fit the TCP side (at most `MAX_TO_TCP` buffered, one send in flight), and the TCP
