@@ -406,18 +406,14 @@ class TwoHosts:
         return ["ip", "netns", "exec", TwoHosts.NS["server"], "taskset", "-c",
                 str(TwoHosts.CPU["server"]), *cmd]
 
-    def __init__(self) -> None:
-        self.made: list[str] = []
-
     def setup(self) -> None:
         if (os.cpu_count() or 1) < 2:
             raise SetupError("--two-hosts needs 2 CPUs (one per side)")
         if not shutil.which("ip") or not shutil.which("taskset"):
             raise SetupError("--two-hosts needs `ip` (iproute2) and `taskset` (util-linux)")
         self.remove()  # stale namespaces of an interrupted run
-        for side, ns in self.NS.items():
+        for ns in self.NS.values():
             run(["ip", "netns", "add", ns])
-            self.made.append(ns)
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
         c, sv = self.NS["clients"], self.NS["server"]
         run(["ip", "-n", c, "link", "add", self.DEV["clients"], "type", "veth", "peer", "name",
@@ -452,7 +448,6 @@ class TwoHosts:
                 except (OSError, ValueError):
                     pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self.made.clear()
 
 
 def cpu_busy_secs(cpu: int | None = None) -> float:
