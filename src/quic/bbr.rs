@@ -5,7 +5,8 @@
 //!   10 round trips (draft-cheng-iccrg-delivery-rate-estimation); the round-trip
 //!   propagation time is the smallest RTT sampled over the last 10 seconds.
 //! - **States.** Startup (pacing gain 2/ln 2) until the bandwidth stops growing by 25% for
-//!   3 rounds, or a round loses too much with a queue (below); Drain (gain ln 2/2) until what
+//!   3 rounds (rounds limited by the application or the peer's flow control count only when
+//!   their RTT shows a queue), or a round loses too much with a queue (below); Drain (gain ln 2/2) until what
 //!   is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
 //!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
 //!   round) when the RTT estimate is 10 seconds old.
@@ -481,8 +482,11 @@ impl Bbr {
         {
             self.conservation_until_round = None;
         }
-        // Startup's plateau test, on rounds that were not app-limited.
-        if !self.filled_pipe && self.app_limited_until == 0 {
+        // Startup's plateau test, on rounds that were not app-limited, or were but still
+        // built a queue: a sender held back by the receiver's flow-control window that
+        // queues at the bottleneck has found its rate, and Startup's gain would only
+        // lengthen the queue (and the RTT the window has to cover).
+        if !self.filled_pipe && (self.app_limited_until == 0 || self.queue_grew()) {
             let bw = self.bw.get();
             if bw >= self.full_bw * FULL_BW_GROWTH {
                 self.full_bw = bw;
@@ -518,6 +522,20 @@ impl Bbr {
                 self.inflight_hi = u64::MAX; // far above the model: no cap
             }
         }
+        tracing::trace!(
+            round = self.round,
+            state = ?self.state,
+            bw_mbit = self.bw.get() * 8e-6,
+            min_rtt_ms = self.min_rtt.map_or(0.0, |m| m.as_secs_f64() * 1e3),
+            max_rtt_ms = self.round_max_rtt.as_secs_f64() * 1e3,
+            cwnd = self.cwnd,
+            inflight_hi = self.inflight_hi().unwrap_or(0),
+            max_in_flight = self.round_max_in_flight,
+            delivered,
+            lost,
+            app_limited = self.app_limited_until != 0,
+            "bbr round"
+        );
         self.round_lost = 0;
         self.round_delivered_start = self.delivered;
         self.round_max_in_flight = self.in_flight;
@@ -666,9 +684,11 @@ pub struct BbrConfig {
 
 impl Default for BbrConfig {
     fn default() -> Self {
-        // quinn-proto's: RFC 9002's 10 packets of 1,472 bytes.
+        // quic-go's and Chromium's: 32 packets of 1,252 bytes, what the sing-box and official
+        // servers start with (RFC 9002 recommends 10 packets; on a 150 ms path the 3.2 times
+        // larger start saves about 250 ms of Startup).
         BbrConfig {
-            initial_window: 14_720,
+            initial_window: 32 * 1_252,
         }
     }
 }

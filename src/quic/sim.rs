@@ -31,6 +31,9 @@ pub struct Path {
     pub loss: f64,
     /// The link serves only the first `.0` of every `.1`.
     pub duty: Option<(Duration, Duration)>,
+    /// The receiver's flow-control window: at most this many bytes in flight, whatever the
+    /// congestion window allows (the sender is then application-limited).
+    pub window: Option<u64>,
     pub seed: u64,
 }
 
@@ -46,6 +49,7 @@ impl Path {
             one_way,
             loss: 0.0,
             duty: None,
+            window: None,
             seed: 1,
         }
     }
@@ -57,6 +61,11 @@ impl Path {
 
     pub fn duty(mut self, on: Duration, period: Duration) -> Path {
         self.duty = Some((on, period));
+        self
+    }
+
+    pub fn window(mut self, bytes: u64) -> Path {
+        self.window = Some(bytes);
         self
     }
 }
@@ -125,7 +134,8 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
 
     while now < end {
         let ack_at = acks.peek().map(|Reverse((t, _))| *t);
-        let can_send = in_flight + PACKET <= bbr.window() || probes > 0;
+        let flow_blocked = path.window.is_some_and(|w| in_flight + PACKET > w);
+        let can_send = (in_flight + PACKET <= bbr.window() && !flow_blocked) || probes > 0;
         let send_at = can_send.then_some(next_send.max(now));
         let pto_base = (latest_rtt * 3 / 2).max(Duration::from_millis(1)) * 2u32.pow(ptos.min(16));
         let pto_at = (in_flight > 0 && probes == 0).then_some(last_ack + pto_base);
@@ -182,7 +192,10 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
                     false,
                 );
             }
-            bbr.on_end_acks(now, in_flight, false);
+            // A flow-control window below the congestion window holds the sender back
+            // before congestion control does: app-limited, as quinn-proto reports it.
+            let app_limited = path.window.is_some_and(|w| w < bbr.window());
+            bbr.on_end_acks(now, in_flight, app_limited);
         } else if send_at == Some(t) {
             outstanding.insert(
                 pn,
@@ -393,6 +406,32 @@ mod tests {
             rep.loss_ratio() < 0.02,
             "lost {:.4}: {rep:?}",
             rep.loss_ratio()
+        );
+    }
+
+    #[test]
+    fn a_flow_control_window_just_above_the_bdp_still_fills_a_long_path() {
+        // 300 Mbit/s, 150 ms (a 5.6 MB BDP) behind a queue of one BDP, and the 8 MiB stream
+        // window of a quic-go client: the sender is application-limited from the first
+        // seconds on. Startup must still end, or its gain fills the queue with the window
+        // and the RTT the window has to cover doubles (goodput 8 MiB per 300 ms).
+        let t0 = Instant::now();
+        let path = Path::new(300.0, 150, 1.0).window(8 << 20);
+        let mut b = bbr(t0);
+        let first = run(&mut b, &path, t0, 4.0);
+        assert!(
+            !matches!(b.state(), State::Startup),
+            "still in Startup after 4 s: {first:?}"
+        );
+        let mut b = bbr(t0);
+        let rep = run(&mut b, &path, t0, 20.0);
+        let util = rep.goodput() / path.rate;
+        assert!(util > 0.85, "utilization {util:.3}: {rep:?}");
+        let bdp = path.rate * 0.150;
+        assert!(
+            rep.mean_queue < 0.25 * bdp,
+            "mean queue {:.0} B, BDP {bdp:.0} B: {rep:?}",
+            rep.mean_queue
         );
     }
 

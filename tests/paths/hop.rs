@@ -8,7 +8,8 @@
 //! Against quelay's server (with two workers, on each I/O driver) its metrics must also show
 //! that every hop was followed (`quelay_migrations_total`), that the datagrams of each new
 //! port reached the connection's own worker through CID steering (nothing forwarded between
-//! workers), and that no stateless reset was sent while the client was connected.
+//! workers). Against every server the client must have kept its one connection throughout
+//! (no reconnect: no stateless reset or other error ended it).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -54,34 +55,21 @@ fn redirect(path: &NetPath, first: u16, last: u16) {
     );
 }
 
-/// A finished download through a hopping client whose connection is still open.
-struct Hopped {
-    client: NsProxyClient,
-    io: String,
-    took: Duration,
-}
-
-impl Hopped {
-    /// Stops the client and returns its hop count (from its exit line), which must show a
-    /// hop at least every other second of the download.
-    fn stop(mut self) -> u64 {
-        self.client
-            .child()
-            .stop_with(libc::SIGTERM, Duration::from_secs(10));
-        let hops = PoolStats::parse(&self.client.child().stderr()).get("hops");
-        eprintln!("hop io={} hops={hops}", self.io);
-        assert!(
-            hops >= 3,
-            "the client hopped {hops} times in a {:.1?} download at one hop a second",
-            self.took
-        );
-        hops
+/// Stops the client; returns its pool's figures from its exit line (printed too).
+fn stop_client(client: &mut NsProxyClient) -> PoolStats {
+    client
+        .child()
+        .stop_with(libc::SIGTERM, Duration::from_secs(10));
+    let stderr = client.child().stderr();
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("pool stats:")) {
+        eprintln!("{line}");
     }
+    PoolStats::parse(&stderr)
 }
 
 /// Downloads through a hopping client (one worker) dialling `server` (`ip:first-last`),
-/// checking the bytes; the client stays connected until [`Hopped::stop`].
-fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> Hopped {
+/// checking the bytes; returns the client's hop count and the transfer's duration.
+fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> (u64, Duration) {
     let env = [("QUELAY_TEST_MIN_HOP_INTERVAL", "1s")];
     let yaml =
         format!("transport:\n  udp:\n    hopInterval: 1s\nengine:\n  workers: 1\n  io: {io}\n");
@@ -97,16 +85,26 @@ fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> 
     });
     assert_eq!(got.bytes, HOP_DOWNLOAD);
     assert_eq!(got.sha256, pattern_sha256(HOP_DOWNLOAD), "SHA-256 ({io})");
+    let stats = stop_client(&mut client);
+    let hops = stats.get("hops");
+    // A stateless reset (or anything else) that ended the connection would show as a
+    // second connect: every hop must keep the one connection.
+    assert_eq!(
+        (stats.get("connects"), stats.get("reconnects")),
+        (1, 0),
+        "the hopping client ({io}) lost its connection: (connects, reconnects)"
+    );
     eprintln!(
-        "hop io={io} server={server} seconds={:.2} mbit_s={:.0}",
+        "hop io={io} server={server} seconds={:.2} mbit_s={:.0} hops={hops}",
         got.transfer.as_secs_f64(),
         got.bytes as f64 * 8.0 / 1e6 / got.transfer.as_secs_f64()
     );
-    Hopped {
-        client,
-        io: io.to_string(),
-        took: got.transfer,
-    }
+    assert!(
+        hops >= 3,
+        "the client hopped {hops} times in a {:.1?} download at one hop a second",
+        got.transfer
+    );
+    (hops, got.transfer)
 }
 
 /// A path with the redirect installed and a target in the server namespace: what every
@@ -146,7 +144,7 @@ impl HopPath {
     }
 
     /// Downloads through a hopping client on `io`; see [`hop_download`].
-    fn download(&self, io: &str) -> Hopped {
+    fn download(&self, io: &str) -> (u64, Duration) {
         hop_download(&self.path, &self.target, &self.dial(), io)
     }
 }
@@ -160,14 +158,11 @@ fn hop_against_quelay(io: &str) {
         &format!("0.0.0.0:{}-{}", hop.first, hop.last),
         SocketAddr::from((hop.ip, hop.first)),
         &format!("engine:\n  workers: 2\n  io: {io}\nmetrics:\n  listen: {metrics}\n"),
+        // quinn-proto says why it sent a stateless reset, and to which CID and address.
+        "info,quinn_proto::endpoint=debug",
     );
-    // The counters are read while the client is still connected: once it closes, a datagram
-    // of its teardown that arrives after the server has drained the connection is rightly
-    // answered with a stateless reset, and that is not what this test is about.
-    let hopped = hop.download(io);
-    let took = hopped.took;
+    let (hops, took) = hop.download(io);
     let page = path.in_ns(PathSide::Server, || scrape(metrics));
-    let hops = hopped.stop();
     server.child().assert_running();
     let m = |series: &str| metric(&page, series) as u64;
     // Each hop that carried traffic is one address change; hops while the connection was
@@ -184,11 +179,19 @@ fn hop_against_quelay(io: &str) {
         0,
         "datagrams of a new port reached another worker (CID steering)"
     );
-    assert_eq!(
-        m("quelay_stateless_resets_total"),
-        0,
-        "stateless resets sent"
-    );
+    // A stateless reset answers a datagram whose CID no connection of its worker holds: one
+    // aimed at the client's connection would have ended it (see `hop_download`). One that
+    // was not (a straggler of the client's teardown, say) harms nobody; print what the
+    // server says of each, for whoever reads this output.
+    let resets = m("quelay_stateless_resets_total");
+    if resets > 0 {
+        let log = server.child().stderr();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("stateless reset"))
+            .collect();
+        eprintln!("{resets} stateless reset(s) sent:\n{}", lines.join("\n"));
+    }
     assert!(
         server
             .child()
@@ -216,6 +219,6 @@ fn hopping_client_downloads_intact_from_singbox() {
         SocketAddr::from((hop.ip, hop.first)),
         &ServerOpts::default(),
     );
-    hop.download("uring").stop();
+    hop.download("uring");
     server.child().assert_running();
 }

@@ -446,7 +446,8 @@ pub fn raise_open_files(want: u64) {
 }
 
 /// A unique scratch directory under `target/test-tmp/`, removed on drop unless the dropping
-/// thread is panicking: then it is kept (and its path printed) so the logs in it can be read.
+/// thread is panicking or `QUELAY_TEST_KEEP` is set: then it is kept (and its path printed)
+/// so the logs in it can be read.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
@@ -464,7 +465,7 @@ impl std::ops::Deref for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if thread::panicking() {
+        if thread::panicking() || std::env::var_os("QUELAY_TEST_KEEP").is_some() {
             eprintln!("keeping {} for inspection", self.0.display());
         } else {
             let _ = fs::remove_dir_all(&self.0);
