@@ -6,8 +6,8 @@
 //!   propagation time is the smallest RTT sampled over the last 10 seconds.
 //! - **States.** Startup (pacing gain 2/ln 2) until the bandwidth stops growing by 25% for
 //!   3 rounds (rounds limited by the application or the peer's flow control count only when
-//!   their RTT shows a queue), or a round loses too much with a queue (below); Drain (gain ln 2/2) until what
-//!   is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
+//!   their RTT shows a queue), or a round loses too much with a queue (below); Drain (gain
+//!   ln 2/2) until what is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
 //!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
 //!   round) when the RTT estimate is 10 seconds old.
 //! - **Window.** 2 × BDP plus 3 send quanta (up to 64 KiB each: a millisecond at the pacing
