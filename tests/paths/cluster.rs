@@ -124,7 +124,7 @@ fn cluster_transfers(by_cid: bool) -> Outcome {
             &addr.to_string(),
             addr,
             &yaml,
-            "info",
+            None,
         ));
         ports.push(port);
         metrics.push(m);

@@ -159,7 +159,7 @@ fn hop_against_quelay(io: &str) {
         SocketAddr::from((hop.ip, hop.first)),
         &format!("engine:\n  workers: 2\n  io: {io}\nmetrics:\n  listen: {metrics}\n"),
         // quinn-proto says why it sent a stateless reset, and to which CID and address.
-        "info,quinn_proto::endpoint=debug",
+        Some("info,quinn_proto::endpoint=debug"),
     );
     let (hops, took) = hop.download(io);
     let page = path.in_ns(PathSide::Server, || scrape(metrics));

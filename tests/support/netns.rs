@@ -948,23 +948,26 @@ pub struct NsQuelayServer {
 }
 
 impl NsQuelayServer {
-    /// A server on a free loopback port of the server namespace, logging at
-    /// `$QUELAY_TEST_SERVER_LOG` (a `QUELAY_LOG` filter; `info` when unset).
+    /// A server on a free loopback port of the server namespace.
     pub fn start(path: &NetPath, yaml_extra: &str) -> NsQuelayServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
-        let log = std::env::var("QUELAY_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into());
-        Self::start_listen(path, &addr.to_string(), addr, yaml_extra, &log)
+        Self::start_listen(path, &addr.to_string(), addr, yaml_extra, None)
     }
 
     /// With `listen: <listen>` (a port range for port hopping, say), bound at `addr`: the
-    /// address it is ready on and `addr()` reports. `log` is its `QUELAY_LOG` filter.
+    /// address it is ready on and `addr()` reports. `log` is its `QUELAY_LOG` filter; by
+    /// default `$QUELAY_TEST_SERVER_LOG`, or `info` when that is unset.
     pub fn start_listen(
         path: &NetPath,
         listen: &str,
         addr: SocketAddr,
         yaml_extra: &str,
-        log: &str,
+        log: Option<&str>,
     ) -> NsQuelayServer {
+        let log = log.map_or_else(
+            || std::env::var("QUELAY_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            str::to_string,
+        );
         let dir = tempdir();
         let (cert, key) = write_cert(&dir);
         let mut config = format!(
@@ -987,7 +990,7 @@ impl NsQuelayServer {
         cmd.arg("server")
             .arg("-c")
             .arg(&file)
-            .env("QUELAY_LOG", log)
+            .env("QUELAY_LOG", &log)
             .env("NO_COLOR", "1")
             .current_dir(dir.path());
         let child = start_udp_server(path, "quelay-server", cmd, &dir, addr);
