@@ -20,7 +20,11 @@
 //!   flight, never below 1.25 × BDP plus one send quantum. The cap grows again (1, 2, 4, ...
 //!   packets per round) only after 2 to 3 seconds or 63 rounds, whichever is first, without
 //!   such a round. Loss without a queue is random: no smaller window would avoid it, and
-//!   the model is left alone, as in BBRv1. BBRv1 alone ignores all loss, and a receiver
+//!   the model is left alone, as in BBRv1. So is loss that goes on at the same rate in two
+//!   rounds with at most 0.85 × the in flight that caused a cut and no standing queue (a
+//!   round whose smallest RTT is near the min): the cut is undone and that rate is
+//!   tolerated for 10 seconds (on a path of a fraction of a millisecond, the
+//!   receiver's scheduling alone puts every round's RTT far above the min). BBRv1 alone ignores all loss, and a receiver
 //!   whose CPU sets the pace (a phone, a router, a busy quic-go client) then drops much of
 //!   what it is sent.
 //! - **Pacing.** The pacing rate is gain × bandwidth. quinn-proto cannot be told a rate, so
@@ -80,6 +84,15 @@ const BETA: f64 = 0.7;
 const PROBE_HI_TIME: Duration = Duration::from_secs(2);
 /// ... (plus up to one more second, at random) or this many rounds, whichever comes first.
 const PROBE_HI_ROUNDS: u64 = 63;
+/// A lossy round after a cut shows random loss when it had at most this fraction of the
+/// in flight of the round that caused the cut, its smallest RTT shows no standing queue ...
+const RANDOM_LOSS_IN_FLIGHT: f64 = 0.85;
+/// ... and it lost at least this fraction of that round's loss rate ...
+const RANDOM_LOSS_RATE: f64 = 0.8;
+/// ... this many times before the cap is probed again.
+const RANDOM_LOSS_ROUNDS: u32 = 2;
+/// How long the random loss rate found so is tolerated before it must be shown again.
+const RANDOM_LOSS_TIME: Duration = Duration::from_secs(10);
 /// Seeds of the connections' random sequences.
 static NEXT_SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 /// Send instants whose delivery state is kept for rate samples.
@@ -206,12 +219,33 @@ pub struct Bbr {
     round_max_in_flight: u64,
     /// The largest RTT sampled this round.
     round_max_rtt: Duration,
+    /// The smallest RTT sampled this round.
+    round_min_rtt: Duration,
     /// The cap on bytes in flight after too much loss; `u64::MAX` when there is none.
     inflight_hi: u64,
     probe_hi_add: u64,
     last_high_loss: Option<(Instant, u64)>,
     probe_hi_wait: Duration,
+    /// The cut of `inflight_hi` still being tested for random loss.
+    cut: Option<Cut>,
+    /// Random loss found so, and until when it is tolerated on top of `LOSS_THRESH`.
+    random_loss: Option<(f64, Instant)>,
     rng: u64,
+}
+
+/// A cut of `inflight_hi` and what caused it. Loss that a smaller window would avoid (a
+/// queue that overflows) falls when less is in flight; loss that goes on at the same rate
+/// with much less in flight is random, whatever the RTT shows (on a path of a fraction of a
+/// millisecond, a receiver's scheduling alone puts every round's RTT far above the min).
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    /// The cap before the first cut.
+    prior_hi: u64,
+    /// In flight and loss rate of the round that caused it.
+    max_in_flight: u64,
+    loss_rate: f64,
+    /// Lossy rounds since, with much less in flight and no less loss.
+    random_rounds: u32,
 }
 
 impl Bbr {
@@ -253,10 +287,13 @@ impl Bbr {
             round_delivered_start: 0,
             round_max_in_flight: 0,
             round_max_rtt: Duration::ZERO,
+            round_min_rtt: Duration::MAX,
             inflight_hi: u64::MAX,
             probe_hi_add: mtu,
             last_high_loss: None,
             probe_hi_wait: PROBE_HI_TIME,
+            cut: None,
+            random_loss: None,
             // Each connection its own sequence, so that flows desynchronize.
             rng: NEXT_SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed) | 1,
         };
@@ -356,6 +393,7 @@ impl Bbr {
         let rtt = now.saturating_duration_since(sent);
         self.batch_rtt = Some(self.batch_rtt.map_or(rtt, |r| r.min(rtt)));
         self.round_max_rtt = self.round_max_rtt.max(rtt);
+        self.round_min_rtt = self.round_min_rtt.min(rtt);
         if self.recovery_start.is_some_and(|r| sent > r) {
             // A packet sent after the loss arrived: recovery is over.
             self.recovery_start = None;
@@ -499,12 +537,25 @@ impl Bbr {
         // The loss of the round that just ended.
         let delivered = self.delivered - self.round_delivered_start;
         let lost = self.round_lost;
+        let loss_rate = lost as f64 / (lost + delivered).max(1) as f64;
+        let tolerated = match self.random_loss {
+            Some((rate, until)) if now < until => rate,
+            _ => 0.0,
+        };
         let too_much = lost >= LOSS_MIN_PACKETS * self.mtu
-            && lost as f64 > LOSS_THRESH * (lost + delivered) as f64
+            && loss_rate > LOSS_THRESH + tolerated
             && self.queue_grew();
-        if too_much {
+        if too_much && self.loss_is_random(now, loss_rate) {
+            self.high_loss_rounds += 1;
+        } else if too_much {
             self.high_loss_rounds += 1;
             self.filled_pipe = true;
+            self.cut.get_or_insert(Cut {
+                prior_hi: self.inflight_hi,
+                max_in_flight: self.round_max_in_flight,
+                loss_rate,
+                random_rounds: 0,
+            });
             // Never below what probing at 1.25 × the model needs: random loss, which no
             // smaller window avoids, must not shrink the model round after round.
             let floor = self.bdp(PROBE_BW_GAINS[0]) + self.send_quantum();
@@ -516,6 +567,7 @@ impl Bbr {
             self.probe_hi_wait = PROBE_HI_TIME + Duration::from_millis(self.random() % 1000);
         } else if self.inflight_hi != u64::MAX && self.may_probe_hi(now) {
             // Probing upward: 1, 2, 4, ... packets more each round without too much loss.
+            self.cut = None;
             self.inflight_hi = self.inflight_hi.saturating_add(self.probe_hi_add);
             self.probe_hi_add = self.probe_hi_add.saturating_mul(2);
             if self.inflight_hi >= self.bdp(CWND_GAIN).saturating_mul(4) {
@@ -528,6 +580,7 @@ impl Bbr {
             bw_mbit = self.bw.get() * 8e-6,
             min_rtt_ms = self.min_rtt.map_or(0.0, |m| m.as_secs_f64() * 1e3),
             max_rtt_ms = self.round_max_rtt.as_secs_f64() * 1e3,
+            round_min_rtt_ms = self.round_min_rtt.as_secs_f64() * 1e3,
             cwnd = self.cwnd,
             inflight_hi = self.inflight_hi().unwrap_or(0),
             max_in_flight = self.round_max_in_flight,
@@ -540,6 +593,32 @@ impl Bbr {
         self.round_delivered_start = self.delivered;
         self.round_max_in_flight = self.in_flight;
         self.round_max_rtt = Duration::ZERO;
+        self.round_min_rtt = Duration::MAX;
+    }
+
+    /// Whether a lossy round (`loss_rate`) shows that the loss since the last cut is random:
+    /// then the cut is undone and that rate is tolerated for `RANDOM_LOSS_TIME`.
+    fn loss_is_random(&mut self, now: Instant, loss_rate: f64) -> bool {
+        let Some(cut) = self.cut.as_mut() else {
+            return false;
+        };
+        let less_in_flight =
+            self.round_max_in_flight as f64 <= RANDOM_LOSS_IN_FLIGHT * cut.max_in_flight as f64;
+        // A queue that never drained all round overflows, whatever the loss rate says.
+        let standing_queue = self
+            .min_rtt
+            .is_some_and(|m| self.round_min_rtt > m + m / 4 + QUEUE_RTT_MARGIN);
+        if !less_in_flight || standing_queue || loss_rate < RANDOM_LOSS_RATE * cut.loss_rate {
+            return false;
+        }
+        cut.random_rounds += 1;
+        if cut.random_rounds < RANDOM_LOSS_ROUNDS {
+            return false;
+        }
+        self.inflight_hi = cut.prior_hi;
+        self.random_loss = Some((loss_rate.min(cut.loss_rate), now + RANDOM_LOSS_TIME));
+        self.cut = None;
+        true
     }
 
     /// Whether this round's RTT rose above the path's own: loss with a queue is congestion

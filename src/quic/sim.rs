@@ -34,6 +34,10 @@ pub struct Path {
     /// The receiver's flow-control window: at most this many bytes in flight, whatever the
     /// congestion window allows (the sender is then application-limited).
     pub window: Option<u64>,
+    /// The receiver's CPU noise: after a packet, with probability `.0`, it pauses for up to
+    /// `.1` (uniformly), and what arrives meanwhile is acknowledged when it wakes. RTT
+    /// samples then spread far above the path's without any queue at a link.
+    pub pauses: Option<(f64, Duration)>,
     pub seed: u64,
 }
 
@@ -50,6 +54,7 @@ impl Path {
             loss: 0.0,
             duty: None,
             window: None,
+            pauses: None,
             seed: 1,
         }
     }
@@ -66,6 +71,11 @@ impl Path {
 
     pub fn window(mut self, bytes: u64) -> Path {
         self.window = Some(bytes);
+        self
+    }
+
+    pub fn pauses(mut self, probability: f64, longest: Duration) -> Path {
+        self.pauses = Some((probability, longest));
         self
     }
 }
@@ -124,6 +134,8 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
     // Packets waiting at or crossing the bottleneck: (departure time, size).
     let mut queue: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut link_free = t0;
+    // The receiver acknowledges nothing before this (a pause).
+    let mut awake_at = t0;
     let mut next_send = t0;
     let mut latest_rtt = path.one_way * 2;
     let mut last_ack = t0;
@@ -216,7 +228,14 @@ pub fn run(bbr: &mut Bbr, path: &Path, t0: Instant, secs: f64) -> Report {
                 link_free = depart;
                 queue.push_back((depart, PACKET));
                 rep.max_queue = rep.max_queue.max(queued + PACKET);
-                acks.push(Reverse((depart + path.one_way * 2, pn)));
+                let arrive = depart + path.one_way;
+                let acked = arrive.max(awake_at);
+                if let Some((p, longest)) = path.pauses {
+                    if random() < p {
+                        awake_at = acked + longest.mul_f64(random());
+                    }
+                }
+                acks.push(Reverse((acked + path.one_way, pn)));
             }
             pn += 1;
             probes = probes.saturating_sub(1);
@@ -361,6 +380,35 @@ mod tests {
             );
             // Lost: the path's random loss, and little more.
             assert!(rep.loss_ratio() < path.loss * 1.2, "{path:?}: {rep:?}");
+        }
+    }
+
+    #[test]
+    fn random_loss_costs_a_noisy_receiver_little_more_than_its_noise() {
+        // A sub-millisecond path whose receiver pauses now and then for up to 4 ms (its CPU
+        // scheduling, as on loopback): every round's RTT then looks like a queue, and only
+        // the loss going on at the same rate with less in flight shows it to be random.
+        let noisy = |loss| Path {
+            one_way: Duration::from_micros(100),
+            queue: 64 * 1024,
+            ..Path::new(300.0, 0, 1.0)
+                .loss(loss)
+                .pauses(0.01, Duration::from_millis(4))
+        };
+        let t0 = Instant::now();
+        let lossless = run(&mut bbr(t0), &noisy(0.0), t0, 30.0);
+        // The queue's own overflow is not random loss: the cuts that stop it stay.
+        assert!(lossless.loss_ratio() < 0.01, "no random loss: {lossless:?}");
+        let lossless = lossless.goodput();
+        for loss in [0.01, 0.05] {
+            let mut b = bbr(t0);
+            let rep = run(&mut b, &noisy(loss), t0, 30.0);
+            let ratio = rep.goodput() / lossless;
+            assert!(
+                ratio > 0.9,
+                "{loss} loss: {ratio:.3} of the lossless goodput: {rep:?}"
+            );
+            assert!(rep.loss_ratio() < loss * 1.2, "{loss} loss: {rep:?}");
         }
     }
 
