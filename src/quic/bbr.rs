@@ -6,10 +6,10 @@
 //!   propagation time is the smallest RTT sampled over the last 10 seconds.
 //! - **States.** Startup (pacing gain 2/ln 2) until the bandwidth stops growing by 25% for
 //!   3 rounds (rounds limited by the application or the peer's flow control count only when
-//!   their RTT shows a queue), or a round loses too much with a queue (below); Drain (gain
-//!   ln 2/2) until what is in flight fits the estimated BDP; ProbeBW, cycling pacing gains
-//!   1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4 packets in flight for 200 ms and a
-//!   round) when the RTT estimate is 10 seconds old.
+//!   their RTT shows a queue or they lost more than 2%), or a round loses too much with a
+//!   queue (below); Drain (gain ln 2/2) until what is in flight fits the estimated BDP;
+//!   ProbeBW, cycling pacing gains 1.25, 0.75, 1 × 6, one phase per RTT; ProbeRTT (4
+//!   packets in flight for 200 ms and a round) when the RTT estimate is 10 seconds old.
 //! - **Window.** 2 × BDP plus 3 send quanta (up to 64 KiB each: a millisecond at the pacing
 //!   rate) for delayed and aggregated ACKs, in Startup 2/ln 2 × BDP, never below 4 packets.
 //!   A loss while the RTT shows a queue starts recovery: packet conservation for a round,
@@ -520,11 +520,17 @@ impl Bbr {
         {
             self.conservation_until_round = None;
         }
+        // The loss of the round that just ended.
+        let delivered = self.delivered - self.round_delivered_start;
+        let lost = self.round_lost;
+        let loss_rate = lost as f64 / (lost + delivered).max(1) as f64;
+        let lossy = lost >= LOSS_MIN_PACKETS * self.mtu && loss_rate > LOSS_THRESH;
         // Startup's plateau test, on rounds that were not app-limited, or were but still
-        // built a queue: a sender held back by the receiver's flow-control window that
-        // queues at the bottleneck has found its rate, and Startup's gain would only
-        // lengthen the queue (and the RTT the window has to cover).
-        if !self.filled_pipe && (self.app_limited_until == 0 || self.queue_grew()) {
+        // built a queue or lost much: a sender held back by the receiver's flow-control
+        // window that queues at the bottleneck, or overruns a receiver whose CPU sets the
+        // pace, has found its rate, and Startup's gain would only lengthen the queue (and
+        // the RTT the window has to cover) or the receiver's drops.
+        if !self.filled_pipe && (self.app_limited_until == 0 || self.queue_grew() || lossy) {
             let bw = self.bw.get();
             if bw >= self.full_bw * FULL_BW_GROWTH {
                 self.full_bw = bw;
@@ -534,17 +540,11 @@ impl Bbr {
                 self.filled_pipe = self.full_bw_rounds >= FULL_BW_ROUNDS;
             }
         }
-        // The loss of the round that just ended.
-        let delivered = self.delivered - self.round_delivered_start;
-        let lost = self.round_lost;
-        let loss_rate = lost as f64 / (lost + delivered).max(1) as f64;
         let tolerated = match self.random_loss {
             Some((rate, until)) if now < until => rate,
             _ => 0.0,
         };
-        let too_much = lost >= LOSS_MIN_PACKETS * self.mtu
-            && loss_rate > LOSS_THRESH + tolerated
-            && self.queue_grew();
+        let too_much = lossy && loss_rate > LOSS_THRESH + tolerated && self.queue_grew();
         if too_much && self.loss_is_random(now, loss_rate) {
             self.high_loss_rounds += 1;
         } else if too_much {
