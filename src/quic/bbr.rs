@@ -23,10 +23,10 @@
 //!   the model is left alone, as in BBRv1. So is loss that goes on at the same rate in two
 //!   rounds with at most 0.85 × the in flight that caused a cut and no standing queue (a
 //!   round whose smallest RTT is near the min): the cut is undone and that rate is
-//!   tolerated for 10 seconds (on a path of a fraction of a millisecond, the
-//!   receiver's scheduling alone puts every round's RTT far above the min). BBRv1 alone ignores all loss, and a receiver
-//!   whose CPU sets the pace (a phone, a router, a busy quic-go client) then drops much of
-//!   what it is sent.
+//!   tolerated for 10 seconds (on a path of a fraction of a millisecond, the receiver's
+//!   scheduling alone puts every round's RTT far above the min). BBRv1 alone ignores all
+//!   loss, and a receiver whose CPU sets the pace (a phone, a router, a busy quic-go
+//!   client) then drops much of what it is sent.
 //! - **Pacing.** The pacing rate is gain × bandwidth. quinn-proto cannot be told a rate, so
 //!   [`Bbr::pacing_rate`] is read by the worker's pacer (see `congestion`), as for Brutal.
 //!
@@ -545,26 +545,11 @@ impl Bbr {
             _ => 0.0,
         };
         let too_much = lossy && loss_rate > LOSS_THRESH + tolerated && self.queue_grew();
-        if too_much && self.loss_is_random(now, loss_rate) {
+        if too_much {
             self.high_loss_rounds += 1;
-        } else if too_much {
-            self.high_loss_rounds += 1;
-            self.filled_pipe = true;
-            self.cut.get_or_insert(Cut {
-                prior_hi: self.inflight_hi,
-                max_in_flight: self.round_max_in_flight,
-                loss_rate,
-                random_rounds: 0,
-            });
-            // Never below what probing at 1.25 × the model needs: random loss, which no
-            // smaller window avoids, must not shrink the model round after round.
-            let floor = self.bdp(PROBE_BW_GAINS[0]) + self.send_quantum();
-            let hi = (BETA * self.round_max_in_flight as f64) as u64;
-            self.inflight_hi = hi.min(self.inflight_hi).max(floor).max(self.min_window());
-            self.probe_hi_add = self.mtu;
-            self.last_high_loss = Some((now, self.round));
-            // 2 to 3 seconds until the cap is probed again, as BBRv3.
-            self.probe_hi_wait = PROBE_HI_TIME + Duration::from_millis(self.random() % 1000);
+            if !self.loss_is_random(now, loss_rate) {
+                self.cut_inflight_hi(now, loss_rate);
+            }
         } else if self.inflight_hi != u64::MAX && self.may_probe_hi(now) {
             // Probing upward: 1, 2, 4, ... packets more each round without too much loss.
             self.cut = None;
@@ -596,18 +581,36 @@ impl Bbr {
         self.round_min_rtt = Duration::MAX;
     }
 
+    /// Caps what may be in flight after a round that lost too much (`loss_rate`).
+    fn cut_inflight_hi(&mut self, now: Instant, loss_rate: f64) {
+        self.filled_pipe = true;
+        self.cut.get_or_insert(Cut {
+            prior_hi: self.inflight_hi,
+            max_in_flight: self.round_max_in_flight,
+            loss_rate,
+            random_rounds: 0,
+        });
+        // Never below what probing at 1.25 × the model needs: random loss, which no
+        // smaller window avoids, must not shrink the model round after round.
+        let floor = self.bdp(PROBE_BW_GAINS[0]) + self.send_quantum();
+        let hi = (BETA * self.round_max_in_flight as f64) as u64;
+        self.inflight_hi = hi.min(self.inflight_hi).max(floor).max(self.min_window());
+        self.probe_hi_add = self.mtu;
+        self.last_high_loss = Some((now, self.round));
+        // 2 to 3 seconds until the cap is probed again, as BBRv3.
+        self.probe_hi_wait = PROBE_HI_TIME + Duration::from_millis(self.random() % 1000);
+    }
+
     /// Whether a lossy round (`loss_rate`) shows that the loss since the last cut is random:
     /// then the cut is undone and that rate is tolerated for `RANDOM_LOSS_TIME`.
     fn loss_is_random(&mut self, now: Instant, loss_rate: f64) -> bool {
+        // A queue that never drained all round overflows, whatever the loss rate says.
+        let standing_queue = self.shows_queue(self.round_min_rtt);
         let Some(cut) = self.cut.as_mut() else {
             return false;
         };
         let less_in_flight =
             self.round_max_in_flight as f64 <= RANDOM_LOSS_IN_FLIGHT * cut.max_in_flight as f64;
-        // A queue that never drained all round overflows, whatever the loss rate says.
-        let standing_queue = self
-            .min_rtt
-            .is_some_and(|m| self.round_min_rtt > m + m / 4 + QUEUE_RTT_MARGIN);
         if !less_in_flight || standing_queue || loss_rate < RANDOM_LOSS_RATE * cut.loss_rate {
             return false;
         }
@@ -625,8 +628,13 @@ impl Bbr {
     /// (at a bottleneck or in a receiver that cannot keep up); loss without one is random,
     /// and no smaller window would avoid it.
     fn queue_grew(&self) -> bool {
+        self.shows_queue(self.round_max_rtt)
+    }
+
+    /// Whether `rtt` is above the path's own by more than jitter.
+    fn shows_queue(&self, rtt: Duration) -> bool {
         self.min_rtt
-            .is_some_and(|m| self.round_max_rtt > m + m / 4 + QUEUE_RTT_MARGIN)
+            .is_some_and(|m| rtt > m + m / 4 + QUEUE_RTT_MARGIN)
     }
 
     fn may_probe_hi(&self, now: Instant) -> bool {
