@@ -159,6 +159,9 @@ pub struct NetPath {
     index: u32,
     client_ns: String,
     server_ns: String,
+    /// With `$QUELAY_TEST_PCAP` set: tcpdump on the client's veth, writing `veth.pcap` into
+    /// a scratch directory that is kept when the test fails or `$QUELAY_TEST_KEEP` is set.
+    capture: Option<(Child, TempDir)>,
 }
 
 /// Runs `prog args`, returning its stderr (and stdout) as the error when it fails.
@@ -279,11 +282,12 @@ impl NetPath {
         let index = SEQ.fetch_add(1, Ordering::Relaxed);
         let base = format!("{NS_PREFIX}{}-{index}", process::id());
         // From here on, Drop deletes whatever part of the path exists.
-        let path = NetPath {
+        let mut path = NetPath {
             spec,
             index,
             client_ns: format!("{base}-c"),
             server_ns: format!("{base}-s"),
+            capture: None,
         };
         let (c, s) = (path.client_ns.as_str(), path.server_ns.as_str());
         let hint = |step: &str, e: String| format!("{step}: {e}");
@@ -331,7 +335,35 @@ impl NetPath {
                 .map_err(|e| hint("cannot add the tbf qdisc (CONFIG_NET_SCH_TBF)", e))?;
             }
         }
+        if std::env::var_os("QUELAY_TEST_PCAP").is_some() {
+            path.capture = Some(path.start_capture()?);
+        }
         Ok(path)
+    }
+
+    /// tcpdump on the client's veth, both directions: the UDP header and the first 64 bytes
+    /// of each payload (QUIC's header and connection IDs), flushed packet by packet.
+    fn start_capture(&self) -> Result<(Child, TempDir), String> {
+        run_tool("tcpdump", &["--version"]).map_err(|e| {
+            format!("$QUELAY_TEST_PCAP needs tcpdump (apt-get install tcpdump): {e}")
+        })?;
+        let dir = tempdir();
+        let file = dir.join("veth.pcap");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            "tcpdump",
+            "-i",
+            VETH_CLIENT,
+        ])
+        .args(["-s", "96", "-U", "-w"])
+        .arg(&file)
+        .arg("udp");
+        let child = Child::spawn("tcpdump", cmd, &dir);
+        eprintln!("capturing the client's veth into {}", file.display());
+        Ok((child, dir))
     }
 
     pub fn spec(&self) -> &PathSpec {
@@ -395,6 +427,7 @@ impl NetPath {
 
 impl Drop for NetPath {
     fn drop(&mut self) {
+        self.capture = None; // tcpdump first, while its namespace is there
         for ns in [&self.client_ns, &self.server_ns] {
             if Path::new(NETNS_DIR).join(ns).exists() {
                 if let Err(e) = run_tool("ip", &["netns", "del", ns]) {
