@@ -2,9 +2,10 @@
 //!
 //! One bulk sender (always has data, packets of [`PACKET`] bytes) crosses a link of a given
 //! rate with a drop-tail queue, a one-way delay each way and random loss; the receiver
-//! acknowledges every packet at once and ACKs are never lost or queued. The link may serve
-//! only part of each period (`duty`), which models a receiver whose CPU sets the pace: a
-//! client in a cgroup with a CPU quota drains its queue only while it runs.
+//! acknowledges every packet at once, unless it is paused (`pauses`: a busy host's
+//! scheduling), and ACKs are never lost or queued. The link may serve only part of each
+//! period (`duty`), which models a receiver whose CPU sets the pace: a client in a cgroup
+//! with a CPU quota drains its queue only while it runs.
 //!
 //! Loss detection is RFC 9002's: a packet is lost when one sent 3 packets later is acked,
 //! or when 9/8 of the latest RTT has passed since it left and a later one was acked; a
