@@ -89,7 +89,7 @@ const PROBE_HI_ROUNDS: u64 = 63;
 const RANDOM_LOSS_IN_FLIGHT: f64 = 0.85;
 /// ... and it lost at least this fraction of that round's loss rate ...
 const RANDOM_LOSS_RATE: f64 = 0.8;
-/// ... this many times before the cap is probed again.
+/// ... and this many such rounds, before the cap is probed again, undo the cut.
 const RANDOM_LOSS_ROUNDS: u32 = 2;
 /// How long the random loss rate found so is tolerated before it must be shown again.
 const RANDOM_LOSS_TIME: Duration = Duration::from_secs(10);
