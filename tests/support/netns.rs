@@ -341,8 +341,9 @@ impl NetPath {
         Ok(path)
     }
 
-    /// tcpdump on the client's veth, both directions: the UDP header and the first 64 bytes
-    /// of each payload (QUIC's header and connection IDs), flushed packet by packet.
+    /// tcpdump on the client's veth, both directions: the UDP header and the first 54 bytes
+    /// of each payload (96-byte snapshots: QUIC's header and connection IDs), flushed packet
+    /// by packet.
     fn start_capture(&self) -> Result<(Child, TempDir), String> {
         run_tool("tcpdump", &["--version"]).map_err(|e| {
             format!("$QUELAY_TEST_PCAP needs tcpdump (apt-get install tcpdump): {e}")
