@@ -65,10 +65,16 @@ impl CidLayout {
     }
 
     /// Whether `dcid` (at least [`CID_LEN`] bytes) names another node of the cluster: its
-    /// packets are that node's, and must be dropped without a stateless reset.
+    /// packets are that node's, and must be dropped without a stateless reset. Only a CID
+    /// with this cluster's first octet names a node; any other (a client's stateless reset,
+    /// whose bytes are random, or the unroutable rotation 7) is no node's, reaches a node by
+    /// the balancer's 4-tuple fallback, and fails `validate` there like any unknown CID.
     pub fn other_node(&self, dcid: &[u8]) -> bool {
         match self.cluster {
-            Some(c) => dcid.get(1).is_some_and(|&n| n != c.node),
+            Some(c) => {
+                dcid.starts_with(&[Self::first_octet(c)])
+                    && dcid.get(1).is_some_and(|&n| n != c.node)
+            }
             None => false,
         }
     }
@@ -253,6 +259,9 @@ mod tests {
             let mut foreign = cid.to_vec();
             foreign[1] = 8;
             assert!(layout.other_node(&foreign));
+            // Not a CID of this cluster at all: random bytes such as a stateless reset's.
+            foreign[0] = 0xfe;
+            assert!(!layout.other_node(&foreign));
         }
         assert_eq!(layout.worker_byte(), 2);
         assert_eq!(CidLayout::default().worker_byte(), 0);

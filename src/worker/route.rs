@@ -93,6 +93,10 @@ mod tests {
         assert_eq!(route(&p, 2, &node3), Route::Worker(1));
         p[2] = 4;
         assert_eq!(route(&p, 2, &node3), Route::OtherNode);
+        // A client's stateless reset: random bytes after the flags, no node's CID. It goes
+        // to quinn-proto as an unknown CID, which `validate` refuses without a reply.
+        let reset = vec![0x77, 0xfe, 0x0e, 0xac, 0xbd, 0xde, 0x3b, 0x01, 0x06, 0xcf];
+        assert_eq!(route(&reset, 2, &node3), Route::Local);
         // A client's Initial: its random DCID routes consistently by the same byte.
         let init = vec![0xc0, 0, 0, 0, 1, 8, 0x55, 0x66, 1, 9, 9, 9, 9, 9, 0];
         assert_eq!(route(&init, 2, &node3), Route::Worker(1));
