@@ -30,6 +30,13 @@ const CLIENTS: usize = 30;
 const PER_CLIENT: usize = 8 * MIB;
 /// 30 x 8 MiB take about 13 s through it.
 const RATE_MBIT: f64 = 150.0;
+/// The bottleneck's queue, each way: room for every client's connection to hold a minimum
+/// congestion window (4 datagrams) twice over. The default for a path without delay is tbf's
+/// 64 KiB, about 45 datagrams for 30 connections whose minimum windows alone add up to 120:
+/// such a queue overflows whatever the senders do, a connection can lose every probe of
+/// several backed-off probe timeouts in a row, and its transfer then stalls for seconds on
+/// congestion, which says nothing about routing.
+const QUEUE: u64 = CLIENTS as u64 * 4 * 1500 * 2;
 /// The service port clients dial.
 const SERVICE_PORT: u16 = 443;
 /// The longest a transfer may go without a byte: a client on a node that does not own its
@@ -95,7 +102,7 @@ struct Outcome {
 fn cluster_transfers(by_cid: bool) -> Outcome {
     NetPath::check_available();
     let _serial = serial();
-    let path = NetPath::new(PathSpec::new(Some(RATE_MBIT), Duration::ZERO, 0.0));
+    let path = NetPath::new(PathSpec::new(Some(RATE_MBIT), Duration::ZERO, 0.0).with_queue(QUEUE));
     let ns = path.ns(PathSide::Server).to_owned();
     let service = path.ip(PathSide::Server);
     let dir = tempdir();

@@ -81,6 +81,8 @@ pub struct PathSpec {
     pub jitter: Duration,
     /// Seed of the forwarder's loss and jitter draws.
     pub seed: u64,
+    /// The tbf queue in bytes, when not one bandwidth-delay product (at least `MIN_QUEUE`).
+    pub queue: Option<u64>,
 }
 
 impl Default for PathSpec {
@@ -91,6 +93,7 @@ impl Default for PathSpec {
             loss: 0.0,
             jitter: Duration::ZERO,
             seed: DEFAULT_SEED,
+            queue: None,
         }
     }
 }
@@ -115,11 +118,20 @@ impl PathSpec {
         self
     }
 
+    /// The same path with a tbf queue of `bytes`.
+    pub fn with_queue(mut self, bytes: u64) -> PathSpec {
+        self.queue = Some(bytes);
+        self
+    }
+
     /// A short human-readable description: `rtt 30ms, loss 1%, 50 Mbit/s`.
     pub fn describe(&self) -> String {
         let mut s = format!("rtt {:?}, loss {}%", self.rtt, self.loss * 100.0);
         if !self.jitter.is_zero() {
             let _ = write!(s, ", jitter {:?}", self.jitter);
+        }
+        if let Some(q) = self.queue {
+            let _ = write!(s, ", queue {} KiB", q / 1024);
         }
         match self.rate_mbit {
             Some(r) => {
@@ -130,10 +142,11 @@ impl PathSpec {
         s
     }
 
-    /// The tbf queue in bytes: one bandwidth-delay product, at least `MIN_QUEUE`.
+    /// The tbf queue in bytes: `queue`, else one bandwidth-delay product; at least
+    /// `MIN_QUEUE`.
     fn queue_bytes(&self, rate_mbit: f64) -> u64 {
         let bdp = rate_mbit * 1e6 / 8.0 * self.rtt.as_secs_f64();
-        (bdp as u64).max(MIN_QUEUE)
+        self.queue.unwrap_or(bdp as u64).max(MIN_QUEUE)
     }
 
     /// The tbf bucket: a few full frames, more at high rates so that the token bucket is not
