@@ -632,3 +632,76 @@ fn stream_read_pauses_and_reports_fin_and_reset() {
     let r = stream::read_into(s, b, &mut Vec::new(), usize::MAX);
     assert_eq!(r.end, ReadEnd::Reset(VarInt::from_u32(7)));
 }
+
+/// A known limit of quinn-proto (README, "Known limits"), pinned so that a release that lifts
+/// it shows up here: a download whose client changes its local port mid-transfer, and whose
+/// server's first burst to the new port is lost whole (each datagram of it carries the path
+/// challenge, and it is all the server may send before the new address is validated). The
+/// server then stops its loss timer, the client has only ACKs to send, and nothing moves
+/// until the path validation times out (three probe timeouts) and the server goes back to
+/// the old port, which the client still reads. Returns the longest time the client went
+/// without stream data after the change.
+fn stall_after_lost_burst_to_new_port() -> Duration {
+    use quinn_proto::Dir;
+
+    /// Each step delivers what the last one sent: the round-trip time is a few steps.
+    const STEP: Duration = Duration::from_millis(5);
+    let ck = server_cert();
+    let mut pair = Pair::new(server_crypto(&ck, &[ALPN]).unwrap());
+    pair.connect(client(Verify::Insecure, ALPN));
+    pair.handshake();
+    let c = pair.client.conns.values_mut().next().unwrap();
+    let id = c.streams().open(Dir::Bi).unwrap();
+    c.send_stream(id).write(b"GET").unwrap();
+
+    let new = SocketAddr::from((Ipv4Addr::LOCALHOST, pair.client.addr.port() + 1));
+    let chunk = vec![0x5a; 64 * 1024];
+    let change_at = pair.now + Duration::from_secs(1);
+    let (mut dropped, mut last_data, mut longest) = (false, pair.now, Duration::ZERO);
+    let mut staged = VecDeque::new();
+    while pair.now < change_at + Duration::from_secs(5) {
+        if pair.now >= change_at {
+            pair.client.addr = new;
+        }
+        let (c, s) = (pair.client.addr, pair.server.addr);
+        pair.client.drive(pair.now, s, &mut pair.server.inbound);
+        if let Some(srv) = pair.server.conns.values_mut().next() {
+            srv.streams().accept(Dir::Bi);
+            while srv.send_stream(id).write(&chunk).is_ok_and(|n| n > 0) {}
+        }
+        pair.server.drive(pair.now, c, &mut staged);
+        // One server pass sends to the address it then has for the client.
+        let to = pair.server.conns.values().next().unwrap().remote_address();
+        if !dropped && to == new && !staged.is_empty() {
+            staged.clear();
+            dropped = true;
+        }
+        pair.client.inbound.extend(staged.drain(..));
+        let conn = pair.client.conns.values_mut().next().unwrap();
+        if stream::read_into(conn, id, &mut Vec::new(), usize::MAX).bytes > 0 {
+            if pair.now > change_at {
+                longest = longest.max(pair.now - last_data);
+            }
+            last_data = pair.now;
+        }
+        pair.now += STEP;
+    }
+    assert!(dropped, "the server never sent to the client's new port");
+    assert!(
+        pair.now - last_data < Duration::from_secs(1),
+        "the download never resumed after the port change"
+    );
+    longest
+}
+
+#[test]
+fn a_lost_burst_to_a_clients_new_port_stalls_until_path_validation_times_out() {
+    let stall = stall_after_lost_burst_to_new_port();
+    eprintln!("longest gap after the port change: {stall:?}");
+    // Three probe timeouts of a path whose RTT is a few 5 ms steps: well over ten steps.
+    assert!(
+        stall >= Duration::from_millis(50),
+        "quinn-proto no longer waits for path validation ({stall:?}): update the README's \
+         known limit"
+    );
+}
