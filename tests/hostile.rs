@@ -3,7 +3,8 @@
 //! - A late HTTP-auth verdict must land only on the connection that asked for it: with one
 //!   worker, quinn-proto hands a closed connection's handle to the next one, and a verdict
 //!   keyed by that handle alone would log the newcomer in.
-//! - Connects to a target that never answers give their sockets back at the timeout.
+//! - Connects to a target that never answers give their sockets back at the timeout, and
+//!   requests abandoned while connecting leave no socket behind.
 //! - A second auth request changes nothing about the connection.
 //! - Unauthenticated connections: memory by what they send, closed at the auth deadline,
 //!   capped per source.
@@ -17,6 +18,8 @@
 mod support;
 
 // More hostile clients, each a file of its own under tests/hostile/.
+#[path = "hostile/connect_abort.rs"]
+mod connect_abort;
 #[path = "hostile/handshake_flood.rs"]
 mod handshake_flood;
 #[path = "hostile/masquerade_stream.rs"]

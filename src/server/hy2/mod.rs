@@ -895,16 +895,17 @@ impl App for Hy2App {
             Token::Relay(relay) => relay,
             Token::Orphan | Token::Job(_) | Token::UdpLookup(_) | Token::Body(_) => return,
         };
+        // A relay closes its sockets before it goes, so what completes after it is over.
         let Some(r) = self.relays.get_mut(&relay) else {
-            // The relay is gone (its connect timed out, or the client left): a connect that
-            // completes now hands us a socket nobody will use.
-            if let (SockOp::Connect, Ok(_)) = (c.op, &c.result) {
-                io.driver.sock_close(c.sock, Token::Orphan.into());
-            }
             return;
         };
         let token = Token::Relay(relay).into();
         let proxying = if c.op == SockOp::Connect {
+            if !r.dialing(c.sock) {
+                // A connect on a socket the relay has closed (aborted or failed meanwhile):
+                // its close follows; nothing else is tried for a request nobody waits for.
+                return;
+            }
             match c.result {
                 Ok(_) => r.connected(io, token),
                 Err(e) => match r.connect_next(io, token) {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use quinn_proto::{ConnectionHandle, StreamId};
 
-use crate::engine::{Completion, Egress, SockOp, Token};
+use crate::engine::{Completion, Egress, Sock, SockOp, Token};
 use crate::limits::User;
 use crate::proto::outbound::{Handshake, Step};
 use crate::worker::pipe::{Ends, Pipe};
@@ -116,6 +116,12 @@ impl Relay {
         // closes it, which also cancels a connect still pending.
         self.pipe.attach(sock);
         Ok(())
+    }
+
+    /// Whether `sock` is the socket the relay is connecting on now: not one it closed,
+    /// whether for the next address or because the relay is over.
+    pub fn dialing(&self, sock: Sock) -> bool {
+        !self.started && !self.pipe.is_done() && self.pipe.sock() == Some(sock)
     }
 
     /// The connect failed: the next fallback address is tried on a fresh socket (the failed
