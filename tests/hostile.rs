@@ -18,12 +18,12 @@
 mod support;
 
 // More hostile clients, each a file of its own under tests/hostile/.
-#[path = "hostile/connect_abort.rs"]
-mod connect_abort;
 #[path = "hostile/handshake_flood.rs"]
 mod handshake_flood;
 #[path = "hostile/masquerade_stream.rs"]
 mod masquerade_stream;
+#[path = "hostile/silent_ipv6.rs"]
+mod silent_ipv6;
 #[path = "hostile/udp_sessions.rs"]
 mod udp_sessions;
 

@@ -299,6 +299,21 @@ impl Drop for SocketPermit {
     }
 }
 
+/// Holds a second outbound socket of a relay for a while (a connect racing its first, see
+/// [`Limits::try_extra_socket`]); releases it when dropped.
+#[derive(Debug)]
+pub struct ExtraSocket {
+    user: Arc<User>,
+    limits: Arc<Limits>,
+}
+
+impl Drop for ExtraSocket {
+    fn drop(&mut self) {
+        self.user.sockets.release();
+        self.limits.sockets.release();
+    }
+}
+
 /// Holds one connection of a user; releases it when dropped.
 #[derive(Debug)]
 pub struct ConnPermit {
@@ -426,6 +441,23 @@ impl Limits {
             }
         }
         Ok(StreamPermit {
+            user: user.clone(),
+            limits: self.clone(),
+        })
+    }
+
+    /// One more socket for `user`, within its socket cap and the socket budget, if both
+    /// have room now: nothing waits for it, and a refusal is no hit (the caller does
+    /// without).
+    pub fn try_extra_socket(self: &Arc<Self>, user: &Arc<User>) -> Option<ExtraSocket> {
+        if !user.sockets.try_acquire() {
+            return None;
+        }
+        if !self.sockets.try_acquire() {
+            user.sockets.release();
+            return None;
+        }
+        Some(ExtraSocket {
             user: user.clone(),
             limits: self.clone(),
         })

@@ -246,6 +246,20 @@ impl Direct {
         Ok(out)
     }
 
+    /// Mode `auto` dials both families at once, as the reference does: with addresses of
+    /// both in `candidates`, the index of the other family's first one, to connect beside
+    /// the first. Not when fast open is used (`payload`, as for [`Direct::egress`]): its
+    /// connect completes before any SYN is answered.
+    pub fn racer(&self, candidates: &[SocketAddr], payload: bool) -> Option<usize> {
+        if self.mode != DirectMode::Auto || (self.fast_open && payload) {
+            return None;
+        }
+        let first = candidates.first()?;
+        candidates
+            .iter()
+            .position(|a| a.is_ipv4() != first.is_ipv4())
+    }
+
     /// How a socket toward `dest` is set up. `payload`: the connect will carry data at once
     /// (fast open is used only then, so a target that speaks first is not kept waiting).
     pub fn egress(&self, dest: IpAddr, payload: bool) -> Egress {

@@ -307,6 +307,7 @@ impl Hy2App {
                     stream,
                     addr,
                     egress,
+                    racer,
                     fallback,
                     handshake,
                     first,
@@ -320,7 +321,15 @@ impl Hy2App {
                     };
                     let ok = self.after_early(ch, stream, ok);
                     let mut r = Relay::new(ch, stream, first, ok, user, handshake, fallback);
-                    let connecting = r.connect(io, addr, &egress, Token::Relay(relay).into());
+                    let token = Token::Relay(relay).into();
+                    let mut connecting = r.connect(io, addr, &egress, token);
+                    if let Some((addr, egress)) = racer {
+                        match connecting {
+                            Ok(()) => r.race(io, addr, &egress, token),
+                            // The first could not even start: the other is the only one.
+                            Err(_) => connecting = r.connect(io, addr, &egress, token),
+                        }
+                    }
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.held.insert(stream, Held::Relay(relay));
@@ -907,8 +916,11 @@ impl App for Hy2App {
                 return;
             }
             match c.result {
-                Ok(_) => r.connected(io, token),
-                Err(e) => match r.connect_next(io, token) {
+                Ok(_) => {
+                    r.won(io, c.sock);
+                    r.connected(io, token)
+                }
+                Err(e) => match r.dial_failed(io, c.sock, token) {
                     Some(Ok(())) => Proxying::Pending,
                     Some(Err(why)) => Proxying::Failed(why),
                     None => Proxying::Failed(e.to_string()),

@@ -37,6 +37,9 @@ pub struct Relay {
     handshake: Option<Handshake>,
     /// Addresses still to try if the connect fails, each with its set-up.
     fallback: VecDeque<(SocketAddr, Egress)>,
+    /// The socket of a second connect, to the target's other address family, racing the
+    /// pipe's until one of them succeeds (or fails: the other goes on alone).
+    racer: Option<Sock>,
     pipe: Pipe,
 }
 
@@ -74,6 +77,7 @@ impl Relay {
             started: false,
             handshake,
             fallback: fallback.into(),
+            racer: None,
             pipe: Pipe::new(ch, id, Ends::TcpEofCloses, first, ok),
         }
     }
@@ -118,10 +122,66 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether `sock` is the socket the relay is connecting on now: not one it closed,
-    /// whether for the next address or because the relay is over.
+    /// Starts a second connect beside the pipe's, to `addr` (mode `auto`: the other address
+    /// family), on a socket of its own; its completion also comes with `token`. A connect
+    /// that cannot even start leaves the first alone.
+    pub fn race(&mut self, io: &mut Io<'_>, addr: SocketAddr, egress: &Egress, token: Token) {
+        match io.driver.tcp_connect(addr, egress, token) {
+            Ok(sock) => self.racer = Some(sock),
+            Err(e) => tracing::debug!("connect {addr}: {e}"),
+        }
+    }
+
+    /// Whether `sock` is a socket the relay is connecting on now: not one it closed, whether
+    /// for the next address, for the winner of a race or because the relay is over.
     pub fn dialing(&self, sock: Sock) -> bool {
-        !self.started && !self.pipe.is_done() && self.pipe.sock() == Some(sock)
+        !self.started
+            && !self.pipe.is_done()
+            && (self.pipe.sock() == Some(sock) || self.racer == Some(sock))
+    }
+
+    /// The connect on `sock` succeeded: it is the pipe's, and the other of a race is closed.
+    pub fn won(&mut self, io: &mut Io<'_>, sock: Sock) {
+        let Some(racer) = self.racer.take() else {
+            return;
+        };
+        let loser = if racer == sock {
+            let first = self.pipe.sock();
+            self.pipe.detach();
+            self.pipe.attach(racer);
+            first
+        } else {
+            Some(racer)
+        };
+        if let Some(loser) = loser {
+            io.driver.sock_close(loser, super::Token::Orphan.into());
+        }
+    }
+
+    /// The connect on `sock` failed. In a race the other goes on alone (`Some(Ok)`);
+    /// otherwise the next address is tried (see `connect_next`).
+    pub fn dial_failed(
+        &mut self,
+        io: &mut Io<'_>,
+        sock: Sock,
+        token: Token,
+    ) -> Option<Result<(), String>> {
+        let Some(racer) = self.racer.take() else {
+            return self.connect_next(io, token);
+        };
+        io.driver.sock_close(sock, super::Token::Orphan.into());
+        if racer != sock {
+            self.pipe.detach();
+            self.pipe.attach(racer);
+        }
+        Some(Ok(()))
+    }
+
+    /// Closes the racing connect's socket, if any (the relay is over).
+    fn drop_racer(&mut self, io: &mut Io<'_>) {
+        if let Some(racer) = self.racer.take() {
+            io.driver.sock_close(racer, super::Token::Orphan.into());
+        }
     }
 
     /// The connect failed: the next fallback address is tried on a fresh socket (the failed
@@ -202,12 +262,14 @@ impl Relay {
 
     /// Answers the client with an error and closes the stream and the socket.
     pub fn fail(&mut self, io: &mut Io<'_>, response: &[u8], token: Token) -> After {
+        self.drop_racer(io);
         self.pipe.fail(io, response, token);
         After::Remove
     }
 
     /// Aborts both directions (reset + STOP_SENDING) and closes the socket.
     pub fn abort(&mut self, io: &mut Io<'_>, token: Token) -> After {
+        self.drop_racer(io);
         self.pipe.abort(io, token)
     }
 

@@ -37,7 +37,7 @@ use super::{Authenticator, Hy2Config, Masquerade};
 use crate::acl::{self, Decision, Protocol, Verdict};
 use crate::engine::Egress;
 use crate::limits::admission::UnauthPermit;
-use crate::limits::{ConnPermit, Limits, Online, StreamPermit, User};
+use crate::limits::{ConnPermit, ExtraSocket, Limits, Online, StreamPermit, User};
 use crate::proto::h3::{self, CcRx, RequestReader};
 use crate::proto::outbound::Handshake;
 use crate::proto::sniff::{self, TcpSniff, TcpSniffer, Transport};
@@ -145,6 +145,10 @@ pub enum Action {
         addr: SocketAddr,
         /// How the socket is set up (the outbound's binding and fast open).
         egress: Egress,
+        /// Mode `auto` with addresses of both families: the other family's first address,
+        /// connected at the same time. The first connect to succeed wins and the other is
+        /// closed; if both fail, `fallback` goes on.
+        racer: Option<(SocketAddr, Egress)>,
         /// The other addresses the outbound's mode and the outbound guard allow, in order,
         /// each with its own set-up.
         fallback: Vec<(SocketAddr, Egress)>,
@@ -319,6 +323,8 @@ struct Relay {
     replied: bool,
     /// Released when the relay ends.
     _permit: StreamPermit,
+    /// The socket of a connect racing the first (mode `auto`), until the connect is done.
+    racing: Option<ExtraSocket>,
     user: Option<Arc<User>>,
     created: SystemTime,
 }
@@ -1005,6 +1011,7 @@ impl Session {
                 sniff: None,
                 replied: false,
                 _permit: permit,
+                racing: None,
                 user,
                 created: SystemTime::now(),
             },
@@ -1158,7 +1165,8 @@ impl Session {
                     return self.fail_relay(relay, "target name too long for SOCKS5");
                 };
                 let addr = proxy.addr;
-                return self.connect(relay, addr, Egress::default(), Vec::new(), Some(handshake));
+                let egress = Egress::default();
+                return self.connect(relay, addr, egress, None, Vec::new(), Some(handshake));
             }
         };
         let addrs = match (hijack, &r.answer) {
@@ -1200,11 +1208,23 @@ impl Session {
         };
         let payload = !r.first.is_empty();
         let egress = direct.egress(addr.ip(), payload);
-        let fallback = allowed[1..]
-            .iter()
-            .map(|a| (*a, direct.egress(a.ip(), payload)))
+        // The race's second socket counts like any other, and is done without if there is
+        // no room for it.
+        let racing = direct
+            .racer(&allowed, payload)
+            .zip(r.user.as_ref())
+            .and_then(|(at, user)| Some((at, self.cfg.limits.try_extra_socket(user)?)));
+        let racer_at = racing.as_ref().map(|(at, _)| *at);
+        if let Some(r) = self.relays.get_mut(&relay) {
+            r.racing = racing.map(|(_, permit)| permit);
+        }
+        let dial = |a: SocketAddr| (a, direct.egress(a.ip(), payload));
+        let racer = racer_at.map(|i| dial(allowed[i]));
+        let fallback = (1..allowed.len())
+            .filter(|&i| Some(i) != racer_at)
+            .map(|i| dial(allowed[i]))
             .collect();
-        self.connect(relay, addr, egress, fallback, None);
+        self.connect(relay, addr, egress, racer, fallback, None);
     }
 
     /// Connects the relay to `addr` (the target, or a proxy that `handshake` asks for it).
@@ -1213,6 +1233,7 @@ impl Session {
         relay: RelayId,
         addr: SocketAddr,
         egress: Egress,
+        racer: Option<(SocketAddr, Egress)>,
         fallback: Vec<(SocketAddr, Egress)>,
         handshake: Option<Handshake>,
     ) {
@@ -1232,6 +1253,7 @@ impl Session {
             stream: r.stream,
             addr,
             egress,
+            racer,
             fallback,
             handshake,
             first: std::mem::take(&mut r.first),
@@ -1269,6 +1291,8 @@ impl Session {
         if r.phase != Phase::Connecting {
             return; // failed, aborted or timed out meanwhile: its close is under way
         }
+        // A race is over once the connect is: the loser was closed.
+        r.racing = None;
         match result {
             Ok(()) => {
                 r.phase = Phase::Established;

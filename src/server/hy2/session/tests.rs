@@ -96,6 +96,8 @@ struct Adapter {
     connect_egress: HashMap<RelayId, Egress>,
     /// The addresses each relay tries if its connect fails.
     connect_fallback: HashMap<RelayId, Vec<SocketAddr>>,
+    /// The address each relay connects to beside the first, if any.
+    connect_racer: HashMap<RelayId, Option<SocketAddr>>,
     /// How each UDP session with a SOCKS5 association leaves: the proxy.
     udp_proxy: HashMap<UdpId, SocketAddr>,
     /// Datagrams sent from session sockets: session, destination, payload.
@@ -169,11 +171,13 @@ impl Harness {
                     addr,
                     first,
                     egress,
+                    racer,
                     fallback,
                     ..
                 } => {
                     assert!(self.a.pipes.insert(relay), "{relay:?} connected twice");
                     self.a.connect_egress.insert(relay, egress);
+                    self.a.connect_racer.insert(relay, racer.map(|(a, _)| a));
                     let fallback = fallback.into_iter().map(|(a, _)| a).collect();
                     self.a.connect_fallback.insert(relay, fallback);
                     self.a.connects.push((relay, stream, addr, first));
@@ -1294,6 +1298,80 @@ fn the_direct_mode_picks_the_family() {
         h.tcp_error(conn, bidi(3)),
         "six.example:443: no IPv6 address available"
     );
+}
+
+#[test]
+fn mode_auto_races_the_other_familys_first_address_when_the_budget_has_room() {
+    use config::{DirectMode, OutboundBind};
+    let outs = [
+        direct_out("auto", DirectMode::Auto, OutboundBind::Any),
+        direct_out("pref6", DirectMode::Prefer6, OutboundBind::Any),
+    ];
+    let cfg = routed(&["pref6(pref.example)", "auto(all)"], &outs);
+    let limits = cfg.limits.clone();
+    let mut h = Harness::new(cfg);
+    let conn = h.client();
+    let answer: Vec<SocketAddr> = [
+        "[2001:db8::1]:0",
+        "[2001:db8::2]:0",
+        "192.0.2.1:0",
+        "192.0.2.2:0",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    let ask = |h: &mut Harness, stream: u64, name: &str| {
+        let before = h.a.resolves.len();
+        h.proxy(conn, bidi(stream), &format!("{name}:443"), b"");
+        let (relay, ..) = h.a.resolves[before].clone();
+        h.s.resolved(relay, Ok(answer.clone()));
+        h.step();
+        relay
+    };
+
+    // Both families: the first address, and beside it the other family's first; the rest
+    // in order if both fail.
+    let raced = ask(&mut h, 1, "dual.example");
+    assert_eq!(connected_to(&h, bidi(1)), a("[2001:db8::1]:443"));
+    assert_eq!(h.a.connect_racer[&raced], Some(a("192.0.2.1:443")));
+    assert_eq!(
+        h.a.connect_fallback[&raced],
+        [a("[2001:db8::2]:443"), a("192.0.2.2:443")]
+    );
+    // The race's socket is held until the connect is done.
+    assert_eq!(limits.sockets.held(), 2);
+    h.s.connect_done(raced, Ok(()));
+    h.step();
+    assert_eq!(limits.sockets.held(), 1, "the race's socket is given back");
+
+    // A preferred family is not raced: it is tried first, the other after it.
+    let preferred = ask(&mut h, 2, "pref.example");
+    assert_eq!(h.a.connect_racer[&preferred], None);
+    assert_eq!(connected_to(&h, bidi(2)), a("[2001:db8::1]:443"));
+
+    // With no room in the socket budget for a second socket, no race: the addresses go
+    // one after another.
+    limits.sockets.set_cap(Some(limits.sockets.held() + 1));
+    let alone = ask(&mut h, 3, "dual.example");
+    assert_eq!(h.a.connect_racer[&alone], None);
+    assert_eq!(
+        h.a.connect_fallback[&alone],
+        [
+            a("[2001:db8::2]:443"),
+            a("192.0.2.1:443"),
+            a("192.0.2.2:443")
+        ]
+    );
+
+    // One family only: nothing to race.
+    limits.sockets.set_cap(None);
+    let before = h.a.resolves.len();
+    h.proxy(conn, bidi(4), "v4.example:443", b"");
+    let (relay, ..) = h.a.resolves[before].clone();
+    h.s.resolved(relay, Ok(vec![a("192.0.2.1:0"), a("192.0.2.2:0")]));
+    h.step();
+    assert_eq!(h.a.connect_racer[&relay], None);
 }
 
 #[test]
