@@ -275,10 +275,16 @@ fn late_http_auth_verdict_never_logs_in_a_successor() {
     );
 }
 
-/// Sockets in SYN_SENT towards local `port`, from /proc/net/tcp (the kernel's view, so a
-/// socket the server forgot but never closed still counts).
-fn syn_sent_to(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+/// Sockets of this host in SYN_SENT towards local `port` over `family` (4 or 6), from
+/// /proc/net/tcp or tcp6 (the kernel's view, so a socket the server forgot but never closed
+/// still counts).
+fn syn_sent_to(family: u8, port: u16) -> usize {
+    let path = if family == 6 {
+        "/proc/net/tcp6"
+    } else {
+        "/proc/net/tcp"
+    };
+    let table = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     table
         .lines()
         .skip(1)
@@ -295,6 +301,51 @@ fn syn_sent_to(port: u16) -> usize {
         .count()
 }
 
+/// A TCP target that never answers: a listener whose accept queue is full, so the kernel
+/// drops the SYNs and connects to it hang. Holds the listener and what fills its queue.
+struct Silent {
+    addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<TcpStream>,
+}
+
+impl Silent {
+    /// Listens on `bind` (port 0: any), IPv6 only for an IPv6 address.
+    fn start(bind: &str) -> Silent {
+        let bind: SocketAddr = bind.parse().expect("a socket address");
+        let listener = socket2::Socket::new(
+            socket2::Domain::for_address(bind),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("a TCP socket");
+        if bind.is_ipv6() {
+            listener.set_only_v6(true).expect("IPV6_V6ONLY");
+        }
+        listener
+            .bind(&bind.into())
+            .unwrap_or_else(|e| panic!("bind the silent target on {bind}: {e}"));
+        listener.listen(0).expect("listen");
+        let addr = listener
+            .local_addr()
+            .expect("its address")
+            .as_socket()
+            .expect("an IP address");
+        let fillers: Vec<TcpStream> = (0..4)
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+            .collect();
+        assert!(
+            !fillers.is_empty(),
+            "could not fill the silent target's accept queue"
+        );
+        Silent {
+            addr,
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
 /// Connects to a target that never answers (its accept queue is full, so the kernel drops
 /// the SYNs), 300 at once: each relay's connect times out after the server's connect
 /// timeout, the client gets an error response, and every socket is gone within a second of
@@ -302,25 +353,9 @@ fn syn_sent_to(port: u16) -> usize {
 #[test]
 fn connects_that_time_out_give_their_sockets_back() {
     const STREAMS: usize = 300;
-    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a TCP socket");
-    silent
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("literal").into())
-        .expect("bind the silent target");
-    silent.listen(0).expect("listen");
-    let target = silent
-        .local_addr()
-        .expect("its address")
-        .as_socket()
-        .expect("an IP address");
-    let fillers: Vec<TcpStream> = (0..4)
-        .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_millis(200)).ok())
-        .collect();
-    assert!(
-        !fillers.is_empty(),
-        "could not fill the silent target's accept queue"
-    );
-    let before = syn_sent_to(target.port());
+    let silent = Silent::start("127.0.0.1:0");
+    let target = silent.addr;
+    let before = syn_sent_to(4, target.port());
 
     let server = support::start_in_process(
         "listen: 127.0.0.1:0\n\
@@ -362,7 +397,7 @@ fn connects_that_time_out_give_their_sockets_back() {
         let mut pending = 0;
         for _ in 0..60 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            pending = syn_sent_to(target.port()) - before;
+            pending = syn_sent_to(4, target.port()) - before;
             if pending >= STREAMS {
                 break;
             }
@@ -372,13 +407,13 @@ fn connects_that_time_out_give_their_sockets_back() {
             answers.push(t.await.expect("stream task"));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = syn_sent_to(target.port()).saturating_sub(before);
+        let after = syn_sent_to(4, target.port()).saturating_sub(before);
         conn.close(0u32.into(), b"done");
         (answers, pending, after)
     });
     rt.block_on(async { ep.wait_idle().await });
     support::stop_in_process(server);
-    drop(fillers);
+    drop(silent);
     assert_eq!(
         pending, STREAMS,
         "every relay's connect should be pending at first"

@@ -15,44 +15,7 @@ use std::time::{Duration, Instant};
 use quelay::proto::tcp::{TcpRequest, TcpResponse};
 
 use super::support::{self, Hy2Server, QuelayServer};
-use super::{client_endpoint, connect, runtime, send_auth};
-
-/// `[::1]:P` with a full accept queue: connects to it hang. Holds the listener and the
-/// connections that fill its queue.
-struct SilentV6 {
-    addr: SocketAddr,
-    _listener: socket2::Socket,
-    _fillers: Vec<TcpStream>,
-}
-
-impl SilentV6 {
-    fn start() -> SilentV6 {
-        let listener = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
-            .expect("a TCP socket");
-        listener.set_only_v6(true).expect("IPV6_V6ONLY");
-        listener
-            .bind(&"[::1]:0".parse::<SocketAddr>().expect("literal").into())
-            .expect("bind the silent target on ::1 (does this host have IPv6 loopback?)");
-        listener.listen(0).expect("listen");
-        let addr = listener
-            .local_addr()
-            .expect("its address")
-            .as_socket()
-            .expect("an IP address");
-        let fillers: Vec<TcpStream> = (0..4)
-            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
-            .collect();
-        assert!(
-            !fillers.is_empty(),
-            "could not fill the silent target's accept queue"
-        );
-        SilentV6 {
-            addr,
-            _listener: listener,
-            _fillers: fillers,
-        }
-    }
-}
+use super::{client_endpoint, connect, runtime, send_auth, syn_sent_to, Silent};
 
 /// A server whose resolver answers `name` with `::1` first, then `127.0.0.1`, and whose
 /// only outbound is `direct` in `mode`, on one worker.
@@ -70,25 +33,6 @@ fn server_for(name: &str, mode: &str) -> (QuelayServer, support::TempDir) {
     (server, dir)
 }
 
-/// Sockets of this host in SYN_SENT towards `[::1]:port`, from /proc/net/tcp6.
-fn syn_sent_to_v6(port: u16) -> usize {
-    let table = fs::read_to_string("/proc/net/tcp6").expect("read /proc/net/tcp6");
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3
-                && f[3] == "02"
-                && f[2]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                    == Some(port)
-        })
-        .count()
-}
-
 /// The descriptors `pid` holds that are sockets.
 fn sockets_of(pid: u32) -> usize {
     let dir = format!("/proc/{pid}/fd");
@@ -102,7 +46,7 @@ fn sockets_of(pid: u32) -> usize {
 #[test]
 fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address() {
     const STREAMS: usize = 40;
-    let silent = SilentV6::start();
+    let silent = Silent::start("[::1]:0");
     let port = silent.addr.port();
     assert!(
         TcpStream::connect_timeout(
@@ -114,7 +58,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
     );
     let (mut server, _dir) = server_for("hang.test", "64");
     let pid = server.child().id();
-    let syn_before = syn_sent_to_v6(port);
+    let syn_before = syn_sent_to(6, port);
 
     let rt = runtime();
     let ep = rt.block_on(async { client_endpoint() });
@@ -135,7 +79,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut pending = 0;
         while Instant::now() < deadline {
-            pending = syn_sent_to_v6(port).saturating_sub(syn_before);
+            pending = syn_sent_to(6, port).saturating_sub(syn_before);
             if pending >= STREAMS {
                 break;
             }
@@ -161,7 +105,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
         held = sockets_of(pid);
     }
     server.child().assert_running();
-    let syn_after = syn_sent_to_v6(port).saturating_sub(syn_before);
+    let syn_after = syn_sent_to(6, port).saturating_sub(syn_before);
     drop(silent);
     assert_eq!(syn_after, 0, "connects to [::1]:{port} still pending");
     assert!(
@@ -174,7 +118,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
 
 #[test]
 fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
-    let silent = SilentV6::start();
+    let silent = Silent::start("[::1]:0");
     let port = silent.addr.port();
     let echo = std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("bind the IPv4 echo on 127.0.0.1:{port}: {e}"));
@@ -188,7 +132,7 @@ fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
         }
     });
     let (server, _dir) = server_for("dual.test", "auto");
-    let syn_before = syn_sent_to_v6(port);
+    let syn_before = syn_sent_to(6, port);
 
     let rt = runtime();
     let ep = rt.block_on(async { client_endpoint() });
@@ -234,10 +178,10 @@ fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
     rt.block_on(async { ep.wait_idle().await });
     // The losing connects were closed when IPv4 answered.
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut losers = syn_sent_to_v6(port).saturating_sub(syn_before);
+    let mut losers = syn_sent_to(6, port).saturating_sub(syn_before);
     while losers > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        losers = syn_sent_to_v6(port).saturating_sub(syn_before);
+        losers = syn_sent_to(6, port).saturating_sub(syn_before);
     }
     drop(silent);
     assert_eq!(
