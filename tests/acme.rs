@@ -339,39 +339,50 @@ impl Pebble {
     fn start(bin: &Path, dir: &Path, validity: Option<u64>) -> Pebble {
         let dns = Dns::start();
         let (ca, cert, key) = pebble_tls(dir);
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (http_port, tls_port) = (free_port(), free_port());
-        let mut config = serde_json::json!({
-            "pebble": {
-                "listenAddress": listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": cert,
-                "privateKey": key,
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+        // Free ports, and again if one was taken before Pebble bound it.
+        let mut attempts = 0;
+        let (child, listen, management, http_port, tls_port) = loop {
+            attempts += 1;
+            let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let (http_port, tls_port) = (free_port(), free_port());
+            let mut config = serde_json::json!({
+                "pebble": {
+                    "listenAddress": listen.to_string(),
+                    "managementListenAddress": management.to_string(),
+                    "certificate": cert,
+                    "privateKey": key,
+                    "httpPort": http_port,
+                    "tlsPort": tls_port,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": false,
+                }
+            });
+            if let Some(secs) = validity {
+                config["pebble"]["certificateValidityPeriod"] = secs.into();
             }
-        });
-        if let Some(secs) = validity {
-            config["pebble"]["certificateValidityPeriod"] = secs.into();
-        }
-        let config_path = dir.join("pebble.json");
-        fs::write(&config_path, config.to_string()).unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.arg("-config")
-            .arg(&config_path)
-            .arg("-dnsserver")
-            .arg(dns.addr.to_string())
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .current_dir(dir);
-        let mut child = Child::spawn("pebble", cmd, dir);
-        child.wait_ready("ACME directory listening", Duration::from_secs(20), |_| {
-            TcpStream::connect(listen).is_ok() && TcpStream::connect(management).is_ok()
-        });
+            let config_path = dir.join("pebble.json");
+            fs::write(&config_path, config.to_string()).unwrap();
+            let mut cmd = Command::new(bin);
+            cmd.arg("-config")
+                .arg(&config_path)
+                .arg("-dnsserver")
+                .arg(dns.addr.to_string())
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .current_dir(dir);
+            let mut child = Child::spawn("pebble", cmd, dir);
+            let ready = child.wait_ready_or_port_taken(
+                "ACME directory listening",
+                Duration::from_secs(20),
+                |_| TcpStream::connect(listen).is_ok() && TcpStream::connect(management).is_ok(),
+            );
+            if ready {
+                break (child, listen, management, http_port, tls_port);
+            }
+            assert!(attempts < 5, "Pebble found a port taken {attempts} times");
+        };
         Pebble {
             _child: child,
             dns,

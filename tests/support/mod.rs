@@ -255,17 +255,35 @@ impl Child {
 
     /// Polls `ready` every 20 ms until it holds. Panics, quoting the child's output, if the
     /// child exits first or `timeout` passes.
-    pub fn wait_ready(
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration, ready: impl FnMut(&Child) -> bool) {
+        if !self.wait_ready_or_port_taken(what, timeout, ready) {
+            self.assert_running(); // it exited: fails with its output
+        }
+    }
+
+    /// `wait_ready`, except that a child that exits because a port it was given is in use
+    /// (taken between [`free_port`] and the child's bind, by any process, as the ephemeral
+    /// port of a connection, say) gives `false`: the caller starts it again on other ports.
+    pub fn wait_ready_or_port_taken(
         &mut self,
         what: &str,
         timeout: Duration,
         mut ready: impl FnMut(&Child) -> bool,
-    ) {
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
+            if !self.is_running()
+                && (self.stderr() + &self.stdout()).contains("address already in use")
+            {
+                eprintln!(
+                    "{}: a port it was given was taken; starting it again",
+                    self.name
+                );
+                return false;
+            }
             self.assert_running();
             if ready(self) {
-                return;
+                return true;
             }
             if Instant::now() >= deadline {
                 panic!(
