@@ -65,7 +65,8 @@ pub struct ServerConfig {
     /// dual-stack (IPV6_V6ONLY off), as Go does. With port hopping, the lowest port.
     pub listen: SocketAddr,
     /// Port hopping: `listen` with a port list or range (`:20000-50000`). The server binds
-    /// the lowest port; the others reach it through a redirect (`tuning/port-hopping.sh`).
+    /// the lowest port; the others reach it through a redirect (`tuning/port-hopping.sh`'s
+    /// table, which the server installs itself when it is missing).
     pub listen_ports: Option<ListenPorts>,
     /// `tls`. `None` when the file has no `tls` section: the caller generates a self-signed
     /// certificate (the official server would refuse to start).

@@ -1,6 +1,7 @@
 //! Port hopping, server side: the server binds the lowest port of a `listen` range and the
-//! rest reach it through the nftables table `tuning/port-hopping.sh` installs. This check
-//! reads that table and says whether every port of the range is redirected to the bound one.
+//! rest reach it through the nftables table `tuning/port-hopping.sh` installs (or the
+//! server itself, `server::hopping`). This check reads that table and says whether every
+//! port of the range is redirected to the bound one.
 
 use std::ops::RangeInclusive;
 use std::process::Command;

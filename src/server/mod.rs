@@ -5,6 +5,7 @@ pub mod auth;
 #[cfg(test)]
 mod fake_upstream;
 pub mod guard;
+pub mod hopping;
 pub mod hy2;
 pub mod masquerade;
 pub mod offload;

@@ -48,6 +48,8 @@ pub struct Server {
     cert_files: Option<(Vec<u8>, Vec<u8>)>,
     /// The masquerade the TCP listeners serve (`masquerade.listenHTTPS`), replaced on reload.
     masquerade_tcp: Option<tcp::Current>,
+    /// The port-hopping redirect this server installed, removed when it is dropped.
+    _hop_redirect: Option<super::hopping::Redirect>,
 }
 
 /// Turns the config into what the workers run. Errors name the config key. `limits`: the
@@ -414,14 +416,11 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         crate::metrics::traffic::serve(ts.listen, ts.secret.clone(), ops.clone())?;
         tracing::info!("traffic stats API on http://{}/", ts.listen);
     }
-    if let Some(ports) = &cfg.listen_ports {
-        // The other ports reach the bound one through a redirect the operator installs.
-        let found = crate::doctor::hopping::check(addr.port(), ports);
-        match found.fix {
-            None => tracing::info!("port hopping: {}", found.detail),
-            Some(fix) => tracing::warn!("port hopping: {}; run {fix}", found.detail),
-        }
-    }
+    // The other ports reach the bound one through a redirect: found, or installed now.
+    let hop_redirect = cfg
+        .listen_ports
+        .as_ref()
+        .and_then(|ports| super::hopping::ensure(addr.port(), ports));
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
         group,
@@ -432,6 +431,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
         cert: (!generated).then_some(cert),
         cert_files,
         masquerade_tcp,
+        _hop_redirect: hop_redirect,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Port hopping across a real redirect: the server namespace gets the nftables table of
 //! `tuning/port-hopping.sh`, which sends UDP to any of `HOP_PORTS` ports to the one the
-//! server binds; `quelay client` in the client namespace is given the whole range and hops
+//! server binds (installed by the script, or by quelay's server itself, which removes it
+//! when it exits); `quelay client` in the client namespace is given the whole range and hops
 //! every second (the test-only floor, `QUELAY_TEST_MIN_HOP_INTERVAL`) while it downloads
 //! `HOP_DOWNLOAD` bytes through a 400 Mbit/s path, so the download spans several hops. The
 //! download must arrive intact (SHA-256) without a stall, and the client must have hopped.
@@ -107,8 +108,33 @@ fn hop_download(path: &NetPath, target: &HttpTarget, server: &str, io: &str) -> 
     (hops, got.transfer)
 }
 
-/// A path with the redirect installed and a target in the server namespace: what every
-/// hopping test starts from. Holds the tests' serial lock.
+/// Who installs the redirect of the hopping ports.
+#[derive(Clone, Copy, PartialEq)]
+enum RedirectBy {
+    /// `tuning/port-hopping.sh`, before the server starts.
+    Script,
+    /// quelay's server itself, finding none at start-up.
+    Server,
+}
+
+/// Whether the server namespace has the table of the redirect to `first`.
+fn redirect_table_exists(path: &NetPath, first: u16) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", path.ns(PathSide::Server)])
+        .args([
+            "nft",
+            "list",
+            "table",
+            "inet",
+            &format!("quelay_hop_{first}"),
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A path with a target in the server namespace (and the redirect, if the script installs
+/// it): what every hopping test starts from. Holds the tests' serial lock.
 struct HopPath {
     path: NetPath,
     target: HttpTarget,
@@ -120,12 +146,14 @@ struct HopPath {
 }
 
 impl HopPath {
-    fn new() -> HopPath {
+    fn new(by: RedirectBy) -> HopPath {
         NetPath::check_available();
         let serial = serial();
         let path = NetPath::new(PathSpec::new(Some(HOP_RATE_MBIT), Duration::ZERO, 0.0));
         let (first, last) = port_range();
-        redirect(&path, first, last);
+        if by == RedirectBy::Script {
+            redirect(&path, first, last);
+        }
         let target = path.in_ns(PathSide::Server, HttpTarget::start);
         let ip = path.ip(PathSide::Server);
         HopPath {
@@ -149,8 +177,8 @@ impl HopPath {
     }
 }
 
-fn hop_against_quelay(io: &str) {
-    let hop = HopPath::new();
+fn hop_against_quelay(io: &str, by: RedirectBy) {
+    let hop = HopPath::new(by);
     let path = &hop.path;
     let metrics = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
     let mut server = NsQuelayServer::start_listen(
@@ -192,28 +220,47 @@ fn hop_against_quelay(io: &str) {
             .collect();
         eprintln!("{resets} stateless reset(s) sent:\n{}", lines.join("\n"));
     }
+    let said = match by {
+        RedirectBy::Script => "port hopping: UDP to ports".to_owned(),
+        RedirectBy::Server => format!(
+            "port hopping: installed table inet quelay_hop_{}",
+            hop.first
+        ),
+    };
     assert!(
-        server
-            .child()
-            .stderr()
-            .contains("port hopping: UDP to ports"),
-        "the server reports the redirect it found"
+        server.child().stderr().contains(&said),
+        "the server should say \"{said}\""
+    );
+    // A clean exit removes what the server installed, and leaves the script's table.
+    server
+        .child()
+        .stop_with(libc::SIGTERM, Duration::from_secs(10));
+    assert_eq!(
+        redirect_table_exists(path, hop.first),
+        by == RedirectBy::Script,
+        "the redirect's table after the server exited (installed by the {})",
+        match by {
+            RedirectBy::Script => "script: it stays",
+            RedirectBy::Server => "server: it goes",
+        }
     );
 }
 
+/// The server installs the redirect itself, as the reference server does.
 #[test]
 fn hopping_client_downloads_intact_from_quelay_uring() {
-    hop_against_quelay("uring");
+    hop_against_quelay("uring", RedirectBy::Server);
 }
 
+/// The script installed the redirect: the server finds it and leaves it.
 #[test]
 fn hopping_client_downloads_intact_from_quelay_epoll() {
-    hop_against_quelay("epoll");
+    hop_against_quelay("epoll", RedirectBy::Script);
 }
 
 #[test]
 fn hopping_client_downloads_intact_from_singbox() {
-    let hop = HopPath::new();
+    let hop = HopPath::new(RedirectBy::Script);
     let mut server = NsSingboxServer::start_on(
         &hop.path,
         SocketAddr::from((hop.ip, hop.first)),
