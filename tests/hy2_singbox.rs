@@ -19,6 +19,10 @@ mod probe;
 #[path = "hy2_singbox/acl.rs"]
 mod acl;
 
+// auth.type: command, with a real client (tests/hy2_singbox/command_auth.rs).
+#[path = "hy2_singbox/command_auth.rs"]
+mod command_auth;
+
 // The masquerade over TCP and tls.sniGuard (tests/hy2_singbox/masquerade_tcp.rs).
 #[path = "hy2_singbox/masquerade_tcp.rs"]
 mod masquerade_tcp;

@@ -413,6 +413,10 @@ pub enum Auth {
         /// `auth.http.insecure`: do not verify the backend's certificate.
         insecure: bool,
     },
+    /// `type: command` (or `cmd`): runs `command` with the client's address, its
+    /// `hysteria-auth` value and its `hysteria-cc-rx` as arguments, no shell; exit status 0
+    /// accepts, and the trimmed stdout is the auth ID.
+    Command(String),
 }
 
 impl Auth {

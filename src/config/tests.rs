@@ -250,6 +250,15 @@ fn selected_types() {
             insecure: false
         }
     );
+    for kind in ["command", "CMD"] {
+        assert_eq!(
+            ok(&format!(
+                "auth: {{type: {kind}, command: /etc/hysteria/auth.sh}}"
+            ))
+            .auth,
+            Auth::Command("/etc/hysteria/auth.sh".into())
+        );
+    }
     assert_eq!(
         with("masquerade: {type: file, file: {dir: /srv/www}}")
             .masquerade
@@ -603,7 +612,8 @@ fn refused_and_required() {
         ("auth: {type: userpass, userpass: {Bob: a, bob: b}}", "auth.userpass.bob", "twice"),
         ("auth: {type: http}", "auth.http.url", "required"),
         ("auth: {type: http, http: {url: ftp://x}}", "auth.http.url", "http"),
-        ("auth: {type: command, command: /bin/auth}", "auth.type", "command authentication is not supported"),
+        ("auth: {type: command}", "auth.command", "empty auth command"),
+        ("auth: {type: cmd, command: \"\"}", "auth.command", "empty auth command"),
         ("auth: {type: ldap}", "auth.type", "unsupported"),
         ("acme: {email: a@a.example}", "acme.domains", "empty domains"),
         ("acme: {domains: [\"bad name\"]}", "acme.domains[0]", "not a DNS name"),

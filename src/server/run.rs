@@ -63,6 +63,7 @@ fn hy2_config(cfg: &ServerConfig, limits: Option<Arc<Limits>>) -> Result<Hy2Conf
                 .map(|(u, p)| (config::Auth::user_key(u), p.clone()))
                 .collect(),
         ),
+        Auth::Command(path) => Authenticator::Command(path.clone()),
         Auth::Http { url, insecure } => Authenticator::Http {
             url: url.clone(),
             insecure: *insecure,
@@ -586,7 +587,7 @@ fn share_uri(cfg: &ServerConfig, addr: SocketAddr, pin: &str) -> String {
             .next()
             .map(|(u, p)| format!("{u}:{p}"))
             .unwrap_or_default(),
-        Auth::Http { .. } => String::new(),
+        Auth::Http { .. } | Auth::Command(_) => String::new(),
     };
     let host = if addr.ip().is_unspecified() {
         "YOUR.SERVER.ADDRESS".to_string()

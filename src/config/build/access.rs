@@ -20,10 +20,14 @@ pub(super) fn auth(top: &mut Section, w: &mut W) -> Result<Auth, Fault> {
     let url = http.string("url", w)?.unwrap_or_default();
     let insecure = http.bool("insecure")?;
     http.finish(w);
-    s.skip(&["command"]);
+    let command_key = s.key("command");
+    let command = s.string("command", w)?.unwrap_or_default();
     s.finish(w);
     match kind.as_str() {
-        "" => Err(fault(type_key, "required: password, userpass or http")),
+        "" => Err(fault(
+            type_key,
+            "required: password, userpass, http or command",
+        )),
         "password" if password.is_empty() => Err(fault(
             password_key,
             "required for auth.type password (must not be empty)",
@@ -61,13 +65,11 @@ pub(super) fn auth(top: &mut Section, w: &mut W) -> Result<Auth, Fault> {
             http_url(&url_key, &url)?;
             Ok(Auth::Http { url, insecure })
         }
-        "command" | "cmd" => Err(fault(
-            type_key,
-            "command authentication is not supported by quelay (it runs a process per login); use password, userpass or http",
-        )),
+        "command" | "cmd" if command.is_empty() => Err(fault(command_key, "empty auth command")),
+        "command" | "cmd" => Ok(Auth::Command(command)),
         other => Err(fault(
             type_key,
-            format!("unsupported auth type {other:?} (use password, userpass or http)"),
+            format!("unsupported auth type {other:?} (use password, userpass, http or command)"),
         )),
     }
 }

@@ -22,6 +22,8 @@ pub enum Authenticator {
     UserPass(HashMap<String, String>),
     /// An HTTP backend decides (`auth.type: http`), off the data path.
     Http { url: String, insecure: bool },
+    /// A program decides (`auth.type: command`), off the data path.
+    Command(String),
 }
 
 impl Authenticator {
@@ -35,7 +37,7 @@ impl Authenticator {
                 let expected = users.get(&user)?;
                 crate::secret::eq(pass, expected).then_some(user)
             }
-            Authenticator::Http { .. } => None,
+            Authenticator::Http { .. } | Authenticator::Command(_) => None,
         }
     }
 }

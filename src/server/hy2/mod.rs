@@ -33,7 +33,7 @@ use self::session::{
 };
 use self::speedtest::SpeedTest;
 use self::udp::{Done, UdpSockets};
-use super::auth::http_auth;
+use super::auth::{command_auth, http_auth};
 use super::masquerade::Tail;
 use super::offload::{Class, Offload, OffloadClient, Outcome};
 use super::ops::{Command, Link};
@@ -47,8 +47,9 @@ use crate::worker::{App, Io};
 pub use self::config::{Authenticator, Hy2Config, Masquerade};
 pub use self::session::{error_response, CONNECT_TIMEOUT};
 
-/// The reference server's timeout for its HTTP authentication backend.
-const HTTP_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a login may wait for its HTTP backend (the reference server's timeout) or its
+/// command (the reference has none; a command still running then is killed).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Streamed masquerade responses under way on one worker; past it a new one is answered
 /// 503. Each holds at most one chunk ([`super::masquerade::CHUNK`]) here.
@@ -405,15 +406,21 @@ impl Hy2App {
                 cc_rx,
                 remote,
             } => {
-                let Authenticator::Http { url, insecure } = cfg.auth.clone() else {
-                    return self.session.job_refused(job);
+                let run: Box<dyn FnOnce() -> Outcome + Send> = match cfg.auth.clone() {
+                    Authenticator::Http { url, insecure } => Box::new(move || {
+                        let verdict = http_auth(&url, insecure, remote, &auth, cc_rx, AUTH_TIMEOUT);
+                        Outcome::Auth(verdict)
+                    }),
+                    Authenticator::Command(path) => Box::new(move || {
+                        let verdict = command_auth(&path, remote, &auth, cc_rx, AUTH_TIMEOUT);
+                        Outcome::Auth(verdict)
+                    }),
+                    // The config changed meanwhile: a login decided without asking.
+                    Authenticator::Password(_) | Authenticator::UserPass(_) => {
+                        return self.session.job_refused(job);
+                    }
                 };
-                let run = move || {
-                    let verdict =
-                        http_auth(&url, insecure, remote, &auth, cc_rx, HTTP_AUTH_TIMEOUT);
-                    Outcome::Auth(verdict)
-                };
-                (Class::Auth, Box::new(run))
+                (Class::Auth, run)
             }
             Work::Masquerade { req, body, remote } => match &cfg.masquerade {
                 Masquerade::File(_) | Masquerade::Proxy(_) => {

@@ -555,35 +555,14 @@ mod tests {
     use super::super::testing::{parse, parse_head, request};
     use super::*;
     use crate::proto::h3::{Response, NOT_FOUND_BODY};
-    use std::time::SystemTime;
-
-    /// A directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let path = std::env::temp_dir().join(format!(
-                "quelay-file-masquerade-{tag}-{}-{nanos}",
-                std::process::id()
-            ));
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// root/ with files, an index, a listing, and symlinks in and out; secret.txt beside it.
-    fn site(tag: &str) -> (TempDir, FileMasquerade) {
-        let tmp = TempDir::new(tag);
-        let root = tmp.0.join("root");
+    fn site(tag: &str) -> (tempfile::TempDir, FileMasquerade) {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("quelay-file-masquerade-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().join("root");
         fs::create_dir_all(root.join("site")).unwrap();
         fs::create_dir_all(root.join("list/sub")).unwrap();
         fs::write(root.join("hello.txt"), "hello").unwrap();
@@ -594,7 +573,7 @@ mod tests {
         fs::write(root.join("list/a.txt"), "a").unwrap();
         fs::write(root.join("list/we<ird> & 'q'.txt"), "w").unwrap();
         fs::write(root.join("list/c:d"), "c").unwrap();
-        fs::write(tmp.0.join("secret.txt"), "secret").unwrap();
+        fs::write(tmp.path().join("secret.txt"), "secret").unwrap();
         std::os::unix::fs::symlink("../secret.txt", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("..", root.join("escdir")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
@@ -735,7 +714,7 @@ mod tests {
             assert_eq!(bytes, crate::proto::h3::not_found_response(Some(&date)));
         }
         // No root at all.
-        let gone = FileMasquerade::new(tmp.0.join("does-not-exist"));
+        let gone = FileMasquerade::new(tmp.path().join("does-not-exist"));
         assert_not_found(get(&gone, "/"));
         assert_not_found(get(&gone, "/hello.txt"));
     }
@@ -859,7 +838,7 @@ mod tests {
     #[test]
     fn a_large_file_is_streamed_a_chunk_at_a_time() {
         let (tmp, files) = site("large");
-        let path = tmp.0.join("root/big.bin");
+        let path = tmp.path().join("root/big.bin");
         let size = 16 * 1024 * 1024 + 1;
         // Sparse: no 16 MiB written.
         fs::File::create(&path).unwrap().set_len(size).unwrap();
@@ -911,7 +890,7 @@ mod tests {
     fn file_fifo_is_not_found() {
         let (tmp, files) = site("fifo");
         let made = std::process::Command::new("mkfifo")
-            .arg(tmp.0.join("root/pipe"))
+            .arg(tmp.path().join("root/pipe"))
             .status()
             .is_ok_and(|s| s.success());
         if made {

@@ -717,7 +717,7 @@ impl Session {
         }
         let remote = c.remote;
         let user = match &self.cfg.auth {
-            Authenticator::Http { .. } => {
+            Authenticator::Http { .. } | Authenticator::Command(_) => {
                 let kind = JobKind::Auth {
                     cc_rx: auth.cc_rx,
                     req: req.clone(),

@@ -61,6 +61,10 @@ fn http_auth() -> Hy2Config {
     })
 }
 
+fn command_auth() -> Hy2Config {
+    config(Authenticator::Command("/etc/quelay/auth.sh".into()))
+}
+
 fn bidi(n: u64) -> StreamId {
     StreamId::new(Side::Client, Dir::Bi, n)
 }
@@ -403,9 +407,16 @@ fn a_second_auth_changes_nothing() {
     assert_eq!(h.limits().user("user").online.load(Ordering::Relaxed), 1);
 }
 
+/// HTTP and command auth alike: the verdict comes from off the data path.
 #[test]
-fn an_http_verdict_that_comes_early_authenticates() {
-    let mut h = Harness::new(http_auth());
+fn a_backends_verdict_that_comes_early_authenticates() {
+    for cfg in [http_auth(), command_auth()] {
+        backend_verdict_authenticates(cfg);
+    }
+}
+
+fn backend_verdict_authenticates(cfg: Hy2Config) {
+    let mut h = Harness::new(cfg);
     let conn = h.connect_from(CLIENT);
     h.auth(conn, bidi(0), "token");
     let (job, work) =
