@@ -21,6 +21,9 @@
 //! The `hopping_client_*` tests (`paths/hop.rs`) download through a client that hops ports
 //! every second across an nftables redirect in the server namespace.
 //!
+//! `sockopts::*` (`paths/sockopts.rs`) checks that the client's `quic.sockopts` reach its
+//! sockets: every datagram to the server carries the fwmark, out of the bound interface.
+//!
 //! The `brutal40_*` tests run the same download with the sing-box client asking for Brutal
 //! (`up_mbps`/`down_mbps` = 40) through 30 ms and 1% or 5% random loss behind 50 Mbit/s.
 //!
@@ -35,6 +38,8 @@ mod support;
 mod cluster;
 #[path = "paths/hop.rs"]
 mod hop;
+#[path = "paths/sockopts.rs"]
+mod sockopts;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

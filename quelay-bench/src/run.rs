@@ -87,7 +87,13 @@ pub fn run(opts: &LoadOptions) -> io::Result<LoadReport> {
     let n = opts.workers.clamp(1, worker::MAX_WORKERS);
     let crypto = quic::client_crypto(Verify::Insecure, &[ALPN]).map_err(io::Error::other)?;
     let client_config = quic::client_config(crypto, &opts.quic);
-    let specs = worker::client_specs(opts.server, n, &client_config, opts.driver.socket_buffer)?;
+    let specs = worker::client_specs(
+        opts.server,
+        n,
+        &client_config,
+        opts.driver.socket_buffer,
+        &Default::default(),
+    )?;
     let stats = Arc::new(LoadStats::default());
     let cfg = GroupConfig {
         io: opts.io,

@@ -10,7 +10,7 @@ use super::pool::{PoolConfig, ServerAddr};
 use super::session::udp::UdpForward;
 use super::stats::PoolStats;
 use crate::config::{self, ClientConfig, ProxyAuth};
-use crate::engine::DriverConfig;
+use crate::engine::{self, DriverConfig};
 use crate::limits::Cap;
 use crate::proto::h3::ALPN;
 use crate::proto::Host;
@@ -173,14 +173,18 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
     let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
     let socket_buffer = driver.socket_buffer;
+    let sockopts = engine::SockOpts {
+        device: cfg.quic.sockopts.bind_interface.clone(),
+        mark: cfg.quic.sockopts.fwmark,
+    };
     // A name may move to either family: its sockets reach both.
     let (specs, resolver) = match &server {
         ServerAddr::Ip(addr) => (
-            worker::client_specs(*addr, n, &client_config, driver.socket_buffer),
+            worker::client_specs(*addr, n, &client_config, socket_buffer, &sockopts),
             None,
         ),
         ServerAddr::Name { .. } => (
-            worker::client_specs_any_family(n, &client_config, driver.socket_buffer),
+            worker::client_specs_any_family(n, &client_config, socket_buffer, &sockopts),
             Some(Arc::new(Resolver::start(&config::Resolver::System)?)),
         ),
     };
@@ -220,6 +224,7 @@ pub fn start(cfg: &ClientConfig) -> Result<Client, String> {
             min: h.min_interval,
             max: h.max_interval,
             buffer: socket_buffer,
+            sockopts: sockopts.clone(),
         }),
     };
     let hopping = match &cfg.hop {

@@ -168,6 +168,18 @@ pub struct ClientQuic {
     pub keep_alive_period: Duration,
     /// `quic.disablePathMTUDiscovery`.
     pub disable_path_mtu_discovery: bool,
+    /// `quic.sockopts`: applied to every UDP socket the client opens for QUIC.
+    pub sockopts: SockOpts,
+}
+
+/// `quic.sockopts` (Linux), as the reference applies them to each QUIC socket, those of port
+/// hopping included. Unset (`""`, 0) is `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    /// `bindInterface`: SO_BINDTODEVICE.
+    pub bind_interface: Option<String>,
+    /// `fwmark`: SO_MARK, for policy routing (CAP_NET_ADMIN).
+    pub fwmark: Option<u32>,
 }
 
 impl ClientQuic {
@@ -189,6 +201,7 @@ impl Default for ClientQuic {
             max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
             keep_alive_period: DEFAULT_KEEP_ALIVE_PERIOD,
             disable_path_mtu_discovery: false,
+            sockopts: SockOpts::default(),
         }
     }
 }

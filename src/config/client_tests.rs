@@ -121,6 +121,7 @@ fn defaults() {
             max_idle_timeout: Duration::from_secs(30),
             keep_alive_period: Duration::from_secs(10),
             disable_path_mtu_discovery: false,
+            sockopts: SockOpts::default(),
         }
     );
     assert_eq!(c.quic.keep_alive_interval(), Duration::from_secs(10));
@@ -192,6 +193,10 @@ fn full_config() {
             max_idle_timeout: Duration::from_secs(90),
             keep_alive_period: Duration::from_secs(20),
             disable_path_mtu_discovery: true,
+            sockopts: SockOpts {
+                bind_interface: Some("eth1".into()),
+                fwmark: Some(51820),
+            },
         },
         congestion: Congestion {
             kind: CongestionKind::Reno,
@@ -680,13 +685,18 @@ fn refused_and_required() {
         ("tls: {pinSHA256: abc}", "tls.pinSHA256", "SHA-256"),
         ("tls: {sni: \"a b\"}", "tls.sni", "not a DNS name"),
         (
-            "quic: {sockopts: {bindInterface: eth0}}",
+            "quic: {sockopts: {bindInterface: \"eth0 x\"}}",
             "quic.sockopts.bindInterface",
-            "not supported",
+            "not an interface name",
         ),
         (
-            "quic: {sockopts: {fwmark: 1234}}",
+            "quic: {sockopts: {fwmark: 4294967296}}",
             "quic.sockopts.fwmark",
+            "not a 32-bit mark",
+        ),
+        (
+            "quic: {sockopts: {fdControlUnixSocket: /run/protect}}",
+            "quic.sockopts.fdControlUnixSocket",
             "not supported",
         ),
         (

@@ -44,6 +44,26 @@ pub fn bind_udp(
     reuseport: bool,
     buffer: usize,
 ) -> io::Result<(UdpSocket, BufferReport)> {
+    bind_udp_with(addr, reuseport, buffer, &SockOpts::default())
+}
+
+/// Socket options a QUIC socket may be asked for (the client's `quic.sockopts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    /// SO_BINDTODEVICE: the socket sends and receives through this interface only.
+    pub device: Option<String>,
+    /// SO_MARK: the mark its packets carry, for policy routing (CAP_NET_ADMIN).
+    pub mark: Option<u32>,
+}
+
+/// [`bind_udp`] with `opts` applied before the bind; an option the kernel refuses fails it,
+/// saying which.
+pub fn bind_udp_with(
+    addr: SocketAddr,
+    reuseport: bool,
+    buffer: usize,
+    opts: &SockOpts,
+) -> io::Result<(UdpSocket, BufferReport)> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -58,6 +78,15 @@ pub fn bind_udp(
         sock.set_reuse_port(true)?;
     }
     sock.set_nonblocking(true)?;
+    if let Some(dev) = &opts.device {
+        sock.bind_device(Some(dev.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("failed to bind to interface {dev}: {e}"))
+        })?;
+    }
+    if let Some(mark) = opts.mark {
+        sock.set_mark(mark)
+            .map_err(|e| io::Error::new(e.kind(), format!("failed to set fwmark {mark}: {e}")))?;
+    }
     let report = set_buffers(sock.as_raw_fd(), buffer);
     configure_rx(sock.as_raw_fd(), addr.is_ipv6())?;
     sock.bind(&addr.into())?;

@@ -1266,3 +1266,30 @@ fn rebind_sends_from_the_new_port_and_receives_on_both() {
         }
     }
 }
+
+/// `quic.sockopts`: the device and the mark reach the socket; a device that does not exist
+/// fails the bind, naming it.
+#[test]
+fn socket_options_reach_the_socket_or_fail_naming_the_option() {
+    let opts = SockOpts {
+        device: Some("lo".into()),
+        mark: Some(77),
+    };
+    let (sock, _) = bind_udp_with("127.0.0.1:0".parse().unwrap(), false, 1 << 20, &opts)
+        .expect("bind with SO_BINDTODEVICE lo and SO_MARK 77 (needs CAP_NET_ADMIN)");
+    let s = socket2::SockRef::from(&sock);
+    assert_eq!(s.mark().unwrap(), 77);
+    assert_eq!(s.device().unwrap().as_deref(), Some(&b"lo"[..]));
+
+    let missing = SockOpts {
+        device: Some("nosuch0".into()),
+        mark: None,
+    };
+    let e = bind_udp_with("127.0.0.1:0".parse().unwrap(), false, 1 << 20, &missing)
+        .expect_err("no interface nosuch0");
+    assert!(
+        e.to_string()
+            .contains("failed to bind to interface nosuch0"),
+        "{e}"
+    );
+}

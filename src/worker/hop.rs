@@ -23,6 +23,8 @@ pub struct HopPlan {
     pub max: Duration,
     /// Buffer size asked for each new socket (as for the first).
     pub buffer: usize,
+    /// Socket options of each new socket (as for the first).
+    pub sockopts: engine::SockOpts,
 }
 
 impl HopPlan {
@@ -85,7 +87,7 @@ impl Hop {
         }
         let mut bind = driver.local_addr();
         bind.set_port(0);
-        let rebound = engine::bind_udp(bind, false, self.plan.buffer)
+        let rebound = engine::bind_udp_with(bind, false, self.plan.buffer, &self.plan.sockopts)
             .and_then(|(socket, _)| driver.rebind(socket));
         match rebound {
             Ok(()) => {
@@ -115,6 +117,7 @@ mod tests {
             min: Duration::from_secs(10),
             max: Duration::from_secs(30),
             buffer: 1 << 20,
+            sockopts: Default::default(),
         }
     }
 

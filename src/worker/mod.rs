@@ -290,19 +290,23 @@ where
 }
 
 /// Specs for `n` client workers talking to `remote`: each its own UDP socket on an
-/// ephemeral port of `remote`'s family, random CIDs, the same client configuration.
+/// ephemeral port of `remote`'s family (`buffer` bytes of buffers, options `opts`), random
+/// CIDs, the same client configuration.
 pub fn client_specs(
     remote: SocketAddr,
     n: usize,
     config: &ClientConfig,
     buffer: usize,
+    opts: &engine::SockOpts,
 ) -> io::Result<Vec<WorkerSpec>> {
     let bind = if remote.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    (0..n).map(|_| client_spec(bind, config, buffer)).collect()
+    (0..n)
+        .map(|_| client_spec(bind, config, buffer, opts))
+        .collect()
 }
 
 /// Specs for `n` client workers whose server may be at an address of either family (a
@@ -312,19 +316,25 @@ pub fn client_specs_any_family(
     n: usize,
     config: &ClientConfig,
     buffer: usize,
+    opts: &engine::SockOpts,
 ) -> io::Result<Vec<WorkerSpec>> {
     (0..n)
         .map(|_| {
-            client_spec(SocketAddr::from(([0u16; 8], 0)), config, buffer).or_else(|e| {
+            client_spec(SocketAddr::from(([0u16; 8], 0)), config, buffer, opts).or_else(|e| {
                 tracing::debug!("no dual-stack UDP socket ({e}): IPv4 only");
-                client_spec(SocketAddr::from(([0, 0, 0, 0], 0)), config, buffer)
+                client_spec(SocketAddr::from(([0, 0, 0, 0], 0)), config, buffer, opts)
             })
         })
         .collect()
 }
 
-fn client_spec(bind: SocketAddr, config: &ClientConfig, buffer: usize) -> io::Result<WorkerSpec> {
-    let (socket, _) = engine::bind_udp(bind, false, buffer)?;
+fn client_spec(
+    bind: SocketAddr,
+    config: &ClientConfig,
+    buffer: usize,
+    opts: &engine::SockOpts,
+) -> io::Result<WorkerSpec> {
+    let (socket, _) = engine::bind_udp_with(bind, false, buffer, opts)?;
     Ok(WorkerSpec {
         socket,
         endpoint_config: Arc::new(crate::quic::client_endpoint_config()),

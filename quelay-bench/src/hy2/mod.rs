@@ -197,8 +197,14 @@ pub fn run(o: &Hy2Options) -> Result<Report, String> {
     let crypto = quic::client_crypto(Verify::Insecure, &[ALPN]).map_err(|e| format!("tls: {e}"))?;
     let client_config = quic::client_config(crypto, &params);
     let driver = DriverConfig::default();
-    let specs = worker::client_specs(o.server, n, &client_config, driver.socket_buffer)
-        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let specs = worker::client_specs(
+        o.server,
+        n,
+        &client_config,
+        driver.socket_buffer,
+        &Default::default(),
+    )
+    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let epoch = Instant::now();
     let plan = Arc::new(Plan {
         server: o.server,

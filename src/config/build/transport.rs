@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use super::{client, lower, ranged, W};
-use crate::config::client::{ClientQuic, DEFAULT_KEEP_ALIVE_PERIOD, KEEP_ALIVE_PERIOD_RANGE};
+use crate::config::client::{
+    ClientQuic, SockOpts, DEFAULT_KEEP_ALIVE_PERIOD, KEEP_ALIVE_PERIOD_RANGE,
+};
 use crate::config::error::{fault, Fault, Warning};
 use crate::config::reader::Section;
 use crate::config::server::*;
@@ -28,6 +30,8 @@ pub(super) struct QuicKeys {
     /// `keepAlivePeriod` (client).
     keep_alive_period: Duration,
     disable_path_mtu_discovery: bool,
+    /// `sockopts` (client).
+    sockopts: SockOpts,
 }
 
 impl QuicKeys {
@@ -56,6 +60,7 @@ impl QuicKeys {
             max_idle_timeout: self.max_idle_timeout,
             keep_alive_period: self.keep_alive_period,
             disable_path_mtu_discovery: self.disable_path_mtu_discovery,
+            sockopts: self.sockopts,
         }
     }
 }
@@ -99,6 +104,7 @@ pub(super) fn quic(top: &mut Section, end: End, w: &mut W) -> Result<QuicKeys, F
         max_incoming_streams: DEFAULT_MAX_INCOMING_STREAMS,
         keep_alive_period: DEFAULT_KEEP_ALIVE_PERIOD,
         disable_path_mtu_discovery: false,
+        sockopts: SockOpts::default(),
     };
     match end {
         End::Server => {
@@ -134,13 +140,32 @@ pub(super) fn quic(top: &mut Section, end: End, w: &mut W) -> Result<QuicKeys, F
         // quelay's handshake never imitates Chrome's, whatever this says.
         s.skip(&["disableChromeParrot"]);
         let mut sockopts = s.section("sockopts")?;
-        for name in ["bindInterface", "fwmark", "fdControlUnixSocket"] {
-            client::refuse(
-                &mut sockopts,
-                name,
-                &format!("socket option {name} is not supported"),
-            )?;
+        let device_key = sockopts.key("bindInterface");
+        let device = sockopts.string("bindInterface", w)?.unwrap_or_default();
+        // IFNAMSIZ less the terminating NUL.
+        if device.len() > 15 || device.contains(['/', ' ', '\0']) {
+            return Err(fault(
+                device_key,
+                format!("{device:?} is not an interface name"),
+            ));
         }
+        let mark_key = sockopts.key("fwmark");
+        let mark = match sockopts.u64("fwmark")? {
+            None | Some(0) => None,
+            Some(m) => Some(
+                u32::try_from(m)
+                    .map_err(|_| fault(mark_key, format!("{m} is not a 32-bit mark")))?,
+            ),
+        };
+        keys.sockopts = SockOpts {
+            bind_interface: Some(device).filter(|d| !d.is_empty()),
+            fwmark: mark,
+        };
+        client::refuse(
+            &mut sockopts,
+            "fdControlUnixSocket",
+            "socket option fdControlUnixSocket is not supported (it serves Android's VpnService)",
+        )?;
         sockopts.finish(w);
     }
     s.finish(w);
