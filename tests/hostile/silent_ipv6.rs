@@ -19,14 +19,14 @@ use super::{client_endpoint, connect, runtime, send_auth, syn_sent_to, Silent};
 
 /// A server whose resolver answers `name` with `::1` first, then `127.0.0.1`, and whose
 /// only outbound is `direct` in `mode`, on one worker.
-fn server_for(name: &str, mode: &str) -> (QuelayServer, support::TempDir) {
+fn server_for(name: &str, mode: &str, io: &str) -> (QuelayServer, support::TempDir) {
     let dir = support::tempdir();
     let hosts = dir.join("hosts");
     fs::write(&hosts, format!("::1 {name}\n127.0.0.1 {name}\n")).expect("write the hosts file");
     let server = QuelayServer::start_with_hosts(
         &format!(
             "outbounds:\n  - {{name: out, type: direct, direct: {{mode: {mode}}}}}\n\
-             engine: {{workers: 1}}\n"
+             engine: {{workers: 1, io: {io}}}\n"
         ),
         &hosts,
     );
@@ -45,6 +45,12 @@ fn sockets_of(pid: u32) -> usize {
 
 #[test]
 fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address() {
+    for io in ["uring", "epoll"] {
+        abandon_while_connecting(io);
+    }
+}
+
+fn abandon_while_connecting(io: &str) {
     const STREAMS: usize = 40;
     let silent = Silent::start("[::1]:0");
     let port = silent.addr.port();
@@ -56,7 +62,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
         .is_err(),
         "127.0.0.1:{port} should refuse (something listens there)"
     );
-    let (mut server, _dir) = server_for("hang.test", "64");
+    let (mut server, _dir) = server_for("hang.test", "64", io);
     let pid = server.child().id();
     let syn_before = syn_sent_to(6, port);
 
@@ -93,7 +99,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
     rt.block_on(async { ep.wait_idle().await });
     assert_eq!(
         pending, STREAMS,
-        "every request's connect to [::1]:{port} should be pending before the client leaves"
+        "({io}) every request's connect to [::1]:{port} should be pending before the client leaves"
     );
 
     // Within a few seconds (far less than the 10 s connect timeout) the server holds no
@@ -110,7 +116,7 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
     assert_eq!(syn_after, 0, "connects to [::1]:{port} still pending");
     assert!(
         held <= baseline,
-        "the server holds {held} sockets, {baseline} before the abandoned requests: {} leaked \
+        "({io}) the server holds {held} sockets, {baseline} before the abandoned requests: {} leaked \
          (a connect to the target's other address, started after the abort, never closed)",
         held - baseline
     );
@@ -118,6 +124,12 @@ fn requests_abandoned_while_connecting_leave_no_socket_and_try_no_other_address(
 
 #[test]
 fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
+    for io in ["uring", "epoll"] {
+        race_both_families(io);
+    }
+}
+
+fn race_both_families(io: &str) {
     let silent = Silent::start("[::1]:0");
     let port = silent.addr.port();
     let echo = std::net::TcpListener::bind(("127.0.0.1", port))
@@ -131,7 +143,7 @@ fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
             });
         }
     });
-    let (server, _dir) = server_for("dual.test", "auto");
+    let (server, _dir) = server_for("dual.test", "auto", io);
     let syn_before = syn_sent_to(6, port);
 
     let rt = runtime();
@@ -192,6 +204,6 @@ fn mode_auto_connects_both_families_at_once_and_takes_the_first_that_answers() {
     // connect timeout (and then fail it).
     assert!(
         took.iter().all(|t| *t < Duration::from_secs(3)),
-        "each request should be answered over IPv4 at once, took {took:?}"
+        "({io}) each request should be answered over IPv4 at once, took {took:?}"
     );
 }
