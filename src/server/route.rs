@@ -222,28 +222,44 @@ impl Proxy {
     }
 }
 
+/// `addrs` in the order `mode` tries them: `auto` keeps the resolver's order, `46`/`64` put
+/// one family first, `4`/`6` keep one family only.
+fn order(mode: DirectMode, addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, &'static str> {
+    let v4 = addrs.iter().copied().filter(SocketAddr::is_ipv4);
+    let v6 = addrs.iter().copied().filter(SocketAddr::is_ipv6);
+    let out: Vec<SocketAddr> = match mode {
+        DirectMode::Auto => addrs.to_vec(),
+        DirectMode::Prefer4 => v4.chain(v6).collect(),
+        DirectMode::Prefer6 => v6.chain(v4).collect(),
+        DirectMode::Only4 => v4.collect(),
+        DirectMode::Only6 => v6.collect(),
+    };
+    if out.is_empty() {
+        return Err(match mode {
+            DirectMode::Only4 => "no IPv4 address available",
+            DirectMode::Only6 => "no IPv6 address available",
+            _ => "no IPv4 or IPv6 address available",
+        });
+    }
+    Ok(out)
+}
+
 impl Direct {
-    /// The addresses to try, in order, from a lookup's answer (or an IP literal), as `mode`
-    /// allows: `auto` keeps the resolver's order, `46`/`64` put one family first, `4`/`6`
-    /// keep one family only.
+    /// The addresses a connect tries, in order, from a lookup's answer (or an IP literal), as
+    /// `mode` allows (see [`order`]).
     pub fn candidates(&self, addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, &'static str> {
-        let v4 = addrs.iter().copied().filter(SocketAddr::is_ipv4);
-        let v6 = addrs.iter().copied().filter(SocketAddr::is_ipv6);
-        let out: Vec<SocketAddr> = match self.mode {
-            DirectMode::Auto => addrs.to_vec(),
-            DirectMode::Prefer4 => v4.chain(v6).collect(),
-            DirectMode::Prefer6 => v6.chain(v4).collect(),
-            DirectMode::Only4 => v4.collect(),
-            DirectMode::Only6 => v6.collect(),
+        order(self.mode, addrs)
+    }
+
+    /// [`Direct::candidates`] for a UDP datagram: there `auto` sends to IPv4 when there is
+    /// one, as the reference does (and as the session's socket, bound to `bindIPv4` first,
+    /// expects).
+    pub fn udp_candidates(&self, addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, &'static str> {
+        let mode = match self.mode {
+            DirectMode::Auto => DirectMode::Prefer4,
+            other => other,
         };
-        if out.is_empty() {
-            return Err(match self.mode {
-                DirectMode::Only4 => "no IPv4 address available",
-                DirectMode::Only6 => "no IPv6 address available",
-                _ => "no IPv4 or IPv6 address available",
-            });
-        }
-        Ok(out)
+        order(mode, addrs)
     }
 
     /// Mode `auto` dials both families at once, as the reference does: with addresses of

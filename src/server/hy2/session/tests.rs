@@ -1385,6 +1385,42 @@ fn mode_auto_races_the_other_familys_first_address_when_the_budget_has_room() {
     assert_eq!(h.a.connect_racer[&relay], None);
 }
 
+/// UDP in mode `auto` goes to IPv4 when the name has it, as the reference sends it; `64`
+/// prefers IPv6.
+#[test]
+fn udp_in_mode_auto_prefers_ipv4() {
+    use config::{DirectMode, OutboundBind};
+    let outs = [
+        direct_out("auto", DirectMode::Auto, OutboundBind::Any),
+        direct_out("pref6", DirectMode::Prefer6, OutboundBind::Any),
+    ];
+    let mut h = Harness::new(routed(&["pref6(six.example)", "auto(all)"], &outs));
+    let conn = h.client();
+    let answer: Vec<SocketAddr> = vec![
+        "[2001:db8::1]:0".parse().unwrap(),
+        "192.0.2.1:0".parse().unwrap(),
+    ];
+    h.udp(conn, 1, "dual.example:53", b"a", 1);
+    h.udp(conn, 2, "six.example:53", b"b", 1);
+    for i in 0..2 {
+        let (lookup, ..) = h.a.udp_lookups[i].clone();
+        h.s.udp_resolved(lookup, Ok(answer.clone()));
+    }
+    h.step();
+    let sent: Vec<(String, Vec<u8>)> =
+        h.a.udp_sent
+            .iter()
+            .map(|(_, a, p)| (a.to_string(), p.clone()))
+            .collect();
+    assert_eq!(
+        sent,
+        [
+            ("192.0.2.1:53".to_string(), b"a".to_vec()),
+            ("[2001:db8::1]:53".to_string(), b"b".to_vec())
+        ]
+    );
+}
+
 #[test]
 fn without_an_acl_the_first_outbound_takes_everything() {
     use config::{DirectMode, OutboundBind};

@@ -345,7 +345,7 @@ impl Session {
             (None, Some(a)) => a,
             (None, None) => return Dest::Lookup(Some(decision)),
         };
-        let allowed = direct.candidates(addrs).ok().and_then(|c| {
+        let allowed = direct.udp_candidates(addrs).ok().and_then(|c| {
             c.into_iter()
                 .map(|a| SocketAddr::new(a.ip(), port))
                 .find(|a| self.cfg.guard.check(a.ip()).is_ok())
