@@ -27,7 +27,9 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use bpf::{steer_group, WORKER_OFFSET};
-pub use sys::{bind_udp, bind_udp_with, cpu_seconds_self, BufferReport, SockOpts, Waker};
+pub use sys::{
+    bind_udp, bind_udp_with, cpu_seconds_self, kill_process_group, BufferReport, SockOpts, Waker,
+};
 
 /// Largest UDP payload a GRO receive can coalesce (64 KiB minus headers).
 pub const GRO_BUF_SIZE: usize = 65_535;

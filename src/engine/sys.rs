@@ -670,6 +670,20 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Sends SIGKILL to every process of the process group `pgid` (a child started as the
+/// leader of a group of its own, with whatever it started since).
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|&p| p > 1)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) takes plain integers; a negative pid names the process group.
+    if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPU seconds (user + system) this process has used.
 pub fn cpu_seconds_self() -> f64 {
     // SAFETY: rusage is plain old data written by the kernel into our stack value.

@@ -6,11 +6,12 @@
 //! empty); anything else refuses it.
 //!
 //! It runs on the auth room's threads, off the data path. Unlike the reference, which waits
-//! for as long as the program runs, a program still running at the timeout is killed and the
-//! login refused.
+//! for as long as the program runs, a program still running at the timeout is killed, with
+//! every process it started (it leads a process group of its own), and the login refused.
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ pub fn command_auth(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("auth command {program}: {e}"))?;
     // stdout is read beside the wait, so that a program that writes more than a pipe holds
@@ -57,7 +59,10 @@ pub fn command_auth(
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
+                // The whole group: a script's `sleep` or `curl` would outlive it otherwise.
+                if crate::engine::kill_process_group(child.id()).is_err() {
+                    let _ = child.kill();
+                }
                 let _ = child.wait();
                 return Err(format!(
                     "auth command {program}: still running after {timeout:?}, killed"
@@ -128,8 +133,9 @@ mod tests {
     }
 
     #[test]
-    fn a_program_still_running_at_the_timeout_is_killed_and_refuses() {
-        let (dir, s) = script("sleep 30; touch \"$0.done\"");
+    fn a_program_still_running_at_the_timeout_is_killed_with_its_children_and_refuses() {
+        // The script starts a child, writes its pid, and waits for it.
+        let (dir, s) = script("sleep 30 & echo $! > \"$0.child\"; wait; touch \"$0.done\"");
         let start = Instant::now();
         let e = command_auth(&s, addr(), "x", 0, Duration::from_millis(300)).unwrap_err();
         assert!(e.contains("killed"), "{e}");
@@ -139,6 +145,20 @@ mod tests {
             start.elapsed()
         );
         assert!(!dir.path().join("auth.sh.done").exists());
+        let child = std::fs::read_to_string(dir.path().join("auth.sh.child"))
+            .expect("the script started its child");
+        // Killed: gone, or a zombie until whoever inherited it reaps it.
+        let stat = format!("/proc/{}/stat", child.trim());
+        let alive = || std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z "));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !alive(),
+            "the script's child {} outlived the timeout",
+            child.trim()
+        );
     }
 
     #[test]
