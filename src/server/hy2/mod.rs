@@ -331,6 +331,12 @@ impl Hy2App {
                             Err(_) => connecting = r.connect(io, addr, &egress, token),
                         }
                     }
+                    if connecting.is_err() {
+                        // Nor that one (out of descriptors, say): the next addresses in turn.
+                        if let Some(next) = r.connect_next(io, token) {
+                            connecting = next;
+                        }
+                    }
                     self.relays.insert(relay, r);
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.held.insert(stream, Held::Relay(relay));
