@@ -80,9 +80,11 @@ pub fn check(port: u16, ports: &ListenPorts) -> Finding {
 }
 
 /// The port ranges an `nft list table` output's prerouting rules redirect to `port`
-/// (`udp dport { 20000-20100, 30000 } ... redirect to :443`, or a single item).
+/// (`udp dport { 20000-20100, 30000 } ... redirect to :443`, or a single item; or, for a
+/// listen address of its own, `... dnat ip to 192.0.2.1:443`).
 fn redirected_ports(listing: &str, port: u16) -> Vec<RangeInclusive<u16>> {
     let target = format!("redirect to :{port}");
+    let dnat_port = format!(":{port}");
     let mut in_prerouting = false;
     let mut out = Vec::new();
     for line in listing.lines().map(str::trim) {
@@ -90,7 +92,9 @@ fn redirected_ports(listing: &str, port: u16) -> Vec<RangeInclusive<u16>> {
             in_prerouting = line.starts_with("chain prerouting");
             continue;
         }
-        if !in_prerouting || !line.ends_with(&target) {
+        let to_port =
+            line.ends_with(&target) || (line.contains(" dnat ") && line.ends_with(&dnat_port));
+        if !in_prerouting || !to_port {
             continue;
         }
         let Some((_, after)) = line.split_once("udp dport ") else {
@@ -126,6 +130,22 @@ mod tests {
 		fib daddr type local udp dport { 40000 } counter packets 0 bytes 0 redirect to :443
 	}
 }";
+
+    #[test]
+    fn reads_a_dnat_to_the_listen_address() {
+        let listing = "table inet quelay_hop_443 {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 192.0.2.1 udp dport { 20000-20010 } counter packets 0 bytes 0 dnat ip to 192.0.2.1:443
+		ip6 daddr 2001:db8::1 udp dport 30000 counter packets 0 bytes 0 dnat ip6 to [2001:db8::1]:443
+		udp dport 40000 counter packets 0 bytes 0 dnat ip to 192.0.2.1:4430
+	}
+}";
+        assert_eq!(
+            redirected_ports(listing, 443),
+            vec![20000..=20010, 30000..=30000]
+        );
+    }
 
     #[test]
     fn reads_the_sets_nft_prints() {

@@ -7,6 +7,7 @@
 //! change the ruleset (CAP_NET_ADMIN), the server says so and serves the bound port alone.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
 use crate::config::ListenPorts;
@@ -27,16 +28,17 @@ impl Drop for Redirect {
     }
 }
 
-/// Makes UDP to every port of `ports` reach `port`, the bound one: checks for the table,
-/// installs it if it is missing or partial. `Some` when this server installed it.
-pub fn ensure(port: u16, ports: &ListenPorts) -> Option<Redirect> {
+/// Makes UDP to every port of `ports` reach `listen`, the bound address: checks for the
+/// table, installs it if it is missing or partial. `Some` when this server installed it.
+pub fn ensure(listen: SocketAddr, ports: &ListenPorts) -> Option<Redirect> {
+    let port = listen.port();
     let found = check(port, ports);
     let Some(fix) = found.fix else {
         tracing::info!("port hopping: {}", found.detail);
         return None;
     };
     let table = table(port);
-    match nft(&["-f", "-"], Some(&ruleset(port, ports))) {
+    match nft(&["-f", "-"], Some(&ruleset(listen, ports))) {
         Ok(()) => {
             tracing::info!(
                 "port hopping: installed table inet {table}: UDP to ports {} reaches {port} \
@@ -55,11 +57,37 @@ pub fn ensure(port: u16, ports: &ListenPorts) -> Option<Redirect> {
     }
 }
 
-/// The table `tuning/port-hopping.sh PORTS PORT` installs (on every interface): declared,
-/// deleted and defined in one transaction, so that a partial table is replaced.
-pub fn ruleset(port: u16, ports: &ListenPorts) -> String {
+/// The table `tuning/port-hopping.sh PORTS PORT` installs (on every interface), declared,
+/// deleted and defined in one transaction, so that a partial table is replaced. For a
+/// `listen` address of its own (not `[::]` or `0.0.0.0`) the rules match that address and
+/// send to it (`dnat`), as the reference's do: `redirect` would send to the receiving
+/// interface's first address, which need not be it.
+pub fn ruleset(listen: SocketAddr, ports: &ListenPorts) -> String {
     let set = ranges(&ports.ports).join(", ");
+    let port = listen.port();
     let table = table(port);
+    if !listen.ip().is_unspecified() {
+        let (family, ip) = match listen.ip() {
+            IpAddr::V4(ip) => ("ip", ip.to_string()),
+            IpAddr::V6(ip) => ("ip6", ip.to_string()),
+        };
+        let rule =
+            format!("{family} daddr {ip} udp dport {{ {set} }} counter dnat {family} to {listen}");
+        return format!(
+            "table inet {table}\n\
+             delete table inet {table}\n\
+             table inet {table} {{\n\
+             \x20   chain prerouting {{\n\
+             \x20       type nat hook prerouting priority dstnat; policy accept;\n\
+             \x20       {rule}\n\
+             \x20   }}\n\
+             \x20   chain output {{\n\
+             \x20       type nat hook output priority -100; policy accept;\n\
+             \x20       {rule}\n\
+             \x20   }}\n\
+             }}\n"
+        );
+    }
     format!(
         "table inet {table}\n\
          delete table inet {table}\n\
@@ -152,9 +180,23 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_of_its_own_is_matched_and_sent_to() {
+        let p = ports("20000-20001", &[20000, 20001]);
+        let v4 = ruleset("192.0.2.1:20000".parse().unwrap(), &p);
+        assert!(v4.contains(
+            "ip daddr 192.0.2.1 udp dport { 20000-20001 } counter dnat ip to 192.0.2.1:20000\n"
+        ));
+        let v6 = ruleset("[2001:db8::1]:20000".parse().unwrap(), &p);
+        assert!(v6.contains(
+            "ip6 daddr 2001:db8::1 udp dport { 20000-20001 } counter dnat ip6 to [2001:db8::1]:20000\n"
+        ));
+        assert!(!v6.contains("redirect"));
+    }
+
+    #[test]
     fn the_ruleset_is_the_scripts() {
         let text = ruleset(
-            20000,
+            "[::]:20000".parse().unwrap(),
             &ports("20000-20002,30000", &[20000, 20001, 20002, 30000]),
         );
         assert!(

@@ -421,7 +421,7 @@ pub fn start(cfg: &ServerConfig) -> Result<Server, String> {
     let hop_redirect = cfg
         .listen_ports
         .as_ref()
-        .and_then(|ports| super::hopping::ensure(addr.port(), ports));
+        .and_then(|ports| super::hopping::ensure(addr, ports));
     let share_uri = generated.then(|| share_uri(cfg, addr, &pin));
     Ok(Server {
         group,

@@ -181,9 +181,15 @@ fn hop_against_quelay(io: &str, by: RedirectBy) {
     let hop = HopPath::new(by);
     let path = &hop.path;
     let metrics = SocketAddr::from(([127, 0, 0, 1], path.free_port(PathSide::Server)));
+    // The server's own redirect is for its own address (a dnat to it); the script's for
+    // every address.
+    let listen_ip = match by {
+        RedirectBy::Server => hop.ip.to_string(),
+        RedirectBy::Script => "0.0.0.0".to_owned(),
+    };
     let mut server = NsQuelayServer::start_listen(
         path,
-        &format!("0.0.0.0:{}-{}", hop.first, hop.last),
+        &format!("{listen_ip}:{}-{}", hop.first, hop.last),
         SocketAddr::from((hop.ip, hop.first)),
         &format!("engine:\n  workers: 2\n  io: {io}\nmetrics:\n  listen: {metrics}\n"),
         // quinn-proto says why it sent a stateless reset, and to which CID and address.
@@ -246,7 +252,8 @@ fn hop_against_quelay(io: &str, by: RedirectBy) {
     );
 }
 
-/// The server installs the redirect itself, as the reference server does.
+/// The server installs the redirect itself, as the reference server does (listening on
+/// its veth address: a dnat to it).
 #[test]
 fn hopping_client_downloads_intact_from_quelay_uring() {
     hop_against_quelay("uring", RedirectBy::Server);
