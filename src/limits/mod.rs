@@ -299,17 +299,20 @@ impl Drop for SocketPermit {
     }
 }
 
-/// Holds a second outbound socket of a relay for a while (a connect racing its first, see
-/// [`Limits::try_extra_socket`]); releases it when dropped.
+/// Holds a second outbound socket of a relay or a UDP session (a connect racing the first,
+/// a SOCKS5 association's control connection; see [`Limits::try_extra_socket`]); releases
+/// it when dropped.
 #[derive(Debug)]
 pub struct ExtraSocket {
-    user: Arc<User>,
+    user: Option<Arc<User>>,
     limits: Arc<Limits>,
 }
 
 impl Drop for ExtraSocket {
     fn drop(&mut self) {
-        self.user.sockets.release();
+        if let Some(u) = &self.user {
+            u.sockets.release();
+        }
         self.limits.sockets.release();
     }
 }
@@ -449,16 +452,18 @@ impl Limits {
     /// One more socket for `user`, within its socket cap and the socket budget, if both
     /// have room now: nothing waits for it, and a refusal is no hit (the caller does
     /// without).
-    pub fn try_extra_socket(self: &Arc<Self>, user: &Arc<User>) -> Option<ExtraSocket> {
-        if !user.sockets.try_acquire() {
+    pub fn try_extra_socket(self: &Arc<Self>, user: Option<&Arc<User>>) -> Option<ExtraSocket> {
+        if user.is_some_and(|u| !u.sockets.try_acquire()) {
             return None;
         }
         if !self.sockets.try_acquire() {
-            user.sockets.release();
+            if let Some(u) = user {
+                u.sockets.release();
+            }
             return None;
         }
         Some(ExtraSocket {
-            user: user.clone(),
+            user: user.cloned(),
             limits: self.clone(),
         })
     }

@@ -1210,10 +1210,10 @@ impl Session {
         let egress = direct.egress(addr.ip(), payload);
         // The race's second socket counts like any other, and is done without if there is
         // no room for it.
-        let racing = direct
-            .racer(&allowed, payload)
-            .zip(r.user.as_ref())
-            .and_then(|(at, user)| Some((at, self.cfg.limits.try_extra_socket(user)?)));
+        let racing = direct.racer(&allowed, payload).and_then(|at| {
+            let permit = self.cfg.limits.try_extra_socket(r.user.as_ref())?;
+            Some((at, permit))
+        });
         let racer_at = racing.as_ref().map(|(at, _)| *at);
         if let Some(r) = self.relays.get_mut(&relay) {
             r.racing = racing.map(|(_, permit)| permit);

@@ -1608,6 +1608,41 @@ fn udp_routed_to_socks5_goes_through_an_association_and_http_carries_none() {
     assert_eq!(h.s.udp_counters().refused, 2);
 }
 
+/// A SOCKS5 association holds two sockets, its UDP socket and its control connection: both
+/// count in the budget, and without room for the second its datagrams wait (dropped) until
+/// there is.
+#[test]
+fn a_socks5_association_counts_its_control_connection_in_the_budget() {
+    let outbounds = [config::Outbound {
+        name: "sox".into(),
+        kind: config::OutboundKind::Socks5(config::Socks5Outbound {
+            addr: "192.0.2.50:1080".into(),
+            auth: None,
+        }),
+    }];
+    let cfg = routed(&["sox(all)"], &outbounds);
+    let limits = cfg.limits.clone();
+    let mut h = Harness::new(cfg);
+    let conn = h.client();
+    limits.sockets.set_cap(Some(1));
+    h.udp(conn, 1, "dns.example:53", b"a", 1);
+    assert!(
+        h.a.udp_proxied.is_empty(),
+        "no room for the control connection"
+    );
+    assert_eq!(limits.sockets.held(), 1);
+    limits.sockets.set_cap(Some(2));
+    h.udp(conn, 1, "dns.example:53", b"b", 1);
+    assert_eq!(h.a.udp_proxied.len(), 1, "sent once there is room");
+    assert_eq!(limits.sockets.held(), 2);
+    let udp = h.a.udp_proxied[0].0;
+    h.s.udp_failed(udp);
+    h.step();
+    h.s.udp_closed(udp);
+    h.step();
+    assert_eq!(limits.sockets.held(), 0, "both sockets came back");
+}
+
 #[test]
 fn a_session_that_never_sent_closes_without_a_socket() {
     let mut h = Harness::new(routed(&["reject(all)"], &[]));

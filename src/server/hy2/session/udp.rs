@@ -27,7 +27,7 @@ use bytes::Bytes;
 use super::{Action, ConnId, Session};
 use crate::acl::{self, Decision, Protocol, Verdict};
 use crate::engine::Egress;
-use crate::limits::{SocketPermit, UdpRefused, User};
+use crate::limits::{ExtraSocket, SocketPermit, UdpRefused, User};
 use crate::proto::sniff::{self, Transport};
 use crate::proto::tcp::{split_host_port, Host};
 use crate::proto::udp::{fragment, Defragger, UdpMessage, MAX_UDP_MESSAGE, MAX_UDP_PAYLOAD};
@@ -127,6 +127,8 @@ struct UdpSession {
     closing: bool,
     /// The session's socket, counted in the server's outbound-socket budget until closed.
     _socket: SocketPermit,
+    /// A SOCKS5 association's control connection, once the session leaves that way.
+    _ctrl: Option<ExtraSocket>,
 }
 
 /// A lookup in flight: for which destination of which session, and its route if the rules
@@ -200,6 +202,11 @@ impl Session {
             return;
         };
         match s.resolved.get(&target) {
+            // The session's way is not open yet (no room for an association's connection):
+            // decided again, so that it opens once there is.
+            Some(Some(_)) if s.via.is_none() => {
+                s.resolved.remove(&target);
+            }
             Some(Some(to)) => {
                 let to = to.clone();
                 self.actions.push_back(Action::UdpSend { udp, to, payload });
@@ -393,6 +400,16 @@ impl Session {
         };
         if s.via.is_none() {
             if matches!(via, UdpVia::Socks5 { .. }) {
+                // The association's control connection is a socket of the budget too.
+                let Some(ctrl) = self.cfg.limits.try_extra_socket(s.user.as_ref()) else {
+                    u.counters.dropped += 1;
+                    crate::warn_limited!(
+                        "UDP via SOCKS5 dropped: no room in the outbound-socket budget for the \
+                         association's connection"
+                    );
+                    return;
+                };
+                s._ctrl = Some(ctrl);
                 // Opened on the datagram that arrived last (or the lookup it waited for).
                 let by = s.last_active + ASSOCIATE_TIMEOUT;
                 s.associate_by = Some(by);
@@ -451,6 +468,7 @@ impl Session {
                 user,
                 closing: false,
                 _socket: socket,
+                _ctrl: None,
             },
         );
         u.by_id.insert((conn, id), udp);
