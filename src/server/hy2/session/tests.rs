@@ -309,6 +309,15 @@ impl Harness {
         resp.message
     }
 
+    /// The datagrams sent from session sockets: destination (as text) and payload.
+    fn udp_sent(&self) -> Vec<(String, Vec<u8>)> {
+        self.a
+            .udp_sent
+            .iter()
+            .map(|(_, a, p)| (a.to_string(), p.clone()))
+            .collect()
+    }
+
     fn relay_of(&self, stream: StreamId) -> RelayId {
         self.a
             .connects
@@ -921,11 +930,7 @@ fn each_name_of_a_udp_session_gets_its_own_answer() {
     h.s.udp_resolved(lb, Ok(vec![ip_b]));
     h.s.udp_resolved(la, Ok(vec![ip_a]));
     h.step();
-    let sent: Vec<(String, Vec<u8>)> =
-        h.a.udp_sent
-            .iter()
-            .map(|(_, a, p)| (a.to_string(), p.clone()))
-            .collect();
+    let sent = h.udp_sent();
     assert_eq!(
         sent,
         vec![
@@ -1407,11 +1412,7 @@ fn udp_in_mode_auto_prefers_ipv4() {
         h.s.udp_resolved(lookup, Ok(answer.clone()));
     }
     h.step();
-    let sent: Vec<(String, Vec<u8>)> =
-        h.a.udp_sent
-            .iter()
-            .map(|(_, a, p)| (a.to_string(), p.clone()))
-            .collect();
+    let sent = h.udp_sent();
     assert_eq!(
         sent,
         [
@@ -1508,11 +1509,7 @@ fn udp_destinations_follow_the_acl() {
 
     h.udp(conn, 1, "moved.example:5353", b"c", 1);
     h.udp(conn, 1, TARGET, b"d", 1);
-    let sent: Vec<(String, Vec<u8>)> =
-        h.a.udp_sent
-            .iter()
-            .map(|(_, a, p)| (a.to_string(), p.clone()))
-            .collect();
+    let sent = h.udp_sent();
     assert_eq!(
         sent,
         [
