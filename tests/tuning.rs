@@ -373,6 +373,30 @@ fn port_hopping_dry_run_prints_the_redirect_and_bad_input_fails() {
         "{}",
         stdout(&o)
     );
+    // A listen address of its own: matched and sent to, as the server's own rules do.
+    let o = script(
+        "port-hopping.sh",
+        &["--dry-run", "--addr", "192.0.2.7", "5000-5001", "443"],
+    );
+    assert_ok(&o, "port-hopping.sh --addr");
+    let out = stdout(&o);
+    assert!(
+        out.contains("ip daddr 192.0.2.7 udp dport { 5000-5001 } counter dnat ip to 192.0.2.7:443"),
+        "{out}"
+    );
+    assert!(!out.contains("redirect") && !out.contains("fib"), "{out}");
+    let o = script(
+        "port-hopping.sh",
+        &["--dry-run", "--addr", "2001:db8::7", "5000", "443"],
+    );
+    assert_ok(&o, "port-hopping.sh --addr (IPv6)");
+    assert!(
+        stdout(&o).contains(
+            "ip6 daddr 2001:db8::7 udp dport { 5000 } counter dnat ip6 to [2001:db8::7]:443"
+        ),
+        "{}",
+        stdout(&o)
+    );
     let o = script("port-hopping.sh", &["--dry-run", "--revert", "443"]);
     assert_ok(&o, "port-hopping.sh --revert --dry-run");
     assert!(stdout(&o).contains("nft delete table inet quelay_hop_443"));
@@ -381,6 +405,7 @@ fn port_hopping_dry_run_prints_the_redirect_and_bad_input_fails() {
         &["--dry-run", "http", "443"],
         &["--dry-run", "20000", "70000"],
         &["--dry-run", "20000"],
+        &["--dry-run", "--addr", "example.com", "20000", "443"],
     ] {
         let o = script("port-hopping.sh", bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stdout(&o));

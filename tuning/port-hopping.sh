@@ -2,11 +2,13 @@
 # Port hopping, server side: redirects UDP sent to any port of a list or range to the port
 # quelay listens on, with one nftables table (as the reference server's own rules do).
 #
-#   port-hopping.sh [--iface IF] [--dry-run] [--revert] PORTS PORT
+#   port-hopping.sh [--iface IF] [--addr IP] [--dry-run] [--revert] PORTS PORT
 #
 # PORTS      the ports clients hop over, as in `listen`: 20000-50000, or 20000-20100,30000
 # PORT       the port `quelay server` binds (the lowest port of a `listen` range)
 # --iface IF redirect only what arrives on interface IF (default: every interface)
+# --addr IP  for a `listen` address of its own: match UDP to IP and dnat it to IP:PORT, as
+#            the server's own rules do then (default: redirect what reaches any address)
 # --dry-run  print the ruleset, change nothing
 # --revert   remove the table
 #
@@ -19,11 +21,12 @@ set -euo pipefail
 export LC_ALL=C
 
 usage() {
-    echo "usage: port-hopping.sh [--iface IF] [--dry-run] [--revert] PORTS PORT" >&2
+    echo "usage: port-hopping.sh [--iface IF] [--addr IP] [--dry-run] [--revert] PORTS PORT" >&2
     exit 2
 }
 
 iface=
+addr=
 dry=0
 revert=0
 args=()
@@ -35,6 +38,12 @@ while [ $# -gt 0 ]; do
             shift 2
             ;;
         --iface=*) iface=${1#--iface=}; shift ;;
+        --addr)
+            [ $# -ge 2 ] || usage
+            addr=$2
+            shift 2
+            ;;
+        --addr=*) addr=${1#--addr=}; shift ;;
         --dry-run) dry=1; shift ;;
         --revert) revert=1; shift ;;
         -h | --help) usage ;;
@@ -90,6 +99,25 @@ set_text=$(IFS=,; echo "${set_items[*]}")
 set_text=${set_text//,/, }
 match_iface=
 [ -z "$iface" ] || match_iface="iifname \"$iface\" "
+# The rules' match and target: every local address and a redirect, or one address and a
+# dnat to it (a redirect goes to the receiving interface's first address).
+pre_match="${match_iface}"
+out_match="fib daddr type local "
+target="redirect to :$port"
+if [ -n "$addr" ]; then
+    if [[ $addr =~ ^[0-9]+(\.[0-9]+){3}$ ]]; then
+        pre_match="${match_iface}ip daddr $addr "
+        out_match="ip daddr $addr "
+        target="dnat ip to $addr:$port"
+    elif [[ $addr =~ ^[0-9A-Fa-f:.]+$ && $addr == *:* ]]; then
+        pre_match="${match_iface}ip6 daddr $addr "
+        out_match="ip6 daddr $addr "
+        target="dnat ip6 to [$addr]:$port"
+    else
+        echo "port-hopping.sh: --addr: $addr is not an IP address" >&2
+        exit 2
+    fi
+fi
 
 # Declaring, deleting and defining the table in one file makes the change atomic and the
 # script idempotent.
@@ -98,11 +126,11 @@ delete table inet $table
 table inet $table {
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
-        ${match_iface}udp dport { $set_text } counter redirect to :$port
+        ${pre_match}udp dport { $set_text } counter $target
     }
     chain output {
         type nat hook output priority -100; policy accept;
-        fib daddr type local udp dport { $set_text } counter redirect to :$port
+        ${out_match}udp dport { $set_text } counter $target
     }
 }"
 
