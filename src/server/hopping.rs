@@ -7,7 +7,7 @@
 //! change the ruleset (CAP_NET_ADMIN), the server says so and serves the bound port alone.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use crate::config::ListenPorts;
@@ -66,39 +66,30 @@ pub fn ruleset(listen: SocketAddr, ports: &ListenPorts) -> String {
     let set = ranges(&ports.ports).join(", ");
     let port = listen.port();
     let table = table(port);
-    if !listen.ip().is_unspecified() {
-        let (family, ip) = match listen.ip() {
-            IpAddr::V4(ip) => ("ip", ip.to_string()),
-            IpAddr::V6(ip) => ("ip6", ip.to_string()),
-        };
-        let rule =
-            format!("{family} daddr {ip} udp dport {{ {set} }} counter dnat {family} to {listen}");
-        return format!(
-            "table inet {table}\n\
-             delete table inet {table}\n\
-             table inet {table} {{\n\
-             \x20   chain prerouting {{\n\
-             \x20       type nat hook prerouting priority dstnat; policy accept;\n\
-             \x20       {rule}\n\
-             \x20   }}\n\
-             \x20   chain output {{\n\
-             \x20       type nat hook output priority -100; policy accept;\n\
-             \x20       {rule}\n\
-             \x20   }}\n\
-             }}\n"
-        );
-    }
+    // The prerouting rule's and the output rule's match, and where both send.
+    let (pre, out, to) = match listen.ip() {
+        ip if ip.is_unspecified() => (
+            String::new(),
+            "fib daddr type local ".to_owned(),
+            format!("redirect to :{port}"),
+        ),
+        ip => {
+            let family = if ip.is_ipv4() { "ip" } else { "ip6" };
+            let daddr = format!("{family} daddr {ip} ");
+            (daddr.clone(), daddr, format!("dnat {family} to {listen}"))
+        }
+    };
     format!(
         "table inet {table}\n\
          delete table inet {table}\n\
          table inet {table} {{\n\
          \x20   chain prerouting {{\n\
          \x20       type nat hook prerouting priority dstnat; policy accept;\n\
-         \x20       udp dport {{ {set} }} counter redirect to :{port}\n\
+         \x20       {pre}udp dport {{ {set} }} counter {to}\n\
          \x20   }}\n\
          \x20   chain output {{\n\
          \x20       type nat hook output priority -100; policy accept;\n\
-         \x20       fib daddr type local udp dport {{ {set} }} counter redirect to :{port}\n\
+         \x20       {out}udp dport {{ {set} }} counter {to}\n\
          \x20   }}\n\
          }}\n"
     )

@@ -142,19 +142,8 @@ impl Relay {
 
     /// The connect on `sock` succeeded: it is the pipe's, and the other of a race is closed.
     pub fn won(&mut self, io: &mut Io<'_>, sock: Sock) {
-        let Some(racer) = self.racer.take() else {
-            return;
-        };
-        let loser = if racer == sock {
-            let first = self.pipe.sock();
-            self.pipe.detach();
-            self.pipe.attach(racer);
-            first
-        } else {
-            Some(racer)
-        };
-        if let Some(loser) = loser {
-            io.driver.sock_close(loser, super::Token::Orphan.into());
+        if let Some(racer) = self.racer.take() {
+            self.settle(io, racer, sock);
         }
     }
 
@@ -169,12 +158,32 @@ impl Relay {
         let Some(racer) = self.racer.take() else {
             return self.connect_next(io, token);
         };
-        io.driver.sock_close(sock, super::Token::Orphan.into());
-        if racer != sock {
-            self.pipe.detach();
-            self.pipe.attach(racer);
+        let other = if racer == sock {
+            self.pipe.sock()
+        } else {
+            Some(racer)
+        };
+        match other {
+            Some(keep) => self.settle(io, racer, keep),
+            None => io.driver.sock_close(sock, super::Token::Orphan.into()),
         }
         Some(Ok(()))
+    }
+
+    /// Ends a race: `keep` (the pipe's socket or `racer`) is the pipe's from now on, and the
+    /// other is closed.
+    fn settle(&mut self, io: &mut Io<'_>, racer: Sock, keep: Sock) {
+        let loser = if keep == racer {
+            let first = self.pipe.sock();
+            self.pipe.detach();
+            self.pipe.attach(racer);
+            first
+        } else {
+            Some(racer)
+        };
+        if let Some(loser) = loser {
+            io.driver.sock_close(loser, super::Token::Orphan.into());
+        }
     }
 
     /// Closes the racing connect's socket, if any (the relay is over).
